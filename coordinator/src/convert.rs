@@ -1,0 +1,158 @@
+//! Conversions between stored rows / domain types and the drover.v1 protobuf messages.
+
+use crate::error::Error;
+use crate::store::{AttemptRow, JobRow};
+use chrono::{DateTime, Utc};
+use drover_core::{AttemptState, JobState, PolicyOverrides, RetryPolicy};
+use drover_proto::v1 as pb;
+use drover_proto::Timestamp;
+use uuid::Uuid;
+
+pub fn ts(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn from_ts(t: &Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+}
+
+/// Parses an id sent by a client; the error names the field.
+pub fn parse_id(field: &str, s: &str) -> Result<Uuid, Error> {
+    Uuid::parse_str(s.trim()).map_err(|_| {
+        Error::Invalid(format!(
+            "{field}: {s:?} is not a valid id (expected a UUID like 0191c1a2-...)"
+        ))
+    })
+}
+
+pub fn job_state(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Pending => pb::JobState::Pending,
+        JobState::Running => pb::JobState::Running,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::PermanentFailed => pb::JobState::PermanentFailed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+pub fn job_state_from(s: pb::JobState) -> Option<JobState> {
+    match s {
+        pb::JobState::Unspecified => None,
+        pb::JobState::Pending => Some(JobState::Pending),
+        pb::JobState::Running => Some(JobState::Running),
+        pb::JobState::Succeeded => Some(JobState::Succeeded),
+        pb::JobState::PermanentFailed => Some(JobState::PermanentFailed),
+        pb::JobState::Cancelled => Some(JobState::Cancelled),
+    }
+}
+
+pub fn attempt_state(s: AttemptState) -> pb::AttemptState {
+    match s {
+        AttemptState::Running => pb::AttemptState::Running,
+        AttemptState::Succeeded => pb::AttemptState::Succeeded,
+        AttemptState::Failed => pb::AttemptState::Failed,
+        AttemptState::FailedPermanent => pb::AttemptState::FailedPermanent,
+        AttemptState::TimedOut => pb::AttemptState::TimedOut,
+        AttemptState::Lost => pb::AttemptState::Lost,
+        AttemptState::Cancelled => pb::AttemptState::Cancelled,
+        AttemptState::Released => pb::AttemptState::Released,
+    }
+}
+
+pub fn policy_to_pb(p: &RetryPolicy) -> pb::RetryPolicy {
+    pb::RetryPolicy {
+        max_retries: Some(p.max_retries),
+        initial_backoff_ms: Some(p.initial_backoff_ms),
+        multiplier: Some(p.multiplier),
+        max_backoff_ms: Some(p.max_backoff_ms),
+        jitter: Some(p.jitter),
+        retryable_exit_codes: p.retryable_exit_codes.clone(),
+        permanent_exit_codes: p.permanent_exit_codes.clone(),
+        retryable_patterns: p.retryable_patterns.clone(),
+        permanent_patterns: p.permanent_patterns.clone(),
+    }
+}
+
+/// The fields of a submitted policy that the client set.
+pub fn overrides_from_pb(p: &pb::RetryPolicy) -> PolicyOverrides {
+    let list = |v: &Vec<i32>| (!v.is_empty()).then(|| v.clone());
+    let pats = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    PolicyOverrides {
+        max_retries: p.max_retries,
+        initial_backoff_ms: p.initial_backoff_ms,
+        multiplier: p.multiplier,
+        max_backoff_ms: p.max_backoff_ms,
+        jitter: p.jitter,
+        retryable_exit_codes: list(&p.retryable_exit_codes),
+        permanent_exit_codes: list(&p.permanent_exit_codes),
+        retryable_patterns: pats(&p.retryable_patterns),
+        permanent_patterns: pats(&p.permanent_patterns),
+    }
+}
+
+pub fn job_to_pb(j: &JobRow) -> pb::Job {
+    pb::Job {
+        id: j.id.to_string(),
+        spec: Some(pb::JobSpec {
+            argv: j.spec.argv.clone(),
+            env: j.spec.env.clone().into_iter().collect(),
+            queue: j.spec.queue.clone(),
+            labels: j.spec.labels.clone(),
+            params: j.spec.params.clone().into_iter().collect(),
+            timeout_ms: j.spec.timeout_ms,
+            retry: Some(policy_to_pb(&j.policy)),
+            idempotency_key: j.spec.idempotency_key.clone().unwrap_or_default(),
+            outputs: j.spec.outputs.clone(),
+        }),
+        state: job_state(j.state) as i32,
+        attempt_count: j.attempt_count.max(0) as u32,
+        current_attempt_id: j
+            .current_attempt_id
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
+        created_at: Some(ts(j.created_at)),
+        updated_at: Some(ts(j.updated_at)),
+        not_before: Some(ts(j.not_before)),
+        finished_at: j.finished_at.map(ts),
+        reason: j.reason.clone(),
+        original_job_id: j.original_job_id.map(|u| u.to_string()).unwrap_or_default(),
+        retry_of: j.retry_of.map(|u| u.to_string()).unwrap_or_default(),
+        cancel_requested: j.cancel_requested,
+    }
+}
+
+pub fn attempt_to_pb(a: &AttemptRow) -> pb::Attempt {
+    pb::Attempt {
+        id: a.id.to_string(),
+        job_id: a.job_id.to_string(),
+        number: a.number.max(0) as u32,
+        worker_id: a.worker_id.clone(),
+        state: attempt_state(a.state) as i32,
+        started_at: Some(ts(a.started_at)),
+        finished_at: a.finished_at.map(ts),
+        lease_expires_at: Some(ts(a.lease_expires_at)),
+        exit_code: a.exit_code,
+        signal: a.signal,
+        reason: a.reason.clone(),
+        log_bytes: a.log_bytes.max(0) as u64,
+        log_dropped_bytes: a.log_dropped_bytes.max(0) as u64,
+        logs_purged: a.logs_purged,
+        peak_rss_bytes: a.peak_rss_bytes.unwrap_or(0).max(0) as u64,
+        cpu_time_ms: a.cpu_time_ms.unwrap_or(0).max(0) as u64,
+    }
+}
+
+pub fn artifact_to_pb(a: &crate::store::ArtifactRow) -> pb::Artifact {
+    pb::Artifact {
+        job_id: a.job_id.to_string(),
+        attempt_id: a.attempt_id.to_string(),
+        attempt_number: a.attempt_number.max(0) as u32,
+        name: a.name.clone(),
+        size: a.size.max(0) as u64,
+        sha256: a.sha256.clone(),
+        created_at: Some(ts(a.created_at)),
+    }
+}

@@ -1,0 +1,69 @@
+//! PostgreSQL connections: the shared pool, migrations, and dedicated connections for
+//! LISTEN and the leader lock.
+
+use crate::error::{Error, Result};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Advisory lock keys (arbitrary constants, unique to Drover).
+pub const MIGRATION_LOCK: i64 = 0x4452_4f56_0001;
+pub const LEADER_LOCK: i64 = 0x4452_4f56_0002;
+
+pub fn pool(url: &str, size: usize) -> Result<Pool> {
+    let pg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| Error::Invalid(format!("database_url: {e}")))?;
+    // Verified recycling drops connections that died with a PostgreSQL restart.
+    let mgr = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        },
+    );
+    let t = Some(Duration::from_secs(5));
+    Pool::builder(mgr)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: t,
+            create: t,
+            recycle: t,
+        })
+        .build()
+        .map_err(|e| Error::Internal(format!("building pool: {e}")))
+}
+
+/// Opens a connection outside the pool, driving it on a background task.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "dedicated connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Applies pending migrations. Several coordinators may start at once, so the run is
+/// serialised with an advisory lock (refinery takes none of its own).
+pub async fn migrate(url: &str) -> Result<usize> {
+    let mut client = connect(url).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let report = embedded::migrations::runner()
+        .set_migration_table_name("drover_schema_history")
+        .run_async(&mut client)
+        .await
+        .map_err(|e| Error::Internal(format!("migration failed: {e}")));
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    Ok(report?.applied_migrations().len())
+}

@@ -1,0 +1,299 @@
+//! Push dispatch: hands pending jobs to connected workers the moment both exist.
+//!
+//! Each connected worker holds *credits* (free slots it announced). The dispatcher runs a
+//! round whenever something may have changed — a local submit, a NOTIFY from another
+//! coordinator, a worker returning credit, or the next backoff expiring — and leases jobs
+//! for every worker with credit. There is no fixed-interval polling on the hot path; a slow
+//! sweep only guards against a missed notification.
+
+use crate::error::Result;
+use crate::store::{EndRequest, Store};
+use drover_core::params::substitute_argv;
+use drover_core::RawResult;
+use drover_proto::v1::{coordinator_message::Msg, Assignment, CoordinatorMessage};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+/// Safety-net sweep interval: only matters if a notification was missed.
+const SWEEP: Duration = Duration::from_secs(5);
+
+pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+/// One connected worker, as the dispatcher sees it.
+pub struct Session {
+    pub conn_id: u64,
+    pub worker_id: String,
+    pub queues: Vec<String>,
+    pub labels: Vec<String>,
+    credits: Mutex<u32>,
+    /// Paused or draining: takes no new jobs until a heartbeat says otherwise.
+    paused: std::sync::atomic::AtomicBool,
+    pub tx: Outbound,
+    /// Cancelled when the session ends (disconnect, replaced, shutdown).
+    pub closed: CancellationToken,
+}
+
+impl Session {
+    pub fn add_credits(&self, n: u32) {
+        if let Ok(mut c) = self.credits.lock() {
+            *c = c.saturating_add(n);
+        }
+    }
+
+    fn credits(&self) -> u32 {
+        if self.paused.load(Ordering::Relaxed) {
+            return 0;
+        }
+        self.credits.lock().map(|c| *c).unwrap_or(0)
+    }
+
+    /// Returns whether it was paused before.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        self.paused.swap(paused, Ordering::Relaxed)
+    }
+
+    fn take_credits(&self, n: u32) {
+        if let Ok(mut c) = self.credits.lock() {
+            *c = c.saturating_sub(n);
+        }
+    }
+
+    /// Sends without waiting: a worker that does not read its stream is treated as gone.
+    pub fn send(&self, msg: Msg) -> bool {
+        self.tx
+            .try_send(Ok(CoordinatorMessage { msg: Some(msg) }))
+            .is_ok()
+    }
+}
+
+pub struct Dispatcher {
+    store: Store,
+    lease_ttl: Duration,
+    sessions: Mutex<Vec<Arc<Session>>>,
+    wake: Notify,
+    next_conn: AtomicU64,
+    rotate: AtomicUsize,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store, lease_ttl: Duration) -> Arc<Self> {
+        Arc::new(Dispatcher {
+            store,
+            lease_ttl,
+            sessions: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            next_conn: AtomicU64::new(1),
+            rotate: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Adds a worker's session. A previous session of the same worker id is closed: the
+    /// worker reconnected and the old stream is dead or about to be.
+    pub fn register(
+        &self,
+        worker_id: String,
+        queues: Vec<String>,
+        labels: Vec<String>,
+        credits: u32,
+        tx: Outbound,
+    ) -> Arc<Session> {
+        let s = Arc::new(Session {
+            conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            worker_id,
+            queues,
+            labels,
+            credits: Mutex::new(credits),
+            paused: std::sync::atomic::AtomicBool::new(false),
+            tx,
+            closed: CancellationToken::new(),
+        });
+        if let Ok(mut all) = self.sessions.lock() {
+            all.retain(|o| {
+                let same = o.worker_id == s.worker_id;
+                if same {
+                    o.closed.cancel();
+                }
+                !same
+            });
+            all.push(s.clone());
+        }
+        self.wake();
+        s
+    }
+
+    pub fn unregister(&self, conn_id: u64) {
+        if let Ok(mut all) = self.sessions.lock() {
+            all.retain(|o| o.conn_id != conn_id);
+        }
+    }
+
+    /// Sends a stop order to a worker, if its session is on this coordinator.
+    pub fn stop_attempt(&self, worker_id: &str, msg: Msg) -> bool {
+        let session = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|all| all.iter().find(|s| s.worker_id == worker_id).cloned());
+        session.map(|s| s.send(msg)).unwrap_or(false)
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Closes every session (coordinator shutdown): workers will reconnect elsewhere.
+    pub fn close_all(&self) {
+        if let Ok(mut all) = self.sessions.lock() {
+            for s in all.drain(..) {
+                s.closed.cancel();
+            }
+        }
+    }
+
+    fn with_credit(&self) -> Vec<Arc<Session>> {
+        let mut v: Vec<Arc<Session>> = self
+            .sessions
+            .lock()
+            .map(|all| all.iter().filter(|s| s.credits() > 0).cloned().collect())
+            .unwrap_or_default();
+        if !v.is_empty() {
+            // Rotate so no worker is always first in line.
+            let k = self.rotate.fetch_add(1, Ordering::Relaxed) % v.len();
+            v.rotate_left(k);
+        }
+        v
+    }
+
+    /// One dispatch round. Returns true if some worker may still take more work now.
+    async fn round(&self) -> Result<bool> {
+        let mut exhausted: HashSet<(Vec<String>, Vec<String>)> = HashSet::new();
+        let mut more = false;
+        for s in self.with_credit() {
+            let key = (s.queues.clone(), s.labels.clone());
+            if exhausted.contains(&key) || s.closed.is_cancelled() {
+                continue;
+            }
+            let want = s.credits();
+            if want == 0 {
+                continue;
+            }
+            let claimed = self
+                .store
+                .claim(
+                    &s.worker_id,
+                    &s.queues,
+                    &s.labels,
+                    i64::from(want),
+                    self.lease_ttl,
+                )
+                .await?;
+            if claimed.len() < want as usize {
+                exhausted.insert(key);
+            } else {
+                more = true;
+            }
+            s.take_credits(claimed.len() as u32);
+            for c in claimed {
+                crate::metrics::job_leased(c.waited);
+                let argv = match substitute_argv(&c.argv, &c.params) {
+                    Ok(a) => a,
+                    // Validated at submit, so this means the stored row was edited by hand.
+                    Err((i, e)) => {
+                        self.end(
+                            c.attempt_id,
+                            RawResult::SpawnError(format!("argv[{i}]: {e}")),
+                        )
+                        .await;
+                        s.add_credits(1);
+                        continue;
+                    }
+                };
+                // The lease continues the submit's trace; the worker continues the lease's.
+                let span = tracing::info_span!("lease", job_id = %c.job_id,
+                    attempt_id = %c.attempt_id, worker_id = %s.worker_id);
+                if let Some(tp) = &c.trace_parent {
+                    drover_telemetry::set_parent(&span, tp);
+                }
+                let trace_parent = span.in_scope(|| {
+                    tracing::debug!("assigned");
+                    drover_telemetry::traceparent()
+                });
+                let sent = s.send(Msg::Assign(Assignment {
+                    attempt_id: c.attempt_id.to_string(),
+                    job_id: c.job_id.to_string(),
+                    attempt_number: c.number as u32,
+                    argv,
+                    env: c.env.into_iter().collect(),
+                    timeout_ms: c.timeout_ms,
+                    outputs: c.outputs,
+                    trace_parent: trace_parent.unwrap_or_default(),
+                }));
+                if !sent {
+                    // The worker went away between claim and send: hand the job back
+                    // without charging it a retry.
+                    self.end(c.attempt_id, RawResult::Released).await;
+                    more = true;
+                }
+            }
+        }
+        Ok(more)
+    }
+
+    async fn end(&self, attempt_id: uuid::Uuid, raw: RawResult) {
+        let req = EndRequest {
+            raw,
+            output_tail: String::new(),
+            log_chunk_count: None,
+            only_if_expired: false,
+            usage: None,
+        };
+        match self.store.end_attempt(attempt_id, &req).await {
+            Ok(ended) => crate::metrics::ended(&ended),
+            // The lease reaper will mark it lost after its TTL.
+            Err(e) => {
+                tracing::warn!(%attempt_id, error = %e, "could not hand back undelivered attempt")
+            }
+        }
+    }
+
+    /// Runs dispatch rounds until shutdown.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let pause = match self.round().await {
+                Ok(true) => Duration::ZERO,
+                Ok(false) => match self.store.next_due().await {
+                    Ok(Some(t)) => (t - chrono::Utc::now())
+                        .to_std()
+                        .unwrap_or(Duration::ZERO)
+                        .min(SWEEP),
+                    Ok(None) => SWEEP,
+                    Err(_) => Duration::from_secs(1),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "dispatch round failed; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            if pause.is_zero() {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Is the system healthy? `AdminService` (GetHealth, ListWorkers), the same report as JSON on
+//! `/health`, and the gRPC health status that follows the database.
+//!
+//! The verdict is a pure function of what was observed ([`assess`]), unit-tested here.
+
+use crate::config::Config;
+use crate::convert;
+use crate::error::Error;
+use crate::store::{QueueRow, Store, WorkerRow};
+use drover_proto::v1 as pb;
+use drover_proto::v1::admin_service_server::AdminService;
+use prost::Message;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// A worker's state from how long ago it was heard from.
+pub fn worker_state(w: &WorkerRow, lease_ttl_ms: i64) -> &'static str {
+    if w.seen_ago_ms > lease_ttl_ms {
+        "stale"
+    } else if w.draining {
+        "draining"
+    } else if !w.paused_reason.is_empty() {
+        "paused"
+    } else {
+        "alive"
+    }
+}
+
+/// The verdict: "ok", "degraded" or "failing", with the reasons.
+pub fn assess(
+    database: Result<(), String>,
+    workers: &[(WorkerRow, &'static str)],
+    queues: &[QueueRow],
+) -> (&'static str, Vec<String>) {
+    if let Err(e) = database {
+        return ("failing", vec![format!("database unreachable: {e}")]);
+    }
+    let mut reasons = Vec::new();
+    for (w, state) in workers {
+        match *state {
+            "stale" => reasons.push(format!(
+                "worker {}: no heartbeat for {}s",
+                w.id,
+                w.seen_ago_ms / 1000
+            )),
+            "paused" => reasons.push(format!("worker {} paused: {}", w.id, w.paused_reason)),
+            _ => {}
+        }
+    }
+    for q in queues {
+        if q.oldest_due_ms.is_none() {
+            continue;
+        }
+        let served = workers
+            .iter()
+            .any(|(w, state)| *state == "alive" && w.queues.contains(&q.queue));
+        if !served {
+            reasons.push(format!(
+                "queue {}: {} job(s) waiting and no available worker takes this queue",
+                q.queue, q.pending
+            ));
+        }
+    }
+    let status = if reasons.is_empty() { "ok" } else { "degraded" };
+    (status, reasons)
+}
+
+/// database_url with any password replaced, for showing the configuration.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    match (rest.find('@'), rest.find(':')) {
+        (Some(at), Some(colon)) if colon < at => {
+            format!(
+                "{}{}:***{}",
+                &url[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            )
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub struct AdminApi {
+    pub store: Store,
+    pub config: std::sync::Arc<Config>,
+    pub coordinator_id: String,
+}
+
+fn worker_to_pb(w: &WorkerRow, state: &str) -> pb::Worker {
+    pb::Worker {
+        id: w.id.clone(),
+        hostname: w.hostname.clone(),
+        labels: w.labels.clone(),
+        queues: w.queues.clone(),
+        slots: w.slots.max(0) as u32,
+        running: w.running.max(0) as u32,
+        state: state.to_string(),
+        paused_reason: w.paused_reason.clone(),
+        last_seen_at: Some(convert::ts(w.last_seen_at)),
+        resources: w
+            .resources
+            .as_deref()
+            .and_then(|b| pb::HostResources::decode(b).ok()),
+        version: w.version.clone(),
+    }
+}
+
+impl AdminApi {
+    fn ttl_ms(&self) -> i64 {
+        self.config.lease_ttl_ms as i64
+    }
+
+    async fn workers(&self) -> Result<Vec<(WorkerRow, &'static str)>, Error> {
+        let ttl = self.ttl_ms();
+        Ok(self
+            .store
+            .list_workers()
+            .await?
+            .into_iter()
+            .map(|w| {
+                let s = worker_state(&w, ttl);
+                (w, s)
+            })
+            .collect())
+    }
+
+    /// The full report; a database outage makes it "failing", never an error.
+    pub async fn health(&self) -> pb::Health {
+        let status = self.store.pool_status();
+        let mut config = serde_json::to_value(self.config.as_ref()).unwrap_or_default();
+        config["database_url"] = redact_url(&self.config.database_url).into();
+        let mut h = pb::Health {
+            coordinator_id: self.coordinator_id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            db_pool_size: status.size as u32,
+            db_pool_available: status.available as u32,
+            db_pool_max: status.max_size as u32,
+            config_json: config.to_string(),
+            ..Default::default()
+        };
+        let gathered = async {
+            self.store.ping().await?;
+            let by_state = self.store.jobs_by_state().await?;
+            let failed = self
+                .store
+                .failed_since(Duration::from_secs(24 * 3600))
+                .await?;
+            let queues = self.store.queue_stats().await?;
+            let workers = self.workers().await?;
+            let logs = self.store.log_storage_bytes().await?;
+            Ok::<_, Error>((by_state, failed, queues, workers, logs))
+        }
+        .await;
+        let (by_state, failed, queues, workers, logs) = match gathered {
+            Ok(g) => g,
+            Err(e) => {
+                let (s, reasons) = assess(Err(e.to_string()), &[], &[]);
+                h.status = s.into();
+                h.reasons = reasons;
+                return h;
+            }
+        };
+        let (s, reasons) = assess(Ok(()), &workers, &queues);
+        h.status = s.into();
+        h.reasons = reasons;
+        h.database_ok = true;
+        h.jobs_by_state = by_state
+            .into_iter()
+            .map(|(k, v)| (k, v.max(0) as u64))
+            .collect();
+        h.failed_last_24h = failed.max(0) as u64;
+        h.queues = queues
+            .iter()
+            .map(|q| pb::QueueHealth {
+                queue: q.queue.clone(),
+                pending: q.pending.max(0) as u64,
+                running: q.running.max(0) as u64,
+                oldest_pending_ms: q.oldest_due_ms.unwrap_or(0).max(0) as u64,
+            })
+            .collect();
+        for (_, state) in &workers {
+            match *state {
+                "alive" | "paused" => h.workers_alive += 1,
+                "stale" => h.workers_stale += 1,
+                "draining" => h.workers_draining += 1,
+                _ => {}
+            }
+        }
+        h.workers = workers.iter().map(|(w, s)| worker_to_pb(w, s)).collect();
+        h.log_storage_bytes = logs.max(0) as u64;
+        h
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn get_health(
+        &self,
+        _req: Request<pb::GetHealthRequest>,
+    ) -> Result<Response<pb::Health>, Status> {
+        Ok(Response::new(self.health().await))
+    }
+
+    async fn list_workers(
+        &self,
+        _req: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let workers = self.workers().await?;
+        Ok(Response::new(pb::ListWorkersResponse {
+            workers: workers.iter().map(|(w, s)| worker_to_pb(w, s)).collect(),
+        }))
+    }
+}
+
+/// Keeps `grpc.health.v1` in step with the database: NOT_SERVING while it is unreachable.
+pub async fn follow_database(
+    store: Store,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use drover_proto::v1::job_service_server::JobServiceServer;
+    let mut serving = true;
+    loop {
+        let ok = store.ping().await.is_ok();
+        if ok != serving {
+            serving = ok;
+            let status = if ok {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status(
+                    <JobServiceServer<crate::jobs_api::JobsApi> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+            tracing::warn!(serving = ok, "database reachability changed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(id: &str, ago_ms: i64, paused: &str) -> WorkerRow {
+        WorkerRow {
+            id: id.into(),
+            hostname: "h".into(),
+            labels: vec![],
+            queues: vec!["default".into()],
+            slots: 1,
+            running: 0,
+            version: String::new(),
+            connected: true,
+            last_seen_at: chrono::Utc::now(),
+            seen_ago_ms: ago_ms,
+            resources: None,
+            paused_reason: paused.into(),
+            draining: false,
+        }
+    }
+
+    fn queue(name: &str, due: bool) -> QueueRow {
+        QueueRow {
+            queue: name.into(),
+            pending: 2,
+            running: 0,
+            oldest_due_ms: due.then_some(5_000),
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let alive = worker("a", 100, "");
+        let stale = worker("b", 60_000, "");
+        let paused = worker("c", 100, "disk free 1 GiB below 2 GiB");
+        let with = |w: &WorkerRow| (w.clone(), worker_state(w, 8_000));
+
+        let (s, r) = assess(Ok(()), &[with(&alive)], &[queue("default", true)]);
+        assert_eq!((s, r.len()), ("ok", 0));
+
+        let (s, r) = assess(Ok(()), &[with(&alive), with(&stale)], &[]);
+        assert_eq!(s, "degraded");
+        assert!(r[0].contains("worker b"), "{r:?}");
+
+        let (s, r) = assess(Ok(()), &[with(&paused)], &[queue("default", true)]);
+        assert_eq!(s, "degraded");
+        assert!(r.iter().any(|r| r.contains("paused: disk")), "{r:?}");
+        assert!(r.iter().any(|r| r.contains("queue default")), "{r:?}");
+
+        // Pending but waiting out a backoff is not a problem.
+        let (s, _) = assess(Ok(()), &[], &[queue("default", false)]);
+        assert_eq!(s, "ok");
+
+        let (s, r) = assess(Err("connection refused".into()), &[], &[]);
+        assert_eq!(s, "failing");
+        assert!(r[0].contains("connection refused"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://drover:s3cret@db:5432/drover"),
+            "postgres://drover:***@db:5432/drover"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/x"),
+            "postgres://postgres@127.0.0.1/x"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! The HTTP listener beside gRPC, for people and scripts that don't speak gRPC:
+//!
+//! - `GET /healthz`: the process is up.
+//! - `GET /readyz`: the database answers (503 otherwise).
+//! - `GET /health`: the AdminService health report as JSON (503 when failing).
+//! - `GET /metrics`: Prometheus metrics.
+//! - `GET /jobs/{id}/logs[?attempt=N]`: an attempt's whole log (default: the latest) as a
+//!   file download.
+
+use crate::convert::parse_id;
+use crate::error::Error;
+use crate::store::Store;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub store: Store,
+    pub log_cap_bytes: u64,
+    pub admin: std::sync::Arc<crate::health::AdminApi>,
+    pub dispatcher: std::sync::Arc<crate::dispatch::Dispatcher>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/jobs/{id}/logs", get(job_logs))
+        .with_state(state)
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let code = match &self {
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::FailedPrecondition(_) | Error::Aborted(_) => StatusCode::CONFLICT,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (code, format!("{self}\n")).into_response()
+    }
+}
+
+async fn readyz(State(s): State<HttpState>) -> Response {
+    match s.store.ping().await {
+        Ok(()) => "ready\n".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    }
+}
+
+/// The AdminService health report as JSON; 503 when failing so probes can use it too.
+async fn health(State(s): State<HttpState>) -> Response {
+    let h = s.admin.health().await;
+    let code = if h.status == "failing" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, axum::Json(drover_proto::json::health(&h))).into_response()
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    let body = crate::metrics::render(&s.store, &s.dispatcher).await;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    attempt: Option<u32>,
+}
+
+async fn job_logs(
+    State(s): State<HttpState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, Error> {
+    let job_id = parse_id("id", &id)?;
+    let attempts = s.store.list_attempts(job_id).await?;
+    if attempts.is_empty() && s.store.get_job(job_id).await?.is_none() {
+        return Err(Error::NotFound(format!("job {job_id} not found")));
+    }
+    let attempt = match q.attempt {
+        Some(n) => attempts.into_iter().find(|a| a.number as u32 == n),
+        None => attempts.into_iter().last(),
+    }
+    .ok_or_else(|| {
+        Error::NotFound(match q.attempt {
+            Some(n) => format!("attempt: job {job_id} has no attempt {n}"),
+            None => format!("job {job_id} has not started yet: no log"),
+        })
+    })?;
+    let filename = format!("job-{job_id}-attempt-{}.log", attempt.number);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Error>>(8);
+    tokio::spawn(async move {
+        let mut cursor = -1;
+        loop {
+            match crate::logs::next_chunks(&s.store, &attempt, &mut cursor, s.log_cap_bytes).await {
+                Ok(chunks) if chunks.is_empty() => return,
+                Ok(chunks) => {
+                    for c in chunks {
+                        if tx.send(Ok(Bytes::from(c.data))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
+}

@@ -1,0 +1,363 @@
+//! `drover.v1.JobService`: submitting, inspecting and following jobs.
+
+use crate::artifacts::BlobStore;
+use crate::config::Config;
+use crate::convert::{self, parse_id};
+use crate::dispatch::Dispatcher;
+use crate::error::Error;
+use crate::store::{JobFilter, Store};
+use chrono::{DateTime, Utc};
+use drover_core::validate::{check_name, validate_policy, validate_spec};
+use drover_core::{JobSpec, JobState, RetryPolicy};
+use drover_proto::v1 as pb;
+use drover_proto::v1::job_service_server::JobService;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use uuid::Uuid;
+
+pub const DEFAULT_QUEUE: &str = "default";
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 1000;
+
+pub struct JobsApi {
+    pub store: Store,
+    pub dispatcher: Arc<Dispatcher>,
+    pub config: Arc<Config>,
+    pub blobs: Arc<dyn BlobStore>,
+}
+
+/// Turns a submitted protobuf spec into a validated domain spec and policy: the server's
+/// defaults, then the queue's, then what the job sets.
+pub fn spec_from_pb(
+    spec: Option<pb::JobSpec>,
+    config: &Config,
+) -> Result<(JobSpec, RetryPolicy), Error> {
+    let spec = spec.ok_or_else(|| Error::Invalid("spec: required".into()))?;
+    let queue = if spec.queue.is_empty() {
+        DEFAULT_QUEUE.to_string()
+    } else {
+        spec.queue
+    };
+    let (base, queue_timeout) = config.queue_defaults(&queue);
+    let policy = match &spec.retry {
+        Some(r) => convert::overrides_from_pb(r).apply(&base),
+        None => base,
+    };
+    let key = spec.idempotency_key.trim().to_string();
+    let out = JobSpec {
+        argv: spec.argv,
+        env: spec.env.into_iter().collect(),
+        queue,
+        labels: spec.labels,
+        params: spec.params.into_iter().collect(),
+        timeout_ms: if spec.timeout_ms == 0 {
+            queue_timeout
+        } else {
+            spec.timeout_ms
+        },
+        idempotency_key: (!key.is_empty()).then_some(key),
+        outputs: spec.outputs,
+    };
+    validate_spec(&out)?;
+    validate_policy(&policy)?;
+    Ok((out, policy))
+}
+
+fn page_token(j: &crate::store::JobRow) -> String {
+    format!("{}_{}", j.created_at.timestamp_micros(), j.id)
+}
+
+fn parse_page_token(t: &str) -> Result<(DateTime<Utc>, Uuid), Error> {
+    let bad = || Error::Invalid("page_token: not a token from a previous ListJobs".into());
+    let (micros, id) = t.split_once('_').ok_or_else(bad)?;
+    let micros: i64 = micros.parse().map_err(|_| bad())?;
+    let ts = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    Ok((ts, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+type ArtifactStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ArtifactData, Status>> + Send>>;
+
+type LogStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for JobsApi {
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        // Continue the caller's trace if it sent one (W3C traceparent metadata).
+        let span = tracing::info_span!("submit_job", job_id = tracing::field::Empty);
+        if let Some(tp) = req
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+        {
+            drover_telemetry::set_parent(&span, tp);
+        }
+        let trace_parent = span.in_scope(drover_telemetry::traceparent);
+        let (spec, policy) = spec_from_pb(req.into_inner().spec, &self.config)?;
+        let (job, created) = self
+            .store
+            .submit(&spec, &policy, trace_parent.as_deref())
+            .instrument(span.clone())
+            .await?;
+        span.record("job_id", tracing::field::display(job.id));
+        if created {
+            crate::metrics::job_submitted(&job.spec.queue);
+            tracing::info!(job_id = %job.id, queue = %job.spec.queue, "job submitted");
+            self.dispatcher.wake();
+        }
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(convert::job_to_pb(&job)),
+            created,
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let id = parse_id("id", &req.into_inner().id)?;
+        let job = self
+            .store
+            .get_job(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+        let attempts = self.store.list_attempts(id).await?;
+        let retried_by = self.store.retried_by(id).await?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(convert::job_to_pb(&job)),
+            attempts: attempts.iter().map(convert::attempt_to_pb).collect(),
+            retried_by: retried_by.iter().map(Uuid::to_string).collect(),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let r = req.into_inner();
+        let size = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(Error::Invalid(format!("page_size: at most {MAX_PAGE}")).into())
+            }
+            n => n,
+        };
+        let state = pb::JobState::try_from(r.state)
+            .map_err(|_| Error::Invalid(format!("state: unknown value {}", r.state)))?;
+        if !r.queue.is_empty() {
+            check_name("queue", &r.queue).map_err(Error::from)?;
+        }
+        let filter = JobFilter {
+            state: convert::job_state_from(state),
+            queue: (!r.queue.is_empty()).then_some(r.queue),
+            after: if r.page_token.is_empty() {
+                None
+            } else {
+                Some(parse_page_token(&r.page_token)?)
+            },
+            limit: i64::from(size) + 1,
+        };
+        let mut jobs = self.store.list_jobs(&filter).await?;
+        let next = if jobs.len() > size as usize {
+            jobs.truncate(size as usize);
+            jobs.last().map(page_token).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.iter().map(convert::job_to_pb).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn retry_job(
+        &self,
+        req: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::RetryJobResponse>, Status> {
+        let r = req.into_inner();
+        let id = parse_id("id", &r.id)?;
+        let job = self
+            .store
+            .retry_job(id, &r.set_params.into_iter().collect())
+            .await?;
+        crate::metrics::job_submitted(&job.spec.queue);
+        tracing::info!(job_id = %job.id, retry_of = %id, "job retried manually");
+        self.dispatcher.wake();
+        Ok(Response::new(pb::RetryJobResponse {
+            job: Some(convert::job_to_pb(&job)),
+        }))
+    }
+
+    async fn retry_jobs(
+        &self,
+        req: Request<pb::RetryJobsRequest>,
+    ) -> Result<Response<pb::RetryJobsResponse>, Status> {
+        let r = req.into_inner();
+        let state =
+            match pb::JobState::try_from(r.state) {
+                Ok(pb::JobState::Unspecified) => JobState::PermanentFailed,
+                Ok(s) => match convert::job_state_from(s) {
+                    Some(s) if s.is_terminal() => s,
+                    _ => return Err(Error::Invalid(
+                        "state: must be a finished state (permanent_failed, cancelled, succeeded)"
+                            .into(),
+                    )
+                    .into()),
+                },
+                Err(_) => {
+                    return Err(Error::Invalid(format!("state: unknown value {}", r.state)).into())
+                }
+            };
+        if !r.queue.is_empty() {
+            check_name("queue", &r.queue).map_err(Error::from)?;
+        }
+        if r.finished_within_ms < 0 {
+            return Err(Error::Invalid("finished_within_ms: must not be negative".into()).into());
+        }
+        let limit = match r.limit {
+            0 => 100,
+            n if n > MAX_PAGE => {
+                return Err(Error::Invalid(format!("limit: at most {MAX_PAGE}")).into())
+            }
+            n => n,
+        };
+        let within =
+            (r.finished_within_ms > 0).then(|| Duration::from_millis(r.finished_within_ms as u64));
+        let matched = self
+            .store
+            .finished_jobs(
+                state,
+                (!r.queue.is_empty()).then_some(r.queue.as_str()),
+                within,
+                i64::from(limit),
+            )
+            .await?;
+        let mut created = Vec::new();
+        if !r.dry_run {
+            for j in &matched {
+                let job = self.store.retry_job(j.id, &Default::default()).await?;
+                crate::metrics::job_submitted(&job.spec.queue);
+                created.push(job);
+            }
+            if !created.is_empty() {
+                tracing::info!(count = created.len(), "jobs retried in bulk");
+                self.dispatcher.wake();
+            }
+        }
+        Ok(Response::new(pb::RetryJobsResponse {
+            matched: matched.iter().map(convert::job_to_pb).collect(),
+            created: created.iter().map(convert::job_to_pb).collect(),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let id = parse_id("id", &req.into_inner().id)?;
+        let (job, stop) = self.store.cancel_job(id).await?;
+        if let Some((attempt_id, worker_id)) = stop {
+            tracing::info!(job_id = %id, %attempt_id, %worker_id, "cancel requested");
+            // Whichever coordinator holds the worker's session hears the NOTIFY sent by
+            // cancel_job; heartbeats carry the order too, should that be missed.
+        } else {
+            tracing::info!(job_id = %id, "pending job cancelled");
+        }
+        Ok(Response::new(pb::CancelJobResponse {
+            job: Some(convert::job_to_pb(&job)),
+        }))
+    }
+
+    async fn list_artifacts(
+        &self,
+        req: Request<pb::ListArtifactsRequest>,
+    ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
+        let job_id = parse_id("job_id", &req.into_inner().job_id)?;
+        if self.store.get_job(job_id).await?.is_none() {
+            return Err(Error::NotFound(format!("job {job_id} not found")).into());
+        }
+        let rows = self.store.list_artifacts(job_id).await?;
+        Ok(Response::new(pb::ListArtifactsResponse {
+            artifacts: rows.iter().map(convert::artifact_to_pb).collect(),
+        }))
+    }
+
+    type GetArtifactStream = ArtifactStream;
+
+    async fn get_artifact(
+        &self,
+        req: Request<pb::GetArtifactRequest>,
+    ) -> Result<Response<Self::GetArtifactStream>, Status> {
+        use futures::StreamExt;
+        let r = req.into_inner();
+        let job_id = parse_id("job_id", &r.job_id)?;
+        let rows = self.store.list_artifacts(job_id).await?;
+        let Some(row) = rows.iter().find(|a| a.name == r.name) else {
+            let names: Vec<&str> = rows.iter().map(|a| a.name.as_str()).collect();
+            return Err(Error::NotFound(format!(
+                "name: job {job_id} has no artifact {:?} (it has: {})",
+                r.name,
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
+            ))
+            .into());
+        };
+        let blob = self
+            .blobs
+            .get(&crate::artifacts::key(job_id, row.attempt_id, &row.name))
+            .await?;
+        let mut first = Some(convert::artifact_to_pb(row));
+        let head = futures::stream::once(async { Ok(Vec::new()) });
+        let stream = head.chain(blob).map(move |chunk| match chunk {
+            Ok(data) => Ok(pb::ArtifactData {
+                artifact: first.take(),
+                data,
+            }),
+            Err(e) => Err(Status::from(e)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type StreamLogsStream = LogStream;
+
+    async fn stream_logs(
+        &self,
+        req: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let r = req.into_inner();
+        let job_id = parse_id("job_id", &r.job_id)?;
+        let job = self
+            .store
+            .get_job(job_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("job {job_id} not found")))?;
+        if r.attempt > 0 && r.attempt as i32 > job.attempt_count {
+            return Err(Error::NotFound(format!(
+                "attempt: job {job_id} has {} attempt(s), not {}",
+                job.attempt_count, r.attempt
+            ))
+            .into());
+        }
+        let (tx, rx) = mpsc::channel(16);
+        let store = self.store.clone();
+        let cap = self.config.log_cap_bytes;
+        tokio::spawn(async move {
+            if let Err(e) = crate::logs::follow(store, job_id, r.attempt, r.follow, cap, &tx).await
+            {
+                let _ = tx.send(Err(e.into())).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,36 @@
+//! The Drover coordinator: owns the job queue, attempts, leases and logs in PostgreSQL
+//! and serves them over gRPC. It keeps no state that PostgreSQL does not, so several
+//! coordinators can run against one database.
+//!
+//! - [`artifacts`] — where job output files are kept (a directory; an object store could follow).
+//! - [`config`] — settings and their sources.
+//! - [`db`] — connection pool, migrations, dedicated connections.
+//! - [`store`] — every SQL statement.
+//! - [`health`] — AdminService: the health verdict, workers, gRPC health status.
+//! - [`http`] — the HTTP listener: health probes and log downloads.
+//! - [`jobs_api`] / [`workers_api`] — the gRPC services.
+//! - [`dispatch`] — pushes pending jobs to connected workers with free slots.
+//! - [`leader`] — leader-only duties (lease reaper) under an advisory lock.
+//! - [`logs`] — reading stored logs (with cap markers) and retention.
+//! - [`metrics`] — Prometheus metrics.
+//! - [`listen`] — LISTEN/NOTIFY so every coordinator hears about ready jobs.
+
+pub mod artifacts;
+pub mod config;
+pub mod convert;
+pub mod db;
+pub mod dispatch;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod jobs_api;
+pub mod leader;
+pub mod listen;
+pub mod logs;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod workers_api;
+
+pub use config::Config;
+pub use server::{start, Coordinator};

@@ -1,0 +1,128 @@
+//! `drover-coordinator`: the control plane's binary.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use drover_coordinator::Config;
+use figment::providers::Serialized;
+use figment::Figment;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit code for a configuration error, so a supervisor can stop restarting
+/// (systemd: RestartPreventExitStatus=78).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "drover-coordinator",
+    version,
+    about = "Drover coordinator: job queue and leases over gRPC"
+)]
+struct Cli {
+    /// TOML config file.
+    #[arg(long, short, env = "DROVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long)]
+    listen: Option<String>,
+    /// HTTP listen address: health probes, log downloads [default: 127.0.0.1:50052].
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// PostgreSQL URL [default: postgres://postgres@127.0.0.1:5432/drover].
+    #[arg(long)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gRPC API (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+fn overrides(cli: &Cli) -> Figment {
+    let mut f = Figment::new();
+    if let Some(l) = &cli.listen {
+        f = f.merge(Serialized::default("listen", l));
+    }
+    if let Some(h) = &cli.http_listen {
+        f = f.merge(Serialized::default("http_listen", h));
+    }
+    if let Some(u) = &cli.database_url {
+        f = f.merge(Serialized::default("database_url", u));
+    }
+    f
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref(), overrides(&cli)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("drover-coordinator: bad configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(e) = cfg.validate() {
+        eprintln!("drover-coordinator: bad configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let log_guard = match drover_telemetry::init(
+        "drover-coordinator",
+        &cfg.log_format,
+        cfg.log_dir.as_deref(),
+    ) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("drover-coordinator: bad configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let code = match run(cli.command.unwrap_or(Command::Serve), cfg).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drover-coordinator: {e:#}");
+            ExitCode::FAILURE
+        }
+    };
+    log_guard.shutdown().await;
+    code
+}
+
+async fn run(cmd: Command, cfg: Config) -> anyhow::Result<()> {
+    match cmd {
+        Command::Migrate => {
+            let n = drover_coordinator::db::migrate(&cfg.database_url)
+                .await
+                .context("applying migrations")?;
+            println!("applied {n} migration(s)");
+            Ok(())
+        }
+        Command::Serve => {
+            let c = drover_coordinator::start(cfg).await?;
+            // Tests and scripts that bind port 0 read the address from this line.
+            println!("DROVER_ADDR=http://{}", c.addr);
+            println!("DROVER_HTTP=http://{}", c.http_addr);
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            c.shutdown().await;
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

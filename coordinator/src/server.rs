@@ -1,0 +1,186 @@
+//! Wires the coordinator together: migrations, pool, background tasks and the gRPC server.
+
+use crate::artifacts::{BlobStore, DirStore};
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::health::AdminApi;
+use crate::jobs_api::JobsApi;
+use crate::store::Store;
+use crate::workers_api::{WorkersApi, MAX_APPEND_BYTES};
+use crate::{db, leader, listen};
+use anyhow::Context;
+use drover_proto::v1::admin_service_server::AdminServiceServer;
+use drover_proto::v1::job_service_server::JobServiceServer;
+use drover_proto::v1::worker_service_server::WorkerServiceServer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+/// A started coordinator.
+pub struct Coordinator {
+    pub addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub id: String,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Coordinator {
+    /// Stops accepting work, closes worker sessions and waits for the tasks to end.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Migrates the database, binds the listener and starts serving.
+pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    crate::metrics::install();
+    let applied = db::migrate(&cfg.database_url)
+        .await
+        .with_context(|| "applying database migrations")?;
+    if applied > 0 {
+        tracing::info!(applied, "database migrations applied");
+    }
+    let pool = db::pool(&cfg.database_url, cfg.db_pool_size)?;
+    let store = Store::new(pool);
+    let id = format!(
+        "{}-{}-{}",
+        hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "coordinator".into()),
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    );
+    let shutdown = CancellationToken::new();
+    let blobs: Arc<dyn BlobStore> = Arc::new(DirStore::new(&cfg.artifact_dir));
+    let dispatcher = Dispatcher::new(store.clone(), cfg.lease_ttl());
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding gRPC listener on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
+        .await
+        .with_context(|| format!("binding HTTP listener on {}", cfg.http_listen))?;
+    let http_addr = http_listener.local_addr()?;
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<JobServiceServer<JobsApi>>()
+        .await;
+    health_reporter
+        .set_serving::<WorkerServiceServer<WorkersApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(drover_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let jobs = JobServiceServer::new(JobsApi {
+        store: store.clone(),
+        dispatcher: dispatcher.clone(),
+        config: Arc::new(cfg.clone()),
+        blobs: blobs.clone(),
+    })
+    .max_decoding_message_size(4 * 1024 * 1024);
+    let workers = WorkerServiceServer::new(WorkersApi {
+        store: store.clone(),
+        dispatcher: dispatcher.clone(),
+        coordinator_id: id.clone(),
+        lease_ttl: cfg.lease_ttl(),
+        heartbeat_interval: cfg.heartbeat_interval(),
+        log_cap_bytes: cfg.log_cap_bytes,
+        blobs: blobs.clone(),
+        max_artifact_bytes: cfg.max_artifact_bytes,
+    })
+    .max_decoding_message_size(MAX_APPEND_BYTES + 1024 * 1024);
+
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(dispatcher.clone().run(shutdown.child_token())));
+    tasks.push(tokio::spawn(listen::run(
+        cfg.database_url.clone(),
+        dispatcher.clone(),
+        shutdown.child_token(),
+    )));
+    tasks.push(tokio::spawn(leader::run(
+        leader::LeaderConfig {
+            database_url: cfg.database_url.clone(),
+            lease_ttl: cfg.lease_ttl(),
+            reaper_interval: cfg.reaper_interval(),
+            log_retention: cfg.log_retention(),
+            retention_interval: Duration::from_millis(cfg.retention_interval_ms),
+            blobs: blobs.clone(),
+        },
+        store.clone(),
+        dispatcher.clone(),
+        shutdown.child_token(),
+    )));
+    let admin = Arc::new(AdminApi {
+        store: store.clone(),
+        config: Arc::new(cfg.clone()),
+        coordinator_id: id.clone(),
+    });
+    let http_app = crate::http::router(crate::http::HttpState {
+        store: store.clone(),
+        log_cap_bytes: cfg.log_cap_bytes,
+        admin: admin.clone(),
+        dispatcher: dispatcher.clone(),
+    });
+    tasks.push(tokio::spawn(crate::health::follow_database(
+        store.clone(),
+        health_reporter.clone(),
+        shutdown.child_token(),
+    )));
+    let http_shutdown = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = axum::serve(http_listener, http_app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    }));
+    let serve_shutdown = shutdown.clone();
+    let d = dispatcher.clone();
+    let admin_grpc = admin.clone();
+    tasks.push(tokio::spawn(async move {
+        let stop = async move {
+            serve_shutdown.cancelled().await;
+            // Open worker streams would otherwise hold the graceful shutdown forever.
+            d.close_all();
+        };
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(jobs)
+            .add_service(workers)
+            .add_service(AdminServiceServer::from_arc(admin_grpc))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "gRPC server stopped");
+        }
+    }));
+    tracing::info!(%addr, %http_addr, coordinator_id = %id, "coordinator listening");
+    Ok(Coordinator {
+        addr,
+        http_addr,
+        id,
+        shutdown,
+        tasks,
+    })
+}

@@ -1,0 +1,404 @@
+//! `drover.v1.WorkerService`: the worker agents' side of the API.
+
+use crate::artifacts::{self, BlobStore};
+use crate::convert::{self, parse_id};
+use crate::dispatch::Dispatcher;
+use crate::error::Error;
+use crate::store::{ArtifactRow, ChunkIn, EndRequest, Heartbeat, Store, WorkerHello, WorkerReport};
+use drover_core::validate::{check_name, check_relative_path};
+use drover_core::RawResult;
+use drover_proto::v1 as pb;
+use drover_proto::v1::coordinator_message::Msg as Out;
+use drover_proto::v1::worker_message::Msg as In;
+use drover_proto::v1::worker_service_server::WorkerService;
+use futures::StreamExt;
+use prost::Message;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+/// Upper bound on one AppendLogs call (the gRPC message limit is set above this).
+pub const MAX_APPEND_BYTES: usize = 8 * 1024 * 1024;
+const MAX_SLOTS: u32 = 1024;
+
+pub struct WorkersApi {
+    pub store: Store,
+    pub dispatcher: Arc<Dispatcher>,
+    pub coordinator_id: String,
+    pub lease_ttl: Duration,
+    pub heartbeat_interval: Duration,
+    pub log_cap_bytes: u64,
+    pub blobs: Arc<dyn BlobStore>,
+    pub max_artifact_bytes: u64,
+}
+
+fn parse_ids(field: &str, ids: &[String]) -> Result<Vec<Uuid>, Error> {
+    ids.iter().map(|s| parse_id(field, s)).collect()
+}
+
+fn hello_from_pb(h: pb::Hello) -> Result<(WorkerHello, u32), Error> {
+    if h.worker_id.is_empty() || h.worker_id.len() > 128 {
+        return Err(Error::Invalid(
+            "hello.worker_id: must be 1 to 128 characters".into(),
+        ));
+    }
+    if h.slots == 0 || h.slots > MAX_SLOTS {
+        return Err(Error::Invalid(format!(
+            "hello.slots: must be 1 to {MAX_SLOTS}, got {}",
+            h.slots
+        )));
+    }
+    for (i, q) in h.queues.iter().enumerate() {
+        check_name(&format!("hello.queues[{i}]"), q)?;
+    }
+    for (i, l) in h.labels.iter().enumerate() {
+        check_name(&format!("hello.labels[{i}]"), l)?;
+    }
+    let running = parse_ids("hello.running_attempts", &h.running_attempts)?;
+    let free = h.free_slots.min(h.slots);
+    Ok((
+        WorkerHello {
+            id: h.worker_id,
+            hostname: h.hostname,
+            labels: h.labels,
+            queues: if h.queues.is_empty() {
+                vec![crate::jobs_api::DEFAULT_QUEUE.to_string()]
+            } else {
+                h.queues
+            },
+            slots: h.slots as i32,
+            version: h.version,
+            running,
+        },
+        free,
+    ))
+}
+
+pub fn stop_msg(attempt_id: Uuid, code: tonic::Code, reason: &str) -> Out {
+    Out::Stop(pb::StopAttempt {
+        attempt_id: attempt_id.to_string(),
+        code: code as i32,
+        reason: reason.to_string(),
+    })
+}
+
+/// Stop orders answering a heartbeat.
+fn stop_orders(hb: &Heartbeat) -> Vec<Out> {
+    let stale = hb.stale.iter().map(|id| {
+        stop_msg(
+            *id,
+            tonic::Code::FailedPrecondition,
+            "attempt is no longer current",
+        )
+    });
+    let cancel = hb
+        .cancel
+        .iter()
+        .map(|id| stop_msg(*id, tonic::Code::Cancelled, "job cancelled by operator"));
+    stale.chain(cancel).collect()
+}
+
+type SessionStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerService for WorkersApi {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?;
+        let Some(pb::WorkerMessage {
+            msg: Some(In::Hello(hello)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "session: the first message must be a hello",
+            ));
+        };
+        let (hello, free) = hello_from_pb(hello)?;
+        let (orphans, hb) = self
+            .store
+            .register_worker(&hello, &self.coordinator_id, self.lease_ttl)
+            .await?;
+        tracing::info!(worker_id = %hello.id, hostname = %hello.hostname, slots = hello.slots,
+            running = hello.running.len(), orphans_lost = orphans.len(), "worker connected");
+
+        let (tx, rx) = mpsc::channel(256 + 2 * hello.slots as usize);
+        let welcome = Out::Welcome(pb::Welcome {
+            coordinator_id: self.coordinator_id.clone(),
+            heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
+            lease_ttl_ms: self.lease_ttl.as_millis() as u64,
+        });
+        let _ = tx.try_send(Ok(pb::CoordinatorMessage { msg: Some(welcome) }));
+        for m in stop_orders(&hb) {
+            let _ = tx.try_send(Ok(pb::CoordinatorMessage { msg: Some(m) }));
+        }
+        for e in &orphans {
+            crate::metrics::ended(e);
+        }
+        if !orphans.is_empty() {
+            self.dispatcher.wake();
+        }
+        let session = self.dispatcher.register(
+            hello.id.clone(),
+            hello.queues.clone(),
+            hello.labels.clone(),
+            free,
+            tx,
+        );
+
+        let store = self.store.clone();
+        let dispatcher = self.dispatcher.clone();
+        let coordinator_id = self.coordinator_id.clone();
+        let ttl = self.lease_ttl;
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = session.closed.cancelled() => break,
+                };
+                match msg {
+                    Ok(Some(pb::WorkerMessage { msg: Some(m) })) => match m {
+                        In::Heartbeat(hb) => {
+                            let ids = match parse_ids(
+                                "heartbeat.running_attempts",
+                                &hb.running_attempts,
+                            ) {
+                                Ok(ids) => ids,
+                                Err(e) => {
+                                    tracing::warn!(worker_id = %session.worker_id, error = %e, "bad heartbeat");
+                                    continue;
+                                }
+                            };
+                            let report = WorkerReport {
+                                resources: hb
+                                    .resources
+                                    .as_ref()
+                                    .map(|r| r.encode_to_vec())
+                                    .unwrap_or_default(),
+                                paused_reason: hb.paused_reason.clone(),
+                                draining: hb.draining,
+                            };
+                            // A paused or draining worker gets no new jobs, whatever its credits.
+                            let was_paused =
+                                session.set_paused(!hb.paused_reason.is_empty() || hb.draining);
+                            if was_paused && hb.paused_reason.is_empty() && !hb.draining {
+                                dispatcher.wake();
+                            }
+                            match store
+                                .heartbeat(&session.worker_id, &ids, ttl, Some(&report))
+                                .await
+                            {
+                                Ok(hb) => {
+                                    for m in stop_orders(&hb) {
+                                        session.send(m);
+                                    }
+                                }
+                                // The worker keeps running; its next heartbeat may succeed.
+                                Err(e) => tracing::warn!(error = %e, "heartbeat not recorded"),
+                            }
+                        }
+                        In::Credit(c) => {
+                            session.add_credits(c.slots);
+                            dispatcher.wake();
+                        }
+                        In::Hello(_) => {
+                            tracing::warn!(worker_id = %session.worker_id, "duplicate hello ignored")
+                        }
+                    },
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            dispatcher.unregister(session.conn_id);
+            session.closed.cancel();
+            // Leases are left to expire (or to the worker's reconnect): the worker may
+            // still be running its jobs and be on its way to another coordinator.
+            if let Err(e) = store
+                .worker_disconnected(&session.worker_id, &coordinator_id)
+                .await
+            {
+                tracing::debug!(error = %e, "could not record worker disconnect");
+            }
+            tracing::info!(worker_id = %session.worker_id, "worker disconnected");
+        });
+
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn append_logs(
+        &self,
+        req: Request<pb::AppendLogsRequest>,
+    ) -> Result<Response<pb::AppendLogsResponse>, Status> {
+        let r = req.into_inner();
+        let attempt_id = parse_id("attempt_id", &r.attempt_id)?;
+        let total: usize = r.chunks.iter().map(|c| c.data.len()).sum();
+        if total > MAX_APPEND_BYTES {
+            return Err(Error::Invalid(format!(
+                "chunks: {total} bytes in one call; the limit is {MAX_APPEND_BYTES}"
+            ))
+            .into());
+        }
+        let chunks = r
+            .chunks
+            .into_iter()
+            .map(|c| {
+                let stream = match pb::LogStream::try_from(c.stream) {
+                    Ok(pb::LogStream::Stdout) => 1,
+                    Ok(pb::LogStream::Stderr) => 2,
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "chunks.stream: must be stdout or stderr, got {}",
+                            c.stream
+                        )))
+                    }
+                };
+                let seq = i64::try_from(c.seq)
+                    .map_err(|_| Error::Invalid("chunks.seq: out of range".into()))?;
+                Ok(ChunkIn {
+                    seq,
+                    stream,
+                    time: c
+                        .time
+                        .as_ref()
+                        .and_then(convert::from_ts)
+                        .unwrap_or_else(chrono::Utc::now),
+                    data: c.data,
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        self.store
+            .append_logs(attempt_id, &chunks, self.log_cap_bytes)
+            .await?;
+        crate::metrics::log_bytes(total as u64);
+        Ok(Response::new(pb::AppendLogsResponse {}))
+    }
+
+    async fn finish_attempt(
+        &self,
+        req: Request<pb::FinishAttemptRequest>,
+    ) -> Result<Response<pb::FinishAttemptResponse>, Status> {
+        use pb::finish_attempt_request::Result as R;
+        let r = req.into_inner();
+        let attempt_id = parse_id("attempt_id", &r.attempt_id)?;
+        let raw = match r.result {
+            Some(R::Exited(pb::ExitStatus {
+                code: Some(code), ..
+            })) => RawResult::Exited(code),
+            Some(R::Exited(pb::ExitStatus {
+                signal: Some(sig), ..
+            })) => RawResult::Signaled(sig),
+            Some(R::Exited(_)) => {
+                return Err(Status::invalid_argument(
+                    "result.exited: set code or signal",
+                ))
+            }
+            Some(R::SpawnError(e)) => RawResult::SpawnError(e),
+            Some(R::TimedOut(_)) => RawResult::TimedOut,
+            Some(R::Cancelled(_)) => RawResult::Cancelled,
+            Some(R::Released(_)) => RawResult::Released,
+            Some(R::OutputError(e)) => RawResult::OutputError(e),
+            None => return Err(Status::invalid_argument("result: required")),
+        };
+        let count = i64::try_from(r.log_chunk_count)
+            .map_err(|_| Status::invalid_argument("log_chunk_count: out of range"))?;
+        let req = EndRequest {
+            raw,
+            output_tail: String::from_utf8_lossy(&r.output_tail).into_owned(),
+            log_chunk_count: Some(count),
+            only_if_expired: false,
+            usage: (r.peak_rss_bytes > 0 || r.cpu_time_ms > 0)
+                .then_some((r.peak_rss_bytes as i64, r.cpu_time_ms as i64)),
+        };
+        let ended = self.store.end_attempt(attempt_id, &req).await?;
+        crate::metrics::ended(&ended);
+        tracing::info!(job_id = %ended.job_id, %attempt_id, attempt_state = %ended.attempt_state,
+            job_state = %ended.job_state, reason = %ended.reason, "attempt finished");
+        if ended.job_state == drover_core::JobState::Pending {
+            self.dispatcher.wake();
+        }
+        Ok(Response::new(pb::FinishAttemptResponse {
+            state: convert::attempt_state(ended.attempt_state) as i32,
+            reason: ended.reason,
+        }))
+    }
+
+    async fn upload_artifact(
+        &self,
+        req: Request<Streaming<pb::ArtifactUpload>>,
+    ) -> Result<Response<pb::UploadArtifactResponse>, Status> {
+        use pb::artifact_upload::Part;
+        let mut parts = req.into_inner();
+        let Some(pb::ArtifactUpload {
+            part: Some(Part::Header(h)),
+        }) = parts.message().await?
+        else {
+            return Err(Status::invalid_argument(
+                "upload: the first message must be the header",
+            ));
+        };
+        let attempt_id = parse_id("header.attempt_id", &h.attempt_id)?;
+        check_relative_path("header.name", &h.name).map_err(Error::from)?;
+        if h.size > self.max_artifact_bytes {
+            return Err(Error::Invalid(format!(
+                "header.size: {} bytes is larger than max_artifact_bytes ({})",
+                h.size, self.max_artifact_bytes
+            ))
+            .into());
+        }
+        // Fenced: only the attempt holding the lease may add files.
+        let (job_id, number) = self.store.running_attempt_job(attempt_id).await?;
+        let key = artifacts::key(job_id, attempt_id, &h.name);
+        let body = futures::stream::unfold(parts, |mut parts| async move {
+            match parts.message().await {
+                Ok(Some(pb::ArtifactUpload {
+                    part: Some(Part::Data(d)),
+                })) => Some((Ok(d), parts)),
+                Ok(Some(_)) => Some((
+                    Err(Error::Invalid(
+                        "upload: only data may follow the header".into(),
+                    )),
+                    parts,
+                )),
+                Ok(None) => None,
+                Err(e) => Some((
+                    Err(Error::Aborted(format!("upload interrupted: {e}"))),
+                    parts,
+                )),
+            }
+        })
+        .boxed();
+        let stored = self.blobs.put(&key, body, self.max_artifact_bytes).await?;
+        if stored.size != h.size || stored.sha256 != h.sha256.to_ascii_lowercase() {
+            let _ = self.blobs.delete(&key).await;
+            return Err(Error::Invalid(format!(
+                "{}: received {} bytes with sha256 {}, but the header said {} bytes with {}",
+                h.name, stored.size, stored.sha256, h.size, h.sha256
+            ))
+            .into());
+        }
+        let row = ArtifactRow {
+            attempt_id,
+            job_id,
+            attempt_number: number,
+            name: h.name.clone(),
+            size: stored.size as i64,
+            sha256: stored.sha256,
+            created_at: chrono::Utc::now(),
+        };
+        if let Err(e) = self.store.record_artifact(&row).await {
+            let _ = self.blobs.delete(&key).await;
+            return Err(e.into());
+        }
+        tracing::info!(%job_id, %attempt_id, name = %h.name, size = row.size, "artifact stored");
+        Ok(Response::new(pb::UploadArtifactResponse {}))
+    }
+}

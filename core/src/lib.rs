@@ -1,0 +1,17 @@
+//! Drover's domain logic, free of gRPC and SQL so it can be tested as pure functions.
+//!
+//! - [`state`] — job and attempt states.
+//! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
+//! - [`logcap`] — the per-attempt log size cap (head and tail kept).
+//! - [`params`] — `{name}` placeholder substitution in argv.
+//! - [`validate`] — limits and checks on submitted job specs, with errors naming the field.
+
+pub mod logcap;
+pub mod params;
+pub mod retry;
+pub mod state;
+pub mod validate;
+
+pub use retry::{classify, decide, Classification, Next, PolicyOverrides, RawResult, RetryPolicy};
+pub use state::{AttemptState, JobState};
+pub use validate::{JobSpec, ValidationError};

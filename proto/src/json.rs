@@ -1,0 +1,74 @@
+//! JSON renderings of API messages that both the coordinator (`/health`) and droverctl
+//! (`-o json`) print, so the two always agree.
+
+use crate::v1 as pb;
+use serde_json::{json, Value};
+
+fn time(t: &Option<prost_types::Timestamp>) -> Value {
+    match t {
+        Some(t) => json!(format!("{}.{:09}", t.seconds, t.nanos.max(0))),
+        None => Value::Null,
+    }
+}
+
+pub fn resources(r: &pb::HostResources) -> Value {
+    json!({
+        "sampled_at_unix": time(&r.sampled_at),
+        "cpu_percent": r.cpu_percent,
+        "load1": r.load1,
+        "memory_used_bytes": r.memory_used_bytes,
+        "memory_total_bytes": r.memory_total_bytes,
+        "swap_used_bytes": r.swap_used_bytes,
+        "swap_total_bytes": r.swap_total_bytes,
+        "disk_free_bytes": r.disk_free_bytes,
+        "disk_total_bytes": r.disk_total_bytes,
+        "running_jobs": r.running_jobs,
+        "jobs": r.jobs.iter().map(|j| json!({
+            "attempt_id": j.attempt_id,
+            "cpu_percent": j.cpu_percent,
+            "rss_bytes": j.rss_bytes,
+            "peak_rss_bytes": j.peak_rss_bytes,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn worker(w: &pb::Worker) -> Value {
+    json!({
+        "id": w.id,
+        "hostname": w.hostname,
+        "state": w.state,
+        "paused_reason": w.paused_reason,
+        "labels": w.labels,
+        "queues": w.queues,
+        "slots": w.slots,
+        "running": w.running,
+        "last_seen_unix": time(&w.last_seen_at),
+        "version": w.version,
+        "resources": w.resources.as_ref().map(resources),
+    })
+}
+
+pub fn health(h: &pb::Health) -> Value {
+    json!({
+        "status": h.status,
+        "reasons": h.reasons,
+        "coordinator_id": h.coordinator_id,
+        "version": h.version,
+        "database_ok": h.database_ok,
+        "db_pool": {"size": h.db_pool_size, "available": h.db_pool_available, "max": h.db_pool_max},
+        "jobs_by_state": h.jobs_by_state,
+        "failed_last_24h": h.failed_last_24h,
+        "queues": h.queues.iter().map(|q| json!({
+            "queue": q.queue,
+            "pending": q.pending,
+            "running": q.running,
+            "oldest_pending_ms": q.oldest_pending_ms,
+        })).collect::<Vec<_>>(),
+        "workers_alive": h.workers_alive,
+        "workers_stale": h.workers_stale,
+        "workers_draining": h.workers_draining,
+        "workers": h.workers.iter().map(worker).collect::<Vec<_>>(),
+        "log_storage_bytes": h.log_storage_bytes,
+        "config": serde_json::from_str::<Value>(&h.config_json).unwrap_or(Value::Null),
+    })
+}

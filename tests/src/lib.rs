@@ -1,0 +1,656 @@
+//! Test harness for Drover's end-to-end tests: a fresh database per test (cloned from a
+//! migrated template), real `drover-coordinator` and `drover-worker` processes, and gRPC
+//! clients. Nothing here is mocked.
+//!
+//! Binaries are taken from the cargo target directory next to the test executable; the
+//! test command (`scripts/test`) builds them first.
+
+use anyhow::{anyhow, bail, Context, Result};
+use drover_proto::v1 as pb;
+use drover_proto::v1::job_service_client::JobServiceClient;
+use drover_proto::v1::worker_service_client::WorkerServiceClient;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+pub use drover_proto::v1;
+
+/// Admin connection for creating test databases. CI sets DATABASE_URL; locally the
+/// machine's server on 127.0.0.1:5432 is used.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    // Replace the path component of a postgres:// URL.
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{}", &base[..host_end], db);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+async fn admin() -> Result<tokio_postgres::Client> {
+    let url = admin_url();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {url} (set DATABASE_URL)"))?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Template database name: changes whenever the migrations change.
+fn template_name() -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../coordinator/migrations");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("coordinator/migrations")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    for f in files {
+        std::fs::read(&f).expect("migration file").hash(&mut h);
+    }
+    format!("drover_tmpl_{:016x}", h.finish())
+}
+
+/// A database of its own for one test, dropped afterwards.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Result<TestDb> {
+        let client = admin().await?;
+        let tmpl = template_name();
+        // Serialise template creation across test processes running in parallel.
+        client
+            .execute("SELECT pg_advisory_lock(7262001)", &[])
+            .await?;
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&tmpl])
+            .await?
+            .is_some();
+        if !exists {
+            let building = format!("{tmpl}_building");
+            // Separate statements: CREATE DATABASE cannot run in a (implicit) transaction.
+            client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {building}"))
+                .await?;
+            client
+                .batch_execute(&format!("CREATE DATABASE {building}"))
+                .await?;
+            drover_coordinator::db::migrate(&with_database(&admin_url(), &building))
+                .await
+                .map_err(|e| anyhow!("migrating template: {e}"))?;
+            client
+                .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {tmpl}"))
+                .await?;
+        }
+        let name = format!("drover_t_{}", uuid::Uuid::new_v4().simple());
+        let r = client
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {tmpl}"))
+            .await;
+        client
+            .execute("SELECT pg_advisory_unlock(7262001)", &[])
+            .await?;
+        r?;
+        Ok(TestDb {
+            url: with_database(&admin_url(), &name),
+            name,
+        })
+    }
+
+    /// A connection to this test's database, for checks the API does not expose.
+    pub async fn client(&self) -> Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context guarantees: use a runtime of our own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(c) = admin().await {
+                        let _ = c
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+/// Directory holding the workspace's built binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(|p| p.parent())
+        .map(Path::to_path_buf)
+        .expect("target directory")
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins), \
+         or run ./scripts/test",
+        p.display()
+    );
+    p
+}
+
+/// Picks a free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process whose stderr goes to a log file, killed when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+    /// A coordinator's HTTP address.
+    pub http: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<Option<i32>> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s.code());
+            }
+            if start.elapsed() > limit {
+                bail!("{} did not exit within {limit:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!(
+                "---- last lines of {} ({}) ----",
+                self.name,
+                self.log.display()
+            );
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Settings for a test coordinator: short leases so lost-worker tests are quick.
+#[derive(Clone, Debug)]
+pub struct CoordinatorOpts {
+    pub port: u16,
+    pub lease_ttl_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub reaper_interval_ms: u64,
+    /// Contents of a TOML config file to pass with --config.
+    pub config_toml: Option<String>,
+    /// Database other than the test's own (e.g. a private server the test stops).
+    pub database_url: Option<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for CoordinatorOpts {
+    fn default() -> Self {
+        CoordinatorOpts {
+            port: 0,
+            lease_ttl_ms: 3_000,
+            heartbeat_interval_ms: 500,
+            reaper_interval_ms: 200,
+            config_toml: None,
+            database_url: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// The per-test world: a database, a scratch directory, and the processes started.
+pub struct Cluster {
+    pub db: TestDb,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    /// Jobs of workers the test SIGKILLed are still running: stop them the way a
+    /// restarted worker would, so no test leaves processes behind.
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            for e in entries.flatten() {
+                let pids = e.path().join("pids");
+                if pids.is_dir() {
+                    let _ = drover_worker::state_dir::kill_leftover_groups(&pids);
+                }
+            }
+        }
+    }
+}
+
+impl Cluster {
+    pub async fn new() -> Result<Cluster> {
+        let dir = tempfile::Builder::new().prefix("drover-test-").tempdir()?;
+        Ok(Cluster {
+            db: TestDb::new().await?,
+            dir,
+        })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts a coordinator and waits until it listens.
+    pub fn coordinator(&self, name: &str, opts: &CoordinatorOpts) -> Result<(Proc, String)> {
+        let port = if opts.port == 0 {
+            free_port()
+        } else {
+            opts.port
+        };
+        let log = self.path(&format!("{name}.log"));
+        let mut cmd = Command::new(bin("drover-coordinator"));
+        if let Some(toml) = &opts.config_toml {
+            let path = self.path(&format!("{name}.toml"));
+            std::fs::write(&path, toml)?;
+            cmd.arg("--config").arg(path);
+        }
+        let mut child = cmd
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--http-listen", "127.0.0.1:0"])
+            .arg("--database-url")
+            .arg(opts.database_url.as_deref().unwrap_or(&self.db.url))
+            .env("DROVER_LEASE_TTL_MS", opts.lease_ttl_ms.to_string())
+            .env("DROVER_ARTIFACT_DIR", self.path("artifacts"))
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env(
+                "DROVER_HEARTBEAT_INTERVAL_MS",
+                opts.heartbeat_interval_ms.to_string(),
+            )
+            .env(
+                "DROVER_REAPER_INTERVAL_MS",
+                opts.reaper_interval_ms.to_string(),
+            )
+            .env("RUST_LOG", "info,drover_coordinator=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)?,
+            )
+            .spawn()
+            .context("spawning drover-coordinator")?;
+        let stdout = child.stdout.take().context("coordinator stdout")?;
+        let mut proc = Proc {
+            name: name.to_string(),
+            child,
+            log,
+            http: String::new(),
+        };
+        // The coordinator prints DROVER_ADDR=... and DROVER_HTTP=... once it listens.
+        let mut reader = BufReader::new(stdout);
+        let (mut line, mut http) = (String::new(), String::new());
+        reader.read_line(&mut line)?;
+        reader.read_line(&mut http)?;
+        let (Some(addr), Some(http)) = (
+            line.trim().strip_prefix("DROVER_ADDR="),
+            http.trim().strip_prefix("DROVER_HTTP="),
+        ) else {
+            proc.kill();
+            bail!("coordinator did not start: {}", proc.log_text());
+        };
+        proc.http = http.to_string();
+        Ok((proc, addr.to_string()))
+    }
+
+    /// Starts a worker process connected to `addr`.
+    pub fn worker(&self, name: &str, addr: &str, slots: u32, extra: &[&str]) -> Result<Proc> {
+        self.worker_with_env(name, addr, slots, extra, &[])
+    }
+
+    pub fn worker_with_env(
+        &self,
+        name: &str,
+        addr: &str,
+        slots: u32,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Proc> {
+        let log = self.path(&format!("{name}.log"));
+        let child = Command::new(bin("drover-worker"))
+            .arg("--coordinator")
+            .arg(addr)
+            .arg("--worker-id")
+            .arg(name)
+            .arg("--state-dir")
+            .arg(self.path(&format!("{name}-state")))
+            .arg("--slots")
+            .arg(slots.to_string())
+            .args(extra)
+            .env("RUST_LOG", "info,drover_worker=debug")
+            .env("DROVER_WORKER_KILL_GRACE_MS", "2000")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)?,
+            )
+            .spawn()
+            .context("spawning drover-worker")?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+            http: String::new(),
+        })
+    }
+}
+
+pub async fn channel(addr: &str) -> Result<Channel> {
+    let start = Instant::now();
+    loop {
+        match tonic::transport::Endpoint::from_shared(addr.to_string())?
+            .connect()
+            .await
+        {
+            Ok(c) => return Ok(c),
+            Err(e) if start.elapsed() > Duration::from_secs(30) => {
+                return Err(anyhow!("connecting to {addr}: {e}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+pub async fn jobs(addr: &str) -> Result<JobServiceClient<Channel>> {
+    Ok(JobServiceClient::new(channel(addr).await?))
+}
+
+pub async fn workers(addr: &str) -> Result<WorkerServiceClient<Channel>> {
+    Ok(WorkerServiceClient::new(channel(addr).await?))
+}
+
+/// A job spec running `argv` with a fast retry policy for tests.
+pub fn spec(argv: &[&str]) -> pb::JobSpec {
+    pb::JobSpec {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        retry: Some(pb::RetryPolicy {
+            initial_backoff_ms: Some(100),
+            jitter: Some(0.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn sh(script: &str) -> pb::JobSpec {
+    spec(&["sh", "-c", script])
+}
+
+pub async fn submit(c: &mut JobServiceClient<Channel>, spec: pb::JobSpec) -> Result<pb::Job> {
+    c.submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+        .await?
+        .into_inner()
+        .job
+        .context("no job in response")
+}
+
+pub async fn get(
+    c: &mut JobServiceClient<Channel>,
+    id: &str,
+) -> Result<(pb::Job, Vec<pb::Attempt>)> {
+    let r = c
+        .get_job(pb::GetJobRequest { id: id.to_string() })
+        .await?
+        .into_inner();
+    Ok((r.job.context("no job")?, r.attempts))
+}
+
+/// Safety limit for waits: generous, so a loaded machine never fails a correct system.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+/// Polls until `pred` holds for the job, or fails after PATIENCE.
+pub async fn wait_for<F>(
+    c: &mut JobServiceClient<Channel>,
+    id: &str,
+    what: &str,
+    pred: F,
+) -> Result<(pb::Job, Vec<pb::Attempt>)>
+where
+    F: Fn(&pb::Job, &[pb::Attempt]) -> bool,
+{
+    let start = Instant::now();
+    loop {
+        // Tolerate a coordinator that is restarting.
+        if let Ok((job, attempts)) = get(c, id).await {
+            if pred(&job, &attempts) {
+                return Ok((job, attempts));
+            }
+            if start.elapsed() > PATIENCE {
+                bail!("job {id}: gave up waiting for {what}; now {job:?} {attempts:?}");
+            }
+        } else if start.elapsed() > PATIENCE {
+            bail!("job {id}: gave up waiting for {what}; coordinator unreachable");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn is_state(j: &pb::Job, s: pb::JobState) -> bool {
+    j.state == s as i32
+}
+
+pub async fn wait_state(
+    c: &mut JobServiceClient<Channel>,
+    id: &str,
+    s: pb::JobState,
+) -> Result<(pb::Job, Vec<pb::Attempt>)> {
+    wait_for(c, id, &format!("{s:?}"), |j, _| is_state(j, s)).await
+}
+
+/// The stored log of one attempt (or all, with 0), split by stream.
+pub async fn logs(
+    c: &mut JobServiceClient<Channel>,
+    id: &str,
+    attempt: u32,
+) -> Result<(Vec<u8>, Vec<u8>, Vec<pb::LogChunk>)> {
+    let mut s = c
+        .stream_logs(pb::StreamLogsRequest {
+            job_id: id.to_string(),
+            attempt,
+            follow: false,
+        })
+        .await?
+        .into_inner();
+    let (mut out, mut err, mut all) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(ch) = s.message().await? {
+        if ch.stream == pb::LogStream::Stderr as i32 {
+            err.extend_from_slice(&ch.data);
+        } else {
+            out.extend_from_slice(&ch.data);
+        }
+        all.push(ch);
+    }
+    Ok((out, err, all))
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Waits (up to PATIENCE) for a process to be gone; false if it is still alive then.
+/// Killed processes linger briefly until their parent (often init) reaps them.
+pub async fn wait_dead(pid: i32) -> bool {
+    let start = Instant::now();
+    while process_alive(pid) {
+        if start.elapsed() > PATIENCE {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    true
+}
+
+/// Reads a pid the job printed as the first line of the given attempt's stdout.
+pub async fn pid_from_log(
+    c: &mut JobServiceClient<Channel>,
+    id: &str,
+    attempt: u32,
+) -> Result<i32> {
+    let start = Instant::now();
+    loop {
+        // NOT_FOUND until the attempt exists: the job may not have been leased yet.
+        let text = match logs(c, id, attempt).await {
+            Ok((out, _, _)) => String::from_utf8_lossy(&out).into_owned(),
+            Err(e) => format!("({e})"),
+        };
+        if let Some(Ok(pid)) = text.lines().next().map(|l| l.trim().parse::<i32>()) {
+            return Ok(pid);
+        }
+        if start.elapsed() > PATIENCE {
+            bail!("job {id} printed no pid: {text:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A TCP proxy between a worker and its coordinator that a test can cut, to make a
+/// network partition.
+pub struct Proxy {
+    pub addr: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio_util::sync::CancellationToken>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Listens on a free loopback port and forwards to `target` ("127.0.0.1:PORT").
+    pub async fn start(target: &str) -> Result<Proxy> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = format!("http://{}", listener.local_addr()?);
+        let target = target.trim_start_matches("http://").to_string();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (cut2, conns2) = (cut.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut2.load(Ordering::SeqCst) {
+                    continue; // dropped: the partition refuses new connections too
+                }
+                let token = tokio_util::sync::CancellationToken::new();
+                if let Ok(mut all) = conns2.lock() {
+                    all.push(token.clone());
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = token.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Ok(Proxy {
+            addr,
+            cut,
+            conns,
+            task,
+        })
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut all) = self.conns.lock() {
+            for t in all.drain(..) {
+                t.cancel();
+            }
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}

@@ -1,0 +1,647 @@
+//! The worker agent: one session with the coordinator, and one task per running attempt.
+//!
+//! An attempt is *tracked* from assignment until the coordinator has acknowledged its
+//! result, even after its process exited: while its log or result is still waiting to be
+//! delivered (coordinator away), its lease is kept alive by heartbeats and it is listed in
+//! the `Hello` of a reconnect, so the coordinator does not mistake it for an orphan.
+//! A *slot* is freed (credit sent) as soon as the process exits.
+
+use crate::config::Config;
+use crate::outputs;
+use crate::process::{self, ExitOutcome, OutputChunk, RunSpec, StreamKind, TailBuffer};
+use crate::resources::{Limits, Monitor};
+use crate::spool;
+use drover_proto::v1 as pb;
+use drover_proto::v1::coordinator_message::Msg as In;
+use drover_proto::v1::worker_message::Msg as Out;
+use drover_proto::v1::worker_service_client::WorkerServiceClient;
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio_retry::strategy::{jitter, ExponentialBackoff};
+use tokio_retry::RetryIf;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tracing::Instrument;
+
+/// Bytes of log per AppendLogs call.
+const LOG_BATCH_BYTES: usize = 2 * 1024 * 1024;
+/// Bytes of output kept for classifying failures by pattern.
+const TAIL_BYTES: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid coordinator address {0:?}: {1}")]
+    Address(String, String),
+    #[error("preparing {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+/// Why the agent stopped an attempt's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    /// The coordinator says the lease is no longer ours: report nothing more.
+    Stale,
+    Cancelled,
+    /// The worker is shutting down and hands the attempt back.
+    Shutdown,
+}
+
+struct Tracked {
+    stop: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+#[derive(Default)]
+struct State {
+    attempts: HashMap<String, Tracked>,
+    /// Processes currently alive.
+    live: u32,
+    /// Outbound half of the current session, if connected.
+    session: Option<mpsc::UnboundedSender<pb::WorkerMessage>>,
+}
+
+pub struct Agent {
+    cfg: Config,
+    worker_id: String,
+    hostname: String,
+    slots: u32,
+    client: WorkerServiceClient<Channel>,
+    state: Mutex<State>,
+    /// Signalled whenever an attempt stops being tracked.
+    changed: Notify,
+    draining: CancellationToken,
+    monitor: Arc<Monitor>,
+}
+
+fn retry_strategy() -> impl Iterator<Item = Duration> {
+    // 100 ms doubling to 5 s; half fixed, half jittered so waits never collapse to zero.
+    ExponentialBackoff::from_millis(2)
+        .factor(50)
+        .max_delay(Duration::from_secs(5))
+        .map(|d| d / 2 + jitter(d / 2))
+}
+
+/// Errors worth retrying: the coordinator or its database is away, or the call raced.
+fn transient(s: &Status) -> bool {
+    !matches!(
+        s.code(),
+        Code::FailedPrecondition | Code::NotFound | Code::InvalidArgument | Code::PermissionDenied
+    )
+}
+
+fn msg(m: Out) -> pb::WorkerMessage {
+    pb::WorkerMessage { msg: Some(m) }
+}
+
+impl Agent {
+    pub fn new(cfg: Config, worker_id: String) -> Result<Arc<Agent>, AgentError> {
+        let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
+            .map_err(|e| AgentError::Address(cfg.coordinator.clone(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let client = WorkerServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(16 * 1024 * 1024);
+        let hostname = hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        let monitor = Monitor::new(
+            cfg.work_root(),
+            Limits {
+                min_disk_free_bytes: cfg.min_disk_free_bytes,
+                min_memory_available_bytes: cfg.min_memory_available_bytes,
+            },
+        );
+        Ok(Arc::new(Agent {
+            monitor,
+            slots: cfg.slots(),
+            cfg,
+            worker_id,
+            hostname,
+            client,
+            state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            draining: CancellationToken::new(),
+        }))
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a session open until `shutdown`, then drains: takes no new jobs, lets running
+    /// ones finish for up to `drain_timeout`, stops and hands back the rest (released: not
+    /// counted as a retry), and returns once every result was delivered or refused.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let monitor = tokio::spawn(self.monitor.clone().run());
+        let session = tokio::spawn(self.clone().session_loop());
+        shutdown.cancelled().await;
+        self.draining.cancel();
+        let running = self.lock().attempts.len();
+        tracing::info!(
+            running,
+            drain_timeout_ms = self.cfg.drain_timeout_ms,
+            "draining"
+        );
+        let deadline = tokio::time::sleep(self.cfg.drain_timeout());
+        tokio::pin!(deadline);
+        let mut timed_out = false;
+        loop {
+            let changed = self.changed.notified();
+            if self.lock().attempts.is_empty() {
+                break;
+            }
+            if timed_out {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = &mut deadline => {
+                    timed_out = true;
+                    self.hand_back_all();
+                }
+            }
+        }
+        session.abort();
+        monitor.abort();
+        tracing::info!("drained");
+    }
+
+    /// Stops every running attempt; each is then reported as released.
+    fn hand_back_all(&self) {
+        let stops: Vec<_> = self
+            .lock()
+            .attempts
+            .values()
+            .map(|t| (t.stop.clone(), t.reason.clone()))
+            .collect();
+        tracing::info!(
+            count = stops.len(),
+            "drain timeout: handing back running attempts"
+        );
+        for (stop, reason) in stops {
+            if let Ok(mut r) = reason.lock() {
+                r.get_or_insert(StopReason::Shutdown);
+            }
+            stop.cancel();
+        }
+    }
+
+    async fn session_loop(self: Arc<Self>) {
+        let mut backoff = retry_strategy();
+        loop {
+            match self.clone().one_session().await {
+                Ok(()) => backoff = retry_strategy(),
+                Err(e) => tracing::warn!(error = %e, "coordinator session failed; reconnecting"),
+            }
+            self.lock().session = None;
+            let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn one_session(self: Arc<Self>) -> Result<(), Status> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            // Hello and the session handle are set together, so no credit is sent before
+            // the hello that accounts for it.
+            let mut st = self.lock();
+            let hello = pb::Hello {
+                worker_id: self.worker_id.clone(),
+                hostname: self.hostname.clone(),
+                labels: self.cfg.labels.clone(),
+                queues: self.cfg.queues.clone(),
+                slots: self.slots,
+                running_attempts: st.attempts.keys().cloned().collect(),
+                free_slots: if self.draining.is_cancelled() {
+                    0
+                } else {
+                    self.slots.saturating_sub(st.live)
+                },
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            let _ = tx.send(msg(Out::Hello(hello)));
+            st.session = Some(tx.clone());
+        }
+        let mut inbound = self
+            .client
+            .clone()
+            .session(UnboundedReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(2));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                m = inbound.message() => match m? {
+                    Some(pb::CoordinatorMessage { msg: Some(m) }) => match m {
+                        In::Welcome(w) => {
+                            tracing::info!(coordinator = %w.coordinator_id, "connected to coordinator");
+                            let every = Duration::from_millis(w.heartbeat_interval_ms.max(100));
+                            heartbeat = tokio::time::interval(every);
+                            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        }
+                        In::Assign(a) => self.clone().accept(a),
+                        In::Stop(s) => self.stop(&s),
+                    },
+                    Some(_) => {}
+                    None => return Ok(()),
+                },
+                _ = heartbeat.tick() => {
+                    let ids: Vec<String> = self.lock().attempts.keys().cloned().collect();
+                    let (resources, paused_reason) = self.monitor.latest();
+                    let _ = tx.send(msg(Out::Heartbeat(pb::Heartbeat {
+                        running_attempts: ids,
+                        resources: Some(resources),
+                        paused_reason,
+                        draining: self.draining.is_cancelled(),
+                    })));
+                }
+            }
+        }
+    }
+
+    fn stop(&self, s: &pb::StopAttempt) {
+        let reason = if s.code == Code::Cancelled as i32 {
+            StopReason::Cancelled
+        } else {
+            StopReason::Stale
+        };
+        tracing::info!(attempt_id = %s.attempt_id, reason = %s.reason, "coordinator stopped attempt");
+        if let Some(t) = self.lock().attempts.get(&s.attempt_id) {
+            if let Ok(mut r) = t.reason.lock() {
+                r.get_or_insert(reason);
+            }
+            t.stop.cancel();
+        }
+    }
+
+    fn accept(self: Arc<Self>, a: pb::Assignment) {
+        let tracked = Tracked {
+            stop: CancellationToken::new(),
+            reason: Arc::new(Mutex::new(None)),
+        };
+        let (stop, reason) = (tracked.stop.clone(), tracked.reason.clone());
+        let refuse = {
+            let mut st = self.lock();
+            let refuse = self.draining.is_cancelled()
+                || !self.monitor.paused_reason().is_empty()
+                || st.live >= self.slots
+                || st.attempts.contains_key(&a.attempt_id);
+            if !refuse {
+                st.live += 1;
+                st.attempts.insert(a.attempt_id.clone(), tracked);
+            }
+            refuse
+        };
+        if refuse {
+            // Hand it straight back; released attempts do not count as retries.
+            tracing::info!(attempt_id = %a.attempt_id, "no slot (or draining): releasing");
+            tokio::spawn(async move {
+                let req = pb::FinishAttemptRequest {
+                    attempt_id: a.attempt_id,
+                    result: Some(pb::finish_attempt_request::Result::Released(true)),
+                    output_tail: Vec::new(),
+                    log_chunk_count: 0,
+                    ..Default::default()
+                };
+                let _ = self
+                    .call(|mut c| {
+                        let req = req.clone();
+                        async move { c.finish_attempt(req).await }
+                    })
+                    .await;
+            });
+            return;
+        }
+        let span = tracing::info_span!("run_attempt", job_id = %a.job_id,
+            attempt_id = %a.attempt_id, worker_id = %self.worker_id);
+        drover_telemetry::set_parent(&span, &a.trace_parent);
+        tokio::spawn(
+            async move {
+                let id = a.attempt_id.clone();
+                self.run_attempt(a, stop, reason).await;
+                self.lock().attempts.remove(&id);
+                self.changed.notify_waiters();
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Calls the coordinator until it answers; gives up only on a definite refusal.
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(WorkerServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let client = self.client.clone();
+        RetryIf::start(
+            retry_strategy(),
+            || f(client.clone()),
+            |e: &Status| {
+                tracing::debug!(error = %e, "call to coordinator failed; retrying");
+                transient(e)
+            },
+        )
+        .await
+        .map(|r| r.into_inner())
+    }
+
+    async fn run_attempt(
+        self: &Arc<Self>,
+        a: pb::Assignment,
+        stop: CancellationToken,
+        reason: Arc<Mutex<Option<StopReason>>>,
+    ) {
+        let attempt_id = a.attempt_id.clone();
+        tracing::info!(argv = ?a.argv, "starting attempt");
+        let work_dir = self.cfg.work_root().join(&attempt_id);
+        let mut output_error: Option<String> = None;
+        let (outcome, tail, chunks) = match tokio::fs::create_dir_all(&work_dir).await {
+            Err(e) => {
+                self.free_slot();
+                let why = format!("creating work directory {}: {e}", work_dir.display());
+                (ExitOutcome::SpawnError(why), Vec::new(), 0)
+            }
+            Ok(()) => {
+                let mut r = self.execute(&a, &work_dir, stop, reason.clone()).await;
+                if let Some((ExitOutcome::Exited(0), _, _)) = &r {
+                    if !a.outputs.is_empty() {
+                        if let Err(e) = self.upload_outputs(&a, &work_dir).await {
+                            tracing::warn!(error = %e, "outputs not kept");
+                            output_error = Some(e);
+                        }
+                    }
+                }
+                if let Some((o, _, _)) = &mut r {
+                    if let Some(e) = &output_error {
+                        *o = ExitOutcome::SpawnError(e.clone());
+                    }
+                }
+                // The work directory goes in every case, before anything is reported.
+                if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(error = %e, "could not remove work directory");
+                    }
+                }
+                match r {
+                    Some(r) => r,
+                    None => return, // stale lease: nothing more to report
+                }
+            }
+        };
+        let stop_reason = reason.lock().ok().and_then(|r| *r);
+        if stop_reason == Some(StopReason::Stale) {
+            return;
+        }
+        use pb::finish_attempt_request::Result as R;
+        let result = match outcome {
+            ExitOutcome::Exited(code) => R::Exited(pb::ExitStatus {
+                code: Some(code),
+                signal: None,
+            }),
+            ExitOutcome::Signaled(sig) => R::Exited(pb::ExitStatus {
+                code: None,
+                signal: Some(sig),
+            }),
+            ExitOutcome::SpawnError(e) if output_error.is_some() => R::OutputError(e),
+            ExitOutcome::SpawnError(e) => R::SpawnError(e),
+            ExitOutcome::TimedOut => R::TimedOut(true),
+            ExitOutcome::Stopped => match stop_reason {
+                Some(StopReason::Cancelled) => R::Cancelled(true),
+                _ => R::Released(true),
+            },
+        };
+        let usage = self.monitor.untrack(&attempt_id);
+        let req = pb::FinishAttemptRequest {
+            attempt_id: attempt_id.clone(),
+            result: Some(result),
+            output_tail: tail,
+            log_chunk_count: chunks,
+            peak_rss_bytes: usage.peak_rss_bytes,
+            cpu_time_ms: usage.cpu_time_ms,
+        };
+        match self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.finish_attempt(req).await }
+            })
+            .await
+        {
+            Ok(r) => tracing::info!(state = r.state, reason = %r.reason, "result recorded"),
+            Err(e) => tracing::warn!(error = %e, "result refused"),
+        }
+    }
+
+    /// Uploads the files matching the job's output globs. Any failure is returned as the
+    /// reason the attempt's outputs were not kept.
+    async fn upload_outputs(&self, a: &pb::Assignment, work_dir: &Path) -> Result<(), String> {
+        let dir = work_dir.to_path_buf();
+        let globs = a.outputs.clone();
+        let files = tokio::task::spawn_blocking(move || outputs::collect(&dir, &globs))
+            .await
+            .map_err(|e| e.to_string())??;
+        for f in files {
+            let header = pb::ArtifactHeader {
+                attempt_id: a.attempt_id.clone(),
+                name: f.name.clone(),
+                size: f.size,
+                sha256: f.sha256.clone(),
+            };
+            let path = f.path.clone();
+            self.call(|mut c| {
+                let header = header.clone();
+                let path = path.clone();
+                async move {
+                    // Re-read the file on every try: a failed upload stored nothing.
+                    let file = tokio::fs::File::open(&path)
+                        .await
+                        .map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
+                    let head = futures::stream::once(async move {
+                        pb::ArtifactUpload {
+                            part: Some(pb::artifact_upload::Part::Header(header)),
+                        }
+                    });
+                    // A read error ends the body early; the coordinator then sees a size or
+                    // checksum mismatch and refuses the file.
+                    let body = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+                        .take_while(|r| std::future::ready(r.is_ok()))
+                        .filter_map(|r| std::future::ready(r.ok()))
+                        .map(|b| pb::ArtifactUpload {
+                            part: Some(pb::artifact_upload::Part::Data(b.to_vec())),
+                        });
+                    c.upload_artifact(head.chain(body)).await
+                }
+            })
+            .await
+            .map_err(|e| format!("uploading {}: {}", f.name, e.message()))?;
+            tracing::info!(name = %f.name, size = f.size, "output uploaded");
+        }
+        Ok(())
+    }
+
+    fn free_slot(&self) {
+        let mut st = self.lock();
+        st.live = st.live.saturating_sub(1);
+        if let Some(tx) = &st.session {
+            if !self.draining.is_cancelled() {
+                let _ = tx.send(msg(Out::Credit(pb::Credit { slots: 1 })));
+            }
+        }
+    }
+
+    /// Runs the process with its output going to the spool, and ships the spool to the
+    /// coordinator. Returns None if the lease turned out to be stale.
+    async fn execute(
+        self: &Arc<Self>,
+        a: &pb::Assignment,
+        work_dir: &std::path::Path,
+        stop: CancellationToken,
+        reason: Arc<Mutex<Option<StopReason>>>,
+    ) -> Option<(ExitOutcome, Vec<u8>, u64)> {
+        let attempt_id = a.attempt_id.clone();
+        let (mut writer, mut reader) =
+            match spool::create(&self.cfg.spool_dir(), &attempt_id, self.cfg.max_spool_bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.free_slot();
+                    return Some((
+                        ExitOutcome::SpawnError(format!("creating log spool: {e}")),
+                        Vec::new(),
+                        0,
+                    ));
+                }
+            };
+
+        // Ships spooled chunks in order; a refusal means our lease is gone.
+        let sender = {
+            let agent = self.clone();
+            let attempt_id = attempt_id.clone();
+            let stop = stop.clone();
+            let reason = reason.clone();
+            tokio::spawn(async move {
+                loop {
+                    let batch = match reader.next_batch(LOG_BATCH_BYTES).await {
+                        Ok(b) if b.is_empty() => break,
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::error!(%attempt_id, error = %e, "reading log spool");
+                            break;
+                        }
+                    };
+                    let last = batch.last().map(|c| c.seq).unwrap_or(0);
+                    let req = pb::AppendLogsRequest {
+                        attempt_id: attempt_id.clone(),
+                        chunks: batch
+                            .into_iter()
+                            .map(|c| pb::LogChunk {
+                                attempt_id: String::new(),
+                                attempt_number: 0,
+                                seq: c.seq,
+                                stream: match c.stream {
+                                    StreamKind::Stdout => pb::LogStream::Stdout as i32,
+                                    StreamKind::Stderr => pb::LogStream::Stderr as i32,
+                                },
+                                data: c.data,
+                                time: Some(drover_proto::Timestamp {
+                                    seconds: c.time_unix_ms.div_euclid(1000),
+                                    nanos: (c.time_unix_ms.rem_euclid(1000) * 1_000_000) as i32,
+                                }),
+                            })
+                            .collect(),
+                    };
+                    let r = agent
+                        .call(|mut c| {
+                            let req = req.clone();
+                            async move { c.append_logs(req).await }
+                        })
+                        .await;
+                    match r {
+                        Ok(_) => reader.ack(last),
+                        Err(e) => {
+                            tracing::warn!(%attempt_id, error = %e, "log refused: lease lost; stopping process");
+                            if let Ok(mut r) = reason.lock() {
+                                r.get_or_insert(StopReason::Stale);
+                            }
+                            stop.cancel();
+                            break;
+                        }
+                    }
+                }
+                let _ = reader.remove();
+            })
+        };
+
+        let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let mut env: BTreeMap<String, String> = a.env.clone().into_iter().collect();
+        env.insert("DROVER_JOB_ID".into(), a.job_id.clone());
+        env.insert("DROVER_ATTEMPT_ID".into(), attempt_id.clone());
+        env.insert("DROVER_ATTEMPT".into(), a.attempt_number.to_string());
+        env.insert("DROVER_WORK_DIR".into(), work_dir.display().to_string());
+        // An instrumented CLI joins the trace as a child of this attempt.
+        if let Some(tp) = drover_telemetry::traceparent() {
+            env.insert("TRACEPARENT".into(), tp);
+        }
+        let spec = RunSpec {
+            argv: a.argv.clone(),
+            env,
+            work_dir: work_dir.to_path_buf(),
+            timeout: (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms as u64)),
+            kill_grace: self.cfg.kill_grace(),
+            pgid_file: Some(self.cfg.pids_dir().join(&attempt_id)),
+            started: Some(started_tx),
+        };
+        let monitor = self.monitor.clone();
+        let tracked_id = attempt_id.clone();
+        tokio::spawn(async move {
+            if let Ok(pgid) = started_rx.await {
+                monitor.track(&tracked_id, pgid);
+            }
+        });
+        // The pump writes output to local disk only, so the child never waits on the network.
+        let pump = tokio::spawn(async move {
+            let mut tail = TailBuffer::new(TAIL_BYTES);
+            while let Some(chunk) = rx.recv().await {
+                tail.push(&chunk.data);
+                let now = now_unix_ms();
+                if let Err(e) = writer.append(chunk.stream, &chunk.data, now).await {
+                    tracing::error!(error = %e, "writing log spool");
+                }
+            }
+            let count = writer.finish().await.unwrap_or(0);
+            (tail.contents(), count)
+        });
+        let outcome = process::run(spec, tx, stop).await;
+        self.free_slot();
+        let (tail, count) = pump.await.unwrap_or_default();
+        let _ = sender.await;
+        if reason.lock().ok().and_then(|r| *r) == Some(StopReason::Stale) {
+            return None;
+        }
+        Some((outcome, tail, count))
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,156 @@
+//! Worker settings: defaults, then a TOML file, then `DROVER_WORKER_*` environment variables,
+//! then flags. Every setting and its default is listed in docs/configuration.md.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Coordinator gRPC address.
+    pub coordinator: String,
+    /// Stable worker id. Empty: read from `<state_dir>/worker-id`, created on first start.
+    pub worker_id: String,
+    /// Worker's own files: its id, per-attempt work directories and log spools.
+    pub state_dir: PathBuf,
+    /// Jobs run at once. 0 means one per CPU.
+    pub slots: u32,
+    /// Queues to take jobs from.
+    pub queues: Vec<String>,
+    /// Labels this worker offers; a job runs here only if it needs a subset of them.
+    pub labels: Vec<String>,
+    /// After SIGTERM (timeout, cancel), how long a job has before SIGKILL.
+    pub kill_grace_ms: u64,
+    /// After SIGTERM, how long running jobs may go on before they are stopped and handed
+    /// back to the coordinator.
+    pub drain_timeout_ms: u64,
+    /// Most bytes of output spooled on local disk per attempt while the coordinator is
+    /// unreachable; beyond it output is dropped with a marker in the log.
+    pub max_spool_bytes: u64,
+    /// Below this much free space on the work directory's disk, take no new jobs.
+    pub min_disk_free_bytes: u64,
+    /// Below this much available memory, take no new jobs.
+    pub min_memory_available_bytes: u64,
+    /// `text` or `json` log lines on stderr.
+    pub log_format: String,
+    /// If set, log lines also go to a file here, rotated daily, 7 kept.
+    pub log_dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            coordinator: "http://127.0.0.1:50051".into(),
+            worker_id: String::new(),
+            state_dir: PathBuf::from("/var/lib/drover-worker"),
+            slots: 0,
+            queues: vec!["default".into()],
+            labels: Vec::new(),
+            kill_grace_ms: 10_000,
+            drain_timeout_ms: 30_000,
+            max_spool_bytes: 1024 * 1024 * 1024,
+            min_disk_free_bytes: 1024 * 1024 * 1024,
+            min_memory_available_bytes: 128 * 1024 * 1024,
+            log_format: "text".into(),
+            log_dir: None,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Config, Box<figment::Error>> {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(Box::new(figment::Error::from(format!(
+                    "config file {} does not exist",
+                    path.display()
+                ))));
+            }
+            f = f.merge(Toml::file(path));
+        }
+        f.merge(Env::prefixed("DROVER_WORKER_"))
+            .merge(overrides)
+            .extract()
+            .map_err(Box::new)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
+            return Err(format!(
+                "coordinator: {:?} must start with http:// or https://",
+                self.coordinator
+            ));
+        }
+        for (i, q) in self.queues.iter().enumerate() {
+            drover_core::validate::check_name(&format!("queues[{i}]"), q)
+                .map_err(|e| e.to_string())?;
+        }
+        for (i, l) in self.labels.iter().enumerate() {
+            drover_core::validate::check_name(&format!("labels[{i}]"), l)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub fn slots(&self) -> u32 {
+        if self.slots > 0 {
+            self.slots
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        }
+    }
+
+    pub fn kill_grace(&self) -> Duration {
+        Duration::from_millis(self.kill_grace_ms)
+    }
+
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    pub fn work_root(&self) -> PathBuf {
+        self.state_dir.join("work")
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.state_dir.join("spool")
+    }
+
+    /// Process groups of running attempts, for cleanup after a crash.
+    pub fn pids_dir(&self) -> PathBuf {
+        self.state_dir.join("pids")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/worker.toml");
+        let c = Config::load(Some(&path), Figment::new()).expect("deploy/worker.toml");
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.slots(), 8);
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        let c = Config {
+            coordinator: "127.0.0.1:50051".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("coordinator"));
+        let c = Config {
+            queues: vec!["bad queue".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("queues[0]"));
+    }
+}

@@ -1,0 +1,112 @@
+//! `drover-worker`: the agent that runs jobs on one host.
+
+use clap::Parser;
+use drover_worker::Config;
+use figment::providers::Serialized;
+use figment::Figment;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a configuration error, so a supervisor can stop restarting
+/// (systemd: RestartPreventExitStatus=78).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "drover-worker",
+    version,
+    about = "Drover worker agent: runs jobs as child processes"
+)]
+struct Cli {
+    /// TOML config file.
+    #[arg(long, short, env = "DROVER_WORKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Coordinator address [default: http://127.0.0.1:50051].
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Stable worker id [default: kept in <state-dir>/worker-id].
+    #[arg(long)]
+    worker_id: Option<String>,
+    /// State directory [default: /var/lib/drover-worker].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Concurrent jobs [default: one per CPU].
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Queue to take jobs from (repeatable) [default: default].
+    #[arg(long = "queue")]
+    queues: Vec<String>,
+    /// Label this worker offers (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+}
+
+fn overrides(cli: &Cli) -> Figment {
+    let mut f = Figment::new();
+    if let Some(v) = &cli.coordinator {
+        f = f.merge(Serialized::default("coordinator", v));
+    }
+    if let Some(v) = &cli.worker_id {
+        f = f.merge(Serialized::default("worker_id", v));
+    }
+    if let Some(v) = &cli.state_dir {
+        f = f.merge(Serialized::default("state_dir", v));
+    }
+    if let Some(v) = cli.slots {
+        f = f.merge(Serialized::default("slots", v));
+    }
+    if !cli.queues.is_empty() {
+        f = f.merge(Serialized::default("queues", &cli.queues));
+    }
+    if !cli.labels.is_empty() {
+        f = f.merge(Serialized::default("labels", &cli.labels));
+    }
+    f
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref(), overrides(&cli))
+        .map_err(|e| e.to_string())
+        .and_then(|c| c.validate().map(|_| c))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("drover-worker: bad configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let log_guard =
+        match drover_telemetry::init("drover-worker", &cfg.log_format, cfg.log_dir.as_deref()) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("drover-worker: bad configuration: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        } else {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        s.cancel();
+    });
+    let code = match drover_worker::run(cfg, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drover-worker: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    log_guard.shutdown().await;
+    code
+}

@@ -1,0 +1,600 @@
+//! Runs one attempt's program as a child process in a process group of its own.
+//!
+//! The group matters: a timeout, a cancel or a lost lease must stop everything the job
+//! started, not only its first process. Stopping is SIGTERM to the group, `kill_grace` to
+//! exit, then SIGKILL to the group. After the child exits for any reason the group is
+//! SIGKILLed too, so no grandchild outlives its attempt. Only that group is ever signalled.
+//!
+//! stdout and stderr are read concurrently and forwarded as they arrive, byte for byte, in
+//! chunks of at most [`CHUNK_BYTES`]. `run` returns once the child has exited and both
+//! pipes are closed; a process that left the group and still holds a pipe open is given
+//! [`PIPE_DRAIN_LIMIT`], then its output is no longer read.
+
+use nix::sys::signal::Signal;
+use std::collections::{BTreeMap, VecDeque};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Largest chunk read from a pipe at once.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+/// After the child exited and its group was killed, how long to wait for the pipes to
+/// close (a process that left the group could hold them open forever).
+pub const PIPE_DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    Stdout,
+    Stderr,
+}
+
+/// Bytes exactly as the process wrote them to one stream; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    pub stream: StreamKind,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct RunSpec {
+    /// argv[0] is looked up in PATH and run directly: no shell.
+    pub argv: Vec<String>,
+    /// Added to (overriding) the worker's own environment.
+    pub env: BTreeMap<String, String>,
+    /// Must exist; becomes the child's current directory.
+    pub work_dir: PathBuf,
+    pub timeout: Option<Duration>,
+    /// Between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Where to record the process group while it runs, so a restarted worker can kill
+    /// what a crashed one left behind (see `state_dir::kill_leftover_groups`).
+    pub pgid_file: Option<PathBuf>,
+    /// Told the process group id once the child is running.
+    pub started: Option<tokio::sync::oneshot::Sender<i32>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitOutcome {
+    /// Exited normally with this code.
+    Exited(i32),
+    /// Killed by a signal we did not send.
+    Signaled(i32),
+    /// Could not be started; the message names the program and the OS error.
+    SpawnError(String),
+    /// Killed by us because the timeout elapsed.
+    TimedOut,
+    /// Killed by us because `stop` was triggered (or it already was: nothing was started).
+    Stopped,
+}
+
+/// The last `cap` bytes of a process's combined output.
+#[derive(Debug, Clone)]
+pub struct TailBuffer {
+    cap: usize,
+    buf: VecDeque<u8>,
+}
+
+impl TailBuffer {
+    pub fn new(cap: usize) -> Self {
+        TailBuffer {
+            cap,
+            buf: VecDeque::with_capacity(cap),
+        }
+    }
+
+    pub fn push(&mut self, data: &[u8]) {
+        let data = &data[data.len().saturating_sub(self.cap)..];
+        let overflow = (self.buf.len() + data.len()).saturating_sub(self.cap);
+        self.buf.drain(..overflow);
+        self.buf.extend(data);
+    }
+
+    pub fn contents(&self) -> Vec<u8> {
+        self.buf.iter().copied().collect()
+    }
+}
+
+/// A process's start time in clock ticks since boot (/proc/<pid>/stat field 22): with the
+/// pid it identifies one process, even after the pid is reused.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the command come: state (field 3) ... starttime (field 22).
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn signal_group(pgid: i32, sig: Signal) {
+    // killpg(0) or (1) would hit our own group or everything: never.
+    if pgid <= 1 {
+        return;
+    }
+    // ESRCH (group already gone) is fine.
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), sig);
+}
+
+/// Cleans up if `run` is abandoned part-way (its future dropped): kills the group, stops
+/// the pipe readers, removes the group record. `kill_on_drop` alone would miss grandchildren.
+struct Cleanup {
+    /// Set while the group may still need killing.
+    pgid: Option<i32>,
+    pgid_file: Option<PathBuf>,
+    give_up: CancellationToken,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            signal_group(pgid, Signal::SIGKILL);
+        }
+        self.give_up.cancel();
+        if let Some(path) = &self.pgid_file {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Reads a pipe to EOF (or until `give_up`), forwarding each read as one chunk. If the
+/// receiver is gone, keeps draining so the child never blocks on a full pipe.
+async fn pump(
+    mut pipe: impl AsyncRead + Unpin,
+    stream: StreamKind,
+    out: mpsc::Sender<OutputChunk>,
+    give_up: CancellationToken,
+) {
+    let mut out = Some(out);
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    loop {
+        let n = tokio::select! {
+            // Checked first: a process outside the group could keep the pipe full forever.
+            biased;
+            _ = give_up.cancelled() => break,
+            r = pipe.read(&mut buf) => match r {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, ?stream, "reading child output");
+                    break;
+                }
+            },
+        };
+        if let Some(tx) = &out {
+            let chunk = OutputChunk {
+                stream,
+                data: buf[..n].to_vec(),
+            };
+            if tx.send(chunk).await.is_err() {
+                out = None;
+            }
+        }
+    }
+}
+
+/// SIGTERM to the group, then SIGKILL to the group if the child is still there after
+/// `grace`.
+async fn terminate(child: &mut Child, pgid: i32, grace: Duration) -> std::io::Result<ExitStatus> {
+    signal_group(pgid, Signal::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            signal_group(pgid, Signal::SIGKILL);
+            child.wait().await
+        }
+    }
+}
+
+/// Runs the program to completion, sending its output to `out`. Returns once the process
+/// has exited, its group was killed and its output has been read.
+pub async fn run(
+    mut spec: RunSpec,
+    out: mpsc::Sender<OutputChunk>,
+    stop: CancellationToken,
+) -> ExitOutcome {
+    let started = spec.started.take();
+    let Some(program) = spec.argv.first() else {
+        return ExitOutcome::SpawnError("argv is empty".into());
+    };
+    // Cancelled before it began (e.g. while waiting for a slot): start nothing.
+    if stop.is_cancelled() {
+        return ExitOutcome::Stopped;
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(&spec.argv[1..])
+        .envs(&spec.env)
+        .current_dir(&spec.work_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return ExitOutcome::SpawnError(format!("{program}: {e}")),
+    };
+    // Not yet reaped, so the id is there; 0 would only make the group signals no-ops.
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    let give_up = CancellationToken::new();
+    let mut cleanup = Cleanup {
+        pgid: Some(pgid),
+        pgid_file: spec.pgid_file.clone(),
+        give_up: give_up.clone(),
+    };
+    if let Some(tx) = started {
+        let _ = tx.send(pgid);
+    }
+    if let (Some(path), Some(start)) = (&spec.pgid_file, process_start_time(pgid)) {
+        if let Err(e) = std::fs::write(path, format!("{pgid} {start}\n")) {
+            tracing::warn!(error = %e, path = %path.display(), "could not record process group");
+        }
+    }
+    // Own tasks, so both pipes are read in parallel with each other and with the wait.
+    let mut pumps: Vec<JoinHandle<()>> = Vec::new();
+    if let Some(p) = child.stdout.take() {
+        let g = give_up.clone();
+        pumps.push(tokio::spawn(pump(p, StreamKind::Stdout, out.clone(), g)));
+    }
+    if let Some(p) = child.stderr.take() {
+        let g = give_up.clone();
+        pumps.push(tokio::spawn(pump(p, StreamKind::Stderr, out, g)));
+    }
+
+    let timeout = async {
+        match spec.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let (status, ours) = tokio::select! {
+        // A child that has already exited wins over a timeout or stop firing at once.
+        biased;
+        s = child.wait() => (s, None),
+        _ = stop.cancelled() => (terminate(&mut child, pgid, spec.kill_grace).await, Some(ExitOutcome::Stopped)),
+        _ = timeout => (terminate(&mut child, pgid, spec.kill_grace).await, Some(ExitOutcome::TimedOut)),
+    };
+    // The child is reaped, but while any member remains the kernel keeps the pgid from
+    // being reused, so this reaches only what the job left behind.
+    signal_group(pgid, Signal::SIGKILL);
+    cleanup.pgid = None;
+
+    let drained = tokio::time::timeout(
+        PIPE_DRAIN_LIMIT,
+        futures::future::join_all(pumps.iter_mut()),
+    )
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            pgid,
+            "output pipes still open after the process group was killed (a process left the group); no longer reading them"
+        );
+        give_up.cancel();
+        // Each pump finishes the send it is in; after that the senders are gone.
+        futures::future::join_all(pumps).await;
+    }
+    drop(cleanup);
+
+    if let Some(o) = ours {
+        return o;
+    }
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => ExitOutcome::Exited(code),
+            (None, Some(sig)) => ExitOutcome::Signaled(sig),
+            (None, None) => ExitOutcome::SpawnError(format!("{program}: unknown exit status {s}")),
+        },
+        Err(e) => ExitOutcome::SpawnError(format!("waiting for {program}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(script: &str, dir: &std::path::Path) -> RunSpec {
+        RunSpec {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            env: BTreeMap::new(),
+            work_dir: dir.to_path_buf(),
+            timeout: None,
+            kill_grace: Duration::from_millis(300),
+            pgid_file: None,
+            started: None,
+        }
+    }
+
+    #[derive(Default)]
+    struct Collected {
+        out: Vec<u8>,
+        err: Vec<u8>,
+        largest_chunk: usize,
+        empty_chunks: usize,
+    }
+
+    async fn drain(rx: &mut mpsc::Receiver<OutputChunk>, c: &mut Collected) {
+        while let Some(chunk) = rx.recv().await {
+            c.largest_chunk = c.largest_chunk.max(chunk.data.len());
+            c.empty_chunks += usize::from(chunk.data.is_empty());
+            match chunk.stream {
+                StreamKind::Stdout => c.out.extend(chunk.data),
+                StreamKind::Stderr => c.err.extend(chunk.data),
+            }
+        }
+    }
+
+    async fn collect(spec: RunSpec, stop: CancellationToken) -> (ExitOutcome, Collected) {
+        let (tx, mut rx) = mpsc::channel(8);
+        let run = tokio::spawn(run(spec, tx, stop));
+        let mut c = Collected::default();
+        drain(&mut rx, &mut c).await;
+        (run.await.expect("run task"), c)
+    }
+
+    /// Reads stdout chunks until a whole line is there.
+    async fn read_line(rx: &mut mpsc::Receiver<OutputChunk>) -> String {
+        let mut line = Vec::new();
+        while !line.ends_with(b"\n") {
+            let c = rx.recv().await.expect("output ended before a line");
+            if c.stream == StreamKind::Stdout {
+                line.extend(c.data);
+            }
+        }
+        String::from_utf8(line)
+            .expect("utf-8 line")
+            .trim()
+            .to_string()
+    }
+
+    /// The fields of /proc/<pid>/stat after the command: state first.
+    fn stat_fields(pid: i32) -> Option<Vec<String>> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, rest) = s.rsplit_once(')')?;
+        Some(rest.split_whitespace().map(str::to_string).collect())
+    }
+
+    /// Gone or a zombie (an orphan waits for init to reap it).
+    fn dead(pid: i32) -> bool {
+        stat_fields(pid).is_none_or(|f| f[0] == "Z")
+    }
+
+    /// Non-zombie processes whose process group is `pgid`.
+    fn live_members(pgid: i32) -> Vec<i32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| {
+                stat_fields(pid).is_some_and(|f| f[0] != "Z" && f[2].parse::<i32>() == Ok(pgid))
+            })
+            .collect()
+    }
+
+    /// Polls (a signalled process takes a moment to die), bounded so a failure ends.
+    async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..500 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn output_is_exact_per_stream() {
+        let d = tempfile::tempdir().unwrap();
+        // Every byte value, non-UTF-8, more than a pipe buffer and a chunk.
+        let payload: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        std::fs::write(d.path().join("payload"), &payload).unwrap();
+        let mut s = spec(
+            "printf 'a\\377\\000b'; head -c 3000000 /dev/zero; cat payload >&2 & cat payload; wait; echo $X; pwd",
+            d.path(),
+        );
+        s.env.insert("X".into(), "from-env".into());
+        let (o, c) = collect(s, CancellationToken::new()).await;
+        assert_eq!(o, ExitOutcome::Exited(0));
+        assert_eq!(c.err, payload);
+        let mut want = b"a\xff\x00b".to_vec();
+        want.extend(std::iter::repeat_n(0u8, 3_000_000));
+        want.extend(&payload);
+        want.extend(format!("from-env\n{}\n", d.path().display()).as_bytes());
+        assert!(c.out == want, "stdout differs (len {})", c.out.len());
+        assert!(c.largest_chunk <= CHUNK_BYTES);
+        assert_eq!(c.empty_chunks, 0);
+    }
+
+    #[tokio::test]
+    async fn exit_code_is_propagated() {
+        let d = tempfile::tempdir().unwrap();
+        for code in [0, 1, 42, 255] {
+            let (o, _) = collect(
+                spec(&format!("exit {code}"), d.path()),
+                CancellationToken::new(),
+            )
+            .await;
+            assert_eq!(o, ExitOutcome::Exited(code));
+        }
+    }
+
+    #[tokio::test]
+    async fn programs_that_cannot_start_are_spawn_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let not_executable = d.path().join("data.txt");
+        std::fs::write(&not_executable, "not a program").unwrap();
+        let cases = [
+            ("drover-test-no-such-program".to_string(), "os error 2"),
+            ("/no/such/program".to_string(), "os error 2"),
+            (not_executable.display().to_string(), "os error 13"),
+        ];
+        for (program, os_error) in cases {
+            let s = RunSpec {
+                argv: vec![program.clone()],
+                ..spec("", d.path())
+            };
+            let (o, _) = collect(s, CancellationToken::new()).await;
+            assert!(
+                matches!(&o, ExitOutcome::SpawnError(m) if m.contains(&program) && m.contains(os_error)),
+                "{program}: {o:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_group_including_grandchildren() {
+        let d = tempfile::tempdir().unwrap();
+        // Everything ignores SIGTERM (inherited), so only the SIGKILL after grace works.
+        let mut s = spec("trap '' TERM; sleep 1000 & echo $!; sleep 1000", d.path());
+        s.timeout = Some(Duration::from_secs(1));
+        let (pgid_tx, pgid_rx) = tokio::sync::oneshot::channel();
+        s.started = Some(pgid_tx);
+        let (o, c) = collect(s, CancellationToken::new()).await;
+        assert_eq!(o, ExitOutcome::TimedOut);
+        let pgid = pgid_rx.await.unwrap();
+        assert!(
+            eventually(|| live_members(pgid).is_empty()).await,
+            "left running: {:?}",
+            live_members(pgid)
+        );
+        // On a very loaded machine the timeout could come before the echo; the group
+        // check above still holds then.
+        if let Ok(pid) = String::from_utf8_lossy(&c.out).trim().parse::<i32>() {
+            assert!(eventually(|| dead(pid)).await, "grandchild {pid} survived");
+        }
+    }
+
+    #[tokio::test]
+    async fn stop_sigkills_a_group_that_ignores_sigterm() {
+        let d = tempfile::tempdir().unwrap();
+        let s = spec("trap '' TERM; sleep 1000 & echo $!; sleep 1000", d.path());
+        let stop = CancellationToken::new();
+        let (tx, mut rx) = mpsc::channel(8);
+        let run = tokio::spawn(run(s, tx, stop.clone()));
+        // A line arrives while the process still runs: output is not held back.
+        let grandchild: i32 = read_line(&mut rx).await.parse().unwrap();
+        assert!(!dead(grandchild));
+        stop.cancel();
+        while rx.recv().await.is_some() {}
+        assert_eq!(run.await.unwrap(), ExitOutcome::Stopped);
+        assert!(eventually(|| dead(grandchild)).await, "grandchild survived");
+    }
+
+    #[tokio::test]
+    async fn grandchildren_die_when_the_child_exits() {
+        let d = tempfile::tempdir().unwrap();
+        // The background sleep also holds stdout open: run must not wait for it.
+        let (o, c) = collect(
+            spec("sleep 1000 & echo $!; exit 0", d.path()),
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(o, ExitOutcome::Exited(0));
+        let pid: i32 = String::from_utf8_lossy(&c.out).trim().parse().unwrap();
+        assert!(eventually(|| dead(pid)).await, "grandchild {pid} survived");
+    }
+
+    #[tokio::test]
+    async fn a_process_that_left_the_group_is_not_killed_nor_waited_for() {
+        let d = tempfile::tempdir().unwrap();
+        // setsid gives the sleep a session (and group) of its own; it still holds stdout.
+        // The child waits until it has left, else the group kill rightly gets it first.
+        let script = "setsid sh -c 'echo $$ > escaped; exec sleep 1000' & \
+            n=0; while [ ! -s escaped ] && [ $n -lt 1000 ]; do sleep 0.01; n=$((n+1)); done; \
+            cat escaped";
+        let (o, c) = collect(spec(script, d.path()), CancellationToken::new()).await;
+        assert_eq!(o, ExitOutcome::Exited(0));
+        let pid: i32 = String::from_utf8_lossy(&c.out).trim().parse().unwrap();
+        let alive = !dead(pid);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+        assert!(alive, "a process outside the group was killed");
+    }
+
+    #[tokio::test]
+    async fn dropping_run_kills_the_group() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("pgid");
+        let mut s = spec("sleep 1000 & echo $!; sleep 1000", d.path());
+        s.pgid_file = Some(file.clone());
+        let (pgid_tx, pgid_rx) = tokio::sync::oneshot::channel();
+        s.started = Some(pgid_tx);
+        let (tx, mut rx) = mpsc::channel(8);
+        let run = tokio::spawn(run(s, tx, CancellationToken::new()));
+        let grandchild: i32 = read_line(&mut rx).await.parse().unwrap();
+        let pgid = pgid_rx.await.unwrap();
+        run.abort();
+        assert!(run.await.unwrap_err().is_cancelled());
+        assert!(!file.exists());
+        assert!(eventually(|| dead(grandchild)).await, "grandchild survived");
+        assert!(eventually(|| live_members(pgid).is_empty()).await);
+        // The pipe readers stop too, so the output channel closes.
+        while rx.recv().await.is_some() {}
+    }
+
+    #[tokio::test]
+    async fn already_stopped_starts_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let marker = d.path().join("ran");
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let (o, c) = collect(spec("touch ran", d.path()), stop).await;
+        assert_eq!(o, ExitOutcome::Stopped);
+        assert!(c.out.is_empty() && !marker.exists());
+    }
+
+    #[tokio::test]
+    async fn process_group_is_recorded_while_running() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("pgid");
+        let mut s = spec("echo $$; sleep 1000", d.path());
+        s.pgid_file = Some(file.clone());
+        let stop = CancellationToken::new();
+        let (tx, mut rx) = mpsc::channel(8);
+        let run = tokio::spawn(run(s, tx, stop.clone()));
+        let pid: i32 = read_line(&mut rx).await.parse().unwrap();
+        let recorded = std::fs::read_to_string(&file).unwrap();
+        let start = process_start_time(pid).unwrap();
+        assert_eq!(recorded, format!("{pid} {start}\n"));
+        stop.cancel();
+        while rx.recv().await.is_some() {}
+        assert_eq!(run.await.unwrap(), ExitOutcome::Stopped);
+        assert!(!file.exists());
+    }
+
+    #[tokio::test]
+    async fn external_signal_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let (o, _) = collect(spec("kill -9 $$", d.path()), CancellationToken::new()).await;
+        assert_eq!(o, ExitOutcome::Signaled(9));
+    }
+
+    #[tokio::test]
+    async fn dropped_receiver_does_not_block_the_child() {
+        let d = tempfile::tempdir().unwrap();
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let o = run(
+            spec("head -c 5000000 /dev/zero; echo done >&2", d.path()),
+            tx,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(o, ExitOutcome::Exited(0));
+    }
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut t = TailBuffer::new(5);
+        t.push(b"abc");
+        assert_eq!(t.contents(), b"abc");
+        t.push(b"defg");
+        assert_eq!(t.contents(), b"cdefg");
+        t.push(b"0123456789");
+        assert_eq!(t.contents(), b"56789");
+        t.push(b"");
+        assert_eq!(t.contents(), b"56789");
+    }
+}

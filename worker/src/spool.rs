@@ -1,0 +1,609 @@
+//! A per-attempt log spool on local disk.
+//!
+//! Every output chunk is appended here first; a separate task reads batches and ships
+//! them to the coordinator, then acknowledges them. So a slow or unreachable coordinator
+//! never blocks the child's pipes: output waits on disk instead.
+//!
+//! The file `<dir>/<attempt_id>.spool` is append-only and holds one frame per chunk: seq
+//! (u64), stream (u8: 1 stdout, 2 stderr), time in unix ms (i64), data length (u32), all
+//! little-endian, then the data. Seqs run 0, 1, 2, … in file order. The writer publishes
+//! how many bytes of complete frames the file holds (a `watch` channel); the reader reads
+//! only that far, so it never sees half a frame. Both use positioned I/O on the blocking
+//! pool, so a slow disk stalls only the attempt's own tasks, not the runtime.
+//!
+//! Bound: the file does not grow past `max_bytes` (frame headers included). The chunk
+//! that reaches the bound is cut to fit and everything after it is dropped, so what is
+//! kept is always a prefix of the output. Dropped output is counted
+//! ([`SpoolWriter::dropped_bytes`]), and [`SpoolWriter::finish`] then appends one last
+//! stderr chunk beyond the bound: `[drover: spool limit of N bytes reached; M bytes of
+//! output were dropped]`.
+//!
+//! Nothing is recovered after a crash: a restarted worker deletes spools left behind
+//! (their attempts are lost anyway).
+
+use crate::process::StreamKind;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::watch;
+
+/// seq u64 + stream u8 + time i64 + len u32.
+const HEADER: usize = 8 + 1 + 8 + 4;
+/// Read beyond a batch's data budget, for the frame headers.
+const READ_SLACK: u64 = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("log spool {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("log spool {path} is corrupt at offset {offset}: {why}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        why: &'static str,
+    },
+    #[error("log spool {0}: chunk of {1} bytes is too large for one frame")]
+    ChunkTooLarge(PathBuf, usize),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Published {
+    /// Bytes of complete frames in the file.
+    committed: u64,
+    finished: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpooledChunk {
+    pub seq: u64,
+    pub stream: StreamKind,
+    pub time_unix_ms: i64,
+    pub data: Vec<u8>,
+}
+
+/// The writer's file, shared with the blocking-pool jobs that write it.
+struct Disk {
+    file: File,
+    /// The newest write that reached the file. A write whose `append` was abandoned may
+    /// still be queued; once a newer one has run it must not, or it would overwrite it.
+    epoch: u64,
+}
+
+/// Appends chunks; owned by the task that consumes the process's output.
+pub struct SpoolWriter {
+    path: PathBuf,
+    disk: Arc<Mutex<Disk>>,
+    epoch: u64,
+    next_seq: u64,
+    /// Bytes of complete frames; the next frame goes here.
+    committed: u64,
+    max_bytes: u64,
+    dropped: u64,
+    tx: watch::Sender<Published>,
+}
+
+/// Reads what the writer committed; owned by the task that ships the log.
+pub struct SpoolReader {
+    path: PathBuf,
+    file: Arc<File>,
+    /// Offset and seq of the first frame not yet acknowledged.
+    acked_off: u64,
+    acked_seq: u64,
+    /// (seq, end offset) of each frame handed out by the last batch.
+    handed: Vec<(u64, u64)>,
+    rx: watch::Receiver<Published>,
+}
+
+/// Creates (or truncates) `<dir>/<attempt_id>.spool`, creating `dir` if needed.
+pub fn create(
+    dir: &Path,
+    attempt_id: &str,
+    max_bytes: u64,
+) -> Result<(SpoolWriter, SpoolReader), SpoolError> {
+    let path = dir.join(format!("{attempt_id}.spool"));
+    let io = |e| SpoolError::Io(path.clone(), e);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let w = File::create(&path).map_err(io)?;
+    let r = File::open(&path).map_err(io)?;
+    let (tx, rx) = watch::channel(Published::default());
+    Ok((
+        SpoolWriter {
+            path: path.clone(),
+            disk: Arc::new(Mutex::new(Disk { file: w, epoch: 0 })),
+            epoch: 0,
+            next_seq: 0,
+            committed: 0,
+            max_bytes,
+            dropped: 0,
+            tx,
+        },
+        SpoolReader {
+            path,
+            file: Arc::new(r),
+            acked_off: 0,
+            acked_seq: 0,
+            handed: Vec::new(),
+            rx,
+        },
+    ))
+}
+
+fn stream_byte(s: StreamKind) -> u8 {
+    match s {
+        StreamKind::Stdout => 1,
+        StreamKind::Stderr => 2,
+    }
+}
+
+fn io_task_failed(path: &Path, e: tokio::task::JoinError) -> SpoolError {
+    SpoolError::Io(path.to_path_buf(), std::io::Error::other(e))
+}
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl SpoolWriter {
+    /// Writes one frame at the committed end and publishes it. Returns its seq.
+    async fn frame(
+        &mut self,
+        stream: StreamKind,
+        data: &[u8],
+        time_unix_ms: i64,
+    ) -> Result<u64, SpoolError> {
+        let len = u32::try_from(data.len())
+            .map_err(|_| SpoolError::ChunkTooLarge(self.path.clone(), data.len()))?;
+        let seq = self.next_seq;
+        // Header and data in one buffer: one write per chunk.
+        let mut frame = Vec::with_capacity(HEADER + data.len());
+        frame.extend_from_slice(&seq.to_le_bytes());
+        frame.push(stream_byte(stream));
+        frame.extend_from_slice(&time_unix_ms.to_le_bytes());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(data);
+
+        self.epoch += 1;
+        let (disk, epoch, off) = (self.disk.clone(), self.epoch, self.committed);
+        tokio::task::spawn_blocking(move || {
+            let mut d = disk.lock().unwrap_or_else(PoisonError::into_inner);
+            if d.epoch > epoch {
+                return Ok(());
+            }
+            d.epoch = epoch;
+            // At an explicit offset: a failed or abandoned write leaves nothing to undo,
+            // the next frame simply goes to the same place.
+            d.file.write_all_at(&frame, off)
+        })
+        .await
+        .map_err(|e| io_task_failed(&self.path, e))?
+        .map_err(|e| SpoolError::Io(self.path.clone(), e))?;
+
+        self.next_seq += 1;
+        self.committed = off + frame_len(data.len());
+        let committed = self.committed;
+        self.tx.send_modify(|p| p.committed = committed);
+        Ok(seq)
+    }
+
+    /// Appends one chunk of output. Returns its seq, or None if it was dropped because the
+    /// spool is full (see the module doc; a chunk that only partly fits is cut and kept).
+    pub async fn append(
+        &mut self,
+        stream: StreamKind,
+        data: &[u8],
+        time_unix_ms: i64,
+    ) -> Result<Option<u64>, SpoolError> {
+        let room = self.max_bytes.saturating_sub(self.committed);
+        let fits = usize::try_from(room.saturating_sub(HEADER as u64)).unwrap_or(usize::MAX);
+        // Once something was dropped, nothing after it is kept: no holes in the log.
+        if self.dropped > 0 || room <= HEADER as u64 {
+            self.dropped += data.len() as u64;
+            return Ok(None);
+        }
+        let kept = &data[..data.len().min(fits)];
+        let seq = self.frame(stream, kept, time_unix_ms).await?;
+        self.dropped += (data.len() - kept.len()) as u64;
+        Ok(Some(seq))
+    }
+
+    /// Bytes of output not kept because of the bound.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped
+    }
+
+    /// No more output: writes the drop marker if any output was dropped, and lets the
+    /// reader see the end. Returns the number of chunks in the spool.
+    pub async fn finish(mut self) -> Result<u64, SpoolError> {
+        if self.dropped > 0 {
+            let marker = format!(
+                "\n[drover: spool limit of {} bytes reached; {} bytes of output were dropped]\n",
+                self.max_bytes, self.dropped
+            );
+            // Dropping the writer on error also ends the reader.
+            self.frame(StreamKind::Stderr, marker.as_bytes(), now_unix_ms())
+                .await?;
+        }
+        self.tx.send_modify(|p| p.finished = true);
+        Ok(self.next_seq)
+    }
+}
+
+fn frame_len(data_len: usize) -> u64 {
+    (HEADER + data_len) as u64
+}
+
+/// Reads the frames in `[start, end)` from seq `first_seq` on, up to `max_bytes` of data
+/// but at least one frame. Returns each with its end offset.
+fn read_frames(
+    file: &File,
+    path: &Path,
+    start: u64,
+    end: u64,
+    first_seq: u64,
+    max_bytes: usize,
+) -> Result<Vec<(SpooledChunk, u64)>, SpoolError> {
+    let io = |e| SpoolError::Io(path.to_path_buf(), e);
+    let corrupt = |offset, why| SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        why,
+    };
+    // One read for the whole batch; a first frame larger than that is read on its own.
+    let block_len = (end - start).min(max_bytes as u64 + READ_SLACK);
+    let mut block = vec![0u8; usize::try_from(block_len).unwrap_or(usize::MAX)];
+    file.read_exact_at(&mut block, start).map_err(io)?;
+
+    let mut chunks = Vec::new();
+    let (mut pos, mut bytes) = (0usize, 0usize);
+    while start + (pos as u64) < end && pos + HEADER <= block.len() {
+        let off = start + pos as u64;
+        let h = &block[pos..pos + HEADER];
+        let field = |r: std::ops::Range<usize>| -> [u8; 8] {
+            let mut b = [0u8; 8];
+            b[..r.len()].copy_from_slice(&h[r]);
+            b
+        };
+        let seq = u64::from_le_bytes(field(0..8));
+        let stream = match h[8] {
+            1 => StreamKind::Stdout,
+            2 => StreamKind::Stderr,
+            _ => return Err(corrupt(off, "unknown stream")),
+        };
+        let time_unix_ms = i64::from_le_bytes(field(9..17));
+        let len = u64::from_le_bytes(field(17..21)) as usize;
+        let expected = first_seq + chunks.len() as u64;
+        if seq != expected {
+            return Err(corrupt(off, "sequence number out of order"));
+        }
+        let frame_end = off + frame_len(len);
+        if frame_end > end {
+            return Err(corrupt(off, "frame runs past the written end"));
+        }
+        if !chunks.is_empty() && bytes + len > max_bytes {
+            break;
+        }
+        let data_at = pos + HEADER;
+        let data = if data_at + len <= block.len() {
+            block[data_at..data_at + len].to_vec()
+        } else if chunks.is_empty() {
+            let mut d = vec![0u8; len];
+            file.read_exact_at(&mut d, off + HEADER as u64)
+                .map_err(io)?;
+            d
+        } else {
+            break;
+        };
+        pos = data_at + len;
+        bytes += len;
+        let chunk = SpooledChunk {
+            seq,
+            stream,
+            time_unix_ms,
+            data,
+        };
+        chunks.push((chunk, frame_end));
+    }
+    Ok(chunks)
+}
+
+impl SpoolReader {
+    /// Waits until there is an unacknowledged chunk, then returns up to `max_bytes` of
+    /// chunk data (at least one chunk) in seq order, starting after the last acknowledged
+    /// one. The same chunks come back until acknowledged. Empty once the writer finished
+    /// (or was dropped) and everything it wrote was acknowledged.
+    pub async fn next_batch(&mut self, max_bytes: usize) -> Result<Vec<SpooledChunk>, SpoolError> {
+        loop {
+            let p = *self.rx.borrow_and_update();
+            if p.committed > self.acked_off {
+                return self.read_batch(p.committed, max_bytes).await;
+            }
+            // A dropped writer (its task ended without finish) also means no more chunks.
+            if p.finished || self.rx.changed().await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn read_batch(
+        &mut self,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<SpooledChunk>, SpoolError> {
+        let (file, path) = (self.file.clone(), self.path.clone());
+        let (start, seq) = (self.acked_off, self.acked_seq);
+        let frames = tokio::task::spawn_blocking(move || {
+            read_frames(&file, &path, start, end, seq, max_bytes)
+        })
+        .await
+        .map_err(|e| io_task_failed(&self.path, e))??;
+        self.handed = frames.iter().map(|(c, end)| (c.seq, *end)).collect();
+        Ok(frames.into_iter().map(|(c, _)| c).collect())
+    }
+
+    /// Acknowledges the chunks of the last batch up to and including seq `upto`; they are
+    /// not returned again. Seqs outside the last batch are ignored.
+    pub fn ack(&mut self, upto: u64) {
+        if let Some(&(seq, end)) = self.handed.iter().rev().find(|(s, _)| *s <= upto) {
+            if end > self.acked_off {
+                self.acked_off = end;
+                self.acked_seq = seq + 1;
+            }
+        }
+    }
+
+    /// Bytes in the file (frame headers included) not yet acknowledged.
+    pub fn unacked_bytes(&self) -> u64 {
+        self.rx.borrow().committed.saturating_sub(self.acked_off)
+    }
+
+    /// Deletes the spool file. A writer still running keeps writing to the unlinked file
+    /// until it is dropped.
+    pub fn remove(self) -> Result<(), SpoolError> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(SpoolError::Io(self.path.clone(), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seqs(b: &[SpooledChunk]) -> Vec<u64> {
+        b.iter().map(|c| c.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn round_trip_keeps_bytes_streams_times_and_order() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(d.path(), "a1", 1 << 20).unwrap();
+        let big: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let input: Vec<(StreamKind, Vec<u8>, i64)> = vec![
+            (StreamKind::Stdout, b"hello\n".to_vec(), 1_700_000_000_000),
+            (StreamKind::Stderr, b"\xff\x00\xfe not utf-8".to_vec(), -5),
+            (StreamKind::Stdout, Vec::new(), 7),
+            (StreamKind::Stdout, big, i64::MAX),
+        ];
+        for (i, (s, data, t)) in input.iter().enumerate() {
+            assert_eq!(w.append(*s, data, *t).await.unwrap(), Some(i as u64));
+        }
+        assert_eq!(w.finish().await.unwrap(), 4);
+        let b = r.next_batch(1 << 20).await.unwrap();
+        let got: Vec<_> = b
+            .iter()
+            .map(|c| (c.stream, c.data.clone(), c.time_unix_ms))
+            .collect();
+        assert_eq!(got, input);
+        assert_eq!(seqs(&b), vec![0, 1, 2, 3]);
+        r.ack(3);
+        assert_eq!(r.unacked_bytes(), 0);
+        assert!(r.next_batch(1 << 20).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn batch_respects_max_bytes_but_returns_at_least_one_chunk() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(d.path(), "a2", 1 << 20).unwrap();
+        for data in [&b"aaaa"[..], b"bbbb", b"cc", b"dddddddddd"] {
+            w.append(StreamKind::Stdout, data, 0).await.unwrap();
+        }
+        // The first chunk alone is over the budget: still returned.
+        assert_eq!(seqs(&r.next_batch(1).await.unwrap()), vec![0]);
+        assert_eq!(seqs(&r.next_batch(8).await.unwrap()), vec![0, 1]);
+        assert_eq!(seqs(&r.next_batch(10).await.unwrap()), vec![0, 1, 2]);
+        r.ack(2);
+        let b = r.next_batch(3).await.unwrap();
+        assert_eq!((b.len(), b[0].data.as_slice()), (1, &b"dddddddddd"[..]));
+    }
+
+    #[tokio::test]
+    async fn batch_comes_back_until_acked() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(d.path(), "a3", 1 << 20).unwrap();
+        for i in 0..5u8 {
+            w.append(StreamKind::Stdout, &[i; 10], 0).await.unwrap();
+        }
+        let first = r.next_batch(1 << 20).await.unwrap();
+        assert_eq!(r.next_batch(1 << 20).await.unwrap(), first);
+        assert_eq!(r.unacked_bytes(), 5 * (HEADER as u64 + 10));
+        // Part of a batch.
+        r.ack(1);
+        assert_eq!(r.unacked_bytes(), 3 * (HEADER as u64 + 10));
+        let b = r.next_batch(1 << 20).await.unwrap();
+        assert_eq!(seqs(&b), vec![2, 3, 4]);
+        assert_eq!(b[0].data, [2u8; 10]);
+        // Older or unknown seqs change nothing.
+        r.ack(0);
+        assert_eq!(seqs(&r.next_batch(1 << 20).await.unwrap()), vec![2, 3, 4]);
+        r.ack(99);
+        assert_eq!(r.unacked_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn reader_waits_for_the_writer_and_then_sees_the_end() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(d.path(), "a4", 1 << 20).unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let b = r.next_batch(1 << 20).await.unwrap();
+                let Some(last) = b.last().map(|c| c.seq) else {
+                    return (got, r);
+                };
+                got.extend(b.into_iter().map(|c| c.data));
+                r.ack(last);
+            }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // Nothing written, not finished: the reader can only be waiting.
+        assert!(!reader.is_finished());
+        w.append(StreamKind::Stdout, b"late", 5).await.unwrap();
+        w.append(StreamKind::Stderr, b"later", 6).await.unwrap();
+        assert_eq!(w.finish().await.unwrap(), 2);
+        let (got, r) = reader.await.unwrap();
+        assert_eq!(got, vec![b"late".to_vec(), b"later".to_vec()]);
+        assert_eq!(r.unacked_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_writer_ends_the_reader_too() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(d.path(), "a5", 1 << 20).unwrap();
+        w.append(StreamKind::Stdout, b"x", 0).await.unwrap();
+        drop(w);
+        assert_eq!(seqs(&r.next_batch(10).await.unwrap()), vec![0]);
+        r.ack(0);
+        assert!(r.next_batch(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn concurrent_writer_and_reader_move_every_byte() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(d.path(), "a6", 1 << 30).unwrap();
+        let chunks: Vec<Vec<u8>> = (0..400u32)
+            .map(|i| {
+                let len = (i as usize * 7919) % (64 * 1024) + 1;
+                (0..len).map(|j| (i as usize + j) as u8).collect()
+            })
+            .collect();
+        let expected: Vec<u8> = chunks.concat();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut next = 0;
+            loop {
+                let b = r.next_batch(256 * 1024).await.unwrap();
+                let Some(last) = b.last().map(|c| c.seq) else {
+                    return got;
+                };
+                for c in b {
+                    assert_eq!(c.seq, next);
+                    next += 1;
+                    got.extend(c.data);
+                }
+                r.ack(last);
+            }
+        });
+        for c in &chunks {
+            w.append(StreamKind::Stdout, c, 0).await.unwrap();
+        }
+        assert_eq!(w.finish().await.unwrap(), 400);
+        let got = reader.await.unwrap();
+        assert!(
+            got == expected,
+            "{} bytes read of {}",
+            got.len(),
+            expected.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn limit_keeps_a_prefix_counts_the_rest_and_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        // Room for one frame of 8 bytes and the first 5 bytes of another.
+        let max = 2 * HEADER as u64 + 13;
+        let (mut w, mut r) = create(d.path(), "a7", max).unwrap();
+        assert_eq!(
+            w.append(StreamKind::Stdout, b"12345678", 0).await.unwrap(),
+            Some(0)
+        );
+        assert_eq!(
+            w.append(StreamKind::Stdout, b"abcdefgh", 0).await.unwrap(),
+            Some(1)
+        );
+        assert_eq!(w.dropped_bytes(), 3);
+        // Full: even a small chunk now is dropped, so the log has no holes.
+        assert_eq!(w.append(StreamKind::Stderr, b"z", 0).await.unwrap(), None);
+        assert_eq!(w.dropped_bytes(), 4);
+        assert_eq!(
+            std::fs::metadata(d.path().join("a7.spool")).unwrap().len(),
+            max
+        );
+        assert_eq!(w.finish().await.unwrap(), 3);
+        let b = r.next_batch(1 << 20).await.unwrap();
+        assert_eq!(seqs(&b), vec![0, 1, 2]);
+        assert_eq!(b[1].data, b"abcde");
+        assert_eq!(b[2].stream, StreamKind::Stderr);
+        let marker = String::from_utf8_lossy(&b[2].data);
+        assert_eq!(
+            marker,
+            format!(
+                "\n[drover: spool limit of {max} bytes reached; 4 bytes of output were dropped]\n"
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn within_the_limit_there_is_no_marker() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(d.path(), "a8", HEADER as u64 + 3).unwrap();
+        w.append(StreamKind::Stdout, b"abc", 0).await.unwrap();
+        assert_eq!(w.dropped_bytes(), 0);
+        assert_eq!(w.finish().await.unwrap(), 1);
+        assert_eq!(r.next_batch(1 << 20).await.unwrap().len(), 1);
+        r.ack(0);
+        assert!(r.next_batch(1 << 20).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn damage_is_reported_not_misread() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(d.path(), "a9", 1 << 20).unwrap();
+        w.append(StreamKind::Stdout, b"one", 0).await.unwrap();
+        w.append(StreamKind::Stdout, b"two", 0).await.unwrap();
+        // Make the second frame's length point past the end.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.path().join("a9.spool"))
+            .unwrap();
+        f.write_all_at(&u32::MAX.to_le_bytes(), (HEADER + 3 + 17) as u64)
+            .unwrap();
+        let e = r.next_batch(1 << 20).await.unwrap_err();
+        assert!(
+            matches!(e, SpoolError::Corrupt { offset, .. } if offset == (HEADER + 3) as u64),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn remove_deletes_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, r) = create(d.path().join("spool").as_path(), "a10", 1 << 20).unwrap();
+        w.append(StreamKind::Stdout, b"x", 0).await.unwrap();
+        let path = d.path().join("spool/a10.spool");
+        assert!(path.exists());
+        r.remove().unwrap();
+        assert!(!path.exists());
+        // The writer may still be running; it must not fail or bring the file back.
+        w.append(StreamKind::Stdout, b"y", 0).await.unwrap();
+        w.finish().await.unwrap();
+        assert!(!path.exists());
+    }
+}
