@@ -1,0 +1,108 @@
+//! Row 4: rate at which one job's stdout is stored (job start → job succeeded, which the
+//! coordinator records only once every chunk is stored), beside the same program writing
+//! to /dev/null; and the worker's peak memory.
+
+use crate::report::{Ratio, Row};
+use crate::stack::Stack;
+use crate::util;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+pub async fn run(stack: &mut Stack, bytes: u64) -> Result<(Vec<Row>, Value)> {
+    let mb = bytes as f64 / 1e6;
+    say!("[logs] machine: the helper writing {mb:.0} MB to /dev/null");
+    let t0 = Instant::now();
+    let st = tokio::process::Command::new(&stack.bins.bench)
+        .arg("spew")
+        .arg(bytes.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(
+            std::fs::File::create("/dev/null").context("opening /dev/null")?,
+        ))
+        .status()
+        .await
+        .context("running the spew helper")?;
+    if !st.success() {
+        bail!("spew helper exited with {st}");
+    }
+    let raw = mb / t0.elapsed().as_secs_f64();
+    say!("[logs]   {raw:.0} MB/s");
+
+    let cpu0 = stack.cpu()?;
+    let wall0 = Instant::now();
+    say!("[logs] drover: one job writing {mb:.0} MB of 4 KiB lines");
+    let argv = vec![
+        stack.bins.bench.display().to_string(),
+        "spew".into(),
+        bytes.to_string(),
+    ];
+    let job = util::submit(&mut stack.jobs, util::spec(argv, "")).await?;
+    let (job, attempts) = util::wait_succeeded(
+        &mut stack.jobs,
+        &job.id,
+        Duration::from_millis(100),
+        Duration::from_millis(20),
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let cpu = util::cpu_delta(&cpu0, &stack.cpu()?, wall0.elapsed().as_secs_f64());
+    let a = attempts
+        .first()
+        .ok_or_else(|| anyhow!("log job {} has no attempt", job.id))?;
+    if a.log_bytes != bytes || a.log_dropped_bytes != 0 {
+        bail!(
+            "log job {}: {} bytes received, {} dropped; expected all {bytes} stored",
+            job.id,
+            a.log_bytes,
+            a.log_dropped_bytes
+        );
+    }
+    let started = util::stamp_of(&mut stack.jobs, &job.id, 1).await?;
+    let finished = util::ts_ns(&job.finished_at)?;
+    let secs = (finished - started) as f64 / 1e9;
+    let rate = mb / secs;
+    let worker_pid = stack.worker_pid(&a.worker_id)?;
+    let hwm_mib = util::status_kib(worker_pid, "VmHWM")? as f64 / 1024.0;
+    let mem_mib = crate::report::Machine::local().mem_gib * 1024.0;
+    say!(
+        "[logs]   {rate:.0} MB/s ({secs:.2} s); worker {} peak RSS {hwm_mib:.0} MiB",
+        a.worker_id
+    );
+
+    let rows = vec![
+        Row {
+            key: "log_rate",
+            metric: format!("log rate: one job, {mb:.0} MB of stdout, start → all stored"),
+            drover: rate,
+            unit: "MB/s",
+            machine: raw,
+            machine_what: "same program → /dev/null".into(),
+            ratio: Ratio::Percent,
+            target: "≥ 100 MB/s".into(),
+            ok: Some(rate >= 100.0),
+        },
+        Row {
+            key: "worker_peak_rss",
+            metric: "worker peak RSS (VmHWM) after the log job".into(),
+            drover: hwm_mib,
+            unit: "MiB",
+            machine: mem_mib,
+            machine_what: "memory".into(),
+            ratio: Ratio::Percent,
+            target: "—".into(),
+            ok: None,
+        },
+    ];
+    let details = json!({
+        "bytes": bytes,
+        "seconds": secs,
+        "mb_per_s": rate,
+        "dev_null_mb_per_s": raw,
+        "worker": a.worker_id,
+        "worker_peak_rss_mib": hwm_mib,
+        "cpu_seconds": cpu,
+    });
+    Ok((rows, details))
+}

@@ -1,0 +1,399 @@
+//! `drover-bench`: starts its own stack (PostgreSQL, a coordinator, workers — all separate
+//! processes), measures Drover against the machine's own limits measured in the same run,
+//! and prints one table. See BENCHMARKS.md for a recorded run.
+
+/// Progress on stderr, with the time since the bench started.
+macro_rules! say {
+    ($($t:tt)*) => {
+        eprintln!("[{:6.1} s] {}", $crate::elapsed_s(), format!($($t)*))
+    };
+}
+
+mod helpers;
+mod latency;
+mod lograte;
+mod recovery;
+mod report;
+mod scale;
+mod stack;
+mod throughput;
+mod util;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, ValueEnum};
+use report::{Machine, Row};
+use serde_json::{json, Value};
+use stack::{Bins, Server, Stack};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+fn elapsed_s() -> f64 {
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+#[derive(Parser)]
+#[command(
+    name = "drover-bench",
+    about = "Drover benchmark: throughput, pickup latency, recovery, log rate and scale, each \
+             beside the machine's own limit measured in the same run",
+    after_help = "Helper modes, run as jobs: `drover-bench stamp` prints the unix time in ns; \
+                  `drover-bench spew BYTES` writes a stamp line and then 4 KiB text lines, \
+                  BYTES in all.\n\nWith DATABASE_URL set, a fresh database is created (and \
+                  dropped) on that server; otherwise a private PostgreSQL is started."
+)]
+struct Cli {
+    /// Small counts: a smoke run that takes well under a minute.
+    #[arg(long, conflicts_with = "full")]
+    quick: bool,
+    /// The full counts (the default).
+    #[arg(long)]
+    full: bool,
+    /// Also write the numbers to this file as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Run only these parts (comma-separated).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<Part>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Part {
+    Throughput,
+    Latency,
+    Recovery,
+    Logs,
+    Scale,
+}
+
+struct Counts {
+    mode: &'static str,
+    throughput_jobs: usize,
+    latency_samples: usize,
+    log_bytes: u64,
+    scale_rows: i64,
+    scale_samples: usize,
+    sessions: usize,
+    heartbeat_window: Duration,
+}
+
+impl Counts {
+    fn quick() -> Counts {
+        Counts {
+            mode: "quick",
+            throughput_jobs: 300,
+            latency_samples: 50,
+            log_bytes: 64 << 20,
+            scale_rows: 10_000,
+            scale_samples: 50,
+            sessions: 200,
+            heartbeat_window: Duration::from_secs(5),
+        }
+    }
+
+    fn full() -> Counts {
+        Counts {
+            mode: "full",
+            throughput_jobs: 10_000,
+            latency_samples: 1_000,
+            log_bytes: 1 << 30,
+            scale_rows: 1_000_000,
+            scale_samples: 50,
+            sessions: 200,
+            heartbeat_window: Duration::from_secs(20),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // Helper modes first, before any parsing or runtime: `stamp` must start fast.
+    let mut args = std::env::args_os().skip(1);
+    match args.next() {
+        Some(a) if a == "stamp" => return helpers::stamp(),
+        Some(a) if a == "spew" => return helpers::spew(args.next()),
+        _ => {}
+    }
+    let cli = Cli::parse();
+    // One thread: the bench's own CPU use stays bounded on a small machine, and every child
+    // is spawned from the thread its parent-death signal is tied to.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drover-bench: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        tokio::select! {
+            r = run(cli) => r,
+            // Returning drops every guard: processes are killed, databases dropped.
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        }
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("drover-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let counts = if cli.quick {
+        Counts::quick()
+    } else {
+        Counts::full()
+    };
+    let parts = if cli.only.is_empty() {
+        vec![
+            Part::Throughput,
+            Part::Latency,
+            Part::Recovery,
+            Part::Logs,
+            Part::Scale,
+        ]
+    } else {
+        cli.only.clone()
+    };
+    let bins = Bins::locate()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("drover-bench-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let t0 = Instant::now();
+    START.get_or_init(|| t0);
+    say!(
+        "drover-bench: {} mode, binaries in {}, scratch in {}",
+        counts.mode,
+        bins.coordinator
+            .parent()
+            .map(Path::display)
+            .map(|d| d.to_string())
+            .unwrap_or_default(),
+        tmp.path().display()
+    );
+    let mut machine = Machine::local();
+    if machine.load_start > 0.5 {
+        say!(
+            "warning: load average {:.2} before the start: other work competes for the CPUs",
+            machine.load_start
+        );
+    }
+    let server = Server::start(tmp.path()).await?;
+    let mut rows: Vec<(Part, Row)> = Vec::new();
+    let mut details = serde_json::Map::new();
+    let r = async {
+        describe_server(&server, &mut machine).await?;
+        measure(
+            &server,
+            &bins,
+            tmp.path(),
+            &counts,
+            &parts,
+            &mut rows,
+            &mut details,
+        )
+        .await
+    }
+    .await;
+    machine.load_end = report::loadavg();
+    let stopped = server.stop().await;
+
+    // Table order follows the brief's rows, whatever order they ran in.
+    let order = [
+        Part::Throughput,
+        Part::Latency,
+        Part::Recovery,
+        Part::Logs,
+        Part::Scale,
+    ];
+    let ordered: Vec<Row> = order
+        .iter()
+        .flat_map(|p| {
+            rows.iter()
+                .filter(move |(q, _)| q == p)
+                .map(|(_, r)| r.clone())
+        })
+        .collect();
+    let footer = footer(&machine, &counts, &bins, t0.elapsed());
+    if let Err(e) = r {
+        if !ordered.is_empty() {
+            eprintln!(
+                "\nRows measured before the error:\n{}",
+                report::table(&ordered)
+            );
+        }
+        return Err(e);
+    }
+    stopped?;
+    let table = report::table(&ordered);
+    println!("\n{table}\n{footer}");
+    if let Some(path) = &cli.json {
+        let doc = json!({
+            "mode": counts.mode,
+            "build": bins.profile(),
+            "machine": machine.json(),
+            "rows": ordered.iter().map(Row::json).collect::<Vec<Value>>(),
+            "details": Value::Object(details),
+            "table": table,
+            "footer": footer,
+        });
+        let text = serde_json::to_string_pretty(&doc)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("drover-bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The coordinator settings every stack starts with: the documented defaults, set
+/// explicitly so nothing in the caller's environment changes them.
+fn base_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("DROVER_LEASE_TTL_MS", recovery::LEASE_TTL_MS.to_string()),
+        (
+            "DROVER_HEARTBEAT_INTERVAL_MS",
+            scale::HEARTBEAT_INTERVAL_MS.to_string(),
+        ),
+        (
+            "DROVER_REAPER_INTERVAL_MS",
+            recovery::REAPER_INTERVAL_MS.to_string(),
+        ),
+        ("DROVER_DB_POOL_SIZE", "16".into()),
+    ]
+}
+
+/// Log cap for the main stack: the log row must store every byte, so the cap is raised
+/// above the job's output (the default is 100 MiB per attempt).
+fn log_cap(c: &Counts) -> u64 {
+    (2 * c.log_bytes).max(100 << 20)
+}
+
+async fn measure(
+    server: &Server,
+    bins: &Bins,
+    tmp: &Path,
+    counts: &Counts,
+    parts: &[Part],
+    rows: &mut Vec<(Part, Row)>,
+    details: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
+    let main_parts = [Part::Throughput, Part::Latency, Part::Logs, Part::Recovery];
+    if parts.iter().any(|p| main_parts.contains(p)) {
+        let mut env = base_env();
+        env.push(("DROVER_LOG_CAP_BYTES", log_cap(counts).to_string()));
+        let mut stack = Stack::start(server, bins, tmp, "main", &env).await?;
+        stack.add_worker("w1", 8, &[])?;
+        stack.add_worker("w2", 8, &[])?;
+        stack.wait_workers(&["w1", "w2"]).await?;
+
+        if parts.contains(&Part::Throughput) {
+            let (r, d) = throughput::run(&mut stack, counts.throughput_jobs).await?;
+            rows.extend(r.into_iter().map(|r| (Part::Throughput, r)));
+            details.insert("throughput".into(), d);
+            settle().await;
+        }
+        let mut raw_spawn = None;
+        if parts.contains(&Part::Latency) {
+            let (r, d, raw) = latency::run(&mut stack, counts.latency_samples).await?;
+            rows.extend(r.into_iter().map(|r| (Part::Latency, r)));
+            details.insert("latency".into(), d);
+            raw_spawn = Some(raw);
+            settle().await;
+        }
+        if parts.contains(&Part::Logs) {
+            let (r, d) = lograte::run(&mut stack, counts.log_bytes).await?;
+            rows.extend(r.into_iter().map(|r| (Part::Logs, r)));
+            details.insert("logs".into(), d);
+            settle().await;
+        }
+        if parts.contains(&Part::Recovery) {
+            let raw = match raw_spawn {
+                Some(r) => r,
+                None => latency::raw_spawn_latency(&stack.bins.bench, 50).await?,
+            };
+            let (r, d) = recovery::run(&mut stack, raw).await?;
+            rows.extend(r.into_iter().map(|r| (Part::Recovery, r)));
+            details.insert("recovery".into(), d);
+        }
+        stack.stop();
+    }
+    if parts.contains(&Part::Scale) {
+        let p = scale::Params {
+            big: counts.scale_rows,
+            samples: counts.scale_samples,
+            sessions: counts.sessions,
+            window: counts.heartbeat_window,
+        };
+        let (r, d) = scale::run(server, bins, tmp, &base_env(), &p).await?;
+        rows.extend(r.into_iter().map(|r| (Part::Scale, r)));
+        details.insert("scale".into(), d);
+    }
+    Ok(())
+}
+
+/// A pause between rows so one row's tail (autovacuum, WAL writes) does not land in the next.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+async fn describe_server(server: &Server, m: &mut Machine) -> Result<()> {
+    let c = stack::sql(&server.admin_url()).await?;
+    let r = c
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('fsync'), \
+                    current_setting('synchronous_commit'), current_setting('full_page_writes'), \
+                    to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI \"UTC\"')",
+            &[],
+        )
+        .await
+        .context("reading PostgreSQL's version and settings")?;
+    m.pg_version = r.try_get(0)?;
+    m.pg_durability = format!(
+        "fsync={} synchronous_commit={} full_page_writes={}",
+        r.try_get::<_, String>(1)?,
+        r.try_get::<_, String>(2)?,
+        r.try_get::<_, String>(3)?
+    );
+    m.pg_where = server.describe();
+    m.date = r.try_get(4)?;
+    Ok(())
+}
+
+fn footer(m: &Machine, c: &Counts, bins: &Bins, took: Duration) -> String {
+    let mut f = format!(
+        "machine: {} × {}, {:.1} GiB, Linux {}; PostgreSQL {} ({}), {}; mode {}, {} build; \
+         {}; run took {:.0} s; load average {:.2} at start, {:.2} at end\n",
+        m.nproc,
+        m.cpu,
+        m.mem_gib,
+        m.kernel,
+        m.pg_version,
+        m.pg_where,
+        m.pg_durability,
+        c.mode,
+        bins.profile(),
+        m.date,
+        took.as_secs_f64(),
+        m.load_start,
+        m.load_end
+    );
+    f.push_str(&format!(
+        "stack: coordinator and workers as separate processes on loopback, RUST_LOG=warn, \
+         lease TTL {} s, heartbeat {} s, DB pool 16; log row with log_cap_bytes {} MiB so \
+         every byte is stored.",
+        recovery::LEASE_TTL_MS / 1000,
+        scale::HEARTBEAT_INTERVAL_MS / 1000,
+        log_cap(c) >> 20
+    ));
+    if bins.profile() != "release" {
+        f.push_str("\nWARNING: not a release build; these numbers are not meaningful.");
+    }
+    f
+}

@@ -1,0 +1,200 @@
+//! The one table the bench prints, its footer, and the JSON file.
+
+use serde_json::{json, Value};
+
+/// How a row's ratio is shown, and which way is good.
+#[derive(Debug, Clone, Copy)]
+pub enum Ratio {
+    /// drover / machine as a percentage (throughput-like: higher is better).
+    Percent,
+    /// drover / machine as a factor (latency-like: lower is better).
+    Times,
+}
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub key: &'static str,
+    pub metric: String,
+    pub drover: f64,
+    pub unit: &'static str,
+    pub machine: f64,
+    /// What the machine figure is, e.g. "raw spawn+wait".
+    pub machine_what: String,
+    pub ratio: Ratio,
+    pub target: String,
+    /// None: no target for this row.
+    pub ok: Option<bool>,
+}
+
+impl Row {
+    fn ratio_value(&self) -> f64 {
+        self.drover / self.machine
+    }
+
+    fn cells(&self) -> [String; 6] {
+        let r = self.ratio_value();
+        let ratio = if !r.is_finite() {
+            "—".to_string()
+        } else {
+            match self.ratio {
+                Ratio::Percent => format!("{:.1} %", r * 100.0),
+                Ratio::Times => format!("{r:.2}×"),
+            }
+        };
+        [
+            self.metric.clone(),
+            fmt_value(self.drover, self.unit),
+            format!(
+                "{} {}",
+                fmt_value(self.machine, self.unit),
+                self.machine_what
+            ),
+            ratio,
+            self.target.clone(),
+            match self.ok {
+                Some(true) => "yes".into(),
+                Some(false) => "NO".into(),
+                None => "—".into(),
+            },
+        ]
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "key": self.key,
+            "metric": self.metric,
+            "drover": finite(self.drover),
+            "machine": finite(self.machine),
+            "machine_what": self.machine_what,
+            "unit": self.unit,
+            "ratio": finite(self.ratio_value()),
+            "target": self.target,
+            "ok": self.ok,
+        })
+    }
+}
+
+fn finite(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+pub fn fmt_value(v: f64, unit: &str) -> String {
+    if !v.is_finite() {
+        return "—".into();
+    }
+    let digits = match v.abs() {
+        a if a >= 100.0 => 0,
+        a if a >= 10.0 => 1,
+        _ => 2,
+    };
+    format!("{v:.digits$} {unit}")
+}
+
+/// A markdown table (so it can be pasted into BENCHMARKS.md as it is).
+pub fn table(rows: &[Row]) -> String {
+    let header = [
+        "metric",
+        "drover",
+        "machine limit",
+        "ratio",
+        "target",
+        "ok?",
+    ];
+    let cells: Vec<[String; 6]> = rows.iter().map(Row::cells).collect();
+    let mut width = header.map(|h| h.chars().count());
+    for c in &cells {
+        for (w, s) in width.iter_mut().zip(c.iter()) {
+            *w = (*w).max(s.chars().count());
+        }
+    }
+    let line = |c: &[String]| {
+        let parts: Vec<String> = c
+            .iter()
+            .zip(width.iter())
+            .map(|(s, w)| format!("{s}{}", " ".repeat(w - s.chars().count())))
+            .collect();
+        format!("| {} |", parts.join(" | "))
+    };
+    let mut out = String::new();
+    out.push_str(&line(&header.map(String::from)));
+    out.push('\n');
+    let rule: Vec<String> = width.iter().map(|w| "-".repeat(*w)).collect();
+    out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
+    for c in &cells {
+        out.push_str(&line(c));
+        out.push('\n');
+    }
+    out
+}
+
+/// What the numbers were measured on.
+#[derive(Debug, Clone, Default)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu: String,
+    pub mem_gib: f64,
+    pub kernel: String,
+    pub pg_version: String,
+    pub pg_durability: String,
+    pub pg_where: String,
+    pub date: String,
+    /// /proc/loadavg (1-minute) at the start and end: other work on the machine skews
+    /// every figure.
+    pub load_start: f64,
+    pub load_end: f64,
+}
+
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+impl Machine {
+    pub fn local() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "unknown CPU".into());
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            nproc: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            cpu,
+            mem_gib: mem_kib / 1024.0 / 1024.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            load_start: loadavg(),
+            ..Machine::default()
+        }
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "nproc": self.nproc,
+            "cpu": self.cpu,
+            "mem_gib": self.mem_gib,
+            "kernel": self.kernel,
+            "postgres": self.pg_version,
+            "postgres_durability": self.pg_durability,
+            "postgres_server": self.pg_where,
+            "date": self.date,
+            "load_start": finite(self.load_start),
+            "load_end": finite(self.load_end),
+        })
+    }
+}

@@ -1,0 +1,141 @@
+//! Row 1: end-to-end throughput of `/bin/true` jobs beside the machine's raw
+//! spawn-and-wait rate.
+
+use crate::helpers::now_ns;
+use crate::report::{Ratio, Row};
+use crate::stack::Stack;
+use crate::util;
+use anyhow::{bail, Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{json, Value};
+use std::cell::Cell;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Concurrent SubmitJob calls.
+const SUBMIT_IN_FLIGHT: usize = 32;
+/// Concurrency of the raw spawn loop: the stack's total slots (2 workers × 8).
+pub const RAW_CONCURRENCY: usize = 16;
+
+/// Spawn-and-wait of `/bin/true` from a plain tokio loop, `conc` at a time: jobs/s.
+pub async fn raw_spawn_rate(n: usize, conc: usize) -> Result<f64> {
+    let next = Cell::new(0usize);
+    let t0 = Instant::now();
+    let loops = (0..conc).map(|_| async {
+        while next.get() < n {
+            next.set(next.get() + 1);
+            let st = tokio::process::Command::new("/bin/true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .context("spawning /bin/true")?;
+            if !st.success() {
+                bail!("/bin/true exited with {st}");
+            }
+        }
+        Ok(())
+    });
+    futures::future::try_join_all(loops).await?;
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value)> {
+    say!("[throughput] raw spawn-and-wait of /bin/true, {n} × at {RAW_CONCURRENCY} concurrent");
+    let raw = raw_spawn_rate(n, RAW_CONCURRENCY).await?;
+    say!("[throughput]   {raw:.0}/s");
+
+    let existing: i64 = stack
+        .sql
+        .query_one("SELECT count(*) FROM jobs", &[])
+        .await?
+        .try_get(0)?;
+    if existing != 0 {
+        bail!("throughput needs an empty jobs table; it has {existing} rows");
+    }
+
+    say!("[throughput] submitting {n} /bin/true jobs, {SUBMIT_IN_FLIGHT} in flight");
+    let spec = util::spec(vec!["/bin/true".into()], "");
+    let cpu0 = stack.cpu()?;
+    let start_ns = now_ns();
+    let t0 = Instant::now();
+    let client = stack.jobs.clone();
+    futures::stream::iter(0..n)
+        .map(|_| {
+            let mut c = client.clone();
+            let s = spec.clone();
+            async move { util::submit(&mut c, s).await }
+        })
+        .buffer_unordered(SUBMIT_IN_FLIGHT)
+        .try_for_each(|_| async { Ok(()) })
+        .await?;
+    let submit_secs = t0.elapsed().as_secs_f64();
+    say!(
+        "[throughput]   submitted in {submit_secs:.2} s ({:.0}/s); waiting for all to succeed",
+        n as f64 / submit_secs
+    );
+
+    let mut last = (0i64, Instant::now());
+    let end_epoch = loop {
+        let r = stack
+            .sql
+            .query_one(
+                "SELECT count(*) FILTER (WHERE state = 'succeeded'), \
+                        count(*) FILTER (WHERE state IN ('permanent_failed', 'cancelled')), \
+                        extract(epoch FROM max(finished_at))::float8 \
+                   FROM jobs",
+                &[],
+            )
+            .await
+            .context("counting finished jobs")?;
+        let (ok, failed): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+        if failed > 0 {
+            let reason: String = stack
+                .sql
+                .query_one(
+                    "SELECT reason FROM jobs WHERE state IN ('permanent_failed', 'cancelled') \
+                      LIMIT 1",
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            bail!("{failed} throughput jobs failed, e.g.: {reason}");
+        }
+        if ok as usize >= n {
+            break r.try_get::<_, Option<f64>>(2)?.unwrap_or(f64::NAN);
+        }
+        if ok != last.0 {
+            last = (ok, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(120) {
+            bail!("throughput stalled at {ok} of {n} jobs succeeded for 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cpu = util::cpu_delta(&cpu0, &stack.cpu()?, t0.elapsed().as_secs_f64());
+    let elapsed = end_epoch - start_ns as f64 / 1e9;
+    let rate = n as f64 / elapsed;
+    say!("[throughput]   {n} jobs in {elapsed:.2} s: {rate:.0} jobs/s");
+
+    let row = Row {
+        key: "throughput",
+        metric: format!("throughput: {n} /bin/true jobs, submit → succeeded (2 workers × 8 slots)"),
+        drover: rate,
+        unit: "jobs/s",
+        machine: raw,
+        machine_what: format!("raw spawn+wait ({RAW_CONCURRENCY} at once)"),
+        ratio: Ratio::Percent,
+        target: "≥ 50 %".into(),
+        ok: Some(rate / raw >= 0.5),
+    };
+    let details = json!({
+        "jobs": n,
+        "elapsed_s": elapsed,
+        "jobs_per_s": rate,
+        "raw_spawn_per_s": raw,
+        "submit_s": submit_secs,
+        "submit_per_s": n as f64 / submit_secs,
+        "cpu_seconds": cpu,
+    });
+    Ok((vec![row], details))
+}
