@@ -11,7 +11,11 @@
 //! only that far, so it never sees half a frame. Both use positioned I/O on the blocking
 //! pool, so a slow disk stalls only the attempt's own tasks, not the runtime.
 //!
-//! Bound: the file does not grow past `max_bytes` (frame headers included). The chunk
+//! Bound: output written but not yet acknowledged by the coordinator (frame headers
+//! included) never exceeds `max_bytes`; that is what a long outage can pile up. Output the
+//! coordinator acknowledged is freed from the disk as the reader moves on (the file keeps
+//! its offsets, the acknowledged range becomes a hole: `fallocate(PUNCH_HOLE)`), so a job
+//! may write far more than `max_bytes` in all while the coordinator keeps up. The chunk
 //! that reaches the bound is cut to fit and everything after it is dropped, so what is
 //! kept is always a prefix of the output. Dropped output is counted
 //! ([`SpoolWriter::dropped_bytes`]), and [`SpoolWriter::finish`] then appends one last
@@ -25,6 +29,7 @@ use crate::process::StreamKind;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
@@ -32,6 +37,8 @@ use tokio::sync::watch;
 const HEADER: usize = 8 + 1 + 8 + 4;
 /// Read beyond a batch's data budget, for the frame headers.
 const READ_SLACK: u64 = 64 * 1024;
+/// Acknowledged bytes freed from the disk at a time.
+const PUNCH_EVERY: u64 = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -80,6 +87,8 @@ pub struct SpoolWriter {
     committed: u64,
     max_bytes: u64,
     dropped: u64,
+    /// The reader's acknowledged offset: bytes before it no longer count against the bound.
+    acked: Arc<AtomicU64>,
     tx: watch::Sender<Published>,
 }
 
@@ -90,6 +99,10 @@ pub struct SpoolReader {
     /// Offset and seq of the first frame not yet acknowledged.
     acked_off: u64,
     acked_seq: u64,
+    /// Shared with the writer, for its bound.
+    acked: Arc<AtomicU64>,
+    /// Bytes before this offset were freed from the disk.
+    punched: u64,
     /// (seq, end offset) of each frame handed out by the last batch.
     handed: Vec<(u64, u64)>,
     rx: watch::Receiver<Published>,
@@ -105,8 +118,14 @@ pub fn create(
     let io = |e| SpoolError::Io(path.clone(), e);
     std::fs::create_dir_all(dir).map_err(io)?;
     let w = File::create(&path).map_err(io)?;
-    let r = File::open(&path).map_err(io)?;
+    // Writable too: freeing acknowledged ranges (hole punching) needs it.
+    let r = File::options()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
     let (tx, rx) = watch::channel(Published::default());
+    let acked = Arc::new(AtomicU64::new(0));
     Ok((
         SpoolWriter {
             path: path.clone(),
@@ -116,6 +135,7 @@ pub fn create(
             committed: 0,
             max_bytes,
             dropped: 0,
+            acked: acked.clone(),
             tx,
         },
         SpoolReader {
@@ -123,6 +143,8 @@ pub fn create(
             file: Arc::new(r),
             acked_off: 0,
             acked_seq: 0,
+            acked,
+            punched: 0,
             handed: Vec::new(),
             rx,
         },
@@ -197,7 +219,10 @@ impl SpoolWriter {
         data: &[u8],
         time_unix_ms: i64,
     ) -> Result<Option<u64>, SpoolError> {
-        let room = self.max_bytes.saturating_sub(self.committed);
+        let unacked = self
+            .committed
+            .saturating_sub(self.acked.load(Ordering::Acquire));
+        let room = self.max_bytes.saturating_sub(unacked);
         let fits = usize::try_from(room.saturating_sub(HEADER as u64)).unwrap_or(usize::MAX);
         // Once something was dropped, nothing after it is kept: no holes in the log.
         if self.dropped > 0 || room <= HEADER as u64 {
@@ -351,8 +376,26 @@ impl SpoolReader {
             if end > self.acked_off {
                 self.acked_off = end;
                 self.acked_seq = seq + 1;
+                self.acked.store(end, Ordering::Release);
+                self.free_acknowledged();
             }
         }
+    }
+
+    /// Gives the disk space of acknowledged frames back, in steps of PUNCH_EVERY. Where the
+    /// filesystem cannot punch holes the file simply keeps its size until it is removed.
+    fn free_acknowledged(&mut self) {
+        let upto = self.acked_off - self.acked_off % 4096;
+        if upto < self.punched + PUNCH_EVERY {
+            return;
+        }
+        use nix::fcntl::{fallocate, FallocateFlags};
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        let (off, len) = (self.punched as i64, (upto - self.punched) as i64);
+        if let Err(e) = fallocate(&*self.file, flags, off, len) {
+            tracing::debug!(path = %self.path.display(), error = %e, "cannot free spooled output");
+        }
+        self.punched = upto;
     }
 
     /// Bytes in the file (frame headers included) not yet acknowledged.
@@ -522,6 +565,41 @@ mod tests {
             got.len(),
             expected.len()
         );
+    }
+
+    #[tokio::test]
+    async fn the_limit_bounds_unsent_output_not_the_total() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        // Forty times the limit in all, shipped as it is written: nothing may be dropped,
+        // and the disk holds little more than what is unsent.
+        let max = 1 << 20;
+        let (mut w, mut r) = create(d.path(), "a8", max).unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut got = 0usize;
+        for _ in 0..640 {
+            assert!(w
+                .append(StreamKind::Stdout, &chunk, 0)
+                .await
+                .unwrap()
+                .is_some());
+            let b = r.next_batch(1 << 20).await.unwrap();
+            got += b.iter().map(|c| c.data.len()).sum::<usize>();
+            r.ack(b.last().unwrap().seq);
+        }
+        assert_eq!(w.dropped_bytes(), 0);
+        assert_eq!(got, 640 * chunk.len());
+        let m = std::fs::metadata(d.path().join("a8.spool")).unwrap();
+        assert!(m.len() > 40 * max, "the file keeps its offsets");
+        assert!(
+            m.blocks() * 512 < 2 * PUNCH_EVERY + max,
+            "acknowledged output still takes {} bytes of disk",
+            m.blocks() * 512
+        );
+        // Unsent output is still bounded.
+        let big = vec![b'y'; 2 * max as usize];
+        w.append(StreamKind::Stdout, &big, 0).await.unwrap();
+        assert!(w.dropped_bytes() > 0);
     }
 
     #[tokio::test]
