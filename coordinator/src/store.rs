@@ -6,16 +6,63 @@
 
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use deadpool_postgres::{Pool, Transaction};
+use deadpool_postgres::{GenericClient, Pool, Transaction};
 use drover_core::logcap::{self, CapState};
 use drover_core::{AttemptState, JobSpec, JobState, Next, RawResult, RetryPolicy};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 use uuid::Uuid;
+
+/// Statements prepared once per pooled connection (deadpool's statement cache) and reused:
+/// a repeated query then skips PostgreSQL's parse and plan and one network round trip,
+/// which the benchmark showed to be most of the database's work per job.
+trait Cached: GenericClient {
+    fn query_cached<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl std::future::Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a
+    {
+        async move { self.query(&self.prepare_cached(sql).await?, params).await }
+    }
+
+    fn query_one_cached<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl std::future::Future<Output = Result<Row, tokio_postgres::Error>> + Send + 'a {
+        async move {
+            self.query_one(&self.prepare_cached(sql).await?, params)
+                .await
+        }
+    }
+
+    fn query_opt_cached<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl std::future::Future<Output = Result<Option<Row>, tokio_postgres::Error>> + Send + 'a
+    {
+        async move {
+            self.query_opt(&self.prepare_cached(sql).await?, params)
+                .await
+        }
+    }
+
+    fn execute_cached<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a {
+        async move { self.execute(&self.prepare_cached(sql).await?, params).await }
+    }
+}
+
+impl<T: GenericClient> Cached for T {}
 
 /// NOTIFY channel: a job became ready to lease (payload: queue).
 pub const JOBS_CHANNEL: &str = "drover_jobs";
@@ -323,7 +370,7 @@ impl Store {
             Some(job) => (job, true),
             None => {
                 let row = tx
-                    .query_one(
+                    .query_one_cached(
                         &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.idempotency_key = $1"),
                         &[&spec.idempotency_key],
                     )
@@ -345,7 +392,7 @@ impl Store {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let row = tx
-            .query_opt(
+            .query_opt_cached(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
                 &[&id],
             )
@@ -395,7 +442,7 @@ impl Store {
     ) -> Result<Vec<JobRow>> {
         let c = self.pool.get().await?;
         let rows = c
-            .query(
+            .query_cached(
                 &format!(
                     "SELECT {JOB_COLUMNS} FROM jobs j \
                      WHERE j.state = $1 AND ($2::text IS NULL OR j.queue = $2) \
@@ -418,7 +465,7 @@ impl Store {
     pub async fn retried_by(&self, id: Uuid) -> Result<Vec<Uuid>> {
         let c = self.pool.get().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT id FROM jobs WHERE retry_of = $1 ORDER BY created_at",
                 &[&id],
             )
@@ -434,7 +481,7 @@ impl Store {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let row = tx
-            .query_opt(
+            .query_opt_cached(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1 FOR UPDATE"),
                 &[&id],
             )
@@ -443,7 +490,7 @@ impl Store {
         let job = job_from_row(&row)?;
         let stop = match job.state {
             JobState::Pending => {
-                tx.execute(
+                tx.execute_cached(
                     "UPDATE jobs SET state = 'cancelled', reason = 'cancelled while pending', \
                             finished_at = now(), updated_at = now() WHERE id = $1",
                     &[&id],
@@ -453,7 +500,7 @@ impl Store {
                 None
             }
             JobState::Running => {
-                tx.execute(
+                tx.execute_cached(
                     "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()), \
                             updated_at = now() WHERE id = $1",
                     &[&id],
@@ -463,10 +510,10 @@ impl Store {
                     Error::Internal(format!("running job {id} has no current attempt"))
                 })?;
                 let worker: String = tx
-                    .query_one("SELECT worker_id FROM attempts WHERE id = $1", &[&attempt])
+                    .query_one_cached("SELECT worker_id FROM attempts WHERE id = $1", &[&attempt])
                     .await?
                     .try_get(0)?;
-                tx.execute(
+                tx.execute_cached(
                     "SELECT pg_notify($1, $2)",
                     &[&CONTROL_CHANNEL, &format!("cancel {attempt} {worker}")],
                 )
@@ -480,7 +527,7 @@ impl Store {
             }
         };
         let row = tx
-            .query_one(
+            .query_one_cached(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
                 &[&id],
             )
@@ -492,7 +539,7 @@ impl Store {
     pub async fn get_job(&self, id: Uuid) -> Result<Option<JobRow>> {
         let c = self.pool.get().await?;
         let row = c
-            .query_opt(
+            .query_opt_cached(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
                 &[&id],
             )
@@ -503,7 +550,7 @@ impl Store {
     pub async fn list_attempts(&self, job_id: Uuid) -> Result<Vec<AttemptRow>> {
         let c = self.pool.get().await?;
         let rows = c
-            .query(
+            .query_cached(
                 &format!(
                     "SELECT {ATTEMPT_COLUMNS} FROM attempts a WHERE a.job_id = $1 ORDER BY a.number"
                 ),
@@ -522,7 +569,7 @@ impl Store {
             None => (None, None),
         };
         let rows = c
-            .query(
+            .query_cached(
                 &format!(
                     "SELECT {JOB_COLUMNS} FROM jobs j \
                      WHERE ($1::text IS NULL OR j.state = $1) \
@@ -540,7 +587,7 @@ impl Store {
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
         let c = self.pool.get().await?;
         let row = c
-            .query_one(
+            .query_one_cached(
                 "SELECT min(not_before) FROM jobs WHERE state = 'pending' AND not_before > now()",
                 &[],
             )
@@ -564,7 +611,7 @@ impl Store {
         // MATERIALIZED keeps the planner from re-running the locking subquery (which could
         // claim more than n rows).
         let rows = c
-            .query(
+            .query_cached(
                 "WITH c AS MATERIALIZED ( \
                     SELECT id, not_before AS due FROM jobs \
                      WHERE state = 'pending' AND queue = ANY($1) AND not_before <= now() \
@@ -617,7 +664,7 @@ impl Store {
     ) -> Result<(Vec<Ended>, Heartbeat)> {
         {
             let c = self.pool.get().await?;
-            c.execute(
+            c.execute_cached(
                 "INSERT INTO workers (id, hostname, labels, queues, slots, version, \
                     coordinator_id, connected, last_seen_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, true, now()) \
@@ -638,7 +685,7 @@ impl Store {
         }
         let orphans: Vec<Uuid> = {
             let c = self.pool.get().await?;
-            c.query(
+            c.query_cached(
                 "SELECT id FROM attempts WHERE worker_id = $1 AND state = 'running' \
                    AND NOT (id = ANY($2))",
                 &[&w.id, &w.running],
@@ -670,7 +717,7 @@ impl Store {
 
     pub async fn worker_disconnected(&self, worker_id: &str, coordinator_id: &str) -> Result<()> {
         let c = self.pool.get().await?;
-        c.execute(
+        c.execute_cached(
             "UPDATE workers SET connected = false, last_seen_at = now() \
               WHERE id = $1 AND coordinator_id = $2",
             &[&worker_id, &coordinator_id],
@@ -689,7 +736,7 @@ impl Store {
     ) -> Result<Heartbeat> {
         let c = self.pool.get().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "UPDATE attempts a SET lease_expires_at = now() + $3 * interval '1 millisecond' \
                    FROM jobs j \
                   WHERE a.id = ANY($1) AND a.worker_id = $2 AND a.state = 'running' \
@@ -700,7 +747,7 @@ impl Store {
             .await?;
         match report {
             None => {
-                c.execute(
+                c.execute_cached(
                     "UPDATE workers SET last_seen_at = now() WHERE id = $1",
                     &[&worker_id],
                 )
@@ -708,7 +755,7 @@ impl Store {
             }
             Some(r) => {
                 // The latest sample on the worker's row; one a minute into the history.
-                c.execute(
+                c.execute_cached(
                     "WITH w AS (UPDATE workers SET last_seen_at = now(), resources = $2, \
                                        paused_reason = $3, draining = $4 WHERE id = $1) \
                      INSERT INTO worker_samples (worker_id, resources) \
@@ -742,7 +789,7 @@ impl Store {
     pub async fn expired_attempts(&self, limit: i64) -> Result<Vec<Uuid>> {
         let c = self.pool.get().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT id FROM attempts WHERE state = 'running' AND lease_expires_at < now() \
                   ORDER BY lease_expires_at LIMIT $1",
                 &[&limit],
@@ -761,7 +808,7 @@ impl Store {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let row = tx
-            .query_opt(
+            .query_opt_cached(
                 "SELECT a.state, a.job_id, a.lease_expires_at < now() AS expired, \
                         extract(epoch FROM now() - a.started_at)::float8 AS ran, \
                         j.retry_policy, j.failure_count, j.lost_count, j.queue, \
@@ -836,7 +883,7 @@ impl Store {
             Some((rss, cpu)) => (Some(rss), Some(cpu)),
             None => (None, None),
         };
-        tx.execute(
+        tx.execute_cached(
             "UPDATE attempts SET state = $2, finished_at = now(), exit_code = $3, signal = $4, \
                     reason = $5, peak_rss_bytes = $6, cpu_time_ms = $7 WHERE id = $1",
             &[
@@ -850,7 +897,7 @@ impl Store {
             ],
         )
         .await?;
-        tx.execute(
+        tx.execute_cached(
             "UPDATE jobs SET state = $2, current_attempt_id = NULL, failure_count = $3, \
                     lost_count = $4, reason = $5, updated_at = now(), \
                     not_before = CASE WHEN $6::float8 IS NULL THEN not_before \
@@ -889,7 +936,7 @@ impl Store {
         // Wakes every coordinator's dispatcher: at once for an immediate retry, or to
         // re-arm its timer for a backoff.
         if job_state == JobState::Pending {
-            tx.execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &queue])
+            tx.execute_cached("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &queue])
                 .await?;
         }
         tx.commit().await?;
@@ -913,7 +960,7 @@ impl Store {
         let tx = c.transaction().await?;
         // The row lock also keeps the reaper from marking the attempt lost mid-append.
         let row = tx
-            .query_opt(
+            .query_opt_cached(
                 "SELECT state, log_kept_bytes, log_head_end, log_head_bytes, log_dropped_bytes \
                    FROM attempts WHERE id = $1 FOR UPDATE",
                 &[&attempt_id],
@@ -935,7 +982,7 @@ impl Store {
         let times: Vec<DateTime<Utc>> = chunks.iter().map(|c| c.time).collect();
         let data: Vec<&[u8]> = chunks.iter().map(|c| c.data.as_slice()).collect();
         let inserted = tx
-            .query(
+            .query_cached(
                 "INSERT INTO log_chunks (attempt_id, seq, stream, time, data) \
                  SELECT $1, * FROM unnest($2::int8[], $3::int2[], $4::timestamptz[], $5::bytea[]) \
                  ON CONFLICT (attempt_id, seq) DO NOTHING RETURNING seq, octet_length(data)",
@@ -951,7 +998,7 @@ impl Store {
         if excess > 0 {
             // Delete the oldest tail chunks until at least `excess` bytes are gone.
             let removed: i64 = tx
-                .query_one(
+                .query_one_cached(
                     "WITH t AS ( \
                         SELECT seq, octet_length(data) AS len, \
                                sum(octet_length(data)) OVER (ORDER BY seq) AS cum \
@@ -972,7 +1019,7 @@ impl Store {
             after = logcap::trimmed(after, removed.max(0) as u64);
         }
         let received: i64 = new.iter().map(|(_, l)| *l as i64).sum();
-        tx.execute(
+        tx.execute_cached(
             "UPDATE attempts SET log_chunks = log_chunks + $2, log_bytes = log_bytes + $3, \
                     log_kept_bytes = $4, log_head_end = $5, log_head_bytes = $6, \
                     log_dropped_bytes = $7 WHERE id = $1",
@@ -1002,7 +1049,7 @@ impl Store {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let ids: Vec<Uuid> = tx
-            .query(
+            .query_cached(
                 "SELECT id FROM attempts \
                   WHERE logs_purged_at IS NULL AND finished_at IS NOT NULL \
                     AND finished_at < now() - $1 * interval '1 millisecond' \
@@ -1016,10 +1063,10 @@ impl Store {
         if ids.is_empty() {
             return Ok((0, Vec::new()));
         }
-        tx.execute("DELETE FROM log_chunks WHERE attempt_id = ANY($1)", &[&ids])
+        tx.execute_cached("DELETE FROM log_chunks WHERE attempt_id = ANY($1)", &[&ids])
             .await?;
         let artifacts = tx
-            .query(
+            .query_cached(
                 &format!(
                     "DELETE FROM artifacts a USING attempts t WHERE a.attempt_id = ANY($1) \
                        AND t.id = a.attempt_id RETURNING {ARTIFACT_COLUMNS}"
@@ -1030,7 +1077,7 @@ impl Store {
             .iter()
             .map(artifact_from_row)
             .collect::<Result<Vec<_>>>()?;
-        tx.execute(
+        tx.execute_cached(
             "UPDATE attempts SET logs_purged_at = now(), log_kept_bytes = 0 WHERE id = ANY($1)",
             &[&ids],
         )
@@ -1048,7 +1095,7 @@ impl Store {
     pub async fn jobs_by_state(&self) -> Result<Vec<(String, i64)>> {
         let c = self.pool.get().await?;
         let rows = c
-            .query("SELECT state, count(*) FROM jobs GROUP BY state", &[])
+            .query_cached("SELECT state, count(*) FROM jobs GROUP BY state", &[])
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -1057,7 +1104,7 @@ impl Store {
 
     pub async fn failed_since(&self, within: Duration) -> Result<i64> {
         let c = self.pool.get().await?;
-        Ok(c.query_one(
+        Ok(c.query_one_cached(
             "SELECT count(*) FROM jobs WHERE state = 'permanent_failed' \
                AND finished_at > now() - $1 * interval '1 millisecond'",
             &[&millis(within)],
@@ -1069,7 +1116,7 @@ impl Store {
     pub async fn queue_stats(&self) -> Result<Vec<QueueRow>> {
         let c = self.pool.get().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT queue, count(*) FILTER (WHERE state = 'pending'), \
                         count(*) FILTER (WHERE state = 'running'), \
                         (extract(epoch FROM now() - min(not_before) \
@@ -1096,7 +1143,7 @@ impl Store {
     pub async fn list_workers(&self) -> Result<Vec<WorkerRow>> {
         let c = self.pool.get().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT w.id, w.hostname, w.labels, w.queues, w.slots, w.version, w.connected, \
                         w.last_seen_at, \
                         (extract(epoch FROM now() - w.last_seen_at) * 1000)::int8 AS ago, \
@@ -1132,7 +1179,7 @@ impl Store {
     /// Drops resource samples older than a day.
     pub async fn prune_samples(&self) -> Result<u64> {
         let c = self.pool.get().await?;
-        Ok(c.execute(
+        Ok(c.execute_cached(
             "DELETE FROM worker_samples WHERE at < now() - interval '24 hours'",
             &[],
         )
@@ -1146,7 +1193,7 @@ impl Store {
     pub async fn running_attempt_job(&self, attempt_id: Uuid) -> Result<(Uuid, i32)> {
         let c = self.pool.get().await?;
         let row = c
-            .query_opt(
+            .query_opt_cached(
                 "SELECT job_id, number, state FROM attempts WHERE id = $1",
                 &[&attempt_id],
             )
@@ -1164,7 +1211,7 @@ impl Store {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let state: String = tx
-            .query_one(
+            .query_one_cached(
                 "SELECT state FROM attempts WHERE id = $1 FOR SHARE",
                 &[&a.attempt_id],
             )
@@ -1173,7 +1220,7 @@ impl Store {
         if state != "running" {
             return Err(stale(a.attempt_id, parse_state(&state)?));
         }
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO artifacts (attempt_id, job_id, name, size, sha256) \
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (attempt_id, name) DO UPDATE SET size = $4, sha256 = $5, \
@@ -1189,7 +1236,7 @@ impl Store {
     pub async fn list_artifacts(&self, job_id: Uuid) -> Result<Vec<ArtifactRow>> {
         let c = self.pool.get().await?;
         let rows = c
-            .query(
+            .query_cached(
                 &format!(
                     "SELECT {ARTIFACT_COLUMNS} FROM artifacts a \
                        JOIN attempts t ON t.id = a.attempt_id \
@@ -1205,7 +1252,7 @@ impl Store {
     pub async fn log_storage_bytes(&self) -> Result<i64> {
         let c = self.pool.get().await?;
         Ok(
-            c.query_one("SELECT pg_total_relation_size('log_chunks')", &[])
+            c.query_one_cached("SELECT pg_total_relation_size('log_chunks')", &[])
                 .await?
                 .try_get(0)?,
         )
@@ -1220,7 +1267,7 @@ impl Store {
     ) -> Result<Vec<StoredChunk>> {
         let c = self.pool.get().await?;
         let rows = c
-            .query(
+            .query_cached(
                 "SELECT seq, stream, time, data FROM log_chunks \
                   WHERE attempt_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                 &[&attempt_id, &after, &limit],
@@ -1256,7 +1303,7 @@ async fn insert_job(
     trace_parent: Option<&str>,
 ) -> Result<Option<JobRow>> {
     let row = tx
-        .query_opt(
+        .query_opt_cached(
             &format!(
                 "INSERT INTO jobs AS j (id, queue, state, argv, env, labels, params, \
                  timeout_ms, retry_policy, idempotency_key, original_job_id, retry_of, outputs, \
@@ -1290,7 +1337,7 @@ async fn insert_job(
         json!({"queue": job.spec.queue, "retry_of": retry_of}),
     )
     .await?;
-    tx.execute(
+    tx.execute_cached(
         "SELECT pg_notify($1, $2)",
         &[&JOBS_CHANNEL, &job.spec.queue],
     )
@@ -1304,7 +1351,7 @@ async fn insert_event(
     event: &str,
     payload: serde_json::Value,
 ) -> Result<()> {
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO outbox (job_id, event, payload) VALUES ($1, $2, $3)",
         &[&job_id, &event, &Json(payload)],
     )
