@@ -12,10 +12,14 @@ use drover_proto::v1::worker_service_client::WorkerServiceClient;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
 pub use drover_proto::v1;
+
+pub mod chaos;
 
 /// Admin connection for creating test databases. CI sets DATABASE_URL; locally the
 /// machine's server on 127.0.0.1:5432 is used.
@@ -146,14 +150,16 @@ impl Drop for TestDb {
     }
 }
 
-/// Directory holding the workspace's built binaries.
+/// Directory holding the workspace's built binaries: next to the running executable,
+/// or one level up when it is a test in `target/<profile>/deps`.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test-binary>
-    exe.parent()
-        .and_then(|p| p.parent())
-        .map(Path::to_path_buf)
-        .expect("target directory")
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target directory").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -299,69 +305,9 @@ impl Cluster {
         self.dir.path().join(name)
     }
 
-    /// Starts a coordinator and waits until it listens.
+    /// Starts a coordinator on the test's database and waits until it listens.
     pub fn coordinator(&self, name: &str, opts: &CoordinatorOpts) -> Result<(Proc, String)> {
-        let port = if opts.port == 0 {
-            free_port()
-        } else {
-            opts.port
-        };
-        let log = self.path(&format!("{name}.log"));
-        let mut cmd = Command::new(bin("drover-coordinator"));
-        if let Some(toml) = &opts.config_toml {
-            let path = self.path(&format!("{name}.toml"));
-            std::fs::write(&path, toml)?;
-            cmd.arg("--config").arg(path);
-        }
-        let mut child = cmd
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["--http-listen", "127.0.0.1:0"])
-            .arg("--database-url")
-            .arg(opts.database_url.as_deref().unwrap_or(&self.db.url))
-            .env("DROVER_LEASE_TTL_MS", opts.lease_ttl_ms.to_string())
-            .env("DROVER_ARTIFACT_DIR", self.path("artifacts"))
-            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env(
-                "DROVER_HEARTBEAT_INTERVAL_MS",
-                opts.heartbeat_interval_ms.to_string(),
-            )
-            .env(
-                "DROVER_REAPER_INTERVAL_MS",
-                opts.reaper_interval_ms.to_string(),
-            )
-            .env("RUST_LOG", "info,drover_coordinator=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)?,
-            )
-            .spawn()
-            .context("spawning drover-coordinator")?;
-        let stdout = child.stdout.take().context("coordinator stdout")?;
-        let mut proc = Proc {
-            name: name.to_string(),
-            child,
-            log,
-            http: String::new(),
-        };
-        // The coordinator prints DROVER_ADDR=... and DROVER_HTTP=... once it listens.
-        let mut reader = BufReader::new(stdout);
-        let (mut line, mut http) = (String::new(), String::new());
-        reader.read_line(&mut line)?;
-        reader.read_line(&mut http)?;
-        let (Some(addr), Some(http)) = (
-            line.trim().strip_prefix("DROVER_ADDR="),
-            http.trim().strip_prefix("DROVER_HTTP="),
-        ) else {
-            proc.kill();
-            bail!("coordinator did not start: {}", proc.log_text());
-        };
-        proc.http = http.to_string();
-        Ok((proc, addr.to_string()))
+        spawn_coordinator(self.dir.path(), name, &self.db.url, opts)
     }
 
     /// Starts a worker process connected to `addr`.
@@ -377,37 +323,121 @@ impl Cluster {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Proc> {
-        let log = self.path(&format!("{name}.log"));
-        let child = Command::new(bin("drover-worker"))
-            .arg("--coordinator")
-            .arg(addr)
-            .arg("--worker-id")
-            .arg(name)
-            .arg("--state-dir")
-            .arg(self.path(&format!("{name}-state")))
-            .arg("--slots")
-            .arg(slots.to_string())
-            .args(extra)
-            .env("RUST_LOG", "info,drover_worker=debug")
-            .env("DROVER_WORKER_KILL_GRACE_MS", "2000")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log)?,
-            )
-            .spawn()
-            .context("spawning drover-worker")?;
-        Ok(Proc {
-            name: name.to_string(),
-            child,
-            log,
-            http: String::new(),
-        })
+        spawn_worker(self.dir.path(), name, addr, slots, extra, env)
     }
+}
+
+/// Starts a coordinator whose files (log, config, artifacts) live in `dir`, on
+/// `opts.database_url` or else `db_url`, and waits until it listens. Returns it and its
+/// gRPC address.
+pub fn spawn_coordinator(
+    dir: &Path,
+    name: &str,
+    db_url: &str,
+    opts: &CoordinatorOpts,
+) -> Result<(Proc, String)> {
+    let port = if opts.port == 0 {
+        free_port()
+    } else {
+        opts.port
+    };
+    let log = dir.join(format!("{name}.log"));
+    let mut cmd = Command::new(bin("drover-coordinator"));
+    if let Some(toml) = &opts.config_toml {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, toml)?;
+        cmd.arg("--config").arg(path);
+    }
+    let mut child = cmd
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--http-listen", "127.0.0.1:0"])
+        .arg("--database-url")
+        .arg(opts.database_url.as_deref().unwrap_or(db_url))
+        .env("DROVER_LEASE_TTL_MS", opts.lease_ttl_ms.to_string())
+        .env("DROVER_ARTIFACT_DIR", dir.join("artifacts"))
+        .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env(
+            "DROVER_HEARTBEAT_INTERVAL_MS",
+            opts.heartbeat_interval_ms.to_string(),
+        )
+        .env(
+            "DROVER_REAPER_INTERVAL_MS",
+            opts.reaper_interval_ms.to_string(),
+        )
+        .env("RUST_LOG", "info,drover_coordinator=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)?,
+        )
+        .spawn()
+        .context("spawning drover-coordinator")?;
+    let stdout = child.stdout.take().context("coordinator stdout")?;
+    let mut proc = Proc {
+        name: name.to_string(),
+        child,
+        log,
+        http: String::new(),
+    };
+    // The coordinator prints DROVER_ADDR=... and DROVER_HTTP=... once it listens.
+    let mut reader = BufReader::new(stdout);
+    let (mut line, mut http) = (String::new(), String::new());
+    reader.read_line(&mut line)?;
+    reader.read_line(&mut http)?;
+    let (Some(addr), Some(http)) = (
+        line.trim().strip_prefix("DROVER_ADDR="),
+        http.trim().strip_prefix("DROVER_HTTP="),
+    ) else {
+        proc.kill();
+        bail!("coordinator did not start: {}", proc.log_text());
+    };
+    proc.http = http.to_string();
+    Ok((proc, addr.to_string()))
+}
+
+/// Starts a worker process connected to `addr`, its state and log in `dir`.
+pub fn spawn_worker(
+    dir: &Path,
+    name: &str,
+    addr: &str,
+    slots: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Proc> {
+    let log = dir.join(format!("{name}.log"));
+    let child = Command::new(bin("drover-worker"))
+        .arg("--coordinator")
+        .arg(addr)
+        .arg("--worker-id")
+        .arg(name)
+        .arg("--state-dir")
+        .arg(dir.join(format!("{name}-state")))
+        .arg("--slots")
+        .arg(slots.to_string())
+        .args(extra)
+        .env("RUST_LOG", "info,drover_worker=debug")
+        .env("DROVER_WORKER_KILL_GRACE_MS", "2000")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)?,
+        )
+        .spawn()
+        .context("spawning drover-worker")?;
+    Ok(Proc {
+        name: name.to_string(),
+        child,
+        log,
+        http: String::new(),
+    })
 }
 
 pub async fn channel(addr: &str) -> Result<Channel> {
@@ -585,41 +615,48 @@ pub async fn pid_from_log(
     }
 }
 
-/// A TCP proxy between a worker and its coordinator that a test can cut, to make a
-/// network partition.
+/// A TCP proxy between a worker and its coordinator that a test can cut (a partition),
+/// slow down (latency on every segment) or reset (drop the open connections once).
 pub struct Proxy {
     pub addr: String,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio_util::sync::CancellationToken>>>,
+    cut: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+    conns: Arc<std::sync::Mutex<Vec<tokio_util::sync::CancellationToken>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
     /// Listens on a free loopback port and forwards to `target` ("127.0.0.1:PORT").
     pub async fn start(target: &str) -> Result<Proxy> {
-        use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = format!("http://{}", listener.local_addr()?);
         let target = target.trim_start_matches("http://").to_string();
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (cut2, conns2) = (cut.clone(), conns.clone());
+        let cut = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let conns = Arc::new(std::sync::Mutex::new(Vec::<
+            tokio_util::sync::CancellationToken,
+        >::new()));
+        let (cut2, delay2, conns2) = (cut.clone(), delay_ms.clone(), conns.clone());
         let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if cut2.load(Ordering::SeqCst) {
                     continue; // dropped: the partition refuses new connections too
                 }
                 let token = tokio_util::sync::CancellationToken::new();
                 if let Ok(mut all) = conns2.lock() {
+                    all.retain(|t| !t.is_cancelled());
                     all.push(token.clone());
                 }
-                let target = target.clone();
+                let (target, delay) = (target.clone(), delay2.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (ir, iw) = inbound.into_split();
+                    let (or, ow) = outbound.into_split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = pump(ir, ow, delay.clone()) => {}
+                        _ = pump(or, iw, delay) => {}
                         _ = token.cancelled() => {}
                     }
                 });
@@ -628,6 +665,7 @@ impl Proxy {
         Ok(Proxy {
             addr,
             cut,
+            delay_ms,
             conns,
             task,
         })
@@ -635,7 +673,16 @@ impl Proxy {
 
     /// Drops every connection and refuses new ones.
     pub fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut.store(true, Ordering::SeqCst);
+        self.reset();
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Drops the open connections; new ones are accepted.
+    pub fn reset(&self) {
         if let Ok(mut all) = self.conns.lock() {
             for t in all.drain(..) {
                 t.cancel();
@@ -643,8 +690,32 @@ impl Proxy {
         }
     }
 
-    pub fn restore(&self) {
-        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    /// Holds every segment this long before forwarding it (0: none).
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+/// Copies one direction of a proxied connection until either side closes.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let d = delay_ms.load(Ordering::SeqCst);
+        if d > 0 {
+            tokio::time::sleep(Duration::from_millis(d)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 

@@ -1,0 +1,1002 @@
+//! The chaos runner: Drover under random, seeded faults, then a check of its promises.
+//!
+//! It starts its own PostgreSQL server (so it can stop it), two coordinators sharing it and
+//! four workers, each worker behind a [`Proxy`] the runner controls; workers 0 and 2 talk to
+//! coordinator 0, workers 1 and 3 to coordinator 1. It submits jobs that each append
+//! `job-id attempt-id attempt-number` to a shared ledger file, print numbered lines with
+//! short sleeps between them, and exit 0, 1 (transient) or 127 (permanent) by a plan drawn
+//! from the seed. Meanwhile it injects faults, one at a time at seeded random moments:
+//! SIGKILL of a worker or a coordinator (then a restart), PostgreSQL stop/start, a cut,
+//! slowed or reset worker link, and SIGSTOP/SIGCONT of a worker. Then it lets every job
+//! finish and checks what the brief promises; see [`check`].
+//!
+//! Used by `tests/tests/chaos.rs` (a short seeded run in CI) and by the `drover-chaos`
+//! binary for long runs.
+
+use crate::{spawn_coordinator, spawn_worker, CoordinatorOpts, Proc, Proxy};
+use anyhow::{bail, Context, Result};
+use drover_pgserver::{PgServer, PgServerConfig};
+use drover_proto::v1 as pb;
+use drover_proto::v1::job_service_client::JobServiceClient;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The retry policy every chaos job is submitted with; [`check`] verifies waits against
+/// these numbers with its own arithmetic, not the product's.
+pub const MAX_RETRIES: u32 = 3;
+pub const INITIAL_BACKOFF_MS: u64 = 200;
+pub const MULTIPLIER: f64 = 2.0;
+pub const JITTER: f64 = 0.2;
+/// Lost attempts that a job may have before it is parked (the product's limit).
+pub const MAX_LOST: u32 = drover_core::retry::MAX_LOST_ATTEMPTS;
+/// Lines each job prints; a succeeded attempt's stored log must be exactly these.
+pub const LINES: u32 = 30;
+
+const WORKERS: usize = 4;
+const SLOTS: u32 = 4;
+const LEASE_TTL_MS: u64 = 2_000;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub seed: u64,
+    pub jobs: usize,
+    /// How long faults are injected. Jobs are submitted during its first 80 %.
+    pub chaos: Duration,
+    /// How long every job may take to finish once the faults stop.
+    pub drain_limit: Duration,
+    /// Scratch directory (logs, ledger, database); a temporary one when None.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    KillWorker,
+    KillCoordinator,
+    StopPostgres,
+    CutLink,
+    DelayLink,
+    ResetLink,
+    PauseWorker,
+}
+
+const FAULTS: [Fault; 7] = [
+    Fault::KillWorker,
+    Fault::KillCoordinator,
+    Fault::StopPostgres,
+    Fault::CutLink,
+    Fault::DelayLink,
+    Fault::ResetLink,
+    Fault::PauseWorker,
+];
+
+/// What a job's process does on each attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Exits 0.
+    Succeed,
+    /// Exits 1 on attempts numbered up to n (n ≤ MAX_RETRIES), then 0.
+    Flaky(u32),
+    /// Exits 127: permanent at once.
+    Permanent,
+    /// Exits 1 every time: parked after MAX_RETRIES retries.
+    Hopeless,
+}
+
+impl Plan {
+    fn draw(rng: &mut StdRng) -> Plan {
+        match rng.random_range(0..100) {
+            0..50 => Plan::Succeed,
+            50..75 => Plan::Flaky(rng.random_range(1..=MAX_RETRIES)),
+            75..87 => Plan::Permanent,
+            _ => Plan::Hopeless,
+        }
+    }
+
+    fn fail_until(self) -> u32 {
+        match self {
+            Plan::Succeed => 0,
+            Plan::Flaky(n) => n,
+            Plan::Permanent | Plan::Hopeless => u32::MAX,
+        }
+    }
+
+    fn fail_code(self) -> i32 {
+        match self {
+            Plan::Permanent => 127,
+            _ => 1,
+        }
+    }
+
+    pub fn expected_state(self) -> &'static str {
+        match self {
+            Plan::Succeed | Plan::Flaky(_) => "succeeded",
+            Plan::Permanent | Plan::Hopeless => "permanent_failed",
+        }
+    }
+}
+
+/// One attempt as stored, times in milliseconds since the epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptRow {
+    pub id: String,
+    pub job_id: String,
+    pub number: i32,
+    pub state: String,
+    pub started_ms: f64,
+    pub finished_ms: Option<f64>,
+    pub exit_code: Option<i32>,
+}
+
+/// An attempt's recorded result, as first observed and as finally stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub finished_ms: Option<f64>,
+}
+
+/// Everything [`check`] looks at.
+#[derive(Debug, Default)]
+pub struct Evidence {
+    pub plans: HashMap<String, Plan>,
+    /// Job id → (state, reason).
+    pub jobs: HashMap<String, (String, String)>,
+    pub attempts: Vec<AttemptRow>,
+    /// Succeeded attempt id → its stored stdout+stderr, in sequence order.
+    pub logs: HashMap<String, Vec<u8>>,
+    /// Ledger lines: (job id, attempt id, attempt number).
+    pub ledger: Vec<(String, String, u32)>,
+    /// Attempt id → result when first seen finished, by the observer during the run.
+    pub first_seen: HashMap<String, Outcome>,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub jobs_by_state: BTreeMap<String, u64>,
+    pub attempts_by_state: BTreeMap<String, u64>,
+    /// Processes started (ledger lines).
+    pub executions: u64,
+    /// Executions whose attempt ended lost, released or cancelled: the extra runs that
+    /// crashes and partitions explain.
+    pub extra_executions: u64,
+    pub violations: Vec<String>,
+}
+
+pub struct Report {
+    pub seed: u64,
+    pub faults: BTreeMap<Fault, u32>,
+    pub summary: Summary,
+    /// From the end of the faults until every job was terminal.
+    pub drain: Duration,
+    pub dir: PathBuf,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.summary.violations.is_empty()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.summary;
+        writeln!(f, "chaos seed {}", self.seed)?;
+        let faults: Vec<String> = self
+            .faults
+            .iter()
+            .map(|(k, v)| format!("{k:?} {v}"))
+            .collect();
+        writeln!(f, "  faults injected: {}", faults.join(", "))?;
+        writeln!(f, "  jobs: {:?}", s.jobs_by_state)?;
+        writeln!(f, "  attempts: {:?}", s.attempts_by_state)?;
+        writeln!(
+            f,
+            "  executions: {} ({} extra, each explained by a lost/released/cancelled attempt)",
+            s.executions, s.extra_executions
+        )?;
+        writeln!(
+            f,
+            "  time to drain after the faults: {:.1} s",
+            self.drain.as_secs_f64()
+        )?;
+        writeln!(f, "  scratch directory: {}", self.dir.display())?;
+        if s.violations.is_empty() {
+            writeln!(f, "  all checks passed")
+        } else {
+            writeln!(f, "  {} VIOLATIONS:", s.violations.len())?;
+            for v in &s.violations {
+                writeln!(f, "    - {v}")?;
+            }
+            writeln!(f, "  reproduce with: drover-chaos --seed {}", self.seed)
+        }
+    }
+}
+
+/// The shell script each job runs. The plan arrives in its environment.
+const SCRIPT: &str = r#"echo "$DROVER_JOB_ID $DROVER_ATTEMPT_ID $DROVER_ATTEMPT" >> "$CHAOS_LEDGER"
+i=1
+while [ $i -le $CHAOS_LINES ]; do
+  echo "line $i"
+  if [ $((i % 10)) -eq 0 ]; then sleep "$CHAOS_NAP"; fi
+  i=$((i + 1))
+done
+if [ "$DROVER_ATTEMPT" -le "$CHAOS_FAIL_UNTIL" ]; then exit "$CHAOS_FAIL_CODE"; fi
+exit 0
+"#;
+
+pub fn expected_log() -> Vec<u8> {
+    (1..=LINES)
+        .map(|i| format!("line {i}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn job_spec(plan: Plan, nap_ms: u64, ledger: &Path, key: String) -> pb::JobSpec {
+    let env = [
+        ("CHAOS_LEDGER", ledger.display().to_string()),
+        ("CHAOS_LINES", LINES.to_string()),
+        ("CHAOS_NAP", format!("{:.3}", nap_ms as f64 / 1000.0)),
+        (
+            "CHAOS_FAIL_UNTIL",
+            plan.fail_until().min(1_000_000).to_string(),
+        ),
+        ("CHAOS_FAIL_CODE", plan.fail_code().to_string()),
+    ];
+    pb::JobSpec {
+        argv: vec!["sh".into(), "-c".into(), SCRIPT.into()],
+        env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        retry: Some(pb::RetryPolicy {
+            max_retries: Some(MAX_RETRIES),
+            initial_backoff_ms: Some(INITIAL_BACKOFF_MS),
+            multiplier: Some(MULTIPLIER),
+            jitter: Some(JITTER),
+            ..Default::default()
+        }),
+        idempotency_key: key,
+        ..Default::default()
+    }
+}
+
+// ------------------------------------------------------------------------- the world
+
+struct Coordinator {
+    name: String,
+    opts: CoordinatorOpts,
+    proc: Option<Proc>,
+}
+
+struct Worker {
+    name: String,
+    proxy: Proxy,
+    proc: Option<Proc>,
+}
+
+/// The processes under test. Dropping it stops them all, jobs of killed workers included.
+struct World {
+    dir: PathBuf,
+    pg: PgServer,
+    db_url: String,
+    coordinators: Vec<Coordinator>,
+    workers: Vec<Worker>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            if let Some(p) = &mut w.proc {
+                p.signal(nix::sys::signal::Signal::SIGCONT);
+                p.kill();
+            }
+            let pids = self.dir.join(format!("{}-state", w.name)).join("pids");
+            let _ = drover_worker::state_dir::kill_leftover_groups(&pids);
+        }
+        for c in &mut self.coordinators {
+            if let Some(p) = &mut c.proc {
+                p.kill();
+            }
+        }
+    }
+}
+
+async fn start_coordinator(dir: &Path, c: &Coordinator, db_url: &str) -> Result<Proc> {
+    let (dir, name, opts, url) = (
+        dir.to_path_buf(),
+        c.name.clone(),
+        c.opts.clone(),
+        db_url.to_string(),
+    );
+    // Reading its first lines blocks; keep the proxies' runtime threads free.
+    let (p, _) =
+        tokio::task::spawn_blocking(move || spawn_coordinator(&dir, &name, &url, &opts)).await??;
+    Ok(p)
+}
+
+fn start_worker(dir: &Path, w: &Worker) -> Result<Proc> {
+    spawn_worker(
+        dir,
+        &w.name,
+        &w.proxy.addr,
+        SLOTS,
+        &[],
+        &[("DROVER_WORKER_KILL_GRACE_MS", "500")],
+    )
+}
+
+impl World {
+    async fn start(dir: &Path) -> Result<World> {
+        let pg = PgServer::start(PgServerConfig {
+            data_dir: dir.join("pg"),
+            settings: vec![("fsync".into(), "off".into())],
+            ..Default::default()
+        })
+        .await
+        .context("starting PostgreSQL")?;
+        pg.create_database("drover").await?;
+        let db_url = pg.url("drover");
+        let mut coordinators = Vec::new();
+        for i in 0..2 {
+            let mut c = Coordinator {
+                name: format!("coord{i}"),
+                opts: CoordinatorOpts {
+                    port: crate::free_port(),
+                    lease_ttl_ms: LEASE_TTL_MS,
+                    heartbeat_interval_ms: 400,
+                    reaper_interval_ms: 200,
+                    database_url: Some(db_url.clone()),
+                    ..Default::default()
+                },
+                proc: None,
+            };
+            c.proc = Some(start_coordinator(dir, &c, &db_url).await?);
+            coordinators.push(c);
+        }
+        let mut workers = Vec::new();
+        for i in 0..WORKERS {
+            let target = format!("127.0.0.1:{}", coordinators[i % 2].opts.port);
+            let mut w = Worker {
+                name: format!("w{i}"),
+                proxy: Proxy::start(&target).await?,
+                proc: None,
+            };
+            w.proc = Some(start_worker(dir, &w)?);
+            workers.push(w);
+        }
+        Ok(World {
+            dir: dir.to_path_buf(),
+            pg,
+            db_url,
+            coordinators,
+            workers,
+        })
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.coordinators
+            .iter()
+            .map(|c| format!("http://127.0.0.1:{}", c.opts.port))
+            .collect()
+    }
+
+    async fn inject(&mut self, f: Fault, rng: &mut StdRng) -> Result<()> {
+        let hold = Duration::from_millis(rng.random_range(300..3_000));
+        match f {
+            Fault::KillWorker => {
+                let i = rng.random_range(0..self.workers.len());
+                if let Some(mut p) = self.workers[i].proc.take() {
+                    p.kill();
+                }
+                tokio::time::sleep(hold).await;
+                self.workers[i].proc = Some(start_worker(&self.dir, &self.workers[i])?);
+            }
+            Fault::KillCoordinator => {
+                let i = rng.random_range(0..self.coordinators.len());
+                if let Some(mut p) = self.coordinators[i].proc.take() {
+                    p.kill();
+                }
+                tokio::time::sleep(hold).await;
+                let p = start_coordinator(&self.dir, &self.coordinators[i], &self.db_url).await?;
+                self.coordinators[i].proc = Some(p);
+            }
+            Fault::StopPostgres => {
+                if rng.random_bool(0.5) {
+                    self.pg.stop().await?;
+                } else {
+                    self.pg.stop_immediate().await?;
+                }
+                tokio::time::sleep(hold).await;
+                self.pg.restart().await?;
+            }
+            Fault::CutLink => {
+                let w = &self.workers[rng.random_range(0..self.workers.len())];
+                w.proxy.cut();
+                tokio::time::sleep(hold).await;
+                w.proxy.restore();
+            }
+            Fault::DelayLink => {
+                let w = &self.workers[rng.random_range(0..self.workers.len())];
+                w.proxy
+                    .set_delay(Duration::from_millis(rng.random_range(50..800)));
+                tokio::time::sleep(hold).await;
+                w.proxy.set_delay(Duration::ZERO);
+            }
+            Fault::ResetLink => {
+                let w = &self.workers[rng.random_range(0..self.workers.len())];
+                w.proxy.reset();
+            }
+            Fault::PauseWorker => {
+                // Sometimes longer than the lease: the paused worker's attempts are given
+                // away and its late reports must be refused.
+                let hold = Duration::from_millis(rng.random_range(300..2 * LEASE_TTL_MS + 1_000));
+                let i = rng.random_range(0..self.workers.len());
+                if let Some(p) = &self.workers[i].proc {
+                    p.signal(nix::sys::signal::Signal::SIGSTOP);
+                    tokio::time::sleep(hold).await;
+                    p.signal(nix::sys::signal::Signal::SIGCONT);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ the workload
+
+/// Submits every job, spread over `over`, each to one coordinator or, while that one is
+/// away, the other; the idempotency key makes a re-sent submit return the same job.
+async fn submit_all(
+    addrs: Vec<String>,
+    specs: Vec<(Plan, pb::JobSpec)>,
+    over: Duration,
+    limit: Duration,
+) -> Result<HashMap<String, Plan>> {
+    let mut clients = Vec::new();
+    for a in &addrs {
+        let ch = tonic::transport::Endpoint::from_shared(a.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        clients.push(JobServiceClient::new(ch));
+    }
+    let gap = over / specs.len().max(1) as u32;
+    let mut plans = HashMap::new();
+    for (i, (plan, spec)) in specs.into_iter().enumerate() {
+        let start = Instant::now();
+        let mut k = i;
+        let job = loop {
+            let c = &mut clients[k % addrs.len()];
+            match c
+                .submit_job(pb::SubmitJobRequest {
+                    spec: Some(spec.clone()),
+                })
+                .await
+            {
+                Ok(r) => break r.into_inner().job.context("no job in the response")?,
+                Err(e) if start.elapsed() > limit => bail!("submitting job {i}: {e}"),
+                Err(_) => {
+                    k += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        plans.insert(job.id, plan);
+        tokio::time::sleep(gap).await;
+    }
+    Ok(plans)
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+const ATTEMPT_QUERY: &str = "SELECT id::text, job_id::text, number, state, \
+       extract(epoch FROM started_at)::float8 * 1000, \
+       extract(epoch FROM finished_at)::float8 * 1000, exit_code \
+  FROM attempts ORDER BY job_id, number";
+
+async fn read_attempts(db: &tokio_postgres::Client) -> Result<Vec<AttemptRow>> {
+    db.query(ATTEMPT_QUERY, &[])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AttemptRow {
+                id: r.try_get(0)?,
+                job_id: r.try_get(1)?,
+                number: r.try_get(2)?,
+                state: r.try_get(3)?,
+                started_ms: r.try_get(4)?,
+                finished_ms: r.try_get(5)?,
+                exit_code: r.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
+/// Records each attempt's result the first time it is seen finished, polling the
+/// database throughout the run (skipping while it is down).
+async fn observe(url: String, stop: CancellationToken, seen: Arc<Mutex<HashMap<String, Outcome>>>) {
+    let mut db: Option<tokio_postgres::Client> = None;
+    while !stop.is_cancelled() {
+        if db.as_ref().is_none_or(|c| c.is_closed()) {
+            db = connect(&url).await.ok();
+        }
+        if let Some(c) = &db {
+            if let Ok(rows) = read_attempts(c).await {
+                if let Ok(mut seen) = seen.lock() {
+                    for a in rows.into_iter().filter(|a| a.state != "running") {
+                        seen.entry(a.id).or_insert(Outcome {
+                            state: a.state,
+                            exit_code: a.exit_code,
+                            finished_ms: a.finished_ms,
+                        });
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+// -------------------------------------------------------------------------- run
+
+/// Runs the whole scenario and returns what it saw. An `Err` is a failure of the runner
+/// itself (a process that would not start); broken promises are `Report::summary.violations`.
+pub async fn run(cfg: &Config) -> Result<Report> {
+    let tmp;
+    let dir = match &cfg.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new().prefix("drover-chaos-").tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let ledger = dir.join("ledger.txt");
+    std::fs::write(&ledger, b"")?;
+    let specs: Vec<(Plan, pb::JobSpec)> = (0..cfg.jobs)
+        .map(|i| {
+            let plan = Plan::draw(&mut rng);
+            let nap = rng.random_range(100..700);
+            let key = format!("chaos-{}-{i}", cfg.seed);
+            (plan, job_spec(plan, nap, &ledger, key))
+        })
+        .collect();
+
+    let mut world = World::start(&dir).await?;
+    let stop = CancellationToken::new();
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let observer = tokio::spawn(observe(world.db_url.clone(), stop.clone(), seen.clone()));
+    let submitter = tokio::spawn(submit_all(
+        world.addrs(),
+        specs,
+        cfg.chaos.mul_f64(0.8),
+        cfg.chaos + cfg.drain_limit,
+    ));
+
+    let mut faults: BTreeMap<Fault, u32> = BTreeMap::new();
+    let chaos_end = Instant::now() + cfg.chaos;
+    while Instant::now() < chaos_end {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(200..1_200))).await;
+        let f = FAULTS[rng.random_range(0..FAULTS.len())];
+        world
+            .inject(f, &mut rng)
+            .await
+            .with_context(|| format!("injecting {f:?} (seed {})", cfg.seed))?;
+        *faults.entry(f).or_default() += 1;
+    }
+    let plans = submitter.await??;
+
+    // Drain: every job must reach a terminal state with no more faults.
+    let drain_start = Instant::now();
+    let db = connect(&world.db_url).await?;
+    let mut violations = Vec::new();
+    loop {
+        let open: i64 = db
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE state NOT IN ('succeeded', 'permanent_failed', 'cancelled')",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        if open == 0 {
+            break;
+        }
+        if drain_start.elapsed() > cfg.drain_limit {
+            violations.push(format!(
+                "{open} jobs not terminal {:?} after the faults stopped",
+                cfg.drain_limit
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let drain = drain_start.elapsed();
+    stop.cancel();
+    let _ = observer.await;
+
+    let mut ev = Evidence {
+        plans,
+        attempts: read_attempts(&db).await?,
+        ..Default::default()
+    };
+    for r in db
+        .query("SELECT id::text, state, reason FROM jobs", &[])
+        .await?
+    {
+        ev.jobs
+            .insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
+    }
+    for r in db
+        .query(
+            "SELECT a.id::text, string_agg(l.data, ''::bytea ORDER BY l.seq) \
+               FROM attempts a JOIN log_chunks l ON l.attempt_id = a.id \
+              WHERE a.state = 'succeeded' GROUP BY a.id",
+            &[],
+        )
+        .await?
+    {
+        ev.logs.insert(r.try_get(0)?, r.try_get(1)?);
+    }
+    ev.ledger = parse_ledger(&std::fs::read_to_string(&ledger)?, &mut violations);
+    ev.first_seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+
+    let mut summary = check(&ev);
+    violations.append(&mut summary.violations);
+    summary.violations = violations;
+    drop(world);
+    Ok(Report {
+        seed: cfg.seed,
+        faults,
+        summary,
+        drain,
+        dir: if cfg.dir.is_some() {
+            dir
+        } else {
+            PathBuf::from("(removed)")
+        },
+    })
+}
+
+fn parse_ledger(text: &str, violations: &mut Vec<String>) -> Vec<(String, String, u32)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            [job, attempt, n] if n.parse::<u32>().is_ok() => {
+                out.push((job.to_string(), attempt.to_string(), n.parse().unwrap_or(0)))
+            }
+            _ => violations.push(format!("ledger line is garbled: {line:?}")),
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------------ checks
+
+/// The smallest wait the policy allows before the retry that follows failure number `f`.
+fn min_wait_ms(f: u32) -> f64 {
+    INITIAL_BACKOFF_MS as f64 * MULTIPLIER.powi(f as i32 - 1) * (1.0 - JITTER)
+}
+
+/// Checks the promises; every broken one is a line in `violations`.
+///
+/// - every job is terminal in the state its plan predicts (a job parked for being lost
+///   more than MAX_LOST times is reported, not predicted);
+/// - no job has two succeeded attempts, and a succeeded job's last attempt is the one;
+/// - no attempt's result changed after it was first seen finished;
+/// - every ledger line (a process that ran) belongs to a recorded attempt of that job, no
+///   attempt ran twice, every attempt that reported an exit code ran, and runs beyond the
+///   plan's belong to lost/released/cancelled attempts;
+/// - failures ≤ max retries + 1, attempt numbers 1..n without gaps, every attempt counted;
+/// - each retry after a failure started no sooner than the policy's wait;
+/// - each succeeded attempt's stored log is exactly what the job printed, in order.
+pub fn check(ev: &Evidence) -> Summary {
+    let mut s = Summary::default();
+    let v = &mut s.violations;
+    for (state, _) in ev.jobs.values() {
+        *s.jobs_by_state.entry(state.clone()).or_default() += 1;
+    }
+    for a in &ev.attempts {
+        *s.attempts_by_state.entry(a.state.clone()).or_default() += 1;
+    }
+    let mut by_job: BTreeMap<&str, Vec<&AttemptRow>> = BTreeMap::new();
+    for a in &ev.attempts {
+        by_job.entry(a.job_id.as_str()).or_default().push(a);
+    }
+    let attempt_by_id: HashMap<&str, &AttemptRow> =
+        ev.attempts.iter().map(|a| (a.id.as_str(), a)).collect();
+
+    for (job, plan) in &ev.plans {
+        let Some((state, reason)) = ev.jobs.get(job) else {
+            v.push(format!("job {job} was submitted but is not stored"));
+            continue;
+        };
+        let attempts = by_job.get(job.as_str()).cloned().unwrap_or_default();
+        let count = |st: &[&str]| {
+            attempts
+                .iter()
+                .filter(|a| st.contains(&a.state.as_str()))
+                .count()
+        };
+        let lost = count(&["lost"]) as u32;
+        if state != plan.expected_state() && !(state == "permanent_failed" && lost > MAX_LOST) {
+            v.push(format!(
+                "job {job} ({plan:?}) ended {state} ({reason}), expected {}",
+                plan.expected_state()
+            ));
+        }
+        let succeeded = count(&["succeeded"]);
+        if succeeded > 1 {
+            v.push(format!("job {job} has {succeeded} succeeded attempts"));
+        }
+        if state == "succeeded" && attempts.last().map(|a| a.state.as_str()) != Some("succeeded") {
+            v.push(format!("job {job} succeeded but its last attempt did not"));
+        }
+        let failures = count(&["failed", "timed_out", "failed_permanent"]) as u32;
+        if failures > MAX_RETRIES + 1 {
+            v.push(format!(
+                "job {job} failed {failures} times; max_retries is {MAX_RETRIES}"
+            ));
+        }
+        if *plan == Plan::Permanent && failures > 1 {
+            v.push(format!(
+                "job {job} exited 127 yet was retried ({failures} failures)"
+            ));
+        }
+        let counted = failures as usize
+            + count(&["lost", "released", "cancelled", "succeeded"])
+            + count(&["running"]);
+        if counted != attempts.len() {
+            v.push(format!(
+                "job {job} has attempts in unknown states: {attempts:?}"
+            ));
+        }
+        for (i, a) in attempts.iter().enumerate() {
+            if a.number != i as i32 + 1 {
+                v.push(format!(
+                    "job {job}: attempt numbers are not 1..n: {:?}",
+                    attempts.iter().map(|a| a.number).collect::<Vec<_>>()
+                ));
+                break;
+            }
+        }
+        // Retry waits: after the f-th failure, the next attempt waits at least the policy's
+        // backoff (less the jitter it may take off).
+        let mut f = 0;
+        for w in attempts.windows(2) {
+            let (prev, next) = (w[0], w[1]);
+            if matches!(prev.state.as_str(), "failed" | "timed_out") {
+                f += 1;
+                if let Some(done) = prev.finished_ms {
+                    let waited = next.started_ms - done;
+                    // 1 ms: the timestamps are rounded to microseconds on their way here.
+                    if waited + 1.0 < min_wait_ms(f) {
+                        v.push(format!(
+                            "job {job}: attempt {} started {waited:.0} ms after failure {f}; \
+                             the policy's wait is at least {:.0} ms",
+                            next.number,
+                            min_wait_ms(f)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    // Results never change once recorded.
+    for (id, first) in &ev.first_seen {
+        if let Some(a) = attempt_by_id.get(id.as_str()) {
+            let now = Outcome {
+                state: a.state.clone(),
+                exit_code: a.exit_code,
+                finished_ms: a.finished_ms,
+            };
+            if &now != first {
+                v.push(format!(
+                    "attempt {id}'s result was replaced: first {first:?}, now {now:?}"
+                ));
+            }
+        } else {
+            v.push(format!("attempt {id} was seen finished, then vanished"));
+        }
+    }
+
+    // Side effects.
+    let mut ran: BTreeSet<&str> = BTreeSet::new();
+    for (job, attempt, number) in &ev.ledger {
+        s.executions += 1;
+        let Some(a) = attempt_by_id.get(attempt.as_str()) else {
+            v.push(format!(
+                "job {job} ran as attempt {attempt}, which is not recorded"
+            ));
+            continue;
+        };
+        if &a.job_id != job || a.number as u32 != *number {
+            v.push(format!(
+                "ledger says attempt {attempt} is job {job} #{number}; stored: job {} #{}",
+                a.job_id, a.number
+            ));
+        }
+        if !ran.insert(attempt.as_str()) {
+            v.push(format!("attempt {attempt} of job {job} ran twice"));
+        }
+        match a.state.as_str() {
+            "succeeded" | "failed" | "failed_permanent" | "timed_out" => {}
+            "lost" | "released" | "cancelled" => s.extra_executions += 1,
+            other => v.push(format!("attempt {attempt} ran and is still {other}")),
+        }
+    }
+    for a in &ev.attempts {
+        if a.exit_code.is_some() && !ran.contains(a.id.as_str()) {
+            v.push(format!(
+                "attempt {} of job {} reported exit code {:?} but never ran",
+                a.id, a.job_id, a.exit_code
+            ));
+        }
+        if a.state == "succeeded" {
+            match ev.logs.get(&a.id) {
+                Some(log) if *log == expected_log() => {}
+                Some(log) => v.push(format!(
+                    "attempt {} of job {}: stored log differs from the output ({} bytes, \
+                     expected {}): {:?}",
+                    a.id,
+                    a.job_id,
+                    log.len(),
+                    expected_log().len(),
+                    String::from_utf8_lossy(log)
+                )),
+                None => v.push(format!(
+                    "attempt {} of job {} has no stored log",
+                    a.id, a.job_id
+                )),
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(job: &str, n: i32, state: &str, started: f64, finished: f64) -> AttemptRow {
+        AttemptRow {
+            id: format!("{job}-a{n}"),
+            job_id: job.into(),
+            number: n,
+            state: state.into(),
+            started_ms: started,
+            finished_ms: Some(finished),
+            exit_code: match state {
+                "succeeded" => Some(0),
+                "failed" => Some(1),
+                _ => None,
+            },
+        }
+    }
+
+    /// A consistent history: a flaky job that failed once, was lost once, then succeeded.
+    fn good() -> Evidence {
+        let mut ev = Evidence::default();
+        ev.plans.insert("j".into(), Plan::Flaky(1));
+        ev.jobs
+            .insert("j".into(), ("succeeded".into(), "exit code 0".into()));
+        ev.attempts = vec![
+            attempt("j", 1, "failed", 0.0, 100.0),
+            attempt("j", 2, "lost", 300.0, 2_000.0),
+            attempt("j", 3, "succeeded", 2_100.0, 3_000.0),
+        ];
+        ev.logs.insert("j-a3".into(), expected_log());
+        ev.ledger = vec![
+            ("j".into(), "j-a1".into(), 1),
+            ("j".into(), "j-a2".into(), 2),
+            ("j".into(), "j-a3".into(), 3),
+        ];
+        ev.first_seen.insert(
+            "j-a1".into(),
+            Outcome {
+                state: "failed".into(),
+                exit_code: Some(1),
+                finished_ms: Some(100.0),
+            },
+        );
+        ev
+    }
+
+    #[test]
+    fn a_consistent_history_passes_and_counts_the_extra_run() {
+        let s = check(&good());
+        assert!(s.violations.is_empty(), "{:?}", s.violations);
+        assert_eq!(s.executions, 3);
+        assert_eq!(s.extra_executions, 1);
+    }
+
+    fn violations_after(f: impl FnOnce(&mut Evidence)) -> Vec<String> {
+        let mut ev = good();
+        f(&mut ev);
+        check(&ev).violations
+    }
+
+    /// A way of breaking one promise in a consistent history.
+    type Breakage = Box<dyn FnOnce(&mut Evidence)>;
+
+    #[test]
+    fn each_broken_promise_is_reported() {
+        let cases: Vec<(&str, Breakage)> = vec![
+            (
+                "expected succeeded",
+                Box::new(|e| e.jobs.get_mut("j").unwrap().0 = "permanent_failed".into()),
+            ),
+            (
+                "2 succeeded attempts",
+                Box::new(|e| e.attempts[1].state = "succeeded".into()),
+            ),
+            (
+                "result was replaced",
+                Box::new(|e| e.attempts[0].exit_code = Some(0)),
+            ),
+            (
+                "ran twice",
+                Box::new(|e| e.ledger.push(("j".into(), "j-a3".into(), 3))),
+            ),
+            (
+                "not recorded",
+                Box::new(|e| e.ledger.push(("j".into(), "ghost".into(), 9))),
+            ),
+            (
+                "never ran",
+                Box::new(|e| {
+                    e.ledger.remove(2);
+                }),
+            ),
+            (
+                "policy's wait",
+                Box::new(|e| e.attempts[1].started_ms = 150.0),
+            ),
+            (
+                "stored log differs",
+                Box::new(|e| {
+                    e.logs.insert("j-a3".into(), b"line 1\n".to_vec());
+                }),
+            ),
+            (
+                "no stored log",
+                Box::new(|e| {
+                    e.logs.clear();
+                }),
+            ),
+            ("not 1..n", Box::new(|e| e.attempts[2].number = 4)),
+            (
+                "max_retries",
+                Box::new(|e| {
+                    for n in 4..=7 {
+                        e.attempts.insert(0, attempt("j", n, "failed", 0.0, 0.0));
+                    }
+                }),
+            ),
+        ];
+        for (want, f) in cases {
+            let v = violations_after(f);
+            assert!(v.iter().any(|x| x.contains(want)), "{want}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn waits_follow_the_policy_arithmetic() {
+        assert_eq!(min_wait_ms(1), 160.0);
+        assert_eq!(min_wait_ms(3), 640.0);
+    }
+}
