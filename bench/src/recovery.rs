@@ -34,7 +34,18 @@ async fn start_sleeper(stack: &mut Stack) -> Result<(String, String)> {
     .await?;
     let t0 = Instant::now();
     loop {
-        let out = util::first_log_chunk(&mut stack.jobs, &job.id, 1).await?;
+        // NOT_FOUND until the job is leased: a worker that just reconnected may not have
+        // taken it yet.
+        let out = match util::first_log_chunk(&mut stack.jobs, &job.id, 1).await {
+            Ok(out) => out,
+            Err(e)
+                if e.downcast_ref::<tonic::Status>()
+                    .is_some_and(|s| s.code() == tonic::Code::NotFound) =>
+            {
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
         if out.starts_with(b"started") {
             break;
         }
