@@ -164,6 +164,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+            // Room for a whole log batch in flight: with hyper's 1 MiB default a 2 MiB
+            // AppendLogs waited on window updates.
+            .initial_stream_window_size(Some(8 * 1024 * 1024))
+            .initial_connection_window_size(Some(32 * 1024 * 1024))
             .add_service(health)
             .add_service(reflection)
             .add_service(jobs)

@@ -275,9 +275,12 @@ impl WorkerService for WorkersApi {
                 })
             })
             .collect::<Result<Vec<_>, Error>>()?;
+        let t0 = std::time::Instant::now();
         self.store
             .append_logs(attempt_id, &chunks, self.log_cap_bytes)
             .await?;
+        tracing::debug!(%attempt_id, chunks = chunks.len(), bytes = total,
+            store_ms = t0.elapsed().as_secs_f64() * 1e3, "log chunks stored");
         crate::metrics::log_bytes(total as u64);
         Ok(Response::new(pb::AppendLogsResponse {}))
     }
