@@ -32,6 +32,9 @@ use tracing::Instrument;
 
 /// Bytes of log per AppendLogs call.
 const LOG_BATCH_BYTES: usize = 2 * 1024 * 1024;
+/// Largest spool frame made by merging queued pipe reads: one pipe read's worth, so the
+/// log cap's head and tail stay within a chunk of their halves.
+const MERGE_BYTES: usize = process::CHUNK_BYTES;
 /// Bytes of output kept for classifying failures by pattern.
 const TAIL_BYTES: usize = 8 * 1024;
 
@@ -536,8 +539,9 @@ impl Agent {
             let stop = stop.clone();
             let reason = reason.clone();
             tokio::spawn(async move {
+                let mut next = reader.next_batch(LOG_BATCH_BYTES).await;
                 loop {
-                    let batch = match reader.next_batch(LOG_BATCH_BYTES).await {
+                    let batch = match next {
                         Ok(b) if b.is_empty() => break,
                         Ok(b) => b,
                         Err(e) => {
@@ -546,32 +550,20 @@ impl Agent {
                         }
                     };
                     let last = batch.last().map(|c| c.seq).unwrap_or(0);
-                    let req = pb::AppendLogsRequest {
-                        attempt_id: attempt_id.clone(),
-                        chunks: batch
-                            .into_iter()
-                            .map(|c| pb::LogChunk {
-                                attempt_id: String::new(),
-                                attempt_number: 0,
-                                seq: c.seq,
-                                stream: match c.stream {
-                                    StreamKind::Stdout => pb::LogStream::Stdout as i32,
-                                    StreamKind::Stderr => pb::LogStream::Stderr as i32,
-                                },
-                                data: c.data,
-                                time: Some(drover_proto::Timestamp {
-                                    seconds: c.time_unix_ms.div_euclid(1000),
-                                    nanos: (c.time_unix_ms.rem_euclid(1000) * 1_000_000) as i32,
-                                }),
-                            })
-                            .collect(),
+                    let req = append_request(&attempt_id, batch);
+                    let send = agent.call(|mut c| {
+                        let req = req.clone();
+                        async move { c.append_logs(req).await }
+                    });
+                    // Read the next batch from disk while this one is on its way, if it is
+                    // already written (never wait for output here: a refusal must be seen
+                    // at once). One request in flight keeps the chunks in order.
+                    let (r, ahead) = if reader.has_more() {
+                        let (r, n) = tokio::join!(send, reader.next_batch_ahead(LOG_BATCH_BYTES));
+                        (r, Some(n))
+                    } else {
+                        (send.await, None)
                     };
-                    let r = agent
-                        .call(|mut c| {
-                            let req = req.clone();
-                            async move { c.append_logs(req).await }
-                        })
-                        .await;
                     match r {
                         Ok(_) => reader.ack(last),
                         Err(e) => {
@@ -583,12 +575,16 @@ impl Agent {
                             break;
                         }
                     }
+                    next = match ahead {
+                        Some(n) => n,
+                        None => reader.next_batch_ahead(LOG_BATCH_BYTES).await,
+                    };
                 }
                 let _ = reader.remove();
             })
         };
 
-        let (tx, mut rx) = mpsc::channel::<OutputChunk>(64);
+        let (tx, rx) = mpsc::channel::<OutputChunk>(64);
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let mut env: BTreeMap<String, String> = a.env.clone().into_iter().collect();
         env.insert("DROVER_JOB_ID".into(), a.job_id.clone());
@@ -618,7 +614,8 @@ impl Agent {
         // The pump writes output to local disk only, so the child never waits on the network.
         let pump = tokio::spawn(async move {
             let mut tail = TailBuffer::new(TAIL_BYTES);
-            while let Some(chunk) = rx.recv().await {
+            let mut merged = Merged::new(rx);
+            while let Some(chunk) = merged.next().await {
                 tail.push(&chunk.data);
                 let now = now_unix_ms();
                 if let Err(e) = writer.append(chunk.stream, &chunk.data, now).await {
@@ -631,11 +628,74 @@ impl Agent {
         let outcome = process::run(spec, tx, stop).await;
         self.free_slot();
         let (tail, count) = pump.await.unwrap_or_default();
+        tracing::debug!(?outcome, chunks = count, "process ended; output spooled");
         let _ = sender.await;
+        tracing::debug!("output shipped");
         if reason.lock().ok().and_then(|r| *r) == Some(StopReason::Stale) {
             return None;
         }
         Some((outcome, tail, count))
+    }
+}
+
+/// Output chunks as received from the process, with those already queued from the same
+/// stream merged (into frames of at most MERGE_BYTES): a chatty job then makes fewer, larger spool frames and
+/// log rows than one per pipe read (often a line each). Order is kept exactly.
+struct Merged {
+    rx: mpsc::Receiver<OutputChunk>,
+    held: Option<OutputChunk>,
+}
+
+impl Merged {
+    fn new(rx: mpsc::Receiver<OutputChunk>) -> Self {
+        Merged { rx, held: None }
+    }
+
+    async fn next(&mut self) -> Option<OutputChunk> {
+        let mut chunk = match self.held.take() {
+            Some(c) => c,
+            None => self.rx.recv().await?,
+        };
+        while chunk.data.len() < MERGE_BYTES {
+            match self.rx.try_recv() {
+                Ok(next)
+                    if next.stream == chunk.stream
+                        && chunk.data.len() + next.data.len() <= MERGE_BYTES =>
+                {
+                    chunk.data.extend_from_slice(&next.data)
+                }
+                Ok(next) => {
+                    self.held = Some(next);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Some(chunk)
+    }
+}
+
+/// An AppendLogs request carrying spooled chunks.
+fn append_request(attempt_id: &str, batch: Vec<spool::SpooledChunk>) -> pb::AppendLogsRequest {
+    pb::AppendLogsRequest {
+        attempt_id: attempt_id.to_string(),
+        chunks: batch
+            .into_iter()
+            .map(|c| pb::LogChunk {
+                attempt_id: String::new(),
+                attempt_number: 0,
+                seq: c.seq,
+                stream: match c.stream {
+                    StreamKind::Stdout => pb::LogStream::Stdout as i32,
+                    StreamKind::Stderr => pb::LogStream::Stderr as i32,
+                },
+                data: c.data,
+                time: Some(drover_proto::Timestamp {
+                    seconds: c.time_unix_ms.div_euclid(1000),
+                    nanos: (c.time_unix_ms.rem_euclid(1000) * 1_000_000) as i32,
+                }),
+            })
+            .collect(),
     }
 }
 
@@ -644,4 +704,62 @@ fn now_unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(stream: StreamKind, data: &[u8]) -> OutputChunk {
+        OutputChunk {
+            stream,
+            data: data.to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn merging_keeps_every_byte_in_order_and_streams_apart() {
+        let (tx, rx) = mpsc::channel(16);
+        for c in [
+            chunk(StreamKind::Stdout, b"a"),
+            chunk(StreamKind::Stdout, b"b"),
+            chunk(StreamKind::Stderr, b"c"),
+            chunk(StreamKind::Stderr, b"d"),
+            chunk(StreamKind::Stdout, b"e"),
+        ] {
+            tx.send(c).await.unwrap();
+        }
+        drop(tx);
+        let mut m = Merged::new(rx);
+        let mut got = Vec::new();
+        while let Some(c) = m.next().await {
+            got.push((c.stream, c.data));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (StreamKind::Stdout, b"ab".to_vec()),
+                (StreamKind::Stderr, b"cd".to_vec()),
+                (StreamKind::Stdout, b"e".to_vec()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn merged_frames_stay_near_the_limit() {
+        let (tx, rx) = mpsc::channel(64);
+        let piece = vec![b'x'; 24 * 1024];
+        for _ in 0..10 {
+            tx.send(chunk(StreamKind::Stdout, &piece)).await.unwrap();
+        }
+        drop(tx);
+        let mut m = Merged::new(rx);
+        let mut sizes = Vec::new();
+        while let Some(c) = m.next().await {
+            sizes.push(c.data.len());
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 10 * piece.len());
+        assert!(sizes.iter().all(|&n| n <= MERGE_BYTES), "{sizes:?}");
+        assert!(sizes.len() < 10, "nothing was merged: {sizes:?}");
+    }
 }

@@ -103,7 +103,7 @@ pub struct SpoolReader {
     acked: Arc<AtomicU64>,
     /// Bytes before this offset were freed from the disk.
     punched: u64,
-    /// (seq, end offset) of each frame handed out by the last batch.
+    /// (seq, end offset) of each frame handed out and not yet acknowledged.
     handed: Vec<(u64, u64)>,
     rx: watch::Receiver<Published>,
 }
@@ -341,9 +341,21 @@ impl SpoolReader {
     /// one. The same chunks come back until acknowledged. Empty once the writer finished
     /// (or was dropped) and everything it wrote was acknowledged.
     pub async fn next_batch(&mut self, max_bytes: usize) -> Result<Vec<SpooledChunk>, SpoolError> {
+        self.handed.clear();
+        self.next_batch_ahead(max_bytes).await
+    }
+
+    /// Like [`next_batch`](Self::next_batch), but starts after the chunks already handed
+    /// out and not yet acknowledged, so a sender can read the next batch while the previous
+    /// one is still on its way. Acknowledge in order.
+    pub async fn next_batch_ahead(
+        &mut self,
+        max_bytes: usize,
+    ) -> Result<Vec<SpooledChunk>, SpoolError> {
         loop {
             let p = *self.rx.borrow_and_update();
-            if p.committed > self.acked_off {
+            let (from, _) = self.read_from();
+            if p.committed > from {
                 return self.read_batch(p.committed, max_bytes).await;
             }
             // A dropped writer (its task ended without finish) also means no more chunks.
@@ -359,20 +371,35 @@ impl SpoolReader {
         max_bytes: usize,
     ) -> Result<Vec<SpooledChunk>, SpoolError> {
         let (file, path) = (self.file.clone(), self.path.clone());
-        let (start, seq) = (self.acked_off, self.acked_seq);
+        let (start, seq) = self.read_from();
         let frames = tokio::task::spawn_blocking(move || {
             read_frames(&file, &path, start, end, seq, max_bytes)
         })
         .await
         .map_err(|e| io_task_failed(&self.path, e))??;
-        self.handed = frames.iter().map(|(c, end)| (c.seq, *end)).collect();
+        self.handed
+            .extend(frames.iter().map(|(c, end)| (c.seq, *end)));
         Ok(frames.into_iter().map(|(c, _)| c).collect())
     }
 
-    /// Acknowledges the chunks of the last batch up to and including seq `upto`; they are
-    /// not returned again. Seqs outside the last batch are ignored.
+    /// Whether output beyond what was handed out is already written (a read would not wait).
+    pub fn has_more(&self) -> bool {
+        self.rx.borrow().committed > self.read_from().0
+    }
+
+    /// Offset and seq of the first frame not yet handed out.
+    fn read_from(&self) -> (u64, u64) {
+        match self.handed.last() {
+            Some(&(seq, end)) => (end, seq + 1),
+            None => (self.acked_off, self.acked_seq),
+        }
+    }
+
+    /// Acknowledges the handed-out chunks up to and including seq `upto`; they are not
+    /// returned again. Seqs not handed out are ignored.
     pub fn ack(&mut self, upto: u64) {
         if let Some(&(seq, end)) = self.handed.iter().rev().find(|(s, _)| *s <= upto) {
+            self.handed.retain(|&(s, _)| s > seq);
             if end > self.acked_off {
                 self.acked_off = end;
                 self.acked_seq = seq + 1;
@@ -463,6 +490,28 @@ mod tests {
         r.ack(2);
         let b = r.next_batch(3).await.unwrap();
         assert_eq!((b.len(), b[0].data.as_slice()), (1, &b"dddddddddd"[..]));
+    }
+
+    #[tokio::test]
+    async fn reading_ahead_continues_after_the_unacknowledged_batch() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, mut r) = create(d.path(), "a9", 1 << 20).unwrap();
+        for i in 0..6u8 {
+            w.append(StreamKind::Stdout, &[i; 10], 0).await.unwrap();
+        }
+        w.finish().await.unwrap();
+        let a = r.next_batch(20).await.unwrap();
+        assert_eq!(seqs(&a), vec![0, 1]);
+        let b = r.next_batch_ahead(20).await.unwrap();
+        assert_eq!(seqs(&b), vec![2, 3]);
+        r.ack(1);
+        assert_eq!(r.unacked_bytes(), 4 * (HEADER as u64 + 10));
+        let c = r.next_batch_ahead(20).await.unwrap();
+        assert_eq!(seqs(&c), vec![4, 5]);
+        r.ack(3);
+        r.ack(5);
+        assert_eq!(r.unacked_bytes(), 0);
+        assert!(r.next_batch_ahead(20).await.unwrap().is_empty());
     }
 
     #[tokio::test]
