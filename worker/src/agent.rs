@@ -81,6 +81,56 @@ pub struct Agent {
     changed: Notify,
     draining: CancellationToken,
     monitor: Arc<Monitor>,
+    group_files: Arc<GroupFiles>,
+}
+
+/// The files recording running attempts' process groups: one per slot, reused. Creating
+/// and deleting a file per attempt made ext4's inode allocator about half of the worker's
+/// CPU with many short jobs (BENCHMARKS.md).
+struct GroupFiles {
+    dir: PathBuf,
+    free: Mutex<Vec<usize>>,
+}
+
+/// A slot's group file while an attempt uses it; handed back when dropped.
+struct GroupFile {
+    files: Arc<GroupFiles>,
+    slot: usize,
+}
+
+impl GroupFiles {
+    fn new(dir: PathBuf, slots: u32) -> Self {
+        GroupFiles {
+            dir,
+            free: Mutex::new((0..slots as usize).rev().collect()),
+        }
+    }
+
+    /// A free slot's file, or None if every one is taken (the caller falls back to a file
+    /// of its own).
+    fn take(self: &Arc<Self>) -> Option<GroupFile> {
+        let slot = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+        Some(GroupFile {
+            files: self.clone(),
+            slot,
+        })
+    }
+}
+
+impl GroupFile {
+    fn path(&self) -> PathBuf {
+        self.files.dir.join(format!("slot-{}", self.slot))
+    }
+}
+
+impl Drop for GroupFile {
+    fn drop(&mut self) {
+        self.files
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(self.slot);
+    }
 }
 
 fn retry_strategy() -> impl Iterator<Item = Duration> {
@@ -125,8 +175,10 @@ impl Agent {
                 min_memory_available_bytes: cfg.min_memory_available_bytes,
             },
         );
+        let group_files = Arc::new(GroupFiles::new(cfg.pids_dir(), cfg.slots()));
         Ok(Arc::new(Agent {
             monitor,
+            group_files,
             slots: cfg.slots(),
             cfg,
             worker_id,
@@ -595,13 +647,19 @@ impl Agent {
         if let Some(tp) = drover_telemetry::traceparent() {
             env.insert("TRACEPARENT".into(), tp);
         }
+        // Held until the process group is gone, which `process::run` waits for.
+        let group_file = self.group_files.take();
+        let fallback_file = self.cfg.pids_dir().join(&attempt_id);
         let spec = RunSpec {
             argv: a.argv.clone(),
             env,
             work_dir: work_dir.to_path_buf(),
             timeout: (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms as u64)),
             kill_grace: self.cfg.kill_grace(),
-            pgid_file: Some(self.cfg.pids_dir().join(&attempt_id)),
+            pgid_file: Some(match &group_file {
+                Some(f) => f.path(),
+                None => fallback_file.clone(),
+            }),
             started: Some(started_tx),
         };
         let monitor = self.monitor.clone();
@@ -626,6 +684,12 @@ impl Agent {
             (tail.contents(), count)
         });
         let outcome = process::run(spec, tx, stop).await;
+        match group_file {
+            Some(f) => drop(f),
+            None => {
+                let _ = std::fs::remove_file(&fallback_file);
+            }
+        }
         self.free_slot();
         let (tail, count) = pump.await.unwrap_or_default();
         tracing::debug!(?outcome, chunks = count, "process ended; output spooled");
@@ -715,6 +779,19 @@ mod tests {
             stream,
             data: data.to_vec(),
         }
+    }
+
+    #[test]
+    fn group_files_are_one_per_slot_and_handed_back() {
+        let files = Arc::new(GroupFiles::new(PathBuf::from("/pids"), 2));
+        let a = files.take().unwrap();
+        let b = files.take().unwrap();
+        assert_ne!(a.path(), b.path());
+        assert!(files.take().is_none(), "only as many files as slots");
+        let a_path = a.path();
+        drop(a);
+        let c = files.take().unwrap();
+        assert_eq!(c.path(), a_path, "a freed slot's file is reused");
     }
 
     #[tokio::test]

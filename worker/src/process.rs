@@ -53,7 +53,8 @@ pub struct RunSpec {
     /// Between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
     /// Where to record the process group while it runs, so a restarted worker can kill
-    /// what a crashed one left behind (see `state_dir::kill_leftover_groups`).
+    /// what a crashed one left behind (see `state_dir::kill_leftover_groups`). Emptied, not
+    /// deleted, when the group is gone, so the file can be reused by the next attempt.
     pub pgid_file: Option<PathBuf>,
     /// Told the process group id once the child is running.
     pub started: Option<tokio::sync::oneshot::Sender<i32>>,
@@ -134,7 +135,8 @@ impl Drop for Cleanup {
         }
         self.give_up.cancel();
         if let Some(path) = &self.pgid_file {
-            let _ = std::fs::remove_file(path);
+            // Truncated in place: no inode to free now and allocate again for the next one.
+            let _ = std::fs::write(path, b"");
         }
     }
 }
@@ -527,7 +529,7 @@ mod tests {
         let pgid = pgid_rx.await.unwrap();
         run.abort();
         assert!(run.await.unwrap_err().is_cancelled());
-        assert!(!file.exists());
+        assert_eq!(std::fs::read(&file).unwrap(), b"", "record cleared");
         assert!(eventually(|| dead(grandchild)).await, "grandchild survived");
         assert!(eventually(|| live_members(pgid).is_empty()).await);
         // The pipe readers stop too, so the output channel closes.
@@ -561,7 +563,7 @@ mod tests {
         stop.cancel();
         while rx.recv().await.is_some() {}
         assert_eq!(run.await.unwrap(), ExitOutcome::Stopped);
-        assert!(!file.exists());
+        assert_eq!(std::fs::read(&file).unwrap(), b"", "record cleared");
     }
 
     #[tokio::test]
