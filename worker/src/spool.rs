@@ -69,9 +69,14 @@ pub struct SpooledChunk {
     pub data: Vec<u8>,
 }
 
-/// The writer's file, shared with the blocking-pool jobs that write it.
+/// The spool file, shared by the writer, the blocking-pool jobs that write it and the
+/// reader. Created on the first frame: an attempt with no output makes no file (creating
+/// and deleting one per attempt was a measurable cost on ext4 with many short jobs).
 struct Disk {
-    file: File,
+    path: PathBuf,
+    file: Option<Arc<File>>,
+    /// The reader removed the spool: later frames are discarded, the file not recreated.
+    removed: bool,
     /// The newest write that reached the file. A write whose `append` was abandoned may
     /// still be queued; once a newer one has run it must not, or it would overwrite it.
     epoch: u64,
@@ -95,7 +100,7 @@ pub struct SpoolWriter {
 /// Reads what the writer committed; owned by the task that ships the log.
 pub struct SpoolReader {
     path: PathBuf,
-    file: Arc<File>,
+    disk: Arc<Mutex<Disk>>,
     /// Offset and seq of the first frame not yet acknowledged.
     acked_off: u64,
     acked_seq: u64,
@@ -117,19 +122,23 @@ pub fn create(
     let path = dir.join(format!("{attempt_id}.spool"));
     let io = |e| SpoolError::Io(path.clone(), e);
     std::fs::create_dir_all(dir).map_err(io)?;
-    let w = File::create(&path).map_err(io)?;
-    // Writable too: freeing acknowledged ranges (hole punching) needs it.
-    let r = File::options()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(io)?;
+    // A spool left by an earlier attempt with this id would be misread: start empty.
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    let disk = Arc::new(Mutex::new(Disk {
+        path: path.clone(),
+        file: None,
+        removed: false,
+        epoch: 0,
+    }));
     let (tx, rx) = watch::channel(Published::default());
     let acked = Arc::new(AtomicU64::new(0));
     Ok((
         SpoolWriter {
             path: path.clone(),
-            disk: Arc::new(Mutex::new(Disk { file: w, epoch: 0 })),
+            disk: disk.clone(),
             epoch: 0,
             next_seq: 0,
             committed: 0,
@@ -140,7 +149,7 @@ pub fn create(
         },
         SpoolReader {
             path,
-            file: Arc::new(r),
+            disk,
             acked_off: 0,
             acked_seq: 0,
             acked,
@@ -196,9 +205,28 @@ impl SpoolWriter {
                 return Ok(());
             }
             d.epoch = epoch;
+            if d.removed {
+                return Ok(());
+            }
+            let file = match &d.file {
+                Some(f) => f.clone(),
+                None => {
+                    // Readable too, for the reader; writable for hole punching.
+                    let f = Arc::new(
+                        File::options()
+                            .read(true)
+                            .write(true)
+                            .create(true)
+                            .truncate(true)
+                            .open(&d.path)?,
+                    );
+                    d.file = Some(f.clone());
+                    f
+                }
+            };
             // At an explicit offset: a failed or abandoned write leaves nothing to undo,
             // the next frame simply goes to the same place.
-            d.file.write_all_at(&frame, off)
+            file.write_all_at(&frame, off)
         })
         .await
         .map_err(|e| io_task_failed(&self.path, e))?
@@ -370,7 +398,14 @@ impl SpoolReader {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<SpooledChunk>, SpoolError> {
-        let (file, path) = (self.file.clone(), self.path.clone());
+        let path = self.path.clone();
+        let Some(file) = self.file() else {
+            // Something was committed, so the file was made; only a removal undoes that.
+            return Err(SpoolError::Io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "spool file is gone"),
+            ));
+        };
         let (start, seq) = self.read_from();
         let frames = tokio::task::spawn_blocking(move || {
             read_frames(&file, &path, start, end, seq, max_bytes)
@@ -419,7 +454,10 @@ impl SpoolReader {
         use nix::fcntl::{fallocate, FallocateFlags};
         let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
         let (off, len) = (self.punched as i64, (upto - self.punched) as i64);
-        if let Err(e) = fallocate(&*self.file, flags, off, len) {
+        let Some(file) = self.file() else {
+            return;
+        };
+        if let Err(e) = fallocate(&*file, flags, off, len) {
             tracing::debug!(path = %self.path.display(), error = %e, "cannot free spooled output");
         }
         self.punched = upto;
@@ -430,9 +468,20 @@ impl SpoolReader {
         self.rx.borrow().committed.saturating_sub(self.acked_off)
     }
 
-    /// Deletes the spool file. A writer still running keeps writing to the unlinked file
-    /// until it is dropped.
+    fn file(&self) -> Option<Arc<File>> {
+        self.disk
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .file
+            .clone()
+    }
+
+    /// Deletes the spool file. A writer still running goes on without error, but its
+    /// frames are discarded and the file is not made again.
     pub fn remove(self) -> Result<(), SpoolError> {
+        let mut d = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
+        d.removed = true;
+        d.file = None;
         match std::fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -717,6 +766,26 @@ mod tests {
             matches!(e, SpoolError::Corrupt { offset, .. } if offset == (HEADER + 3) as u64),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn no_output_makes_no_file() {
+        let d = tempfile::tempdir().unwrap();
+        let (w, mut r) = create(d.path(), "a11", 1 << 20).unwrap();
+        assert_eq!(w.finish().await.unwrap(), 0);
+        assert!(r.next_batch(1 << 20).await.unwrap().is_empty());
+        assert!(!d.path().join("a11.spool").exists());
+        r.remove().unwrap();
+    }
+
+    #[tokio::test]
+    async fn removed_before_any_output_stays_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut w, r) = create(d.path(), "a12", 1 << 20).unwrap();
+        r.remove().unwrap();
+        w.append(StreamKind::Stdout, b"late", 0).await.unwrap();
+        w.finish().await.unwrap();
+        assert!(!d.path().join("a12.spool").exists());
     }
 
     #[tokio::test]
