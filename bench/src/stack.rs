@@ -69,7 +69,7 @@ impl Server {
         match std::env::var("DATABASE_URL") {
             Ok(url) if !url.is_empty() => {
                 // Fail early with a clear message if it does not answer.
-                admin_client(&url).await?;
+                sql(&url).await?;
                 Ok(Server::External { admin_url: url })
             }
             _ => {
@@ -106,7 +106,7 @@ impl Server {
     pub fn url(&self, db: &str) -> String {
         match self {
             Server::Private(pg) => pg.url(db),
-            Server::External { admin_url } => with_database(admin_url, db),
+            Server::External { admin_url } => drover_pgserver::with_database(admin_url, db),
         }
     }
 
@@ -119,7 +119,7 @@ impl Server {
                     .with_context(|| format!("creating database {name}"))?;
             }
             Server::External { admin_url } => {
-                let c = admin_client(admin_url).await?;
+                let c = sql(admin_url).await?;
                 c.batch_execute(&format!("CREATE DATABASE {name}"))
                     .await
                     .with_context(|| format!("creating database {name} on DATABASE_URL"))?;
@@ -137,16 +137,10 @@ impl Server {
 
     /// The private server's postmaster, for CPU accounting.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let Server::Private(pg) = self else {
-            return None;
-        };
-        std::fs::read_to_string(pg.data_dir().join("postmaster.pid"))
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
+        match self {
+            Server::Private(pg) => pg.recorded_pid(),
+            Server::External { .. } => None,
+        }
     }
 
     pub async fn stop(self) -> Result<()> {
@@ -157,35 +151,13 @@ impl Server {
     }
 }
 
-async fn admin_client(url: &str) -> Result<tokio_postgres::Client> {
+/// A connection to `url`, its driver running on a task of its own.
+pub async fn sql(url: &str) -> Result<tokio_postgres::Client> {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
     tokio::spawn(conn);
     Ok(c)
-}
-
-pub async fn sql(url: &str) -> Result<tokio_postgres::Client> {
-    admin_client(url).await
-}
-
-/// Replaces the database (path) of a postgres:// URL.
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map(|i| scheme_end + i)
-        .unwrap_or(base.len());
-    let mut out = format!("{}/{}", &base[..host_end], db);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
 }
 
 /// A bench database; dropped (on an external server) when the guard goes. A private
@@ -211,7 +183,7 @@ impl Drop for Db {
                 return;
             };
             rt.block_on(async {
-                if let Ok(c) = admin_client(&admin).await {
+                if let Ok(c) = sql(&admin).await {
                     if let Err(e) = c
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .await

@@ -214,6 +214,25 @@ fn parent_pid(pid: i32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Replaces the database (path) of a postgres:// URL, keeping host and query.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{}", &base[..host_end], db);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
 /// The first line of postmaster.pid: the postmaster's pid.
 fn read_pid_file(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path)
@@ -303,6 +322,11 @@ impl PgServer {
 
     pub fn log_path(&self) -> PathBuf {
         self.cfg.data_dir.join("server.log")
+    }
+
+    /// The postmaster's pid as it recorded it in `postmaster.pid` (e.g. for CPU accounting).
+    pub fn recorded_pid(&self) -> Option<i32> {
+        read_pid_file(&self.cfg.data_dir.join("postmaster.pid"))
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/DATABASE`; `database` must be URL-safe.
@@ -485,7 +509,7 @@ impl PgServer {
         if !is_root() {
             return Some(Pid::from_raw(child as i32));
         }
-        let pid = read_pid_file(&self.cfg.data_dir.join("postmaster.pid"))?;
+        let pid = self.recorded_pid()?;
         match parent_pid(pid) {
             Some(parent) if parent != child => None,
             _ => Some(Pid::from_raw(pid)),

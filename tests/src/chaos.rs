@@ -13,7 +13,7 @@
 //! Used by `tests/tests/chaos.rs` (a short seeded run in CI) and by the `drover-chaos`
 //! binary for long runs.
 
-use crate::{spawn_coordinator, spawn_worker, CoordinatorOpts, Proc, Proxy};
+use crate::{connect, spawn_coordinator, spawn_worker, CoordinatorOpts, Proc, Proxy};
 use anyhow::{bail, Context, Result};
 use drover_pgserver::{PgServer, PgServerConfig};
 use drover_proto::v1 as pb;
@@ -293,9 +293,8 @@ impl Drop for World {
                 p.signal(nix::sys::signal::Signal::SIGCONT);
                 p.kill();
             }
-            let pids = self.dir.join(format!("{}-state", w.name)).join("pids");
-            let _ = drover_worker::state_dir::kill_leftover_groups(&pids);
         }
+        crate::stop_leftover_jobs(&self.dir);
         for c in &mut self.coordinators {
             if let Some(p) = &mut c.proc {
                 p.kill();
@@ -488,12 +487,6 @@ async fn submit_all(
         tokio::time::sleep(gap).await;
     }
     Ok(plans)
-}
-
-async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
 }
 
 const ATTEMPT_QUERY: &str = "SELECT id::text, job_id::text, number, state, \

@@ -28,30 +28,15 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn with_database(url: &str, db: &str) -> String {
-    // Replace the path component of a postgres:// URL.
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map(|i| scheme_end + i)
-        .unwrap_or(base.len());
-    let mut out = format!("{}/{}", &base[..host_end], db);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
+async fn admin() -> Result<tokio_postgres::Client> {
+    connect(&admin_url()).await.context("set DATABASE_URL")
 }
 
-async fn admin() -> Result<tokio_postgres::Client> {
-    let url = admin_url();
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+/// A connection to `url`, its driver running on a task of its own.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .with_context(|| format!("connecting to PostgreSQL at {url} (set DATABASE_URL)"))?;
+        .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
     tokio::spawn(conn);
     Ok(client)
 }
@@ -99,9 +84,12 @@ impl TestDb {
             client
                 .batch_execute(&format!("CREATE DATABASE {building}"))
                 .await?;
-            drover_coordinator::db::migrate(&with_database(&admin_url(), &building))
-                .await
-                .map_err(|e| anyhow!("migrating template: {e}"))?;
+            drover_coordinator::db::migrate(&drover_pgserver::with_database(
+                &admin_url(),
+                &building,
+            ))
+            .await
+            .map_err(|e| anyhow!("migrating template: {e}"))?;
             client
                 .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {tmpl}"))
                 .await?;
@@ -115,7 +103,7 @@ impl TestDb {
             .await?;
         r?;
         Ok(TestDb {
-            url: with_database(&admin_url(), &name),
+            url: drover_pgserver::with_database(&admin_url(), &name),
             name,
         })
     }
@@ -278,18 +266,30 @@ pub struct Cluster {
 }
 
 impl Drop for Cluster {
-    /// Jobs of workers the test SIGKILLed are still running: stop them the way a
-    /// restarted worker would, so no test leaves processes behind.
     fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
-            for e in entries.flatten() {
-                let pids = e.path().join("pids");
-                if pids.is_dir() {
-                    let _ = drover_worker::state_dir::kill_leftover_groups(&pids);
-                }
+        stop_leftover_jobs(self.dir.path());
+    }
+}
+
+/// Jobs of workers a test SIGKILLed are still running: stops those of every worker state
+/// directory under `dir` the way a restarted worker would, so nothing is left behind.
+pub fn stop_leftover_jobs(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let pids = e.path().join("pids");
+            if pids.is_dir() {
+                let _ = drover_worker::state_dir::kill_leftover_groups(&pids);
             }
         }
     }
+}
+
+/// A process's log file, appended to across restarts.
+fn append_to(log: &Path) -> Result<std::fs::File> {
+    Ok(std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?)
 }
 
 impl Cluster {
@@ -368,12 +368,7 @@ pub fn spawn_coordinator(
         .env("RUST_LOG", "info,drover_coordinator=debug")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)?,
-        )
+        .stderr(append_to(&log)?)
         .spawn()
         .context("spawning drover-coordinator")?;
     let stdout = child.stdout.take().context("coordinator stdout")?;
@@ -424,12 +419,7 @@ pub fn spawn_worker(
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)?,
-        )
+        .stderr(append_to(&log)?)
         .spawn()
         .context("spawning drover-worker")?;
     Ok(Proc {

@@ -122,11 +122,6 @@ pub fn create(
     let path = dir.join(format!("{attempt_id}.spool"));
     let io = |e| SpoolError::Io(path.clone(), e);
     std::fs::create_dir_all(dir).map_err(io)?;
-    // A spool left by an earlier attempt with this id would be misread: start empty.
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-        _ => {}
-    }
     let disk = Arc::new(Mutex::new(Disk {
         path: path.clone(),
         file: None,

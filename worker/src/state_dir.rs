@@ -98,6 +98,8 @@ mod tests {
         std::fs::write(pids.join("a1"), format!("{pid} {start}\n")).unwrap();
         // A record whose start time does not match must be left alone.
         std::fs::write(pids.join("a2"), format!("{} 1\n", std::process::id())).unwrap();
+        // A slot's record emptied when its attempt ended names nothing.
+        std::fs::write(pids.join("slot-1"), b"").unwrap();
         assert_eq!(kill_leftover_groups(&pids).unwrap(), 1);
         let status = child.wait().unwrap();
         assert_eq!(
