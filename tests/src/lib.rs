@@ -446,12 +446,22 @@ pub async fn channel(addr: &str) -> Result<Channel> {
     }
 }
 
-pub async fn jobs(addr: &str) -> Result<JobServiceClient<Channel>> {
+/// The clients tests use. Name these aliases (not the generated types) in signatures, so
+/// that how a client authenticates can change in one place.
+pub type JobsClient = JobServiceClient<Channel>;
+pub type WorkersClient = WorkerServiceClient<Channel>;
+pub type AdminClient = drover_proto::v1::admin_service_client::AdminServiceClient<Channel>;
+
+pub async fn jobs(addr: &str) -> Result<JobsClient> {
     Ok(JobServiceClient::new(channel(addr).await?))
 }
 
-pub async fn workers(addr: &str) -> Result<WorkerServiceClient<Channel>> {
+pub async fn workers(addr: &str) -> Result<WorkersClient> {
     Ok(WorkerServiceClient::new(channel(addr).await?))
+}
+
+pub async fn admin_api(addr: &str) -> Result<AdminClient> {
+    Ok(AdminClient::new(channel(addr).await?))
 }
 
 /// A job spec running `argv` with a fast retry policy for tests.
@@ -471,7 +481,7 @@ pub fn sh(script: &str) -> pb::JobSpec {
     spec(&["sh", "-c", script])
 }
 
-pub async fn submit(c: &mut JobServiceClient<Channel>, spec: pb::JobSpec) -> Result<pb::Job> {
+pub async fn submit(c: &mut JobsClient, spec: pb::JobSpec) -> Result<pb::Job> {
     c.submit_job(pb::SubmitJobRequest { spec: Some(spec) })
         .await?
         .into_inner()
@@ -479,10 +489,7 @@ pub async fn submit(c: &mut JobServiceClient<Channel>, spec: pb::JobSpec) -> Res
         .context("no job in response")
 }
 
-pub async fn get(
-    c: &mut JobServiceClient<Channel>,
-    id: &str,
-) -> Result<(pb::Job, Vec<pb::Attempt>)> {
+pub async fn get(c: &mut JobsClient, id: &str) -> Result<(pb::Job, Vec<pb::Attempt>)> {
     let r = c
         .get_job(pb::GetJobRequest { id: id.to_string() })
         .await?
@@ -495,7 +502,7 @@ pub const PATIENCE: Duration = Duration::from_secs(90);
 
 /// Polls until `pred` holds for the job, or fails after PATIENCE.
 pub async fn wait_for<F>(
-    c: &mut JobServiceClient<Channel>,
+    c: &mut JobsClient,
     id: &str,
     what: &str,
     pred: F,
@@ -525,7 +532,7 @@ pub fn is_state(j: &pb::Job, s: pb::JobState) -> bool {
 }
 
 pub async fn wait_state(
-    c: &mut JobServiceClient<Channel>,
+    c: &mut JobsClient,
     id: &str,
     s: pb::JobState,
 ) -> Result<(pb::Job, Vec<pb::Attempt>)> {
@@ -534,7 +541,7 @@ pub async fn wait_state(
 
 /// The stored log of one attempt (or all, with 0), split by stream.
 pub async fn logs(
-    c: &mut JobServiceClient<Channel>,
+    c: &mut JobsClient,
     id: &str,
     attempt: u32,
 ) -> Result<(Vec<u8>, Vec<u8>, Vec<pb::LogChunk>)> {
@@ -583,11 +590,7 @@ pub async fn wait_dead(pid: i32) -> bool {
 }
 
 /// Reads a pid the job printed as the first line of the given attempt's stdout.
-pub async fn pid_from_log(
-    c: &mut JobServiceClient<Channel>,
-    id: &str,
-    attempt: u32,
-) -> Result<i32> {
+pub async fn pid_from_log(c: &mut JobsClient, id: &str, attempt: u32) -> Result<i32> {
     let start = Instant::now();
     loop {
         // NOT_FOUND until the attempt exists: the job may not have been leased yet.

@@ -4,14 +4,14 @@
 use drover_pgserver::{PgServer, PgServerConfig};
 use drover_tests::v1 as pb;
 use drover_tests::*;
-use pb::admin_service_client::AdminServiceClient;
 use std::time::{Duration, Instant};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 async fn health(addr: &str) -> anyhow::Result<pb::Health> {
-    Ok(AdminServiceClient::new(channel(addr).await?)
+    Ok(admin_api(addr)
+        .await?
         .get_health(pb::GetHealthRequest {})
         .await?
         .into_inner())
