@@ -17,7 +17,6 @@ use crate::{connect, spawn_coordinator, spawn_worker, CoordinatorOpts, Proc, Pro
 use anyhow::{bail, Context, Result};
 use drover_pgserver::{PgServer, PgServerConfig};
 use drover_proto::v1 as pb;
-use drover_proto::v1::job_service_client::JobServiceClient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -113,6 +112,34 @@ impl Plan {
         }
     }
 
+    /// Attempts that run to a result (an exit code) under this plan.
+    pub fn planned_runs(self) -> u32 {
+        match self {
+            Plan::Succeed | Plan::Permanent => 1,
+            Plan::Flaky(n) => n + 1,
+            Plan::Hopeless => MAX_RETRIES + 1,
+        }
+    }
+
+    /// The exit code attempt number `n` ends with.
+    pub fn exit_code(self, n: u32) -> i32 {
+        if n <= self.fail_until() {
+            self.fail_code()
+        } else {
+            0
+        }
+    }
+
+    /// The attempt state an exit code is recorded as (no exit-code lists or patterns are
+    /// configured, so only the built-in classification applies).
+    pub fn result_state(code: i32) -> &'static str {
+        match code {
+            0 => "succeeded",
+            126 | 127 => "failed_permanent",
+            _ => "failed",
+        }
+    }
+
     pub fn expected_state(self) -> &'static str {
         match self {
             Plan::Succeed | Plan::Flaky(_) => "succeeded",
@@ -144,16 +171,22 @@ pub struct Outcome {
 /// Everything [`check`] looks at.
 #[derive(Debug, Default)]
 pub struct Evidence {
+    /// Job id returned by a submission → that submission's plan.
     pub plans: HashMap<String, Plan>,
+    /// Submissions that returned a job (one per planned job; fewer distinct ids in
+    /// `plans` means two submissions were merged into one job).
+    pub submitted: usize,
     /// Job id → (state, reason).
     pub jobs: HashMap<String, (String, String)>,
     pub attempts: Vec<AttemptRow>,
-    /// Succeeded attempt id → its stored stdout+stderr, in sequence order.
+    /// Attempt id → its stored stdout+stderr, in sequence order (attempts with any).
     pub logs: HashMap<String, Vec<u8>>,
-    /// Ledger lines: (job id, attempt id, attempt number).
-    pub ledger: Vec<(String, String, u32)>,
+    /// The ledger file: one line `job-id attempt-id attempt-number` per process started.
+    pub ledger: String,
     /// Attempt id → result when first seen finished, by the observer during the run.
     pub first_seen: HashMap<String, Outcome>,
+    /// Jobs still not terminal when the drain limit ran out, and that limit.
+    pub not_terminal: Option<(i64, Duration)>,
 }
 
 #[derive(Debug, Default)]
@@ -165,6 +198,9 @@ pub struct Summary {
     /// Executions whose attempt ended lost, released or cancelled: the extra runs that
     /// crashes and partitions explain.
     pub extra_executions: u64,
+    /// Finished attempts the observer saw during the run (their results were then
+    /// compared with the final ones).
+    pub observed: u64,
     pub violations: Vec<String>,
 }
 
@@ -202,6 +238,11 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
+            "  finished attempts seen by the observer during the run: {}",
+            s.observed
+        )?;
+        writeln!(
+            f,
             "  time to drain after the faults: {:.1} s",
             self.drain.as_secs_f64()
         )?;
@@ -222,7 +263,7 @@ impl fmt::Display for Report {
 const SCRIPT: &str = r#"echo "$DROVER_JOB_ID $DROVER_ATTEMPT_ID $DROVER_ATTEMPT" >> "$CHAOS_LEDGER"
 i=1
 while [ $i -le $CHAOS_LINES ]; do
-  echo "line $i"
+  echo "line $i $DROVER_JOB_ID $DROVER_ATTEMPT_ID"
   if [ $((i % 10)) -eq 0 ]; then sleep "$CHAOS_NAP"; fi
   i=$((i + 1))
 done
@@ -230,9 +271,11 @@ if [ "$DROVER_ATTEMPT" -le "$CHAOS_FAIL_UNTIL" ]; then exit "$CHAOS_FAIL_CODE"; 
 exit 0
 "#;
 
-pub fn expected_log() -> Vec<u8> {
+/// What attempt `attempt` of job `job` prints: every line names both, so output stored
+/// under another attempt or job differs.
+pub fn expected_log(job: &str, attempt: &str) -> Vec<u8> {
     (1..=LINES)
-        .map(|i| format!("line {i}\n"))
+        .map(|i| format!("line {i} {job} {attempt}\n"))
         .collect::<String>()
         .into_bytes()
 }
@@ -453,29 +496,28 @@ async fn submit_all(
     specs: Vec<(Plan, pb::JobSpec)>,
     over: Duration,
     limit: Duration,
-) -> Result<HashMap<String, Plan>> {
+) -> Result<(HashMap<String, Plan>, usize)> {
+    // Both coordinators are up when this starts; the channels reconnect on their own.
     let mut clients = Vec::new();
     for a in &addrs {
-        let ch = tonic::transport::Endpoint::from_shared(a.clone())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
-        clients.push(JobServiceClient::new(ch));
+        clients.push(crate::jobs(a).await?);
     }
     let gap = over / specs.len().max(1) as u32;
     let mut plans = HashMap::new();
+    let mut submitted = 0;
     for (i, (plan, spec)) in specs.into_iter().enumerate() {
         let start = Instant::now();
         let mut k = i;
         let job = loop {
             let c = &mut clients[k % addrs.len()];
-            match c
-                .submit_job(pb::SubmitJobRequest {
-                    spec: Some(spec.clone()),
-                })
-                .await
-            {
-                Ok(r) => break r.into_inner().job.context("no job in the response")?,
+            let sent = tokio::time::timeout(
+                Duration::from_secs(5),
+                crate::submit(c, spec.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 5 s")));
+            match sent {
+                Ok(job) => break job,
                 Err(e) if start.elapsed() > limit => bail!("submitting job {i}: {e}"),
                 Err(_) => {
                     k += 1;
@@ -484,9 +526,10 @@ async fn submit_all(
             }
         };
         plans.insert(job.id, plan);
+        submitted += 1;
         tokio::time::sleep(gap).await;
     }
-    Ok(plans)
+    Ok((plans, submitted))
 }
 
 const ATTEMPT_QUERY: &str = "SELECT id::text, job_id::text, number, state, \
@@ -590,12 +633,12 @@ pub async fn run(cfg: &Config) -> Result<Report> {
             .with_context(|| format!("injecting {f:?} (seed {})", cfg.seed))?;
         *faults.entry(f).or_default() += 1;
     }
-    let plans = submitter.await??;
+    let (plans, submitted) = submitter.await??;
 
     // Drain: every job must reach a terminal state with no more faults.
     let drain_start = Instant::now();
     let db = connect(&world.db_url).await?;
-    let mut violations = Vec::new();
+    let mut not_terminal = None;
     loop {
         let open: i64 = db
             .query_one(
@@ -608,10 +651,7 @@ pub async fn run(cfg: &Config) -> Result<Report> {
             break;
         }
         if drain_start.elapsed() > cfg.drain_limit {
-            violations.push(format!(
-                "{open} jobs not terminal {:?} after the faults stopped",
-                cfg.drain_limit
-            ));
+            not_terminal = Some((open, cfg.drain_limit));
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -622,7 +662,9 @@ pub async fn run(cfg: &Config) -> Result<Report> {
 
     let mut ev = Evidence {
         plans,
+        submitted,
         attempts: read_attempts(&db).await?,
+        not_terminal,
         ..Default::default()
     };
     for r in db
@@ -636,19 +678,17 @@ pub async fn run(cfg: &Config) -> Result<Report> {
         .query(
             "SELECT a.id::text, string_agg(l.data, ''::bytea ORDER BY l.seq) \
                FROM attempts a JOIN log_chunks l ON l.attempt_id = a.id \
-              WHERE a.state = 'succeeded' GROUP BY a.id",
+              GROUP BY a.id",
             &[],
         )
         .await?
     {
         ev.logs.insert(r.try_get(0)?, r.try_get(1)?);
     }
-    ev.ledger = parse_ledger(&std::fs::read_to_string(&ledger)?, &mut violations);
+    ev.ledger = std::fs::read_to_string(&ledger)?;
     ev.first_seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
 
-    let mut summary = check(&ev);
-    violations.append(&mut summary.violations);
-    summary.violations = violations;
+    let summary = check(&ev);
     drop(world);
     Ok(Report {
         seed: cfg.seed,
@@ -663,20 +703,6 @@ pub async fn run(cfg: &Config) -> Result<Report> {
     })
 }
 
-fn parse_ledger(text: &str, violations: &mut Vec<String>) -> Vec<(String, String, u32)> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match f.as_slice() {
-            [job, attempt, n] if n.parse::<u32>().is_ok() => {
-                out.push((job.to_string(), attempt.to_string(), n.parse().unwrap_or(0)))
-            }
-            _ => violations.push(format!("ledger line is garbled: {line:?}")),
-        }
-    }
-    out
-}
-
 // ------------------------------------------------------------------------ checks
 
 /// The smallest wait the policy allows before the retry that follows failure number `f`.
@@ -684,18 +710,45 @@ fn min_wait_ms(f: u32) -> f64 {
     INITIAL_BACKOFF_MS as f64 * MULTIPLIER.powi(f as i32 - 1) * (1.0 - JITTER)
 }
 
+/// Attempt states that carry a result the process itself produced (an exit code).
+const RESULT_STATES: [&str; 4] = ["succeeded", "failed", "failed_permanent", "timed_out"];
+/// Attempt states that explain a run beyond the plan's: the run's result was not kept.
+const EXTRA_STATES: [&str; 3] = ["lost", "released", "cancelled"];
+
+/// A ledger line: (job id, attempt id, attempt number), or the garbled text.
+fn parse_ledger(text: &str) -> Vec<Result<(String, String, u32), String>> {
+    text.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.as_slice() {
+                [job, attempt, n] => match n.parse::<u32>() {
+                    Ok(n) => Ok((job.to_string(), attempt.to_string(), n)),
+                    Err(_) => Err(line.to_string()),
+                },
+                _ => Err(line.to_string()),
+            }
+        })
+        .collect()
+}
+
 /// Checks the promises; every broken one is a line in `violations`.
 ///
-/// - every job is terminal in the state its plan predicts (a job parked for being lost
-///   more than MAX_LOST times is reported, not predicted);
+/// - every job was terminal by the end of the drain, in the state its plan predicts; a
+///   job parked for being lost more than MAX_LOST times is reported;
+/// - the stored jobs are exactly the submitted ones (no job merged, none duplicated);
+/// - every attempt with a result ended with the exit code (and state) the plan predicts
+///   for its number; a Hopeless job failed exactly max_retries + 1 times;
 /// - no job has two succeeded attempts, and a succeeded job's last attempt is the one;
-/// - no attempt's result changed after it was first seen finished;
-/// - every ledger line (a process that ran) belongs to a recorded attempt of that job, no
-///   attempt ran twice, every attempt that reported an exit code ran, and runs beyond the
-///   plan's belong to lost/released/cancelled attempts;
-/// - failures ≤ max retries + 1, attempt numbers 1..n without gaps, every attempt counted;
+/// - no attempt's result changed after the observer first saw it finished, and the
+///   observer saw something;
+/// - every ledger line (a process that ran) is well-formed and belongs to a recorded
+///   attempt of that job, no attempt ran twice, every attempt that reported an exit code
+///   ran, and each job's runs that ended in a result are exactly the plan's number (the
+///   rest belong to lost/released/cancelled attempts);
+/// - attempt numbers 1..n without gaps, every attempt in a known state;
 /// - each retry after a failure started no sooner than the policy's wait;
-/// - each succeeded attempt's stored log is exactly what the job printed, in order.
+/// - each attempt with a result stored exactly the lines that attempt printed (each line
+///   names its job and attempt), and any other attempt's stored log is a prefix of them.
 pub fn check(ev: &Evidence) -> Summary {
     let mut s = Summary::default();
     let v = &mut s.violations;
@@ -705,12 +758,36 @@ pub fn check(ev: &Evidence) -> Summary {
     for a in &ev.attempts {
         *s.attempts_by_state.entry(a.state.clone()).or_default() += 1;
     }
+    if let Some((open, limit)) = ev.not_terminal {
+        v.push(format!(
+            "{open} jobs not terminal {limit:?} after the faults stopped"
+        ));
+    }
+    if ev.plans.len() != ev.submitted {
+        v.push(format!(
+            "{} jobs were submitted but {} distinct job ids came back: submissions were merged",
+            ev.submitted,
+            ev.plans.len()
+        ));
+    }
+    let mut stored: Vec<&String> = ev
+        .jobs
+        .keys()
+        .filter(|j| !ev.plans.contains_key(*j))
+        .collect();
+    stored.sort();
+    for job in stored {
+        v.push(format!(
+            "job {job} is stored but no submission returned it (a duplicate?)"
+        ));
+    }
     let mut by_job: BTreeMap<&str, Vec<&AttemptRow>> = BTreeMap::new();
     for a in &ev.attempts {
         by_job.entry(a.job_id.as_str()).or_default().push(a);
     }
     let attempt_by_id: HashMap<&str, &AttemptRow> =
         ev.attempts.iter().map(|a| (a.id.as_str(), a)).collect();
+    let mut parked: BTreeSet<&str> = BTreeSet::new();
 
     for (job, plan) in &ev.plans {
         let Some((state, reason)) = ev.jobs.get(job) else {
@@ -725,7 +802,12 @@ pub fn check(ev: &Evidence) -> Summary {
                 .count()
         };
         let lost = count(&["lost"]) as u32;
-        if state != plan.expected_state() && !(state == "permanent_failed" && lost > MAX_LOST) {
+        if state == "permanent_failed" && lost > MAX_LOST {
+            parked.insert(job.as_str());
+            v.push(format!(
+                "job {job} ({plan:?}) was parked after {lost} losses ({reason})"
+            ));
+        } else if state != plan.expected_state() {
             v.push(format!(
                 "job {job} ({plan:?}) ended {state} ({reason}), expected {}",
                 plan.expected_state()
@@ -739,7 +821,15 @@ pub fn check(ev: &Evidence) -> Summary {
             v.push(format!("job {job} succeeded but its last attempt did not"));
         }
         let failures = count(&["failed", "timed_out", "failed_permanent"]) as u32;
-        if failures > MAX_RETRIES + 1 {
+        if *plan == Plan::Hopeless && !parked.contains(job.as_str()) {
+            if failures != MAX_RETRIES + 1 {
+                v.push(format!(
+                    "job {job} (Hopeless) failed {failures} times; \
+                     exactly max_retries + 1 = {} expected",
+                    MAX_RETRIES + 1
+                ));
+            }
+        } else if failures > MAX_RETRIES + 1 {
             v.push(format!(
                 "job {job} failed {failures} times; max_retries is {MAX_RETRIES}"
             ));
@@ -749,9 +839,7 @@ pub fn check(ev: &Evidence) -> Summary {
                 "job {job} exited 127 yet was retried ({failures} failures)"
             ));
         }
-        let counted = failures as usize
-            + count(&["lost", "released", "cancelled", "succeeded"])
-            + count(&["running"]);
+        let counted = count(&RESULT_STATES) + count(&EXTRA_STATES) + count(&["running"]);
         if counted != attempts.len() {
             v.push(format!(
                 "job {job} has attempts in unknown states: {attempts:?}"
@@ -764,6 +852,21 @@ pub fn check(ev: &Evidence) -> Summary {
                     attempts.iter().map(|a| a.number).collect::<Vec<_>>()
                 ));
                 break;
+            }
+        }
+        // Each result is the one the plan fixes for that attempt number.
+        for a in attempts
+            .iter()
+            .filter(|a| RESULT_STATES.contains(&a.state.as_str()))
+        {
+            let want = plan.exit_code(a.number.max(0) as u32);
+            let want_state = Plan::result_state(want);
+            if a.exit_code != Some(want) || a.state != want_state {
+                v.push(format!(
+                    "job {job} ({plan:?}) attempt #{} {} ended {} with exit code {:?}; \
+                     the plan predicts {want_state} with exit code {want}",
+                    a.number, a.id, a.state, a.exit_code
+                ));
             }
         }
         // Retry waits: after the f-th failure, the next attempt waits at least the policy's
@@ -789,8 +892,19 @@ pub fn check(ev: &Evidence) -> Summary {
         }
     }
 
-    // Results never change once recorded.
-    for (id, first) in &ev.first_seen {
+    // Results never change once recorded; the observer must have seen results, or this
+    // check would pass for want of evidence.
+    s.observed = ev.first_seen.len() as u64;
+    if ev.first_seen.is_empty() && ev.attempts.iter().any(|a| a.state != "running") {
+        v.push(
+            "the observer saw no finished attempt during the run, so results were never \
+             compared over time"
+                .to_string(),
+        );
+    }
+    let mut first_seen: Vec<(&String, &Outcome)> = ev.first_seen.iter().collect();
+    first_seen.sort_by_key(|(id, _)| *id);
+    for (id, first) in first_seen {
         if let Some(a) = attempt_by_id.get(id.as_str()) {
             let now = Outcome {
                 state: a.state.clone(),
@@ -807,9 +921,18 @@ pub fn check(ev: &Evidence) -> Summary {
         }
     }
 
-    // Side effects.
+    // Side effects: every run is accounted for.
     let mut ran: BTreeSet<&str> = BTreeSet::new();
-    for (job, attempt, number) in &ev.ledger {
+    let mut result_runs: HashMap<&str, u32> = HashMap::new();
+    let ledger = parse_ledger(&ev.ledger);
+    for line in &ledger {
+        let (job, attempt, number) = match line {
+            Ok(l) => l,
+            Err(text) => {
+                v.push(format!("ledger line is garbled: {text:?}"));
+                continue;
+            }
+        };
         s.executions += 1;
         let Some(a) = attempt_by_id.get(attempt.as_str()) else {
             v.push(format!(
@@ -826,10 +949,34 @@ pub fn check(ev: &Evidence) -> Summary {
         if !ran.insert(attempt.as_str()) {
             v.push(format!("attempt {attempt} of job {job} ran twice"));
         }
-        match a.state.as_str() {
-            "succeeded" | "failed" | "failed_permanent" | "timed_out" => {}
-            "lost" | "released" | "cancelled" => s.extra_executions += 1,
-            other => v.push(format!("attempt {attempt} ran and is still {other}")),
+        let st = a.state.as_str();
+        if RESULT_STATES.contains(&st) {
+            *result_runs.entry(a.job_id.as_str()).or_default() += 1;
+        } else if EXTRA_STATES.contains(&st) {
+            s.extra_executions += 1;
+        } else {
+            v.push(format!("attempt {attempt} ran and is still {st}"));
+        }
+    }
+    // Runs beyond the plan's: only lost/released/cancelled attempts may explain them, so
+    // the runs that ended in a result are exactly the plan's (fewer for a parked job).
+    for (job, plan) in &ev.plans {
+        if !ev.jobs.contains_key(job) {
+            continue;
+        }
+        let runs = result_runs.get(job.as_str()).copied().unwrap_or(0);
+        let planned = plan.planned_runs();
+        let ok = if parked.contains(job.as_str()) {
+            runs <= planned
+        } else {
+            runs == planned
+        };
+        if !ok {
+            v.push(format!(
+                "job {job} ({plan:?}) ran {runs} times to a recorded result; the plan \
+                 makes {planned} such runs, and any other run must belong to a \
+                 lost/released/cancelled attempt"
+            ));
         }
     }
     for a in &ev.attempts {
@@ -839,23 +986,29 @@ pub fn check(ev: &Evidence) -> Summary {
                 a.id, a.job_id, a.exit_code
             ));
         }
-        if a.state == "succeeded" {
-            match ev.logs.get(&a.id) {
-                Some(log) if *log == expected_log() => {}
-                Some(log) => v.push(format!(
-                    "attempt {} of job {}: stored log differs from the output ({} bytes, \
-                     expected {}): {:?}",
-                    a.id,
-                    a.job_id,
-                    log.len(),
-                    expected_log().len(),
-                    String::from_utf8_lossy(log)
-                )),
-                None => v.push(format!(
-                    "attempt {} of job {} has no stored log",
-                    a.id, a.job_id
-                )),
-            }
+        // Each line names its job and attempt, so output filed under another attempt or
+        // job cannot match.
+        let want = expected_log(&a.job_id, &a.id);
+        let complete = RESULT_STATES.contains(&a.state.as_str());
+        match ev.logs.get(&a.id) {
+            Some(log) if *log == want => {}
+            Some(log) if !complete && want.starts_with(log) => {}
+            Some(log) => v.push(format!(
+                "attempt {} ({}) of job {}: stored log is not what it printed \
+                 ({} bytes, expected {}{}): {:?}",
+                a.id,
+                a.state,
+                a.job_id,
+                log.len(),
+                if complete { "" } else { "a prefix of " },
+                want.len(),
+                String::from_utf8_lossy(log)
+            )),
+            None if complete => v.push(format!(
+                "attempt {} ({}) of job {} has no stored log",
+                a.id, a.state, a.job_id
+            )),
+            None => {}
         }
     }
     s
@@ -876,28 +1029,54 @@ mod tests {
             exit_code: match state {
                 "succeeded" => Some(0),
                 "failed" => Some(1),
+                "failed_permanent" => Some(127),
                 _ => None,
             },
         }
     }
 
-    /// A consistent history: a flaky job that failed once, was lost once, then succeeded.
+    fn ledger_line(job: &str, n: u32) -> String {
+        format!("{job} {job}-a{n} {n}\n")
+    }
+
+    /// A consistent history: a flaky job that failed once, was lost once, then succeeded;
+    /// and a hopeless job that failed max_retries + 1 times.
     fn good() -> Evidence {
         let mut ev = Evidence::default();
         ev.plans.insert("j".into(), Plan::Flaky(1));
+        ev.plans.insert("h".into(), Plan::Hopeless);
+        ev.submitted = 2;
         ev.jobs
             .insert("j".into(), ("succeeded".into(), "exit code 0".into()));
+        ev.jobs
+            .insert("h".into(), ("permanent_failed".into(), "exit code 1".into()));
         ev.attempts = vec![
+            attempt("h", 1, "failed", 0.0, 100.0),
+            attempt("h", 2, "failed", 300.0, 400.0),
+            attempt("h", 3, "failed", 800.0, 900.0),
+            attempt("h", 4, "failed", 1_800.0, 1_900.0),
             attempt("j", 1, "failed", 0.0, 100.0),
             attempt("j", 2, "lost", 300.0, 2_000.0),
             attempt("j", 3, "succeeded", 2_100.0, 3_000.0),
         ];
-        ev.logs.insert("j-a3".into(), expected_log());
-        ev.ledger = vec![
-            ("j".into(), "j-a1".into(), 1),
-            ("j".into(), "j-a2".into(), 2),
-            ("j".into(), "j-a3".into(), 3),
-        ];
+        for a in &ev.attempts {
+            if a.state != "lost" {
+                ev.logs.insert(a.id.clone(), expected_log(&a.job_id, &a.id));
+            }
+        }
+        // The lost attempt had sent its first ten lines.
+        let partial: Vec<u8> = expected_log("j", "j-a2")
+            .split_inclusive(|b| *b == b'\n')
+            .take(10)
+            .flatten()
+            .copied()
+            .collect();
+        ev.logs.insert("j-a2".into(), partial);
+        ev.ledger = [("h", 1), ("h", 2), ("h", 3), ("h", 4)]
+            .into_iter()
+            .chain([("j", 1), ("j", 2), ("j", 3)])
+            .map(|(j, n)| ledger_line(j, n))
+            .collect();
         ev.first_seen.insert(
             "j-a1".into(),
             Outcome {
@@ -909,12 +1088,37 @@ mod tests {
         ev
     }
 
+    /// Index of attempt `n` of job `job` in `good()`'s attempts.
+    fn at(ev: &Evidence, job: &str, n: i32) -> usize {
+        ev.attempts
+            .iter()
+            .position(|a| a.job_id == job && a.number == n)
+            .unwrap()
+    }
+
     #[test]
     fn a_consistent_history_passes_and_counts_the_extra_run() {
         let s = check(&good());
         assert!(s.violations.is_empty(), "{:?}", s.violations);
-        assert_eq!(s.executions, 3);
+        assert_eq!(s.executions, 7);
         assert_eq!(s.extra_executions, 1);
+        assert_eq!(s.observed, 1);
+    }
+
+    #[test]
+    fn a_job_parked_after_many_losses_is_reported_not_counted_as_planned() {
+        let mut ev = good();
+        ev.jobs.get_mut("j").unwrap().0 = "permanent_failed".into();
+        let j3 = at(&ev, "j", 3);
+        ev.attempts.remove(j3);
+        ev.logs.remove("j-a3");
+        ev.ledger = ev.ledger.replace(&ledger_line("j", 3), "");
+        for n in 3..=(MAX_LOST as i32 + 3) {
+            ev.attempts.push(attempt("j", n, "lost", 3_000.0, 3_100.0));
+        }
+        let v = check(&ev).violations;
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].contains("was parked after 12 losses"), "{v:?}");
     }
 
     fn violations_after(f: impl FnOnce(&mut Evidence)) -> Vec<String> {
@@ -926,58 +1130,258 @@ mod tests {
     /// A way of breaking one promise in a consistent history.
     type Breakage = Box<dyn FnOnce(&mut Evidence)>;
 
+    /// One broken history per violation `check` can report, each expected to be named.
     #[test]
     fn each_broken_promise_is_reported() {
         let cases: Vec<(&str, Breakage)> = vec![
+            (
+                "not terminal",
+                Box::new(|e| e.not_terminal = Some((2, Duration::from_secs(120)))),
+            ),
+            (
+                "distinct job ids came back",
+                Box::new(|e| e.submitted = 3),
+            ),
+            (
+                "job x is stored but no submission returned it",
+                Box::new(|e| {
+                    e.jobs.insert("x".into(), ("pending".into(), String::new()));
+                }),
+            ),
+            (
+                "job j was submitted but is not stored",
+                Box::new(|e| {
+                    e.jobs.remove("j");
+                }),
+            ),
             (
                 "expected succeeded",
                 Box::new(|e| e.jobs.get_mut("j").unwrap().0 = "permanent_failed".into()),
             ),
             (
-                "2 succeeded attempts",
-                Box::new(|e| e.attempts[1].state = "succeeded".into()),
-            ),
-            (
-                "result was replaced",
-                Box::new(|e| e.attempts[0].exit_code = Some(0)),
-            ),
-            (
-                "ran twice",
-                Box::new(|e| e.ledger.push(("j".into(), "j-a3".into(), 3))),
-            ),
-            (
-                "not recorded",
-                Box::new(|e| e.ledger.push(("j".into(), "ghost".into(), 9))),
-            ),
-            (
-                "never ran",
+                "was parked after",
                 Box::new(|e| {
-                    e.ledger.remove(2);
+                    e.jobs.get_mut("j").unwrap().0 = "permanent_failed".into();
+                    for n in 4..=(MAX_LOST as i32 + 4) {
+                        e.attempts.push(attempt("j", n, "lost", 3_100.0, 3_200.0));
+                    }
+                }),
+            ),
+            (
+                "2 succeeded attempts",
+                Box::new(|e| {
+                    let i = at(e, "j", 2);
+                    e.attempts[i].state = "succeeded".into();
+                }),
+            ),
+            (
+                "succeeded but its last attempt did not",
+                Box::new(|e| {
+                    e.attempts
+                        .push(attempt("j", 4, "released", 3_100.0, 3_200.0));
+                }),
+            ),
+            (
+                "failed 3 times; exactly max_retries + 1 = 4 expected",
+                Box::new(|e| {
+                    let i = at(e, "h", 4);
+                    e.attempts.remove(i);
+                    e.logs.remove("h-a4");
+                    e.ledger = e.ledger.replace(&ledger_line("h", 4), "");
+                }),
+            ),
+            (
+                "failed 5 times; max_retries is 3",
+                Box::new(|e| {
+                    e.plans.insert("j".into(), Plan::Flaky(3));
+                    for n in 4..=7 {
+                        e.attempts.push(attempt("j", n, "failed", 9e3, 9e3));
+                    }
+                }),
+            ),
+            (
+                "exited 127 yet was retried",
+                Box::new(|e| {
+                    e.plans.insert("h".into(), Plan::Permanent);
+                    for a in e.attempts.iter_mut().filter(|a| a.job_id == "h") {
+                        a.state = "failed_permanent".into();
+                        a.exit_code = Some(127);
+                    }
+                }),
+            ),
+            (
+                "attempts in unknown states",
+                Box::new(|e| {
+                    let i = at(e, "j", 2);
+                    e.attempts[i].state = "limbo".into();
+                }),
+            ),
+            (
+                "not 1..n",
+                Box::new(|e| {
+                    let i = at(e, "j", 3);
+                    e.attempts[i].number = 4;
+                }),
+            ),
+            (
+                "attempt #1 j-a1 ended failed with exit code Some(0); the plan predicts failed with exit code 1",
+                Box::new(|e| {
+                    let i = at(e, "j", 1);
+                    e.attempts[i].exit_code = Some(0);
+                }),
+            ),
+            (
+                "attempt #1 j-a1 ended failed with exit code Some(1); the plan predicts succeeded",
+                Box::new(|e| {
+                    // A Succeed job that recorded a failure, then succeeded.
+                    e.plans.insert("j".into(), Plan::Succeed);
+                }),
+            ),
+            (
+                "attempt #3 j-a3 ended failed with exit code Some(1)",
+                Box::new(|e| {
+                    // The result of another attempt filed under this one.
+                    let i = at(e, "j", 3);
+                    e.attempts[i].state = "failed".into();
+                    e.attempts[i].exit_code = Some(1);
                 }),
             ),
             (
                 "policy's wait",
-                Box::new(|e| e.attempts[1].started_ms = 150.0),
-            ),
-            (
-                "stored log differs",
                 Box::new(|e| {
-                    e.logs.insert("j-a3".into(), b"line 1\n".to_vec());
+                    let i = at(e, "j", 2);
+                    e.attempts[i].started_ms = 150.0;
                 }),
             ),
             (
-                "no stored log",
+                "observer saw no finished attempt",
+                Box::new(|e| e.first_seen.clear()),
+            ),
+            (
+                "result was replaced",
                 Box::new(|e| {
-                    e.logs.clear();
+                    let i = at(e, "j", 1);
+                    e.attempts[i].finished_ms = Some(150.0);
                 }),
             ),
-            ("not 1..n", Box::new(|e| e.attempts[2].number = 4)),
             (
-                "max_retries",
+                "attempt j-a9 was seen finished, then vanished",
                 Box::new(|e| {
-                    for n in 4..=7 {
-                        e.attempts.insert(0, attempt("j", n, "failed", 0.0, 0.0));
-                    }
+                    e.first_seen.insert(
+                        "j-a9".into(),
+                        Outcome {
+                            state: "failed".into(),
+                            exit_code: Some(1),
+                            finished_ms: Some(1.0),
+                        },
+                    );
+                }),
+            ),
+            (
+                "ledger line is garbled: \"j j-a3\"",
+                Box::new(|e| e.ledger.push_str("j j-a3\n")),
+            ),
+            (
+                "ledger line is garbled: \"j j-a3 three\"",
+                Box::new(|e| e.ledger.push_str("j j-a3 three\n")),
+            ),
+            (
+                "job j ran as attempt ghost, which is not recorded",
+                Box::new(|e| e.ledger.push_str("j ghost 9\n")),
+            ),
+            (
+                "ledger says attempt j-a3 is job h #3; stored: job j #3",
+                Box::new(|e| {
+                    e.ledger = e.ledger.replace(&ledger_line("j", 3), "h j-a3 3\n");
+                }),
+            ),
+            (
+                "attempt j-a3 of job j ran twice",
+                Box::new(|e| e.ledger.push_str(&ledger_line("j", 3))),
+            ),
+            (
+                "attempt j-a4 ran and is still running",
+                Box::new(|e| {
+                    let mut a = attempt("j", 4, "running", 3_100.0, 0.0);
+                    a.finished_ms = None;
+                    e.attempts.push(a);
+                    e.ledger.push_str(&ledger_line("j", 4));
+                }),
+            ),
+            (
+                "job j (Flaky(1)) ran 1 times to a recorded result; the plan makes 2",
+                Box::new(|e| {
+                    // The first failure was really a lost run: the job ran once to a
+                    // result, fewer than its plan.
+                    let i = at(e, "j", 1);
+                    e.attempts[i].state = "lost".into();
+                    e.attempts[i].exit_code = None;
+                    e.first_seen.clear();
+                    e.first_seen.insert(
+                        "j-a3".into(),
+                        Outcome {
+                            state: "succeeded".into(),
+                            exit_code: Some(0),
+                            finished_ms: Some(3_000.0),
+                        },
+                    );
+                }),
+            ),
+            (
+                "job j (Flaky(1)) ran 3 times to a recorded result",
+                Box::new(|e| {
+                    // The lost run recorded as a failure: one run beyond the plan's
+                    // that no lost attempt explains.
+                    let i = at(e, "j", 2);
+                    e.attempts[i].state = "failed".into();
+                    e.attempts[i].exit_code = Some(1);
+                    e.logs.insert("j-a2".into(), expected_log("j", "j-a2"));
+                }),
+            ),
+            (
+                "attempt j-a3 of job j reported exit code Some(0) but never ran",
+                Box::new(|e| {
+                    e.ledger = e.ledger.replace(&ledger_line("j", 3), "");
+                }),
+            ),
+            (
+                "attempt j-a3 (succeeded) of job j: stored log is not what it printed",
+                Box::new(|e| {
+                    e.logs.insert("j-a3".into(), expected_log("j", "j-a1"));
+                }),
+            ),
+            (
+                "attempt h-a2 (failed) of job h: stored log is not what it printed",
+                Box::new(|e| {
+                    e.logs.insert("h-a2".into(), expected_log("j", "j-a1"));
+                }),
+            ),
+            (
+                "attempt j-a2 (lost) of job j: stored log is not what it printed",
+                Box::new(|e| {
+                    // A lost attempt's partial log that came from another attempt.
+                    let other = expected_log("j", "j-a3");
+                    e.logs.insert("j-a2".into(), other[..40].to_vec());
+                }),
+            ),
+            (
+                "attempt j-a3 (succeeded) of job j: stored log is not what it printed",
+                Box::new(|e| {
+                    let mut short = expected_log("j", "j-a3");
+                    short.truncate(20);
+                    e.logs.insert("j-a3".into(), short);
+                }),
+            ),
+            (
+                "attempt j-a3 (succeeded) of job j has no stored log",
+                Box::new(|e| {
+                    e.logs.remove("j-a3");
+                }),
+            ),
+            (
+                "attempt h-a1 (failed) of job h has no stored log",
+                Box::new(|e| {
+                    e.logs.remove("h-a1");
                 }),
             ),
         ];
@@ -985,6 +1389,25 @@ mod tests {
             let v = violations_after(f);
             assert!(v.iter().any(|x| x.contains(want)), "{want}: {v:?}");
         }
+    }
+
+    #[test]
+    fn plans_predict_each_attempts_exit_code() {
+        assert_eq!(Plan::Succeed.exit_code(1), 0);
+        assert_eq!(Plan::Flaky(2).exit_code(2), 1);
+        assert_eq!(Plan::Flaky(2).exit_code(3), 0);
+        assert_eq!(Plan::Permanent.exit_code(1), 127);
+        assert_eq!(Plan::Hopeless.exit_code(4), 1);
+        assert_eq!(Plan::Flaky(2).planned_runs(), 3);
+        assert_eq!(Plan::Hopeless.planned_runs(), MAX_RETRIES + 1);
+        assert_eq!(Plan::result_state(127), "failed_permanent");
+    }
+
+    #[test]
+    fn ledger_lines_parse_or_are_reported_garbled() {
+        let l = parse_ledger("a b 1\nnot a line\n");
+        assert_eq!(l[0], Ok(("a".into(), "b".into(), 1)));
+        assert_eq!(l[1], Err("not a line".into()));
     }
 
     #[test]
