@@ -11,6 +11,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Bounds of `dispatch_sweep_ms`: below 100 ms the sweep is polling; above a day a
+/// missed notification would strand a job for too long.
+pub const DISPATCH_SWEEP_MIN_MS: u64 = 100;
+pub const DISPATCH_SWEEP_MAX_MS: u64 = 86_400_000;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
@@ -28,6 +33,9 @@ pub struct Config {
     pub heartbeat_interval_ms: u64,
     /// How often the leader looks for expired leases.
     pub reaper_interval_ms: u64,
+    /// How often each coordinator looks for due jobs without being woken by a
+    /// notification (a safety net for a missed NOTIFY).
+    pub dispatch_sweep_ms: u64,
     /// Retry policy for jobs that do not set their own.
     pub retry: RetryPolicy,
     /// Per-queue defaults, applied over `retry` and under what a job sets itself.
@@ -58,6 +66,7 @@ impl Default for Config {
             lease_ttl_ms: 8_000,
             heartbeat_interval_ms: 2_000,
             reaper_interval_ms: 1_000,
+            dispatch_sweep_ms: 5_000,
             retry: RetryPolicy::default(),
             queues: BTreeMap::new(),
             log_cap_bytes: 100 * 1024 * 1024,
@@ -125,7 +134,18 @@ impl Config {
         Duration::from_millis(self.reaper_interval_ms)
     }
 
+    pub fn dispatch_sweep(&self) -> Duration {
+        Duration::from_millis(self.dispatch_sweep_ms)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
+        if !(DISPATCH_SWEEP_MIN_MS..=DISPATCH_SWEEP_MAX_MS).contains(&self.dispatch_sweep_ms) {
+            return Err(format!(
+                "dispatch_sweep_ms ({}) must be between {DISPATCH_SWEEP_MIN_MS} and \
+                 {DISPATCH_SWEEP_MAX_MS}",
+                self.dispatch_sweep_ms
+            ));
+        }
         if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms * 2 > self.lease_ttl_ms {
             return Err(format!(
                 "heartbeat_interval_ms ({}) must be positive and at most half of lease_ttl_ms ({})",

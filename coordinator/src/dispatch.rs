@@ -19,8 +19,6 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-/// Safety-net sweep interval: only matters if a notification was missed.
-const SWEEP: Duration = Duration::from_secs(5);
 
 pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
@@ -74,6 +72,9 @@ impl Session {
 pub struct Dispatcher {
     store: Store,
     lease_ttl: Duration,
+    /// Safety-net sweep interval (`dispatch_sweep_ms`): only matters if a notification
+    /// was missed.
+    sweep: Duration,
     sessions: Mutex<Vec<Arc<Session>>>,
     wake: Notify,
     next_conn: AtomicU64,
@@ -81,10 +82,11 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, lease_ttl: Duration) -> Arc<Self> {
+    pub fn new(store: Store, lease_ttl: Duration, sweep: Duration) -> Arc<Self> {
         Arc::new(Dispatcher {
             store,
             lease_ttl,
+            sweep,
             sessions: Mutex::new(Vec::new()),
             wake: Notify::new(),
             next_conn: AtomicU64::new(1),
@@ -274,8 +276,8 @@ impl Dispatcher {
                     Ok(Some(t)) => (t - chrono::Utc::now())
                         .to_std()
                         .unwrap_or(Duration::ZERO)
-                        .min(SWEEP),
-                    Ok(None) => SWEEP,
+                        .min(self.sweep),
+                    Ok(None) => self.sweep,
                     Err(_) => Duration::from_secs(1),
                 },
                 Err(e) => {

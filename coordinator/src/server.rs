@@ -65,7 +65,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     );
     let shutdown = CancellationToken::new();
     let blobs: Arc<dyn BlobStore> = Arc::new(DirStore::new(&cfg.artifact_dir));
-    let dispatcher = Dispatcher::new(store.clone(), cfg.lease_ttl());
+    let dispatcher = Dispatcher::new(store.clone(), cfg.lease_ttl(), cfg.dispatch_sweep());
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -10,6 +10,33 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::Code;
 
+/// A coordinator whose leases outlive any test: a fake worker that heartbeats once keeps
+/// its attempt running until it reports.
+fn long_lease() -> CoordinatorOpts {
+    CoordinatorOpts {
+        lease_ttl_ms: 600_000,
+        ..Default::default()
+    }
+}
+
+/// Makes every insert into the outbox fail, until [`mend_outbox`].
+async fn break_outbox(db: &tokio_postgres::Client) -> anyhow::Result<()> {
+    db.batch_execute(
+        "CREATE OR REPLACE FUNCTION fail_outbox() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN RAISE EXCEPTION 'outbox unavailable'; END $$; \
+         CREATE TRIGGER fail_outbox BEFORE INSERT ON outbox \
+           FOR EACH ROW EXECUTE FUNCTION fail_outbox();",
+    )
+    .await?;
+    Ok(())
+}
+
+async fn mend_outbox(db: &tokio_postgres::Client) -> anyhow::Result<()> {
+    db.batch_execute("DROP TRIGGER fail_outbox ON outbox")
+        .await?;
+    Ok(())
+}
+
 /// A hand-driven worker session.
 struct FakeWorker {
     tx: mpsc::UnboundedSender<pb::WorkerMessage>,
@@ -101,6 +128,43 @@ impl FakeWorker {
             })
             .await
             .map(|r| r.into_inner())
+    }
+
+    /// Offers one more free slot, as a worker does after a job ends.
+    fn credit(&self) -> anyhow::Result<()> {
+        self.tx.send(pb::WorkerMessage {
+            msg: Some(Out::Credit(pb::Credit { slots: 1 })),
+        })?;
+        Ok(())
+    }
+
+    /// Uploads `data` as artifact `name` of `attempt`, with the header's size and digest.
+    async fn upload(
+        &mut self,
+        attempt: &str,
+        name: &str,
+        size: u64,
+        sha256: &str,
+        data: &[u8],
+    ) -> Result<(), tonic::Status> {
+        use pb::artifact_upload::Part;
+        let parts = vec![
+            pb::ArtifactUpload {
+                part: Some(Part::Header(pb::ArtifactHeader {
+                    attempt_id: attempt.into(),
+                    name: name.into(),
+                    size,
+                    sha256: sha256.into(),
+                })),
+            },
+            pb::ArtifactUpload {
+                part: Some(Part::Data(data.to_vec())),
+            },
+        ];
+        self.api
+            .upload_artifact(tokio_stream::iter(parts))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -205,7 +269,9 @@ async fn stale_lease_reports_are_refused_and_change_nothing() -> anyhow::Result<
 #[tokio::test]
 async fn a_state_change_and_what_it_implies_commit_together_or_not_at_all() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
-    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    // The fake worker heartbeats once: a lease far longer than the test keeps the attempt
+    // running until the finish, however slow the machine.
+    let (_c, addr) = cl.coordinator("coord", &long_lease())?;
     let mut api = jobs(&addr).await?;
     let mut w = FakeWorker::connect(&addr, "fake").await?;
     let job = submit(&mut api, sh("exit 1")).await?;
@@ -218,13 +284,7 @@ async fn a_state_change_and_what_it_implies_commit_together_or_not_at_all() -> a
         .await?
         .get(0);
     // Make the outbox insert fail: the whole transition must roll back.
-    db.batch_execute(
-        "CREATE FUNCTION fail_outbox() RETURNS trigger LANGUAGE plpgsql AS \
-           $$ BEGIN RAISE EXCEPTION 'outbox unavailable'; END $$; \
-         CREATE TRIGGER fail_outbox BEFORE INSERT ON outbox \
-           FOR EACH ROW EXECUTE FUNCTION fail_outbox();",
-    )
-    .await?;
+    break_outbox(&db).await?;
     let e = w.finish(&a.attempt_id, 1, 0).await.unwrap_err();
     assert_eq!(e.code(), Code::Internal, "{e:?}");
 
@@ -237,8 +297,7 @@ async fn a_state_change_and_what_it_implies_commit_together_or_not_at_all() -> a
         .get(0);
     assert_eq!(failures, 0);
 
-    db.batch_execute("DROP TRIGGER fail_outbox ON outbox")
-        .await?;
+    mend_outbox(&db).await?;
     let r = w.finish(&a.attempt_id, 1, 0).await?;
     assert_eq!(r.state, pb::AttemptState::Failed as i32);
     let (j, attempts) = get(&mut api, &job.id).await?;
@@ -256,4 +315,205 @@ async fn a_state_change_and_what_it_implies_commit_together_or_not_at_all() -> a
     assert_eq!(row.get::<_, i32>(0), 1);
     assert_eq!(row.get::<_, i64>(1), events_before + 1);
     Ok(())
+}
+
+/// Jobs, attempts and outbox events, to show a refused change left no trace.
+async fn counts(db: &tokio_postgres::Client) -> anyhow::Result<(i64, i64, i64)> {
+    let r = db
+        .query_one(
+            "SELECT (SELECT count(*) FROM jobs), (SELECT count(*) FROM attempts), \
+                    (SELECT count(*) FROM outbox)",
+            &[],
+        )
+        .await?;
+    Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
+}
+
+#[tokio::test]
+async fn submit_cancel_retry_and_rerun_commit_with_their_event_or_not_at_all() -> anyhow::Result<()>
+{
+    let cl = Cluster::new().await?;
+    // No worker: the job stays pending until cancelled.
+    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let mut api = jobs(&addr).await?;
+    let db = cl.db.client().await?;
+    let mut s = spec(&["echo", "{x}"]);
+    s.params.insert("x".into(), "1".into());
+    let job = submit(&mut api, s.clone()).await?;
+
+    // Submit.
+    break_outbox(&db).await?;
+    let before = counts(&db).await?;
+    let e = submit(&mut api, s.clone()).await.unwrap_err();
+    let e = e.downcast_ref::<tonic::Status>().map(|s| s.code());
+    assert_eq!(e, Some(Code::Internal));
+    assert_eq!(counts(&db).await?, before, "a refused submit left a trace");
+
+    // Cancel of a pending job.
+    let e = api
+        .cancel_job(pb::CancelJobRequest { id: job.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "{e:?}");
+    assert_eq!(counts(&db).await?, before);
+    let (j, _) = get(&mut api, &job.id).await?;
+    assert_eq!(j.state, pb::JobState::Pending as i32, "{j:?}");
+    mend_outbox(&db).await?;
+    api.cancel_job(pb::CancelJobRequest { id: job.id.clone() })
+        .await?;
+    let (j, _) = get(&mut api, &job.id).await?;
+    assert_eq!(j.state, pb::JobState::Cancelled as i32, "{j:?}");
+    let (jobs_n, attempts_n, events) = counts(&db).await?;
+    assert_eq!((jobs_n, attempts_n, events), (before.0, before.1, before.2 + 1));
+
+    // Retry, rerun with a param replaced, and bulk retry of the cancelled job.
+    break_outbox(&db).await?;
+    let before = counts(&db).await?;
+    let retry = |set: Option<&str>| pb::RetryJobRequest {
+        id: job.id.clone(),
+        set_params: set
+            .map(|v| [("x".to_string(), v.to_string())].into())
+            .unwrap_or_default(),
+    };
+    let e = api.retry_job(retry(None)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "retry: {e:?}");
+    let e = api.retry_job(retry(Some("2"))).await.unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "rerun: {e:?}");
+    let e = api
+        .retry_jobs(pb::RetryJobsRequest {
+            state: pb::JobState::Cancelled as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Internal, "bulk retry: {e:?}");
+    assert_eq!(counts(&db).await?, before, "a refused retry left a trace");
+    assert!(
+        db.query_opt(
+            "SELECT 1 FROM jobs WHERE original_job_id IS NOT NULL OR retry_of IS NOT NULL",
+            &[]
+        )
+        .await?
+        .is_none(),
+        "a refused retry stored a job"
+    );
+
+    // The same calls succeed once the outbox works, each with its event.
+    mend_outbox(&db).await?;
+    api.retry_job(retry(None)).await?;
+    api.retry_job(retry(Some("2"))).await?;
+    let after = counts(&db).await?;
+    assert_eq!(after, (before.0 + 2, before.1, before.2 + 2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_database_refuses_a_second_running_attempt_of_a_job() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &long_lease())?;
+    let mut api = jobs(&addr).await?;
+    let mut w = FakeWorker::connect(&addr, "fake").await?;
+    let job = submit(&mut api, sh("true")).await?;
+    let a = w.assignment().await?;
+    w.heartbeat(&[&a.attempt_id])?;
+
+    let mut db = cl.db.client().await?;
+    let insert = "INSERT INTO attempts (id, job_id, number, worker_id, state, lease_expires_at) \
+                  VALUES (gen_random_uuid(), $1::text::uuid, 2, 'other', $2, \
+                          now() + interval '1 minute')";
+    let e = db
+        .execute(insert, &[&job.id, &"running"])
+        .await
+        .expect_err("a second running attempt was stored");
+    let dbe = e.as_db_error().expect("a database error");
+    assert_eq!(
+        *dbe.code(),
+        tokio_postgres::error::SqlState::UNIQUE_VIOLATION,
+        "{dbe:?}"
+    );
+    assert_eq!(dbe.constraint(), Some("attempts_one_running_per_job"), "{dbe:?}");
+    // The same row in a finished state is accepted (then rolled back): the refusal above
+    // is the index's, not a malformed row's.
+    let tx = db.transaction().await?;
+    tx.execute(insert, &[&job.id, &"lost"]).await?;
+    tx.rollback().await?;
+
+    let (j, attempts) = get(&mut api, &job.id).await?;
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(j.current_attempt_id, a.attempt_id);
+    Ok(())
+}
+
+/// Files (not directories) under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn uploads_for_a_stale_attempt_or_with_a_wrong_size_or_digest_store_nothing(
+) -> anyhow::Result<()> {
+    const HELLO_SHA256: &str = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &long_lease())?;
+    let mut api = jobs(&addr).await?;
+    let mut w = FakeWorker::connect(&addr, "fake").await?;
+    let job = submit(&mut api, sh("exit 1")).await?;
+    let a1 = w.assignment().await?;
+    w.heartbeat(&[&a1.attempt_id])?;
+    w.finish(&a1.attempt_id, 1, 0).await?;
+    w.credit()?;
+    let a2 = w.assignment().await?;
+    assert_eq!(a2.job_id, job.id);
+    w.heartbeat(&[&a2.attempt_id])?;
+
+    let db = cl.db.client().await?;
+    let store = cl.path("artifacts");
+    // The attempt that ended: its token no longer holds the lease.
+    let e = w
+        .upload(&a1.attempt_id, "out.txt", 5, HELLO_SHA256, b"hello")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    // The current attempt, with a header that does not match the content.
+    let e = w
+        .upload(&a2.attempt_id, "out.txt", 6, HELLO_SHA256, b"hello")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("received 5 bytes"), "{}", e.message());
+    let e = w
+        .upload(&a2.attempt_id, "out.txt", 5, &"0".repeat(64), b"hello")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains(HELLO_SHA256), "{}", e.message());
+    assert_eq!(artifact_rows(&db).await?, 0);
+    assert_eq!(files_under(&store), Vec::<std::path::PathBuf>::new());
+
+    // The matching upload from the current attempt is kept: the refusals were the checks'.
+    w.upload(&a2.attempt_id, "out.txt", 5, HELLO_SHA256, b"hello")
+        .await?;
+    assert_eq!(artifact_rows(&db).await?, 1);
+    let files = files_under(&store);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::read(&files[0])?, b"hello");
+    Ok(())
+}
+
+async fn artifact_rows(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
+    Ok(db
+        .query_one("SELECT count(*) FROM artifacts", &[])
+        .await?
+        .try_get(0)?)
 }

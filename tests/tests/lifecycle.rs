@@ -269,8 +269,14 @@ async fn jobs_are_listed_newest_first_with_pagination() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_job_submitted_to_one_coordinator_runs_on_a_worker_of_another() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
-    let (_a, addr_a) = cl.coordinator("coord-a", &CoordinatorOpts::default())?;
-    let (_b, addr_b) = cl.coordinator("coord-b", &CoordinatorOpts::default())?;
+    // B's safety sweep is far longer than the wait below, so only A's NOTIFY can make B
+    // dispatch the job in time.
+    let no_sweep = CoordinatorOpts {
+        env: vec![("DROVER_DISPATCH_SWEEP_MS".into(), "3600000".into())],
+        ..Default::default()
+    };
+    let (_a, addr_a) = cl.coordinator("coord-a", &no_sweep)?;
+    let (_b, addr_b) = cl.coordinator("coord-b", &no_sweep)?;
     let _w = cl.worker("w1", &addr_b, 1, &[])?;
     let mut api_a = jobs(&addr_a).await?;
     // Let the worker connect to B before the submit, so only a NOTIFY can wake B.
@@ -281,5 +287,25 @@ async fn a_job_submitted_to_one_coordinator_runs_on_a_worker_of_another() -> any
     let job = submit(&mut api_a, sh("echo via b")).await?;
     let (_, attempts) = wait_state(&mut api_a, &job.id, pb::JobState::Succeeded).await?;
     assert_eq!(attempts[0].worker_id, "w1");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dispatch_sweep_out_of_bounds_is_refused_at_start() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    for bad in ["0", "99", "86400001"] {
+        let opts = CoordinatorOpts {
+            env: vec![("DROVER_DISPATCH_SWEEP_MS".into(), bad.into())],
+            ..Default::default()
+        };
+        let e = match cl.coordinator(&format!("coord-{bad}"), &opts) {
+            Ok(_) => anyhow::bail!("dispatch_sweep_ms = {bad} was accepted"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            e.contains("dispatch_sweep_ms") && e.contains("between 100 and 86400000"),
+            "{bad}: {e}"
+        );
+    }
     Ok(())
 }
