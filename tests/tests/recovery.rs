@@ -24,8 +24,12 @@ fn expected_lines(lines: u32) -> Vec<u8> {
 #[tokio::test]
 async fn coordinator_killed_and_restarted_mid_job_loses_nothing() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
+    // The restarted coordinator, as a new leader, reaps nothing for one lease TTL. The
+    // worker's reconnect backoff (at most 5 s) must lose to that grace, or the attempt is
+    // reaped as lost before the worker is back: a TTL far beyond it makes that certain.
     let opts = CoordinatorOpts {
         port: free_port(),
+        lease_ttl_ms: 60_000,
         ..Default::default()
     };
     let (mut coord, addr) = cl.coordinator("coord", &opts)?;
@@ -148,7 +152,6 @@ async fn partitioned_worker_cannot_overwrite_the_attempt_that_replaced_it() -> a
         "stale attempt's process still running"
     );
     // Give the worker's late report every chance to arrive, then check nothing changed.
-    wait_for(&mut api, &late.id, "worker reconnected", |_, _| true).await?;
     let text = std::fs::read_to_string(cl.path("behind-proxy.log"))?;
     let start = std::time::Instant::now();
     let mut refused = text.contains("result refused");
@@ -190,7 +193,16 @@ async fn sigterm_drains_finishes_short_jobs_and_hands_back_the_rest() -> anyhow:
     .await?;
     let short = submit(&mut api, sh("echo started; sleep 0.5; echo finished")).await?;
     let long_pid = pid_from_log(&mut api, &long.id, 1).await?;
-    wait_state(&mut api, &short.id, pb::JobState::Running).await?;
+    // Running in the database is not enough: the worker must have started the process
+    // (its first line stored), or the drain would hand the job back instead.
+    let t0 = std::time::Instant::now();
+    while !logs(&mut api, &short.id, 1)
+        .await
+        .is_ok_and(|(out, _, _)| out.starts_with(b"started"))
+    {
+        anyhow::ensure!(t0.elapsed() < PATIENCE, "the short job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     a.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(a.wait_exit(PATIENCE)?, Some(0), "drained worker exits 0");

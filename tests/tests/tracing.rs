@@ -13,8 +13,21 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// (service name, span name, trace id in hex)
-type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+/// One exported span, ids in hex (the parent empty for a root span).
+#[derive(Clone, Debug)]
+struct SpanSeen {
+    service: String,
+    name: String,
+    trace: String,
+    id: String,
+    parent: String,
+}
+
+type Seen = Arc<Mutex<Vec<SpanSeen>>>;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 struct Receiver(Seen);
 
@@ -43,8 +56,13 @@ impl TraceService for Receiver {
                 .unwrap_or_default();
             for ss in rs.scope_spans {
                 for span in ss.spans {
-                    let hex: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
-                    seen.push((service.clone(), span.name.clone(), hex));
+                    seen.push(SpanSeen {
+                        service: service.clone(),
+                        name: span.name.clone(),
+                        trace: hex(&span.trace_id),
+                        id: hex(&span.span_id),
+                        parent: hex(&span.parent_span_id),
+                    });
                 }
             }
         }
@@ -83,42 +101,82 @@ async fn one_trace_from_submit_to_the_jobs_process() -> anyhow::Result<()> {
     let (_c, addr) = cl.coordinator("coord", &opts)?;
     let _w = cl.worker_with_env("w1", &addr, 1, &[], &env)?;
     let mut api = jobs(&addr).await?;
-    let job = submit(&mut api, sh("echo \"$TRACEPARENT\"")).await?;
+    // The caller's own trace: the submit must continue it, not start another.
+    const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const CALLER_SPAN: &str = "00f067aa0ba902b7";
+    let mut req = tonic::Request::new(pb::SubmitJobRequest {
+        spec: Some(sh("echo \"$TRACEPARENT\"")),
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01").parse()?,
+    );
+    let job = api
+        .submit_job(req)
+        .await?
+        .into_inner()
+        .job
+        .ok_or_else(|| anyhow::anyhow!("no job in the response"))?;
     wait_state(&mut api, &job.id, pb::JobState::Succeeded).await?;
 
     let (out, _, _) = logs(&mut api, &job.id, 1).await?;
     let tp = String::from_utf8(out)?.trim().to_string();
     let parts: Vec<&str> = tp.split('-').collect();
     assert_eq!(parts.len(), 4, "TRACEPARENT {tp:?}");
-    let trace_id = parts[1].to_string();
-    assert_eq!(trace_id.len(), 32);
+    assert_eq!(parts[1], CALLER_TRACE, "the job's TRACEPARENT {tp:?}");
+    let job_parent = parts[2].to_string();
 
     let want = [
         ("drover-coordinator", "submit_job"),
         ("drover-coordinator", "lease"),
         ("drover-worker", "run_attempt"),
     ];
+    let find = |seen: &[SpanSeen], svc: &str, name: &str| {
+        seen.iter()
+            .find(|s| s.service == svc && s.name == name && s.trace == CALLER_TRACE)
+            .cloned()
+    };
     let start = Instant::now();
-    loop {
-        let missing: Vec<_> = {
-            let seen = seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            want.iter()
-                .filter(|(svc, name)| {
-                    !seen
-                        .iter()
-                        .any(|(s, n, t)| s == svc && n == name && *t == trace_id)
-                })
-                .copied()
-                .collect()
-        };
-        if missing.is_empty() {
-            break;
+    let seen = loop {
+        let seen = seen
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone();
+        let missing: Vec<_> = want
+            .iter()
+            .filter(|(svc, name)| find(&seen, svc, name).is_none())
+            .collect();
+        // The span the job's TRACEPARENT names must have arrived too.
+        if missing.is_empty() && seen.iter().any(|s| s.id == job_parent) {
+            break seen;
         }
         assert!(
             start.elapsed() < PATIENCE,
-            "spans {missing:?} of trace {trace_id} never arrived"
+            "spans {missing:?} (or the job's parent {job_parent}) of trace {CALLER_TRACE} \
+             never arrived: {seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Parentage: caller → submit_job → lease → run_attempt → (spans within it) → the job.
+    let get = |svc, name| find(&seen, svc, name).unwrap_or_else(|| unreachable!());
+    let submit_span = get("drover-coordinator", "submit_job");
+    let lease = get("drover-coordinator", "lease");
+    let run = get("drover-worker", "run_attempt");
+    assert_eq!(submit_span.parent, CALLER_SPAN, "{submit_span:?}");
+    assert_eq!(lease.parent, submit_span.id, "{lease:?}");
+    assert_eq!(run.parent, lease.id, "{run:?}");
+    // The job's parent is run_attempt or a span nested in it.
+    let mut at = job_parent.clone();
+    let mut chain = Vec::new();
+    while at != run.id {
+        let span = seen
+            .iter()
+            .find(|s| s.id == at && s.trace == CALLER_TRACE)
+            .unwrap_or_else(|| panic!("the job's parent chain {chain:?} leaves the trace"));
+        chain.push(span.name.clone());
+        assert!(chain.len() < 20, "{chain:?}");
+        at = span.parent.clone();
     }
     Ok(())
 }
