@@ -92,6 +92,7 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value, Dist)>
             ratio: Ratio::Times,
             target: "< 5 ms".into(),
             ok: Some(ret.p50 < 5.0),
+            runs: Vec::new(),
         },
         Row {
             key: "pickup_p99",
@@ -103,6 +104,7 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value, Dist)>
             ratio: Ratio::Times,
             target: "< 25 ms".into(),
             ok: Some(ret.p99 < 25.0),
+            runs: Vec::new(),
         },
         Row {
             key: "pickup_max",
@@ -114,6 +116,7 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value, Dist)>
             ratio: Ratio::Times,
             target: "—".into(),
             ok: None,
+            runs: Vec::new(),
         },
         Row {
             key: "pickup_sent_p50",
@@ -125,6 +128,7 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value, Dist)>
             ratio: Ratio::Times,
             target: "—".into(),
             ok: None,
+            runs: Vec::new(),
         },
         Row {
             key: "pickup_sent_p99",
@@ -136,6 +140,7 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value, Dist)>
             ratio: Ratio::Times,
             target: "—".into(),
             ok: None,
+            runs: Vec::new(),
         },
     ];
     let details = json!({

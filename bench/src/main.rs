@@ -21,7 +21,7 @@ mod util;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, ValueEnum};
-use report::{Machine, Row};
+use report::{merge_runs, Machine, Row};
 use serde_json::{json, Value};
 use stack::{Bins, Server, Stack};
 use std::path::{Path, PathBuf};
@@ -78,6 +78,10 @@ struct Counts {
     scale_samples: usize,
     sessions: usize,
     heartbeat_window: Duration,
+    /// Real jobs run before the scale rows (the small table, and the history copied).
+    real_jobs: usize,
+    /// Every row is measured this many times; the table shows the median and the range.
+    repeats: usize,
 }
 
 impl Counts {
@@ -91,6 +95,8 @@ impl Counts {
             scale_samples: 50,
             sessions: 200,
             heartbeat_window: Duration::from_secs(5),
+            real_jobs: 300,
+            repeats: 3,
         }
     }
 
@@ -104,6 +110,8 @@ impl Counts {
             scale_samples: 50,
             sessions: 200,
             heartbeat_window: Duration::from_secs(20),
+            real_jobs: 1_000,
+            repeats: 3,
         }
     }
 }
@@ -293,46 +301,68 @@ async fn measure(
         stack.add_worker("w2", 8, &[])?;
         stack.wait_workers(&["w1", "w2"]).await?;
 
+        let n = counts.repeats;
         if parts.contains(&Part::Throughput) {
-            let (r, d) = throughput::run(&mut stack, counts.throughput_jobs).await?;
-            rows.extend(r.into_iter().map(|r| (Part::Throughput, r)));
-            details.insert("throughput".into(), d);
-            settle().await;
+            let (mut runs, mut ds) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                say!("[throughput] run {} of {n}", i + 1);
+                let (r, d) = throughput::run(&mut stack, counts.throughput_jobs).await?;
+                runs.push(r);
+                ds.push(d);
+                settle().await;
+            }
+            rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Throughput, r)));
+            details.insert("throughput".into(), Value::Array(ds));
         }
         let mut raw_spawn = None;
         if parts.contains(&Part::Latency) {
-            let (r, d, raw) = latency::run(&mut stack, counts.latency_samples).await?;
-            rows.extend(r.into_iter().map(|r| (Part::Latency, r)));
-            details.insert("latency".into(), d);
-            raw_spawn = Some(raw);
-            settle().await;
+            let (mut runs, mut ds) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                say!("[latency] run {} of {n}", i + 1);
+                let (r, d, raw) = latency::run(&mut stack, counts.latency_samples).await?;
+                runs.push(r);
+                ds.push(d);
+                // The recovery rows compare with the last run's spawn latency.
+                raw_spawn = Some(raw);
+                settle().await;
+            }
+            rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Latency, r)));
+            details.insert("latency".into(), Value::Array(ds));
         }
         if parts.contains(&Part::Logs) {
-            let (r, d) = lograte::run(&mut stack, counts.log_bytes).await?;
-            rows.extend(r.into_iter().map(|r| (Part::Logs, r)));
-            details.insert("logs".into(), d);
-            settle().await;
+            let (mut runs, mut ds) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                say!("[logs] run {} of {n}", i + 1);
+                let (r, d) = lograte::run(&mut stack, counts.log_bytes).await?;
+                runs.push(r);
+                ds.push(d);
+                settle().await;
+            }
+            rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Logs, r)));
+            details.insert("logs".into(), Value::Array(ds));
         }
         if parts.contains(&Part::Recovery) {
             let raw = match raw_spawn {
                 Some(r) => r,
                 None => latency::raw_spawn_latency(&stack.bins.bench, 50).await?,
             };
-            let (r, d) = recovery::run(&mut stack, raw).await?;
-            rows.extend(r.into_iter().map(|r| (Part::Recovery, r)));
+            let (runs, d) = recovery::run(&mut stack, raw, n).await?;
+            rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Recovery, r)));
             details.insert("recovery".into(), d);
         }
         stack.stop();
     }
     if parts.contains(&Part::Scale) {
         let p = scale::Params {
+            real: counts.real_jobs,
+            repeats: counts.repeats,
             big: counts.scale_rows,
             samples: counts.scale_samples,
             sessions: counts.sessions,
             window: counts.heartbeat_window,
         };
-        let (r, d) = scale::run(server, bins, tmp, &base_env(), &p).await?;
-        rows.extend(r.into_iter().map(|r| (Part::Scale, r)));
+        let (runs, d) = scale::run(server, bins, tmp, &base_env(), &p).await?;
+        rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Scale, r)));
         details.insert("scale".into(), d);
     }
     Ok(())

@@ -17,6 +17,8 @@ pub struct Row {
     pub metric: String,
     pub drover: f64,
     pub unit: &'static str,
+    /// The machine's own limit measured in the same run, or NaN when the row has none
+    /// (then `machine_what` says so and why).
     pub machine: f64,
     /// What the machine figure is, e.g. "raw spawn+wait".
     pub machine_what: String,
@@ -24,6 +26,35 @@ pub struct Row {
     pub target: String,
     /// None: no target for this row.
     pub ok: Option<bool>,
+    /// The Drover figure of every repeat (filled by [`merge_runs`]).
+    pub runs: Vec<f64>,
+}
+
+/// The limit cell of a row with no measured limit.
+pub fn no_limit(why: &str) -> (f64, String) {
+    (f64::NAN, format!("none: {why}"))
+}
+
+/// Folds repeated runs of the same rows into one row per key: the run with the median
+/// Drover figure is shown (with its own limit, measured in that run, so the ratio stays
+/// within one run), and `runs` keeps every run's figure for the range.
+pub fn merge_runs(runs: Vec<Vec<Row>>) -> Vec<Row> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    let keys: Vec<&'static str> = first.iter().map(|r| r.key).collect();
+    keys.into_iter()
+        .filter_map(|key| {
+            let mut same: Vec<&Row> = runs
+                .iter()
+                .filter_map(|rs| rs.iter().find(|r| r.key == key))
+                .collect();
+            same.sort_by(|a, b| a.drover.total_cmp(&b.drover));
+            let mut row = (*same.get(same.len() / 2)?).clone();
+            row.runs = same.iter().map(|r| r.drover).collect();
+            Some(row)
+        })
+        .collect()
 }
 
 impl Row {
@@ -31,7 +62,20 @@ impl Row {
         self.drover / self.machine
     }
 
-    fn cells(&self) -> [String; 6] {
+    fn range(&self) -> String {
+        match (self.runs.first(), self.runs.last()) {
+            (Some(lo), Some(hi)) if self.runs.len() > 1 => format!(
+                "{}–{} ({} runs)",
+                fmt_value(*lo, ""),
+                fmt_value(*hi, self.unit),
+                self.runs.len()
+            )
+            .replace("  ", " "),
+            _ => "1 run".into(),
+        }
+    }
+
+    fn cells(&self) -> [String; 7] {
         let r = self.ratio_value();
         let ratio = if !r.is_finite() {
             "—".to_string()
@@ -44,11 +88,16 @@ impl Row {
         [
             self.metric.clone(),
             fmt_value(self.drover, self.unit),
-            format!(
-                "{} {}",
-                fmt_value(self.machine, self.unit),
-                self.machine_what
-            ),
+            self.range(),
+            if self.machine.is_finite() {
+                format!(
+                    "{} {}",
+                    fmt_value(self.machine, self.unit),
+                    self.machine_what
+                )
+            } else {
+                self.machine_what.clone()
+            },
             ratio,
             self.target.clone(),
             match self.ok {
@@ -70,6 +119,7 @@ impl Row {
             "ratio": finite(self.ratio_value()),
             "target": self.target,
             "ok": self.ok,
+            "runs": self.runs.iter().map(|v| finite(*v)).collect::<Vec<Value>>(),
         })
     }
 }
@@ -91,20 +141,21 @@ pub fn fmt_value(v: f64, unit: &str) -> String {
         a if a >= 10.0 => 1,
         _ => 2,
     };
-    format!("{v:.digits$} {unit}")
+    format!("{v:.digits$} {unit}").trim_end().to_string()
 }
 
 /// A markdown table (so it can be pasted into BENCHMARKS.md as it is).
 pub fn table(rows: &[Row]) -> String {
     let header = [
         "metric",
-        "drover",
-        "machine limit",
+        "drover (median)",
+        "range",
+        "machine limit (same run)",
         "ratio",
         "target",
         "ok?",
     ];
-    let cells: Vec<[String; 6]> = rows.iter().map(Row::cells).collect();
+    let cells: Vec<[String; 7]> = rows.iter().map(Row::cells).collect();
     let mut width = header.map(|h| h.chars().count());
     for c in &cells {
         for (w, s) in width.iter_mut().zip(c.iter()) {

@@ -10,12 +10,55 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use std::cell::Cell;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Concurrent SubmitJob calls.
 const SUBMIT_IN_FLIGHT: usize = 32;
 /// Concurrency of the raw spawn loop: the stack's total slots (2 workers × 8).
 pub const RAW_CONCURRENCY: usize = 16;
+
+/// Spawn-and-wait of `/bin/true` from `conc` OS threads, each spawning and waiting in a
+/// loop (blocking calls, so the kernel runs the spawners on every core): jobs/s.
+fn raw_spawn_rate_threads(n: usize, conc: usize) -> Result<f64> {
+    let next = AtomicUsize::new(0);
+    let t0 = Instant::now();
+    std::thread::scope(|scope| {
+        let spawners: Vec<_> = (0..conc)
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    while next.fetch_add(1, Ordering::Relaxed) < n {
+                        let st = std::process::Command::new("/bin/true")
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .context("spawning /bin/true")?;
+                        if !st.success() {
+                            bail!("/bin/true exited with {st}");
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for s in spawners {
+            s.join()
+                .map_err(|_| anyhow::anyhow!("a spawner thread panicked"))??;
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// The machine's best spawn-and-wait rate for `/bin/true`, `conc` at a time: the faster
+/// of a thread per spawner and async spawns on the bench's runtime. Returns (best,
+/// threads, async) in jobs/s.
+pub async fn raw_spawn_best(n: usize, conc: usize) -> Result<(f64, f64, f64)> {
+    let threads = tokio::task::spawn_blocking(move || raw_spawn_rate_threads(n, conc)).await??;
+    let on_runtime = raw_spawn_rate(n, conc).await?;
+    Ok((threads.max(on_runtime), threads, on_runtime))
+}
 
 /// Spawn-and-wait of `/bin/true` from a plain tokio loop, `conc` at a time: jobs/s.
 pub async fn raw_spawn_rate(n: usize, conc: usize) -> Result<f64> {
@@ -43,17 +86,15 @@ pub async fn raw_spawn_rate(n: usize, conc: usize) -> Result<f64> {
 
 pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value)> {
     say!("[throughput] raw spawn-and-wait of /bin/true, {n} × at {RAW_CONCURRENCY} concurrent");
-    let raw = raw_spawn_rate(n, RAW_CONCURRENCY).await?;
-    say!("[throughput]   {raw:.0}/s");
+    let (raw, raw_threads, raw_async) = raw_spawn_best(n, RAW_CONCURRENCY).await?;
+    say!("[throughput]   {raw_threads:.0}/s from {RAW_CONCURRENCY} threads, {raw_async:.0}/s async");
 
-    let existing: i64 = stack
+    // Earlier runs' jobs stay in the table (as they would in use); count only this run's.
+    let since: f64 = stack
         .sql
-        .query_one("SELECT count(*) FROM jobs", &[])
+        .query_one("SELECT extract(epoch FROM clock_timestamp())::float8", &[])
         .await?
         .try_get(0)?;
-    if existing != 0 {
-        bail!("throughput needs an empty jobs table; it has {existing} rows");
-    }
 
     say!("[throughput] submitting {n} /bin/true jobs, {SUBMIT_IN_FLIGHT} in flight");
     let spec = util::spec(vec!["/bin/true".into()], "");
@@ -84,8 +125,8 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value)> {
                 "SELECT count(*) FILTER (WHERE state = 'succeeded'), \
                         count(*) FILTER (WHERE state IN ('permanent_failed', 'cancelled')), \
                         extract(epoch FROM max(finished_at))::float8 \
-                   FROM jobs",
-                &[],
+                   FROM jobs WHERE created_at >= to_timestamp($1)",
+                &[&since],
             )
             .await
             .context("counting finished jobs")?;
@@ -95,8 +136,8 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value)> {
                 .sql
                 .query_one(
                     "SELECT reason FROM jobs WHERE state IN ('permanent_failed', 'cancelled') \
-                      LIMIT 1",
-                    &[],
+                        AND created_at >= to_timestamp($1) LIMIT 1",
+                    &[&since],
                 )
                 .await?
                 .try_get(0)?;
@@ -123,16 +164,19 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value)> {
         drover: rate,
         unit: "jobs/s",
         machine: raw,
-        machine_what: format!("raw spawn+wait ({RAW_CONCURRENCY} at once)"),
+        machine_what: format!("raw spawn+wait ({RAW_CONCURRENCY} at once, best of threads/async)"),
         ratio: Ratio::Percent,
         target: "≥ 50 %".into(),
         ok: Some(rate / raw >= 0.5),
+        runs: Vec::new(),
     };
     let details = json!({
         "jobs": n,
         "elapsed_s": elapsed,
         "jobs_per_s": rate,
         "raw_spawn_per_s": raw,
+        "raw_spawn_threads_per_s": raw_threads,
+        "raw_spawn_async_per_s": raw_async,
         "submit_s": submit_secs,
         "submit_per_s": n as f64 / submit_secs,
         "cpu_seconds": cpu,
