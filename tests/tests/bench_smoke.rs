@@ -1,27 +1,69 @@
 //! The benchmark's quick mode as a smoke test: it must start its own stack, measure every
-//! row and print the table. Its numbers are not checked here (no timing assertions in
-//! tests); BENCHMARKS.md records a full run.
+//! row (each repeated) and print the table. Its numbers are not compared with targets here
+//! (no timing assertions in tests); BENCHMARKS.md records a full run.
 
 use drover_tests::bin;
 use std::process::Command;
 
+/// Every row the bench publishes, by key.
+const ROWS: [&str; 13] = [
+    "throughput",
+    "pickup_p50",
+    "pickup_p99",
+    "pickup_max",
+    "pickup_sent_p50",
+    "pickup_sent_p99",
+    "dead_worker",
+    "restarted_worker",
+    "restarted_worker_total",
+    "log_rate",
+    "worker_peak_rss",
+    "scale_pickup",
+    "heartbeat_cpu",
+];
+
 #[test]
 fn quick_benchmark_completes_and_prints_every_row() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let json = dir.path().join("bench.json");
     let out = Command::new(bin("drover-bench"))
         .arg("--quick")
+        .arg("--json")
+        .arg(&json)
         .output()
         .expect("running drover-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "drover-bench failed:\n{stderr}");
-    for row in [
-        "throughput",
-        "pickup p50",
-        "dead worker",
-        "log rate",
-        "finished jobs in the table",
-        "heartbeating",
-    ] {
-        assert!(stdout.contains(row), "no {row:?} row in:\n{stdout}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON file"))
+            .expect("valid JSON");
+    let rows = doc["rows"].as_array().expect("rows");
+    let keys: Vec<&str> = rows.iter().filter_map(|r| r["key"].as_str()).collect();
+    assert_eq!(keys, ROWS, "rows in the JSON");
+    for r in rows {
+        let key = r["key"].as_str().unwrap_or_default();
+        let metric = r["metric"].as_str().unwrap_or_default();
+        // Printed in the table.
+        assert!(stdout.contains(metric), "{key}: {metric:?} not in:\n{stdout}");
+        // A finite figure (null is how a NaN or infinity is written).
+        let drover = r["drover"].as_f64();
+        assert!(drover.is_some_and(f64::is_finite), "{key}: drover {r}");
+        // Repeated at least 3 times, each run finite, the median one of them.
+        let runs: Vec<f64> = r["runs"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+            .unwrap_or_default();
+        assert!(
+            runs.len() >= 3 && runs.len() == r["runs"].as_array().map_or(0, Vec::len),
+            "{key}: runs {r}"
+        );
+        assert!(runs.contains(&drover.unwrap_or(f64::NAN)), "{key}: {r}");
+        // Beside a limit measured in the same run, or saying plainly there is none.
+        let what = r["machine_what"].as_str().unwrap_or_default();
+        match r["machine"].as_f64() {
+            Some(m) => assert!(m.is_finite() && m > 0.0, "{key}: machine {r}"),
+            None => assert!(what.starts_with("none: "), "{key}: no limit, unexplained: {r}"),
+        }
     }
 }
