@@ -6,12 +6,12 @@ use crate::latency;
 use crate::report::{no_limit, Ratio, Row};
 use crate::stack::{Bins, Server, Stack};
 use crate::util::{self, Dist};
-use futures::{StreamExt, TryStreamExt};
 use anyhow::{anyhow, Context, Result};
 use drover_proto::v1 as pb;
 use drover_proto::v1::coordinator_message::Msg as In;
 use drover_proto::v1::worker_message::Msg as Out;
 use drover_proto::v1::worker_service_client::WorkerServiceClient;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -446,7 +446,10 @@ pub async fn run(
     stack.add_worker("s2", 8, &[])?;
     stack.wait_workers(&["s1", "s2"]).await?;
 
-    say!("[scale] {} real jobs (logs, retries, permanent failures)", p.real);
+    say!(
+        "[scale] {} real jobs (logs, retries, permanent failures)",
+        p.real
+    );
     run_real_jobs(&mut stack, p.real).await?;
     let small_rows = job_count(&stack.sql).await?;
     let small = pickup_runs(&mut stack, p.samples, p.repeats).await?;

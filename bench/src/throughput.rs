@@ -87,7 +87,9 @@ pub async fn raw_spawn_rate(n: usize, conc: usize) -> Result<f64> {
 pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value)> {
     say!("[throughput] raw spawn-and-wait of /bin/true, {n} × at {RAW_CONCURRENCY} concurrent");
     let (raw, raw_threads, raw_async) = raw_spawn_best(n, RAW_CONCURRENCY).await?;
-    say!("[throughput]   {raw_threads:.0}/s from {RAW_CONCURRENCY} threads, {raw_async:.0}/s async");
+    say!(
+        "[throughput]   {raw_threads:.0}/s from {RAW_CONCURRENCY} threads, {raw_async:.0}/s async"
+    );
 
     // Earlier runs' jobs stay in the table (as they would in use); count only this run's.
     let since: f64 = stack

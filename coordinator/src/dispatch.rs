@@ -19,7 +19,6 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-
 pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
 /// One connected worker, as the dispatcher sees it.

@@ -512,12 +512,9 @@ async fn submit_all(
         let mut k = i;
         let job = loop {
             let c = &mut clients[k % addrs.len()];
-            let sent = tokio::time::timeout(
-                Duration::from_secs(5),
-                crate::submit(c, spec.clone()),
-            )
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 5 s")));
+            let sent = tokio::time::timeout(Duration::from_secs(5), crate::submit(c, spec.clone()))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within 5 s")));
             match sent {
                 Ok(job) => break job,
                 Err(e) if start.elapsed() > limit => bail!("submitting job {i}: {e}"),
@@ -1058,8 +1055,10 @@ mod tests {
         ev.submitted = 2;
         ev.jobs
             .insert("j".into(), ("succeeded".into(), "exit code 0".into()));
-        ev.jobs
-            .insert("h".into(), ("permanent_failed".into(), "exit code 1".into()));
+        ev.jobs.insert(
+            "h".into(),
+            ("permanent_failed".into(), "exit code 1".into()),
+        );
         ev.attempts = vec![
             attempt("h", 1, "failed", 0.0, 100.0),
             attempt("h", 2, "failed", 300.0, 400.0),

@@ -45,7 +45,10 @@ fn quick_benchmark_completes_and_prints_every_row() {
         let key = r["key"].as_str().unwrap_or_default();
         let metric = r["metric"].as_str().unwrap_or_default();
         // Printed in the table.
-        assert!(stdout.contains(metric), "{key}: {metric:?} not in:\n{stdout}");
+        assert!(
+            stdout.contains(metric),
+            "{key}: {metric:?} not in:\n{stdout}"
+        );
         // A finite figure (null is how a NaN or infinity is written).
         let drover = r["drover"].as_f64();
         assert!(drover.is_some_and(f64::is_finite), "{key}: drover {r}");
@@ -63,7 +66,10 @@ fn quick_benchmark_completes_and_prints_every_row() {
         let what = r["machine_what"].as_str().unwrap_or_default();
         match r["machine"].as_f64() {
             Some(m) => assert!(m.is_finite() && m > 0.0, "{key}: machine {r}"),
-            None => assert!(what.starts_with("none: "), "{key}: no limit, unexplained: {r}"),
+            None => assert!(
+                what.starts_with("none: "),
+                "{key}: no limit, unexplained: {r}"
+            ),
         }
     }
 }

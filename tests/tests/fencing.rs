@@ -364,7 +364,10 @@ async fn submit_cancel_retry_and_rerun_commit_with_their_event_or_not_at_all() -
     let (j, _) = get(&mut api, &job.id).await?;
     assert_eq!(j.state, pb::JobState::Cancelled as i32, "{j:?}");
     let (jobs_n, attempts_n, events) = counts(&db).await?;
-    assert_eq!((jobs_n, attempts_n, events), (before.0, before.1, before.2 + 1));
+    assert_eq!(
+        (jobs_n, attempts_n, events),
+        (before.0, before.1, before.2 + 1)
+    );
 
     // Retry, rerun with a param replaced, and bulk retry of the cancelled job.
     break_outbox(&db).await?;
@@ -431,7 +434,11 @@ async fn the_database_refuses_a_second_running_attempt_of_a_job() -> anyhow::Res
         tokio_postgres::error::SqlState::UNIQUE_VIOLATION,
         "{dbe:?}"
     );
-    assert_eq!(dbe.constraint(), Some("attempts_one_running_per_job"), "{dbe:?}");
+    assert_eq!(
+        dbe.constraint(),
+        Some("attempts_one_running_per_job"),
+        "{dbe:?}"
+    );
     // The same row in a finished state is accepted (then rolled back): the refusal above
     // is the index's, not a malformed row's.
     let tx = db.transaction().await?;
