@@ -46,7 +46,7 @@ fn elapsed_s() -> f64 {
                   dropped) on that server; otherwise a private PostgreSQL is started."
 )]
 struct Cli {
-    /// Small counts: a smoke run that takes well under a minute.
+    /// Small counts, each row still repeated: a smoke run of a few minutes.
     #[arg(long, conflicts_with = "full")]
     quick: bool,
     /// The full counts (the default).
