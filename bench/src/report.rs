@@ -69,8 +69,7 @@ impl Row {
                 fmt_value(*lo, ""),
                 fmt_value(*hi, self.unit),
                 self.runs.len()
-            )
-            .replace("  ", " "),
+            ),
             _ => "1 run".into(),
         }
     }
@@ -247,5 +246,53 @@ impl Machine {
             "load_start": finite(self.load_start),
             "load_end": finite(self.load_end),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(key: &'static str, drover: f64, machine: f64) -> Row {
+        Row {
+            key,
+            metric: key.into(),
+            drover,
+            unit: "ms",
+            machine,
+            machine_what: "limit".into(),
+            ratio: Ratio::Times,
+            target: "—".into(),
+            ok: Some(drover < 10.0),
+            runs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn merged_rows_show_the_median_run_with_its_own_limit_and_every_run() {
+        let runs = vec![
+            vec![row("a", 9.0, 1.0), row("b", 1.0, 1.0)],
+            vec![row("a", 30.0, 2.0), row("b", 2.0, 1.0)],
+            vec![row("a", 3.0, 3.0), row("b", 3.0, 1.0)],
+        ];
+        let merged = merge_runs(runs);
+        assert_eq!(merged.len(), 2);
+        let a = &merged[0];
+        assert_eq!((a.key, a.drover, a.machine), ("a", 9.0, 1.0));
+        assert_eq!(a.runs, vec![3.0, 9.0, 30.0]);
+        assert_eq!(a.ok, Some(true));
+        assert_eq!(a.range(), "3.00–30.0 ms (3 runs)");
+        assert_eq!(merged[1].drover, 2.0);
+    }
+
+    #[test]
+    fn a_row_without_a_limit_says_so_and_has_no_ratio() {
+        let (m, what) = no_limit("a setting");
+        let mut r = row("c", 5.0, m);
+        r.machine_what = what;
+        let cells = r.cells();
+        assert_eq!(cells[3], "none: a setting");
+        assert_eq!(cells[4], "—");
+        assert_eq!(r.json()["machine"], Value::Null);
     }
 }
