@@ -46,6 +46,8 @@ pub struct Config {
     pub log_format: String,
     /// If set, log lines also go to a file here, rotated daily, 7 kept.
     pub log_dir: Option<PathBuf>,
+    /// Alert rules, channels and notification delivery (`[alerts]`).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             max_artifact_bytes: 1024 * 1024 * 1024,
             log_format: "text".into(),
             log_dir: None,
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }
@@ -145,6 +148,7 @@ impl Config {
             return Err("db_pool_size must be at least 2".into());
         }
         drover_core::validate::validate_policy(&self.retry).map_err(|e| e.to_string())?;
+        self.alerts.validate()?;
         for (name, q) in &self.queues {
             drover_core::validate::check_name("queues", name).map_err(|e| e.to_string())?;
             let (policy, timeout) = self.queue_defaults(name);

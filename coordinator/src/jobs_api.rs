@@ -231,15 +231,29 @@ impl JobService for JobsApi {
         };
         let within =
             (r.finished_within_ms > 0).then(|| Duration::from_millis(r.finished_within_ms as u64));
-        let matched = self
-            .store
-            .finished_jobs(
-                state,
-                (!r.queue.is_empty()).then_some(r.queue.as_str()),
-                within,
-                i64::from(limit),
-            )
-            .await?;
+        let matched = if r.fingerprint.is_empty() {
+            self.store
+                .finished_jobs(
+                    state,
+                    (!r.queue.is_empty()).then_some(r.queue.as_str()),
+                    within,
+                    i64::from(limit),
+                )
+                .await?
+        } else {
+            // The jobs of one failure group, not yet retried (finished_within is not applied).
+            crate::alerts_api::check_fingerprint("fingerprint", &r.fingerprint)?;
+            self.store
+                .jobs_with_fingerprint(
+                    &r.fingerprint,
+                    (!r.queue.is_empty()).then_some(r.queue.as_str()),
+                    Some(state),
+                    true,
+                    None,
+                    i64::from(limit),
+                )
+                .await?
+        };
         let mut created = Vec::new();
         if !r.dry_run {
             for j in &matched {

@@ -30,6 +30,14 @@ pub struct Fingerprint {
     pub sample: String,
 }
 
+/// Whether an attempt that ended this way gets a fingerprint: a failure of the job's own
+/// (not success, cancellation or a hand-back) that left some output to read.
+pub fn applies(outcome: crate::AttemptState, output_tail: &str) -> bool {
+    use crate::AttemptState as A;
+    matches!(outcome, A::Failed | A::FailedPermanent | A::TimedOut)
+        && !output_tail.trim().is_empty()
+}
+
 /// Fingerprint of a failure from its classification `reason`, its output tail and the
 /// job's own parameters (name, value).
 pub fn fingerprint(reason: &str, output_tail: &str, params: &[(&str, &str)]) -> Fingerprint {
