@@ -188,6 +188,28 @@ mod tests {
     }
 
     #[test]
+    fn shipped_alerts_example_loads() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator-alerts.example.toml");
+        let c = Config::load(Some(&path), Figment::new()).expect("coordinator-alerts.example.toml");
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.alerts.channels.len(), 3);
+        assert_eq!(c.alerts.rules.len(), 8);
+        // Secrets never show in the effective config (GetHealth's config_json).
+        let json = serde_json::to_string(&c).unwrap_or_default();
+        assert!(!json.contains("change-me") && !json.contains("shared-secret"), "{json}");
+        assert!(!json.contains("XXXX"), "{json}");
+    }
+
+    #[test]
+    fn alert_rules_must_name_a_known_channel() {
+        let toml = "[[alerts.rules]]\nname = \"r\"\nkind = \"permanent_failed\"\nchannel = \"nope\"\n";
+        let f = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml));
+        let c: Config = f.extract().expect("parses");
+        assert!(c.validate().unwrap_err().contains("alerts.rules[r].channel"));
+    }
+
+    #[test]
     fn missing_file_and_bad_values_are_errors() {
         assert!(Config::load(Some(Path::new("/nonexistent.toml")), Figment::new()).is_err());
         let c = Config {
