@@ -98,8 +98,10 @@ re!(IPV6, r"\[[0-9a-fA-F:]*:[0-9a-fA-F:]+\](?::\d+)?");
 re!(IPV4, r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?::\d{1,5})?\b");
 re!(HEX0X, r"\b0x[0-9a-fA-F]+\b");
 re!(HEXRUN, r"\b[0-9a-fA-F]{8,}\b");
-// Ids such as `req_7Hx9Kq2LmN` or `a1b2c3d4e5`: long tokens mixing letters and digits.
-re!(TOKEN, r"\b[A-Za-z0-9_-]{8,}\b");
+// Ids such as the `7Hx9Kq2LmN` of `req_7Hx9Kq2LmN`: runs of 8+ letters and digits with
+// both in them (`_` and `-` separate runs, so `race_123` and `race_12345` both become
+// `race_{n}`). An id of letters only is not recognised.
+re!(TOKEN, r"[A-Za-z0-9]{8,}");
 // HTTP status codes name the cause (404 vs 503), so they survive number replacement.
 re!(
     HTTP_STATUS,
@@ -147,7 +149,7 @@ fn normalise_line(line: &str, params: &[(&str, &str)]) -> String {
             let t = &c[0];
             let digits = t.bytes().filter(u8::is_ascii_digit).count();
             let letters = t.bytes().filter(u8::is_ascii_alphabetic).count();
-            if digits >= 2 && letters >= 2 {
+            if digits >= 1 && letters >= 1 {
                 "{id}".to_string()
             } else {
                 t.to_string()
@@ -271,6 +273,17 @@ mod tests {
         let huge = "x".repeat(100_000);
         assert!(norm("r", &huge).len() <= MAX_LINE_CHARS + 2);
         assert_eq!(norm("r", ""), "r");
+    }
+
+    #[test]
+    fn ids_of_varying_length_group_together() {
+        let a = norm("r", "KeyError: 'race_12'");
+        let b = norm("r", "KeyError: 'race_1234567'");
+        assert_eq!(a, b);
+        let c = norm("r", "request req_7Hx9Kq2LmN failed");
+        let d = norm("r", "request req_Ab3dEf9hIj failed");
+        assert_eq!(c, d);
+        assert_eq!(c, "r\nrequest req_{id} failed");
     }
 
     #[test]
