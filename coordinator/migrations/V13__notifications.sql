@@ -51,6 +51,5 @@ CREATE TABLE notification_attempts (
     PRIMARY KEY (notification_id, try)
 );
 
--- Outbox rows the alert evaluator has read are marked delivered (processed); both are
--- pruned after alerts.retention_hours.
-CREATE INDEX outbox_delivered_idx ON outbox (delivered_at) WHERE delivered_at IS NOT NULL;
+-- Outbox rows the alert evaluator has read get delivered_at set (processed); outbox rows
+-- and finished notifications are deleted after alerts.retention_hours.

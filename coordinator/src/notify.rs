@@ -195,6 +195,9 @@ pub async fn run(
     coordinator_id: String,
     shutdown: CancellationToken,
 ) {
+    // reqwest's rustls uses the process-wide provider: ring (only ring is compiled in).
+    // Err means one is installed already, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = match reqwest::Client::builder()
         .connect_timeout(cfg.send_timeout())
         .redirect(reqwest::redirect::Policy::none())
@@ -337,7 +340,7 @@ pub async fn deliver_one(
     Ok(true)
 }
 
-/// Retention: finished notifications and processed outbox rows older than `older_than`
+/// Retention: finished notifications and outbox rows older than `older_than`
 /// (in batches, so one pass never holds long locks).
 pub async fn prune(store: &Store, older_than: Duration) -> Result<u64> {
     let c = store.pool().get().await?;
@@ -352,8 +355,10 @@ pub async fn prune(store: &Store, older_than: Duration) -> Result<u64> {
         .await?;
     let o = c
         .execute_cached(
+            // By age, read or not: an event older than the retention is too old to alert
+            // on. Oldest ids first, so the primary key finds them without a scan.
             "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-              WHERE delivered_at < now() - $1 * interval '1 second' LIMIT 10000)",
+              WHERE created_at < now() - $1 * interval '1 second' ORDER BY id LIMIT 10000)",
             &[&secs],
         )
         .await?;
