@@ -221,7 +221,10 @@ pub async fn alerts(addr: &str, fmt: Format, cmd: Option<AlertsCmd>) -> Result<E
             })).collect::<Vec<_>>(),
         }))?;
     } else {
-        println!("{:<20} {:<18} {:<14} {:<12} {:>8}  THRESHOLD", "RULE", "KIND", "CHANNEL", "QUEUE", "WINDOW");
+        println!(
+            "{:<20} {:<18} {:<14} {:<12} {:>8}  THRESHOLD",
+            "RULE", "KIND", "CHANNEL", "QUEUE", "WINDOW"
+        );
         for x in &r.rules {
             println!(
                 "{:<20} {:<18} {:<14} {:<12} {:>7}s  {}{}",

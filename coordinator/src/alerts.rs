@@ -89,10 +89,25 @@ impl AlertsConfig {
                 Ok(())
             }
         };
-        ms(self.evaluate_interval_ms, "evaluate_interval_ms", 100, 3_600_000)?;
-        ms(self.dispatch_interval_ms, "dispatch_interval_ms", 100, 3_600_000)?;
+        ms(
+            self.evaluate_interval_ms,
+            "evaluate_interval_ms",
+            100,
+            3_600_000,
+        )?;
+        ms(
+            self.dispatch_interval_ms,
+            "dispatch_interval_ms",
+            100,
+            3_600_000,
+        )?;
         ms(self.send_timeout_ms, "send_timeout_ms", 100, 300_000)?;
-        ms(self.backoff_initial_ms, "backoff_initial_ms", 10, 86_400_000)?;
+        ms(
+            self.backoff_initial_ms,
+            "backoff_initial_ms",
+            10,
+            86_400_000,
+        )?;
         ms(
             self.backoff_max_ms,
             "backoff_max_ms",
@@ -268,7 +283,13 @@ async fn close_windows(store: &Store, cfg: &AlertsConfig) -> Result<()> {
         };
         let key: String = r.try_get(1)?;
         let Json(examples): Json<Vec<String>> = r.try_get(4)?;
-        let m = alerting::folded_message(rule, &key, r.try_get(2)?, &r.try_get::<_, String>(3)?, &examples);
+        let m = alerting::folded_message(
+            rule,
+            &key,
+            r.try_get(2)?,
+            &r.try_get::<_, String>(3)?,
+            &examples,
+        );
         notify::enqueue(&tx, &rule.channel, &rule.name, &m.subject, &m.body).await?;
     }
     tx.commit().await?;

@@ -29,7 +29,11 @@ pub struct AlertsApi {
 
 /// A fingerprint is 16 lowercase hex digits.
 pub fn check_fingerprint(field: &str, fp: &str) -> Result<(), Error> {
-    if fp.len() == 16 && fp.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if fp.len() == 16
+        && fp
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
         Err(Error::Invalid(format!(

@@ -111,7 +111,10 @@ impl ChannelConfig {
         let at = |f: &str, why: &str| format!("alerts.channels.{name}.{f}: {why}");
         match self {
             ChannelConfig::Email {
-                smtp_host, from, to, ..
+                smtp_host,
+                from,
+                to,
+                ..
             } => {
                 if smtp_host.is_empty() {
                     return Err(at("smtp_host", "must not be empty"));
@@ -317,10 +320,13 @@ fn smtp_transport(
     let params = || -> Result<TlsParameters, String> {
         let mut p = TlsParameters::builder(host.to_string());
         if let Some(path) = ca_file {
-            let pem = std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-            p = p.certificate_store(CertificateStore::None).add_root_certificate(
-                Certificate::from_pem(&pem).map_err(|e| format!("ca_file: {e}"))?,
-            );
+            let pem =
+                std::fs::read(path).map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+            p = p
+                .certificate_store(CertificateStore::None)
+                .add_root_certificate(
+                    Certificate::from_pem(&pem).map_err(|e| format!("ca_file: {e}"))?,
+                );
         }
         p.build_rustls().map_err(|e| e.to_string())
     };
@@ -351,7 +357,8 @@ mod tests {
         let s = signature(b"0123456789abcdef", 1700000000, b"{\"a\":1}");
         assert_eq!(
             s,
-            "t=1700000000,v1=".to_string() + &python_hmac("0123456789abcdef", "1700000000.{\"a\":1}")
+            "t=1700000000,v1=".to_string()
+                + &python_hmac("0123456789abcdef", "1700000000.{\"a\":1}")
         );
     }
 
@@ -374,9 +381,15 @@ mod tests {
             url: "https://hooks.example.com/T000/secret-path".into(),
             secret: "short".into(),
         };
-        assert!(w.validate("hook").unwrap_err().contains("alerts.channels.hook.secret"));
+        assert!(w
+            .validate("hook")
+            .unwrap_err()
+            .contains("alerts.channels.hook.secret"));
         let json = serde_json::to_string(&w).unwrap_or_default();
-        assert!(!json.contains("secret-path") && !json.contains("short"), "{json}");
+        assert!(
+            !json.contains("secret-path") && !json.contains("short"),
+            "{json}"
+        );
         let e = ChannelConfig::Email {
             smtp_host: "localhost".into(),
             smtp_port: 25,

@@ -197,16 +197,23 @@ mod tests {
         assert_eq!(c.alerts.rules.len(), 8);
         // Secrets never show in the effective config (GetHealth's config_json).
         let json = serde_json::to_string(&c).unwrap_or_default();
-        assert!(!json.contains("change-me") && !json.contains("shared-secret"), "{json}");
+        assert!(
+            !json.contains("change-me") && !json.contains("shared-secret"),
+            "{json}"
+        );
         assert!(!json.contains("XXXX"), "{json}");
     }
 
     #[test]
     fn alert_rules_must_name_a_known_channel() {
-        let toml = "[[alerts.rules]]\nname = \"r\"\nkind = \"permanent_failed\"\nchannel = \"nope\"\n";
+        let toml =
+            "[[alerts.rules]]\nname = \"r\"\nkind = \"permanent_failed\"\nchannel = \"nope\"\n";
         let f = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml));
         let c: Config = f.extract().expect("parses");
-        assert!(c.validate().unwrap_err().contains("alerts.rules[r].channel"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("alerts.rules[r].channel"));
     }
 
     #[test]

@@ -47,7 +47,9 @@ pub struct AttemptRow {
 const COLUMNS: &str = "id, idempotency_key, channel, rule, subject, body, state, tries, \
     next_attempt_at, last_error, created_at";
 
-fn from_row(r: &tokio_postgres::Row) -> std::result::Result<NotificationRow, tokio_postgres::Error> {
+fn from_row(
+    r: &tokio_postgres::Row,
+) -> std::result::Result<NotificationRow, tokio_postgres::Error> {
     Ok(NotificationRow {
         id: r.try_get(0)?,
         idempotency_key: r.try_get(1)?,

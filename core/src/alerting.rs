@@ -179,8 +179,7 @@ pub fn event_key(rule: &Rule, e: &JobEvent) -> Option<String> {
             Some(e.queue.clone())
         }
         RuleKind::Runtime
-            if attempt_ended
-                && e.ran_secs.unwrap_or(0.0) > rule.ran_longer_than_secs as f64 =>
+            if attempt_ended && e.ran_secs.unwrap_or(0.0) > rule.ran_longer_than_secs as f64 =>
         {
             Some(e.queue.clone())
         }

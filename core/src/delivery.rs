@@ -31,7 +31,9 @@ pub enum Verdict {
         at_least: Option<Duration>,
     },
     /// Give up: the message is dead.
-    Permanent { reason: String },
+    Permanent {
+        reason: String,
+    },
 }
 
 /// Longest `Retry-After` honoured; a larger value is capped to it.
@@ -96,7 +98,10 @@ pub struct Backoff {
 /// multiplier^(tries-1)`, capped at `max`, of which up to half is removed at random
 /// (`random` in 0..1), never less than `at_least` (the peer's Retry-After).
 pub fn next_wait(b: &Backoff, tries: u32, random: f64, at_least: Option<Duration>) -> Duration {
-    let exp = b.multiplier.max(1.0).powi(tries.saturating_sub(1).min(60) as i32);
+    let exp = b
+        .multiplier
+        .max(1.0)
+        .powi(tries.saturating_sub(1).min(60) as i32);
     let full = (b.initial.as_secs_f64() * exp).min(b.max.as_secs_f64());
     let wait = Duration::from_secs_f64(full * (1.0 - 0.5 * random.clamp(0.0, 1.0)));
     match at_least {

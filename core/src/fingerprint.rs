@@ -89,7 +89,10 @@ re!(
     UUID,
     r"(?i)\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
 );
-re!(URL_QUERY, r"((?:https?|wss?|ftp)://[^\s?#'\x22]+)\?[^\s#'\x22)]*");
+re!(
+    URL_QUERY,
+    r"((?:https?|wss?|ftp)://[^\s?#'\x22]+)\?[^\s#'\x22)]*"
+);
 re!(
     TMP_PATH,
     r"(?:/tmp|/var/tmp|/dev/shm|/var/lib/drover/work)/[^\s'\x22:,)]*"
@@ -187,9 +190,12 @@ mod tests {
         normalise(reason, out, &[])
     }
 
+    /// (reason, output tail, params, expected normalised text)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
     #[test]
     fn table_of_realistic_outputs() {
-        let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+        let cases: &[Case] = &[
             (
                 "exit code 1",
                 "Traceback (most recent call last):\n  File \"/tmp/drover-work/8f2c/scrape.py\", line 118, in <module>\n    main()\n  File \"/home/op/scraper/fetch.py\", line 42, in fetch\n    raise KeyError(race_id)\nKeyError: 'R20240501x17'\n",

@@ -223,8 +223,12 @@ async fn mixed_failures_form_the_groups_a_person_would_make() -> Result<()> {
              echo \"HTTP 503 Service Unavailable (request id $(cat /proc/sys/kernel/random/uuid))\"; exit 1",
         );
         s.queue = "scrape".into();
-        s.params.insert("date".into(), format!("2024-05-0{}", i + 1));
-        by_cause.entry("http503").or_default().push(submit(&mut api, s).await?.id);
+        s.params
+            .insert("date".into(), format!("2024-05-0{}", i + 1));
+        by_cause
+            .entry("http503")
+            .or_default()
+            .push(submit(&mut api, s).await?.id);
     }
     for i in 0..4 {
         let mut s = failing(&format!(
@@ -234,7 +238,10 @@ async fn mixed_failures_form_the_groups_a_person_would_make() -> Result<()> {
             100 + i
         ));
         s.queue = "scrape".into();
-        by_cause.entry("keyerror").or_default().push(submit(&mut api, s).await?.id);
+        by_cause
+            .entry("keyerror")
+            .or_default()
+            .push(submit(&mut api, s).await?.id);
     }
     for i in 0..3 {
         let mut s = failing(&format!(
@@ -243,7 +250,10 @@ async fn mixed_failures_form_the_groups_a_person_would_make() -> Result<()> {
             40000 + i
         ));
         s.queue = "scrape".into();
-        by_cause.entry("reset").or_default().push(submit(&mut api, s).await?.id);
+        by_cause
+            .entry("reset")
+            .or_default()
+            .push(submit(&mut api, s).await?.id);
     }
     for ids in by_cause.values() {
         for id in ids {
@@ -272,11 +282,21 @@ async fn mixed_failures_form_the_groups_a_person_would_make() -> Result<()> {
         groups[0].sample,
         "HTTP 503 Service Unavailable (request id {uuid})"
     );
-    assert!(groups[0].normalised.contains("fetching {date}"), "{}", groups[0].normalised);
-    assert!(groups[0].normalised.contains("races?{query}"), "{}", groups[0].normalised);
+    assert!(
+        groups[0].normalised.contains("fetching {date}"),
+        "{}",
+        groups[0].normalised
+    );
+    assert!(
+        groups[0].normalised.contains("races?{query}"),
+        "{}",
+        groups[0].normalised
+    );
     assert_eq!(groups[1].sample, "KeyError: 'race_{n}'");
     assert_eq!(groups[1].exit_codes, vec![2]);
-    assert!(groups[2].sample.contains("Connection reset by peer ('{addr}', {n})"));
+    assert!(groups[2]
+        .sample
+        .contains("Connection reset by peer ('{addr}', {n})"));
 
     // The jobs of a group are exactly that cause's jobs.
     for (g, cause) in groups.iter().zip(["http503", "keyerror", "reset"]) {
@@ -318,7 +338,11 @@ async fn mixed_failures_form_the_groups_a_person_would_make() -> Result<()> {
         })
         .await?
         .into_inner();
-    assert!(again.matched.is_empty(), "retried twice: {:?}", again.matched);
+    assert!(
+        again.matched.is_empty(),
+        "retried twice: {:?}",
+        again.matched
+    );
 
     // Health shows the top groups of the last 24 h.
     let h = admin_api(&addr)
@@ -327,18 +351,34 @@ async fn mixed_failures_form_the_groups_a_person_would_make() -> Result<()> {
         .await?
         .into_inner();
     // (The retried jobs fail again, so the KeyError group may now lead.)
-    let top: Vec<&str> = h.top_failure_groups.iter().map(|g| g.fingerprint.as_str()).collect();
+    let top: Vec<&str> = h
+        .top_failure_groups
+        .iter()
+        .map(|g| g.fingerprint.as_str())
+        .collect();
     assert_eq!(top.len(), 3, "{top:?}");
-    assert!(groups.iter().all(|g| top.contains(&g.fingerprint.as_str())), "{top:?}");
+    assert!(
+        groups.iter().all(|g| top.contains(&g.fingerprint.as_str())),
+        "{top:?}"
+    );
 
     // The CLI ranks the same groups and lists a group's jobs.
     let out = std::process::Command::new(bin("droverctl"))
-        .args(["--addr", &addr, "failures", "--queue", "scrape", "--since", "24h"])
+        .args([
+            "--addr", &addr, "failures", "--queue", "scrape", "--since", "24h",
+        ])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 4, "{text}");
-    assert!(text.contains(&groups[0].fingerprint) && text.contains("HTTP 503"), "{text}");
+    assert!(
+        text.contains(&groups[0].fingerprint) && text.contains("HTTP 503"),
+        "{text}"
+    );
     let out = std::process::Command::new(bin("droverctl"))
         .args(["--addr", &addr, "failures", "show", &groups[2].fingerprint])
         .output()?;
@@ -486,7 +526,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_alerts_config_stops_the_coordinator_with_the_key_named() -> Result<()> {
     let cl = Cluster::new().await?;
-    let toml = "[[alerts.rules]]\nname = \"r\"\nkind = \"permanent_failed\"\nchannel = \"missing\"\n";
+    let toml =
+        "[[alerts.rules]]\nname = \"r\"\nkind = \"permanent_failed\"\nchannel = \"missing\"\n";
     let r = cl.coordinator(
         "coord",
         &CoordinatorOpts {
@@ -553,7 +594,10 @@ window_secs = 1
         assert_eq!(s.accepted.len(), 1);
         assert_eq!(s.duplicates, 0);
         assert_eq!(s.requests.len(), 3, "one message, three tries");
-        assert!(s.requests.iter().all(|(k, ok, _)| *ok && *k == n.idempotency_key));
+        assert!(s
+            .requests
+            .iter()
+            .all(|(k, ok, _)| *ok && *k == n.idempotency_key));
         let body = &s.accepted[&n.idempotency_key];
         assert_eq!(
             body["subject"],
@@ -653,7 +697,8 @@ window_secs = 60
     for i in 0..500 {
         let mut s = failing("echo \"HTTP 503 from {host} (req $$)\" >&2; exit 1");
         s.queue = "scrape".into();
-        s.params.insert("host".into(), format!("mirror-{i}.example"));
+        s.params
+            .insert("host".into(), format!("mirror-{i}.example"));
         ids.push(submit(&mut api, s).await?.id);
     }
     let _w = cl.worker("w1", &addr, 16, &["--queue", "scrape"])?;
@@ -664,7 +709,10 @@ window_secs = 60
     .await?;
     for id in &ids {
         let (j, _) = get(&mut api, id).await?;
-        assert!(is_state(&j, pb::JobState::PermanentFailed), "{id} not failed");
+        assert!(
+            is_state(&j, pb::JobState::PermanentFailed),
+            "{id} not failed"
+        );
     }
     hook.with(|s| {
         assert_eq!(s.accepted.len(), 1, "{:#?}", s.accepted);
@@ -706,10 +754,16 @@ queue = "lonely"
     let mut s = sh("true");
     s.queue = "lonely".into();
     let job = submit(&mut api, s).await?;
-    until("the firing message", || hook.with(|s| s.accepted.len() == 1)).await?;
+    until("the firing message", || {
+        hook.with(|s| s.accepted.len() == 1)
+    })
+    .await?;
     let _w = cl.worker("w1", &addr, 1, &["--queue", "lonely"])?;
     wait_state(&mut api, &job.id, pb::JobState::Succeeded).await?;
-    until("the resolved message", || hook.with(|s| s.accepted.len() == 2)).await?;
+    until("the resolved message", || {
+        hook.with(|s| s.accepted.len() == 2)
+    })
+    .await?;
     let mut a = alerts_api(&addr).await?;
     let ns = notifications(&mut a).await?;
     let subjects: Vec<&str> = ns.iter().rev().map(|n| n.subject.as_str()).collect();
@@ -771,7 +825,9 @@ fn aiosmtpd_available() -> Result<bool> {
         bail!("python3 with aiosmtpd is required under CI (see .ci/run)");
     }
     if !ok {
-        eprintln!("SKIPPED: python3 -c 'import aiosmtpd' failed (apt-get install python3-aiosmtpd)");
+        eprintln!(
+            "SKIPPED: python3 -c 'import aiosmtpd' failed (apt-get install python3-aiosmtpd)"
+        );
     }
     Ok(ok)
 }
@@ -882,7 +938,10 @@ window_secs = 1
     );
     assert_eq!(m["from"], "drover@example.com");
     let body = m["body"].as_str().unwrap_or_default();
-    assert!(body.contains("[mail-failed]") && body.contains(&job.id), "{body}");
+    assert!(
+        body.contains("[mail-failed]") && body.contains(&job.id),
+        "{body}"
+    );
 
     // 2. The server is down for a while: the message is retried and arrives after.
     drop(smtp.take());
@@ -945,7 +1004,13 @@ window_secs = 1
         .await?
         .into_inner();
     assert_eq!(h.notifications_dead, 1);
-    assert!(h.reasons.iter().any(|r| r.contains("1 notification(s) dead")), "{:?}", h.reasons);
+    assert!(
+        h.reasons
+            .iter()
+            .any(|r| r.contains("1 notification(s) dead")),
+        "{:?}",
+        h.reasons
+    );
 
     let out = std::process::Command::new(bin("droverctl"))
         .args(["--addr", &addr, "notifications", "--failed"])
@@ -953,15 +1018,29 @@ window_secs = 1
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.contains("dead") && text.contains("550"), "{text}");
-    assert_eq!(text.lines().filter(|l| l.contains("created")).count(), 1, "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("created")).count(),
+        1,
+        "{text}"
+    );
 
     // 4. Fixed the mailbox; redeliver: it arrives.
     drop(smtp.take());
     smtp = Some(start_smtp(&dir, port, "ok")?);
     let out = std::process::Command::new(bin("droverctl"))
-        .args(["--addr", &addr, "notifications", "redeliver", &n.id.to_string()])
+        .args([
+            "--addr",
+            &addr,
+            "notifications",
+            "redeliver",
+            &n.id.to_string(),
+        ])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     until("the redelivered mail", || received(&dir).len() == 3).await?;
     drop(smtp);
     Ok(())
