@@ -197,8 +197,8 @@ pub async fn run(
     coordinator_id: String,
     shutdown: CancellationToken,
 ) {
-    // reqwest's rustls uses the process-wide provider: ring (only ring is compiled in).
-    // Err means one is installed already, which is fine.
+    // reqwest and lettre are built with ring; make it the process default too, so any
+    // other rustls user in this process agrees. Err means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = match reqwest::Client::builder()
         .connect_timeout(cfg.send_timeout())

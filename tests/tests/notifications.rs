@@ -581,6 +581,20 @@ window_secs = 1
     })
     .await?;
     let mut a = alerts_api(&addr).await?;
+    // The receiver answered; the sender records it right after.
+    until_async(|| {
+        let mut a = a.clone();
+        async move {
+            notifications(&mut a)
+                .await
+                .map(|ns| {
+                    ns.iter()
+                        .any(|n| n.rule == "failed" && n.state == "delivered")
+                })
+                .unwrap_or(false)
+        }
+    })
+    .await?;
     let ns = notifications(&mut a).await?;
     let n = ns
         .iter()
@@ -782,6 +796,12 @@ const SMTP_SERVER: &str = r#"
 import asyncio, email, email.policy, json, os, sys, time
 from aiosmtpd.controller import Controller
 port, outdir, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+tls = {}
+if mode == "starttls":
+    import ssl
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(sys.argv[4], sys.argv[5])
+    tls = {"tls_context": ctx, "require_starttls": True}
 class Handler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if mode == "550":
@@ -797,7 +817,7 @@ class Handler:
             json.dump(rec, f)
         os.rename(os.path.join(outdir, name + ".tmp"), os.path.join(outdir, name + ".json"))
         return "250 OK"
-c = Controller(Handler(), hostname="127.0.0.1", port=port)
+c = Controller(Handler(), hostname="127.0.0.1", port=port, **tls)
 c.start()
 print("READY", flush=True)
 while True:
@@ -844,6 +864,7 @@ fn start_smtp(dir: &Path, port: u16, mode: &str) -> Result<Smtp> {
             .arg(port.to_string())
             .arg(&mail)
             .arg(mode)
+            .args([dir.join("server.crt"), dir.join("server.key")])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()?;
@@ -1043,5 +1064,244 @@ window_secs = 1
     );
     until("the redelivered mail", || received(&dir).len() == 3).await?;
     drop(smtp);
+    Ok(())
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it, made with the openssl CLI.
+fn make_certs(dir: &Path) -> Result<()> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("running openssl")?;
+        if !out.status.success() {
+            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")?;
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=drover test CA",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ])?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_over_starttls_is_verified_against_the_configured_ca() -> Result<()> {
+    if !aiosmtpd_available()? {
+        return Ok(());
+    }
+    let cl = Cluster::new().await?;
+    let dir = cl.path("smtp");
+    std::fs::create_dir_all(&dir)?;
+    make_certs(&dir)?;
+    let port = free_port();
+    let _smtp = start_smtp(&dir, port, "starttls")?;
+    let (_hook, url) = start_hook().await?;
+    let channels = format!(
+        r#"
+[alerts.channels.tls]
+kind = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {port}
+tls = "starttls"
+ca_file = "{}"
+from = "drover@example.com"
+to = ["ops@example.com"]
+
+[alerts.channels.untrusted]
+kind = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {port}
+tls = "starttls"
+from = "drover@example.com"
+to = ["ops@example.com"]
+"#,
+        dir.join("ca.crt").display()
+    );
+    let (_c, addr) = cl.coordinator(
+        "coord",
+        &CoordinatorOpts {
+            config_toml: Some(alerts_toml(&url, "", &channels)),
+            ..Default::default()
+        },
+    )?;
+    let mut a = alerts_api(&addr).await?;
+    for ch in ["tls", "untrusted"] {
+        a.test_alert_channel(pb::TestAlertChannelRequest { channel: ch.into() })
+            .await?;
+    }
+    until("the mail over STARTTLS", || received(&dir).len() == 1).await?;
+    assert_eq!(
+        received(&dir)[0]["to"],
+        serde_json::json!(["ops@example.com"])
+    );
+    // Without the CA the server's certificate is not trusted: nothing is sent in clear,
+    // and the message waits (a TLS failure is treated as transient).
+    until_async(|| {
+        let mut a = a.clone();
+        async move {
+            notifications(&mut a)
+                .await
+                .map(|ns| ns.iter().any(|n| n.channel == "untrusted" && n.tries >= 1))
+                .unwrap_or(false)
+        }
+    })
+    .await?;
+    let ns = notifications(&mut a).await?;
+    let u = ns
+        .iter()
+        .find(|n| n.channel == "untrusted")
+        .context("listed")?;
+    assert_eq!(u.state, "pending");
+    assert!(
+        u.last_error.to_lowercase().contains("certificate"),
+        "{}",
+        u.last_error
+    );
+    assert_eq!(received(&dir).len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_worker_alerts_once_and_its_return_resolves() -> Result<()> {
+    let cl = Cluster::new().await?;
+    let (hook, url) = start_hook().await?;
+    let rules = r#"
+[[alerts.rules]]
+name = "workers"
+kind = "worker"
+channel = "hook"
+"#;
+    let (_c, addr) = cl.coordinator(
+        "coord",
+        &CoordinatorOpts {
+            config_toml: Some(alerts_toml(&url, rules, "")),
+            ..Default::default()
+        },
+    )?;
+    let mut w = cl.worker("w1", &addr, 1, &[])?;
+    let mut api = jobs(&addr).await?;
+    let j = submit(&mut api, sh("true")).await?;
+    wait_state(&mut api, &j.id, pb::JobState::Succeeded).await?;
+    assert!(hook.with(|s| s.accepted.is_empty()));
+    w.kill();
+    until("the lost-worker message", || {
+        hook.with(|s| s.accepted.len() == 1)
+    })
+    .await?;
+    let _w = cl.worker("w1", &addr, 1, &[])?;
+    until("the resolved message", || {
+        hook.with(|s| s.accepted.len() == 2)
+    })
+    .await?;
+    let mut a = alerts_api(&addr).await?;
+    let ns = notifications(&mut a).await?;
+    let subjects: Vec<&str> = ns.iter().rev().map(|n| n.subject.as_str()).collect();
+    assert_eq!(subjects.len(), 2, "{subjects:?}");
+    assert!(
+        subjects[0].starts_with("[workers] worker w1 lost: no heartbeat for"),
+        "{subjects:?}"
+    );
+    assert_eq!(subjects[1], "resolved: [workers] w1");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_notifications_outbox_rows_and_groups() -> Result<()> {
+    let cl = Cluster::new().await?;
+    let db = cl.db.client().await?;
+    // Rows from three hours ago and from now, before the coordinator starts.
+    db.batch_execute(
+        "INSERT INTO outbox (job_id, event, payload, created_at) VALUES \
+           (gen_random_uuid(), 'job.submitted', '{}', now() - interval '3 hours'), \
+           (gen_random_uuid(), 'job.submitted', '{}', now()); \
+         INSERT INTO notifications (idempotency_key, channel, subject, body, state, created_at, finished_at) VALUES \
+           (gen_random_uuid(), 'hook', 'old delivered', '', 'delivered', now() - interval '3 hours', now() - interval '3 hours'), \
+           (gen_random_uuid(), 'hook', 'old dead', '', 'dead', now() - interval '3 hours', now() - interval '3 hours'), \
+           (gen_random_uuid(), 'hook', 'new delivered', '', 'delivered', now(), now()); \
+         INSERT INTO failure_groups (queue, fingerprint, normalised, sample, first_seen_at, last_seen_at, last_job_id, last_attempt_id) VALUES \
+           ('q', '0000000000000001', 'x', 'x', now() - interval '3 hours', now() - interval '3 hours', gen_random_uuid(), gen_random_uuid()), \
+           ('q', '0000000000000002', 'y', 'y', now(), now(), gen_random_uuid(), gen_random_uuid());",
+    )
+    .await?;
+    let (_hook, url) = start_hook().await?;
+    let toml = alerts_toml(&url, "", "").replace("[alerts]\n", "[alerts]\nretention_hours = 1\n");
+    let (_c, _addr) = cl.coordinator(
+        "coord",
+        &CoordinatorOpts {
+            config_toml: Some(toml),
+            ..Default::default()
+        },
+    )?;
+    let count = |sql: &'static str| {
+        let db = &db;
+        async move {
+            db.query_one(sql, &[])
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(-1)
+        }
+    };
+    let start = Instant::now();
+    while count("SELECT count(*) FROM notifications").await != 1 {
+        if start.elapsed() > PATIENCE {
+            bail!("old notifications were not deleted");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let subject: String = db
+        .query_one("SELECT subject FROM notifications", &[])
+        .await?
+        .get(0);
+    assert_eq!(subject, "new delivered");
+    assert_eq!(count("SELECT count(*) FROM outbox").await, 1);
+    assert_eq!(
+        count("SELECT count(*) FROM failure_groups WHERE fingerprint = '0000000000000002'").await,
+        1
+    );
+    assert_eq!(count("SELECT count(*) FROM failure_groups").await, 1);
     Ok(())
 }
