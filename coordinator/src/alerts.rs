@@ -150,7 +150,7 @@ pub async fn run(
                         tracing::warn!(error = %e, "alert evaluation failed");
                     }
                     if tokio::time::Instant::now() >= next_prune {
-                        next_prune += Duration::from_secs(600);
+                        next_prune += Duration::from_secs(60);
                         prune(&store, &cfg).await;
                     }
                     tokio::select! {

@@ -342,29 +342,42 @@ pub async fn deliver_one(
     Ok(true)
 }
 
-/// Retention: finished notifications and outbox rows older than `older_than`
-/// (in batches, so one pass never holds long locks).
+/// Rows deleted per retention statement.
+pub const PRUNE_BATCH: u64 = 10_000;
+
+/// Retention: finished notifications and outbox rows older than `older_than`, in batches
+/// so no statement holds locks for long, until none are left (at most 100 batches a pass).
 pub async fn prune(store: &Store, older_than: Duration) -> Result<u64> {
     let c = store.pool().get().await?;
     let secs = older_than.as_secs_f64();
-    let n = c
-        .execute_cached(
-            "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications \
-              WHERE state <> 'pending' AND finished_at < now() - $1 * interval '1 second' \
-              LIMIT 10000)",
-            &[&secs],
-        )
-        .await?;
-    let o = c
-        .execute_cached(
-            // By age, read or not: an event older than the retention is too old to alert
-            // on. Oldest ids first, so the primary key finds them without a scan.
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox \
-              WHERE created_at < now() - $1 * interval '1 second' ORDER BY id LIMIT 10000)",
-            &[&secs],
-        )
-        .await?;
-    Ok(n + o)
+    let mut total = 0;
+    for _ in 0..100 {
+        let n = c
+            .execute_cached(
+                "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications \
+                  WHERE state <> 'pending' AND finished_at < now() - $1 * interval '1 second' \
+                  LIMIT 10000)",
+                &[&secs],
+            )
+            .await?;
+        // By age, read or not: an event older than the retention is too old to alert on.
+        // Outbox ids grow with time, so the rows to delete are those below the first young
+        // one; found through the primary key, with no index on created_at to maintain.
+        let o = c
+            .execute_cached(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE id < coalesce( \
+                    (SELECT id FROM outbox WHERE created_at >= now() - $1 * interval '1 second' \
+                      ORDER BY id LIMIT 1), 9223372036854775807) \
+                  ORDER BY id LIMIT 10000)",
+                &[&secs],
+            )
+            .await?;
+        total += n + o;
+        if n < PRUNE_BATCH && o < PRUNE_BATCH {
+            break;
+        }
+    }
+    Ok(total)
 }
 
 impl AlertsConfig {

@@ -1305,3 +1305,150 @@ async fn retention_deletes_old_notifications_outbox_rows_and_groups() -> Result<
     assert_eq!(count("SELECT count(*) FROM failure_groups").await, 1);
     Ok(())
 }
+
+async fn by_rule(a: &mut AlertsClient, rule: &str) -> Vec<String> {
+    notifications(a)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .rev()
+        .filter(|n| n.rule == rule)
+        .map(|n| n.subject.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_cause_attempts_runtime_spike_and_wait_rules_each_speak_once() -> Result<()> {
+    let cl = Cluster::new().await?;
+    let (_hook, url) = start_hook().await?;
+    let rules = r#"
+[[alerts.rules]]
+name = "new-cause"
+kind = "new_fingerprint"
+channel = "hook"
+window_secs = 1
+
+[[alerts.rules]]
+name = "many"
+kind = "attempts"
+channel = "hook"
+attempts_over = 1
+window_secs = 1
+
+[[alerts.rules]]
+name = "slow"
+kind = "runtime"
+channel = "hook"
+ran_longer_than_secs = 1
+window_secs = 1
+
+[[alerts.rules]]
+name = "spike"
+kind = "fingerprint_spike"
+channel = "hook"
+count = 3
+window_secs = 10
+
+[[alerts.rules]]
+name = "wait"
+kind = "queue_wait"
+channel = "hook"
+queue = "waitq"
+waited_longer_than_secs = 1
+"#;
+    let (_c, addr) = cl.coordinator(
+        "coord",
+        &CoordinatorOpts {
+            config_toml: Some(alerts_toml(&url, rules, "")),
+            ..Default::default()
+        },
+    )?;
+    let _w = cl.worker("w1", &addr, 4, &[])?;
+    let mut api = jobs(&addr).await?;
+    let mut a = alerts_api(&addr).await?;
+
+    // A slow job failing twice with one cause: new cause, more than 1 attempt, slow.
+    let mut slow = sh("sleep 1.5; echo 'boom: disk quota exceeded'; exit 1");
+    if let Some(r) = slow.retry.as_mut() {
+        r.max_retries = Some(1);
+    }
+    let slow = submit(&mut api, slow).await?;
+    // Three quick failures of another cause: a spike (3 within 10 s).
+    let mut spiky = Vec::new();
+    for _ in 0..3 {
+        spiky.push(
+            submit(&mut api, failing("echo 'spike cause'; exit 1"))
+                .await?
+                .id,
+        );
+    }
+    // A job nobody takes: its queue waits.
+    let mut w = sh("true");
+    w.queue = "waitq".into();
+    let waiting = submit(&mut api, w).await?;
+
+    wait_state(&mut api, &slow.id, pb::JobState::PermanentFailed).await?;
+    for id in &spiky {
+        wait_state(&mut api, id, pb::JobState::PermanentFailed).await?;
+    }
+    until_async(|| {
+        let mut a = a.clone();
+        async move { by_rule(&mut a, "wait").await.len() == 1 }
+    })
+    .await?;
+    api.cancel_job(pb::CancelJobRequest {
+        id: waiting.id.clone(),
+    })
+    .await?;
+    until_async(|| {
+        let mut a = a.clone();
+        async move {
+            by_rule(&mut a, "wait").await.len() == 2
+                && by_rule(&mut a, "spike").await.len() == 2
+                && by_rule(&mut a, "many").await.len() == 1
+                && by_rule(&mut a, "new-cause").await.len() == 2
+                && !by_rule(&mut a, "slow").await.is_empty()
+        }
+    })
+    .await?;
+
+    let wait = by_rule(&mut a, "wait").await;
+    assert!(
+        wait[0].starts_with("[wait] queue waitq: oldest due job has waited"),
+        "{wait:?}"
+    );
+    assert_eq!(wait[1], "resolved: [wait] waitq");
+    let spike = by_rule(&mut a, "spike").await;
+    assert!(
+        spike[0].starts_with(
+            "[spike] 3 failures in queue default within 10s with fingerprint `spike cause`"
+        ),
+        "{spike:?}"
+    );
+    assert!(
+        spike[1].starts_with("resolved: [spike] default|"),
+        "{spike:?}"
+    );
+    assert_eq!(
+        by_rule(&mut a, "many").await,
+        vec!["1 job in queue default needed more than 1 attempts".to_string()]
+    );
+    let mut new = by_rule(&mut a, "new-cause").await;
+    new.sort();
+    assert_eq!(
+        new,
+        vec![
+            "new failure in queue default: `boom: disk quota exceeded` (1 job so far)".to_string(),
+            "new failure in queue default: `spike cause` (1 job so far)".to_string(),
+        ]
+    );
+    let slow_msgs = by_rule(&mut a, "slow").await;
+    assert!(
+        slow_msgs
+            .iter()
+            .all(|s| s.ends_with("job in queue default ran longer than 1s")
+                || s.ends_with("jobs in queue default ran longer than 1s")),
+        "{slow_msgs:?}"
+    );
+    Ok(())
+}
