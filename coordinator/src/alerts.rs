@@ -300,6 +300,18 @@ async fn close_windows(store: &Store, cfg: &AlertsConfig) -> Result<()> {
 /// ones each queue one message.
 async fn check_conditions(store: &Store, cfg: &AlertsConfig, lease_ttl_ms: i64) -> Result<()> {
     let rules: Vec<&Rule> = cfg.rules.iter().filter(|r| r.kind.is_condition()).collect();
+    // Conditions of rules no longer configured are forgotten (no resolved message: the
+    // rule that would send it is gone).
+    let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
+    store
+        .pool()
+        .get()
+        .await?
+        .execute_cached(
+            "DELETE FROM alert_conditions WHERE NOT (rule = ANY($1))",
+            &[&names],
+        )
+        .await?;
     if rules.is_empty() {
         return Ok(());
     }

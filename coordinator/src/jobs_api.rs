@@ -241,8 +241,14 @@ impl JobService for JobsApi {
                 )
                 .await?
         } else {
-            // The jobs of one failure group, not yet retried (finished_within is not applied).
+            // The jobs of one failure group that were not retried yet.
             crate::alerts_api::check_fingerprint("fingerprint", &r.fingerprint)?;
+            if within.is_some() {
+                return Err(Error::Invalid(
+                    "finished_within_ms: not supported together with fingerprint".into(),
+                )
+                .into());
+            }
             self.store
                 .jobs_with_fingerprint(
                     &r.fingerprint,
