@@ -586,6 +586,36 @@ window_secs = 1
         },
     )?;
     let _w = cl.worker("w1", &addr, 2, &[])?;
+
+    // The rules and channels are listed; a webhook URL shows only its origin.
+    let listed = alerts_api(&addr)
+        .await?
+        .list_alert_rules(pb::ListAlertRulesRequest {})
+        .await?
+        .into_inner();
+    let names: Vec<&str> = listed.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["failed", "failed-chat"]);
+    assert_eq!(listed.rules[0].kind, "permanent_failed");
+    let targets: Vec<(&str, &str)> = listed
+        .channels
+        .iter()
+        .map(|c| (c.name.as_str(), c.kind.as_str()))
+        .collect();
+    assert_eq!(targets, vec![("chat", "slack"), ("hook", "webhook")]);
+    assert!(listed
+        .channels
+        .iter()
+        .all(|c| !c.target.contains("/hook") && !c.target.contains("/slack")));
+    let out = std::process::Command::new(bin("droverctl"))
+        .args(["--addr", &addr, "alerts"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("failed-chat") && text.contains("webhook"),
+        "{text}"
+    );
+
     let mut api = jobs(&addr).await?;
     let job = submit(&mut api, failing("echo 'HTTP 503 from upstream'; exit 1")).await?;
     wait_state(&mut api, &job.id, pb::JobState::PermanentFailed).await?;
