@@ -2,6 +2,7 @@
 //! any program can use. Exit status: 0 on success, 1 on any error (one line on stderr),
 //! 2 on a usage error.
 
+mod alerts_cmd;
 mod dev;
 mod output;
 
@@ -92,6 +93,9 @@ enum Command {
         /// Bulk: at most this many jobs.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Bulk: only the jobs of this failure group not retried yet (see droverctl failures).
+        #[arg(long, conflicts_with = "since")]
+        fingerprint: Option<String>,
     },
     /// Retry a finished job with some params replaced (a partial re-fetch):
     /// droverctl rerun JOB --set data_types=odds
@@ -118,6 +122,16 @@ enum Command {
     Health,
     /// Workers with their labels, slots in use and host resources.
     Workers,
+    /// Failure groups (same cause, ids and numbers aside), most frequent first;
+    /// `failures show FP` lists a group's jobs.
+    Failures(alerts_cmd::FailuresArgs),
+    /// Alert rules and channels; `alerts test CHANNEL` sends a test message.
+    Alerts {
+        #[command(subcommand)]
+        cmd: Option<alerts_cmd::AlertsCmd>,
+    },
+    /// Notifications with their delivery attempts; `notifications redeliver ID`.
+    Notifications(alerts_cmd::NotificationsArgs),
     /// Run a local stack: PostgreSQL (private, unless DATABASE_URL is set), a coordinator
     /// and a worker, with a sample job. Ctrl-C stops all of it.
     Dev(dev::DevArgs),
@@ -245,6 +259,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(a) => submit(&cli.addr, fmt, a).await,
+        Command::Failures(a) => alerts_cmd::failures(&cli.addr, fmt, a).await,
+        Command::Alerts { cmd } => alerts_cmd::alerts(&cli.addr, fmt, cmd).await,
+        Command::Notifications(a) => alerts_cmd::notifications(&cli.addr, fmt, a).await,
         Command::List {
             state,
             queue,
@@ -317,6 +334,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             since,
             dry_run,
             limit,
+            fingerprint,
         } => {
             let state = parse_state(&state)?;
             let within = match &since {
@@ -331,6 +349,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     finished_within_ms: within,
                     dry_run,
                     limit,
+                    fingerprint: fingerprint.unwrap_or_default(),
                 })
                 .await
                 .map_err(status_error)?

@@ -337,6 +337,22 @@ pub fn health_text(h: &pb::Health) -> String {
         "coordinator: {} (v{})\n",
         h.coordinator_id, h.version
     ));
+    out.push_str(&format!(
+        "notifications: {} pending, {} dead\n",
+        h.notifications_pending, h.notifications_dead
+    ));
+    if !h.top_failure_groups.is_empty() {
+        out.push_str("top failure groups (24h):\n");
+        for g in &h.top_failure_groups {
+            out.push_str(&format!(
+                "  {} {:>6}x queue {}: {}\n",
+                g.fingerprint,
+                g.count,
+                g.queue,
+                g.sample.chars().take(100).collect::<String>()
+            ));
+        }
+    }
     if !h.workers.is_empty() {
         out.push('\n');
         out.push_str(&worker_table(&h.workers));

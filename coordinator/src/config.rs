@@ -54,6 +54,8 @@ pub struct Config {
     pub log_format: String,
     /// If set, log lines also go to a file here, rotated daily, 7 kept.
     pub log_dir: Option<PathBuf>,
+    /// Alert rules, channels and notification delivery (`[alerts]`).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 impl Default for Config {
@@ -76,6 +78,7 @@ impl Default for Config {
             max_artifact_bytes: 1024 * 1024 * 1024,
             log_format: "text".into(),
             log_dir: None,
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }
@@ -165,6 +168,7 @@ impl Config {
             return Err("db_pool_size must be at least 2".into());
         }
         drover_core::validate::validate_policy(&self.retry).map_err(|e| e.to_string())?;
+        self.alerts.validate()?;
         for (name, q) in &self.queues {
             drover_core::validate::check_name("queues", name).map_err(|e| e.to_string())?;
             let (policy, timeout) = self.queue_defaults(name);
@@ -201,6 +205,35 @@ mod tests {
         assert_eq!(p.max_retries, 1);
         assert_eq!(p.initial_backoff_ms, c.retry.initial_backoff_ms);
         assert_eq!(c.queue_defaults("unknown").0, c.retry);
+    }
+
+    #[test]
+    fn shipped_alerts_example_loads() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator-alerts.example.toml");
+        let c = Config::load(Some(&path), Figment::new()).expect("coordinator-alerts.example.toml");
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.alerts.channels.len(), 3);
+        assert_eq!(c.alerts.rules.len(), 8);
+        // Secrets never show in the effective config (GetHealth's config_json).
+        let json = serde_json::to_string(&c).unwrap_or_default();
+        assert!(
+            !json.contains("change-me") && !json.contains("shared-secret"),
+            "{json}"
+        );
+        assert!(!json.contains("XXXX"), "{json}");
+    }
+
+    #[test]
+    fn alert_rules_must_name_a_known_channel() {
+        let toml =
+            "[[alerts.rules]]\nname = \"r\"\nkind = \"permanent_failed\"\nchannel = \"nope\"\n";
+        let f = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml));
+        let c: Config = f.extract().expect("parses");
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("alerts.rules[r].channel"));
     }
 
     #[test]

@@ -152,10 +152,20 @@ impl AdminApi {
             let queues = self.store.queue_stats().await?;
             let workers = self.workers().await?;
             let logs = self.store.log_storage_bytes().await?;
-            Ok::<_, Error>((by_state, failed, queues, workers, logs))
+            let top = crate::failures::list_groups(
+                &self.store,
+                &crate::failures::GroupFilter {
+                    since: Some(Duration::from_secs(24 * 3600)),
+                    limit: 5,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            let notifications = crate::notify::counts(&self.store).await?;
+            Ok::<_, Error>((by_state, failed, queues, workers, logs, top, notifications))
         }
         .await;
-        let (by_state, failed, queues, workers, logs) = match gathered {
+        let (by_state, failed, queues, workers, logs, top, (dead, pending)) = match gathered {
             Ok(g) => g,
             Err(e) => {
                 let (s, reasons) = assess(Err(e.to_string()), &[], &[]);
@@ -164,9 +174,21 @@ impl AdminApi {
                 return h;
             }
         };
-        let (s, reasons) = assess(Ok(()), &workers, &queues);
+        let (s, mut reasons) = assess(Ok(()), &workers, &queues);
         h.status = s.into();
+        if dead > 0 {
+            // Undeliverable alerts: someone may be missing news. Degraded, not failing.
+            reasons.push(format!(
+                "{dead} notification(s) dead (see droverctl notifications --failed)"
+            ));
+            if h.status == "ok" {
+                h.status = "degraded".into();
+            }
+        }
         h.reasons = reasons;
+        h.top_failure_groups = top.iter().map(crate::alerts_api::group_to_pb).collect();
+        h.notifications_dead = dead.max(0) as u64;
+        h.notifications_pending = pending.max(0) as u64;
         h.database_ok = true;
         h.jobs_by_state = by_state
             .into_iter()

@@ -231,15 +231,35 @@ impl JobService for JobsApi {
         };
         let within =
             (r.finished_within_ms > 0).then(|| Duration::from_millis(r.finished_within_ms as u64));
-        let matched = self
-            .store
-            .finished_jobs(
-                state,
-                (!r.queue.is_empty()).then_some(r.queue.as_str()),
-                within,
-                i64::from(limit),
-            )
-            .await?;
+        let matched = if r.fingerprint.is_empty() {
+            self.store
+                .finished_jobs(
+                    state,
+                    (!r.queue.is_empty()).then_some(r.queue.as_str()),
+                    within,
+                    i64::from(limit),
+                )
+                .await?
+        } else {
+            // The jobs of one failure group that were not retried yet.
+            crate::alerts_api::check_fingerprint("fingerprint", &r.fingerprint)?;
+            if within.is_some() {
+                return Err(Error::Invalid(
+                    "finished_within_ms: not supported together with fingerprint".into(),
+                )
+                .into());
+            }
+            self.store
+                .jobs_with_fingerprint(
+                    &r.fingerprint,
+                    (!r.queue.is_empty()).then_some(r.queue.as_str()),
+                    Some(state),
+                    true,
+                    None,
+                    i64::from(limit),
+                )
+                .await?
+        };
         let mut created = Vec::new();
         if !r.dry_run {
             for j in &matched {

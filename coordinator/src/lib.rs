@@ -12,15 +12,22 @@
 //! - [`dispatch`] — pushes pending jobs to connected workers with free slots.
 //! - [`leader`] — leader-only duties (lease reaper) under an advisory lock.
 //! - [`logs`] — reading stored logs (with cap markers) and retention.
+//! - [`failures`] — failure groups (fingerprints) in SQL.
+//! - [`alerts`] / [`channels`] / [`notify`] — alert rules, channels (email, webhook, Slack),
+//!   notification delivery; [`alerts_api`] serves them over gRPC.
 //! - [`metrics`] — Prometheus metrics.
 //! - [`listen`] — LISTEN/NOTIFY so every coordinator hears about ready jobs.
 
+pub mod alerts;
+pub mod alerts_api;
 pub mod artifacts;
+pub mod channels;
 pub mod config;
 pub mod convert;
 pub mod db;
 pub mod dispatch;
 pub mod error;
+pub mod failures;
 pub mod health;
 pub mod http;
 pub mod jobs_api;
@@ -28,6 +35,7 @@ pub mod leader;
 pub mod listen;
 pub mod logs;
 pub mod metrics;
+pub mod notify;
 pub mod server;
 pub mod store;
 pub mod workers_api;

@@ -10,6 +10,7 @@ use crate::workers_api::{WorkersApi, MAX_APPEND_BYTES};
 use crate::{db, leader, listen};
 use anyhow::Context;
 use drover_proto::v1::admin_service_server::AdminServiceServer;
+use drover_proto::v1::alert_service_server::AlertServiceServer;
 use drover_proto::v1::job_service_server::JobServiceServer;
 use drover_proto::v1::worker_service_server::WorkerServiceServer;
 use std::net::SocketAddr;
@@ -127,6 +128,24 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         dispatcher.clone(),
         shutdown.child_token(),
     )));
+    let alerts_cfg = Arc::new(cfg.alerts.clone());
+    tasks.push(tokio::spawn(crate::alerts::run(
+        cfg.database_url.clone(),
+        store.clone(),
+        alerts_cfg.clone(),
+        cfg.lease_ttl_ms as i64,
+        shutdown.child_token(),
+    )));
+    tasks.push(tokio::spawn(crate::notify::run(
+        store.clone(),
+        alerts_cfg.clone(),
+        id.clone(),
+        shutdown.child_token(),
+    )));
+    let alerts_api = AlertServiceServer::new(crate::alerts_api::AlertsApi {
+        store: store.clone(),
+        alerts: alerts_cfg,
+    });
     let admin = Arc::new(AdminApi {
         store: store.clone(),
         config: Arc::new(cfg.clone()),
@@ -173,6 +192,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             .add_service(jobs)
             .add_service(workers)
             .add_service(AdminServiceServer::from_arc(admin_grpc))
+            .add_service(alerts_api)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
             .await;
         if let Err(e) = result {

@@ -20,7 +20,7 @@ use uuid::Uuid;
 /// Statements prepared once per pooled connection (deadpool's statement cache) and reused:
 /// a repeated query then skips PostgreSQL's parse and plan and one network round trip,
 /// which the benchmark showed to be most of the database's work per job.
-trait Cached: GenericClient {
+pub(crate) trait Cached: GenericClient {
     fn query_cached<'a>(
         &'a self,
         sql: &'a str,
@@ -461,6 +461,45 @@ impl Store {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// Jobs with an attempt that failed with fingerprint `fp`, newest first (keyset on
+    /// created_at, id). `state` narrows to one job state; `unretried` drops jobs already
+    /// retried by hand, so `retry --fingerprint` twice does not retry them twice.
+    pub async fn jobs_with_fingerprint(
+        &self,
+        fp: &str,
+        queue: Option<&str>,
+        state: Option<JobState>,
+        unretried: bool,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<JobRow>> {
+        let c = self.pool.get().await?;
+        let (after_t, after_id) = after.unzip();
+        let rows = c
+            .query_cached(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs j \
+                     WHERE j.id IN (SELECT a.job_id FROM attempts a WHERE a.fingerprint = $1) \
+                       AND ($2::text IS NULL OR j.queue = $2) \
+                       AND ($3::text IS NULL OR j.state = $3) \
+                       AND (NOT $4 OR NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id)) \
+                       AND ($5::timestamptz IS NULL OR (j.created_at, j.id) < ($5, $6::uuid)) \
+                     ORDER BY j.created_at DESC, j.id DESC LIMIT $7"
+                ),
+                &[
+                    &fp,
+                    &queue,
+                    &state.map(|s| s.as_str()),
+                    &unretried,
+                    &after_t,
+                    &after_id,
+                    &limit,
+                ],
+            )
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
     /// Jobs created by manually retrying `id`.
     pub async fn retried_by(&self, id: Uuid) -> Result<Vec<Uuid>> {
         let c = self.pool.get().await?;
@@ -888,18 +927,46 @@ impl Store {
             Some((rss, cpu)) => (Some(rss), Some(cpu)),
             None => (None, None),
         };
+        // Failures with output get a fingerprint (and their group is updated) in this same
+        // transaction; the success path runs no extra statement.
+        let failure = if drover_core::fingerprint::applies(cl.outcome, &req.output_tail) {
+            Some(
+                crate::failures::record(
+                    &tx,
+                    job_id,
+                    attempt_id,
+                    &queue,
+                    &cl.reason,
+                    &req.output_tail,
+                    exit_code,
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        let fp = failure.as_ref().map(|f| f.fingerprint.as_str());
+        let outcome = cl.outcome.as_str();
+        let attempt_params: [&(dyn ToSql + Sync); 8] = [
+            &attempt_id,
+            &outcome,
+            &exit_code,
+            &signal,
+            &reason,
+            &peak_rss,
+            &cpu_ms,
+            &fp,
+        ];
         tx.execute_cached(
-            "UPDATE attempts SET state = $2, finished_at = now(), exit_code = $3, signal = $4, \
-                    reason = $5, peak_rss_bytes = $6, cpu_time_ms = $7 WHERE id = $1",
-            &[
-                &attempt_id,
-                &cl.outcome.as_str(),
-                &exit_code,
-                &signal,
-                &reason,
-                &peak_rss,
-                &cpu_ms,
-            ],
+            if failure.is_some() {
+                "UPDATE attempts SET state = $2, finished_at = now(), exit_code = $3, signal = $4, \
+                        reason = $5, peak_rss_bytes = $6, cpu_time_ms = $7, fingerprint = $8 \
+                  WHERE id = $1"
+            } else {
+                "UPDATE attempts SET state = $2, finished_at = now(), exit_code = $3, signal = $4, \
+                        reason = $5, peak_rss_bytes = $6, cpu_time_ms = $7 WHERE id = $1"
+            },
+            &attempt_params[..if failure.is_some() { 8 } else { 7 }],
         )
         .await?;
         tx.execute_cached(
@@ -931,11 +998,21 @@ impl Store {
             &tx,
             job_id,
             event,
-            json!({
-                "attempt_id": attempt_id,
-                "attempt_state": cl.outcome.as_str(),
-                "reason": reason,
-            }),
+            match &failure {
+                None => json!({
+                    "attempt_id": attempt_id,
+                    "attempt_state": cl.outcome.as_str(),
+                    "reason": reason,
+                }),
+                Some(f) => json!({
+                    "attempt_id": attempt_id,
+                    "attempt_state": cl.outcome.as_str(),
+                    "reason": reason,
+                    "fingerprint": f.fingerprint,
+                    "sample": f.sample,
+                    "new_fingerprint": f.new_group,
+                }),
+            },
         )
         .await?;
         // Wakes every coordinator's dispatcher: at once for an immediate retry, or to

@@ -4,8 +4,14 @@
 //! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
 //! - [`params`] — `{name}` placeholder substitution in argv.
+//! - [`fingerprint`] — failure fingerprints: normalised output tails that group failures by cause.
+//! - [`alerting`] — alert rules, matching and storm folding.
+//! - [`delivery`] — classifying a notification send's outcome, and its backoff.
 //! - [`validate`] — limits and checks on submitted job specs, with errors naming the field.
 
+pub mod alerting;
+pub mod delivery;
+pub mod fingerprint;
 pub mod logcap;
 pub mod params;
 pub mod retry;

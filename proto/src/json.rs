@@ -70,5 +70,23 @@ pub fn health(h: &pb::Health) -> Value {
         "workers": h.workers.iter().map(worker).collect::<Vec<_>>(),
         "log_storage_bytes": h.log_storage_bytes,
         "config": serde_json::from_str::<Value>(&h.config_json).unwrap_or(Value::Null),
+        "top_failure_groups": h.top_failure_groups.iter().map(failure_group).collect::<Vec<_>>(),
+        "notifications_dead": h.notifications_dead,
+        "notifications_pending": h.notifications_pending,
+    })
+}
+
+pub fn failure_group(g: &pb::FailureGroup) -> Value {
+    json!({
+        "queue": g.queue,
+        "fingerprint": g.fingerprint,
+        "count": g.count,
+        "first_seen_at_unix": time(&g.first_seen_at),
+        "last_seen_at_unix": time(&g.last_seen_at),
+        "sample": g.sample,
+        "normalised": g.normalised,
+        "last_job_id": g.last_job_id,
+        "last_attempt_id": g.last_attempt_id,
+        "exit_codes": g.exit_codes,
     })
 }

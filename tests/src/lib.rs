@@ -464,6 +464,13 @@ pub async fn admin_api(addr: &str) -> Result<AdminClient> {
     Ok(AdminClient::new(channel(addr).await?))
 }
 
+pub type AlertsClient = drover_proto::v1::alert_service_client::AlertServiceClient<Channel>;
+
+/// Client of AlertService: failure groups, alert rules, notifications.
+pub async fn alerts_api(addr: &str) -> Result<AlertsClient> {
+    Ok(AlertsClient::new(channel(addr).await?))
+}
+
 /// A job spec running `argv` with a fast retry policy for tests.
 pub fn spec(argv: &[&str]) -> pb::JobSpec {
     pb::JobSpec {
