@@ -158,11 +158,11 @@ async fn copy_history(sql: &tokio_postgres::Client, target: i64) -> Result<()> {
             ),
             (
                 "current attempts",
-                "UPDATE jobs j SET current_attempt_id = am.new \
+                "UPDATE jobs j SET current_attempt_id = am.new, \
+                        updated_at = o.updated_at - make_interval(secs => jm.copy * $1::float8) \
                    FROM jm, jobs o, am \
                   WHERE j.id = jm.new AND o.id = jm.old \
-                    AND am.old = o.current_attempt_id AND am.copy = jm.copy \
-                    AND $1::float8 IS NOT NULL"
+                    AND am.old = o.current_attempt_id AND am.copy = jm.copy"
                     .to_string(),
             ),
             (

@@ -184,7 +184,11 @@ pub fn classify(policy: &RetryPolicy, raw: &RawResult, output_tail: &str) -> Cla
         RawResult::Cancelled => c(AttemptState::Cancelled, "cancelled".into()),
         RawResult::Released => c(
             AttemptState::Released,
-            "handed back by a draining worker".into(),
+            // Draining, paused or full workers hand attempts back, and so does the
+            // dispatcher when it cannot deliver one: name no single cause.
+            "handed back before it ran to a result (worker draining, paused, full or \
+             unreachable); not counted as a retry"
+                .into(),
         ),
         RawResult::Lost(why) => c(AttemptState::Lost, why.clone()),
         RawResult::OutputError(e) => c(
@@ -417,6 +421,13 @@ mod tests {
         assert_eq!(out(RawResult::Signaled(9)), AttemptState::Failed);
         assert_eq!(out(RawResult::TimedOut), AttemptState::TimedOut);
         assert_eq!(out(RawResult::Released), AttemptState::Released);
+        let released = classify(&p, &RawResult::Released, "");
+        assert!(
+            released.reason.contains("not counted as a retry")
+                && !released.reason.contains("by a draining worker"),
+            "{}",
+            released.reason
+        );
         assert_eq!(out(RawResult::Lost("x".into())), AttemptState::Lost);
         assert_eq!(
             out(RawResult::OutputError("upload".into())),

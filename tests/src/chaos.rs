@@ -3,9 +3,9 @@
 //! It starts its own PostgreSQL server (so it can stop it), two coordinators sharing it and
 //! four workers, each worker behind a [`Proxy`] the runner controls; workers 0 and 2 talk to
 //! coordinator 0, workers 1 and 3 to coordinator 1. It submits jobs that each append
-//! `job-id attempt-id attempt-number` to a shared ledger file, print numbered lines with
-//! short sleeps between them, and exit 0, 1 (transient) or 127 (permanent) by a plan drawn
-//! from the seed. Meanwhile it injects faults, one at a time at seeded random moments:
+//! `job-id attempt-id attempt-number` to a shared ledger file, print numbered lines that
+//! name the job and attempt, with short sleeps between them, and exit 0, 1 (transient) or
+//! 127 (permanent) by a plan drawn from the seed. Meanwhile it injects faults, one at a time at seeded random moments:
 //! SIGKILL of a worker or a coordinator (then a restart), PostgreSQL stop/start, a cut,
 //! slowed or reset worker link, and SIGSTOP/SIGCONT of a worker. Then it lets every job
 //! finish and checks what the brief promises; see [`check`].
@@ -34,7 +34,7 @@ pub const MULTIPLIER: f64 = 2.0;
 pub const JITTER: f64 = 0.2;
 /// Lost attempts that a job may have before it is parked (the product's limit).
 pub const MAX_LOST: u32 = drover_core::retry::MAX_LOST_ATTEMPTS;
-/// Lines each job prints; a succeeded attempt's stored log must be exactly these.
+/// Lines each job prints; an attempt with a result must have stored exactly these.
 pub const LINES: u32 = 30;
 
 const WORKERS: usize = 4;
