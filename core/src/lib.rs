@@ -2,10 +2,12 @@
 //!
 //! - [`state`] — job and attempt states.
 //! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
+//! - [`limits`] — per-job resource limits and the sizes they are written in.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
 //! - [`params`] — `{name}` placeholder substitution in argv.
 //! - [`validate`] — limits and checks on submitted job specs, with errors naming the field.
 
+pub mod limits;
 pub mod logcap;
 pub mod params;
 pub mod retry;
@@ -13,5 +15,6 @@ pub mod state;
 pub mod validate;
 
 pub use retry::{classify, decide, Classification, Next, PolicyOverrides, RawResult, RetryPolicy};
+pub use limits::ResourceLimits;
 pub use state::{AttemptState, JobState};
 pub use validate::{JobSpec, ValidationError};
