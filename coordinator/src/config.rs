@@ -79,6 +79,33 @@ pub struct QueueConfig {
     pub timeout_ms: i64,
     /// Retry policy fields that differ from the server's `retry`.
     pub retry: PolicyOverrides,
+    /// Memory limit for jobs that set none, e.g. "4G" (none by default).
+    pub memory: Option<String>,
+    /// CPU limit for jobs that set none, e.g. 2 or 0.5 (none by default).
+    pub cpus: Option<f64>,
+    /// Process/thread count limit for jobs that set none (none by default).
+    pub pids: Option<u32>,
+}
+
+impl QueueConfig {
+    fn limits(&self) -> Result<drover_core::ResourceLimits, String> {
+        let memory_bytes = match &self.memory {
+            Some(m) => Some(drover_core::limits::parse_size(m).map_err(|e| format!("memory: {e}"))?),
+            None => None,
+        };
+        let cpu_millis = match self.cpus {
+            Some(c) if c.is_finite() && c > 0.0 && c <= 1_000_000.0 => Some((c * 1000.0).round() as u32),
+            Some(c) => return Err(format!("cpus: {c} must be a positive number of CPUs")),
+            None => None,
+        };
+        let l = drover_core::ResourceLimits {
+            memory_bytes,
+            cpu_millis,
+            pids: self.pids,
+        };
+        drover_core::validate::validate_limits(&l).map_err(|e| e.to_string())?;
+        Ok(l)
+    }
 }
 
 impl Config {
@@ -88,6 +115,14 @@ impl Config {
             Some(q) => (q.retry.apply(&self.retry), q.timeout_ms),
             None => (self.retry.clone(), 0),
         }
+    }
+
+    /// The resource limits a job of `queue` gets for each limit it does not set.
+    pub fn queue_limits(&self, queue: &str) -> drover_core::ResourceLimits {
+        self.queues
+            .get(queue)
+            .and_then(|q| q.limits().ok())
+            .unwrap_or_default()
     }
 
     /// Layers the sources; `overrides` holds only the flags actually given.
@@ -150,6 +185,7 @@ impl Config {
             let (policy, timeout) = self.queue_defaults(name);
             drover_core::validate::validate_policy(&policy)
                 .map_err(|e| format!("queues.{name}.{e}"))?;
+            q.limits().map_err(|e| format!("queues.{name}.{e}"))?;
             if timeout < 0 || q.timeout_ms < 0 {
                 return Err(format!("queues.{name}.timeout_ms: must not be negative"));
             }
@@ -192,5 +228,29 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().contains("heartbeat_interval_ms"));
+    }
+
+    #[test]
+    fn queue_limits_are_parsed_and_checked() {
+        let q = |memory: &str, cpus: f64| QueueConfig {
+            memory: Some(memory.into()),
+            cpus: Some(cpus),
+            pids: Some(512),
+            ..QueueConfig::default()
+        };
+        let mut c = Config::default();
+        c.queues.insert("big".into(), q("4G", 2.0));
+        assert_eq!(c.validate(), Ok(()));
+        let l = c.queue_limits("big");
+        assert_eq!(l.memory_bytes, Some(4 << 30));
+        assert_eq!(l.cpu_millis, Some(2000));
+        assert_eq!(l.pids, Some(512));
+        assert!(c.queue_limits("other").is_empty());
+        for (m, cpus, field) in [("4X", 2.0, "memory"), ("4G", -1.0, "cpus"), ("1", 1.0, "memory_limit_bytes")] {
+            let mut c = Config::default();
+            c.queues.insert("big".into(), q(m, cpus));
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(&format!("queues.big.{field}")), "{e}");
+        }
     }
 }

@@ -30,6 +30,8 @@ pub struct Session {
     pub worker_id: String,
     pub queues: Vec<String>,
     pub labels: Vec<String>,
+    /// Slots declared in Hello: credits never exceed them, nor do running attempts.
+    pub slots: u32,
     credits: Mutex<u32>,
     /// Paused or draining: takes no new jobs until a heartbeat says otherwise.
     paused: std::sync::atomic::AtomicBool,
@@ -41,7 +43,7 @@ pub struct Session {
 impl Session {
     pub fn add_credits(&self, n: u32) {
         if let Ok(mut c) = self.credits.lock() {
-            *c = c.saturating_add(n);
+            *c = c.saturating_add(n).min(self.slots);
         }
     }
 
@@ -103,6 +105,7 @@ impl Dispatcher {
         worker_id: String,
         queues: Vec<String>,
         labels: Vec<String>,
+        slots: u32,
         credits: u32,
         tx: Outbound,
     ) -> Arc<Session> {
@@ -111,7 +114,8 @@ impl Dispatcher {
             worker_id,
             queues,
             labels,
-            credits: Mutex::new(credits),
+            slots,
+            credits: Mutex::new(credits.min(slots)),
             paused: std::sync::atomic::AtomicBool::new(false),
             tx,
             closed: CancellationToken::new(),
@@ -194,6 +198,7 @@ impl Dispatcher {
                     &s.labels,
                     i64::from(want),
                     self.lease_ttl,
+                    i64::from(s.slots),
                 )
                 .await?;
             if claimed.len() < want as usize {
@@ -236,6 +241,9 @@ impl Dispatcher {
                     timeout_ms: c.timeout_ms,
                     outputs: c.outputs,
                     trace_parent: trace_parent.unwrap_or_default(),
+                    memory_limit_bytes: c.limits.memory_bytes.unwrap_or(0),
+                    cpu_millis: c.limits.cpu_millis.unwrap_or(0),
+                    pids_limit: c.limits.pids.unwrap_or(0),
                 }));
                 if !sent {
                     // The worker went away between claim and send: hand the job back

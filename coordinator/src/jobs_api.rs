@@ -44,6 +44,12 @@ pub fn spec_from_pb(
         spec.queue
     };
     let (base, queue_timeout) = config.queue_defaults(&queue);
+    let asked = drover_core::ResourceLimits {
+        memory_bytes: (spec.memory_limit_bytes > 0).then_some(spec.memory_limit_bytes),
+        cpu_millis: (spec.cpu_millis > 0).then_some(spec.cpu_millis),
+        pids: (spec.pids_limit > 0).then_some(spec.pids_limit),
+    }
+    .or(&config.queue_limits(&queue));
     let policy = match &spec.retry {
         Some(r) => convert::overrides_from_pb(r).apply(&base),
         None => base,
@@ -62,6 +68,7 @@ pub fn spec_from_pb(
         },
         idempotency_key: (!key.is_empty()).then_some(key),
         outputs: spec.outputs,
+        limits: asked,
     };
     validate_spec(&out)?;
     validate_policy(&policy)?;

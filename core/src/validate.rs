@@ -217,6 +217,26 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Text a worker (or a job) reported, made safe to store, show and log: control characters
+/// (newlines included) are escaped as `\n`, `\u{1b}`…, and the result is cut to at most
+/// `max` bytes on a character boundary, with "…" marking a cut.
+pub fn sanitize_reported(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars() {
+        let piece: String = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        if out.len() + piece.len() > max.saturating_sub('…'.len_utf8()) {
+            out.push('…');
+            return out;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
 /// A path (or glob) inside the work directory: relative, no `..`, no NUL.
 pub fn check_relative_path(field: &str, p: &str) -> Result<(), ValidationError> {
     if p.is_empty() || p.starts_with('/') || p.contains('\0') {
@@ -597,6 +617,21 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.message.contains("2592000000"), "names the range: {e}");
+    }
+
+    #[test]
+    fn reported_text_is_escaped_and_bounded() {
+        assert_eq!(sanitize_reported("host-1", 255), "host-1");
+        assert_eq!(
+            sanitize_reported("evil\nINFO forged line\r", 255),
+            "evil\\nINFO forged line\\r"
+        );
+        assert_eq!(sanitize_reported("\u{1b}[31m", 255), "\\u{1b}[31m");
+        let long = sanitize_reported(&"é".repeat(3_000_000), 255);
+        assert!(long.len() <= 255 && long.ends_with('…'), "{}", long.len());
+        for max in 0..8 {
+            assert!(sanitize_reported("abcdefghij", max).len() <= max.max(3));
+        }
     }
 
     #[test]

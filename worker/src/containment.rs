@@ -360,12 +360,12 @@ impl Containment {
     /// Creates the cgroup(s) for one attempt, with its limits applied. None when this
     /// worker has no cgroups (the subreaper contains it instead).
     pub fn attempt(&self, attempt_id: &str, limits: &Limits) -> Result<Option<AttemptCgroup>, String> {
-        let Some(kill_base) = &self.kill else {
-            return Ok(None);
-        };
         if let Some(why) = self.refuse(limits) {
             return Err(why);
         }
+        let Some(kill_base) = &self.kill else {
+            return Ok(None);
+        };
         let name = worker_dir_name(attempt_id);
         let mut cg = AttemptCgroup {
             v2: kill_base.join(&name),
