@@ -42,6 +42,9 @@ pub struct Config {
     pub artifact_dir: PathBuf,
     /// Largest single artifact accepted.
     pub max_artifact_bytes: u64,
+    /// Concurrent StreamLogs calls one client address may hold open; more are refused
+    /// with RESOURCE_EXHAUSTED.
+    pub max_log_streams_per_client: usize,
     /// `text` or `json` log lines on stderr.
     pub log_format: String,
     /// If set, log lines also go to a file here, rotated daily, 7 kept.
@@ -65,6 +68,7 @@ impl Default for Config {
             retention_interval_ms: 60_000,
             artifact_dir: PathBuf::from("/var/lib/drover/artifacts"),
             max_artifact_bytes: 1024 * 1024 * 1024,
+            max_log_streams_per_client: 64,
             log_format: "text".into(),
             log_dir: None,
         }
@@ -175,6 +179,9 @@ impl Config {
         }
         if self.retention_interval_ms == 0 {
             return Err("retention_interval_ms must be positive".into());
+        }
+        if self.max_log_streams_per_client == 0 {
+            return Err("max_log_streams_per_client must be at least 1".into());
         }
         if self.db_pool_size < 2 {
             return Err("db_pool_size must be at least 2".into());

@@ -74,6 +74,8 @@ impl Session {
 }
 
 pub struct Dispatcher {
+    /// Log followers' notifications (fed by this coordinator's writes and by LISTEN).
+    pub logs: Arc<crate::log_watch::LogWatch>,
     store: Store,
     lease_ttl: Duration,
     sessions: Mutex<Vec<Arc<Session>>>,
@@ -85,6 +87,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(store: Store, lease_ttl: Duration) -> Arc<Self> {
         Arc::new(Dispatcher {
+            logs: Arc::default(),
             store,
             lease_ttl,
             sessions: Mutex::new(Vec::new()),

@@ -23,6 +23,9 @@ use uuid::Uuid;
 pub const DEFAULT_QUEUE: &str = "default";
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 1000;
+/// A ListJobs page stops before its jobs' variable-size fields pass this many bytes (well
+/// under the 4 MiB message limit); the client follows next_page_token for the rest.
+pub const MAX_PAGE_BYTES: i64 = 2 * 1024 * 1024;
 
 pub struct JobsApi {
     pub store: Store,
@@ -171,9 +174,11 @@ impl JobService for JobsApi {
                 Some(parse_page_token(&r.page_token)?)
             },
             limit: i64::from(size) + 1,
+            max_bytes: MAX_PAGE_BYTES,
         };
-        let mut jobs = self.store.list_jobs(&filter).await?;
-        let next = if jobs.len() > size as usize {
+        let (mut jobs, cut) = self.store.list_jobs(&filter).await?;
+        // One more than asked means more follow; so does a page cut short by its size.
+        let next = if jobs.len() > size as usize || cut {
             jobs.truncate(size as usize);
             jobs.last().map(page_token).unwrap_or_default()
         } else {
@@ -342,6 +347,7 @@ impl JobService for JobsApi {
         &self,
         req: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let client = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
         let job_id = parse_id("job_id", &r.job_id)?;
         let job = self
@@ -356,11 +362,22 @@ impl JobService for JobsApi {
             ))
             .into());
         }
-        let (tx, rx) = mpsc::channel(16);
+        let watch = self.dispatcher.logs.clone();
+        let max = self.config.max_log_streams_per_client;
+        let slot = watch.open_stream(client, max).map_err(|open| {
+            Status::resource_exhausted(format!(
+                "this client ({}) already has {open} log streams open; the limit is {max} \
+                 (max_log_streams_per_client): close some first",
+                client.map(|c| c.to_string()).unwrap_or_else(|| "unknown address".into())
+            ))
+        })?;
+        let (tx, rx) = mpsc::channel(crate::logs::STREAM_BUFFER);
         let store = self.store.clone();
         let cap = self.config.log_cap_bytes;
         tokio::spawn(async move {
-            if let Err(e) = crate::logs::follow(store, job_id, r.attempt, r.follow, cap, &tx).await
+            let _slot = slot;
+            if let Err(e) =
+                crate::logs::follow(store, &watch, job_id, r.attempt, r.follow, cap, &tx).await
             {
                 let _ = tx.send(Err(e.into())).await;
             }

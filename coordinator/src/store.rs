@@ -255,6 +255,9 @@ pub struct JobFilter {
     /// Keyset cursor: (created_at, id) of the last job on the previous page.
     pub after: Option<(DateTime<Utc>, Uuid)>,
     pub limit: i64,
+    /// Stop before the jobs' variable-size fields (argv, env, params, labels, outputs,
+    /// reason, policy) add up to more than this; at least one job is always returned.
+    pub max_bytes: i64,
 }
 
 /// How an attempt is being ended, and by whom.
@@ -568,26 +571,47 @@ impl Store {
     }
 
     /// Newest first, keyset-paginated on (created_at, id).
-    pub async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<JobRow>> {
+    /// Jobs matching `f`, newest first, and whether the byte budget cut the page short.
+    pub async fn list_jobs(&self, f: &JobFilter) -> Result<(Vec<JobRow>, bool)> {
         let c = self.pool.get().await?;
         let state = f.state.map(|s| s.as_str().to_string());
         let (after_ts, after_id) = match f.after {
             Some((ts, id)) => (Some(ts), Some(id)),
             None => (None, None),
         };
-        let rows = c
+        // First the sizes only, so a page of big jobs is never loaded whole: then the
+        // rows that fit in the byte budget.
+        let sized = c
             .query_cached(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs j \
-                     WHERE ($1::text IS NULL OR j.state = $1) \
-                       AND ($2::text IS NULL OR j.queue = $2) \
-                       AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid)) \
-                     ORDER BY j.created_at DESC, j.id DESC LIMIT $5"
-                ),
+                "SELECT j.id, octet_length(j.argv::text) + octet_length(j.env::text) \
+                          + octet_length(j.params::text) + octet_length(j.labels::text) \
+                          + octet_length(j.outputs::text) + octet_length(j.reason) \
+                          + octet_length(j.retry_policy::text) \
+                          + coalesce(octet_length(j.idempotency_key), 0) AS size \
+                   FROM jobs j \
+                  WHERE ($1::text IS NULL OR j.state = $1) \
+                    AND ($2::text IS NULL OR j.queue = $2) \
+                    AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid)) \
+                  ORDER BY j.created_at DESC, j.id DESC LIMIT $5",
                 &[&state, &f.queue, &after_ts, &after_id, &f.limit],
             )
             .await?;
-        rows.iter().map(job_from_row).collect()
+        let sizes: Vec<(Uuid, i64)> = sized
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get::<_, Option<i32>>(1)?.unwrap_or(0).into())))
+            .collect::<Result<_>>()?;
+        let ids = drover_core::paging::fit_in_budget(&sizes, f.max_bytes);
+        let cut = ids.len() < sizes.len();
+        let rows = c
+            .query_cached(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = ANY($1) \
+                     ORDER BY j.created_at DESC, j.id DESC"
+                ),
+                &[&ids],
+            )
+            .await?;
+        Ok((rows.iter().map(job_from_row).collect::<Result<_>>()?, cut))
     }
 
     /// Earliest time a pending job becomes due, if any is waiting out a backoff.
@@ -1022,6 +1046,12 @@ impl Store {
             tx.execute_cached("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &queue])
                 .await?;
         }
+        // Log followers learn that the attempt (and maybe the job) ended.
+        tx.execute_cached(
+            "SELECT pg_notify($1, $2)",
+            &[&crate::log_watch::LOGS_CHANNEL, &job_id.to_string()],
+        )
+        .await?;
         tx.commit().await?;
         Ok(Ended {
             job_id,
@@ -1115,6 +1145,12 @@ impl Store {
                 &(after.head_bytes as i64),
                 &(after.dropped as i64),
             ],
+        )
+        .await?;
+        // Log followers on every coordinator read on from here.
+        tx.execute_cached(
+            "SELECT pg_notify($1, job_id::text) FROM attempts WHERE id = $2",
+            &[&crate::log_watch::LOGS_CHANNEL, &attempt_id],
         )
         .await?;
         tx.commit().await?;

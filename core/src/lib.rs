@@ -4,11 +4,13 @@
 //! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
 //! - [`limits`] — per-job resource limits and the sizes they are written in.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
+//! - [`paging`] — bounding a page of results by bytes as well as count.
 //! - [`params`] — `{name}` placeholder substitution in argv.
 //! - [`validate`] — limits and checks on submitted job specs, with errors naming the field.
 
 pub mod limits;
 pub mod logcap;
+pub mod paging;
 pub mod params;
 pub mod retry;
 pub mod state;
