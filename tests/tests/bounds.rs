@@ -398,3 +398,46 @@ async fn worker_reports_are_bounded_and_cannot_forge_log_lines() -> anyhow::Resu
     assert!(e.message().contains("hello.running_attempts"), "{}", e.message());
     Ok(())
 }
+
+#[tokio::test]
+async fn list_pages_are_bounded_by_bytes() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let mut api = jobs(&addr).await?;
+    // No worker: twelve pending jobs of about 300 KB each (3.6 MB together).
+    let mut ids = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let mut s = spec(&["echo", &format!("{i}{}", "a".repeat(120_000))]);
+        s.env.insert("BIG".into(), "e".repeat(120_000));
+        s.params.insert("p".into(), "p".repeat(60_000));
+        ids.insert(submit(&mut api, s).await?.id);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let r = api
+            .list_jobs(pb::ListJobsRequest {
+                page_size: 200,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        pages += 1;
+        let bytes = prost::Message::encoded_len(&r);
+        assert!(bytes <= 3 << 20, "page of {bytes} bytes");
+        assert!(!r.jobs.is_empty());
+        for j in r.jobs {
+            assert!(seen.insert(j.id), "a job listed twice");
+        }
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+        anyhow::ensure!(pages < 20, "paging does not end");
+    }
+    assert_eq!(seen, ids, "every job listed once");
+    assert!(pages >= 2, "fewer jobs than asked per page, with a next token");
+    Ok(())
+}
