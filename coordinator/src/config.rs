@@ -165,7 +165,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms * 2 > self.lease_ttl_ms {
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_interval_ms.saturating_mul(2) > self.lease_ttl_ms
+        {
             return Err(format!(
                 "heartbeat_interval_ms ({}) must be positive and at most half of lease_ttl_ms ({})",
                 self.heartbeat_interval_ms, self.lease_ttl_ms
@@ -235,6 +237,37 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().contains("heartbeat_interval_ms"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_numbers_validate_or_are_refused(
+            hb in proptest::prelude::any::<u64>(),
+            ttl in proptest::prelude::any::<u64>(),
+            cap in proptest::prelude::any::<u64>(),
+            streams in proptest::prelude::any::<usize>(),
+            memory in ".{0,12}",
+            cpus in proptest::prelude::any::<f64>(),
+        ) {
+            let mut c = Config {
+                heartbeat_interval_ms: hb,
+                lease_ttl_ms: ttl,
+                log_cap_bytes: cap,
+                max_log_streams_per_client: streams,
+                ..Config::default()
+            };
+            c.queues.insert("q".into(), QueueConfig {
+                memory: Some(memory),
+                cpus: Some(cpus),
+                ..QueueConfig::default()
+            });
+            if c.validate().is_ok() {
+                proptest::prop_assert!(hb > 0 && hb.saturating_mul(2) <= ttl);
+                proptest::prop_assert!(streams > 0 && cap >= 1024);
+                let l = c.queue_limits("q");
+                proptest::prop_assert!(l.memory_bytes.is_some() && l.cpu_millis.is_some());
+            }
+        }
     }
 
     #[test]

@@ -385,3 +385,59 @@ impl JobService for JobsApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn page_tokens_round_trip(micros in -62_000_000_000_000_000i64..200_000_000_000_000_000i64, id in any::<u128>()) {
+            let id = Uuid::from_u128(id);
+            let t = format!("{micros}_{id}");
+            if let Some(ts) = DateTime::from_timestamp_micros(micros) {
+                prop_assert_eq!(parse_page_token(&t).ok(), Some((ts, id)));
+            }
+        }
+
+        #[test]
+        fn any_other_token_is_a_named_error(t in ".{0,80}") {
+            if let Err(e) = parse_page_token(&t) {
+                prop_assert!(e.to_string().starts_with("page_token:"));
+            }
+        }
+
+        #[test]
+        fn sql_looking_tokens_are_refused(inj in "[0-9]{1,5}_' (OR|;) 1=1 --.{0,10}") {
+            prop_assert!(parse_page_token(&inj).is_err());
+        }
+    }
+
+    #[test]
+    fn submitted_limits_take_queue_defaults() {
+        let mut cfg = Config::default();
+        cfg.queues.insert(
+            "big".into(),
+            crate::config::QueueConfig {
+                memory: Some("4G".into()),
+                pids: Some(512),
+                ..Default::default()
+            },
+        );
+        let (spec, _) = spec_from_pb(
+            Some(pb::JobSpec {
+                argv: vec!["true".into()],
+                queue: "big".into(),
+                memory_limit_bytes: 1 << 30,
+                cpu_millis: 2000,
+                ..Default::default()
+            }),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(spec.limits.memory_bytes, Some(1 << 30), "the job's own wins");
+        assert_eq!(spec.limits.cpu_millis, Some(2000));
+        assert_eq!(spec.limits.pids, Some(512), "the queue's default fills in");
+    }
+}
