@@ -196,6 +196,14 @@ impl JobService for JobsApi {
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
         let r = req.into_inner();
         let id = parse_id("id", &r.id)?;
+        let max = drover_core::validate::MAX_PARAMS_COUNT;
+        if r.set_params.len() > max {
+            return Err(Error::Invalid(format!(
+                "set_params: {} params; the limit is {max}",
+                r.set_params.len()
+            ))
+            .into());
+        }
         let job = self
             .store
             .retry_job(id, &r.set_params.into_iter().collect())
@@ -311,6 +319,7 @@ impl JobService for JobsApi {
         use futures::StreamExt;
         let r = req.into_inner();
         let job_id = parse_id("job_id", &r.job_id)?;
+        drover_core::validate::check_relative_path("name", &r.name).map_err(Error::from)?;
         let rows = self.store.list_artifacts(job_id).await?;
         let Some(row) = rows.iter().find(|a| a.name == r.name) else {
             let names: Vec<&str> = rows.iter().map(|a| a.name.as_str()).collect();

@@ -16,6 +16,8 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 pub const MAX_TIMEOUT_MS: i64 = 30 * 24 * 3600 * 1000;
 pub const MAX_RETRIES: u32 = 1000;
 pub const MAX_OUTPUTS: usize = 64;
+/// An output glob or artifact name.
+pub const MAX_PATH_BYTES: usize = 1024;
 /// argv after `{name}` substitution (with a NUL per argument, as `execve` counts it). Linux
 /// refuses more than about 2 MiB of argv and environment together.
 pub const MAX_EXPANDED_ARGV_BYTES: u64 = 1024 * 1024;
@@ -239,6 +241,12 @@ pub fn sanitize_reported(s: &str, max: usize) -> String {
 
 /// A path (or glob) inside the work directory: relative, no `..`, no NUL.
 pub fn check_relative_path(field: &str, p: &str) -> Result<(), ValidationError> {
+    if p.len() > MAX_PATH_BYTES {
+        return Err(err(
+            field,
+            format!("is {} bytes; the limit is {MAX_PATH_BYTES}", p.len()),
+        ));
+    }
     if p.is_empty() || p.starts_with('/') || p.contains('\0') {
         return Err(err(
             field,
