@@ -475,26 +475,29 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
         },
         ..Default::default()
     };
-    let spec = pb::JobSpec {
-        argv: a.argv,
-        env: pairs("env", &a.env)?,
-        queue: a.queue,
-        labels: a.labels,
-        params: pairs("param", &a.params)?,
-        timeout_ms,
-        retry: Some(retry),
-        idempotency_key: a.idempotency_key.unwrap_or_default(),
-        outputs: a.outputs,
-        memory_limit_bytes: match &a.memory {
-            Some(m) => drover_core::limits::parse_size(m).map_err(|e| anyhow::anyhow!("--memory: {e}"))?,
-            None => 0,
-        },
-        cpu_millis: match &a.cpus {
-            Some(c) => drover_core::limits::parse_cpus(c).map_err(|e| anyhow::anyhow!("--cpus: {e}"))?,
-            None => 0,
-        },
-        pids_limit: a.pids.unwrap_or(0),
-    };
+    let spec =
+        pb::JobSpec {
+            argv: a.argv,
+            env: pairs("env", &a.env)?,
+            queue: a.queue,
+            labels: a.labels,
+            params: pairs("param", &a.params)?,
+            timeout_ms,
+            retry: Some(retry),
+            idempotency_key: a.idempotency_key.unwrap_or_default(),
+            outputs: a.outputs,
+            memory_limit_bytes: match &a.memory {
+                Some(m) => drover_core::limits::parse_size(m)
+                    .map_err(|e| anyhow::anyhow!("--memory: {e}"))?,
+                None => 0,
+            },
+            cpu_millis: match &a.cpus {
+                Some(c) => drover_core::limits::parse_cpus(c)
+                    .map_err(|e| anyhow::anyhow!("--cpus: {e}"))?,
+                None => 0,
+            },
+            pids_limit: a.pids.unwrap_or(0),
+        };
     let mut c = connect(addr).await?;
     let r = c
         .submit_job(pb::SubmitJobRequest { spec: Some(spec) })

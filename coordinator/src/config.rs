@@ -94,11 +94,15 @@ pub struct QueueConfig {
 impl QueueConfig {
     fn limits(&self) -> Result<drover_core::ResourceLimits, String> {
         let memory_bytes = match &self.memory {
-            Some(m) => Some(drover_core::limits::parse_size(m).map_err(|e| format!("memory: {e}"))?),
+            Some(m) => {
+                Some(drover_core::limits::parse_size(m).map_err(|e| format!("memory: {e}"))?)
+            }
             None => None,
         };
         let cpu_millis = match self.cpus {
-            Some(c) if c.is_finite() && c > 0.0 && c <= 1_000_000.0 => Some((c * 1000.0).round() as u32),
+            Some(c) if c.is_finite() && c > 0.0 && c <= 1_000_000.0 => {
+                Some((c * 1000.0).round() as u32)
+            }
             Some(c) => return Err(format!("cpus: {c} must be a positive number of CPUs")),
             None => None,
         };
@@ -286,7 +290,11 @@ mod tests {
         assert_eq!(l.cpu_millis, Some(2000));
         assert_eq!(l.pids, Some(512));
         assert!(c.queue_limits("other").is_empty());
-        for (m, cpus, field) in [("4X", 2.0, "memory"), ("4G", -1.0, "cpus"), ("1", 1.0, "memory_limit_bytes")] {
+        for (m, cpus, field) in [
+            ("4X", 2.0, "memory"),
+            ("4G", -1.0, "cpus"),
+            ("1", 1.0, "memory_limit_bytes"),
+        ] {
             let mut c = Config::default();
             c.queues.insert("big".into(), q(m, cpus));
             let e = c.validate().unwrap_err();

@@ -377,7 +377,9 @@ impl JobService for JobsApi {
             Status::resource_exhausted(format!(
                 "this client ({}) already has {open} log streams open; the limit is {max} \
                  (max_log_streams_per_client): close some first",
-                client.map(|c| c.to_string()).unwrap_or_else(|| "unknown address".into())
+                client
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "unknown address".into())
             ))
         })?;
         let (tx, rx) = mpsc::channel(crate::logs::STREAM_BUFFER);
@@ -445,7 +447,11 @@ mod tests {
             &cfg,
         )
         .unwrap();
-        assert_eq!(spec.limits.memory_bytes, Some(1 << 30), "the job's own wins");
+        assert_eq!(
+            spec.limits.memory_bytes,
+            Some(1 << 30),
+            "the job's own wins"
+        );
         assert_eq!(spec.limits.cpu_millis, Some(2000));
         assert_eq!(spec.limits.pids, Some(512), "the queue's default fills in");
     }

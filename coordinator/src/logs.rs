@@ -3,12 +3,12 @@
 use crate::artifacts::{key, BlobStore};
 use crate::convert;
 use crate::error::Error;
+use crate::log_watch::LogWatch;
 use crate::store::{AttemptRow, Store};
 use drover_core::logcap;
 use drover_proto::v1 as pb;
 use std::collections::HashMap;
 use std::time::Duration;
-use crate::log_watch::LogWatch;
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 use uuid::Uuid;

@@ -598,7 +598,12 @@ impl Store {
             .await?;
         let sizes: Vec<(Uuid, i64)> = sized
             .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get::<_, Option<i32>>(1)?.unwrap_or(0).into())))
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get::<_, Option<i32>>(1)?.unwrap_or(0).into(),
+                ))
+            })
             .collect::<Result<_>>()?;
         let ids = drover_core::paging::fit_in_budget(&sizes, f.max_bytes);
         let cut = ids.len() < sizes.len();

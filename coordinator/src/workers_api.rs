@@ -114,6 +114,16 @@ fn hello_from_pb(h: pb::Hello) -> Result<(WorkerHello, u32), Error> {
     ))
 }
 
+fn parse_heartbeat_ids(ids: &[String]) -> Result<Vec<Uuid>, Error> {
+    if ids.len() > MAX_REPORTED_ATTEMPTS {
+        return Err(Error::Invalid(format!(
+            "heartbeat.running_attempts: {} entries; the limit is {MAX_REPORTED_ATTEMPTS}",
+            ids.len()
+        )));
+    }
+    parse_ids("heartbeat.running_attempts", ids)
+}
+
 /// A worker's resource report as stored: at most MAX_REPORTED_JOBS per-job entries with
 /// sane ids, and no larger than MAX_RESOURCE_REPORT_BYTES encoded (else the per-job list
 /// is dropped), so `droverctl health`/`workers` responses stay small.
@@ -220,11 +230,7 @@ impl WorkerService for WorkersApi {
                 match msg {
                     Ok(Some(pb::WorkerMessage { msg: Some(m) })) => match m {
                         In::Heartbeat(hb) => {
-                            let ids = match (hb.running_attempts.len() <= MAX_REPORTED_ATTEMPTS)
-                                .then(|| parse_ids("heartbeat.running_attempts", &hb.running_attempts))
-                                .unwrap_or_else(|| Err(Error::Invalid(format!(
-                                    "heartbeat.running_attempts: more than {MAX_REPORTED_ATTEMPTS}"
-                                )))) {
+                            let ids = match parse_heartbeat_ids(&hb.running_attempts) {
                                 Ok(ids) => ids,
                                 Err(e) => {
                                     tracing::warn!(worker_id = ?session.worker_id, error = ?e.to_string(), "bad heartbeat");
@@ -232,10 +238,7 @@ impl WorkerService for WorkersApi {
                                 }
                             };
                             let report = WorkerReport {
-                                resources: hb
-                                    .resources
-                                    .map(bounded_resources)
-                                    .unwrap_or_default(),
+                                resources: hb.resources.map(bounded_resources).unwrap_or_default(),
                                 paused_reason: sanitize_reported(
                                     &hb.paused_reason,
                                     MAX_PAUSED_REASON_BYTES,

@@ -16,7 +16,7 @@ pub mod retry;
 pub mod state;
 pub mod validate;
 
-pub use retry::{classify, decide, Classification, Next, PolicyOverrides, RawResult, RetryPolicy};
 pub use limits::ResourceLimits;
+pub use retry::{classify, decide, Classification, Next, PolicyOverrides, RawResult, RetryPolicy};
 pub use state::{AttemptState, JobState};
 pub use validate::{JobSpec, ValidationError};

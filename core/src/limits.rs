@@ -64,7 +64,7 @@ pub fn parse_size(s: &str) -> Result<u64, SizeError> {
 /// A size the way an operator writes it: "4G", "100M", "1536K", else bytes.
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -84,7 +84,11 @@ pub fn parse_cpus(s: &str) -> Result<u32, String> {
     {
         return Err(bad());
     }
-    let whole: u32 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad())? };
+    let whole: u32 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
     let frac_millis: u32 = if frac.is_empty() {
         0
     } else {

@@ -22,7 +22,8 @@ mod tests {
 
     #[test]
     fn pages_stop_at_the_budget_but_never_empty() {
-        let table: [(&[(u8, i64)], i64, &[u8]); 6] = [
+        type Case<'a> = (&'a [(u8, i64)], i64, &'a [u8]);
+        let table: [Case; 6] = [
             (&[], 10, &[]),
             (&[(1, 4), (2, 4), (3, 4)], 10, &[1, 2]),
             (&[(1, 4), (2, 6), (3, 4)], 10, &[1, 2]),

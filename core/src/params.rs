@@ -69,7 +69,9 @@ pub fn substitute(arg: &str, params: &BTreeMap<String, String>) -> Result<String
 /// (a 50 KB request can expand to gigabytes). Saturates at `u64::MAX`.
 pub fn expanded_len(arg: &str, params: &BTreeMap<String, String>) -> Result<u64, ParamError> {
     let mut n: u64 = 0;
-    walk(arg, params, |piece| n = n.saturating_add(piece.len() as u64))?;
+    walk(arg, params, |piece| {
+        n = n.saturating_add(piece.len() as u64)
+    })?;
     Ok(n)
 }
 

@@ -134,7 +134,9 @@ pub enum RawResult {
     /// The process succeeded but its declared outputs could not be kept.
     OutputError(String),
     /// The attempt's cgroup killed a process for going over the job's memory limit.
-    OutOfMemory { limit_bytes: u64 },
+    OutOfMemory {
+        limit_bytes: u64,
+    },
 }
 
 /// The attempt's recorded outcome and a human-readable reason.

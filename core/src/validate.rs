@@ -89,7 +89,10 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), ValidationError> {
     if spec.argv.len() > MAX_ARGV_COUNT {
         return Err(err(
             "argv",
-            format!("{} arguments; the limit is {MAX_ARGV_COUNT}", spec.argv.len()),
+            format!(
+                "{} arguments; the limit is {MAX_ARGV_COUNT}",
+                spec.argv.len()
+            ),
         ));
     }
     if spec.env.len() > MAX_ENV_COUNT {
@@ -101,7 +104,10 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), ValidationError> {
     if spec.params.len() > MAX_PARAMS_COUNT {
         return Err(err(
             "params",
-            format!("{} params; the limit is {MAX_PARAMS_COUNT}", spec.params.len()),
+            format!(
+                "{} params; the limit is {MAX_PARAMS_COUNT}",
+                spec.params.len()
+            ),
         ));
     }
     if spec.argv[0].is_empty() {
@@ -300,13 +306,19 @@ pub fn validate_policy(p: &RetryPolicy) -> Result<(), ValidationError> {
     if p.initial_backoff_ms > MAX_BACKOFF_MS {
         return Err(err(
             "retry.initial_backoff_ms",
-            format!("must be between 0 and {MAX_BACKOFF_MS} (30 days), got {}", p.initial_backoff_ms),
+            format!(
+                "must be between 0 and {MAX_BACKOFF_MS} (30 days), got {}",
+                p.initial_backoff_ms
+            ),
         ));
     }
     if p.max_backoff_ms > MAX_BACKOFF_MS {
         return Err(err(
             "retry.max_backoff_ms",
-            format!("must be between 0 and {MAX_BACKOFF_MS} (30 days), got {}", p.max_backoff_ms),
+            format!(
+                "must be between 0 and {MAX_BACKOFF_MS} (30 days), got {}",
+                p.max_backoff_ms
+            ),
         ));
     }
     for (field, codes) in [

@@ -75,7 +75,11 @@ async fn placeholder_expansion_is_bounded_at_submit_and_rerun() -> anyhow::Resul
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("argv:") && e.message().contains("1048576"), "{}", e.message());
+    assert!(
+        e.message().contains("argv:") && e.message().contains("1048576"),
+        "{}",
+        e.message()
+    );
     assert_eq!(job_count(&cl).await?, 1, "the refused rerun stored nothing");
 
     // The coordinator never built the expansion: it is still small.
@@ -204,10 +208,7 @@ async fn raw_session(
         msg: Some(Out::Hello(hello)),
     })
     .await?;
-    let inbound = client
-        .session(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
     Ok((tx, inbound))
 }
 
@@ -350,17 +351,25 @@ async fn worker_reports_are_bounded_and_cannot_forge_log_lines() -> anyhow::Resu
             .await?
             .into_inner()
             .workers;
-        let reported = ws.iter().any(|w| {
-            w.id == "huge" && w.resources.is_some() && !w.paused_reason.is_empty()
-        });
+        let reported = ws
+            .iter()
+            .any(|w| w.id == "huge" && w.resources.is_some() && !w.paused_reason.is_empty());
         if reported && ws.iter().any(|w| w.id == "newline") {
             break ws;
         }
-        anyhow::ensure!(start.elapsed() < PATIENCE, "workers not registered: {}", ws.len());
+        anyhow::ensure!(
+            start.elapsed() < PATIENCE,
+            "workers not registered: {}",
+            ws.len()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let huge = listed.iter().find(|w| w.id == "huge").unwrap();
-    assert!(huge.hostname.len() <= 255, "hostname {} bytes", huge.hostname.len());
+    assert!(
+        huge.hostname.len() <= 255,
+        "hostname {} bytes",
+        huge.hostname.len()
+    );
     assert!(huge.version.len() <= 64 && huge.containment.len() <= 256);
     assert!(huge.paused_reason.len() <= 1024);
     let jobs_kept = huge.resources.as_ref().map_or(0, |r| r.jobs.len());
@@ -379,7 +388,10 @@ async fn worker_reports_are_bounded_and_cannot_forge_log_lines() -> anyhow::Resu
         !log.lines().any(|l| l.starts_with("FORGED-LINE")),
         "a forged line reached the log"
     );
-    assert!(log.contains("FORGED-LINE"), "the hostname is logged, escaped");
+    assert!(
+        log.contains("FORGED-LINE"),
+        "the hostname is logged, escaped"
+    );
 
     // Lists beyond their bounds are refused, naming the field.
     let mut client = workers(&addr).await?;
@@ -395,7 +407,11 @@ async fn worker_reports_are_bounded_and_cannot_forge_log_lines() -> anyhow::Resu
     .await?;
     let e = client.session(ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("hello.running_attempts"), "{}", e.message());
+    assert!(
+        e.message().contains("hello.running_attempts"),
+        "{}",
+        e.message()
+    );
     Ok(())
 }
 
@@ -438,6 +454,9 @@ async fn list_pages_are_bounded_by_bytes() -> anyhow::Result<()> {
         anyhow::ensure!(pages < 20, "paging does not end");
     }
     assert_eq!(seen, ids, "every job listed once");
-    assert!(pages >= 2, "fewer jobs than asked per page, with a next token");
+    assert!(
+        pages >= 2,
+        "fewer jobs than asked per page, with a next token"
+    );
     Ok(())
 }

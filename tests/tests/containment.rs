@@ -114,8 +114,14 @@ async fn daemons_and_double_forks_never_outlive_their_attempt() -> anyhow::Resul
                     .await?;
             }
             let (j, a) = wait_state(&mut api, &job.id, want).await?;
-            assert!(wait_dead(daemon).await, "{tag}: setsid daemon {daemon} survived ({j:?} {a:?})");
-            assert!(wait_dead(double).await, "{tag}: double-forked {double} survived");
+            assert!(
+                wait_dead(daemon).await,
+                "{tag}: setsid daemon {daemon} survived ({j:?} {a:?})"
+            );
+            assert!(
+                wait_dead(double).await,
+                "{tag}: double-forked {double} survived"
+            );
         }
     }
 
@@ -157,11 +163,23 @@ async fn a_job_over_its_memory_limit_ends_out_of_memory() -> anyhow::Result<()> 
         "attempt reason: {:?}",
         a[0].reason
     );
-    assert!(j.reason.contains("out of memory (limit 100M)"), "{}", j.reason);
+    assert!(
+        j.reason.contains("out of memory (limit 100M)"),
+        "{}",
+        j.reason
+    );
     assert_eq!(a[0].state, pb::AttemptState::FailedPermanent as i32);
     // Peak memory from the cgroup's accounting: near the limit, not zero.
-    assert!(a[0].peak_rss_bytes > 50 << 20, "peak {}", a[0].peak_rss_bytes);
-    assert!(a[0].peak_rss_bytes <= 101 << 20, "peak {}", a[0].peak_rss_bytes);
+    assert!(
+        a[0].peak_rss_bytes > 50 << 20,
+        "peak {}",
+        a[0].peak_rss_bytes
+    );
+    assert!(
+        a[0].peak_rss_bytes <= 101 << 20,
+        "peak {}",
+        a[0].peak_rss_bytes
+    );
 
     // With retry_out_of_memory the same failure is retried per the policy.
     let mut s = spec(&["python3", "-c", "bytearray(400 << 20)"]);
@@ -175,14 +193,20 @@ async fn a_job_over_its_memory_limit_ends_out_of_memory() -> anyhow::Result<()> 
     let job = submit(&mut api, s).await?;
     let (_, a) = wait_state(&mut api, &job.id, pb::JobState::PermanentFailed).await?;
     assert_eq!(a.len(), 2, "{a:?}");
-    assert!(a.iter().all(|a| a.reason.contains("out of memory (limit 100M)")));
+    assert!(a
+        .iter()
+        .all(|a| a.reason.contains("out of memory (limit 100M)")));
 
     // Under the limit the same program succeeds, and its memory is accounted.
     let mut s = spec(&["python3", "-c", "b = bytearray(30 << 20)"]);
     s.memory_limit_bytes = 100 << 20;
     let job = submit(&mut api, s).await?;
     let (_, a) = wait_state(&mut api, &job.id, pb::JobState::Succeeded).await?;
-    assert!(a[0].peak_rss_bytes > 25 << 20, "peak {}", a[0].peak_rss_bytes);
+    assert!(
+        a[0].peak_rss_bytes > 25 << 20,
+        "peak {}",
+        a[0].peak_rss_bytes
+    );
     Ok(())
 }
 
@@ -279,7 +303,10 @@ async fn a_restarted_worker_kills_and_removes_leftover_cgroups() -> anyhow::Resu
     worker_containment(&addr, "w-crash").await?;
     // Our own child: reap it, then check it was killed (not exited by itself).
     let status = tokio::task::spawn_blocking(move || sleeper.wait()).await??;
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
     assert!(!stale.exists(), "leftover cgroup removed");
     Ok(())
 }

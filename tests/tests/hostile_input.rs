@@ -75,11 +75,22 @@ async fn hostile_requests_are_refused_and_change_nothing() -> anyhow::Result<()>
         f(&mut s);
         s
     };
-    let big_params: std::collections::HashMap<String, String> =
-        (0..100_000).map(|i| (format!("p{i}"), "v".into())).collect();
+    let big_params: std::collections::HashMap<String, String> = (0..100_000)
+        .map(|i| (format!("p{i}"), "v".into()))
+        .collect();
     let submits: Vec<(&str, pb::JobSpec, Code, &str)> = vec![
-        ("NUL in argv", spec(&["echo", "a\0b"]), Code::InvalidArgument, "argv[1]"),
-        ("NUL in program", spec(&["ec\0ho"]), Code::InvalidArgument, "argv[0]"),
+        (
+            "NUL in argv",
+            spec(&["echo", "a\0b"]),
+            Code::InvalidArgument,
+            "argv[1]",
+        ),
+        (
+            "NUL in program",
+            spec(&["ec\0ho"]),
+            Code::InvalidArgument,
+            "argv[0]",
+        ),
         (
             "NUL in env",
             with(&|s| {
@@ -247,7 +258,9 @@ async fn hostile_requests_are_refused_and_change_nothing() -> anyhow::Result<()>
     let sql = "1'; DROP TABLE jobs; --";
     check(
         "GetJob",
-        api.get_job(pb::GetJobRequest { id: sql.into() }).await.map(|_| ()),
+        api.get_job(pb::GetJobRequest { id: sql.into() })
+            .await
+            .map(|_| ()),
         Code::InvalidArgument,
         "id:",
     );
@@ -382,6 +395,10 @@ async fn hostile_requests_are_refused_and_change_nothing() -> anyhow::Result<()>
         assert!(body.contains("id"), "{path}: {body}");
     }
 
-    assert_eq!(snapshot(&cl).await?, before, "a refused request changed stored rows");
+    assert_eq!(
+        snapshot(&cl).await?,
+        before,
+        "a refused request changed stored rows"
+    );
     Ok(())
 }

@@ -139,7 +139,10 @@ async fn a_follower_sees_new_output_and_the_end_promptly() -> anyhow::Result<()>
     let mut s = open(&mut api, &job.id, true).await?;
     let mut text = Vec::new();
     while !text.ends_with(b"one\n") {
-        let c = s.message().await?.ok_or_else(|| anyhow::anyhow!("ended early"))?;
+        let c = s
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("ended early"))?;
         text.extend(c.data);
     }
     std::fs::write(&marker, "")?;

@@ -498,7 +498,13 @@ impl Agent {
         let failed = matches!(
             &result,
             R::Exited(pb::ExitStatus { code: Some(c), .. }) if *c != 0
-        ) || matches!(&result, R::Exited(pb::ExitStatus { signal: Some(_), .. }));
+        ) || matches!(
+            &result,
+            R::Exited(pb::ExitStatus {
+                signal: Some(_),
+                ..
+            })
+        );
         let oom_limit_bytes = match (cg.oom_kills, a.memory_limit_bytes) {
             (n, limit) if n > 0 && failed && limit > 0 => limit,
             _ => 0,

@@ -132,7 +132,10 @@ pub fn parse_proc_cgroup(text: &str) -> (Option<String>, Vec<(Vec<String>, Strin
         if id == "0" && ctls.is_empty() {
             v2 = Some(path.to_string());
         } else {
-            v1.push((ctls.split(',').map(str::to_string).collect(), path.to_string()));
+            v1.push((
+                ctls.split(',').map(str::to_string).collect(),
+                path.to_string(),
+            ));
         }
     }
     (v2, v1)
@@ -275,14 +278,17 @@ impl Containment {
         } else {
             "process group only".to_string()
         };
-        let limits: Vec<String> = [("memory", &self.memory), ("pids", &self.pids), ("cpu", &self.cpu)]
-            .into_iter()
-            .filter_map(|(n, c)| {
-                c.as_ref().map(|c| {
-                    format!("{n} ({})", if c.flavor == Flavor::V1 { "v1" } else { "v2" })
-                })
-            })
-            .collect();
+        let limits: Vec<String> = [
+            ("memory", &self.memory),
+            ("pids", &self.pids),
+            ("cpu", &self.cpu),
+        ]
+        .into_iter()
+        .filter_map(|(n, c)| {
+            c.as_ref()
+                .map(|c| format!("{n} ({})", if c.flavor == Flavor::V1 { "v1" } else { "v2" }))
+        })
+        .collect();
         if limits.is_empty() {
             s.push_str("; no limits");
         } else {
@@ -359,7 +365,11 @@ impl Containment {
 
     /// Creates the cgroup(s) for one attempt, with its limits applied. None when this
     /// worker has no cgroups (the subreaper contains it instead).
-    pub fn attempt(&self, attempt_id: &str, limits: &Limits) -> Result<Option<AttemptCgroup>, String> {
+    pub fn attempt(
+        &self,
+        attempt_id: &str,
+        limits: &Limits,
+    ) -> Result<Option<AttemptCgroup>, String> {
         if let Some(why) = self.refuse(limits) {
             return Err(why);
         }
@@ -582,8 +592,12 @@ impl AttemptCgroup {
         if let Some((flavor, dir)) = &self.memory {
             match flavor {
                 Flavor::V1 => {
-                    u.peak_memory_bytes = read(dir.join("memory.max_usage_in_bytes")).trim().parse().ok();
-                    u.oom_kills = field(&read(dir.join("memory.oom_control")), "oom_kill").unwrap_or(0);
+                    u.peak_memory_bytes = read(dir.join("memory.max_usage_in_bytes"))
+                        .trim()
+                        .parse()
+                        .ok();
+                    u.oom_kills =
+                        field(&read(dir.join("memory.oom_control")), "oom_kill").unwrap_or(0);
                 }
                 Flavor::V2 => {
                     u.peak_memory_bytes = read(dir.join("memory.peak")).trim().parse().ok();
@@ -709,7 +723,10 @@ mod tests {
             controllers: vec!["memory".into()],
         };
         // A container sees its own cgroup as the mount's root.
-        assert_eq!(own_dir(&m, "/a/b"), PathBuf::from("/sys/fs/cgroup/memory/b"));
+        assert_eq!(
+            own_dir(&m, "/a/b"),
+            PathBuf::from("/sys/fs/cgroup/memory/b")
+        );
     }
 
     #[test]

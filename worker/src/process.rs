@@ -299,7 +299,8 @@ pub async fn run(
     if let Some(cg) = &cgroup {
         cg.kill_and_wait().await;
     } else if let Some(id) = spec.subreaper_attempt.clone() {
-        let _ = tokio::task::spawn_blocking(move || containment::kill_attempt_descendants(&id)).await;
+        let _ =
+            tokio::task::spawn_blocking(move || containment::kill_attempt_descendants(&id)).await;
     }
     cleanup.pgid = None;
 
