@@ -259,6 +259,12 @@ pub fn check_relative_path(field: &str, p: &str) -> Result<(), ValidationError> 
             format!("{p:?} must be a non-empty path relative to the work directory"),
         ));
     }
+    if p.chars().any(char::is_control) {
+        return Err(err(
+            field,
+            format!("{p:?} must not contain control characters"),
+        ));
+    }
     if p.split('/').any(|c| c == "..") {
         return Err(err(field, format!("{p:?} must not contain '..'")));
     }

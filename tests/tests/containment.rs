@@ -88,6 +88,19 @@ async fn daemons_and_double_forks_never_outlive_their_attempt() -> anyhow::Resul
     assert!(shown.starts_with("cgroup v2 kill"), "{shown}");
     let shown = worker_containment(&addr, "w-subreaper").await?;
     assert!(shown.starts_with("subreaper"), "{shown}");
+    // And the operator sees it.
+    let out = std::process::Command::new(bin("droverctl"))
+        .env("DROVER_ADDR", &addr)
+        .arg("workers")
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("containment: cgroup v2 kill"), "{text}");
+    assert!(text.contains("containment: subreaper; no limits"), "{text}");
 
     let mut api = jobs(&addr).await?;
     let dir = cl.path("pids-out");
