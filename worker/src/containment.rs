@@ -147,7 +147,17 @@ fn own_dir(m: &CgroupMount, own: &str) -> PathBuf {
     m.mount_point.join(rel.trim_start_matches('/'))
 }
 
-/// A cgroup directory name for this worker: only safe characters.
+/// The name of this worker's cgroup directory: its id and a hash of its state directory,
+/// so two workers that share an id (a misconfiguration, but also parallel tests) never
+/// touch each other's attempts, while a restarted worker finds what its crashed run left.
+pub fn worker_cgroup_name(worker_id: &str, state_dir: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(state_dir.as_os_str().as_bytes());
+    let tag: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    worker_dir_name(&format!("{worker_id}-{tag}"))
+}
+
+/// A cgroup directory name: only safe characters.
 fn worker_dir_name(worker_id: &str) -> String {
     let clean: String = worker_id
         .chars()
@@ -179,12 +189,12 @@ fn make_dir(dir: &Path) -> bool {
 
 impl Containment {
     /// Detects what this host offers and prepares this worker's cgroup directories.
-    pub fn detect(worker_id: &str) -> Containment {
+    pub fn detect(worker_id: &str, state_dir: &Path) -> Containment {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mounts = parse_mountinfo(&mountinfo);
         let (own_v2, own_v1) = parse_proc_cgroup(&own);
-        let name = worker_dir_name(worker_id);
+        let name = worker_cgroup_name(worker_id, state_dir);
         let mut c = Containment::default();
 
         if let (Some(m), Some(own)) = (mounts.iter().find(|m| m.v2), own_v2.as_deref()) {

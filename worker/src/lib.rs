@@ -60,7 +60,7 @@ pub async fn run(
     let containment = if cfg.containment == "subreaper" {
         containment::Containment::subreaper_only()
     } else {
-        containment::Containment::detect(&worker_id)
+        containment::Containment::detect(&worker_id, &cfg.state_dir)
     };
     let leftovers = containment.remove_leftovers();
     if leftovers > 0 {
