@@ -403,7 +403,17 @@ impl Containment {
             std::fs::create_dir(d).map_err(|e| format!("creating cgroup {}: {e}", d.display()))
         };
         mk(&cg.v2)?;
-        for c in [&self.memory, &self.pids, &self.cpu].into_iter().flatten() {
+        // The memory cgroup always (its accounting gives peak memory); pids and cpu only
+        // when limited, to keep the per-attempt cost down.
+        let wanted = [
+            (&self.memory, true),
+            (&self.pids, limits.pids.is_some()),
+            (&self.cpu, limits.cpu_millis.is_some()),
+        ];
+        for (c, want) in wanted {
+            let Some(c) = c.as_ref().filter(|_| want) else {
+                continue;
+            };
             if c.flavor == Flavor::V1 {
                 let d = c.dir.join(&name);
                 if !cg.v1.contains(&d) {
