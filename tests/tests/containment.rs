@@ -226,6 +226,8 @@ async fn a_job_over_its_memory_limit_ends_out_of_memory() -> anyhow::Result<()> 
         "peak {}",
         a[0].peak_rss_bytes
     );
+    // CPU time from the cgroup's accounting (python's start alone takes some).
+    assert!(a[0].cpu_time_ms > 0, "cpu {}", a[0].cpu_time_ms);
     Ok(())
 }
 
