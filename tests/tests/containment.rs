@@ -336,3 +336,47 @@ async fn a_restarted_worker_kills_and_removes_leftover_cgroups() -> anyhow::Resu
     assert!(!stale.exists(), "leftover cgroup removed");
     Ok(())
 }
+
+#[tokio::test]
+async fn droverctl_submits_limits_and_refuses_bad_ones() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let ctl = |args: &[&str]| {
+        std::process::Command::new(bin("droverctl"))
+            .env("DROVER_ADDR", &addr)
+            .args(args)
+            .output()
+    };
+    let out = ctl(&[
+        "submit", "--memory", "100M", "--cpus", "0.5", "--pids", "64", "--", "true",
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = ctl(&["-o", "json", "show", &id])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["memory_limit_bytes"], 100u64 << 20);
+    assert_eq!(v["cpu_millis"], 500);
+    assert_eq!(v["pids_limit"], 64);
+    let out = ctl(&["show", &id])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("memory 100M, cpus 0.5, pids 64"), "{text}");
+    for (args, needle) in [
+        (vec!["submit", "--memory", "4X", "--", "true"], "--memory"),
+        (vec!["submit", "--cpus", "two", "--", "true"], "--cpus"),
+        (
+            vec!["submit", "--memory", "1K", "--", "true"],
+            "memory_limit_bytes",
+        ),
+    ] {
+        let out = ctl(&args)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    Ok(())
+}
