@@ -166,6 +166,15 @@ struct SubmitArgs {
     /// Files to keep after success: a glob relative to the work directory (repeatable).
     #[arg(long = "keep", value_name = "GLOB")]
     outputs: Vec<String>,
+    /// Memory limit per attempt, e.g. 4G or 512M (enforced by a cgroup on the worker).
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// CPU limit per attempt, e.g. 2 or 0.5.
+    #[arg(long, value_name = "N")]
+    cpus: Option<String>,
+    /// Most processes and threads per attempt.
+    #[arg(long, value_name = "N")]
+    pids: Option<u32>,
     /// Wait for the job to finish; exit 0 only if it succeeded.
     #[arg(long)]
     wait: bool,
@@ -485,17 +494,29 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
         },
         ..Default::default()
     };
-    let spec = pb::JobSpec {
-        argv: a.argv,
-        env: pairs("env", &a.env)?,
-        queue: a.queue,
-        labels: a.labels,
-        params: pairs("param", &a.params)?,
-        timeout_ms,
-        retry: Some(retry),
-        idempotency_key: a.idempotency_key.unwrap_or_default(),
-        outputs: a.outputs,
-    };
+    let spec =
+        pb::JobSpec {
+            argv: a.argv,
+            env: pairs("env", &a.env)?,
+            queue: a.queue,
+            labels: a.labels,
+            params: pairs("param", &a.params)?,
+            timeout_ms,
+            retry: Some(retry),
+            idempotency_key: a.idempotency_key.unwrap_or_default(),
+            outputs: a.outputs,
+            memory_limit_bytes: match &a.memory {
+                Some(m) => drover_core::limits::parse_size(m)
+                    .map_err(|e| anyhow::anyhow!("--memory: {e}"))?,
+                None => 0,
+            },
+            cpu_millis: match &a.cpus {
+                Some(c) => drover_core::limits::parse_cpus(c)
+                    .map_err(|e| anyhow::anyhow!("--cpus: {e}"))?,
+                None => 0,
+            },
+            pids_limit: a.pids.unwrap_or(0),
+        };
     let mut c = connect(addr).await?;
     let r = c
         .submit_job(pb::SubmitJobRequest { spec: Some(spec) })

@@ -61,6 +61,9 @@ pub fn job_json(j: &pb::Job) -> Value {
         "timeout_ms": spec.timeout_ms,
         "idempotency_key": spec.idempotency_key,
         "outputs": spec.outputs,
+        "memory_limit_bytes": spec.memory_limit_bytes,
+        "cpu_millis": spec.cpu_millis,
+        "pids_limit": spec.pids_limit,
         "retry": {
             "max_retries": retry.max_retries,
             "initial_backoff_ms": retry.initial_backoff_ms,
@@ -161,6 +164,22 @@ pub fn job_detail(j: &pb::Job, attempts: &[pb::Attempt], retried_by: &[String]) 
     }
     if spec.timeout_ms > 0 {
         line("timeout", format!("{}s", spec.timeout_ms as f64 / 1000.0));
+    }
+    let mut limits = Vec::new();
+    if spec.memory_limit_bytes > 0 {
+        limits.push(format!(
+            "memory {}",
+            drover_core::limits::format_size(spec.memory_limit_bytes)
+        ));
+    }
+    if spec.cpu_millis > 0 {
+        limits.push(format!("cpus {}", spec.cpu_millis as f64 / 1000.0));
+    }
+    if spec.pids_limit > 0 {
+        limits.push(format!("pids {}", spec.pids_limit));
+    }
+    if !limits.is_empty() {
+        line("limits", limits.join(", "));
     }
     if let Some(r) = &spec.retry {
         line(
@@ -288,6 +307,9 @@ pub fn worker_table(workers: &[pb::Worker]) -> String {
         ));
         if !w.paused_reason.is_empty() {
             out.push_str(&format!("  paused: {}\n", w.paused_reason));
+        }
+        if !w.containment.is_empty() {
+            out.push_str(&format!("  containment: {}\n", w.containment));
         }
     }
     out

@@ -50,6 +50,9 @@ pub struct Config {
     pub artifact_dir: PathBuf,
     /// Largest single artifact accepted.
     pub max_artifact_bytes: u64,
+    /// Concurrent StreamLogs calls one client address may hold open; more are refused
+    /// with RESOURCE_EXHAUSTED.
+    pub max_log_streams_per_client: usize,
     /// `text` or `json` log lines on stderr.
     pub log_format: String,
     /// If set, log lines also go to a file here, rotated daily, 7 kept.
@@ -76,6 +79,7 @@ impl Default for Config {
             retention_interval_ms: 60_000,
             artifact_dir: PathBuf::from("/var/lib/drover/artifacts"),
             max_artifact_bytes: 1024 * 1024 * 1024,
+            max_log_streams_per_client: 64,
             log_format: "text".into(),
             log_dir: None,
             alerts: crate::alerts::AlertsConfig::default(),
@@ -91,6 +95,37 @@ pub struct QueueConfig {
     pub timeout_ms: i64,
     /// Retry policy fields that differ from the server's `retry`.
     pub retry: PolicyOverrides,
+    /// Memory limit for jobs that set none, e.g. "4G" (none by default).
+    pub memory: Option<String>,
+    /// CPU limit for jobs that set none, e.g. 2 or 0.5 (none by default).
+    pub cpus: Option<f64>,
+    /// Process/thread count limit for jobs that set none (none by default).
+    pub pids: Option<u32>,
+}
+
+impl QueueConfig {
+    fn limits(&self) -> Result<drover_core::ResourceLimits, String> {
+        let memory_bytes = match &self.memory {
+            Some(m) => {
+                Some(drover_core::limits::parse_size(m).map_err(|e| format!("memory: {e}"))?)
+            }
+            None => None,
+        };
+        let cpu_millis = match self.cpus {
+            Some(c) if c.is_finite() && c > 0.0 && c <= 1_000_000.0 => {
+                Some((c * 1000.0).round() as u32)
+            }
+            Some(c) => return Err(format!("cpus: {c} must be a positive number of CPUs")),
+            None => None,
+        };
+        let l = drover_core::ResourceLimits {
+            memory_bytes,
+            cpu_millis,
+            pids: self.pids,
+        };
+        drover_core::validate::validate_limits(&l).map_err(|e| e.to_string())?;
+        Ok(l)
+    }
 }
 
 impl Config {
@@ -100,6 +135,14 @@ impl Config {
             Some(q) => (q.retry.apply(&self.retry), q.timeout_ms),
             None => (self.retry.clone(), 0),
         }
+    }
+
+    /// The resource limits a job of `queue` gets for each limit it does not set.
+    pub fn queue_limits(&self, queue: &str) -> drover_core::ResourceLimits {
+        self.queues
+            .get(queue)
+            .and_then(|q| q.limits().ok())
+            .unwrap_or_default()
     }
 
     /// Layers the sources; `overrides` holds only the flags actually given.
@@ -149,7 +192,9 @@ impl Config {
                 self.dispatch_sweep_ms
             ));
         }
-        if self.heartbeat_interval_ms == 0 || self.heartbeat_interval_ms * 2 > self.lease_ttl_ms {
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_interval_ms.saturating_mul(2) > self.lease_ttl_ms
+        {
             return Err(format!(
                 "heartbeat_interval_ms ({}) must be positive and at most half of lease_ttl_ms ({})",
                 self.heartbeat_interval_ms, self.lease_ttl_ms
@@ -164,6 +209,9 @@ impl Config {
         if self.retention_interval_ms == 0 {
             return Err("retention_interval_ms must be positive".into());
         }
+        if self.max_log_streams_per_client == 0 {
+            return Err("max_log_streams_per_client must be at least 1".into());
+        }
         if self.db_pool_size < 2 {
             return Err("db_pool_size must be at least 2".into());
         }
@@ -174,6 +222,7 @@ impl Config {
             let (policy, timeout) = self.queue_defaults(name);
             drover_core::validate::validate_policy(&policy)
                 .map_err(|e| format!("queues.{name}.{e}"))?;
+            q.limits().map_err(|e| format!("queues.{name}.{e}"))?;
             if timeout < 0 || q.timeout_ms < 0 {
                 return Err(format!("queues.{name}.timeout_ms: must not be negative"));
             }
@@ -245,5 +294,64 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().contains("heartbeat_interval_ms"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_numbers_validate_or_are_refused(
+            hb in proptest::prelude::any::<u64>(),
+            ttl in proptest::prelude::any::<u64>(),
+            cap in proptest::prelude::any::<u64>(),
+            streams in proptest::prelude::any::<usize>(),
+            memory in ".{0,12}",
+            cpus in proptest::prelude::any::<f64>(),
+        ) {
+            let mut c = Config {
+                heartbeat_interval_ms: hb,
+                lease_ttl_ms: ttl,
+                log_cap_bytes: cap,
+                max_log_streams_per_client: streams,
+                ..Config::default()
+            };
+            c.queues.insert("q".into(), QueueConfig {
+                memory: Some(memory),
+                cpus: Some(cpus),
+                ..QueueConfig::default()
+            });
+            if c.validate().is_ok() {
+                proptest::prop_assert!(hb > 0 && hb.saturating_mul(2) <= ttl);
+                proptest::prop_assert!(streams > 0 && cap >= 1024);
+                let l = c.queue_limits("q");
+                proptest::prop_assert!(l.memory_bytes.is_some() && l.cpu_millis.is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn queue_limits_are_parsed_and_checked() {
+        let q = |memory: &str, cpus: f64| QueueConfig {
+            memory: Some(memory.into()),
+            cpus: Some(cpus),
+            pids: Some(512),
+            ..QueueConfig::default()
+        };
+        let mut c = Config::default();
+        c.queues.insert("big".into(), q("4G", 2.0));
+        assert_eq!(c.validate(), Ok(()));
+        let l = c.queue_limits("big");
+        assert_eq!(l.memory_bytes, Some(4 << 30));
+        assert_eq!(l.cpu_millis, Some(2000));
+        assert_eq!(l.pids, Some(512));
+        assert!(c.queue_limits("other").is_empty());
+        for (m, cpus, field) in [
+            ("4X", 2.0, "memory"),
+            ("4G", -1.0, "cpus"),
+            ("1", 1.0, "memory_limit_bytes"),
+        ] {
+            let mut c = Config::default();
+            c.queues.insert("big".into(), q(m, cpus));
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(&format!("queues.big.{field}")), "{e}");
+        }
     }
 }

@@ -73,6 +73,7 @@ pub fn policy_to_pb(p: &RetryPolicy) -> pb::RetryPolicy {
         permanent_exit_codes: p.permanent_exit_codes.clone(),
         retryable_patterns: p.retryable_patterns.clone(),
         permanent_patterns: p.permanent_patterns.clone(),
+        retry_out_of_memory: Some(p.retry_out_of_memory),
     }
 }
 
@@ -90,6 +91,7 @@ pub fn overrides_from_pb(p: &pb::RetryPolicy) -> PolicyOverrides {
         permanent_exit_codes: list(&p.permanent_exit_codes),
         retryable_patterns: pats(&p.retryable_patterns),
         permanent_patterns: pats(&p.permanent_patterns),
+        retry_out_of_memory: p.retry_out_of_memory,
     }
 }
 
@@ -106,6 +108,9 @@ pub fn job_to_pb(j: &JobRow) -> pb::Job {
             retry: Some(policy_to_pb(&j.policy)),
             idempotency_key: j.spec.idempotency_key.clone().unwrap_or_default(),
             outputs: j.spec.outputs.clone(),
+            memory_limit_bytes: j.spec.limits.memory_bytes.unwrap_or(0),
+            cpu_millis: j.spec.limits.cpu_millis.unwrap_or(0),
+            pids_limit: j.spec.limits.pids.unwrap_or(0),
         }),
         state: job_state(j.state) as i32,
         attempt_count: j.attempt_count.max(0) as u32,

@@ -27,6 +27,8 @@ pub struct Session {
     pub worker_id: String,
     pub queues: Vec<String>,
     pub labels: Vec<String>,
+    /// Slots declared in Hello: credits never exceed them, nor do running attempts.
+    pub slots: u32,
     credits: Mutex<u32>,
     /// Paused or draining: takes no new jobs until a heartbeat says otherwise.
     paused: std::sync::atomic::AtomicBool,
@@ -38,7 +40,7 @@ pub struct Session {
 impl Session {
     pub fn add_credits(&self, n: u32) {
         if let Ok(mut c) = self.credits.lock() {
-            *c = c.saturating_add(n);
+            *c = c.saturating_add(n).min(self.slots);
         }
     }
 
@@ -69,6 +71,8 @@ impl Session {
 }
 
 pub struct Dispatcher {
+    /// Log followers' notifications (fed by this coordinator's writes and by LISTEN).
+    pub logs: Arc<crate::log_watch::LogWatch>,
     store: Store,
     lease_ttl: Duration,
     /// Safety-net sweep interval (`dispatch_sweep_ms`): only matters if a notification
@@ -83,6 +87,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(store: Store, lease_ttl: Duration, sweep: Duration) -> Arc<Self> {
         Arc::new(Dispatcher {
+            logs: Arc::default(),
             store,
             lease_ttl,
             sweep,
@@ -104,6 +109,7 @@ impl Dispatcher {
         worker_id: String,
         queues: Vec<String>,
         labels: Vec<String>,
+        slots: u32,
         credits: u32,
         tx: Outbound,
     ) -> Arc<Session> {
@@ -112,7 +118,8 @@ impl Dispatcher {
             worker_id,
             queues,
             labels,
-            credits: Mutex::new(credits),
+            slots,
+            credits: Mutex::new(credits.min(slots)),
             paused: std::sync::atomic::AtomicBool::new(false),
             tx,
             closed: CancellationToken::new(),
@@ -195,6 +202,7 @@ impl Dispatcher {
                     &s.labels,
                     i64::from(want),
                     self.lease_ttl,
+                    i64::from(s.slots),
                 )
                 .await?;
             if claimed.len() < want as usize {
@@ -237,6 +245,9 @@ impl Dispatcher {
                     timeout_ms: c.timeout_ms,
                     outputs: c.outputs,
                     trace_parent: trace_parent.unwrap_or_default(),
+                    memory_limit_bytes: c.limits.memory_bytes.unwrap_or(0),
+                    cpu_millis: c.limits.cpu_millis.unwrap_or(0),
+                    pids_limit: c.limits.pids.unwrap_or(0),
                 }));
                 if !sent {
                     // The worker went away between claim and send: hand the job back

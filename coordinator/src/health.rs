@@ -106,6 +106,7 @@ fn worker_to_pb(w: &WorkerRow, state: &str) -> pb::Worker {
             .as_deref()
             .and_then(|b| pb::HostResources::decode(b).ok()),
         version: w.version.clone(),
+        containment: w.containment.clone(),
     }
 }
 
@@ -290,6 +291,7 @@ mod tests {
             resources: None,
             paused_reason: paused.into(),
             draining: false,
+            containment: String::new(),
         }
     }
 

@@ -23,6 +23,9 @@ use uuid::Uuid;
 pub const DEFAULT_QUEUE: &str = "default";
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 1000;
+/// A ListJobs page stops before its jobs' variable-size fields pass this many bytes (well
+/// under the 4 MiB message limit); the client follows next_page_token for the rest.
+pub const MAX_PAGE_BYTES: i64 = 2 * 1024 * 1024;
 
 pub struct JobsApi {
     pub store: Store,
@@ -44,6 +47,12 @@ pub fn spec_from_pb(
         spec.queue
     };
     let (base, queue_timeout) = config.queue_defaults(&queue);
+    let asked = drover_core::ResourceLimits {
+        memory_bytes: (spec.memory_limit_bytes > 0).then_some(spec.memory_limit_bytes),
+        cpu_millis: (spec.cpu_millis > 0).then_some(spec.cpu_millis),
+        pids: (spec.pids_limit > 0).then_some(spec.pids_limit),
+    }
+    .or(&config.queue_limits(&queue));
     let policy = match &spec.retry {
         Some(r) => convert::overrides_from_pb(r).apply(&base),
         None => base,
@@ -62,6 +71,7 @@ pub fn spec_from_pb(
         },
         idempotency_key: (!key.is_empty()).then_some(key),
         outputs: spec.outputs,
+        limits: asked,
     };
     validate_spec(&out)?;
     validate_policy(&policy)?;
@@ -164,9 +174,11 @@ impl JobService for JobsApi {
                 Some(parse_page_token(&r.page_token)?)
             },
             limit: i64::from(size) + 1,
+            max_bytes: MAX_PAGE_BYTES,
         };
-        let mut jobs = self.store.list_jobs(&filter).await?;
-        let next = if jobs.len() > size as usize {
+        let (mut jobs, cut) = self.store.list_jobs(&filter).await?;
+        // One more than asked means more follow; so does a page cut short by its size.
+        let next = if jobs.len() > size as usize || cut {
             jobs.truncate(size as usize);
             jobs.last().map(page_token).unwrap_or_default()
         } else {
@@ -184,6 +196,14 @@ impl JobService for JobsApi {
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
         let r = req.into_inner();
         let id = parse_id("id", &r.id)?;
+        let max = drover_core::validate::MAX_PARAMS_COUNT;
+        if r.set_params.len() > max {
+            return Err(Error::Invalid(format!(
+                "set_params: {} params; the limit is {max}",
+                r.set_params.len()
+            ))
+            .into());
+        }
         let job = self
             .store
             .retry_job(id, &r.set_params.into_iter().collect())
@@ -319,6 +339,7 @@ impl JobService for JobsApi {
         use futures::StreamExt;
         let r = req.into_inner();
         let job_id = parse_id("job_id", &r.job_id)?;
+        drover_core::validate::check_relative_path("name", &r.name).map_err(Error::from)?;
         let rows = self.store.list_artifacts(job_id).await?;
         let Some(row) = rows.iter().find(|a| a.name == r.name) else {
             let names: Vec<&str> = rows.iter().map(|a| a.name.as_str()).collect();
@@ -355,6 +376,7 @@ impl JobService for JobsApi {
         &self,
         req: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let client = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
         let job_id = parse_id("job_id", &r.job_id)?;
         let job = self
@@ -369,15 +391,88 @@ impl JobService for JobsApi {
             ))
             .into());
         }
-        let (tx, rx) = mpsc::channel(16);
+        let watch = self.dispatcher.logs.clone();
+        let max = self.config.max_log_streams_per_client;
+        let slot = watch.open_stream(client, max).map_err(|open| {
+            Status::resource_exhausted(format!(
+                "this client ({}) already has {open} log streams open; the limit is {max} \
+                 (max_log_streams_per_client): close some first",
+                client
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "unknown address".into())
+            ))
+        })?;
+        let (tx, rx) = mpsc::channel(crate::logs::STREAM_BUFFER);
         let store = self.store.clone();
         let cap = self.config.log_cap_bytes;
         tokio::spawn(async move {
-            if let Err(e) = crate::logs::follow(store, job_id, r.attempt, r.follow, cap, &tx).await
+            let _slot = slot;
+            if let Err(e) =
+                crate::logs::follow(store, &watch, job_id, r.attempt, r.follow, cap, &tx).await
             {
                 let _ = tx.send(Err(e.into())).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn page_tokens_round_trip(micros in -62_000_000_000_000_000i64..200_000_000_000_000_000i64, id in any::<u128>()) {
+            let id = Uuid::from_u128(id);
+            let t = format!("{micros}_{id}");
+            if let Some(ts) = DateTime::from_timestamp_micros(micros) {
+                prop_assert_eq!(parse_page_token(&t).ok(), Some((ts, id)));
+            }
+        }
+
+        #[test]
+        fn any_other_token_is_a_named_error(t in ".{0,80}") {
+            if let Err(e) = parse_page_token(&t) {
+                prop_assert!(e.to_string().starts_with("page_token:"));
+            }
+        }
+
+        #[test]
+        fn sql_looking_tokens_are_refused(inj in "[0-9]{1,5}_' (OR|;) 1=1 --.{0,10}") {
+            prop_assert!(parse_page_token(&inj).is_err());
+        }
+    }
+
+    #[test]
+    fn submitted_limits_take_queue_defaults() {
+        let mut cfg = Config::default();
+        cfg.queues.insert(
+            "big".into(),
+            crate::config::QueueConfig {
+                memory: Some("4G".into()),
+                pids: Some(512),
+                ..Default::default()
+            },
+        );
+        let (spec, _) = spec_from_pb(
+            Some(pb::JobSpec {
+                argv: vec!["true".into()],
+                queue: "big".into(),
+                memory_limit_bytes: 1 << 30,
+                cpu_millis: 2000,
+                ..Default::default()
+            }),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.limits.memory_bytes,
+            Some(1 << 30),
+            "the job's own wins"
+        );
+        assert_eq!(spec.limits.cpu_millis, Some(2000));
+        assert_eq!(spec.limits.pids, Some(512), "the queue's default fills in");
     }
 }

@@ -33,6 +33,7 @@ pub mod http;
 pub mod jobs_api;
 pub mod leader;
 pub mod listen;
+pub mod log_watch;
 pub mod logs;
 pub mod metrics;
 pub mod notify;

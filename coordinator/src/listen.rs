@@ -2,6 +2,7 @@
 //! wakes this coordinator's dispatcher at once.
 
 use crate::dispatch::Dispatcher;
+use crate::log_watch::LOGS_CHANNEL;
 use crate::store::{CONTROL_CHANNEL, JOBS_CHANNEL};
 use futures::StreamExt;
 use std::sync::Arc;
@@ -31,11 +32,17 @@ async fn listen_once(
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let logs = dispatcher.logs.clone();
     // The connection must be polled for notifications to arrive.
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
         while let Some(m) = messages.next().await {
             match m {
+                Ok(AsyncMessage::Notification(n)) if n.channel() == LOGS_CHANNEL => {
+                    if let Ok(job) = uuid::Uuid::parse_str(n.payload()) {
+                        logs.notify(job);
+                    }
+                }
                 Ok(AsyncMessage::Notification(n)) => {
                     let order = (n.channel() == CONTROL_CHANNEL).then(|| n.payload().to_string());
                     if tx.send(order).is_err() {
@@ -48,7 +55,9 @@ async fn listen_once(
         }
     });
     client
-        .batch_execute(&format!("LISTEN {JOBS_CHANNEL}; LISTEN {CONTROL_CHANNEL}"))
+        .batch_execute(&format!(
+            "LISTEN {JOBS_CHANNEL}; LISTEN {CONTROL_CHANNEL}; LISTEN {LOGS_CHANNEL}"
+        ))
         .await?;
     // Anything that happened while we were not listening.
     dispatcher.wake();

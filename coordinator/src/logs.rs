@@ -3,18 +3,23 @@
 use crate::artifacts::{key, BlobStore};
 use crate::convert;
 use crate::error::Error;
+use crate::log_watch::LogWatch;
 use crate::store::{AttemptRow, Store};
 use drover_core::logcap;
 use drover_proto::v1 as pb;
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
 use uuid::Uuid;
 
-/// How often a follower looks for new output. Reads hit the primary key; followers are few.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// A follower re-checks its job this often even without a notification (one may have been
+/// missed while the LISTEN connection reconnected).
+const FOLLOW_FALLBACK: Duration = Duration::from_secs(2);
 const PAGE: i64 = 256;
+/// Chunks (of at most 64 KiB) a stream holds for its client: the next ones are read from
+/// the database only once the client has taken these, so an unread stream costs little.
+pub const STREAM_BUFFER: usize = 4;
 
 /// Chunks of one attempt after `cursor`, with a marker where the size cap dropped output.
 /// Advances `cursor` to the last seq returned.
@@ -24,7 +29,18 @@ pub async fn next_chunks(
     cursor: &mut i64,
     cap: u64,
 ) -> Result<Vec<pb::LogChunk>, Error> {
-    let stored = store.read_logs(attempt.id, *cursor, PAGE).await?;
+    next_chunks_limit(store, attempt, cursor, cap, PAGE).await
+}
+
+/// [`next_chunks`], reading at most `limit` stored chunks (plus a possible cap marker).
+async fn next_chunks_limit(
+    store: &Store,
+    attempt: &AttemptRow,
+    cursor: &mut i64,
+    cap: u64,
+    limit: i64,
+) -> Result<Vec<pb::LogChunk>, Error> {
+    let stored = store.read_logs(attempt.id, *cursor, limit).await?;
     let mut out = Vec::with_capacity(stored.len() + 1);
     for c in stored {
         if c.seq > *cursor + 1 {
@@ -54,8 +70,12 @@ pub async fn next_chunks(
 /// terminal. The job's state is read *before* each pass over the chunks: a worker finishes
 /// an attempt only after its whole log is stored, so a pass that started after the job
 /// was terminal has seen everything.
+///
+/// `tx` must have a capacity of at least [`STREAM_BUFFER`]: chunks are read only when that
+/// many places are free, i.e. when the client has taken what was sent before.
 pub async fn follow(
     store: Store,
+    watch: &LogWatch,
     job_id: Uuid,
     attempt: u32,
     follow: bool,
@@ -63,6 +83,8 @@ pub async fn follow(
     tx: &mpsc::Sender<Result<pb::LogChunk, Status>>,
 ) -> Result<(), Error> {
     let mut cursors: HashMap<Uuid, i64> = HashMap::new();
+    // Subscribed before the first read, so nothing written after it goes unnoticed.
+    let mut news = watch.subscribe();
     loop {
         let terminal = store
             .get_job(job_id)
@@ -76,23 +98,43 @@ pub async fn follow(
         {
             let cursor = cursors.entry(a.id).or_insert(-1);
             loop {
-                let chunks = next_chunks(&store, a, cursor, cap).await?;
+                // Waits until the client has taken what it was sent (backpressure), or
+                // returns if it went away.
+                let Ok(permits) = tx.reserve_many(STREAM_BUFFER).await else {
+                    return Ok(());
+                };
+                // One place is kept for a cap marker.
+                let chunks =
+                    next_chunks_limit(&store, a, cursor, cap, STREAM_BUFFER as i64 - 1).await?;
                 if chunks.is_empty() {
                     break;
                 }
-                for c in chunks {
-                    if tx.send(Ok(c)).await.is_err() {
-                        return Ok(()); // client went away
-                    }
+                for (permit, c) in permits.zip(chunks) {
+                    permit.send(Ok(c));
                 }
             }
         }
         if !follow || terminal {
             return Ok(());
         }
-        tokio::select! {
-            _ = tokio::time::sleep(FOLLOW_POLL) => {}
-            _ = tx.closed() => return Ok(()),
+        // Until this job has news (or the fallback re-check is due).
+        let wait = tokio::time::sleep(FOLLOW_FALLBACK);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                n = news.recv() => match n {
+                    Ok(id) if id == job_id => break,
+                    Ok(_) => continue,
+                    // Missed some: ours may be among them.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        (&mut wait).await;
+                        break;
+                    }
+                },
+                _ = &mut wait => break,
+                _ = tx.closed() => return Ok(()),
+            }
         }
     }
 }

@@ -73,7 +73,7 @@ pub const CONTROL_CHANNEL: &str = "drover_control";
 const JOB_COLUMNS: &str = "j.id, j.queue, j.state, j.argv, j.env, j.labels, j.params, \
     j.timeout_ms, j.retry_policy, j.idempotency_key, j.original_job_id, j.retry_of, \
     j.attempt_count, j.current_attempt_id, j.not_before, j.reason, j.created_at, \
-    j.updated_at, j.finished_at, j.cancel_requested_at, j.outputs";
+    j.updated_at, j.finished_at, j.cancel_requested_at, j.outputs, j.limits";
 
 const ATTEMPT_COLUMNS: &str = "a.id, a.job_id, a.number, a.worker_id, a.state, a.started_at, \
     a.lease_expires_at, a.finished_at, a.exit_code, a.signal, a.reason, a.log_bytes, \
@@ -133,6 +133,7 @@ pub struct Claimed {
     pub waited: Duration,
     /// Trace context of the submit, to continue.
     pub trace_parent: Option<String>,
+    pub limits: drover_core::ResourceLimits,
 }
 
 const ARTIFACT_COLUMNS: &str =
@@ -186,6 +187,7 @@ pub struct WorkerRow {
     pub resources: Option<Vec<u8>>,
     pub paused_reason: String,
     pub draining: bool,
+    pub containment: String,
 }
 
 /// Per-queue counts for the health report.
@@ -227,6 +229,7 @@ pub struct WorkerHello {
     pub slots: i32,
     pub version: String,
     pub running: Vec<Uuid>,
+    pub containment: String,
 }
 
 #[derive(Debug, Clone)]
@@ -252,6 +255,9 @@ pub struct JobFilter {
     /// Keyset cursor: (created_at, id) of the last job on the previous page.
     pub after: Option<(DateTime<Utc>, Uuid)>,
     pub limit: i64,
+    /// Stop before the jobs' variable-size fields (argv, env, params, labels, outputs,
+    /// reason, policy) add up to more than this; at least one job is always returned.
+    pub max_bytes: i64,
 }
 
 /// How an attempt is being ended, and by whom.
@@ -289,6 +295,10 @@ fn job_from_row(r: &Row) -> Result<JobRow> {
             timeout_ms: r.try_get("timeout_ms")?,
             idempotency_key: r.try_get("idempotency_key")?,
             outputs: r.try_get("outputs")?,
+            limits: {
+                let Json(l): Json<drover_core::ResourceLimits> = r.try_get("limits")?;
+                l
+            },
         },
         state: parse_state(&state)?,
         policy,
@@ -600,26 +610,52 @@ impl Store {
     }
 
     /// Newest first, keyset-paginated on (created_at, id).
-    pub async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<JobRow>> {
+    /// Jobs matching `f`, newest first, and whether the byte budget cut the page short.
+    pub async fn list_jobs(&self, f: &JobFilter) -> Result<(Vec<JobRow>, bool)> {
         let c = self.pool.get().await?;
         let state = f.state.map(|s| s.as_str().to_string());
         let (after_ts, after_id) = match f.after {
             Some((ts, id)) => (Some(ts), Some(id)),
             None => (None, None),
         };
-        let rows = c
+        // First the sizes only, so a page of big jobs is never loaded whole: then the
+        // rows that fit in the byte budget.
+        let sized = c
             .query_cached(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs j \
-                     WHERE ($1::text IS NULL OR j.state = $1) \
-                       AND ($2::text IS NULL OR j.queue = $2) \
-                       AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid)) \
-                     ORDER BY j.created_at DESC, j.id DESC LIMIT $5"
-                ),
+                "SELECT j.id, octet_length(j.argv::text) + octet_length(j.env::text) \
+                          + octet_length(j.params::text) + octet_length(j.labels::text) \
+                          + octet_length(j.outputs::text) + octet_length(j.reason) \
+                          + octet_length(j.retry_policy::text) \
+                          + coalesce(octet_length(j.idempotency_key), 0) AS size \
+                   FROM jobs j \
+                  WHERE ($1::text IS NULL OR j.state = $1) \
+                    AND ($2::text IS NULL OR j.queue = $2) \
+                    AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid)) \
+                  ORDER BY j.created_at DESC, j.id DESC LIMIT $5",
                 &[&state, &f.queue, &after_ts, &after_id, &f.limit],
             )
             .await?;
-        rows.iter().map(job_from_row).collect()
+        let sizes: Vec<(Uuid, i64)> = sized
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get::<_, Option<i32>>(1)?.unwrap_or(0).into(),
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let ids = drover_core::paging::fit_in_budget(&sizes, f.max_bytes);
+        let cut = ids.len() < sizes.len();
+        let rows = c
+            .query_cached(
+                &format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = ANY($1) \
+                     ORDER BY j.created_at DESC, j.id DESC"
+                ),
+                &[&ids],
+            )
+            .await?;
+        Ok((rows.iter().map(job_from_row).collect::<Result<_>>()?, cut))
     }
 
     /// Earliest time a pending job becomes due, if any is waiting out a backoff.
@@ -637,7 +673,9 @@ impl Store {
     // ---------------------------------------------------------------- leasing
 
     /// Leases up to `n` due pending jobs that this worker can run, creating one attempt
-    /// each. Committed at once; no row lock is held while jobs run.
+    /// each, and never so many that the worker holds more than `slots` running attempts
+    /// (its credits are its word; its running attempts are the truth). Committed at once;
+    /// no row lock is held while jobs run.
     pub async fn claim(
         &self,
         worker_id: &str,
@@ -645,6 +683,7 @@ impl Store {
         labels: &[String],
         n: i64,
         lease_ttl: Duration,
+        slots: i64,
     ) -> Result<Vec<Claimed>> {
         let c = self.pool.get().await?;
         // MATERIALIZED keeps the planner from re-running the locking subquery (which could
@@ -660,7 +699,9 @@ impl Store {
                          WHERE state = 'pending' AND queue = q.name AND not_before <= now() \
                            AND labels <@ $2 \
                          ORDER BY not_before, id LIMIT $3 FOR UPDATE SKIP LOCKED) p \
-                     ORDER BY p.due, p.id LIMIT $3), \
+                     ORDER BY p.due, p.id \
+                     LIMIT least($3, greatest(0, $6 - (SELECT count(*) FROM attempts r \
+                                   WHERE r.worker_id = $4 AND r.state = 'running')))), \
                  a AS ( \
                     INSERT INTO attempts (id, job_id, number, worker_id, state, lease_expires_at) \
                     SELECT gen_random_uuid(), j.id, j.attempt_count + 1, $4, 'running', \
@@ -671,9 +712,9 @@ impl Store {
                         attempt_count = a.number, reason = '', updated_at = now() \
                    FROM a JOIN c ON c.id = a.job_id WHERE j.id = a.job_id \
                  RETURNING a.id AS attempt_id, j.id AS job_id, a.number, j.argv, j.env, \
-                           j.params, j.timeout_ms, j.outputs, j.trace_parent, \
+                           j.params, j.timeout_ms, j.outputs, j.trace_parent, j.limits, \
                            extract(epoch FROM now() - c.due)::float8 AS waited",
-                &[&queues, &labels, &n, &worker_id, &millis(lease_ttl)],
+                &[&queues, &labels, &n, &worker_id, &millis(lease_ttl), &slots],
             )
             .await?;
         rows.iter()
@@ -691,6 +732,10 @@ impl Store {
                     outputs: r.try_get("outputs")?,
                     waited: Duration::from_secs_f64(r.try_get::<_, f64>("waited")?.max(0.0)),
                     trace_parent: r.try_get("trace_parent")?,
+                    limits: {
+                        let Json(l): Json<drover_core::ResourceLimits> = r.try_get("limits")?;
+                        l
+                    },
                 })
             })
             .collect()
@@ -710,11 +755,11 @@ impl Store {
             let c = self.pool.get().await?;
             c.execute_cached(
                 "INSERT INTO workers (id, hostname, labels, queues, slots, version, \
-                    coordinator_id, connected, last_seen_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, true, now()) \
+                    coordinator_id, connected, last_seen_at, containment) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, true, now(), $8) \
                  ON CONFLICT (id) DO UPDATE SET hostname = $2, labels = $3, queues = $4, \
                     slots = $5, version = $6, coordinator_id = $7, connected = true, \
-                    last_seen_at = now()",
+                    last_seen_at = now(), containment = $8",
                 &[
                     &w.id,
                     &w.hostname,
@@ -723,6 +768,7 @@ impl Store {
                     &w.slots,
                     &w.version,
                     &coordinator_id,
+                    &w.containment,
                 ],
             )
             .await?;
@@ -848,7 +894,66 @@ impl Store {
 
     /// Ends a running attempt and moves its job on, in one transaction. Refuses with
     /// FAILED_PRECONDITION if the attempt is not the job's current running attempt.
+    ///
+    /// A result whose transition cannot be computed or stored (an internal error, e.g. an
+    /// unreadable stored policy or a value out of the database's range) does not leave the
+    /// job running: the attempt ends `failed_permanent` and the job `permanent_failed`,
+    /// with the error as the reason.
     pub async fn end_attempt(&self, attempt_id: Uuid, req: &EndRequest) -> Result<Ended> {
+        match self.end_attempt_tx(attempt_id, req).await {
+            Err(Error::Internal(why)) => {
+                tracing::error!(%attempt_id, error = ?why, "attempt result could not be applied; failing the job");
+                self.end_attempt_unapplied(attempt_id, &why).await
+            }
+            other => other,
+        }
+    }
+
+    async fn end_attempt_unapplied(&self, attempt_id: Uuid, why: &str) -> Result<Ended> {
+        let reason = drover_core::validate::sanitize_reported(
+            &format!("the attempt's result could not be applied: {why}"),
+            1024,
+        );
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let Some(row) = tx
+            .query_opt_cached(
+                "UPDATE attempts SET state = 'failed_permanent', finished_at = now(), reason = $2 \
+                  WHERE id = $1 AND state = 'running' RETURNING job_id",
+                &[&attempt_id, &reason],
+            )
+            .await?
+        else {
+            return Err(Error::FailedPrecondition(format!(
+                "attempt {attempt_id} is not running"
+            )));
+        };
+        let job_id: Uuid = row.try_get(0)?;
+        tx.execute_cached(
+            "UPDATE jobs SET state = 'permanent_failed', current_attempt_id = NULL, reason = $2, \
+                    updated_at = now(), finished_at = now() \
+              WHERE id = $1 AND current_attempt_id = $3",
+            &[&job_id, &reason, &attempt_id],
+        )
+        .await?;
+        insert_event(
+            &tx,
+            job_id,
+            "job.permanent_failed",
+            json!({"attempt_id": attempt_id, "attempt_state": "failed_permanent", "reason": reason}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ended {
+            job_id,
+            duration: None,
+            attempt_state: AttemptState::FailedPermanent,
+            job_state: JobState::PermanentFailed,
+            reason,
+        })
+    }
+
+    async fn end_attempt_tx(&self, attempt_id: Uuid, req: &EndRequest) -> Result<Ended> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let row = tx
@@ -882,7 +987,9 @@ impl Store {
                 )));
             }
         }
-        let Json(policy): Json<RetryPolicy> = row.try_get("retry_policy")?;
+        let Json(policy): Json<serde_json::Value> = row.try_get("retry_policy")?;
+        let policy: RetryPolicy = serde_json::from_value(policy)
+            .map_err(|e| Error::Internal(format!("stored retry policy is unreadable: {e}")))?;
         let queue: String = row.try_get("queue")?;
         let cl = drover_core::classify(&policy, &req.raw, &req.output_tail);
         let failures: i32 =
@@ -1021,6 +1128,12 @@ impl Store {
             tx.execute_cached("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &queue])
                 .await?;
         }
+        // Log followers learn that the attempt (and maybe the job) ended.
+        tx.execute_cached(
+            "SELECT pg_notify($1, $2)",
+            &[&crate::log_watch::LOGS_CHANNEL, &job_id.to_string()],
+        )
+        .await?;
         tx.commit().await?;
         Ok(Ended {
             job_id,
@@ -1114,6 +1227,12 @@ impl Store {
                 &(after.head_bytes as i64),
                 &(after.dropped as i64),
             ],
+        )
+        .await?;
+        // Log followers on every coordinator read on from here.
+        tx.execute_cached(
+            "SELECT pg_notify($1, job_id::text) FROM attempts WHERE id = $2",
+            &[&crate::log_watch::LOGS_CHANNEL, &attempt_id],
         )
         .await?;
         tx.commit().await?;
@@ -1229,7 +1348,7 @@ impl Store {
                 "SELECT w.id, w.hostname, w.labels, w.queues, w.slots, w.version, w.connected, \
                         w.last_seen_at, \
                         (extract(epoch FROM now() - w.last_seen_at) * 1000)::int8 AS ago, \
-                        w.resources, w.paused_reason, w.draining, \
+                        w.resources, w.paused_reason, w.draining, w.containment, \
                         (SELECT count(*) FROM attempts a \
                           WHERE a.worker_id = w.id AND a.state = 'running') AS running \
                    FROM workers w WHERE w.last_seen_at > now() - interval '7 days' \
@@ -1253,6 +1372,7 @@ impl Store {
                     resources: r.try_get("resources")?,
                     paused_reason: r.try_get("paused_reason")?,
                     draining: r.try_get("draining")?,
+                    containment: r.try_get("containment")?,
                 })
             })
             .collect()
@@ -1389,8 +1509,8 @@ async fn insert_job(
             &format!(
                 "INSERT INTO jobs AS j (id, queue, state, argv, env, labels, params, \
                  timeout_ms, retry_policy, idempotency_key, original_job_id, retry_of, outputs, \
-                 trace_parent) \
-                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 trace_parent, limits) \
+                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                  ON CONFLICT (idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
             ),
             &[
@@ -1407,6 +1527,7 @@ async fn insert_job(
                 &retry_of,
                 &spec.outputs,
                 &trace_parent,
+                &Json(&spec.limits),
             ],
         )
         .await?;

@@ -5,7 +5,7 @@ use crate::convert::{self, parse_id};
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::store::{ArtifactRow, ChunkIn, EndRequest, Heartbeat, Store, WorkerHello, WorkerReport};
-use drover_core::validate::{check_name, check_relative_path};
+use drover_core::validate::{check_name, check_relative_path, sanitize_reported};
 use drover_core::RawResult;
 use drover_proto::v1 as pb;
 use drover_proto::v1::coordinator_message::Msg as Out;
@@ -24,6 +24,21 @@ use uuid::Uuid;
 /// Upper bound on one AppendLogs call (the gRPC message limit is set above this).
 pub const MAX_APPEND_BYTES: usize = 8 * 1024 * 1024;
 const MAX_SLOTS: u32 = 1024;
+/// Bounds on what a worker reports about itself (stored, shown by `droverctl workers` and
+/// `health`, and logged). Text beyond them is cut; lists beyond them are refused.
+pub const MAX_HOSTNAME_BYTES: usize = 255;
+pub const MAX_VERSION_BYTES: usize = 64;
+pub const MAX_CONTAINMENT_BYTES: usize = 256;
+pub const MAX_WORKER_LABELS: usize = 64;
+pub const MAX_WORKER_QUEUES: usize = 64;
+pub const MAX_REPORTED_ATTEMPTS: usize = 4096;
+pub const MAX_PAUSED_REASON_BYTES: usize = 1024;
+/// Per-job entries kept from one resource report, and its encoded size.
+pub const MAX_REPORTED_JOBS: usize = 1024;
+pub const MAX_RESOURCE_REPORT_BYTES: usize = 128 * 1024;
+/// A spawn or output error's text, and the output tail used for classification.
+pub const MAX_RESULT_TEXT_BYTES: usize = 4096;
+pub const MAX_OUTPUT_TAIL_BYTES: usize = 64 * 1024;
 
 pub struct WorkersApi {
     pub store: Store,
@@ -46,6 +61,26 @@ fn hello_from_pb(h: pb::Hello) -> Result<(WorkerHello, u32), Error> {
             "hello.worker_id: must be 1 to 128 characters".into(),
         ));
     }
+    if h.worker_id.chars().any(char::is_control) {
+        return Err(Error::Invalid(
+            "hello.worker_id: must not contain control characters".into(),
+        ));
+    }
+    for (field, n, max) in [
+        ("hello.labels", h.labels.len(), MAX_WORKER_LABELS),
+        ("hello.queues", h.queues.len(), MAX_WORKER_QUEUES),
+        (
+            "hello.running_attempts",
+            h.running_attempts.len(),
+            MAX_REPORTED_ATTEMPTS,
+        ),
+    ] {
+        if n > max {
+            return Err(Error::Invalid(format!(
+                "{field}: {n} entries; the limit is {max}"
+            )));
+        }
+    }
     if h.slots == 0 || h.slots > MAX_SLOTS {
         return Err(Error::Invalid(format!(
             "hello.slots: must be 1 to {MAX_SLOTS}, got {}",
@@ -63,7 +98,7 @@ fn hello_from_pb(h: pb::Hello) -> Result<(WorkerHello, u32), Error> {
     Ok((
         WorkerHello {
             id: h.worker_id,
-            hostname: h.hostname,
+            hostname: sanitize_reported(&h.hostname, MAX_HOSTNAME_BYTES),
             labels: h.labels,
             queues: if h.queues.is_empty() {
                 vec![crate::jobs_api::DEFAULT_QUEUE.to_string()]
@@ -71,11 +106,36 @@ fn hello_from_pb(h: pb::Hello) -> Result<(WorkerHello, u32), Error> {
                 h.queues
             },
             slots: h.slots as i32,
-            version: h.version,
+            version: sanitize_reported(&h.version, MAX_VERSION_BYTES),
             running,
+            containment: sanitize_reported(&h.containment, MAX_CONTAINMENT_BYTES),
         },
         free,
     ))
+}
+
+fn parse_heartbeat_ids(ids: &[String]) -> Result<Vec<Uuid>, Error> {
+    if ids.len() > MAX_REPORTED_ATTEMPTS {
+        return Err(Error::Invalid(format!(
+            "heartbeat.running_attempts: {} entries; the limit is {MAX_REPORTED_ATTEMPTS}",
+            ids.len()
+        )));
+    }
+    parse_ids("heartbeat.running_attempts", ids)
+}
+
+/// A worker's resource report as stored: at most MAX_REPORTED_JOBS per-job entries with
+/// sane ids, and no larger than MAX_RESOURCE_REPORT_BYTES encoded (else the per-job list
+/// is dropped), so `droverctl health`/`workers` responses stay small.
+fn bounded_resources(mut r: pb::HostResources) -> Vec<u8> {
+    r.jobs.truncate(MAX_REPORTED_JOBS);
+    for j in &mut r.jobs {
+        j.attempt_id = sanitize_reported(&j.attempt_id, 64);
+    }
+    if r.encoded_len() > MAX_RESOURCE_REPORT_BYTES {
+        r.jobs.clear();
+    }
+    r.encode_to_vec()
 }
 
 pub fn stop_msg(attempt_id: Uuid, code: tonic::Code, reason: &str) -> Out {
@@ -128,8 +188,9 @@ impl WorkerService for WorkersApi {
             .store
             .register_worker(&hello, &self.coordinator_id, self.lease_ttl)
             .await?;
-        tracing::info!(worker_id = %hello.id, hostname = %hello.hostname, slots = hello.slots,
-            running = hello.running.len(), orphans_lost = orphans.len(), "worker connected");
+        tracing::info!(worker_id = ?hello.id, hostname = ?hello.hostname, slots = hello.slots,
+            running = hello.running.len(), orphans_lost = orphans.len(),
+            containment = ?hello.containment, "worker connected");
 
         let (tx, rx) = mpsc::channel(256 + 2 * hello.slots as usize);
         let welcome = Out::Welcome(pb::Welcome {
@@ -151,6 +212,7 @@ impl WorkerService for WorkersApi {
             hello.id.clone(),
             hello.queues.clone(),
             hello.labels.clone(),
+            hello.slots.max(0) as u32,
             free,
             tx,
         );
@@ -168,23 +230,19 @@ impl WorkerService for WorkersApi {
                 match msg {
                     Ok(Some(pb::WorkerMessage { msg: Some(m) })) => match m {
                         In::Heartbeat(hb) => {
-                            let ids = match parse_ids(
-                                "heartbeat.running_attempts",
-                                &hb.running_attempts,
-                            ) {
+                            let ids = match parse_heartbeat_ids(&hb.running_attempts) {
                                 Ok(ids) => ids,
                                 Err(e) => {
-                                    tracing::warn!(worker_id = %session.worker_id, error = %e, "bad heartbeat");
+                                    tracing::warn!(worker_id = ?session.worker_id, error = ?e.to_string(), "bad heartbeat");
                                     continue;
                                 }
                             };
                             let report = WorkerReport {
-                                resources: hb
-                                    .resources
-                                    .as_ref()
-                                    .map(|r| r.encode_to_vec())
-                                    .unwrap_or_default(),
-                                paused_reason: hb.paused_reason.clone(),
+                                resources: hb.resources.map(bounded_resources).unwrap_or_default(),
+                                paused_reason: sanitize_reported(
+                                    &hb.paused_reason,
+                                    MAX_PAUSED_REASON_BYTES,
+                                ),
                                 draining: hb.draining,
                             };
                             // A paused or draining worker gets no new jobs, whatever its credits.
@@ -211,7 +269,7 @@ impl WorkerService for WorkersApi {
                             dispatcher.wake();
                         }
                         In::Hello(_) => {
-                            tracing::warn!(worker_id = %session.worker_id, "duplicate hello ignored")
+                            tracing::warn!(worker_id = ?session.worker_id, "duplicate hello ignored")
                         }
                     },
                     Ok(Some(_)) => {}
@@ -304,18 +362,36 @@ impl WorkerService for WorkersApi {
                     "result.exited: set code or signal",
                 ))
             }
-            Some(R::SpawnError(e)) => RawResult::SpawnError(e),
+            Some(R::SpawnError(e)) => {
+                RawResult::SpawnError(sanitize_reported(&e, MAX_RESULT_TEXT_BYTES))
+            }
             Some(R::TimedOut(_)) => RawResult::TimedOut,
             Some(R::Cancelled(_)) => RawResult::Cancelled,
             Some(R::Released(_)) => RawResult::Released,
-            Some(R::OutputError(e)) => RawResult::OutputError(e),
+            Some(R::OutputError(e)) => {
+                RawResult::OutputError(sanitize_reported(&e, MAX_RESULT_TEXT_BYTES))
+            }
             None => return Err(Status::invalid_argument("result: required")),
         };
+        // The worker's cgroup saw the kernel kill a process for the memory limit: that
+        // (not the bare exit code or signal) is why the attempt failed.
+        let raw = match raw {
+            RawResult::Exited(code) if code != 0 && r.oom_limit_bytes > 0 => {
+                RawResult::OutOfMemory {
+                    limit_bytes: r.oom_limit_bytes,
+                }
+            }
+            RawResult::Signaled(_) if r.oom_limit_bytes > 0 => RawResult::OutOfMemory {
+                limit_bytes: r.oom_limit_bytes,
+            },
+            other => other,
+        };
+        let tail = &r.output_tail[r.output_tail.len().saturating_sub(MAX_OUTPUT_TAIL_BYTES)..];
         let count = i64::try_from(r.log_chunk_count)
             .map_err(|_| Status::invalid_argument("log_chunk_count: out of range"))?;
         let req = EndRequest {
             raw,
-            output_tail: String::from_utf8_lossy(&r.output_tail).into_owned(),
+            output_tail: String::from_utf8_lossy(tail).into_owned(),
             log_chunk_count: Some(count),
             only_if_expired: false,
             usage: (r.peak_rss_bytes > 0 || r.cpu_time_ms > 0)
@@ -325,9 +401,9 @@ impl WorkerService for WorkersApi {
         crate::metrics::ended(&ended);
         tracing::info!(job_id = %ended.job_id, %attempt_id, attempt_state = %ended.attempt_state,
             job_state = %ended.job_state, reason = %ended.reason, "attempt finished");
-        if ended.job_state == drover_core::JobState::Pending {
-            self.dispatcher.wake();
-        }
+        // A slot of the worker is free now (running attempts bound what it can lease),
+        // and the job may be pending again.
+        self.dispatcher.wake();
         Ok(Response::new(pb::FinishAttemptResponse {
             state: convert::attempt_state(ended.attempt_state) as i32,
             reason: ended.reason,

@@ -2,7 +2,9 @@
 //!
 //! - [`state`] — job and attempt states.
 //! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
+//! - [`limits`] — per-job resource limits and the sizes they are written in.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
+//! - [`paging`] — bounding a page of results by bytes as well as count.
 //! - [`params`] — `{name}` placeholder substitution in argv.
 //! - [`fingerprint`] — failure fingerprints: normalised output tails that group failures by cause.
 //! - [`alerting`] — alert rules, matching and storm folding.
@@ -12,12 +14,15 @@
 pub mod alerting;
 pub mod delivery;
 pub mod fingerprint;
+pub mod limits;
 pub mod logcap;
+pub mod paging;
 pub mod params;
 pub mod retry;
 pub mod state;
 pub mod validate;
 
+pub use limits::ResourceLimits;
 pub use retry::{classify, decide, Classification, Next, PolicyOverrides, RawResult, RetryPolicy};
 pub use state::{AttemptState, JobState};
 pub use validate::{JobSpec, ValidationError};

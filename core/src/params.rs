@@ -18,39 +18,75 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Replaces every `{name}` in `arg` with `params[name]`.
-pub fn substitute(arg: &str, params: &BTreeMap<String, String>) -> Result<String, ParamError> {
-    let mut out = String::with_capacity(arg.len());
+/// Walks `arg`, handing each piece of the result to `emit` in order: literal text and
+/// parameter values. Shared by [`substitute`] and [`expanded_len`], so the size check and
+/// the substitution can never disagree.
+fn walk<'a>(
+    arg: &'a str,
+    params: &'a BTreeMap<String, String>,
+    mut emit: impl FnMut(&'a str),
+) -> Result<(), ParamError> {
     let mut rest = arg;
     while let Some(i) = rest.find(['{', '}', '$']) {
-        out.push_str(&rest[..i]);
+        emit(&rest[..i]);
         let tail = &rest[i..];
         if tail.starts_with("{{") || tail.starts_with("}}") {
-            out.push_str(&tail[..1]);
+            emit(&tail[..1]);
             rest = &tail[2..];
         } else if tail.starts_with("${") {
             // Shell parameter expansion: copy through to its closing brace.
             let end = tail.find('}').map(|e| e + 1).unwrap_or(tail.len());
-            out.push_str(&tail[..end]);
+            emit(&tail[..end]);
             rest = &tail[end..];
         } else if let (true, Some(close)) = (tail.starts_with('{'), tail.find('}')) {
             let name = &tail[1..close];
             if is_identifier(name) {
                 match params.get(name) {
-                    Some(v) => out.push_str(v),
+                    Some(v) => emit(v),
                     None => return Err(ParamError::Missing(name.to_string())),
                 }
             } else {
-                out.push_str(&tail[..=close]);
+                emit(&tail[..=close]);
             }
             rest = &tail[close + 1..];
         } else {
-            out.push_str(&tail[..1]);
+            emit(&tail[..1]);
             rest = &tail[1..];
         }
     }
-    out.push_str(rest);
+    emit(rest);
+    Ok(())
+}
+
+/// Replaces every `{name}` in `arg` with `params[name]`.
+pub fn substitute(arg: &str, params: &BTreeMap<String, String>) -> Result<String, ParamError> {
+    let mut out = String::with_capacity(arg.len());
+    walk(arg, params, |piece| out.push_str(piece))?;
     Ok(out)
+}
+
+/// The length in bytes `substitute(arg, params)` would have, computed without building it
+/// (a 50 KB request can expand to gigabytes). Saturates at `u64::MAX`.
+pub fn expanded_len(arg: &str, params: &BTreeMap<String, String>) -> Result<u64, ParamError> {
+    let mut n: u64 = 0;
+    walk(arg, params, |piece| {
+        n = n.saturating_add(piece.len() as u64)
+    })?;
+    Ok(n)
+}
+
+/// Bytes of the whole argv after substitution, counting a NUL after each argument as
+/// `execve` does. Err names the argument with a missing placeholder.
+pub fn expanded_argv_len(
+    argv: &[String],
+    params: &BTreeMap<String, String>,
+) -> Result<u64, (usize, ParamError)> {
+    let mut total: u64 = 0;
+    for (i, a) in argv.iter().enumerate() {
+        let n = expanded_len(a, params).map_err(|e| (i, e))?;
+        total = total.saturating_add(n).saturating_add(1);
+    }
+    Ok(total)
 }
 
 /// Substitutes every element of argv.
@@ -114,6 +150,39 @@ mod tests {
             "x=${a} y=1",
             "the shell owns ${{a}}"
         );
+    }
+
+    #[test]
+    fn expanded_len_matches_substitute() {
+        let params = p(&[("a", "1"), ("long", &"x".repeat(1000))]);
+        for arg in [
+            "",
+            "plain",
+            "{a}",
+            "{{a}} {a}",
+            "x=${a} y={a} {long}{long}",
+            "{not a name} {1x} {",
+            "}}}{{{",
+            "${unterminated",
+        ] {
+            assert_eq!(
+                expanded_len(arg, &params).unwrap(),
+                substitute(arg, &params).unwrap().len() as u64,
+                "{arg}"
+            );
+        }
+        assert!(expanded_len("{b}", &params).is_err());
+    }
+
+    #[test]
+    fn expanded_len_of_a_huge_expansion_is_computed_without_building_it() {
+        // 16 700 placeholders of a 60 000-byte value: about 1 GB if it were built.
+        let params = p(&[("p", &"x".repeat(60_000))]);
+        let argv: Vec<String> = std::iter::once("echo".to_string())
+            .chain(std::iter::repeat_n("{p}".to_string(), 16_700))
+            .collect();
+        let n = expanded_argv_len(&argv, &params).unwrap();
+        assert_eq!(n, 5 + 16_700 * 60_001);
     }
 
     #[test]

@@ -16,6 +16,10 @@ pub const PERMANENT_EXIT_CODES: [i32; 2] = [126, 127];
 /// killing its workers must not loop forever.
 pub const MAX_LOST_ATTEMPTS: u32 = 10;
 
+/// Longest wait between attempts (30 days): submit refuses more, and the arithmetic never
+/// produces more, so a start time can always be stored.
+pub const MAX_BACKOFF_MS: u64 = 30 * 24 * 3600 * 1000;
+
 /// A fully resolved retry policy (defaults applied).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -31,6 +35,8 @@ pub struct RetryPolicy {
     pub permanent_exit_codes: Vec<i32>,
     pub retryable_patterns: Vec<String>,
     pub permanent_patterns: Vec<String>,
+    /// An attempt killed by its memory limit is retried only if this is set.
+    pub retry_out_of_memory: bool,
 }
 
 impl Default for RetryPolicy {
@@ -46,6 +52,7 @@ impl Default for RetryPolicy {
             permanent_exit_codes: Vec::new(),
             retryable_patterns: Vec::new(),
             permanent_patterns: Vec::new(),
+            retry_out_of_memory: false,
         }
     }
 }
@@ -64,6 +71,7 @@ pub struct PolicyOverrides {
     pub permanent_exit_codes: Option<Vec<i32>>,
     pub retryable_patterns: Option<Vec<String>>,
     pub permanent_patterns: Option<Vec<String>>,
+    pub retry_out_of_memory: Option<bool>,
 }
 
 impl PolicyOverrides {
@@ -83,6 +91,7 @@ impl PolicyOverrides {
         set(&mut p.permanent_exit_codes, &self.permanent_exit_codes);
         set(&mut p.retryable_patterns, &self.retryable_patterns);
         set(&mut p.permanent_patterns, &self.permanent_patterns);
+        set(&mut p.retry_out_of_memory, &self.retry_out_of_memory);
         // A cap below the first wait would be an error for a value nobody chose.
         if self.max_backoff_ms.is_none() && p.max_backoff_ms < p.initial_backoff_ms {
             p.max_backoff_ms = p.initial_backoff_ms;
@@ -93,10 +102,21 @@ impl PolicyOverrides {
 
 impl RetryPolicy {
     /// Wait before retry number `failures` (1 = the first retry), before jitter.
+    ///
+    /// Saturating: whatever the stored values (even ones validation would refuse now), the
+    /// wait is finite and at most [`MAX_BACKOFF_MS`], so the next start time can always be
+    /// computed.
     pub fn backoff(&self, failures: u32) -> Duration {
         let exp = failures.saturating_sub(1).min(64) as i32;
-        let ms = (self.initial_backoff_ms as f64) * self.multiplier.powi(exp);
-        let capped = ms.min(self.max_backoff_ms as f64).max(0.0);
+        let mult = if self.multiplier.is_finite() {
+            self.multiplier
+        } else {
+            1.0
+        };
+        let ms = (self.initial_backoff_ms as f64) * mult.powi(exp);
+        let cap = self.max_backoff_ms.min(MAX_BACKOFF_MS) as f64;
+        // NaN (0 × inf) and negatives become 0; `as u64` saturates.
+        let capped = if ms.is_nan() { 0.0 } else { ms.clamp(0.0, cap) };
         Duration::from_millis(capped as u64)
     }
 }
@@ -113,6 +133,10 @@ pub enum RawResult {
     Lost(String),
     /// The process succeeded but its declared outputs could not be kept.
     OutputError(String),
+    /// The attempt's cgroup killed a process for going over the job's memory limit.
+    OutOfMemory {
+        limit_bytes: u64,
+    },
 }
 
 /// The attempt's recorded outcome and a human-readable reason.
@@ -195,6 +219,17 @@ pub fn classify(policy: &RetryPolicy, raw: &RawResult, output_tail: &str) -> Cla
             AttemptState::Failed,
             format!("exit code 0, but outputs were not kept: {e}"),
         ),
+        RawResult::OutOfMemory { limit_bytes } => {
+            let reason = format!(
+                "out of memory (limit {})",
+                crate::limits::format_size(*limit_bytes)
+            );
+            if policy.retry_out_of_memory {
+                c(AttemptState::Failed, reason)
+            } else {
+                c(AttemptState::FailedPermanent, reason)
+            }
+        }
     }
 }
 
@@ -404,6 +439,67 @@ mod tests {
             "cap raised to the first wait"
         );
         assert_eq!(PolicyOverrides::default().apply(&base), base);
+    }
+
+    #[test]
+    fn out_of_memory_is_its_own_case() {
+        let oom = RawResult::OutOfMemory {
+            limit_bytes: 100 << 20,
+        };
+        let table = [
+            (false, AttemptState::FailedPermanent),
+            (true, AttemptState::Failed),
+        ];
+        for (retry, want) in table {
+            let p = RetryPolicy {
+                retry_out_of_memory: retry,
+                ..RetryPolicy::default()
+            };
+            let c = classify(&p, &oom, "");
+            assert_eq!(c.outcome, want, "retry_out_of_memory={retry}");
+            assert_eq!(c.reason, "out of memory (limit 100M)");
+        }
+        let c = classify(
+            &RetryPolicy::default(),
+            &RawResult::OutOfMemory {
+                limit_bytes: 4 << 30,
+            },
+            "",
+        );
+        assert_eq!(c.reason, "out of memory (limit 4G)");
+    }
+
+    #[test]
+    fn backoff_saturates_on_extreme_policies() {
+        let table = [
+            (u64::MAX, 2.0, u64::MAX),
+            (u64::MAX, 100.0, u64::MAX),
+            (1, f64::INFINITY, u64::MAX),
+            (0, f64::INFINITY, u64::MAX),
+            (1, f64::NAN, u64::MAX),
+            (5_000, 2.0, u64::MAX),
+        ];
+        for (initial, mult, max) in table {
+            let p = RetryPolicy {
+                initial_backoff_ms: initial,
+                multiplier: mult,
+                max_backoff_ms: max,
+                max_retries: 1000,
+                ..exact()
+            };
+            for failures in [1, 2, 64, 1000, u32::MAX] {
+                let w = p.backoff(failures);
+                assert!(
+                    w <= Duration::from_millis(MAX_BACKOFF_MS),
+                    "{initial} {mult} {failures}: {w:?}"
+                );
+                match decide(&p, AttemptState::Failed, failures.min(1000), 0, 0.3) {
+                    Next::Retry { wait } => assert!(wait <= Duration::from_millis(MAX_BACKOFF_MS)),
+                    Next::PermanentFailed { .. } => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Checks on what clients submit. Every error names the offending field so the operator
 //! knows what to fix; nothing invalid ever reaches the database.
 
-use crate::params::substitute_argv;
-use crate::retry::RetryPolicy;
-use regex::Regex;
+use crate::limits::{self, ResourceLimits};
+use crate::params::expanded_argv_len;
+use crate::retry::{RetryPolicy, MAX_BACKOFF_MS};
 use std::collections::BTreeMap;
 
 /// Upper bounds on a job spec. Generous for real CLIs, small enough to keep rows cheap.
@@ -16,6 +16,21 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 pub const MAX_TIMEOUT_MS: i64 = 30 * 24 * 3600 * 1000;
 pub const MAX_RETRIES: u32 = 1000;
 pub const MAX_OUTPUTS: usize = 64;
+/// An output glob or artifact name.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// argv after `{name}` substitution (with a NUL per argument, as `execve` counts it). Linux
+/// refuses more than about 2 MiB of argv and environment together.
+pub const MAX_EXPANDED_ARGV_BYTES: u64 = 1024 * 1024;
+pub const MAX_ARGV_COUNT: usize = 4096;
+pub const MAX_ENV_COUNT: usize = 1024;
+pub const MAX_PARAMS_COUNT: usize = 1024;
+/// Output patterns per list, and bytes per pattern.
+pub const MAX_PATTERNS: usize = 64;
+pub const MAX_PATTERN_BYTES: usize = 1024;
+/// Exit codes per list.
+pub const MAX_EXIT_CODES: usize = 256;
+/// Largest compiled regex (bytes of program), so a small pattern cannot blow up memory.
+pub const MAX_REGEX_SIZE: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -43,6 +58,8 @@ pub struct JobSpec {
     pub idempotency_key: Option<String>,
     /// Globs of files to keep, relative to the work directory.
     pub outputs: Vec<String>,
+    /// Per-attempt resource limits (queue defaults already applied).
+    pub limits: ResourceLimits,
 }
 
 /// A queue or label name: 1 to 64 of `[A-Za-z0-9._-]`.
@@ -68,6 +85,30 @@ pub fn check_name(field: &str, name: &str) -> Result<(), ValidationError> {
 pub fn validate_spec(spec: &JobSpec) -> Result<(), ValidationError> {
     if spec.argv.is_empty() {
         return Err(err("argv", "must name a program to run (argv is empty)"));
+    }
+    if spec.argv.len() > MAX_ARGV_COUNT {
+        return Err(err(
+            "argv",
+            format!(
+                "{} arguments; the limit is {MAX_ARGV_COUNT}",
+                spec.argv.len()
+            ),
+        ));
+    }
+    if spec.env.len() > MAX_ENV_COUNT {
+        return Err(err(
+            "env",
+            format!("{} variables; the limit is {MAX_ENV_COUNT}", spec.env.len()),
+        ));
+    }
+    if spec.params.len() > MAX_PARAMS_COUNT {
+        return Err(err(
+            "params",
+            format!(
+                "{} params; the limit is {MAX_PARAMS_COUNT}",
+                spec.params.len()
+            ),
+        ));
     }
     if spec.argv[0].is_empty() {
         return Err(err("argv[0]", "program name is empty"));
@@ -129,9 +170,26 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), ValidationError> {
             format!("is {params_bytes} bytes; the limit is {MAX_PARAMS_BYTES}"),
         ));
     }
-    if let Err((i, e)) = substitute_argv(&spec.argv, &spec.params) {
-        return Err(err(format!("argv[{i}]"), e.to_string()));
+    for (k, v) in &spec.params {
+        if v.contains('\0') {
+            return Err(err(format!("params[{k:?}]"), "value contains a NUL byte"));
+        }
     }
+    // Computed, not built: the expansion of a small request can be huge.
+    match expanded_argv_len(&spec.argv, &spec.params) {
+        Err((i, e)) => return Err(err(format!("argv[{i}]"), e.to_string())),
+        Ok(n) if n > MAX_EXPANDED_ARGV_BYTES => {
+            return Err(err(
+                "argv",
+                format!(
+                    "expands to {n} bytes after placeholder substitution; the limit is \
+                     {MAX_EXPANDED_ARGV_BYTES} (max expanded argv bytes)"
+                ),
+            ))
+        }
+        Ok(_) => {}
+    }
+    validate_limits(&spec.limits)?;
     if spec.timeout_ms < 0 {
         return Err(err(
             "timeout_ms",
@@ -167,12 +225,44 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Text a worker (or a job) reported, made safe to store, show and log: control characters
+/// (newlines included) are escaped as `\n`, `\u{1b}`…, and the result is cut to at most
+/// `max` bytes on a character boundary, with "…" marking a cut.
+pub fn sanitize_reported(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    for c in s.chars() {
+        let piece: String = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        if out.len() + piece.len() > max.saturating_sub('…'.len_utf8()) {
+            out.push('…');
+            return out;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
 /// A path (or glob) inside the work directory: relative, no `..`, no NUL.
 pub fn check_relative_path(field: &str, p: &str) -> Result<(), ValidationError> {
+    if p.len() > MAX_PATH_BYTES {
+        return Err(err(
+            field,
+            format!("is {} bytes; the limit is {MAX_PATH_BYTES}", p.len()),
+        ));
+    }
     if p.is_empty() || p.starts_with('/') || p.contains('\0') {
         return Err(err(
             field,
             format!("{p:?} must be a non-empty path relative to the work directory"),
+        ));
+    }
+    if p.chars().any(char::is_control) {
+        return Err(err(
+            field,
+            format!("{p:?} must not contain control characters"),
         ));
     }
     if p.split('/').any(|c| c == "..") {
@@ -181,7 +271,92 @@ pub fn check_relative_path(field: &str, p: &str) -> Result<(), ValidationError> 
     Ok(())
 }
 
+/// Resource limits within what a cgroup can be given.
+pub fn validate_limits(l: &ResourceLimits) -> Result<(), ValidationError> {
+    if let Some(m) = l.memory_bytes {
+        if !(limits::MIN_MEMORY_BYTES..=limits::MAX_MEMORY_BYTES).contains(&m) {
+            return Err(err(
+                "memory_limit_bytes",
+                format!(
+                    "must be between {} and {} bytes (4M to 1T), got {m}",
+                    limits::MIN_MEMORY_BYTES,
+                    limits::MAX_MEMORY_BYTES
+                ),
+            ));
+        }
+    }
+    if let Some(c) = l.cpu_millis {
+        if !(limits::MIN_CPU_MILLIS..=limits::MAX_CPU_MILLIS).contains(&c) {
+            return Err(err(
+                "cpu_millis",
+                format!(
+                    "must be between {} and {} (0.01 to 1024 CPUs), got {c}",
+                    limits::MIN_CPU_MILLIS,
+                    limits::MAX_CPU_MILLIS
+                ),
+            ));
+        }
+    }
+    if let Some(p) = l.pids {
+        if !(1..=limits::MAX_PIDS).contains(&p) {
+            return Err(err(
+                "pids_limit",
+                format!("must be between 1 and {}, got {p}", limits::MAX_PIDS),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn validate_policy(p: &RetryPolicy) -> Result<(), ValidationError> {
+    if p.initial_backoff_ms > MAX_BACKOFF_MS {
+        return Err(err(
+            "retry.initial_backoff_ms",
+            format!(
+                "must be between 0 and {MAX_BACKOFF_MS} (30 days), got {}",
+                p.initial_backoff_ms
+            ),
+        ));
+    }
+    if p.max_backoff_ms > MAX_BACKOFF_MS {
+        return Err(err(
+            "retry.max_backoff_ms",
+            format!(
+                "must be between 0 and {MAX_BACKOFF_MS} (30 days), got {}",
+                p.max_backoff_ms
+            ),
+        ));
+    }
+    for (field, codes) in [
+        ("retry.retryable_exit_codes", &p.retryable_exit_codes),
+        ("retry.permanent_exit_codes", &p.permanent_exit_codes),
+    ] {
+        if codes.len() > MAX_EXIT_CODES {
+            return Err(err(
+                field,
+                format!("{} codes; the limit is {MAX_EXIT_CODES}", codes.len()),
+            ));
+        }
+    }
+    for (field, pats) in [
+        ("retry.retryable_patterns", &p.retryable_patterns),
+        ("retry.permanent_patterns", &p.permanent_patterns),
+    ] {
+        if pats.len() > MAX_PATTERNS {
+            return Err(err(
+                field,
+                format!("{} patterns; the limit is {MAX_PATTERNS}", pats.len()),
+            ));
+        }
+        for (i, pat) in pats.iter().enumerate() {
+            if pat.len() > MAX_PATTERN_BYTES {
+                return Err(err(
+                    format!("{field}[{i}]"),
+                    format!("is {} bytes; the limit is {MAX_PATTERN_BYTES}", pat.len()),
+                ));
+            }
+        }
+    }
     if p.max_retries > MAX_RETRIES {
         return Err(err(
             "retry.max_retries",
@@ -189,7 +364,10 @@ pub fn validate_policy(p: &RetryPolicy) -> Result<(), ValidationError> {
         ));
     }
     if !(1.0..=100.0).contains(&p.multiplier) {
-        return Err(err("retry.multiplier", "must be between 1 and 100"));
+        return Err(err(
+            "retry.multiplier",
+            format!("must be between 1 and 100, got {}", p.multiplier),
+        ));
     }
     if !(0.0..=1.0).contains(&p.jitter) {
         return Err(err("retry.jitter", "must be between 0 and 1"));
@@ -205,7 +383,10 @@ pub fn validate_policy(p: &RetryPolicy) -> Result<(), ValidationError> {
         ("retry.permanent_patterns", &p.permanent_patterns),
     ] {
         for (i, pat) in pats.iter().enumerate() {
-            if let Err(e) = Regex::new(pat) {
+            if let Err(e) = regex::RegexBuilder::new(pat)
+                .size_limit(MAX_REGEX_SIZE)
+                .build()
+            {
                 return Err(err(format!("{field}[{i}]"), format!("bad regex: {e}")));
             }
         }
@@ -295,6 +476,187 @@ mod tests {
                 "outputs[1]",
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn expanded_argv_is_bounded_without_being_built() {
+        let spec = JobSpec {
+            argv: std::iter::once("echo".to_string())
+                .chain(std::iter::repeat_n("{p}".to_string(), 4000))
+                .collect(),
+            params: [("p".to_string(), "x".repeat(60_000))].into(),
+            ..ok_spec()
+        };
+        let e = validate_spec(&spec).unwrap_err();
+        assert_eq!(e.field, "argv");
+        assert!(e.message.contains("1048576"), "{e}");
+        // Just under the limit is fine.
+        let spec = JobSpec {
+            argv: vec!["echo".into(), "{p}".into(), "{p}".into()],
+            params: [("p".to_string(), "x".repeat(60_000))].into(),
+            ..ok_spec()
+        };
+        assert_eq!(validate_spec(&spec), Ok(()));
+    }
+
+    #[test]
+    fn counts_and_limits_name_the_field() {
+        let table: Vec<(JobSpec, &str)> = vec![
+            (
+                JobSpec {
+                    argv: vec!["x".to_string(); MAX_ARGV_COUNT + 1],
+                    ..ok_spec()
+                },
+                "argv",
+            ),
+            (
+                JobSpec {
+                    params: (0..MAX_PARAMS_COUNT + 1)
+                        .map(|i| (format!("p{i}"), String::new()))
+                        .collect(),
+                    ..ok_spec()
+                },
+                "params",
+            ),
+            (
+                JobSpec {
+                    env: (0..MAX_ENV_COUNT + 1)
+                        .map(|i| (format!("E{i}"), String::new()))
+                        .collect(),
+                    ..ok_spec()
+                },
+                "env",
+            ),
+            (
+                JobSpec {
+                    limits: ResourceLimits {
+                        memory_bytes: Some(1),
+                        ..Default::default()
+                    },
+                    ..ok_spec()
+                },
+                "memory_limit_bytes",
+            ),
+            (
+                JobSpec {
+                    limits: ResourceLimits {
+                        cpu_millis: Some(u32::MAX),
+                        ..Default::default()
+                    },
+                    ..ok_spec()
+                },
+                "cpu_millis",
+            ),
+            (
+                JobSpec {
+                    limits: ResourceLimits {
+                        pids: Some(0),
+                        ..Default::default()
+                    },
+                    ..ok_spec()
+                },
+                "pids_limit",
+            ),
+        ];
+        for (spec, field) in table {
+            assert_eq!(field_of(spec), field);
+        }
+    }
+
+    #[test]
+    fn policy_ranges_are_checked() {
+        let table = [
+            (
+                RetryPolicy {
+                    initial_backoff_ms: u64::MAX,
+                    max_backoff_ms: u64::MAX,
+                    ..RetryPolicy::default()
+                },
+                "retry.initial_backoff_ms",
+            ),
+            (
+                RetryPolicy {
+                    max_backoff_ms: u64::MAX,
+                    ..RetryPolicy::default()
+                },
+                "retry.max_backoff_ms",
+            ),
+            (
+                RetryPolicy {
+                    multiplier: f64::NAN,
+                    ..RetryPolicy::default()
+                },
+                "retry.multiplier",
+            ),
+            (
+                RetryPolicy {
+                    multiplier: f64::INFINITY,
+                    ..RetryPolicy::default()
+                },
+                "retry.multiplier",
+            ),
+            (
+                RetryPolicy {
+                    jitter: f64::NAN,
+                    ..RetryPolicy::default()
+                },
+                "retry.jitter",
+            ),
+            (
+                RetryPolicy {
+                    retryable_patterns: vec!["a".into(); MAX_PATTERNS + 1],
+                    ..RetryPolicy::default()
+                },
+                "retry.retryable_patterns",
+            ),
+            (
+                RetryPolicy {
+                    permanent_patterns: vec!["a".repeat(MAX_PATTERN_BYTES + 1)],
+                    ..RetryPolicy::default()
+                },
+                "retry.permanent_patterns[0]",
+            ),
+            (
+                RetryPolicy {
+                    // Small text, huge compiled program.
+                    permanent_patterns: vec!["(\\w{100}){100}".into()],
+                    ..RetryPolicy::default()
+                },
+                "retry.permanent_patterns[0]",
+            ),
+            (
+                RetryPolicy {
+                    permanent_exit_codes: vec![1; MAX_EXIT_CODES + 1],
+                    ..RetryPolicy::default()
+                },
+                "retry.permanent_exit_codes",
+            ),
+        ];
+        for (p, field) in table {
+            let e = validate_policy(&p).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        let e = validate_policy(&RetryPolicy {
+            initial_backoff_ms: u64::MAX,
+            ..RetryPolicy::default()
+        })
+        .unwrap_err();
+        assert!(e.message.contains("2592000000"), "names the range: {e}");
+    }
+
+    #[test]
+    fn reported_text_is_escaped_and_bounded() {
+        assert_eq!(sanitize_reported("host-1", 255), "host-1");
+        assert_eq!(
+            sanitize_reported("evil\nINFO forged line\r", 255),
+            "evil\\nINFO forged line\\r"
+        );
+        assert_eq!(sanitize_reported("\u{1b}[31m", 255), "\\u{1b}[31m");
+        let long = sanitize_reported(&"é".repeat(3_000_000), 255);
+        assert!(long.len() <= 255 && long.ends_with('…'), "{}", long.len());
+        for max in 0..8 {
+            assert!(sanitize_reported("abcdefghij", max).len() <= max.max(3));
         }
     }
 

@@ -11,4 +11,6 @@ pub mod v1 {
 
 pub use prost_types::Timestamp;
 
+pub mod codec;
+
 pub mod json;

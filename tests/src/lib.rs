@@ -471,6 +471,34 @@ pub async fn alerts_api(addr: &str) -> Result<AlertsClient> {
     Ok(AlertsClient::new(channel(addr).await?))
 }
 
+/// Calls one RPC with hand-made protobuf (e.g. bytes where the API has a string, to send
+/// invalid UTF-8), over the same kind of connection as [`jobs`].
+pub async fn raw_unary<Req, Resp>(
+    addr: &str,
+    path: &'static str,
+    req: Req,
+) -> std::result::Result<Resp, tonic::Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let ch = channel(addr)
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+    grpc.unary(
+        tonic::Request::new(req),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .map(|r| r.into_inner())
+}
+
 /// A job spec running `argv` with a fast retry policy for tests.
 pub fn spec(argv: &[&str]) -> pb::JobSpec {
     pb::JobSpec {

@@ -7,6 +7,7 @@
 //! A *slot* is freed (credit sent) as soon as the process exits.
 
 use crate::config::Config;
+use crate::containment::{CgroupUsage, Containment, Limits as JobLimits};
 use crate::outputs;
 use crate::process::{self, ExitOutcome, OutputChunk, RunSpec, StreamKind, TailBuffer};
 use crate::resources::{Limits, Monitor};
@@ -82,6 +83,7 @@ pub struct Agent {
     draining: CancellationToken,
     monitor: Arc<Monitor>,
     group_files: Arc<GroupFiles>,
+    containment: Arc<Containment>,
 }
 
 /// The files recording running attempts' process groups: one per slot, reused. Creating
@@ -154,7 +156,11 @@ fn msg(m: Out) -> pb::WorkerMessage {
 }
 
 impl Agent {
-    pub fn new(cfg: Config, worker_id: String) -> Result<Arc<Agent>, AgentError> {
+    pub fn new(
+        cfg: Config,
+        worker_id: String,
+        containment: Containment,
+    ) -> Result<Arc<Agent>, AgentError> {
         let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
             .map_err(|e| AgentError::Address(cfg.coordinator.clone(), e.to_string()))?
             .connect_timeout(Duration::from_secs(3))
@@ -177,6 +183,7 @@ impl Agent {
         );
         let group_files = Arc::new(GroupFiles::new(cfg.pids_dir(), cfg.slots()));
         Ok(Arc::new(Agent {
+            containment: Arc::new(containment),
             monitor,
             group_files,
             slots: cfg.slots(),
@@ -290,6 +297,7 @@ impl Agent {
                     self.slots.saturating_sub(st.live)
                 },
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                containment: self.containment.describe(),
             };
             let _ = tx.send(msg(Out::Hello(hello)));
             st.session = Some(tx.clone());
@@ -428,15 +436,15 @@ impl Agent {
         tracing::info!(argv = ?a.argv, "starting attempt");
         let work_dir = self.cfg.work_root().join(&attempt_id);
         let mut output_error: Option<String> = None;
-        let (outcome, tail, chunks) = match tokio::fs::create_dir_all(&work_dir).await {
+        let (outcome, tail, chunks, cg_usage) = match tokio::fs::create_dir_all(&work_dir).await {
             Err(e) => {
                 self.free_slot();
                 let why = format!("creating work directory {}: {e}", work_dir.display());
-                (ExitOutcome::SpawnError(why), Vec::new(), 0)
+                (ExitOutcome::SpawnError(why), Vec::new(), 0, None)
             }
             Ok(()) => {
                 let mut r = self.execute(&a, &work_dir, stop, reason.clone()).await;
-                if let Some((ExitOutcome::Exited(0), _, _)) = &r {
+                if let Some((ExitOutcome::Exited(0), _, _, _)) = &r {
                     if !a.outputs.is_empty() {
                         if let Err(e) = self.upload_outputs(&a, &work_dir).await {
                             tracing::warn!(error = %e, "outputs not kept");
@@ -444,7 +452,7 @@ impl Agent {
                         }
                     }
                 }
-                if let Some((o, _, _)) = &mut r {
+                if let Some((o, _, _, _)) = &mut r {
                     if let Some(e) = &output_error {
                         *o = ExitOutcome::SpawnError(e.clone());
                     }
@@ -484,13 +492,31 @@ impl Agent {
             },
         };
         let usage = self.monitor.untrack(&attempt_id);
+        // The cgroup's own accounting, where there is one, counts every process the
+        // attempt had (also short-lived ones the sampler never saw).
+        let cg = cg_usage.unwrap_or_default();
+        let failed = matches!(
+            &result,
+            R::Exited(pb::ExitStatus { code: Some(c), .. }) if *c != 0
+        ) || matches!(
+            &result,
+            R::Exited(pb::ExitStatus {
+                signal: Some(_),
+                ..
+            })
+        );
+        let oom_limit_bytes = match (cg.oom_kills, a.memory_limit_bytes) {
+            (n, limit) if n > 0 && failed && limit > 0 => limit,
+            _ => 0,
+        };
         let req = pb::FinishAttemptRequest {
             attempt_id: attempt_id.clone(),
             result: Some(result),
             output_tail: tail,
             log_chunk_count: chunks,
-            peak_rss_bytes: usage.peak_rss_bytes,
-            cpu_time_ms: usage.cpu_time_ms,
+            peak_rss_bytes: cg.peak_memory_bytes.unwrap_or(usage.peak_rss_bytes),
+            cpu_time_ms: cg.cpu_time_ms.unwrap_or(usage.cpu_time_ms),
+            oom_limit_bytes,
         };
         match self
             .call(|mut c| {
@@ -569,17 +595,34 @@ impl Agent {
         work_dir: &std::path::Path,
         stop: CancellationToken,
         reason: Arc<Mutex<Option<StopReason>>>,
-    ) -> Option<(ExitOutcome, Vec<u8>, u64)> {
+    ) -> Option<(ExitOutcome, Vec<u8>, u64, Option<CgroupUsage>)> {
         let attempt_id = a.attempt_id.clone();
+        let limits = JobLimits {
+            memory_bytes: (a.memory_limit_bytes > 0).then_some(a.memory_limit_bytes),
+            cpu_millis: (a.cpu_millis > 0).then_some(a.cpu_millis),
+            pids: (a.pids_limit > 0).then_some(a.pids_limit),
+        };
+        // A limit that cannot be enforced here is refused, never silently ignored.
+        let cgroup = match self.containment.attempt(&attempt_id, &limits) {
+            Ok(cg) => cg.map(Arc::new),
+            Err(why) => {
+                self.free_slot();
+                return Some((ExitOutcome::SpawnError(why), Vec::new(), 0, None));
+            }
+        };
         let (mut writer, mut reader) =
             match spool::create(&self.cfg.spool_dir(), &attempt_id, self.cfg.max_spool_bytes) {
                 Ok(p) => p,
                 Err(e) => {
+                    if let Some(cg) = &cgroup {
+                        cg.remove();
+                    }
                     self.free_slot();
                     return Some((
                         ExitOutcome::SpawnError(format!("creating log spool: {e}")),
                         Vec::new(),
                         0,
+                        None,
                     ));
                 }
             };
@@ -661,6 +704,8 @@ impl Agent {
                 None => fallback_file.clone(),
             }),
             started: Some(started_tx),
+            cgroup: cgroup.clone(),
+            subreaper_attempt: cgroup.is_none().then(|| attempt_id.clone()),
         };
         let monitor = self.monitor.clone();
         let tracked_id = attempt_id.clone();
@@ -684,6 +729,11 @@ impl Agent {
             (tail.contents(), count)
         });
         let outcome = process::run(spec, tx, stop).await;
+        let cg_usage = cgroup.as_ref().map(|cg| {
+            let u = cg.usage();
+            cg.remove();
+            u
+        });
         match group_file {
             Some(f) => drop(f),
             None => {
@@ -698,7 +748,7 @@ impl Agent {
         if reason.lock().ok().and_then(|r| *r) == Some(StopReason::Stale) {
             return None;
         }
-        Some((outcome, tail, count))
+        Some((outcome, tail, count, cg_usage))
     }
 }
 

@@ -38,6 +38,9 @@ pub struct Config {
     pub log_format: String,
     /// If set, log lines also go to a file here, rotated daily, 7 kept.
     pub log_dir: Option<PathBuf>,
+    /// How attempts are contained: `auto` (a cgroup per attempt where the worker can
+    /// create one, else a child subreaper) or `subreaper` (never cgroups; no limits).
+    pub containment: String,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             min_memory_available_bytes: 128 * 1024 * 1024,
             log_format: "text".into(),
             log_dir: None,
+            containment: "auto".into(),
         }
     }
 }
@@ -83,6 +87,12 @@ impl Config {
             return Err(format!(
                 "coordinator: {:?} must start with http:// or https://",
                 self.coordinator
+            ));
+        }
+        if !matches!(self.containment.as_str(), "auto" | "subreaper") {
+            return Err(format!(
+                "containment: {:?} must be \"auto\" or \"subreaper\"",
+                self.containment
             ));
         }
         for (i, q) in self.queues.iter().enumerate() {

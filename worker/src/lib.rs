@@ -2,6 +2,7 @@
 //! given as child processes, and delivers their output and results.
 //!
 //! - [`agent`] — the session and the per-attempt tasks.
+//! - [`containment`] — a cgroup per attempt (or a subreaper): nothing a job starts outlives it.
 //! - [`outputs`] — finding and hashing a job's declared output files.
 //! - [`process`] — running one program in its own process group (timeouts, stop).
 //! - [`resources`] — host and per-job resource samples; thresholds that pause the worker.
@@ -11,6 +12,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod containment;
 pub mod outputs;
 pub mod process;
 pub mod resources;
@@ -55,8 +57,21 @@ pub async fn run(
             "removed work directories left by a previous run"
         );
     }
-    tracing::info!(%worker_id, coordinator = %cfg.coordinator, slots = cfg.slots(), "worker starting");
-    let agent = agent::Agent::new(cfg, worker_id)?;
+    let containment = if cfg.containment == "subreaper" {
+        containment::Containment::subreaper_only()
+    } else {
+        containment::Containment::detect(&worker_id, &cfg.state_dir)
+    };
+    let leftovers = containment.remove_leftovers();
+    if leftovers > 0 {
+        tracing::warn!(
+            removed = leftovers,
+            "killed and removed attempt cgroups left by a previous run"
+        );
+    }
+    tracing::info!(%worker_id, coordinator = %cfg.coordinator, slots = cfg.slots(),
+        containment = %containment.describe(), "worker starting");
+    let agent = agent::Agent::new(cfg, worker_id, containment)?;
     agent.run(shutdown).await;
     Ok(())
 }

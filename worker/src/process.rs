@@ -10,11 +10,13 @@
 //! pipes are closed; a process that left the group and still holds a pipe open is given
 //! [`PIPE_DRAIN_LIMIT`], then its output is no longer read.
 
+use crate::containment::{self, AttemptCgroup};
 use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{Child, Command};
@@ -58,6 +60,12 @@ pub struct RunSpec {
     pub pgid_file: Option<PathBuf>,
     /// Told the process group id once the child is running.
     pub started: Option<tokio::sync::oneshot::Sender<i32>>,
+    /// The attempt's cgroup: the child joins it before exec, and everything in it is
+    /// killed when the attempt ends (see `containment`).
+    pub cgroup: Option<Arc<AttemptCgroup>>,
+    /// Without a cgroup: the attempt id whose descendants are killed at the end
+    /// (`containment::kill_attempt_descendants`; the worker is a subreaper).
+    pub subreaper_attempt: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +132,7 @@ fn signal_group(pgid: i32, sig: Signal) {
 struct Cleanup {
     /// Set while the group may still need killing.
     pgid: Option<i32>,
+    cgroup: Option<Arc<AttemptCgroup>>,
     pgid_file: Option<PathBuf>,
     give_up: CancellationToken,
 }
@@ -132,6 +141,9 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(pgid) = self.pgid.take() {
             signal_group(pgid, Signal::SIGKILL);
+            if let Some(cg) = &self.cgroup {
+                cg.kill();
+            }
         }
         self.give_up.cancel();
         if let Some(path) = &self.pgid_file {
@@ -180,12 +192,24 @@ async fn pump(
 
 /// SIGTERM to the group, then SIGKILL to the group if the child is still there after
 /// `grace`.
-async fn terminate(child: &mut Child, pgid: i32, grace: Duration) -> std::io::Result<ExitStatus> {
+async fn terminate(
+    child: &mut Child,
+    pgid: i32,
+    cgroup: Option<&AttemptCgroup>,
+    grace: Duration,
+) -> std::io::Result<ExitStatus> {
     signal_group(pgid, Signal::SIGTERM);
+    if let Some(cg) = cgroup {
+        // Also those that left the group (setsid): they get the same chance to clean up.
+        cg.signal_all(Signal::SIGTERM);
+    }
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status,
         Err(_) => {
             signal_group(pgid, Signal::SIGKILL);
+            if let Some(cg) = cgroup {
+                cg.kill();
+            }
             child.wait().await
         }
     }
@@ -215,15 +239,23 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(cg) = spec.cgroup.clone() {
+        // SAFETY: join_in_child only opens and writes pre-built paths (no allocation).
+        unsafe {
+            cmd.pre_exec(move || cg.join_in_child());
+        }
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return ExitOutcome::SpawnError(format!("{program}: {e}")),
     };
+    let cgroup = spec.cgroup.clone();
     // Not yet reaped, so the id is there; 0 would only make the group signals no-ops.
     let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let give_up = CancellationToken::new();
     let mut cleanup = Cleanup {
         pgid: Some(pgid),
+        cgroup: cgroup.clone(),
         pgid_file: spec.pgid_file.clone(),
         give_up: give_up.clone(),
     };
@@ -256,12 +288,20 @@ pub async fn run(
         // A child that has already exited wins over a timeout or stop firing at once.
         biased;
         s = child.wait() => (s, None),
-        _ = stop.cancelled() => (terminate(&mut child, pgid, spec.kill_grace).await, Some(ExitOutcome::Stopped)),
-        _ = timeout => (terminate(&mut child, pgid, spec.kill_grace).await, Some(ExitOutcome::TimedOut)),
+        _ = stop.cancelled() => (terminate(&mut child, pgid, cgroup.as_deref(), spec.kill_grace).await, Some(ExitOutcome::Stopped)),
+        _ = timeout => (terminate(&mut child, pgid, cgroup.as_deref(), spec.kill_grace).await, Some(ExitOutcome::TimedOut)),
     };
     // The child is reaped, but while any member remains the kernel keeps the pgid from
     // being reused, so this reaches only what the job left behind.
     signal_group(pgid, Signal::SIGKILL);
+    // What left the group (setsid, double fork) is still in the cgroup, or still marked
+    // with the attempt id under the subreaper.
+    if let Some(cg) = &cgroup {
+        cg.kill_and_wait().await;
+    } else if let Some(id) = spec.subreaper_attempt.clone() {
+        let _ =
+            tokio::task::spawn_blocking(move || containment::kill_attempt_descendants(&id)).await;
+    }
     cleanup.pgid = None;
 
     let drained = tokio::time::timeout(
@@ -306,6 +346,8 @@ mod tests {
             kill_grace: Duration::from_millis(300),
             pgid_file: None,
             started: None,
+            cgroup: None,
+            subreaper_attempt: None,
         }
     }
 

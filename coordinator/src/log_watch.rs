@@ -1,0 +1,118 @@
+//! Who is following which job's log, and telling them when there is more.
+//!
+//! A follower does not poll the database: it reads what is stored, then waits for a
+//! notification that its job got new output or ended. Notifications come from this
+//! coordinator's own writes and, through LISTEN on [`LOGS_CHANNEL`], from every other
+//! coordinator's; one broadcast channel fans them out to all followers. A slow fallback
+//! re-check covers a missed notification (e.g. while the LISTEN connection reconnects).
+//!
+//! Concurrent log streams are also counted here, per client address, so one client cannot
+//! hold an unbounded number of them.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+/// NOTIFY channel: a job's log grew or the job ended (payload: job id).
+pub const LOGS_CHANNEL: &str = "drover_logs";
+/// Notifications buffered per follower before it must re-read (lagging is harmless: it
+/// then simply checks its job).
+const FANOUT: usize = 1024;
+
+pub struct LogWatch {
+    tx: broadcast::Sender<Uuid>,
+    streams: Mutex<HashMap<Option<IpAddr>, usize>>,
+}
+
+impl Default for LogWatch {
+    fn default() -> Self {
+        LogWatch {
+            tx: broadcast::channel(FANOUT).0,
+            streams: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Held while a log stream is open; counts it against its client.
+pub struct StreamSlot {
+    watch: Arc<LogWatch>,
+    client: Option<IpAddr>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut s = self.watch.streams.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = s.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.remove(&self.client);
+            }
+        }
+    }
+}
+
+impl LogWatch {
+    /// Job `job_id` has new output or a new state.
+    pub fn notify(&self, job_id: Uuid) {
+        // No receivers is fine: nobody follows anything.
+        let _ = self.tx.send(job_id);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
+        self.tx.subscribe()
+    }
+
+    /// Counts one more stream for `client`, or says how many it already has.
+    pub fn open_stream(
+        self: &Arc<Self>,
+        client: Option<IpAddr>,
+        max: usize,
+    ) -> Result<StreamSlot, usize> {
+        let mut s = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let n = s.entry(client).or_insert(0);
+        if *n >= max {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            watch: self.clone(),
+            client,
+        })
+    }
+
+    /// Open streams of one client (for tests and metrics).
+    pub fn streams_of(&self, client: Option<IpAddr>) -> usize {
+        let s = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        s.get(&client).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_capped_per_client_and_released_on_drop() {
+        let w = Arc::new(LogWatch::default());
+        let a: Option<IpAddr> = "10.0.0.1".parse().ok();
+        let b: Option<IpAddr> = "10.0.0.2".parse().ok();
+        let s1 = w.open_stream(a, 2).unwrap();
+        let _s2 = w.open_stream(a, 2).unwrap();
+        assert_eq!(w.open_stream(a, 2).err(), Some(2));
+        let _other = w.open_stream(b, 2).unwrap();
+        drop(s1);
+        assert_eq!(w.streams_of(a), 1);
+        assert!(w.open_stream(a, 2).is_ok());
+    }
+
+    #[tokio::test]
+    async fn followers_hear_about_their_job() {
+        let w = LogWatch::default();
+        let mut rx = w.subscribe();
+        let id = Uuid::new_v4();
+        w.notify(id);
+        assert_eq!(rx.recv().await.unwrap(), id);
+    }
+}
