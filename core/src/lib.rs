@@ -1,11 +1,13 @@
 //! Drover's domain logic, free of gRPC and SQL so it can be tested as pure functions.
 //!
+//! - [`auth`] — roles, rights, worker-id patterns and token forms for access control.
 //! - [`state`] — job and attempt states.
 //! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
 //! - [`params`] — `{name}` placeholder substitution in argv.
 //! - [`validate`] — limits and checks on submitted job specs, with errors naming the field.
 
+pub mod auth;
 pub mod logcap;
 pub mod params;
 pub mod retry;
