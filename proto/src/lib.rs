@@ -12,3 +12,4 @@ pub mod v1 {
 pub use prost_types::Timestamp;
 
 pub mod json;
+pub mod auth;

@@ -14,7 +14,7 @@ use tonic::Code;
 struct FakeWorker {
     tx: mpsc::UnboundedSender<pb::WorkerMessage>,
     inbound: tonic::Streaming<pb::CoordinatorMessage>,
-    api: pb::worker_service_client::WorkerServiceClient<tonic::transport::Channel>,
+    api: WorkersClient,
 }
 
 impl FakeWorker {

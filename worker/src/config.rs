@@ -38,6 +38,10 @@ pub struct Config {
     pub log_format: String,
     /// If set, log lines also go to a file here, rotated daily, 7 kept.
     pub log_dir: Option<PathBuf>,
+    /// Bearer token (role worker) sent to the coordinator. Prefer `token_file`.
+    pub token: Option<String>,
+    /// File holding the token (first line; must not be readable by others).
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -56,6 +60,8 @@ impl Default for Config {
             min_memory_available_bytes: 128 * 1024 * 1024,
             log_format: "text".into(),
             log_dir: None,
+            token: None,
+            token_file: None,
         }
     }
 }
@@ -94,6 +100,17 @@ impl Config {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// The token to send: `token`, else the contents of `token_file`, else none.
+    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+        match (&self.token, &self.token_file) {
+            (Some(t), _) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+            (_, Some(path)) => drover_proto::auth::read_token_file(path)
+                .map(Some)
+                .map_err(|e| format!("token_file: {e}")),
+            _ => Ok(None),
+        }
     }
 
     pub fn slots(&self) -> u32 {
