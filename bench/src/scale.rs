@@ -74,6 +74,7 @@ async fn job_count(sql: &tokio_postgres::Client) -> Result<i64> {
 /// at the interval the coordinator asks for.
 async fn sim_worker(
     addr: String,
+    token: String,
     id: String,
     beats: Arc<AtomicU64>,
     welcomed: tokio::sync::mpsc::Sender<Result<()>>,
@@ -98,7 +99,8 @@ async fn sim_worker(
         })
         .await
         .map_err(|_| anyhow!("session closed"))?;
-        let mut inbound = WorkerServiceClient::new(ch)
+        let bearer = drover_proto::auth::BearerToken::new(Some(&token)).map_err(|e| anyhow!(e))?;
+        let mut inbound = WorkerServiceClient::with_interceptor(ch, bearer)
             .session(ReceiverStream::new(rx))
             .await
             .context("opening a simulated session")?
@@ -150,6 +152,7 @@ async fn heartbeat_cpu(stack: &Stack, n: usize, window: Duration) -> Result<(f64
         .map(|i| {
             tokio::spawn(sim_worker(
                 stack.addr.clone(),
+                stack.worker_token.clone(),
                 format!("bench-sim-{i:03}"),
                 beats.clone(),
                 wtx.clone(),

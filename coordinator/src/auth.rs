@@ -565,8 +565,8 @@ mod tests {
         ] {
             let set = prost_types::FileDescriptorSet::decode(fds).unwrap();
             for f in set.file {
-                for s in f.service {
-                    for m in s.method {
+                for s in &f.service {
+                    for m in &s.method {
                         served.push(format!(
                             "/{}.{}/{}",
                             f.package(),

@@ -460,7 +460,9 @@ async fn submit_all(
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
             .connect_lazy();
-        clients.push(JobServiceClient::new(ch));
+        let bearer = drover_proto::auth::BearerToken::new(Some(crate::ADMIN_TOKEN))
+            .map_err(anyhow::Error::msg)?;
+        clients.push(JobServiceClient::with_interceptor(ch, bearer));
     }
     let gap = over / specs.len().max(1) as u32;
     let mut plans = HashMap::new();
