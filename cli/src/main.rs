@@ -171,7 +171,10 @@ enum TokenCommand {
         all: bool,
     },
     /// Revoke a token by id or name; it is refused at once.
-    Revoke { token: String },
+    Revoke {
+        #[arg(value_name = "ID_OR_NAME")]
+        which: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -621,9 +624,9 @@ async fn token_command(addr: &str, fmt: Format, t: TokenCommand) -> Result<ExitC
                 print!("{}", output::token_table(&r.tokens));
             }
         }
-        TokenCommand::Revoke { token } => {
+        TokenCommand::Revoke { which } => {
             let r = c
-                .revoke_token(pb::RevokeTokenRequest { token })
+                .revoke_token(pb::RevokeTokenRequest { token: which })
                 .await
                 .map_err(status_error)?
                 .into_inner();
