@@ -783,3 +783,39 @@ async fn no_access_control_on_a_network_address_needs_insecure() -> anyhow::Resu
     assert!(c.log_text().contains("access control is OFF"));
     Ok(())
 }
+
+#[tokio::test]
+async fn the_leader_deletes_audit_entries_past_retention() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let db = cl.db.client().await?;
+    db.batch_execute(
+        "INSERT INTO audit_log (at, actor, role, method, outcome) VALUES \
+           (now() - interval '11 days', 'old', 'admin', '/x', 'ok'), \
+           (now() - interval '9 days', 'recent', 'admin', '/x', 'ok')",
+    )
+    .await?;
+    let opts = CoordinatorOpts {
+        config_toml: Some("audit_retention_days = 10\nretention_interval_ms = 200\n".into()),
+        ..Default::default()
+    };
+    let (_c, _addr) = cl.coordinator("coord", &opts)?;
+    let start = Instant::now();
+    loop {
+        let actors: Vec<String> = db
+            .query("SELECT actor FROM audit_log ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if actors == ["recent"] {
+            break;
+        }
+        assert!(
+            actors.contains(&"recent".to_string()),
+            "a recent entry was deleted: {actors:?}"
+        );
+        assert!(start.elapsed() < PATIENCE, "old entry never deleted: {actors:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
