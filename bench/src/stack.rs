@@ -5,6 +5,7 @@
 use crate::util;
 use anyhow::{anyhow, bail, Context, Result};
 use drover_pgserver::{PgServer, PgServerConfig};
+use drover_proto::auth::{AuthChannel, BearerToken};
 use drover_proto::v1::job_service_client::JobServiceClient;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -12,7 +13,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
-use drover_proto::auth::{AuthChannel, BearerToken};
 
 /// The drover binaries next to the bench binary (same target directory and profile).
 #[derive(Clone, Debug)]
@@ -377,11 +377,19 @@ impl Stack {
             }
         };
         coordinator._stdout = Some(reader);
-        let admin_token = create_token(bins, &db.url, &["--name", "bench-admin", "--role", "admin"])?;
+        let admin_token =
+            create_token(bins, &db.url, &["--name", "bench-admin", "--role", "admin"])?;
         let worker_token = create_token(
             bins,
             &db.url,
-            &["--name", "bench-worker", "--role", "worker", "--worker", "*"],
+            &[
+                "--name",
+                "bench-worker",
+                "--role",
+                "worker",
+                "--worker",
+                "*",
+            ],
         )?;
         let bearer = BearerToken::new(Some(&admin_token)).map_err(anyhow::Error::msg)?;
         let channel = tonic::transport::Endpoint::from_shared(addr.clone())

@@ -159,9 +159,13 @@ const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// worker token bound to the dev worker's id. Tokens of an earlier run are revoked.
 async fn dev_tokens(database_url: &str, data_dir: &std::path::Path) -> Result<(String, String)> {
     use drover_coordinator::tokens_api::{create_token, TokenSpec};
-    let store = drover_coordinator::store::Store::new(drover_coordinator::db::pool(database_url, 2)?);
+    let store =
+        drover_coordinator::store::Store::new(drover_coordinator::db::pool(database_url, 2)?);
     let mut out = Vec::new();
-    for (name, role, pattern) in [("dev-admin", "admin", ""), ("dev-worker", "worker", DEV_WORKER)] {
+    for (name, role, pattern) in [
+        ("dev-admin", "admin", ""),
+        ("dev-worker", "worker", DEV_WORKER),
+    ] {
         match store.revoke_token(None, name).await {
             Ok(_) | Err(drover_coordinator::error::Error::NotFound(_)) => {}
             Err(e) => return Err(e).context("revoking the previous dev token"),
@@ -200,7 +204,9 @@ async fn dev_tokens(database_url: &str, data_dir: &std::path::Path) -> Result<(S
 
 /// Submits a small job that shows params, stdout and stderr, then prints its outcome.
 async fn sample_job(addr: String, token: String) -> Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(addr)?.connect().await?;
+    let channel = tonic::transport::Endpoint::from_shared(addr)?
+        .connect()
+        .await?;
     let bearer = drover_proto::auth::BearerToken::new(Some(&token)).map_err(anyhow::Error::msg)?;
     let mut c = JobServiceClient::with_interceptor(channel, bearer);
     let spec = pb::JobSpec {

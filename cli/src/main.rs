@@ -7,6 +7,7 @@ mod output;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use drover_proto::auth::{AuthChannel, BearerToken};
 use drover_proto::v1 as pb;
 use drover_proto::v1::admin_service_client::AdminServiceClient;
 use drover_proto::v1::job_service_client::JobServiceClient;
@@ -14,7 +15,6 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
-use drover_proto::auth::{AuthChannel, BearerToken};
 use tonic::transport::Channel;
 
 #[derive(Parser)]
@@ -245,8 +245,7 @@ fn resolve_token(token: Option<&str>, file: Option<&std::path::Path>) -> Result<
     let t = match (token.filter(|t| !t.trim().is_empty()), file) {
         (Some(t), _) => Some(t.to_string()),
         (None, Some(path)) => Some(
-            drover_proto::auth::read_token_file(path)
-                .map_err(|e| anyhow!("--token-file: {e}"))?,
+            drover_proto::auth::read_token_file(path).map_err(|e| anyhow!("--token-file: {e}"))?,
         ),
         (None, None) => None,
     };

@@ -384,8 +384,16 @@ pub fn token_table(tokens: &[pb::ApiToken]) -> String {
             t.name,
             t.role,
             scope,
-            if t.expires_at.is_some() { time_str(&t.expires_at) } else { "never".into() },
-            if t.last_used_at.is_some() { time_str(&t.last_used_at) } else { "never".into() },
+            if t.expires_at.is_some() {
+                time_str(&t.expires_at)
+            } else {
+                "never".into()
+            },
+            if t.last_used_at.is_some() {
+                time_str(&t.last_used_at)
+            } else {
+                "never".into()
+            },
         ));
     }
     out

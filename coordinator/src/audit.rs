@@ -101,9 +101,9 @@ impl Audit {
 
     /// Notes a refusal and hands it back, for `?`.
     pub fn refused(&mut self, e: crate::error::Error) -> crate::error::Error {
-        self.outcome = Some(outcome_of_status(&Status::from(crate::error::Error::PermissionDenied(
-            e.to_string(),
-        ))));
+        self.outcome = Some(outcome_of_status(&Status::from(
+            crate::error::Error::PermissionDenied(e.to_string()),
+        )));
         e
     }
 }

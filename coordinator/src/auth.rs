@@ -41,28 +41,67 @@ const fn needs(right: Right, mutating: bool) -> Rule {
 /// Every gRPC method the coordinator serves and the right it needs. Worker reports are
 /// not audited (they are recorded as attempts, and would double the hot path's writes).
 pub const GRPC_RULES: &[(&str, Rule)] = &[
-    ("/drover.v1.JobService/SubmitJob", needs(Right::Submit, true)),
+    (
+        "/drover.v1.JobService/SubmitJob",
+        needs(Right::Submit, true),
+    ),
     ("/drover.v1.JobService/GetJob", read()),
     ("/drover.v1.JobService/ListJobs", read()),
     ("/drover.v1.JobService/StreamLogs", read()),
-    ("/drover.v1.JobService/RetryJob", needs(Right::Operate, true)),
-    ("/drover.v1.JobService/RetryJobs", needs(Right::Operate, true)),
-    ("/drover.v1.JobService/CancelJob", needs(Right::Operate, true)),
+    (
+        "/drover.v1.JobService/RetryJob",
+        needs(Right::Operate, true),
+    ),
+    (
+        "/drover.v1.JobService/RetryJobs",
+        needs(Right::Operate, true),
+    ),
+    (
+        "/drover.v1.JobService/CancelJob",
+        needs(Right::Operate, true),
+    ),
     ("/drover.v1.JobService/ListArtifacts", read()),
     ("/drover.v1.JobService/GetArtifact", read()),
-    ("/drover.v1.WorkerService/Session", needs(Right::Work, false)),
-    ("/drover.v1.WorkerService/AppendLogs", needs(Right::Work, false)),
-    ("/drover.v1.WorkerService/FinishAttempt", needs(Right::Work, false)),
-    ("/drover.v1.WorkerService/UploadArtifact", needs(Right::Work, false)),
+    (
+        "/drover.v1.WorkerService/Session",
+        needs(Right::Work, false),
+    ),
+    (
+        "/drover.v1.WorkerService/AppendLogs",
+        needs(Right::Work, false),
+    ),
+    (
+        "/drover.v1.WorkerService/FinishAttempt",
+        needs(Right::Work, false),
+    ),
+    (
+        "/drover.v1.WorkerService/UploadArtifact",
+        needs(Right::Work, false),
+    ),
     ("/drover.v1.AdminService/GetHealth", read()),
     ("/drover.v1.AdminService/ListWorkers", read()),
-    ("/drover.v1.AdminService/CreateToken", needs(Right::Admin, true)),
-    ("/drover.v1.AdminService/ListTokens", needs(Right::Admin, false)),
-    ("/drover.v1.AdminService/RevokeToken", needs(Right::Admin, true)),
-    ("/drover.v1.AdminService/ListAudit", needs(Right::Admin, false)),
+    (
+        "/drover.v1.AdminService/CreateToken",
+        needs(Right::Admin, true),
+    ),
+    (
+        "/drover.v1.AdminService/ListTokens",
+        needs(Right::Admin, false),
+    ),
+    (
+        "/drover.v1.AdminService/RevokeToken",
+        needs(Right::Admin, true),
+    ),
+    (
+        "/drover.v1.AdminService/ListAudit",
+        needs(Right::Admin, false),
+    ),
     ("/grpc.health.v1.Health/Check", read()),
     ("/grpc.health.v1.Health/Watch", read()),
-    ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", read()),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        read(),
+    ),
 ];
 
 /// Every HTTP route (as axum matches it) and the right it needs.
@@ -403,7 +442,9 @@ pub async fn follow_revocations(
     use tokio_postgres::AsyncMessage;
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        if let Ok((client, mut conn)) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await {
+        if let Ok((client, mut conn)) =
+            tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await
+        {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
             let driver = tokio::spawn(async move {
                 let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -454,8 +495,7 @@ pub struct GrpcAuth(pub Arc<Auth>);
 impl<B: Send + 'static> tower_http::auth::AsyncAuthorizeRequest<B> for GrpcAuth {
     type RequestBody = B;
     type ResponseBody = tonic::body::Body;
-    type Future =
-        BoxFuture<'static, Result<http::Request<B>, http::Response<tonic::body::Body>>>;
+    type Future = BoxFuture<'static, Result<http::Request<B>, http::Response<tonic::body::Body>>>;
 
     fn authorize(&mut self, mut req: http::Request<B>) -> Self::Future {
         let auth = self.0.clone();
@@ -489,8 +529,7 @@ impl<B: Send + 'static> tower_http::auth::AsyncAuthorizeRequest<B> for GrpcAuth 
 /// A refused call to a mutating method by a known token is audited (unknown callers are
 /// not: they would let anyone fill the table).
 async fn audit_refusal(auth: &Auth, path: &str, header: Option<&str>, peer: &str, status: &Status) {
-    if status.code() != tonic::Code::PermissionDenied
-        || !rule_for(path).is_some_and(|r| r.mutating)
+    if status.code() != tonic::Code::PermissionDenied || !rule_for(path).is_some_and(|r| r.mutating)
     {
         return;
     }
@@ -567,12 +606,7 @@ mod tests {
             for f in set.file {
                 for s in &f.service {
                     for m in &s.method {
-                        served.push(format!(
-                            "/{}.{}/{}",
-                            f.package(),
-                            s.name(),
-                            m.name()
-                        ));
+                        served.push(format!("/{}.{}/{}", f.package(), s.name(), m.name()));
                     }
                 }
             }

@@ -262,7 +262,11 @@ mod tests {
                 insecure,
                 ..Config::default()
             };
-            assert_eq!(c.check_exposure().is_ok(), ok, "{addr} {access_control} {insecure}");
+            assert_eq!(
+                c.check_exposure().is_ok(),
+                ok,
+                "{addr} {access_control} {insecure}"
+            );
         }
     }
 }

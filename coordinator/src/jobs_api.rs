@@ -245,7 +245,9 @@ impl JobService for JobsApi {
         }
         let principal = audit.principal().clone();
         if !r.queue.is_empty() {
-            principal.check_queue(&r.queue).map_err(|e| audit.refused(e))?;
+            principal
+                .check_queue(&r.queue)
+                .map_err(|e| audit.refused(e))?;
         }
         let state =
             match pb::JobState::try_from(r.state) {

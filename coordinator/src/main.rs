@@ -109,6 +109,11 @@ async fn main() -> ExitCode {
         eprintln!("drover-coordinator: bad configuration: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    if let (true, Err(e)) = (serving, cfg.check_exposure()) {
+        eprintln!("drover-coordinator: refusing to start: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let log_guard = match drover_telemetry::init(
         "drover-coordinator",
         &cfg.log_format,
@@ -159,10 +164,8 @@ async fn token(cmd: TokenCommand, cfg: &Config) -> anyhow::Result<()> {
     drover_coordinator::db::migrate(&cfg.database_url)
         .await
         .context("applying migrations")?;
-    let store = drover_coordinator::store::Store::new(drover_coordinator::db::pool(
-        &cfg.database_url,
-        2,
-    )?);
+    let store =
+        drover_coordinator::store::Store::new(drover_coordinator::db::pool(&cfg.database_url, 2)?);
     match cmd {
         TokenCommand::Create {
             name,
@@ -203,7 +206,11 @@ async fn token(cmd: TokenCommand, cfg: &Config) -> anyhow::Result<()> {
                     } else {
                         t.worker_pattern.clone()
                     },
-                    if t.revoked_at.is_some() { "\trevoked" } else { "" }
+                    if t.revoked_at.is_some() {
+                        "\trevoked"
+                    } else {
+                        ""
+                    }
                 );
             }
         }

@@ -161,7 +161,10 @@ pub async fn list(
     api: &AdminApi,
     req: Request<pb::ListTokensRequest>,
 ) -> Result<Response<pb::ListTokensResponse>, Status> {
-    let rows = api.store.list_tokens(req.into_inner().include_revoked).await?;
+    let rows = api
+        .store
+        .list_tokens(req.into_inner().include_revoked)
+        .await?;
     Ok(Response::new(pb::ListTokensResponse {
         tokens: rows.iter().map(token_to_pb).collect(),
     }))
@@ -175,7 +178,9 @@ pub async fn revoke(
     let token = req.into_inner().token;
     let result = async {
         if token.is_empty() || token.len() > 64 {
-            return Err(Error::Invalid("token: give a token id or name (1 to 64 characters)".into()));
+            return Err(Error::Invalid(
+                "token: give a token id or name (1 to 64 characters)".into(),
+            ));
         }
         let id = uuid::Uuid::parse_str(&token).ok();
         if id.is_none() {

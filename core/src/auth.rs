@@ -147,7 +147,9 @@ pub fn queue_allowed(scope: &[String], queue: &str) -> bool {
 /// Checked before any lookup so garbage never reaches the database.
 pub fn is_token_form(s: &str) -> bool {
     s.strip_prefix(TOKEN_PREFIX).is_some_and(|h| {
-        h.len() == TOKEN_HEX_LEN && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == TOKEN_HEX_LEN
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -265,7 +267,16 @@ mod tests {
         assert_eq!(parse_lifetime("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_lifetime("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_lifetime("2w"), Ok(Duration::from_secs(14 * 86_400)));
-        for bad in ["", "d", "30", "30x", "0d", "-1d", "99999999999999999999d", "4000d"] {
+        for bad in [
+            "",
+            "d",
+            "30",
+            "30x",
+            "0d",
+            "-1d",
+            "99999999999999999999d",
+            "4000d",
+        ] {
             assert!(parse_lifetime(bad).is_err(), "{bad}");
         }
     }

@@ -40,8 +40,8 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("token file {}: {e}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("token file {}: {e}", path.display()))?;
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(format!(
                 "token file {} may be read by other users; chmod 600 it",
@@ -49,8 +49,8 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
             ));
         }
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("token file {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("token file {}: {e}", path.display()))?;
     text.lines()
         .map(str::trim)
         .find(|l| !l.is_empty())

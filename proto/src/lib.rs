@@ -11,5 +11,5 @@ pub mod v1 {
 
 pub use prost_types::Timestamp;
 
-pub mod json;
 pub mod auth;
+pub mod json;

@@ -6,6 +6,7 @@
 //! test command (`scripts/test`) builds them first.
 
 use anyhow::{anyhow, bail, Context, Result};
+use drover_proto::auth::{AuthChannel, BearerToken};
 use drover_proto::v1 as pb;
 use drover_proto::v1::job_service_client::JobServiceClient;
 use drover_proto::v1::worker_service_client::WorkerServiceClient;
@@ -15,7 +16,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use drover_proto::auth::{AuthChannel, BearerToken};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -94,8 +94,7 @@ impl TestDb {
             ))
             .await
             .map_err(|e| anyhow!("migrating template: {e}"))?;
-            ensure_harness_tokens(&drover_pgserver::with_database(&admin_url(), &building))
-                .await?;
+            ensure_harness_tokens(&drover_pgserver::with_database(&admin_url(), &building)).await?;
             client
                 .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {tmpl}"))
                 .await?;
@@ -483,12 +482,19 @@ pub async fn create_token(
     let secret = drover_coordinator::auth::new_token();
     let expires_at = expires_in
         .map(|d| chrono::Utc::now() + chrono::Duration::milliseconds(d.as_millis() as i64));
-    insert_token(db_url, name, role, queues, worker_pattern, expires_at, &secret)
-        .await
-        .map_err(|e| anyhow!("creating token {name}: {e}"))?;
+    insert_token(
+        db_url,
+        name,
+        role,
+        queues,
+        worker_pattern,
+        expires_at,
+        &secret,
+    )
+    .await
+    .map_err(|e| anyhow!("creating token {name}: {e}"))?;
     Ok(secret)
 }
-
 
 /// Starts a worker process connected to `addr`, its state and log in `dir`.
 pub fn spawn_worker(

@@ -77,7 +77,11 @@ fn served_methods() -> Vec<String> {
 
 /// Calls `path` with one empty message and returns the status (Ok for a stream that
 /// opened). Empty requests are refused by validation, so an allowed call changes nothing.
-async fn call_raw(addr: &str, token: Option<&str>, path: &str) -> anyhow::Result<Result<(), tonic::Status>> {
+async fn call_raw(
+    addr: &str,
+    token: Option<&str>,
+    path: &str,
+) -> anyhow::Result<Result<(), tonic::Status>> {
     let ch = channel_as(addr, token).await?;
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await?;
@@ -108,7 +112,11 @@ async fn every_rpc_and_route_allows_exactly_the_roles_the_table_says() -> anyhow
              coordinator/src/auth.rs)"
         );
     }
-    assert_eq!(served.len(), EXPECTED.len(), "EXPECTED lists a method that is not served");
+    assert_eq!(
+        served.len(),
+        EXPECTED.len(),
+        "EXPECTED lists a method that is not served"
+    );
 
     let roles: [(&str, Option<&str>); 5] = [
         ("none", None),
@@ -205,7 +213,10 @@ async fn revoked_and_expired_tokens_are_refused_at_once() -> anyhow::Result<()> 
             token: "soon-revoked".into(),
         })
         .await?;
-    let s = api.list_jobs(list.clone()).await.expect_err("revoked token let through");
+    let s = api
+        .list_jobs(list.clone())
+        .await
+        .expect_err("revoked token let through");
     assert_eq!(s.code(), Code::Unauthenticated);
 
     // Revoked offline (no coordinator involved): the NOTIFY reaches the cache.
@@ -213,9 +224,19 @@ async fn revoked_and_expired_tokens_are_refused_at_once() -> anyhow::Result<()> 
     let mut api2 = jobs_as(&addr, Some(&t2)).await?;
     api2.list_jobs(list.clone()).await?;
     let out = std::process::Command::new(bin("drover-coordinator"))
-        .args(["--database-url", &cl.db.url, "token", "revoke", "revoked-offline"])
+        .args([
+            "--database-url",
+            &cl.db.url,
+            "token",
+            "revoke",
+            "revoked-offline",
+        ])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let start = Instant::now();
     loop {
         match api2.list_jobs(list.clone()).await {
@@ -226,7 +247,15 @@ async fn revoked_and_expired_tokens_are_refused_at_once() -> anyhow::Result<()> 
     }
 
     // Expired already: refused.
-    let old = create_token(&cl.db.url, "expired", "viewer", &[], "", Some(Duration::ZERO)).await?;
+    let old = create_token(
+        &cl.db.url,
+        "expired",
+        "viewer",
+        &[],
+        "",
+        Some(Duration::ZERO),
+    )
+    .await?;
     let s = jobs_as(&addr, Some(&old))
         .await?
         .list_jobs(list.clone())
@@ -248,7 +277,10 @@ async fn revoked_and_expired_tokens_are_refused_at_once() -> anyhow::Result<()> 
     let mut api3 = jobs_as(&addr, Some(&short)).await?;
     api3.list_jobs(list.clone()).await?;
     tokio::time::sleep_until((expires + Duration::from_millis(200)).into()).await;
-    let s = api3.list_jobs(list).await.expect_err("expired token let through");
+    let s = api3
+        .list_jobs(list)
+        .await
+        .expect_err("expired token let through");
     assert_eq!(s.code(), Code::Unauthenticated);
     Ok(())
 }
@@ -298,18 +330,28 @@ async fn a_worker_token_is_bound_to_its_worker_id_and_reads_nothing() -> anyhow:
     assert!(s.message().contains("someone-else"), "{s:?}");
     let db = cl.db.client().await?;
     let n: i64 = db
-        .query_one("SELECT count(*) FROM workers WHERE id = 'someone-else'", &[])
+        .query_one(
+            "SELECT count(*) FROM workers WHERE id = 'someone-else'",
+            &[],
+        )
         .await?
         .get(0);
     assert_eq!(n, 0, "a refused hello registered a worker");
 
-    hello_as(&addr, &t, "w-bound").await?.expect("own id refused");
+    hello_as(&addr, &t, "w-bound")
+        .await?
+        .expect("own id refused");
 
     // A pattern binds a family of ids.
     let p = create_token(&cl.db.url, "gpu-hosts", "worker", &[], "gpu-*", None).await?;
-    hello_as(&addr, &p, "gpu-7").await?.expect("matching id refused");
+    hello_as(&addr, &p, "gpu-7")
+        .await?
+        .expect("matching id refused");
     assert_eq!(
-        hello_as(&addr, &p, "cpu-1").await?.expect_err("pattern").code(),
+        hello_as(&addr, &p, "cpu-1")
+            .await?
+            .expect_err("pattern")
+            .code(),
         Code::PermissionDenied
     );
     Ok(())
@@ -331,7 +373,10 @@ async fn snapshot(db: &tokio_postgres::Client, attempt: uuid::Uuid) -> anyhow::R
         )
         .await?;
     let arts: i64 = db
-        .query_one("SELECT count(*) FROM artifacts WHERE attempt_id = $1", &[&attempt])
+        .query_one(
+            "SELECT count(*) FROM artifacts WHERE attempt_id = $1",
+            &[&attempt],
+        )
         .await?
         .get(0);
     let job = db
@@ -375,7 +420,9 @@ async fn forged_worker_reports_are_refused_and_change_nothing() -> anyhow::Resul
 
     let attacker = create_token(&cl.db.url, "attacker", "worker", &[], "attacker", None).await?;
     // The attacker may be a worker, as itself.
-    hello_as(&addr, &attacker, "attacker").await?.expect("own id");
+    hello_as(&addr, &attacker, "attacker")
+        .await?
+        .expect("own id");
     let mut w = workers_as(&addr, Some(&attacker)).await?;
 
     let s = w
@@ -448,7 +495,11 @@ async fn forged_worker_reports_are_refused_and_change_nothing() -> anyhow::Resul
         assert_eq!(s.code(), Code::PermissionDenied);
     }
 
-    assert_eq!(snapshot(&db, attempt_uuid).await?, before, "stored rows changed");
+    assert_eq!(
+        snapshot(&db, attempt_uuid).await?,
+        before,
+        "stored rows changed"
+    );
     let files = std::fs::read_dir(cl.path("artifacts"))
         .map(|d| d.count())
         .unwrap_or(0);
@@ -488,7 +539,9 @@ async fn an_operator_limited_to_queues_acts_only_on_them() -> anyhow::Result<()>
     let mut admin_jobs = jobs(&addr).await?;
     let other = submit(&mut admin_jobs, theirs).await?;
     let s = scoped
-        .cancel_job(pb::CancelJobRequest { id: other.id.clone() })
+        .cancel_job(pb::CancelJobRequest {
+            id: other.id.clone(),
+        })
         .await
         .expect_err("cancel outside scope");
     assert_eq!(s.code(), Code::PermissionDenied);
@@ -561,9 +614,8 @@ async fn mutations_are_audited_with_who_what_and_where() -> anyhow::Result<()> {
             .into_inner()
             .entries;
         let all = want.iter().all(|(m, who, outcome)| {
-            e.iter().any(|x| {
-                x.method.ends_with(m) && x.actor == *who && x.outcome.starts_with(outcome)
-            })
+            e.iter()
+                .any(|x| x.method.ends_with(m) && x.actor == *who && x.outcome.starts_with(outcome))
         });
         if all {
             break e;
@@ -615,9 +667,16 @@ async fn mutations_are_audited_with_who_what_and_where() -> anyhow::Result<()> {
         .env("DROVER_TOKEN", ADMIN_TOKEN)
         .args(["audit", "--since", "1h"])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("CancelJob") && text.contains(&job.id), "{text}");
+    assert!(
+        text.contains("CancelJob") && text.contains(&job.id),
+        "{text}"
+    );
     Ok(())
 }
 
@@ -627,19 +686,98 @@ async fn token_requests_are_bounded_and_checked() -> anyhow::Result<()> {
     let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
     let mut admin = admin_api(&addr).await?;
     let bad = [
-        (pb::CreateTokenRequest { name: "x".repeat(65), role: "viewer".into(), ..Default::default() }, "name"),
-        (pb::CreateTokenRequest { name: "a b".into(), role: "viewer".into(), ..Default::default() }, "name"),
-        (pb::CreateTokenRequest { name: "r".into(), role: "root".into(), ..Default::default() }, "role"),
-        (pb::CreateTokenRequest { name: "w".into(), role: "worker".into(), ..Default::default() }, "worker_pattern"),
-        (pb::CreateTokenRequest { name: "w".into(), role: "worker".into(), worker_pattern: "a/b".into(), ..Default::default() }, "worker_pattern"),
-        (pb::CreateTokenRequest { name: "v".into(), role: "viewer".into(), worker_pattern: "x".into(), ..Default::default() }, "worker_pattern"),
-        (pb::CreateTokenRequest { name: "a".into(), role: "admin".into(), queues: vec!["q".into()], ..Default::default() }, "queues"),
-        (pb::CreateTokenRequest { name: "o".into(), role: "operator".into(), queues: vec!["q".into(); 65], ..Default::default() }, "queues"),
-        (pb::CreateTokenRequest { name: "o".into(), role: "operator".into(), queues: vec!["bad queue".into()], ..Default::default() }, "queues[0]"),
-        (pb::CreateTokenRequest { name: "e".into(), role: "viewer".into(), expires_in_secs: u64::MAX, ..Default::default() }, "expires_in_secs"),
+        (
+            pb::CreateTokenRequest {
+                name: "x".repeat(65),
+                role: "viewer".into(),
+                ..Default::default()
+            },
+            "name",
+        ),
+        (
+            pb::CreateTokenRequest {
+                name: "a b".into(),
+                role: "viewer".into(),
+                ..Default::default()
+            },
+            "name",
+        ),
+        (
+            pb::CreateTokenRequest {
+                name: "r".into(),
+                role: "root".into(),
+                ..Default::default()
+            },
+            "role",
+        ),
+        (
+            pb::CreateTokenRequest {
+                name: "w".into(),
+                role: "worker".into(),
+                ..Default::default()
+            },
+            "worker_pattern",
+        ),
+        (
+            pb::CreateTokenRequest {
+                name: "w".into(),
+                role: "worker".into(),
+                worker_pattern: "a/b".into(),
+                ..Default::default()
+            },
+            "worker_pattern",
+        ),
+        (
+            pb::CreateTokenRequest {
+                name: "v".into(),
+                role: "viewer".into(),
+                worker_pattern: "x".into(),
+                ..Default::default()
+            },
+            "worker_pattern",
+        ),
+        (
+            pb::CreateTokenRequest {
+                name: "a".into(),
+                role: "admin".into(),
+                queues: vec!["q".into()],
+                ..Default::default()
+            },
+            "queues",
+        ),
+        (
+            pb::CreateTokenRequest {
+                name: "o".into(),
+                role: "operator".into(),
+                queues: vec!["q".into(); 65],
+                ..Default::default()
+            },
+            "queues",
+        ),
+        (
+            pb::CreateTokenRequest {
+                name: "o".into(),
+                role: "operator".into(),
+                queues: vec!["bad queue".into()],
+                ..Default::default()
+            },
+            "queues[0]",
+        ),
+        (
+            pb::CreateTokenRequest {
+                name: "e".into(),
+                role: "viewer".into(),
+                expires_in_secs: u64::MAX,
+                ..Default::default()
+            },
+            "expires_in_secs",
+        ),
     ];
     for (req, field) in bad {
-        let s = admin.create_token(req.clone()).await.expect_err("bad token request");
+        let s = admin
+            .create_token(req.clone())
+            .await
+            .expect_err("bad token request");
         assert_eq!(s.code(), Code::InvalidArgument, "{req:?}: {s:?}");
         assert!(s.message().starts_with(field), "{req:?}: {s:?}");
     }
@@ -657,7 +795,10 @@ async fn token_requests_are_bounded_and_checked() -> anyhow::Result<()> {
             .revoke_token(pb::RevokeTokenRequest { token: t.into() })
             .await
             .expect_err("bad revoke");
-        assert!(matches!(s.code(), Code::InvalidArgument | Code::NotFound), "{s:?}");
+        assert!(
+            matches!(s.code(), Code::InvalidArgument | Code::NotFound),
+            "{s:?}"
+        );
     }
     let n: i64 = cl
         .db
@@ -683,9 +824,24 @@ async fn bootstrap_offline_then_manage_tokens_with_droverctl() -> anyhow::Result
     let cl = Cluster::new().await?;
     let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
     let out = std::process::Command::new(bin("drover-coordinator"))
-        .args(["--database-url", &cl.db.url, "token", "create", "--name", "ops", "--role", "admin", "--expires", "30d"])
+        .args([
+            "--database-url",
+            &cl.db.url,
+            "token",
+            "create",
+            "--name",
+            "ops",
+            "--role",
+            "admin",
+            "--expires",
+            "30d",
+        ])
         .output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ops = String::from_utf8(out.stdout)?.trim().to_string();
     assert!(drover_core::auth::is_token_form(&ops), "{ops}");
 
@@ -715,13 +871,18 @@ async fn bootstrap_offline_then_manage_tokens_with_droverctl() -> anyhow::Result
     std::fs::write(&file, format!("{ops}\n"))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
-    let (code, _, err) = ctl(&["--token-file", file.to_str().unwrap_or_default(), "list"], &[]);
+    let (code, _, err) = ctl(
+        &["--token-file", file.to_str().unwrap_or_default(), "list"],
+        &[],
+    );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("chmod 600"), "{err}");
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
     let file_s = file.to_string_lossy().to_string();
     let (code, out, err) = ctl(
-        &["token", "create", "--name", "ci", "--role", "operator", "--queues", "a,b"],
+        &[
+            "token", "create", "--name", "ci", "--role", "operator", "--queues", "a,b",
+        ],
         &[("DROVER_TOKEN_FILE", &file_s)],
     );
     assert_eq!(code, 0, "{err}");
@@ -730,17 +891,32 @@ async fn bootstrap_offline_then_manage_tokens_with_droverctl() -> anyhow::Result
 
     let (code, out, err) = ctl(&["token", "list"], &[("DROVER_TOKEN", &ops)]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("ci") && out.contains("a,b") && out.contains("ops"), "{out}");
-    assert!(!out.contains(&ci) && !out.contains(&ops), "secrets listed: {out}");
+    assert!(
+        out.contains("ci") && out.contains("a,b") && out.contains("ops"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&ci) && !out.contains(&ops),
+        "secrets listed: {out}"
+    );
 
     // The operator token may not manage tokens.
     let (code, _, err) = ctl(&["token", "list"], &[("DROVER_TOKEN", &ci)]);
     assert_eq!(code, 1);
-    assert!(err.contains("PermissionDenied") && err.contains("\"admin\""), "{err}");
+    assert!(
+        err.contains("PermissionDenied") && err.contains("\"admin\""),
+        "{err}"
+    );
 
-    let (code, _, err) = ctl(&["token", "create", "--name", "x", "--role", "bogus"], &[("DROVER_TOKEN", &ops)]);
+    let (code, _, err) = ctl(
+        &["token", "create", "--name", "x", "--role", "bogus"],
+        &[("DROVER_TOKEN", &ops)],
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("role") && err.trim().lines().count() == 1, "{err}");
+    assert!(
+        err.contains("role") && err.trim().lines().count() == 1,
+        "{err}"
+    );
 
     let (code, _, err) = ctl(&["token", "revoke", "ci"], &[("DROVER_TOKEN", &ops)]);
     assert_eq!(code, 0, "{err}");
@@ -750,7 +926,16 @@ async fn bootstrap_offline_then_manage_tokens_with_droverctl() -> anyhow::Result
 
     // Offline bootstrap refuses bad input with one line and a non-zero exit.
     let out = std::process::Command::new(bin("drover-coordinator"))
-        .args(["--database-url", &cl.db.url, "token", "create", "--name", "x", "--role", "root"])
+        .args([
+            "--database-url",
+            &cl.db.url,
+            "token",
+            "create",
+            "--name",
+            "x",
+            "--role",
+            "root",
+        ])
         .output()?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("role"));
@@ -762,13 +947,23 @@ async fn no_access_control_on_a_network_address_needs_insecure() -> anyhow::Resu
     let cl = Cluster::new().await?;
     // Refused before anything binds.
     let out = std::process::Command::new(bin("drover-coordinator"))
-        .args(["--listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0", "--database-url", &cl.db.url])
+        .args([
+            "--listen",
+            "0.0.0.0:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &cl.db.url,
+        ])
         .env("DROVER_ACCESS_CONTROL", "false")
         .env("DROVER_ARTIFACT_DIR", cl.path("artifacts"))
         .output()?;
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(78), "a configuration error");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("access_control") && err.contains("--insecure"), "{err}");
+    assert!(
+        err.contains("access_control") && err.contains("--insecure"),
+        "{err}"
+    );
 
     // On loopback it starts, warns, and lets anyone in.
     let opts = CoordinatorOpts {
@@ -814,7 +1009,10 @@ async fn the_leader_deletes_audit_entries_past_retention() -> anyhow::Result<()>
             actors.contains(&"recent".to_string()),
             "a recent entry was deleted: {actors:?}"
         );
-        assert!(start.elapsed() < PATIENCE, "old entry never deleted: {actors:?}");
+        assert!(
+            start.elapsed() < PATIENCE,
+            "old entry never deleted: {actors:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())

@@ -148,12 +148,16 @@ impl Store {
             .ok_or_else(|| {
                 Error::NotFound(format!(
                     "token: no live token with id or name {:?}",
-                    id.map(|i| i.to_string()).unwrap_or_else(|| name.to_string())
+                    id.map(|i| i.to_string())
+                        .unwrap_or_else(|| name.to_string())
                 ))
             })?;
         tx.execute_cached(
             "SELECT pg_notify($1, $2)",
-            &[&crate::auth::TOKENS_CHANNEL, &row.get::<_, Uuid>("id").to_string()],
+            &[
+                &crate::auth::TOKENS_CHANNEL,
+                &row.get::<_, Uuid>("id").to_string(),
+            ],
         )
         .await?;
         tx.commit().await?;
@@ -215,12 +219,11 @@ impl Store {
     /// Deletes up to `limit` audit entries older than `older_than`; returns how many.
     pub async fn purge_audit(&self, older_than: std::time::Duration, limit: i64) -> Result<u64> {
         let c = self.pool.get().await?;
-        Ok(c
-            .execute_cached(
-                "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
+        Ok(c.execute_cached(
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
                   WHERE at < now() - $1 * interval '1 second' ORDER BY id LIMIT $2)",
-                &[&(older_than.as_secs() as f64), &limit],
-            )
-            .await?)
+            &[&(older_than.as_secs() as f64), &limit],
+        )
+        .await?)
     }
 }
