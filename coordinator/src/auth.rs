@@ -326,9 +326,14 @@ impl Auth {
         }
     }
 
+    /// The revocation listener connected (`true`: anything revoked while it was away is
+    /// unknown, so the cache starts empty) or lost its connection (`false`: cached rows
+    /// are no longer trusted, but kept for [`Auth::lookup`]'s outage fallback).
     pub fn set_listening(&self, on: bool) {
         self.listening.store(on, Ordering::SeqCst);
-        self.invalidate();
+        if on {
+            self.invalidate();
+        }
     }
 
     /// The principal for a request to `path` carrying `authorization` header `header`.
@@ -356,7 +361,7 @@ impl Auth {
             ));
         };
         let principal = self
-            .lookup(token)
+            .lookup(token, rule.right == Right::Read)
             .await
             .map_err(Status::from)?
             .ok_or_else(|| Status::unauthenticated("token is unknown, revoked or expired"))?;
@@ -371,7 +376,11 @@ impl Auth {
         Ok(principal)
     }
 
-    async fn lookup(&self, token: &str) -> Result<Option<Principal>, Error> {
+    /// The token's principal, if it is live. With `outage_fallback`, a database outage
+    /// answers from the last row seen, however old (expiry still checked): only a
+    /// revocation (which needs the database) or a reconnect of the revocation listener
+    /// forgets rows, so health can still be read while PostgreSQL is down.
+    async fn lookup(&self, token: &str, outage_fallback: bool) -> Result<Option<Principal>, Error> {
         let hash = hash_token(token);
         let caching = !self.cache_ttl.is_zero() && self.listening.load(Ordering::SeqCst);
         if caching {
@@ -384,7 +393,22 @@ impl Auth {
             }
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let Some(row) = self.store.token_by_hash(&hash).await? else {
+        let row = match self.store.token_by_hash(&hash).await {
+            Ok(row) => row,
+            Err(Error::Unavailable(e)) if outage_fallback => {
+                let seen = self
+                    .cache
+                    .lock()
+                    .ok()
+                    .and_then(|c| c.get(&hash).map(|hit| live(&hit.row)));
+                return match seen {
+                    Some(p) => Ok(p),
+                    None => Err(Error::Unavailable(e)),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(row) = row else {
             return Ok(None);
         };
         // The lookup was by hash already; this keeps the final comparison constant-time.
@@ -402,7 +426,7 @@ impl Auth {
             });
         }
         let principal = live(&row);
-        if caching {
+        if !self.cache_ttl.is_zero() {
             if let Ok(mut c) = self.cache.lock() {
                 if self.generation.load(Ordering::SeqCst) == generation {
                     if c.len() >= CACHE_MAX {
@@ -536,7 +560,7 @@ async fn audit_refusal(auth: &Auth, path: &str, header: Option<&str>, peer: &str
     let Some(token) = header.and_then(bearer) else {
         return;
     };
-    let Ok(Some(p)) = auth.lookup(token).await else {
+    let Ok(Some(p)) = auth.lookup(token, false).await else {
         return;
     };
     crate::audit::record(
