@@ -648,6 +648,34 @@ mod tests {
         }
     }
 
+    fn token(role: Role, queues: &[&str], pattern: &str) -> Principal {
+        Principal(Identity::Token {
+            id: Uuid::nil(),
+            name: "t".into(),
+            role,
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            worker_pattern: pattern.into(),
+        })
+    }
+
+    #[test]
+    fn worker_binding_and_queue_scope() {
+        let w = token(Role::Worker, &[], "w-*");
+        assert!(w.check_worker("w-1").is_ok());
+        assert!(w.check_worker("x-1").is_err());
+        // Other roles may not act as any worker; access control off may act as all.
+        assert!(token(Role::Admin, &[], "").check_worker("w-1").is_err());
+        assert!(Principal(Identity::Anonymous).check_worker("w-1").is_err());
+        assert!(Principal::unrestricted().check_worker("anything").is_ok());
+
+        let op = token(Role::Operator, &["a"], "");
+        assert!(op.check_queue("a").is_ok());
+        assert!(op.check_queue("b").is_err());
+        assert!(token(Role::Operator, &[], "").check_queue("b").is_ok());
+        assert!(Principal::unrestricted().has(Right::Admin));
+        assert!(!Principal(Identity::Anonymous).has(Right::Read));
+    }
+
     #[test]
     fn open_routes_are_read_only() {
         for r in DEFAULT_OPEN_ROUTES {

@@ -256,3 +256,57 @@ pub async fn list_audit(
         next_page_token: next,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, role: &str, queues: &[&str], pattern: &str, secs: u64) -> TokenSpec {
+        TokenSpec {
+            name: name.into(),
+            role: role.into(),
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            worker_pattern: pattern.into(),
+            expires_in_secs: secs,
+        }
+    }
+
+    #[test]
+    fn token_specs_are_checked_field_by_field() {
+        let ok = [
+            spec("ops", "admin", &[], "", 0),
+            spec("ci", "operator", &["a", "b"], "", 86_400),
+            spec("dash", "viewer", &[], "", MAX_LIFETIME_SECS),
+            spec("w1", "worker", &[], "host-*", 0),
+        ];
+        for s in ok {
+            assert!(check_spec(&s).is_ok(), "{}", s.name);
+        }
+        let bad = [
+            (spec("", "admin", &[], "", 0), "name"),
+            (spec("a b", "admin", &[], "", 0), "name"),
+            (spec("x", "root", &[], "", 0), "role"),
+            (spec("x", "viewer", &["a"], "", 0), "queues"),
+            (spec("x", "operator", &["a b"], "", 0), "queues[0]"),
+            (spec("x", "worker", &[], "", 0), "worker_pattern"),
+            (spec("x", "admin", &[], "w1", 0), "worker_pattern"),
+            (
+                spec("x", "viewer", &[], "", MAX_LIFETIME_SECS + 1),
+                "expires_in_secs",
+            ),
+        ];
+        for (s, field) in bad {
+            let e = check_spec(&s).expect_err(field).to_string();
+            assert!(e.starts_with(field), "{field}: {e}");
+        }
+        let many: Vec<String> = (0..=MAX_SCOPE_QUEUES).map(|i| format!("q{i}")).collect();
+        let s = TokenSpec {
+            queues: many,
+            ..spec("x", "operator", &[], "", 0)
+        };
+        assert!(check_spec(&s)
+            .unwrap_err()
+            .to_string()
+            .starts_with("queues"));
+    }
+}
