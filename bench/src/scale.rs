@@ -254,6 +254,7 @@ fn resources(attempt: Option<&str>, beat: u64) -> pb::HostResources {
 /// attempt and carrying a full resource report — as a busy real worker does.
 async fn sim_worker(
     addr: String,
+    token: String,
     id: String,
     beats: Arc<AtomicU64>,
     held: Arc<AtomicU64>,
@@ -279,7 +280,8 @@ async fn sim_worker(
         })
         .await
         .map_err(|_| anyhow!("session closed"))?;
-        let mut inbound = WorkerServiceClient::new(ch)
+        let bearer = drover_proto::auth::BearerToken::new(Some(&token)).map_err(|e| anyhow!(e))?;
+        let mut inbound = WorkerServiceClient::with_interceptor(ch, bearer)
             .session(ReceiverStream::new(rx))
             .await
             .context("opening a simulated session")?
@@ -351,6 +353,7 @@ async fn heartbeat_cpu(
         .map(|i| {
             tokio::spawn(sim_worker(
                 stack.addr.clone(),
+                stack.worker_token.clone(),
                 format!("bench-sim-{i:03}"),
                 beats.clone(),
                 held.clone(),

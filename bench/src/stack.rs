@@ -5,6 +5,7 @@
 use crate::util;
 use anyhow::{anyhow, bail, Context, Result};
 use drover_pgserver::{PgServer, PgServerConfig};
+use drover_proto::auth::{AuthChannel, BearerToken};
 use drover_proto::v1::job_service_client::JobServiceClient;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -12,7 +13,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 /// The drover binaries next to the bench binary (same target directory and profile).
 #[derive(Clone, Debug)]
@@ -266,12 +266,36 @@ struct WorkerSpec {
     state_dir: PathBuf,
 }
 
+/// Makes a token offline with `drover-coordinator token create` (the bootstrap path);
+/// returns the secret it prints.
+fn create_token(bins: &Bins, db_url: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(&bins.coordinator)
+        .arg("--database-url")
+        .arg(db_url)
+        .args(["token", "create"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("running drover-coordinator token create")?;
+    let secret = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || secret.is_empty() {
+        bail!(
+            "drover-coordinator token create failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(secret)
+}
+
 /// A database, a coordinator and its workers.
 pub struct Stack {
     pub bins: Bins,
     pub dir: PathBuf,
     pub addr: String,
-    pub jobs: JobServiceClient<Channel>,
+    pub jobs: JobServiceClient<AuthChannel>,
+    /// Access control is on, as in production: `jobs` carries an admin token, the workers
+    /// this worker token (any worker id).
+    pub worker_token: String,
     pub sql: tokio_postgres::Client,
     pub coordinator: Proc,
     pub started: Instant,
@@ -353,6 +377,21 @@ impl Stack {
             }
         };
         coordinator._stdout = Some(reader);
+        let admin_token =
+            create_token(bins, &db.url, &["--name", "bench-admin", "--role", "admin"])?;
+        let worker_token = create_token(
+            bins,
+            &db.url,
+            &[
+                "--name",
+                "bench-worker",
+                "--role",
+                "worker",
+                "--worker",
+                "*",
+            ],
+        )?;
+        let bearer = BearerToken::new(Some(&admin_token)).map_err(anyhow::Error::msg)?;
         let channel = tonic::transport::Endpoint::from_shared(addr.clone())
             .context("coordinator address")?
             .connect()
@@ -363,7 +402,9 @@ impl Stack {
             bins: bins.clone(),
             dir,
             addr,
-            jobs: JobServiceClient::new(channel).max_decoding_message_size(64 << 20),
+            jobs: JobServiceClient::with_interceptor(channel, bearer)
+                .max_decoding_message_size(64 << 20),
+            worker_token,
             sql,
             coordinator,
             started: Instant::now(),
@@ -402,7 +443,12 @@ impl Stack {
         for q in &spec.queues {
             cmd.arg("--queue").arg(q);
         }
-        let child = spawn(cmd, "drover-worker", &log, &[])?;
+        let child = spawn(
+            cmd,
+            "drover-worker",
+            &log,
+            &[("DROVER_WORKER_TOKEN", self.worker_token.clone())],
+        )?;
         Ok(Proc {
             child,
             log,

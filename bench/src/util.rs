@@ -4,9 +4,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use drover_proto::v1 as pb;
 use drover_proto::v1::job_service_client::JobServiceClient;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
-pub type Jobs = JobServiceClient<Channel>;
+pub type Jobs = JobServiceClient<drover_proto::auth::AuthChannel>;
 
 pub fn spec(argv: Vec<String>, queue: &str) -> pb::JobSpec {
     pb::JobSpec {

@@ -68,7 +68,7 @@ pub struct NotificationsArgs {
     pub page_token: Option<String>,
 }
 
-async fn client(addr: &str) -> Result<AlertServiceClient<tonic::transport::Channel>> {
+async fn client(addr: &str) -> Result<AlertServiceClient<drover_proto::auth::AuthChannel>> {
     Ok(AlertServiceClient::new(channel(addr).await?))
 }
 

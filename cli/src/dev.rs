@@ -93,11 +93,14 @@ async fn serve(args: &DevArgs, data_dir: &std::path::Path, database_url: &str) -
     .await
     .context("starting the coordinator")?;
     let addr = format!("http://{}", coordinator.addr);
+    let (admin_token, worker_token) = dev_tokens(database_url, data_dir).await?;
 
     let worker_cfg = drover_worker::Config {
         coordinator: addr.clone(),
         state_dir: data_dir.join("worker"),
         slots: args.slots,
+        worker_id: DEV_WORKER.into(),
+        token: Some(worker_token),
         ..Default::default()
     };
     let stop_worker = CancellationToken::new();
@@ -105,6 +108,11 @@ async fn serve(args: &DevArgs, data_dir: &std::path::Path, database_url: &str) -
 
     println!("Drover dev stack is running. Ctrl-C stops it.\n");
     println!("  DROVER_ADDR={addr}");
+    println!("  DROVER_TOKEN={admin_token}");
+    println!(
+        "  (admin token, also in {}; a new one each start)",
+        data_dir.join(ADMIN_TOKEN_FILE).display()
+    );
     println!(
         "  HTTP:       http://{}  (/healthz, /readyz, /jobs/JOB_ID/logs)",
         coordinator.http_addr
@@ -112,6 +120,7 @@ async fn serve(args: &DevArgs, data_dir: &std::path::Path, database_url: &str) -
     println!("  database:   {database_url}");
     println!("\nIn another shell:");
     println!("  export DROVER_ADDR={addr}");
+    println!("  export DROVER_TOKEN={admin_token}");
     println!("  droverctl submit --param date=2026-11-22 -- echo fetching {{date}}");
     println!("  droverctl list");
     println!("  droverctl show JOB_ID");
@@ -121,7 +130,7 @@ async fn serve(args: &DevArgs, data_dir: &std::path::Path, database_url: &str) -
     let sample = if args.no_sample {
         None
     } else {
-        Some(tokio::spawn(sample_job(addr.clone())))
+        Some(tokio::spawn(sample_job(addr.clone(), admin_token.clone())))
     };
 
     if args.exit_after_sample {
@@ -143,9 +152,63 @@ async fn serve(args: &DevArgs, data_dir: &std::path::Path, database_url: &str) -
     Ok(())
 }
 
+const DEV_WORKER: &str = "dev-worker";
+const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Access control stays on in the dev stack: a fresh admin token for the operator and a
+/// worker token bound to the dev worker's id. Tokens of an earlier run are revoked.
+async fn dev_tokens(database_url: &str, data_dir: &std::path::Path) -> Result<(String, String)> {
+    use drover_coordinator::tokens_api::{create_token, TokenSpec};
+    let store =
+        drover_coordinator::store::Store::new(drover_coordinator::db::pool(database_url, 2)?);
+    let mut out = Vec::new();
+    for (name, role, pattern) in [
+        ("dev-admin", "admin", ""),
+        ("dev-worker", "worker", DEV_WORKER),
+    ] {
+        match store.revoke_token(None, name).await {
+            Ok(_) | Err(drover_coordinator::error::Error::NotFound(_)) => {}
+            Err(e) => return Err(e).context("revoking the previous dev token"),
+        }
+        let (_, secret) = create_token(
+            &store,
+            &TokenSpec {
+                name: name.into(),
+                role: role.into(),
+                queues: Vec::new(),
+                worker_pattern: pattern.into(),
+                expires_in_secs: 0,
+            },
+        )
+        .await
+        .with_context(|| format!("creating the {name} token"))?;
+        out.push(secret);
+    }
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(f, "{}", out[0])?;
+    }
+    let worker = out.pop().unwrap_or_default();
+    let admin = out.pop().unwrap_or_default();
+    Ok((admin, worker))
+}
+
 /// Submits a small job that shows params, stdout and stderr, then prints its outcome.
-async fn sample_job(addr: String) -> Result<()> {
-    let mut c = JobServiceClient::connect(addr).await?;
+async fn sample_job(addr: String, token: String) -> Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(addr)?
+        .connect()
+        .await?;
+    let bearer = drover_proto::auth::BearerToken::new(Some(&token)).map_err(anyhow::Error::msg)?;
+    let mut c = JobServiceClient::with_interceptor(channel, bearer);
     let spec = pb::JobSpec {
         argv: vec![
             "sh".into(),

@@ -8,6 +8,7 @@ mod output;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use drover_proto::auth::{AuthChannel, BearerToken};
 use drover_proto::v1 as pb;
 use drover_proto::v1::admin_service_client::AdminServiceClient;
 use drover_proto::v1::job_service_client::JobServiceClient;
@@ -31,6 +32,12 @@ struct Cli {
     /// Output format of read commands.
     #[arg(long, short = 'o', value_enum, default_value = "text", global = true)]
     output: Format,
+    /// Bearer token for the coordinator.
+    #[arg(long, env = "DROVER_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// File holding the token (its first line; must not be readable by others).
+    #[arg(long, env = "DROVER_TOKEN_FILE", global = true)]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -132,9 +139,56 @@ enum Command {
     },
     /// Notifications with their delivery attempts; `notifications redeliver ID`.
     Notifications(alerts_cmd::NotificationsArgs),
+    /// API tokens (role admin): create, list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The audit log: who did what, when, from where (role admin). Newest first.
+    Audit {
+        /// Only entries newer than this, e.g. 24h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Entries per page (1..1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after a previous page.
+        #[arg(long)]
+        page_token: Option<String>,
+    },
     /// Run a local stack: PostgreSQL (private, unless DATABASE_URL is set), a coordinator
     /// and a worker, with a sample job. Ctrl-C stops all of it.
     Dev(dev::DevArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints it once (only its SHA-256 is stored).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// viewer, operator, admin or worker.
+        #[arg(long)]
+        role: String,
+        /// Operator only: the queues it may act on (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        queues: Vec<String>,
+        /// Worker only: the worker id, or a pattern with '*', it may connect as.
+        #[arg(long)]
+        worker: Option<String>,
+        /// Lifetime, e.g. 30d, 12h (default: no expiry).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Include revoked tokens.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a token by id or name; it is refused at once.
+    Revoke {
+        #[arg(value_name = "ID_OR_NAME")]
+        which: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -199,20 +253,42 @@ async fn main() -> ExitCode {
 fn status_error(s: tonic::Status) -> anyhow::Error {
     match s.code() {
         tonic::Code::Unavailable => anyhow!("coordinator unavailable: {}", s.message()),
+        tonic::Code::Unauthenticated => anyhow!(
+            "not authenticated: {} (give a token with --token, DROVER_TOKEN or DROVER_TOKEN_FILE)",
+            s.message()
+        ),
         code => anyhow!("{code:?}: {}", s.message()),
     }
 }
 
-async fn channel(addr: &str) -> Result<Channel> {
+/// The token every call carries, resolved once from --token / --token-file.
+static TOKEN: std::sync::OnceLock<BearerToken> = std::sync::OnceLock::new();
+
+fn resolve_token(token: Option<&str>, file: Option<&std::path::Path>) -> Result<BearerToken> {
+    let t = match (token.filter(|t| !t.trim().is_empty()), file) {
+        (Some(t), _) => Some(t.to_string()),
+        (None, Some(path)) => Some(
+            drover_proto::auth::read_token_file(path).map_err(|e| anyhow!("--token-file: {e}"))?,
+        ),
+        (None, None) => None,
+    };
+    BearerToken::new(t.as_deref()).map_err(|e| anyhow!("--token: {e}"))
+}
+
+async fn channel(addr: &str) -> Result<AuthChannel> {
     let ep = tonic::transport::Endpoint::from_shared(addr.to_string())
         .with_context(|| format!("--addr {addr:?} is not a valid URL"))?
         .connect_timeout(Duration::from_secs(5));
-    ep.connect()
-        .await
-        .map_err(|e| anyhow!("cannot reach coordinator at {addr}: {e} (set --addr or DROVER_ADDR)"))
+    let ch: Channel = ep.connect().await.map_err(|e| {
+        anyhow!("cannot reach coordinator at {addr}: {e} (set --addr or DROVER_ADDR)")
+    })?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        ch,
+        TOKEN.get().cloned().unwrap_or_default(),
+    ))
 }
 
-async fn connect(addr: &str) -> Result<JobServiceClient<Channel>> {
+async fn connect(addr: &str) -> Result<JobServiceClient<AuthChannel>> {
     Ok(JobServiceClient::new(channel(addr).await?).max_decoding_message_size(16 * 1024 * 1024))
 }
 
@@ -262,7 +338,46 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let fmt = cli.output;
+    if !matches!(cli.command, Command::Dev(_)) {
+        let _ = TOKEN.set(resolve_token(
+            cli.token.as_deref(),
+            cli.token_file.as_deref(),
+        )?);
+    }
     match cli.command {
+        Command::Token(t) => token_command(&cli.addr, fmt, t).await,
+        Command::Audit {
+            since,
+            limit,
+            page_token,
+        } => {
+            let since_secs = match &since {
+                Some(s) => (duration_ms("since", s)? / 1000) as u64,
+                None => 0,
+            };
+            let mut c = AdminServiceClient::new(channel(&cli.addr).await?);
+            let r = c
+                .list_audit(pb::ListAuditRequest {
+                    since_secs,
+                    page_size: limit,
+                    page_token: page_token.unwrap_or_default(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if fmt == Format::Json {
+                print_json(&serde_json::json!({
+                    "entries": r.entries.iter().map(output::audit_json).collect::<Vec<_>>(),
+                    "next_page_token": r.next_page_token,
+                }))?;
+            } else {
+                print!("{}", output::audit_table(&r.entries));
+                if !r.next_page_token.is_empty() {
+                    eprintln!("more: --page-token {}", r.next_page_token);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dev(args) => {
             dev::run(args).await?;
             Ok(ExitCode::SUCCESS)
@@ -481,6 +596,74 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+async fn token_command(addr: &str, fmt: Format, t: TokenCommand) -> Result<ExitCode> {
+    let mut c = AdminServiceClient::new(channel(addr).await?);
+    match t {
+        TokenCommand::Create {
+            name,
+            role,
+            queues,
+            worker,
+            expires,
+        } => {
+            let expires_in_secs = match &expires {
+                Some(e) => drover_core::auth::parse_lifetime(e)
+                    .map_err(|m| anyhow!("--expires: {m}"))?
+                    .as_secs(),
+                None => 0,
+            };
+            let r = c
+                .create_token(pb::CreateTokenRequest {
+                    name,
+                    role,
+                    queues,
+                    worker_pattern: worker.unwrap_or_default(),
+                    expires_in_secs,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let t = r.token.unwrap_or_default();
+            if fmt == Format::Json {
+                let mut v = output::token_json(&t);
+                v["secret"] = r.secret.into();
+                print_json(&v)?;
+            } else {
+                eprintln!(
+                    "created token {} ({}, role {}); it is shown only now:",
+                    t.name, t.id, t.role
+                );
+                println!("{}", r.secret);
+            }
+        }
+        TokenCommand::List { all } => {
+            let r = c
+                .list_tokens(pb::ListTokensRequest {
+                    include_revoked: all,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if fmt == Format::Json {
+                let v: Vec<_> = r.tokens.iter().map(output::token_json).collect();
+                print_json(&serde_json::Value::Array(v))?;
+            } else {
+                print!("{}", output::token_table(&r.tokens));
+            }
+        }
+        TokenCommand::Revoke { which } => {
+            let r = c
+                .revoke_token(pb::RevokeTokenRequest { token: which })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let t = r.token.unwrap_or_default();
+            println!("revoked token {} ({})", t.name, t.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
     let timeout_ms = match &a.timeout {
         Some(t) => duration_ms("timeout", t)?,
@@ -557,7 +740,7 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
 }
 
 async fn logs(
-    c: &mut JobServiceClient<Channel>,
+    c: &mut JobServiceClient<AuthChannel>,
     job: String,
     follow: bool,
     attempt: u32,
@@ -616,7 +799,7 @@ async fn logs(
 
 /// Downloads one artifact, checking its size and SHA-256; a bad copy is removed.
 async fn download_artifact(
-    c: &mut JobServiceClient<Channel>,
+    c: &mut JobServiceClient<AuthChannel>,
     job: String,
     name: String,
     out: Option<std::path::PathBuf>,

@@ -381,3 +381,91 @@ pub fn health_text(h: &pb::Health) -> String {
     }
     out
 }
+
+pub fn token_json(t: &pb::ApiToken) -> Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "role": t.role,
+        "queues": t.queues,
+        "worker_pattern": t.worker_pattern,
+        "created_at": rfc3339(&t.created_at),
+        "expires_at": rfc3339(&t.expires_at),
+        "last_used_at": rfc3339(&t.last_used_at),
+        "revoked_at": rfc3339(&t.revoked_at),
+    })
+}
+
+pub fn token_table(tokens: &[pb::ApiToken]) -> String {
+    let mut out = format!(
+        "{:<36}  {:<20}  {:<8}  {:<20}  {:<20}  {:<20}  STATE\n",
+        "ID", "NAME", "ROLE", "SCOPE", "EXPIRES", "LAST USED"
+    );
+    for t in tokens {
+        let scope = if !t.worker_pattern.is_empty() {
+            format!("worker {}", t.worker_pattern)
+        } else if t.queues.is_empty() {
+            "-".to_string()
+        } else {
+            t.queues.join(",")
+        };
+        let state = if t.revoked_at.is_some() {
+            "revoked"
+        } else if time(&t.expires_at).is_some_and(|e| e <= Utc::now()) {
+            "expired"
+        } else {
+            "live"
+        };
+        out.push_str(&format!(
+            "{:<36}  {:<20}  {:<8}  {:<20}  {:<20}  {:<20}  {state}\n",
+            t.id,
+            t.name,
+            t.role,
+            scope,
+            if t.expires_at.is_some() {
+                time_str(&t.expires_at)
+            } else {
+                "never".into()
+            },
+            if t.last_used_at.is_some() {
+                time_str(&t.last_used_at)
+            } else {
+                "never".into()
+            },
+        ));
+    }
+    out
+}
+
+pub fn audit_json(a: &pb::AuditEntry) -> Value {
+    json!({
+        "id": a.id,
+        "at": rfc3339(&a.at),
+        "actor": a.actor,
+        "role": a.role,
+        "method": a.method,
+        "target": a.target,
+        "peer": a.peer,
+        "outcome": a.outcome,
+    })
+}
+
+pub fn audit_table(entries: &[pb::AuditEntry]) -> String {
+    let mut out = format!(
+        "{:<20}  {:<16}  {:<22}  {:<12}  {:<44}  OUTCOME\n",
+        "TIME", "WHO", "FROM", "WHAT", "TARGET"
+    );
+    for a in entries {
+        let what = a.method.rsplit('/').next().unwrap_or(&a.method);
+        out.push_str(&format!(
+            "{:<20}  {:<16}  {:<22}  {:<12}  {:<44}  {}\n",
+            time_str(&a.at),
+            a.actor,
+            a.peer,
+            what,
+            a.target,
+            a.outcome
+        ));
+    }
+    out
+}

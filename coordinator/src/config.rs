@@ -59,6 +59,18 @@ pub struct Config {
     pub log_dir: Option<PathBuf>,
     /// Alert rules, channels and notification delivery (`[alerts]`).
     pub alerts: crate::alerts::AlertsConfig,
+    /// Every request must carry a bearer token whose role allows it (see docs/security.md).
+    pub access_control: bool,
+    /// Allows serving on a non-loopback address with access control off.
+    pub insecure: bool,
+    /// Routes served without a token: HTTP paths and gRPC method paths whose rule is
+    /// `read` at most (health probes, metrics).
+    pub open_routes: Vec<String>,
+    /// How long a looked-up token is reused without asking the database again. Revocations
+    /// reach every coordinator at once through NOTIFY; without that listener nothing is cached.
+    pub token_cache_ms: u64,
+    /// Audit log entries older than this are deleted by the leader.
+    pub audit_retention_days: u64,
 }
 
 impl Default for Config {
@@ -83,6 +95,14 @@ impl Default for Config {
             log_format: "text".into(),
             log_dir: None,
             alerts: crate::alerts::AlertsConfig::default(),
+            access_control: true,
+            insecure: false,
+            open_routes: crate::auth::DEFAULT_OPEN_ROUTES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            token_cache_ms: 2_000,
+            audit_retention_days: 90,
         }
     }
 }
@@ -176,6 +196,23 @@ impl Config {
         Duration::from_secs(self.log_retention_hours.saturating_mul(3600))
     }
 
+    /// Refuses a network-reachable coordinator without access control unless `insecure`.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.access_control || self.insecure {
+            return Ok(());
+        }
+        for (key, addr) in [("listen", self.listen), ("http_listen", self.http_listen)] {
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "{key} {addr} is reachable from other hosts and access_control is off: \
+                     anyone who can connect could run commands on every worker. Turn \
+                     access_control on, or pass --insecure (insecure = true) to accept that"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn reaper_interval(&self) -> Duration {
         Duration::from_millis(self.reaper_interval_ms)
     }
@@ -217,6 +254,15 @@ impl Config {
         }
         drover_core::validate::validate_policy(&self.retry).map_err(|e| e.to_string())?;
         self.alerts.validate()?;
+        for r in &self.open_routes {
+            crate::auth::check_open_route(r).map_err(|e| format!("open_routes: {e}"))?;
+        }
+        if self.audit_retention_days == 0 {
+            return Err("audit_retention_days must be positive".into());
+        }
+        if self.token_cache_ms > 60_000 {
+            return Err("token_cache_ms must be at most 60000".into());
+        }
         for (name, q) in &self.queues {
             drover_core::validate::check_name("queues", name).map_err(|e| e.to_string())?;
             let (policy, timeout) = self.queue_defaults(name);
@@ -294,6 +340,36 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().contains("heartbeat_interval_ms"));
+        let c = Config {
+            open_routes: vec!["/drover.v1.JobService/SubmitJob".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("open_routes"));
+    }
+
+    #[test]
+    fn exposure_needs_access_control_or_insecure() {
+        let table = [
+            ("127.0.0.1:1", true, false, true),
+            ("127.0.0.1:1", false, false, true),
+            ("0.0.0.0:1", true, false, true),
+            ("0.0.0.0:1", false, false, false),
+            ("0.0.0.0:1", false, true, true),
+            ("[::]:1", false, false, false),
+        ];
+        for (addr, access_control, insecure, ok) in table {
+            let c = Config {
+                listen: addr.parse().unwrap(),
+                access_control,
+                insecure,
+                ..Config::default()
+            };
+            assert_eq!(
+                c.check_exposure().is_ok(),
+                ok,
+                "{addr} {access_control} {insecure}"
+            );
+        }
     }
 
     proptest::proptest! {

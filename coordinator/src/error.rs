@@ -9,6 +9,9 @@ pub enum Error {
     Invalid(String),
     #[error("{0}")]
     NotFound(String),
+    /// The caller's token does not allow this (wrong worker id, queue out of scope).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A report carried a lease token that is not the job's current attempt, or the
     /// operation does not fit the object's state.
     #[error("{0}")]
@@ -56,6 +59,7 @@ impl From<Error> for Status {
         let code = match &e {
             Error::Invalid(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Aborted(_) => Code::Aborted,
             Error::Unavailable(_) => Code::Unavailable,

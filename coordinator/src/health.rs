@@ -88,6 +88,7 @@ pub struct AdminApi {
     pub store: Store,
     pub config: std::sync::Arc<Config>,
     pub coordinator_id: String,
+    pub auth: std::sync::Arc<crate::auth::Auth>,
 }
 
 fn worker_to_pb(w: &WorkerRow, state: &str) -> pb::Worker {
@@ -236,6 +237,34 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::ListWorkersResponse {
             workers: workers.iter().map(|(w, s)| worker_to_pb(w, s)).collect(),
         }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        crate::tokens_api::create(self, req).await
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        crate::tokens_api::list(self, req).await
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        crate::tokens_api::revoke(self, req).await
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        crate::tokens_api::list_audit(self, req).await
     }
 }
 

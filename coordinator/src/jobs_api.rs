@@ -1,6 +1,7 @@
 //! `drover.v1.JobService`: submitting, inspecting and following jobs.
 
 use crate::artifacts::BlobStore;
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::convert::{self, parse_id};
 use crate::dispatch::Dispatcher;
@@ -95,6 +96,24 @@ type ArtifactStream =
 
 type LogStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 
+impl JobsApi {
+    /// Refuses an operator limited to some queues acting on a job of another queue.
+    async fn check_job_queue(&self, audit: &mut Audit, id: Uuid) -> Result<(), Error> {
+        if audit.principal().queue_scope().is_empty() {
+            return Ok(());
+        }
+        let job = self
+            .store
+            .get_job(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+        let principal = audit.principal().clone();
+        principal
+            .check_queue(&job.spec.queue)
+            .map_err(|e| audit.refused(e))
+    }
+}
+
 #[tonic::async_trait]
 impl JobService for JobsApi {
     async fn submit_job(
@@ -111,13 +130,21 @@ impl JobService for JobsApi {
             drover_telemetry::set_parent(&span, tp);
         }
         let trace_parent = span.in_scope(drover_telemetry::traceparent);
+        let mut audit = Audit::start(&self.store, &req, "/drover.v1.JobService/SubmitJob");
         let (spec, policy) = spec_from_pb(req.into_inner().spec, &self.config)?;
+        audit.target(format!("queue {}", spec.queue));
+        let principal = audit.principal().clone();
+        principal
+            .check_queue(&spec.queue)
+            .map_err(|e| audit.refused(e))?;
         let (job, created) = self
             .store
             .submit(&spec, &policy, trace_parent.as_deref())
             .instrument(span.clone())
             .await?;
         span.record("job_id", tracing::field::display(job.id));
+        audit.target(format!("job {}", job.id));
+        audit.ok();
         if created {
             crate::metrics::job_submitted(&job.spec.queue);
             tracing::info!(job_id = %job.id, queue = %job.spec.queue, "job submitted");
@@ -194,8 +221,11 @@ impl JobService for JobsApi {
         &self,
         req: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
+        let mut audit = Audit::start(&self.store, &req, "/drover.v1.JobService/RetryJob");
         let r = req.into_inner();
         let id = parse_id("id", &r.id)?;
+        audit.target(format!("job {id}"));
+        self.check_job_queue(&mut audit, id).await?;
         let max = drover_core::validate::MAX_PARAMS_COUNT;
         if r.set_params.len() > max {
             return Err(Error::Invalid(format!(
@@ -208,6 +238,8 @@ impl JobService for JobsApi {
             .store
             .retry_job(id, &r.set_params.into_iter().collect())
             .await?;
+        audit.target(format!("job {id} -> {}", job.id));
+        audit.ok();
         crate::metrics::job_submitted(&job.spec.queue);
         tracing::info!(job_id = %job.id, retry_of = %id, "job retried manually");
         self.dispatcher.wake();
@@ -220,7 +252,23 @@ impl JobService for JobsApi {
         &self,
         req: Request<pb::RetryJobsRequest>,
     ) -> Result<Response<pb::RetryJobsResponse>, Status> {
+        let mut audit = Audit::start(&self.store, &req, "/drover.v1.JobService/RetryJobs");
         let r = req.into_inner();
+        audit.target(format!("queue {:?}", r.queue));
+        if !audit.principal().queue_scope().is_empty() && r.queue.is_empty() {
+            let e = Error::PermissionDenied(format!(
+                "queue: token {:?} may act only on queues {}; name one",
+                audit.principal().name(),
+                audit.principal().queue_scope().join(", ")
+            ));
+            return Err(audit.refused(e).into());
+        }
+        let principal = audit.principal().clone();
+        if !r.queue.is_empty() {
+            principal
+                .check_queue(&r.queue)
+                .map_err(|e| audit.refused(e))?;
+        }
         let state =
             match pb::JobState::try_from(r.state) {
                 Ok(pb::JobState::Unspecified) => JobState::PermanentFailed,
@@ -292,6 +340,13 @@ impl JobService for JobsApi {
                 self.dispatcher.wake();
             }
         }
+        audit.target(format!(
+            "queue {:?}: {} matched, {} created",
+            r.queue,
+            matched.len(),
+            created.len()
+        ));
+        audit.ok();
         Ok(Response::new(pb::RetryJobsResponse {
             matched: matched.iter().map(convert::job_to_pb).collect(),
             created: created.iter().map(convert::job_to_pb).collect(),
@@ -302,8 +357,12 @@ impl JobService for JobsApi {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let mut audit = Audit::start(&self.store, &req, "/drover.v1.JobService/CancelJob");
         let id = parse_id("id", &req.into_inner().id)?;
+        audit.target(format!("job {id}"));
+        self.check_job_queue(&mut audit, id).await?;
         let (job, stop) = self.store.cancel_job(id).await?;
+        audit.ok();
         if let Some((attempt_id, worker_id)) = stop {
             tracing::info!(job_id = %id, %attempt_id, %worker_id, "cancel requested");
             // Whichever coordinator holds the worker's session hears the NOTIFY sent by

@@ -18,6 +18,8 @@ pub struct LeaderConfig {
     pub log_retention: Duration,
     pub retention_interval: Duration,
     pub blobs: std::sync::Arc<dyn crate::artifacts::BlobStore>,
+    /// Audit entries older than this are deleted.
+    pub audit_retention: Duration,
 }
 
 pub async fn run(
@@ -75,6 +77,11 @@ async fn lead(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(attempts = n, "deleted logs past retention"),
                 Err(e) => tracing::warn!(error = %e, "log retention failed"),
+            }
+            match store.purge_audit(cfg.audit_retention, 10_000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, "deleted audit entries past retention"),
+                Err(e) => tracing::warn!(error = %e, "audit retention failed"),
             }
         }
         tokio::select! {

@@ -3,11 +3,14 @@
 //! coordinators can run against one database.
 //!
 //! - [`artifacts`] — where job output files are kept (a directory; an object store could follow).
+//! - [`auth`] — access control: the rule table, tokens, the principal of a request.
+//! - [`audit`] — the audit log of mutating calls.
 //! - [`config`] — settings and their sources.
 //! - [`db`] — connection pool, migrations, dedicated connections.
 //! - [`store`] — every SQL statement.
 //! - [`health`] — AdminService: the health verdict, workers, gRPC health status.
 //! - [`http`] — the HTTP listener: health probes and log downloads.
+//! - [`tokens_api`] — AdminService's token and audit RPCs.
 //! - [`jobs_api`] / [`workers_api`] — the gRPC services.
 //! - [`dispatch`] — pushes pending jobs to connected workers with free slots.
 //! - [`leader`] — leader-only duties (lease reaper) under an advisory lock.
@@ -21,6 +24,8 @@
 pub mod alerts;
 pub mod alerts_api;
 pub mod artifacts;
+pub mod audit;
+pub mod auth;
 pub mod channels;
 pub mod config;
 pub mod convert;
@@ -39,6 +44,7 @@ pub mod metrics;
 pub mod notify;
 pub mod server;
 pub mod store;
+pub mod tokens_api;
 pub mod workers_api;
 
 pub use config::Config;

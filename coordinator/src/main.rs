@@ -31,6 +31,9 @@ struct Cli {
     /// PostgreSQL URL [default: postgres://postgres@127.0.0.1:5432/drover].
     #[arg(long)]
     database_url: Option<String>,
+    /// Serve on a non-loopback address with access control off (warned at every start).
+    #[arg(long)]
+    insecure: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -41,6 +44,38 @@ enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Manage API tokens directly in the database (works with no coordinator running:
+    /// this is how the first admin token is made).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once (only its SHA-256 is stored).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// viewer, operator, admin or worker.
+        #[arg(long)]
+        role: String,
+        /// Operator only: the queues it may act on (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        queues: Vec<String>,
+        /// Worker only: the worker id, or a pattern with '*', it may connect as.
+        #[arg(long)]
+        worker: Option<String>,
+        /// Lifetime, e.g. 90d, 12h (default: no expiry).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a token by id or name.
+    Revoke { token: String },
 }
 
 fn overrides(cli: &Cli) -> Figment {
@@ -53,6 +88,9 @@ fn overrides(cli: &Cli) -> Figment {
     }
     if let Some(u) = &cli.database_url {
         f = f.merge(Serialized::default("database_url", u));
+    }
+    if cli.insecure {
+        f = f.merge(Serialized::default("insecure", true));
     }
     f
 }
@@ -69,6 +107,11 @@ async fn main() -> ExitCode {
     };
     if let Err(e) = cfg.validate() {
         eprintln!("drover-coordinator: bad configuration: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    if let (true, Err(e)) = (serving, cfg.check_exposure()) {
+        eprintln!("drover-coordinator: refusing to start: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
     let log_guard = match drover_telemetry::init(
@@ -102,6 +145,7 @@ async fn run(cmd: Command, cfg: Config) -> anyhow::Result<()> {
             println!("applied {n} migration(s)");
             Ok(())
         }
+        Command::Token(t) => token(t, &cfg).await,
         Command::Serve => {
             let c = drover_coordinator::start(cfg).await?;
             // Tests and scripts that bind port 0 read the address from this line.
@@ -113,6 +157,70 @@ async fn run(cmd: Command, cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn token(cmd: TokenCommand, cfg: &Config) -> anyhow::Result<()> {
+    use drover_coordinator::tokens_api::{create_token, TokenSpec};
+    drover_coordinator::db::migrate(&cfg.database_url)
+        .await
+        .context("applying migrations")?;
+    let store =
+        drover_coordinator::store::Store::new(drover_coordinator::db::pool(&cfg.database_url, 2)?);
+    match cmd {
+        TokenCommand::Create {
+            name,
+            role,
+            queues,
+            worker,
+            expires,
+        } => {
+            let expires_in_secs = match expires {
+                Some(e) => drover_core::auth::parse_lifetime(&e)
+                    .map_err(|m| anyhow::anyhow!("--expires: {m}"))?
+                    .as_secs(),
+                None => 0,
+            };
+            let spec = TokenSpec {
+                name,
+                role,
+                queues,
+                worker_pattern: worker.unwrap_or_default(),
+                expires_in_secs,
+            };
+            let (row, secret) = create_token(&store, &spec).await?;
+            eprintln!(
+                "created token {} ({}, role {}); it is shown only now:",
+                row.name, row.id, row.role
+            );
+            println!("{secret}");
+        }
+        TokenCommand::List { all } => {
+            for t in store.list_tokens(all).await? {
+                println!(
+                    "{}\t{}\t{}\t{}{}",
+                    t.id,
+                    t.name,
+                    t.role,
+                    if t.worker_pattern.is_empty() {
+                        t.queues.join(",")
+                    } else {
+                        t.worker_pattern.clone()
+                    },
+                    if t.revoked_at.is_some() {
+                        "\trevoked"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        TokenCommand::Revoke { token } => {
+            let id = uuid::Uuid::parse_str(&token).ok();
+            let row = store.revoke_token(id, &token).await?;
+            println!("revoked token {} ({})", row.name, row.id);
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

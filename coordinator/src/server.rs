@@ -46,6 +46,12 @@ impl Coordinator {
 /// Migrates the database, binds the listener and starts serving.
 pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     cfg.validate().map_err(anyhow::Error::msg)?;
+    cfg.check_exposure().map_err(anyhow::Error::msg)?;
+    if !cfg.access_control {
+        tracing::warn!(listen = %cfg.listen, http_listen = %cfg.http_listen,
+            "access control is OFF: anyone who can connect may submit commands to every worker, \
+             read every log and act as a worker");
+    }
     crate::metrics::install();
     let applied = db::migrate(&cfg.database_url)
         .await
@@ -108,7 +114,20 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     })
     .max_decoding_message_size(MAX_APPEND_BYTES + 1024 * 1024);
 
+    let auth = Arc::new(crate::auth::Auth::new(
+        store.clone(),
+        cfg.access_control,
+        &cfg.open_routes,
+        Duration::from_millis(cfg.token_cache_ms),
+    ));
     let mut tasks = Vec::new();
+    if cfg.access_control {
+        tasks.push(tokio::spawn(crate::auth::follow_revocations(
+            cfg.database_url.clone(),
+            auth.clone(),
+            shutdown.child_token(),
+        )));
+    }
     tasks.push(tokio::spawn(dispatcher.clone().run(shutdown.child_token())));
     tasks.push(tokio::spawn(listen::run(
         cfg.database_url.clone(),
@@ -123,6 +142,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             log_retention: cfg.log_retention(),
             retention_interval: Duration::from_millis(cfg.retention_interval_ms),
             blobs: blobs.clone(),
+            audit_retention: Duration::from_secs(cfg.audit_retention_days.saturating_mul(86_400)),
         },
         store.clone(),
         dispatcher.clone(),
@@ -150,13 +170,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         store: store.clone(),
         config: Arc::new(cfg.clone()),
         coordinator_id: id.clone(),
+        auth: auth.clone(),
     });
     let http_app = crate::http::router(crate::http::HttpState {
         store: store.clone(),
         log_cap_bytes: cfg.log_cap_bytes,
         admin: admin.clone(),
         dispatcher: dispatcher.clone(),
-    });
+    })
+    .route_layer(axum::middleware::from_fn_with_state(
+        auth.clone(),
+        crate::auth::http_middleware,
+    ));
     tasks.push(tokio::spawn(crate::health::follow_database(
         store.clone(),
         health_reporter.clone(),
@@ -187,6 +212,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             // AppendLogs waited on window updates.
             .initial_stream_window_size(Some(8 * 1024 * 1024))
             .initial_connection_window_size(Some(32 * 1024 * 1024))
+            // Resolves the caller's token once per request, before any service runs.
+            .layer(tower_http::auth::AsyncRequireAuthorizationLayer::new(
+                crate::auth::GrpcAuth(auth),
+            ))
             .add_service(health)
             .add_service(reflection)
             .add_service(jobs)

@@ -17,6 +17,9 @@ use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+mod access;
+pub use access::{AuditRow, NewToken, TokenRow};
+
 /// Statements prepared once per pooled connection (deadpool's statement cache) and reused:
 /// a repeated query then skips PostgreSQL's parse and plan and one network round trip,
 /// which the benchmark showed to be most of the database's work per job.
@@ -900,7 +903,19 @@ impl Store {
     /// job running: the attempt ends `failed_permanent` and the job `permanent_failed`,
     /// with the error as the reason.
     pub async fn end_attempt(&self, attempt_id: Uuid, req: &EndRequest) -> Result<Ended> {
-        match self.end_attempt_tx(attempt_id, req).await {
+        self.end_attempt_as(attempt_id, None, req).await
+    }
+
+    /// [`Store::end_attempt`] for a worker whose token allows the worker ids in `worker`
+    /// (a pattern; `None`: any): checked on the locked row, so a worker can only finish
+    /// attempts leased to it.
+    pub async fn end_attempt_as(
+        &self,
+        attempt_id: Uuid,
+        worker: Option<&crate::auth::Principal>,
+        req: &EndRequest,
+    ) -> Result<Ended> {
+        match self.end_attempt_tx(attempt_id, worker, req).await {
             Err(Error::Internal(why)) => {
                 tracing::error!(%attempt_id, error = ?why, "attempt result could not be applied; failing the job");
                 self.end_attempt_unapplied(attempt_id, &why).await
@@ -953,7 +968,12 @@ impl Store {
         })
     }
 
-    async fn end_attempt_tx(&self, attempt_id: Uuid, req: &EndRequest) -> Result<Ended> {
+    async fn end_attempt_tx(
+        &self,
+        attempt_id: Uuid,
+        worker: Option<&crate::auth::Principal>,
+        req: &EndRequest,
+    ) -> Result<Ended> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let row = tx
@@ -961,13 +981,17 @@ impl Store {
                 "SELECT a.state, a.job_id, a.lease_expires_at < now() AS expired, \
                         extract(epoch FROM now() - a.started_at)::float8 AS ran, \
                         j.retry_policy, j.failure_count, j.lost_count, j.queue, \
-                        j.cancel_requested_at IS NOT NULL AS cancel_requested, a.log_chunks \
+                        j.cancel_requested_at IS NOT NULL AS cancel_requested, a.log_chunks, \
+                        a.worker_id \
                    FROM attempts a JOIN jobs j ON j.id = a.job_id \
                   WHERE a.id = $1 FOR UPDATE OF a, j",
                 &[&attempt_id],
             )
             .await?
             .ok_or_else(|| Error::NotFound(format!("attempt {attempt_id} does not exist")))?;
+        if let Some(p) = worker {
+            p.check_worker(&row.try_get::<_, String>("worker_id")?)?;
+        }
         let state: AttemptState = parse_state(&row.try_get::<_, String>("state")?)?;
         let job_id: Uuid = row.try_get("job_id")?;
         if state != AttemptState::Running {
@@ -1151,17 +1175,33 @@ impl Store {
     /// Stores log chunks of a running attempt. Re-sent chunks (same seq) are ignored. Past
     /// `cap` bytes the oldest tail chunks are trimmed so the head and the tail are kept.
     pub async fn append_logs(&self, attempt_id: Uuid, chunks: &[ChunkIn], cap: u64) -> Result<()> {
+        self.append_logs_as(attempt_id, None, chunks, cap).await
+    }
+
+    /// [`Store::append_logs`] for a worker: refused unless the attempt is leased to a
+    /// worker id the principal may act as (checked on the locked row).
+    pub async fn append_logs_as(
+        &self,
+        attempt_id: Uuid,
+        worker: Option<&crate::auth::Principal>,
+        chunks: &[ChunkIn],
+        cap: u64,
+    ) -> Result<()> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         // The row lock also keeps the reaper from marking the attempt lost mid-append.
         let row = tx
             .query_opt_cached(
-                "SELECT state, log_kept_bytes, log_head_end, log_head_bytes, log_dropped_bytes \
+                "SELECT state, log_kept_bytes, log_head_end, log_head_bytes, log_dropped_bytes, \
+                        worker_id \
                    FROM attempts WHERE id = $1 FOR UPDATE",
                 &[&attempt_id],
             )
             .await?
             .ok_or_else(|| Error::NotFound(format!("attempt {attempt_id} does not exist")))?;
+        if let Some(p) = worker {
+            p.check_worker(&row.try_get::<_, String>(5)?)?;
+        }
         let state: String = row.try_get(0)?;
         if state != "running" {
             return Err(stale(attempt_id, parse_state(&state)?));
@@ -1393,14 +1433,27 @@ impl Store {
     /// The job of a running attempt; FAILED_PRECONDITION if it is not (or no longer)
     /// running: only the current attempt may add files.
     pub async fn running_attempt_job(&self, attempt_id: Uuid) -> Result<(Uuid, i32)> {
+        self.running_attempt_job_as(attempt_id, None).await
+    }
+
+    /// [`Store::running_attempt_job`], refused unless the attempt is leased to a worker id
+    /// the principal may act as.
+    pub async fn running_attempt_job_as(
+        &self,
+        attempt_id: Uuid,
+        worker: Option<&crate::auth::Principal>,
+    ) -> Result<(Uuid, i32)> {
         let c = self.pool.get().await?;
         let row = c
             .query_opt_cached(
-                "SELECT job_id, number, state FROM attempts WHERE id = $1",
+                "SELECT job_id, number, state, worker_id FROM attempts WHERE id = $1",
                 &[&attempt_id],
             )
             .await?
             .ok_or_else(|| Error::NotFound(format!("attempt {attempt_id} does not exist")))?;
+        if let Some(p) = worker {
+            p.check_worker(&row.try_get::<_, String>(3)?)?;
+        }
         let state: String = row.try_get(2)?;
         if state != "running" {
             return Err(stale(attempt_id, parse_state(&state)?));
@@ -1410,15 +1463,28 @@ impl Store {
 
     /// Records an uploaded file, if its attempt still holds the lease.
     pub async fn record_artifact(&self, a: &ArtifactRow) -> Result<()> {
+        self.record_artifact_as(a, None).await
+    }
+
+    /// [`Store::record_artifact`], refused unless the attempt is leased to a worker id the
+    /// principal may act as (checked on the locked row).
+    pub async fn record_artifact_as(
+        &self,
+        a: &ArtifactRow,
+        worker: Option<&crate::auth::Principal>,
+    ) -> Result<()> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
-        let state: String = tx
+        let row = tx
             .query_one_cached(
-                "SELECT state FROM attempts WHERE id = $1 FOR SHARE",
+                "SELECT state, worker_id FROM attempts WHERE id = $1 FOR SHARE",
                 &[&a.attempt_id],
             )
-            .await?
-            .try_get(0)?;
+            .await?;
+        if let Some(p) = worker {
+            p.check_worker(&row.try_get::<_, String>(1)?)?;
+        }
+        let state: String = row.try_get(0)?;
         if state != "running" {
             return Err(stale(a.attempt_id, parse_state(&state)?));
         }

@@ -173,6 +173,7 @@ impl WorkerService for WorkersApi {
         &self,
         req: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let principal = crate::auth::Principal::of(&req);
         let mut inbound = req.into_inner();
         let first = inbound.message().await?;
         let Some(pb::WorkerMessage {
@@ -184,6 +185,8 @@ impl WorkerService for WorkersApi {
             ));
         };
         let (hello, free) = hello_from_pb(hello)?;
+        // Before anything is recorded: a worker token says hello only as its own worker id.
+        principal.check_worker(&hello.id)?;
         let (orphans, hb) = self
             .store
             .register_worker(&hello, &self.coordinator_id, self.lease_ttl)
@@ -296,6 +299,7 @@ impl WorkerService for WorkersApi {
         &self,
         req: Request<pb::AppendLogsRequest>,
     ) -> Result<Response<pb::AppendLogsResponse>, Status> {
+        let principal = crate::auth::Principal::of(&req);
         let r = req.into_inner();
         let attempt_id = parse_id("attempt_id", &r.attempt_id)?;
         let total: usize = r.chunks.iter().map(|c| c.data.len()).sum();
@@ -335,7 +339,7 @@ impl WorkerService for WorkersApi {
             .collect::<Result<Vec<_>, Error>>()?;
         let t0 = std::time::Instant::now();
         self.store
-            .append_logs(attempt_id, &chunks, self.log_cap_bytes)
+            .append_logs_as(attempt_id, Some(&principal), &chunks, self.log_cap_bytes)
             .await?;
         tracing::debug!(%attempt_id, chunks = chunks.len(), bytes = total,
             store_ms = t0.elapsed().as_secs_f64() * 1e3, "log chunks stored");
@@ -348,6 +352,7 @@ impl WorkerService for WorkersApi {
         req: Request<pb::FinishAttemptRequest>,
     ) -> Result<Response<pb::FinishAttemptResponse>, Status> {
         use pb::finish_attempt_request::Result as R;
+        let principal = crate::auth::Principal::of(&req);
         let r = req.into_inner();
         let attempt_id = parse_id("attempt_id", &r.attempt_id)?;
         let raw = match r.result {
@@ -397,7 +402,10 @@ impl WorkerService for WorkersApi {
             usage: (r.peak_rss_bytes > 0 || r.cpu_time_ms > 0)
                 .then_some((r.peak_rss_bytes as i64, r.cpu_time_ms as i64)),
         };
-        let ended = self.store.end_attempt(attempt_id, &req).await?;
+        let ended = self
+            .store
+            .end_attempt_as(attempt_id, Some(&principal), &req)
+            .await?;
         crate::metrics::ended(&ended);
         tracing::info!(job_id = %ended.job_id, %attempt_id, attempt_state = %ended.attempt_state,
             job_state = %ended.job_state, reason = %ended.reason, "attempt finished");
@@ -415,6 +423,7 @@ impl WorkerService for WorkersApi {
         req: Request<Streaming<pb::ArtifactUpload>>,
     ) -> Result<Response<pb::UploadArtifactResponse>, Status> {
         use pb::artifact_upload::Part;
+        let principal = crate::auth::Principal::of(&req);
         let mut parts = req.into_inner();
         let Some(pb::ArtifactUpload {
             part: Some(Part::Header(h)),
@@ -434,7 +443,10 @@ impl WorkerService for WorkersApi {
             .into());
         }
         // Fenced: only the attempt holding the lease may add files.
-        let (job_id, number) = self.store.running_attempt_job(attempt_id).await?;
+        let (job_id, number) = self
+            .store
+            .running_attempt_job_as(attempt_id, Some(&principal))
+            .await?;
         let key = artifacts::key(job_id, attempt_id, &h.name);
         let body = futures::stream::unfold(parts, |mut parts| async move {
             match parts.message().await {
@@ -473,7 +485,7 @@ impl WorkerService for WorkersApi {
             sha256: stored.sha256,
             created_at: chrono::Utc::now(),
         };
-        if let Err(e) = self.store.record_artifact(&row).await {
+        if let Err(e) = self.store.record_artifact_as(&row, Some(&principal)).await {
             let _ = self.blobs.delete(&key).await;
             return Err(e.into());
         }

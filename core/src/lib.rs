@@ -1,5 +1,6 @@
 //! Drover's domain logic, free of gRPC and SQL so it can be tested as pure functions.
 //!
+//! - [`auth`] — roles, rights, worker-id patterns and token forms for access control.
 //! - [`state`] — job and attempt states.
 //! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
 //! - [`limits`] — per-job resource limits and the sizes they are written in.
@@ -12,6 +13,7 @@
 //! - [`validate`] — limits and checks on submitted job specs, with errors naming the field.
 
 pub mod alerting;
+pub mod auth;
 pub mod delivery;
 pub mod fingerprint;
 pub mod limits;

@@ -13,4 +13,5 @@ pub use prost_types::Timestamp;
 
 pub mod codec;
 
+pub mod auth;
 pub mod json;

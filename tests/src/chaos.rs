@@ -502,7 +502,15 @@ async fn submit_all(
     // Both coordinators are up when this starts; the channels reconnect on their own.
     let mut clients = Vec::new();
     for a in &addrs {
-        clients.push(crate::jobs(a).await?);
+        let ch = tonic::transport::Endpoint::from_shared(a.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let bearer = drover_proto::auth::BearerToken::new(Some(crate::ADMIN_TOKEN))
+            .map_err(anyhow::Error::msg)?;
+        clients.push(pb::job_service_client::JobServiceClient::with_interceptor(
+            ch, bearer,
+        ));
     }
     let gap = over / specs.len().max(1) as u32;
     let mut plans = HashMap::new();

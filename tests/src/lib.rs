@@ -6,6 +6,7 @@
 //! test command (`scripts/test`) builds them first.
 
 use anyhow::{anyhow, bail, Context, Result};
+use drover_proto::auth::{AuthChannel, BearerToken};
 use drover_proto::v1 as pb;
 use drover_proto::v1::job_service_client::JobServiceClient;
 use drover_proto::v1::worker_service_client::WorkerServiceClient;
@@ -15,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub use drover_proto::v1;
@@ -54,6 +56,8 @@ fn template_name() -> String {
     for f in files {
         std::fs::read(&f).expect("migration file").hash(&mut h);
     }
+    // The template also holds the harness's tokens.
+    HARNESS_TOKENS.hash(&mut h);
     format!("drover_tmpl_{:016x}", h.finish())
 }
 
@@ -90,6 +94,7 @@ impl TestDb {
             ))
             .await
             .map_err(|e| anyhow!("migrating template: {e}"))?;
+            ensure_harness_tokens(&drover_pgserver::with_database(&admin_url(), &building)).await?;
             client
                 .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {tmpl}"))
                 .await?;
@@ -391,7 +396,104 @@ pub fn spawn_coordinator(
         bail!("coordinator did not start: {}", proc.log_text());
     };
     proc.http = http.to_string();
+    // Databases other than a test's own (cloned from the template) lack the harness's
+    // tokens: add them now that the coordinator has migrated it.
+    if let Some(url) = &opts.database_url {
+        let url = url.clone();
+        std::thread::spawn(move || -> Result<()> {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(ensure_harness_tokens(&url))
+        })
+        .join()
+        .map_err(|_| anyhow!("adding harness tokens panicked"))??;
+    }
     Ok((proc, addr.to_string()))
+}
+
+// ---------------------------------------------------------------- access control
+
+/// Tokens every test database has (fixed, so tests and spawned processes can use them
+/// without a handshake). Only for tests: real tokens are random.
+pub const ADMIN_TOKEN: &str =
+    "drover_4290f731b947daf4d3054cf3745dbab0eb27e1179a538a0ada50682430baaa6d";
+pub const OPERATOR_TOKEN: &str =
+    "drover_475e01d47c1e8d42fbb3bd3e27311c4c4e7f4c36ab29427bfa9f6b560f5c9f8f";
+pub const VIEWER_TOKEN: &str =
+    "drover_66918e80993c420c72a3efcc2bf49b4a304d9aa7baf36d2a2ce28ef36d8b496e";
+/// Role worker, pattern `*`: any worker id (the harness's workers and fake workers).
+pub const WORKER_TOKEN: &str =
+    "drover_a8cb296cd1c9ed0314d96f9f8166244830dae9fbe86e349c60599938de6e8511";
+
+/// (name, role, worker pattern, secret)
+const HARNESS_TOKENS: [(&str, &str, &str, &str); 4] = [
+    ("harness-admin", "admin", "", ADMIN_TOKEN),
+    ("harness-operator", "operator", "", OPERATOR_TOKEN),
+    ("harness-viewer", "viewer", "", VIEWER_TOKEN),
+    ("harness-worker", "worker", "*", WORKER_TOKEN),
+];
+
+/// Adds the harness's tokens to a migrated database (those already there are kept).
+pub async fn ensure_harness_tokens(db_url: &str) -> Result<()> {
+    for (name, role, pattern, secret) in HARNESS_TOKENS {
+        match insert_token(db_url, name, role, &[], pattern, None, secret).await {
+            Ok(()) | Err(drover_coordinator::error::Error::FailedPrecondition(_)) => {}
+            Err(e) => bail!("adding token {name}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+async fn insert_token(
+    db_url: &str,
+    name: &str,
+    role: &str,
+    queues: &[&str],
+    pattern: &str,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    secret: &str,
+) -> Result<(), drover_coordinator::error::Error> {
+    let pool = drover_coordinator::db::pool(db_url, 2)?;
+    let store = drover_coordinator::store::Store::new(pool);
+    store
+        .insert_token(&drover_coordinator::store::NewToken {
+            name: name.into(),
+            role: role.into(),
+            queues: queues.iter().map(|q| q.to_string()).collect(),
+            worker_pattern: pattern.into(),
+            token_hash: drover_coordinator::auth::hash_token(secret),
+            expires_at,
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Creates a token in a test's database (as `drover-coordinator token create` would) and
+/// returns its secret. `expires_in`: lifetime from now; may be zero (already expired).
+pub async fn create_token(
+    db_url: &str,
+    name: &str,
+    role: &str,
+    queues: &[&str],
+    worker_pattern: &str,
+    expires_in: Option<Duration>,
+) -> Result<String> {
+    let secret = drover_coordinator::auth::new_token();
+    let expires_at = expires_in
+        .map(|d| chrono::Utc::now() + chrono::Duration::milliseconds(d.as_millis() as i64));
+    insert_token(
+        db_url,
+        name,
+        role,
+        queues,
+        worker_pattern,
+        expires_at,
+        &secret,
+    )
+    .await
+    .map_err(|e| anyhow!("creating token {name}: {e}"))?;
+    Ok(secret)
 }
 
 /// Starts a worker process connected to `addr`, its state and log in `dir`.
@@ -416,6 +518,7 @@ pub fn spawn_worker(
         .args(extra)
         .env("RUST_LOG", "info,drover_worker=debug")
         .env("DROVER_WORKER_KILL_GRACE_MS", "2000")
+        .env("DROVER_WORKER_TOKEN", WORKER_TOKEN)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -447,21 +550,55 @@ pub async fn channel(addr: &str) -> Result<Channel> {
 }
 
 /// The clients tests use. Name these aliases (not the generated types) in signatures, so
-/// that how a client authenticates can change in one place.
-pub type JobsClient = JobServiceClient<Channel>;
-pub type WorkersClient = WorkerServiceClient<Channel>;
-pub type AdminClient = drover_proto::v1::admin_service_client::AdminServiceClient<Channel>;
+/// that how a client authenticates can change in one place. Each call carries a token.
+pub type JobsClient = JobServiceClient<AuthChannel>;
+pub type WorkersClient = WorkerServiceClient<AuthChannel>;
+pub type AdminClient = drover_proto::v1::admin_service_client::AdminServiceClient<AuthChannel>;
 
+/// A channel whose calls carry `token` (none: no authorization header).
+pub async fn channel_as(addr: &str, token: Option<&str>) -> Result<AuthChannel> {
+    let bearer = BearerToken::new(token).map_err(|e| anyhow!(e))?;
+    Ok(InterceptedService::new(channel(addr).await?, bearer))
+}
+
+/// JobService as the harness's admin.
 pub async fn jobs(addr: &str) -> Result<JobsClient> {
-    Ok(JobServiceClient::new(channel(addr).await?))
+    jobs_as(addr, Some(ADMIN_TOKEN)).await
 }
 
+/// WorkerService with the harness's worker token (any worker id).
 pub async fn workers(addr: &str) -> Result<WorkersClient> {
-    Ok(WorkerServiceClient::new(channel(addr).await?))
+    workers_as(addr, Some(WORKER_TOKEN)).await
 }
 
+/// AdminService as the harness's admin.
 pub async fn admin_api(addr: &str) -> Result<AdminClient> {
-    Ok(AdminClient::new(channel(addr).await?))
+    admin_as(addr, Some(ADMIN_TOKEN)).await
+}
+
+/// GET on the coordinator's HTTP listener as the harness's admin.
+pub async fn http_get(url: &str) -> Result<reqwest::Response> {
+    http_get_as(url, Some(ADMIN_TOKEN)).await
+}
+
+pub async fn http_get_as(url: &str, token: Option<&str>) -> Result<reqwest::Response> {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    Ok(req.send().await?)
+}
+
+pub async fn jobs_as(addr: &str, token: Option<&str>) -> Result<JobsClient> {
+    Ok(JobServiceClient::new(channel_as(addr, token).await?))
+}
+
+pub async fn workers_as(addr: &str, token: Option<&str>) -> Result<WorkersClient> {
+    Ok(WorkerServiceClient::new(channel_as(addr, token).await?))
+}
+
+pub async fn admin_as(addr: &str, token: Option<&str>) -> Result<AdminClient> {
+    Ok(AdminClient::new(channel_as(addr, token).await?))
 }
 
 pub type AlertsClient = drover_proto::v1::alert_service_client::AlertServiceClient<Channel>;

@@ -65,6 +65,7 @@ async fn outputs_round_trip_with_checksum_and_expire_with_the_logs() -> anyhow::
 
     let dest = cl.path("downloaded.bin");
     let out = Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .env("DROVER_ADDR", &addr)
         .args(["artifacts", &job.id, "--get", "model.bin", "--out"])
         .arg(&dest)
@@ -78,6 +79,7 @@ async fn outputs_round_trip_with_checksum_and_expire_with_the_logs() -> anyhow::
     assert!(std::fs::read(&dest)? == content, "downloaded bytes differ");
 
     let out = Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .env("DROVER_ADDR", &addr)
         .args(["artifacts", &job.id, "--get", "nope.txt"])
         .output()?;

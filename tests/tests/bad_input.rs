@@ -113,6 +113,7 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> anyhow::Result<()>
 /// Runs droverctl; returns (exit code, stdout, stderr).
 fn droverctl(addr: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .env("DROVER_ADDR", addr)
         .args(args)
         .output()

@@ -45,21 +45,35 @@ async fn dev_stack_runs_a_job_and_ctrl_c_stops_everything() -> anyhow::Result<()
         .spawn()?;
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
+    // Access control is on: the stack prints an admin token beside its address.
+    let (mut addr, mut token) = (None, None);
+    while addr.is_none() || token.is_none() {
         let Some(line) = lines.next() else {
             let log = std::fs::read_to_string(dir.path().join("dev.log"))?;
             anyhow::bail!("droverctl dev exited before listening: {log}");
         };
-        if let Some(a) = line?.trim().strip_prefix("DROVER_ADDR=") {
-            break a.to_string();
+        let line = line?;
+        if let Some(a) = line.trim().strip_prefix("DROVER_ADDR=") {
+            addr = Some(a.to_string());
         }
-    };
+        if let Some(t) = line.trim().strip_prefix("DROVER_TOKEN=") {
+            token = Some(t.to_string());
+        }
+    }
+    let (addr, token) = (addr.unwrap_or_default(), token.unwrap_or_default());
+    // Without the token nothing is answered.
+    let err = jobs_as(&addr, None)
+        .await?
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .expect_err("no token must be refused");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
     assert!(
         !postgres_under(&data).is_empty(),
         "no private PostgreSQL started"
     );
 
-    let mut api = jobs(&addr).await?;
+    let mut api = jobs_as(&addr, Some(&token)).await?;
     let job = submit(&mut api, sh("echo hello from dev")).await?;
     wait_state(&mut api, &job.id, pb::JobState::Succeeded).await?;
     let (out, _, _) = logs(&mut api, &job.id, 0).await?;

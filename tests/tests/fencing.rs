@@ -41,7 +41,7 @@ async fn mend_outbox(db: &tokio_postgres::Client) -> anyhow::Result<()> {
 struct FakeWorker {
     tx: mpsc::UnboundedSender<pb::WorkerMessage>,
     inbound: tonic::Streaming<pb::CoordinatorMessage>,
-    api: pb::worker_service_client::WorkerServiceClient<tonic::transport::Channel>,
+    api: WorkersClient,
 }
 
 impl FakeWorker {

@@ -102,7 +102,7 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
     );
 
     // The same report over HTTP.
-    let body = reqwest::get(format!("{}/health", c.http))
+    let body = http_get(&format!("{}/health", c.http))
         .await?
         .bytes()
         .await?;
@@ -120,6 +120,7 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
 
     // droverctl shows it too.
     let out = std::process::Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .env("DROVER_ADDR", &addr)
         .args(["-o", "json", "workers"])
         .output()?;
@@ -127,6 +128,7 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(v[0]["state"], "stale");
     let out = std::process::Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .env("DROVER_ADDR", &addr)
         .arg("health")
         .output()?;

@@ -105,7 +105,7 @@ async fn output_beyond_the_cap_keeps_head_and_tail_with_a_marker() -> anyhow::Re
 
     // The HTTP download is the same file, marker included, under a useful name.
     let url = format!("{}/jobs/{}/logs?attempt=1", c.http, job.id);
-    let resp = reqwest::get(&url).await?;
+    let resp = http_get(&url).await?;
     assert_eq!(resp.status(), 200);
     let disposition = resp
         .headers()
@@ -127,11 +127,11 @@ async fn output_beyond_the_cap_keeps_head_and_tail_with_a_marker() -> anyhow::Re
 async fn http_download_errors_are_clear() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
     let (c, _addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
-    let r = reqwest::get(format!("{}/jobs/nope/logs", c.http)).await?;
+    let r = http_get(&format!("{}/jobs/nope/logs", c.http)).await?;
     assert_eq!(r.status(), 400);
     assert!(r.text().await?.starts_with("id:"));
     let unknown = uuid::Uuid::new_v4();
-    let r = reqwest::get(format!("{}/jobs/{unknown}/logs", c.http)).await?;
+    let r = http_get(&format!("{}/jobs/{unknown}/logs", c.http)).await?;
     assert_eq!(r.status(), 404);
     assert_eq!(
         reqwest::get(format!("{}/healthz", c.http)).await?.status(),

@@ -27,7 +27,7 @@ use tokio_retry::strategy::{jitter, ExponentialBackoff};
 use tokio_retry::RetryIf;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
@@ -45,6 +45,8 @@ pub enum AgentError {
     Address(String, String),
     #[error("preparing {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    #[error("{0}")]
+    Token(String),
 }
 
 /// Why the agent stopped an attempt's process.
@@ -76,7 +78,7 @@ pub struct Agent {
     worker_id: String,
     hostname: String,
     slots: u32,
-    client: WorkerServiceClient<Channel>,
+    client: WorkerServiceClient<drover_proto::auth::AuthChannel>,
     state: Mutex<State>,
     /// Signalled whenever an attempt stops being tracked.
     changed: Notify,
@@ -168,7 +170,11 @@ impl Agent {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
-        let client = WorkerServiceClient::new(endpoint.connect_lazy())
+        let token = cfg
+            .resolve_token()
+            .and_then(|t| drover_proto::auth::BearerToken::new(t.as_deref()))
+            .map_err(AgentError::Token)?;
+        let client = WorkerServiceClient::with_interceptor(endpoint.connect_lazy(), token)
             .max_decoding_message_size(16 * 1024 * 1024);
         let hostname = hostname::get()
             .ok()
@@ -410,7 +416,7 @@ impl Agent {
     /// Calls the coordinator until it answers; gives up only on a definite refusal.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
-        F: Fn(WorkerServiceClient<Channel>) -> Fut,
+        F: Fn(WorkerServiceClient<drover_proto::auth::AuthChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let client = self.client.clone();

@@ -41,6 +41,10 @@ pub struct Config {
     /// How attempts are contained: `auto` (a cgroup per attempt where the worker can
     /// create one, else a child subreaper) or `subreaper` (never cgroups; no limits).
     pub containment: String,
+    /// Bearer token (role worker) sent to the coordinator. Prefer `token_file`.
+    pub token: Option<String>,
+    /// File holding the token (first line; must not be readable by others).
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -60,6 +64,8 @@ impl Default for Config {
             log_format: "text".into(),
             log_dir: None,
             containment: "auto".into(),
+            token: None,
+            token_file: None,
         }
     }
 }
@@ -104,6 +110,17 @@ impl Config {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// The token to send: `token`, else the contents of `token_file`, else none.
+    pub fn resolve_token(&self) -> Result<Option<String>, String> {
+        match (&self.token, &self.token_file) {
+            (Some(t), _) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+            (_, Some(path)) => drover_proto::auth::read_token_file(path)
+                .map(Some)
+                .map_err(|e| format!("token_file: {e}")),
+            _ => Ok(None),
+        }
     }
 
     pub fn slots(&self) -> u32 {

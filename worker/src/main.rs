@@ -40,6 +40,9 @@ struct Cli {
     /// Label this worker offers (repeatable).
     #[arg(long = "label")]
     labels: Vec<String>,
+    /// File holding the worker's token (or set DROVER_WORKER_TOKEN / DROVER_WORKER_TOKEN_FILE).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
 }
 
 fn overrides(cli: &Cli) -> Figment {
@@ -61,6 +64,9 @@ fn overrides(cli: &Cli) -> Figment {
     }
     if !cli.labels.is_empty() {
         f = f.merge(Serialized::default("labels", &cli.labels));
+    }
+    if let Some(v) = &cli.token_file {
+        f = f.merge(Serialized::default("token_file", v));
     }
     f
 }

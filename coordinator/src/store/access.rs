@@ -1,0 +1,229 @@
+//! SQL for access control: API tokens and the audit log.
+
+use super::{Cached, Store};
+use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    pub id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub queues: Vec<String>,
+    pub worker_pattern: String,
+    pub token_hash: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A token to store; the caller made the secret and hashed it.
+pub struct NewToken {
+    pub name: String,
+    pub role: String,
+    pub queues: Vec<String>,
+    pub worker_pattern: String,
+    pub token_hash: [u8; 32],
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub role: String,
+    pub method: String,
+    pub target: String,
+    pub peer: String,
+    pub outcome: String,
+}
+
+const TOKEN_COLUMNS: &str = "id, name, role, queues, worker_pattern, token_hash, created_at, \
+    expires_at, last_used_at, revoked_at";
+
+fn token_from_row(r: &Row) -> Result<TokenRow> {
+    Ok(TokenRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        role: r.try_get("role")?,
+        queues: r.try_get("queues")?,
+        worker_pattern: r.try_get("worker_pattern")?,
+        token_hash: r.try_get("token_hash")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+impl Store {
+    /// The token with this SHA-256, revoked or not (one lookup in a unique index).
+    pub async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt_cached(
+                &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"),
+                &[&hash.as_slice()],
+            )
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    pub async fn touch_token(&self, id: Uuid) -> Result<()> {
+        let c = self.pool.get().await?;
+        c.execute_cached(
+            "UPDATE api_tokens SET last_used_at = now() WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a token; FAILED_PRECONDITION if a live token already has the name.
+    pub async fn insert_token(&self, t: &NewToken) -> Result<TokenRow> {
+        let c = self.pool.get().await?;
+        let r = c
+            .query_one_cached(
+                &format!(
+                    "INSERT INTO api_tokens (id, name, role, queues, worker_pattern, token_hash, \
+                        expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                     RETURNING {TOKEN_COLUMNS}"
+                ),
+                &[
+                    &Uuid::now_v7(),
+                    &t.name,
+                    &t.role,
+                    &t.queues,
+                    &t.worker_pattern,
+                    &t.token_hash.as_slice(),
+                    &t.expires_at,
+                ],
+            )
+            .await;
+        match r {
+            Ok(r) => token_from_row(&r),
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Err(Error::FailedPrecondition(format!(
+                    "name: a token named {:?} exists already; revoke it or pick another name",
+                    t.name
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn list_tokens(&self, include_revoked: bool) -> Result<Vec<TokenRow>> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query_cached(
+                &format!(
+                    "SELECT {TOKEN_COLUMNS} FROM api_tokens \
+                      WHERE $1 OR revoked_at IS NULL ORDER BY created_at, id LIMIT 10000"
+                ),
+                &[&include_revoked],
+            )
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Revokes the live token with this id or name, and tells every coordinator to forget
+    /// its cached copy (NOTIFY, in the same transaction).
+    pub async fn revoke_token(&self, id: Option<Uuid>, name: &str) -> Result<TokenRow> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let row = tx
+            .query_opt_cached(
+                &format!(
+                    "UPDATE api_tokens SET revoked_at = now() \
+                      WHERE revoked_at IS NULL AND (id = $1 OR ($1 IS NULL AND name = $2)) \
+                     RETURNING {TOKEN_COLUMNS}"
+                ),
+                &[&id, &name],
+            )
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "token: no live token with id or name {:?}",
+                    id.map(|i| i.to_string())
+                        .unwrap_or_else(|| name.to_string())
+                ))
+            })?;
+        tx.execute_cached(
+            "SELECT pg_notify($1, $2)",
+            &[
+                &crate::auth::TOKENS_CHANNEL,
+                &row.get::<_, Uuid>("id").to_string(),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        token_from_row(&row)
+    }
+
+    pub async fn insert_audit(
+        &self,
+        actor: &str,
+        role: &str,
+        method: &str,
+        target: &str,
+        peer: &str,
+        outcome: &str,
+    ) -> Result<()> {
+        let c = self.pool.get().await?;
+        c.execute_cached(
+            "INSERT INTO audit_log (actor, role, method, target, peer, outcome) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&actor, &role, &method, &target, &peer, &outcome],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Audit entries newest first, after `before_id` (a page token), at most `limit`.
+    pub async fn list_audit(
+        &self,
+        since: Option<DateTime<Utc>>,
+        before_id: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query_cached(
+                "SELECT id, at, actor, role, method, target, peer, outcome FROM audit_log \
+                  WHERE ($1::timestamptz IS NULL OR at >= $1) \
+                    AND ($2::int8 IS NULL OR id < $2) \
+                  ORDER BY id DESC LIMIT $3",
+                &[&since, &before_id, &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    id: r.try_get(0)?,
+                    at: r.try_get(1)?,
+                    actor: r.try_get(2)?,
+                    role: r.try_get(3)?,
+                    method: r.try_get(4)?,
+                    target: r.try_get(5)?,
+                    peer: r.try_get(6)?,
+                    outcome: r.try_get(7)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes up to `limit` audit entries older than `older_than`; returns how many.
+    pub async fn purge_audit(&self, older_than: std::time::Duration, limit: i64) -> Result<u64> {
+        let c = self.pool.get().await?;
+        Ok(c.execute_cached(
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
+                  WHERE at < now() - $1 * interval '1 second' ORDER BY id LIMIT $2)",
+            &[&(older_than.as_secs() as f64), &limit],
+        )
+        .await?)
+    }
+}
