@@ -27,6 +27,15 @@ struct Cli {
         global = true
     )]
     addr: String,
+    /// CA certificate (PEM) that an https:// coordinator's certificate must chain to.
+    #[arg(long, env = "DROVER_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a coordinator that asks for one (mTLS).
+    #[arg(long, env = "DROVER_CLIENT_CERT", global = true, requires = "client_key")]
+    client_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, env = "DROVER_CLIENT_KEY", global = true, requires = "client_cert")]
+    client_key: Option<std::path::PathBuf>,
     /// Output format of read commands.
     #[arg(long, short = 'o', value_enum, default_value = "text", global = true)]
     output: Format,
@@ -121,6 +130,26 @@ enum Command {
     /// Run a local stack: PostgreSQL (private, unless DATABASE_URL is set), a coordinator
     /// and a worker, with a sample job. Ctrl-C stops all of it.
     Dev(dev::DevArgs),
+    /// Certificates for TLS and mTLS from a private CA (for small installations).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a new CA (ca.pem, ca-key.pem), a server certificate for the coordinator
+    /// (server.pem, server-key.pem) and a client certificate per worker
+    /// (worker-ID.pem, worker-ID-key.pem) into DIR. Keys are mode 0600; nothing is
+    /// overwritten.
+    Init {
+        dir: std::path::PathBuf,
+        /// Host names and IP addresses the coordinator is reached at (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        hosts: Vec<String>,
+        /// Worker ids to issue client certificates for (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        workers: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -162,6 +191,7 @@ struct SubmitArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    drover_transport::install_crypto_provider();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
@@ -180,13 +210,29 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
     }
 }
 
+/// How to verify the coordinator (and identify to it) over https://; set once in `run`.
+static CLIENT_TLS: std::sync::OnceLock<drover_transport::ClientTls> = std::sync::OnceLock::new();
+
 async fn channel(addr: &str) -> Result<Channel> {
-    let ep = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .with_context(|| format!("--addr {addr:?} is not a valid URL"))?
+    let tls = CLIENT_TLS.get().cloned().unwrap_or_default();
+    let ep = tls
+        .endpoint(addr)
+        .map_err(|e| anyhow!("--addr: {e}"))?
         .connect_timeout(Duration::from_secs(5));
-    ep.connect()
-        .await
-        .map_err(|e| anyhow!("cannot reach coordinator at {addr}: {e} (set --addr or DROVER_ADDR)"))
+    ep.connect().await.map_err(|e| {
+        let mut why = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            why = format!("{why}: {s}");
+            src = s.source();
+        }
+        let hint = if drover_transport::ClientTls::is_tls(addr) {
+            " (https://: is the coordinator serving TLS, and is --ca-file the CA of its certificate?)"
+        } else {
+            " (set --addr or DROVER_ADDR)"
+        };
+        anyhow!("cannot reach coordinator at {addr}: {why}{hint}")
+    })
 }
 
 async fn connect(addr: &str) -> Result<JobServiceClient<Channel>> {
@@ -239,7 +285,23 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let fmt = cli.output;
+    let _ = CLIENT_TLS.set(drover_transport::ClientTls {
+        ca_file: cli.ca_file.clone(),
+        cert_file: cli.client_cert.clone(),
+        key_file: cli.client_key.clone(),
+    });
     match cli.command {
+        Command::Certs(CertsCommand::Init {
+            dir,
+            hosts,
+            workers,
+        }) => {
+            let files = drover_transport::ca::init_dir(&dir, &hosts, &workers)?;
+            for f in files {
+                println!("{}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dev(args) => {
             dev::run(args).await?;
             Ok(ExitCode::SUCCESS)

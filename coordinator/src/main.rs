@@ -59,6 +59,7 @@ fn overrides(cli: &Cli) -> Figment {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    drover_transport::install_crypto_provider();
     let cli = Cli::parse();
     let cfg = match Config::load(cli.config.as_deref(), overrides(&cli)) {
         Ok(c) => c,
@@ -105,8 +106,9 @@ async fn run(cmd: Command, cfg: Config) -> anyhow::Result<()> {
         Command::Serve => {
             let c = drover_coordinator::start(cfg).await?;
             // Tests and scripts that bind port 0 read the address from this line.
-            println!("DROVER_ADDR=http://{}", c.addr);
-            println!("DROVER_HTTP=http://{}", c.http_addr);
+            let scheme = if c.tls { "https" } else { "http" };
+            println!("DROVER_ADDR={scheme}://{}", c.addr);
+            println!("DROVER_HTTP={scheme}://{}", c.http_addr);
             shutdown_signal().await;
             tracing::info!("shutting down");
             c.shutdown().await;

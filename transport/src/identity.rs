@@ -49,6 +49,19 @@ impl PeerIdentity {
     }
 }
 
+/// A worker that connected with a client certificate must say hello with an id the
+/// certificate names. Without a certificate (plaintext, or mTLS optional) there is nothing
+/// to check here.
+pub fn check_worker_identity(peer: Option<&PeerIdentity>, worker_id: &str) -> Result<(), Status> {
+    match peer {
+        Some(p) if !p.matches(worker_id) => Err(Status::permission_denied(format!(
+            "hello.worker_id {worker_id:?} is not named by the client certificate (it names {:?})",
+            p.names
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Interceptor for every service: attaches the verified client certificate's identity.
 /// A certificate that reached us was verified by the TLS layer, so failing to read it is
 /// unexpected; the request is refused rather than served without the identity.
@@ -80,5 +93,9 @@ mod tests {
         assert!(!id.matches("worker"));
         assert_eq!(id.fingerprint.len(), 64);
         assert!(PeerIdentity::from_der(b"not a certificate").is_err());
+        assert!(check_worker_identity(Some(&id), "worker-7").is_ok());
+        let refused = check_worker_identity(Some(&id), "worker-8").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(check_worker_identity(None, "worker-8").is_ok());
     }
 }

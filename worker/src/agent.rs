@@ -26,7 +26,7 @@ use tokio_retry::strategy::{jitter, ExponentialBackoff};
 use tokio_retry::RetryIf;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
@@ -155,7 +155,9 @@ fn msg(m: Out) -> pb::WorkerMessage {
 
 impl Agent {
     pub fn new(cfg: Config, worker_id: String) -> Result<Arc<Agent>, AgentError> {
-        let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
+        let endpoint = cfg
+            .client_tls()
+            .endpoint(&cfg.coordinator)
             .map_err(|e| AgentError::Address(cfg.coordinator.clone(), e.to_string()))?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)

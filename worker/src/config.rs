@@ -38,6 +38,13 @@ pub struct Config {
     pub log_format: String,
     /// If set, log lines also go to a file here, rotated daily, 7 kept.
     pub log_dir: Option<PathBuf>,
+    /// CA certificate (PEM) an https:// coordinator's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the coordinator (mTLS); its common name or a
+    /// SAN must be this worker's id.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -56,6 +63,9 @@ impl Default for Config {
             min_memory_available_bytes: 128 * 1024 * 1024,
             log_format: "text".into(),
             log_dir: None,
+            ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -85,6 +95,12 @@ impl Config {
                 self.coordinator
             ));
         }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("tls_cert_file and tls_key_file must be set together".into());
+        }
+        self.client_tls()
+            .endpoint(&self.coordinator)
+            .map_err(|e| format!("coordinator: {e}"))?;
         for (i, q) in self.queues.iter().enumerate() {
             drover_core::validate::check_name(&format!("queues[{i}]"), q)
                 .map_err(|e| e.to_string())?;
@@ -94,6 +110,15 @@ impl Config {
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// How the coordinator is verified (https://) and how this worker identifies to it.
+    pub fn client_tls(&self) -> drover_transport::ClientTls {
+        drover_transport::ClientTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
+        }
     }
 
     pub fn slots(&self) -> u32 {
