@@ -166,6 +166,10 @@ struct SubmitArgs {
     /// Label a worker must have (repeatable).
     #[arg(long = "label", short = 'l')]
     labels: Vec<String>,
+    /// Secret environment variable read by the worker, never sent: NAME=file:/path or
+    /// NAME=env:WORKER_VAR (repeatable). Its value is masked as [REDACTED] in the log.
+    #[arg(long = "secret-env", value_name = "NAME=file:PATH|env:VAR")]
+    secret_env: Vec<String>,
     /// Time limit per attempt, e.g. 90s, 2h.
     #[arg(long, allow_hyphen_values = true)]
     timeout: Option<String>,
@@ -237,6 +241,17 @@ async fn channel(addr: &str) -> Result<Channel> {
 
 async fn connect(addr: &str) -> Result<JobServiceClient<Channel>> {
     Ok(JobServiceClient::new(channel(addr).await?).max_decoding_message_size(16 * 1024 * 1024))
+}
+
+/// `--secret-env` items, checked here so that a value typed by mistake in place of a
+/// reference is never sent to the coordinator.
+fn secret_refs(items: &[String]) -> Result<HashMap<String, String>> {
+    let refs = pairs("secret-env", items)?;
+    for (k, v) in &refs {
+        drover_core::jobguard::SecretRef::parse(v)
+            .map_err(|e| anyhow!("--secret-env {k}: {e}"))?;
+    }
+    Ok(refs)
 }
 
 fn pairs(field: &str, items: &[String]) -> Result<HashMap<String, String>> {
@@ -538,6 +553,7 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
         retry: Some(retry),
         idempotency_key: a.idempotency_key.unwrap_or_default(),
         outputs: a.outputs,
+        secret_env: secret_refs(&a.secret_env)?,
     };
     let mut c = connect(addr).await?;
     let r = c

@@ -236,6 +236,7 @@ impl Dispatcher {
                     timeout_ms: c.timeout_ms,
                     outputs: c.outputs,
                     trace_parent: trace_parent.unwrap_or_default(),
+                    secret_env: c.secret_env.into_iter().collect(),
                 }));
                 if !sent {
                     // The worker went away between claim and send: hand the job back

@@ -4,8 +4,10 @@
 //! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
 //! - [`params`] — `{name}` placeholder substitution in argv.
+//! - [`jobguard`] — worker-side defence: program allowlist, inherited environment, secret masking.
 //! - [`validate`] — limits and checks on submitted job specs, with errors naming the field.
 
+pub mod jobguard;
 pub mod logcap;
 pub mod params;
 pub mod retry;
