@@ -50,9 +50,17 @@ impl ProgramPolicy {
             || self
                 .allowed
                 .iter()
-                .any(|p| p.matches_path(resolved) || p.matches_path(canonical))
+                .any(|p| p.matches_path_with(resolved, PATH_MATCH) || p.matches_path_with(canonical, PATH_MATCH))
     }
 }
+
+/// `*` stays within one directory level (`/usr/bin/*` does not match `/usr/bin/x/y`);
+/// `**` crosses levels.
+pub const PATH_MATCH: glob::MatchOptions = glob::MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
 
 fn is_shell(p: &Path) -> bool {
     p.file_name()
@@ -224,6 +232,8 @@ mod tests {
             (p(&["/usr/bin/echo"], false), "/bin/echo", "/usr/bin/echo", true),
             (p(&["/usr/bin/echo"], false), "/usr/bin/echo2", "/usr/bin/echo2", false),
             (p(&["/opt/*/bin/orca"], false), "/opt/v6/bin/orca", "/opt/v6/bin/orca", true),
+            (p(&["/usr/bin/*"], false), "/usr/bin/x/y", "/usr/bin/x/y", false),
+            (p(&["/opt/**"], false), "/opt/a/b/c", "/opt/a/b/c", true),
         ];
         for (i, (pol, r, c, want)) in cases.iter().enumerate() {
             assert_eq!(pol.allows(&path(r), &path(c)), *want, "case {i}: {r} {c}");

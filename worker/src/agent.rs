@@ -8,7 +8,9 @@
 
 use crate::config::Config;
 use crate::outputs;
-use crate::process::{self, ExitOutcome, OutputChunk, RunSpec, StreamKind, TailBuffer};
+use crate::jobsetup::JobSetup;
+use crate::process::{self, ChildSetup, ExitOutcome, OutputChunk, RunSpec, StreamKind, TailBuffer};
+use drover_core::jobguard::Redactor;
 use crate::resources::{Limits, Monitor};
 use crate::spool;
 use drover_proto::v1 as pb;
@@ -16,7 +18,7 @@ use drover_proto::v1::coordinator_message::Msg as In;
 use drover_proto::v1::worker_message::Msg as Out;
 use drover_proto::v1::worker_service_client::WorkerServiceClient;
 use futures::StreamExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,8 @@ pub enum AgentError {
     Address(String, String),
     #[error("preparing {0}: {1}")]
     Io(PathBuf, std::io::Error),
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Why the agent stopped an attempt's process.
@@ -72,6 +76,8 @@ struct State {
 
 pub struct Agent {
     cfg: Config,
+    /// Program allowlist, job environment, run_as user, secrets.
+    setup: JobSetup,
     worker_id: String,
     hostname: String,
     slots: u32,
@@ -178,7 +184,9 @@ impl Agent {
             },
         );
         let group_files = Arc::new(GroupFiles::new(cfg.pids_dir(), cfg.slots()));
+        let setup = JobSetup::from_config(&cfg, &worker_id).map_err(AgentError::Setup)?;
         Ok(Arc::new(Agent {
+            setup,
             monitor,
             group_files,
             slots: cfg.slots(),
@@ -430,7 +438,11 @@ impl Agent {
         tracing::info!(argv = ?a.argv, "starting attempt");
         let work_dir = self.cfg.work_root().join(&attempt_id);
         let mut output_error: Option<String> = None;
-        let (outcome, tail, chunks) = match tokio::fs::create_dir_all(&work_dir).await {
+        let made = match tokio::fs::create_dir_all(&work_dir).await {
+            Ok(()) => self.setup.prepare_work_dir(&work_dir),
+            Err(e) => Err(e),
+        };
+        let (outcome, tail, chunks) = match made {
             Err(e) => {
                 self.free_slot();
                 let why = format!("creating work directory {}: {e}", work_dir.display());
@@ -573,6 +585,51 @@ impl Agent {
         reason: Arc<Mutex<Option<StopReason>>>,
     ) -> Option<(ExitOutcome, Vec<u8>, u64)> {
         let attempt_id = a.attempt_id.clone();
+        // The job's environment: the inherited minimum, its own env, its secrets (read
+        // here; a reference that cannot be resolved fails the job for good), DROVER_*.
+        let mut env = self.setup.base_env(std::env::vars());
+        env.extend(a.env.clone());
+        let secrets = match self.setup.resolve_secrets(a.secret_env.iter()) {
+            Ok(s) => s,
+            Err(e) => {
+                self.free_slot();
+                return Some((ExitOutcome::SpawnError(e), Vec::new(), 0));
+            }
+        };
+        let redactors = [
+            Redactor::new(secrets.values().map(|v| v.as_bytes().to_vec())),
+            Redactor::new(secrets.values().map(|v| v.as_bytes().to_vec())),
+        ];
+        env.extend(secrets);
+        env.insert("DROVER_JOB_ID".into(), a.job_id.clone());
+        env.insert("DROVER_ATTEMPT_ID".into(), attempt_id.clone());
+        env.insert("DROVER_ATTEMPT".into(), a.attempt_number.to_string());
+        env.insert("DROVER_WORK_DIR".into(), work_dir.display().to_string());
+        // An instrumented CLI joins the trace as a child of this attempt.
+        if let Some(tp) = drover_telemetry::traceparent() {
+            env.insert("TRACEPARENT".into(), tp);
+        }
+        let program = match a.argv.first() {
+            Some(p) => match self
+                .setup
+                .resolve_program(p, env.get("PATH").map(String::as_str), work_dir)
+            {
+                Ok(path) => path,
+                Err(e) => {
+                    tracing::warn!(%attempt_id, error = %e, "job refused");
+                    self.free_slot();
+                    return Some((ExitOutcome::SpawnError(e), Vec::new(), 0));
+                }
+            },
+            None => {
+                self.free_slot();
+                return Some((
+                    ExitOutcome::SpawnError("argv is empty".into()),
+                    Vec::new(),
+                    0,
+                ));
+            }
+        };
         let (mut writer, mut reader) =
             match spool::create(&self.cfg.spool_dir(), &attempt_id, self.cfg.max_spool_bytes) {
                 Ok(p) => p,
@@ -640,15 +697,6 @@ impl Agent {
 
         let (tx, rx) = mpsc::channel::<OutputChunk>(64);
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        let mut env: BTreeMap<String, String> = a.env.clone().into_iter().collect();
-        env.insert("DROVER_JOB_ID".into(), a.job_id.clone());
-        env.insert("DROVER_ATTEMPT_ID".into(), attempt_id.clone());
-        env.insert("DROVER_ATTEMPT".into(), a.attempt_number.to_string());
-        env.insert("DROVER_WORK_DIR".into(), work_dir.display().to_string());
-        // An instrumented CLI joins the trace as a child of this attempt.
-        if let Some(tp) = drover_telemetry::traceparent() {
-            env.insert("TRACEPARENT".into(), tp);
-        }
         // Held until the process group is gone, which `process::run` waits for.
         let group_file = self.group_files.take();
         let fallback_file = self.cfg.pids_dir().join(&attempt_id);
@@ -663,6 +711,15 @@ impl Agent {
                 None => fallback_file.clone(),
             }),
             started: Some(started_tx),
+            setup: ChildSetup {
+                program: Some(program),
+                clear_env: true,
+                run_as: self
+                    .setup
+                    .run_as
+                    .as_ref()
+                    .map(|r| (r.uid, r.gid, r.groups.clone())),
+            },
         };
         let monitor = self.monitor.clone();
         let tracked_id = attempt_id.clone();
@@ -672,14 +729,30 @@ impl Agent {
             }
         });
         // The pump writes output to local disk only, so the child never waits on the network.
+        // Secret values are masked before output reaches the disk or the network.
         let pump = tokio::spawn(async move {
             let mut tail = TailBuffer::new(TAIL_BYTES);
             let mut merged = Merged::new(rx);
+            let mut redactors = redactors;
+            let index = |s: StreamKind| usize::from(s == StreamKind::Stderr);
             while let Some(chunk) = merged.next().await {
-                tail.push(&chunk.data);
+                let data = redactors[index(chunk.stream)].push(&chunk.data);
+                if data.is_empty() {
+                    continue;
+                }
+                tail.push(&data);
                 let now = now_unix_ms();
-                if let Err(e) = writer.append(chunk.stream, &chunk.data, now).await {
+                if let Err(e) = writer.append(chunk.stream, &data, now).await {
                     tracing::error!(error = %e, "writing log spool");
+                }
+            }
+            for stream in [StreamKind::Stdout, StreamKind::Stderr] {
+                let rest = redactors[index(stream)].finish();
+                if !rest.is_empty() {
+                    tail.push(&rest);
+                    if let Err(e) = writer.append(stream, &rest, now_unix_ms()).await {
+                        tracing::error!(error = %e, "writing log spool");
+                    }
                 }
             }
             let count = writer.finish().await.unwrap_or(0);

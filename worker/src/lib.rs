@@ -2,6 +2,7 @@
 //! given as child processes, and delivers their output and results.
 //!
 //! - [`agent`] — the session and the per-attempt tasks.
+//! - [`jobsetup`] — what a job starts with: allowed program, minimal environment, user, secrets.
 //! - [`outputs`] — finding and hashing a job's declared output files.
 //! - [`process`] — running one program in its own process group (timeouts, stop).
 //! - [`resources`] — host and per-job resource samples; thresholds that pause the worker.
@@ -11,6 +12,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod jobsetup;
 pub mod outputs;
 pub mod process;
 pub mod resources;
@@ -54,6 +56,12 @@ pub async fn run(
             removed = stale,
             "removed work directories left by a previous run"
         );
+    }
+    if cfg.run_as_user.is_some() {
+        // The run_as user must reach its own work directory (mode 0700, its own) below.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.work_root(), std::fs::Permissions::from_mode(0o711))
+            .map_err(io)?;
     }
     tracing::info!(%worker_id, coordinator = %cfg.coordinator, slots = cfg.slots(), "worker starting");
     let agent = agent::Agent::new(cfg, worker_id)?;

@@ -58,6 +58,20 @@ pub struct RunSpec {
     pub pgid_file: Option<PathBuf>,
     /// Told the process group id once the child is running.
     pub started: Option<tokio::sync::oneshot::Sender<i32>>,
+    /// What the job's process starts with beyond argv and env.
+    pub setup: ChildSetup,
+}
+
+/// How the child is set up before exec.
+#[derive(Debug, Default)]
+pub struct ChildSetup {
+    /// The file to execute (argv[0] already resolved and checked); argv[0] is passed as
+    /// given. None: argv[0] is looked up by exec.
+    pub program: Option<PathBuf>,
+    /// Start from `env` alone, not the worker's environment.
+    pub clear_env: bool,
+    /// Switch to this uid, gid and supplementary groups before exec.
+    pub run_as: Option<(u32, u32, Vec<u32>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +220,34 @@ pub async fn run(
     if stop.is_cancelled() {
         return ExitOutcome::Stopped;
     }
-    let mut cmd = Command::new(program);
+    let mut cmd = match &spec.setup.program {
+        Some(path) => {
+            let mut c = Command::new(path);
+            c.arg0(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    if spec.setup.clear_env {
+        cmd.env_clear();
+    }
+    if let Some((uid, gid, groups)) = spec.setup.run_as.clone() {
+        let groups: Vec<nix::libc::gid_t> = groups;
+        // SAFETY: only async-signal-safe system calls between fork and exec; `groups` was
+        // allocated before the fork. Groups first, then gid, then uid (after setuid the
+        // others are no longer allowed).
+        unsafe {
+            cmd.pre_exec(move || {
+                if nix::libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
+                    || nix::libc::setgid(gid) != 0
+                    || nix::libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     cmd.args(&spec.argv[1..])
         .envs(&spec.env)
         .current_dir(&spec.work_dir)
@@ -306,6 +347,7 @@ mod tests {
             kill_grace: Duration::from_millis(300),
             pgid_file: None,
             started: None,
+            setup: ChildSetup::default(),
         }
     }
 
