@@ -31,10 +31,20 @@ struct Cli {
     #[arg(long, env = "DROVER_CA_FILE", global = true)]
     ca_file: Option<std::path::PathBuf>,
     /// Client certificate (PEM) for a coordinator that asks for one (mTLS).
-    #[arg(long, env = "DROVER_CLIENT_CERT", global = true, requires = "client_key")]
+    #[arg(
+        long,
+        env = "DROVER_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
     client_cert: Option<std::path::PathBuf>,
     /// Private key (PEM) of --client-cert.
-    #[arg(long, env = "DROVER_CLIENT_KEY", global = true, requires = "client_cert")]
+    #[arg(
+        long,
+        env = "DROVER_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
     client_key: Option<std::path::PathBuf>,
     /// Output format of read commands.
     #[arg(long, short = 'o', value_enum, default_value = "text", global = true)]
@@ -248,8 +258,7 @@ async fn connect(addr: &str) -> Result<JobServiceClient<Channel>> {
 fn secret_refs(items: &[String]) -> Result<HashMap<String, String>> {
     let refs = pairs("secret-env", items)?;
     for (k, v) in &refs {
-        drover_core::jobguard::SecretRef::parse(v)
-            .map_err(|e| anyhow!("--secret-env {k}: {e}"))?;
+        drover_core::jobguard::SecretRef::parse(v).map_err(|e| anyhow!("--secret-env {k}: {e}"))?;
     }
     Ok(refs)
 }

@@ -159,7 +159,9 @@ impl Config {
             return Err("tls_cert_file and tls_key_file must be set together".into());
         }
         if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
-            return Err("tls_client_ca_file needs tls_cert_file and tls_key_file (mTLS is TLS)".into());
+            return Err(
+                "tls_client_ca_file needs tls_cert_file and tls_key_file (mTLS is TLS)".into(),
+            );
         }
         if self.tls_reload_interval_ms < 100 {
             return Err("tls_reload_interval_ms must be at least 100".into());

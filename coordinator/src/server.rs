@@ -12,11 +12,11 @@ use anyhow::Context;
 use drover_proto::v1::admin_service_server::AdminServiceServer;
 use drover_proto::v1::job_service_server::JobServiceServer;
 use drover_proto::v1::worker_service_server::WorkerServiceServer;
+use drover_transport::server as tls_server;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use drover_transport::server as tls_server;
 use tokio_util::sync::CancellationToken;
 
 /// A started coordinator.
@@ -66,9 +66,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     );
     let tls = match cfg.server_tls() {
-        Some(files) => Some(
-            drover_transport::TlsReloader::new(files).context("loading the TLS certificate")?,
-        ),
+        Some(files) => {
+            Some(drover_transport::TlsReloader::new(files).context("loading the TLS certificate")?)
+        }
         None => None,
     };
     let shutdown = CancellationToken::new();

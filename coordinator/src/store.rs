@@ -645,8 +645,7 @@ impl Store {
             .map(|r| {
                 let Json(env): Json<BTreeMap<String, String>> = r.try_get("env")?;
                 let Json(params): Json<BTreeMap<String, String>> = r.try_get("params")?;
-                let Json(secret_env): Json<BTreeMap<String, String>> =
-                    r.try_get("secret_env")?;
+                let Json(secret_env): Json<BTreeMap<String, String>> = r.try_get("secret_env")?;
                 Ok(Claimed {
                     attempt_id: r.try_get("attempt_id")?,
                     job_id: r.try_get("job_id")?,

@@ -47,10 +47,10 @@ impl ProgramPolicy {
             return false;
         }
         self.allowed.is_empty()
-            || self
-                .allowed
-                .iter()
-                .any(|p| p.matches_path_with(resolved, PATH_MATCH) || p.matches_path_with(canonical, PATH_MATCH))
+            || self.allowed.iter().any(|p| {
+                p.matches_path_with(resolved, PATH_MATCH)
+                    || p.matches_path_with(canonical, PATH_MATCH)
+            })
     }
 }
 
@@ -119,9 +119,7 @@ impl SecretRef {
         }
         if let Some(p) = s.strip_prefix("file:") {
             if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
-                return Err(format!(
-                    "file:{p}: must be an absolute path without '..'"
-                ));
+                return Err(format!("file:{p}: must be an absolute path without '..'"));
             }
             return Ok(SecretRef::File(p.into()));
         }
@@ -224,15 +222,50 @@ mod tests {
             (p(&[], false), "/bin/sh", "/usr/bin/dash", true),
             (p(&[], true), "/bin/sh", "/usr/bin/dash", false),
             (p(&[], true), "/usr/bin/mysh", "/usr/bin/bash", false),
-            (p(&[], true), "/usr/bin/python3", "/usr/bin/python3.11", true),
-            (p(&["/usr/bin/*"], false), "/usr/bin/echo", "/usr/bin/echo", true),
+            (
+                p(&[], true),
+                "/usr/bin/python3",
+                "/usr/bin/python3.11",
+                true,
+            ),
+            (
+                p(&["/usr/bin/*"], false),
+                "/usr/bin/echo",
+                "/usr/bin/echo",
+                true,
+            ),
             (p(&["/usr/bin/*"], false), "/tmp/x", "/tmp/x", false),
-            (p(&["/usr/bin/*"], true), "/usr/bin/bash", "/usr/bin/bash", false),
+            (
+                p(&["/usr/bin/*"], true),
+                "/usr/bin/bash",
+                "/usr/bin/bash",
+                false,
+            ),
             (p(&["/bin/echo"], false), "/bin/echo", "/usr/bin/echo", true),
-            (p(&["/usr/bin/echo"], false), "/bin/echo", "/usr/bin/echo", true),
-            (p(&["/usr/bin/echo"], false), "/usr/bin/echo2", "/usr/bin/echo2", false),
-            (p(&["/opt/*/bin/orca"], false), "/opt/v6/bin/orca", "/opt/v6/bin/orca", true),
-            (p(&["/usr/bin/*"], false), "/usr/bin/x/y", "/usr/bin/x/y", false),
+            (
+                p(&["/usr/bin/echo"], false),
+                "/bin/echo",
+                "/usr/bin/echo",
+                true,
+            ),
+            (
+                p(&["/usr/bin/echo"], false),
+                "/usr/bin/echo2",
+                "/usr/bin/echo2",
+                false,
+            ),
+            (
+                p(&["/opt/*/bin/orca"], false),
+                "/opt/v6/bin/orca",
+                "/opt/v6/bin/orca",
+                true,
+            ),
+            (
+                p(&["/usr/bin/*"], false),
+                "/usr/bin/x/y",
+                "/usr/bin/x/y",
+                false,
+            ),
             (p(&["/opt/**"], false), "/opt/a/b/c", "/opt/a/b/c", true),
         ];
         for (i, (pol, r, c, want)) in cases.iter().enumerate() {
@@ -301,7 +334,11 @@ mod tests {
             (&["s3cret"], &["s", "3", "c", "r", "e", "t"], "[REDACTED]"),
             (&["s3cret"], &["s3cre"], "s3cre"),
             (&["s3cret"], &["s3cret s3cret"], "[REDACTED] [REDACTED]"),
-            (&["abc", "abcdef"], &["xabcdefx abcx"], "x[REDACTED]x [REDACTED]x"),
+            (
+                &["abc", "abcdef"],
+                &["xabcdefx abcx"],
+                "x[REDACTED]x [REDACTED]x",
+            ),
             (&["aa"], &["aaa"], "[REDACTED]a"),
             (&["", "tok"], &["a tok b"], "a [REDACTED] b"),
             (&["tok"], &["to", "", "k", "to"], "[REDACTED]to"),
@@ -317,7 +354,10 @@ mod tests {
         for a in 0..text.len() {
             for b in a..text.len() {
                 let got = run(&["TOPSECRETVALUE"], &[&text[..a], &text[a..b], &text[b..]]);
-                assert_eq!(got, "before [REDACTED] middle [REDACTED] after", "split {a} {b}");
+                assert_eq!(
+                    got, "before [REDACTED] middle [REDACTED] after",
+                    "split {a} {b}"
+                );
             }
         }
     }

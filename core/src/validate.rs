@@ -264,10 +264,18 @@ mod tests {
         };
         assert_eq!(validate_spec(&with("API_KEY", "env:API_KEY")), Ok(()));
         assert_eq!(validate_spec(&with("API_KEY", "file:/run/k")), Ok(()));
-        assert_eq!(field_of(with("API_KEY", "hunter2")), "secret_env[\"API_KEY\"]");
-        assert_eq!(field_of(with("BAD NAME", "env:A")), "secret_env[\"BAD NAME\"]");
+        assert_eq!(
+            field_of(with("API_KEY", "hunter2")),
+            "secret_env[\"API_KEY\"]"
+        );
+        assert_eq!(
+            field_of(with("BAD NAME", "env:A")),
+            "secret_env[\"BAD NAME\"]"
+        );
         let many = JobSpec {
-            secret_env: (0..33).map(|i| (format!("S{i}"), "env:A".to_string())).collect(),
+            secret_env: (0..33)
+                .map(|i| (format!("S{i}"), "env:A".to_string()))
+                .collect(),
             ..ok_spec()
         };
         assert_eq!(field_of(many), "secret_env");

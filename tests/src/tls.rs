@@ -91,9 +91,7 @@ pub fn coordinator_toml(cert: &Path, key: &Path, client_ca: Option<&Path>) -> St
 
 /// One connection attempt over TLS (no retries): for tests that expect a refusal.
 pub async fn try_channel_tls(addr: &str, tls: &ClientTls) -> Result<Channel> {
-    let ep = tls
-        .endpoint(addr)?
-        .connect_timeout(Duration::from_secs(5));
+    let ep = tls.endpoint(addr)?.connect_timeout(Duration::from_secs(5));
     ep.connect().await.map_err(|e| {
         let mut why = e.to_string();
         let mut src = std::error::Error::source(&e);
@@ -132,7 +130,10 @@ pub async fn served_cert(
     addr: &str,
     ca_file: &Path,
     alpn: &[&[u8]],
-) -> Result<(String, tokio_rustls::client::TlsStream<tokio::net::TcpStream>)> {
+) -> Result<(
+    String,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+)> {
     use rustls_pki_types::pem::PemObject;
     drover_transport::install_crypto_provider();
     let hostport = addr

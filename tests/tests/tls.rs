@@ -123,7 +123,10 @@ async fn tls_listeners_serve_jobs_to_a_tls_worker_and_droverctl() -> anyhow::Res
         anyhow::Ok(())
     })
     .await;
-    assert!(!matches!(r, Ok(Ok(()))), "plaintext call to a TLS listener succeeded");
+    assert!(
+        !matches!(r, Ok(Ok(()))),
+        "plaintext call to a TLS listener succeeded"
+    );
     Ok(())
 }
 
@@ -134,8 +137,7 @@ async fn https_to_a_plaintext_coordinator_or_with_a_wrong_ca_fails_clearly() -> 
     let other = Pki::new(&cl.path("other"))?;
     let (_plain, plain_addr) = cl.coordinator("plain", &CoordinatorOpts::default())?;
     let (cert, key) = pki.server("server")?;
-    let (_tls, tls_addr) =
-        cl.coordinator("tls", &tls_opts(coordinator_toml(&cert, &key, None)))?;
+    let (_tls, tls_addr) = cl.coordinator("tls", &tls_opts(coordinator_toml(&cert, &key, None)))?;
 
     // https:// against plaintext: a TLS error, never a plaintext conversation.
     let https_to_plain = plain_addr.replace("http://", "https://");
@@ -163,7 +165,10 @@ async fn https_to_a_plaintext_coordinator_or_with_a_wrong_ca_fails_clearly() -> 
 
     // A CA that did not sign the server's certificate.
     let e = try_channel_tls(&tls_addr, &other.client_tls()).await;
-    assert!(e.is_err(), "a server certificate from another CA was accepted");
+    assert!(
+        e.is_err(),
+        "a server certificate from another CA was accepted"
+    );
     let other_ca = other.ca_file();
     let (code, _, err) = droverctl(
         &[
@@ -223,18 +228,22 @@ async fn mtls_binds_a_worker_id_to_its_certificate() -> anyhow::Result<()> {
     let pki = Pki::new(&cl.path("pki"))?;
     let (cert, key) = pki.server("server")?;
     let ca = pki.ca_file();
-    let (_c, addr) = cl.coordinator(
-        "coord",
-        &tls_opts(coordinator_toml(&cert, &key, Some(&ca))),
-    )?;
+    let (_c, addr) =
+        cl.coordinator("coord", &tls_opts(coordinator_toml(&cert, &key, Some(&ca))))?;
     let (w1_cert, w1_key) = pki.client("w1", "w1")?;
     let (ops_cert, ops_key) = pki.client("ops", "ops")?;
 
     // A worker with its own certificate takes and runs jobs.
     let env = [
         ("DROVER_WORKER_CA_FILE", ca.to_str().unwrap_or_default()),
-        ("DROVER_WORKER_TLS_CERT_FILE", w1_cert.to_str().unwrap_or_default()),
-        ("DROVER_WORKER_TLS_KEY_FILE", w1_key.to_str().unwrap_or_default()),
+        (
+            "DROVER_WORKER_TLS_CERT_FILE",
+            w1_cert.to_str().unwrap_or_default(),
+        ),
+        (
+            "DROVER_WORKER_TLS_KEY_FILE",
+            w1_key.to_str().unwrap_or_default(),
+        ),
     ];
     let _w = cl.worker_with_env("w1", &addr, 1, &[], &env)?;
     let ops = ClientTls {
@@ -254,16 +263,16 @@ async fn mtls_binds_a_worker_id_to_its_certificate() -> anyhow::Result<()> {
     };
     let mut wc = workers_tls(&addr, &w1_tls).await?;
     let r = wc.session(futures::stream::iter([hello("w2")])).await;
-    let e = r.err().expect("hello as w2 with w1's certificate was accepted");
+    let Err(e) = r else {
+        panic!("hello as w2 with w1's certificate was accepted");
+    };
     assert_eq!(e.code(), Code::PermissionDenied, "{e}");
     assert!(e.message().contains("w2"), "{e}");
     // Neither can a certificate of a non-worker.
     let mut oc = workers_tls(&addr, &ops).await?;
-    let e = oc
-        .session(futures::stream::iter([hello("w1")]))
-        .await
-        .err()
-        .expect("hello as w1 with ops's certificate was accepted");
+    let Err(e) = oc.session(futures::stream::iter([hello("w1")])).await else {
+        panic!("hello as w1 with ops's certificate was accepted");
+    };
     assert_eq!(e.code(), Code::PermissionDenied);
     let mut admin = drover_tests::AdminClient::new(channel_tls(&addr, &ops).await?);
     let ws = admin
@@ -296,7 +305,10 @@ async fn mtls_binds_a_worker_id_to_its_certificate() -> anyhow::Result<()> {
     };
     assert!(refused, "a client without a certificate was served");
     let (code, _, err) = droverctl(
-        &[("DROVER_ADDR", &addr), ("DROVER_CA_FILE", ca.to_str().unwrap_or_default())],
+        &[
+            ("DROVER_ADDR", &addr),
+            ("DROVER_CA_FILE", ca.to_str().unwrap_or_default()),
+        ],
         &["list"],
     );
     assert_ne!(code, 0, "{err}");
@@ -345,7 +357,11 @@ async fn a_renewed_certificate_is_served_without_a_restart() -> anyhow::Result<(
     c.signal(nix::sys::signal::Signal::SIGHUP);
     let start = Instant::now();
     while !c.log_text().contains("TLS reload failed") {
-        assert!(start.elapsed() < Duration::from_secs(30), "{}", c.log_text());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            c.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(served_cert(&addr, &ca, &[b"h2"]).await?.0, second);

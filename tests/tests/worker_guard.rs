@@ -27,8 +27,8 @@ fn on(queue: &str, mut s: pb::JobSpec) -> pb::JobSpec {
 }
 
 #[tokio::test]
-async fn allowlist_and_forbidden_shells_fail_jobs_permanently_with_the_reason(
-) -> anyhow::Result<()> {
+async fn allowlist_and_forbidden_shells_fail_jobs_permanently_with_the_reason() -> anyhow::Result<()>
+{
     let cl = Cluster::new().await?;
     let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
     let _listed = worker_with_config(
@@ -39,7 +39,14 @@ async fn allowlist_and_forbidden_shells_fail_jobs_permanently_with_the_reason(
         "allowed_programs = [\"/usr/bin/echo\", \"/bin/echo\"]\n",
         &[],
     )?;
-    let _noshell = worker_with_config(&cl, "noshell", &addr, "noshell", "forbid_shells = true\n", &[])?;
+    let _noshell = worker_with_config(
+        &cl,
+        "noshell",
+        &addr,
+        "noshell",
+        "forbid_shells = true\n",
+        &[],
+    )?;
     let mut api = jobs(&addr).await?;
 
     let ok = submit(&mut api, on("listed", spec(&["echo", "allowed"]))).await?;
@@ -50,14 +57,29 @@ async fn allowlist_and_forbidden_shells_fail_jobs_permanently_with_the_reason(
         ("listed", spec(&["true"]), "true", "listed"),
         ("listed", sh("echo never"), "sh", "listed"),
         // Through a PATH of the job's own choosing: still resolved, still refused.
-        ("listed", {
-            let mut s = spec(&["true"]);
-            s.env.insert("PATH".into(), "/tmp:/usr/bin:/bin".into());
-            s
-        }, "true", "listed"),
+        (
+            "listed",
+            {
+                let mut s = spec(&["true"]);
+                s.env.insert("PATH".into(), "/tmp:/usr/bin:/bin".into());
+                s
+            },
+            "true",
+            "listed",
+        ),
         ("noshell", sh("echo never"), "sh", "noshell"),
-        ("noshell", spec(&["bash", "-c", "echo never"]), "bash", "noshell"),
-        ("noshell", spec(&["/bin/sh", "-c", "echo never"]), "/bin/sh", "noshell"),
+        (
+            "noshell",
+            spec(&["bash", "-c", "echo never"]),
+            "bash",
+            "noshell",
+        ),
+        (
+            "noshell",
+            spec(&["/bin/sh", "-c", "echo never"]),
+            "/bin/sh",
+            "noshell",
+        ),
     ] {
         let j = submit(&mut api, on(queue, s)).await?;
         let (job, attempts) = wait_state(&mut api, &j.id, pb::JobState::PermanentFailed).await?;
@@ -125,7 +147,14 @@ async fn run_as_runs_jobs_as_that_user_in_a_work_directory_it_owns() -> anyhow::
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(cl.dir.path(), std::fs::Permissions::from_mode(0o755))?;
     let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
-    let _w = worker_with_config(&cl, "asnobody", &addr, "default", "run_as_user = \"nobody\"\n", &[])?;
+    let _w = worker_with_config(
+        &cl,
+        "asnobody",
+        &addr,
+        "default",
+        "run_as_user = \"nobody\"\n",
+        &[],
+    )?;
     let mut api = jobs(&addr).await?;
     let j = submit(
         &mut api,
@@ -135,8 +164,16 @@ async fn run_as_runs_jobs_as_that_user_in_a_work_directory_it_owns() -> anyhow::
     wait_state(&mut api, &j.id, pb::JobState::Succeeded).await?;
     let out = String::from_utf8(logs(&mut api, &j.id, 1).await?.0)?;
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.first().copied(), Some(uid.to_string().as_str()), "{out}");
-    assert_eq!(lines.get(1).copied(), Some(uid.to_string().as_str()), "{out}");
+    assert_eq!(
+        lines.first().copied(),
+        Some(uid.to_string().as_str()),
+        "{out}"
+    );
+    assert_eq!(
+        lines.get(1).copied(),
+        Some(uid.to_string().as_str()),
+        "{out}"
+    );
     assert_eq!(lines.get(2).copied(), Some("wrote"), "{out}");
     assert_eq!(lines.get(4).copied(), Some("denied"), "{out}");
     assert!(!std::path::Path::new("/root/drover-run-as-test").exists());
@@ -170,11 +207,10 @@ async fn secrets_reach_the_job_but_not_the_api_or_the_stored_log() -> anyhow::Re
         printf '%s' \"$TOKEN\" | head -c 7; sleep 0.3; printf '%s' \"$TOKEN\" | tail -c +8; echo; \
         printf '%s' \"$TOKEN\" | sha256sum; printf '%s' \"$FILE_KEY\" | sha256sum";
     let mut s = sh(script);
-    s.secret_env.insert("TOKEN".into(), "env:DROVER_SECRET_API_TOKEN".into());
-    s.secret_env.insert(
-        "FILE_KEY".into(),
-        format!("file:{}/api", secrets.display()),
-    );
+    s.secret_env
+        .insert("TOKEN".into(), "env:DROVER_SECRET_API_TOKEN".into());
+    s.secret_env
+        .insert("FILE_KEY".into(), format!("file:{}/api", secrets.display()));
     let j = submit(&mut api, s).await?;
     wait_state(&mut api, &j.id, pb::JobState::Succeeded).await?;
     let (out, err, _) = logs(&mut api, &j.id, 1).await?;
@@ -201,7 +237,9 @@ async fn secrets_reach_the_job_but_not_the_api_or_the_stored_log() -> anyhow::Re
     let got = format!("{:?}", get(&mut api, &j.id).await?);
     let listed = format!(
         "{:?}",
-        api.list_jobs(pb::ListJobsRequest::default()).await?.into_inner()
+        api.list_jobs(pb::ListJobsRequest::default())
+            .await?
+            .into_inner()
     );
     let shown = Command::new(bin("droverctl"))
         .env("DROVER_ADDR", &addr)
@@ -210,7 +248,10 @@ async fn secrets_reach_the_job_but_not_the_api_or_the_stored_log() -> anyhow::Re
     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
     assert!(shown.contains("env:DROVER_SECRET_API_TOKEN"), "{shown}");
     for text in [&got, &listed, &shown] {
-        assert!(!text.contains(&env_value) && !text.contains(&file_value), "{text}");
+        assert!(
+            !text.contains(&env_value) && !text.contains(&file_value),
+            "{text}"
+        );
     }
     // Nor anywhere in the database: jobs, attempts, stored log chunks, outbox.
     let db = cl.db.client().await?;
@@ -239,8 +280,14 @@ async fn secrets_reach_the_job_but_not_the_api_or_the_stored_log() -> anyhow::Re
 
     // A reference the worker cannot or may not resolve fails the job once, for good.
     for (r, needle) in [
-        (format!("file:{}/missing", secrets.display()), "secret MISSING"),
-        (format!("file:{}", cl.path("elsewhere").display()), "secret_files"),
+        (
+            format!("file:{}/missing", secrets.display()),
+            "secret MISSING",
+        ),
+        (
+            format!("file:{}", cl.path("elsewhere").display()),
+            "secret_files",
+        ),
         ("env:HOME".to_string(), "secret_env_vars"),
         ("env:DROVER_SECRET_NOT_SET".to_string(), "not set"),
     ] {
@@ -262,11 +309,9 @@ async fn secrets_reach_the_job_but_not_the_api_or_the_stored_log() -> anyhow::Re
     assert!(String::from_utf8_lossy(&out.stderr).contains("--secret-env TOKEN"));
     let mut s = sh("true");
     s.secret_env.insert("TOKEN".into(), "hunter2".into());
-    let e = api
-        .submit_job(pb::SubmitJobRequest { spec: Some(s) })
-        .await
-        .err()
-        .expect("a literal secret value was accepted");
+    let Err(e) = api.submit_job(pb::SubmitJobRequest { spec: Some(s) }).await else {
+        panic!("a literal secret value was accepted");
+    };
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     assert!(e.message().contains("secret_env"), "{}", e.message());
     assert!(!e.message().contains("hunter2"), "{}", e.message());

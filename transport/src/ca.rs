@@ -98,7 +98,9 @@ impl CertAuthority {
     /// A server certificate for these host names and IP addresses (IPs become IP SANs).
     pub fn issue_server(&self, hosts: &[String]) -> Result<Issued, CaError> {
         let Some(first) = hosts.first() else {
-            return Err(CaError::Invalid("a server certificate needs at least one host".into()));
+            return Err(CaError::Invalid(
+                "a server certificate needs at least one host".into(),
+            ));
         };
         self.issue(first, hosts.to_vec(), ExtendedKeyUsagePurpose::ServerAuth)
     }
@@ -115,7 +117,11 @@ impl CertAuthority {
                 "worker id {id:?}: use 1-64 of [A-Za-z0-9._-]"
             )));
         }
-        self.issue(id, vec![id.to_string()], ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(
+            id,
+            vec![id.to_string()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )
     }
 }
 

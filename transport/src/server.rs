@@ -176,7 +176,9 @@ impl TlsReloader {
     fn reload_logged(&self, why: &str) {
         match self.reload() {
             Ok(()) => tracing::info!(why, "TLS certificate and key reloaded"),
-            Err(e) => tracing::error!(why, error = %e, "TLS reload failed; still serving the previous certificate"),
+            Err(e) => {
+                tracing::error!(why, error = %e, "TLS reload failed; still serving the previous certificate")
+            }
         }
     }
 
@@ -246,7 +248,10 @@ fn accept_loop<Io: Send + 'static>(
 }
 
 /// Plaintext connections with TCP_NODELAY set.
-pub fn plain(listener: TcpListener, shutdown: CancellationToken) -> mpsc::Receiver<(TcpStream, SocketAddr)> {
+pub fn plain(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> mpsc::Receiver<(TcpStream, SocketAddr)> {
     accept_loop(listener, shutdown, |tcp, peer, tx| {
         // Never block the accept loop on a full channel.
         tokio::spawn(async move {

@@ -7,12 +7,12 @@
 //! A *slot* is freed (credit sent) as soon as the process exits.
 
 use crate::config::Config;
-use crate::outputs;
 use crate::jobsetup::JobSetup;
+use crate::outputs;
 use crate::process::{self, ChildSetup, ExitOutcome, OutputChunk, RunSpec, StreamKind, TailBuffer};
-use drover_core::jobguard::Redactor;
 use crate::resources::{Limits, Monitor};
 use crate::spool;
+use drover_core::jobguard::Redactor;
 use drover_proto::v1 as pb;
 use drover_proto::v1::coordinator_message::Msg as In;
 use drover_proto::v1::worker_message::Msg as Out;
@@ -610,17 +610,19 @@ impl Agent {
             env.insert("TRACEPARENT".into(), tp);
         }
         let program = match a.argv.first() {
-            Some(p) => match self
-                .setup
-                .resolve_program(p, env.get("PATH").map(String::as_str), work_dir)
-            {
-                Ok(path) => path,
-                Err(e) => {
-                    tracing::warn!(%attempt_id, error = %e, "job refused");
-                    self.free_slot();
-                    return Some((ExitOutcome::SpawnError(e), Vec::new(), 0));
+            Some(p) => {
+                match self
+                    .setup
+                    .resolve_program(p, env.get("PATH").map(String::as_str), work_dir)
+                {
+                    Ok(path) => path,
+                    Err(e) => {
+                        tracing::warn!(%attempt_id, error = %e, "job refused");
+                        self.free_slot();
+                        return Some((ExitOutcome::SpawnError(e), Vec::new(), 0));
+                    }
                 }
-            },
+            }
             None => {
                 self.free_slot();
                 return Some((

@@ -189,7 +189,11 @@ impl JobSetup {
                 }
                 SecretRef::File(path) => {
                     let canonical = std::fs::canonicalize(&path).map_err(|e| why(e.to_string()))?;
-                    let allowed = |p: &Path| self.secret_files.iter().any(|g| g.matches_path_with(p, PATH_MATCH));
+                    let allowed = |p: &Path| {
+                        self.secret_files
+                            .iter()
+                            .any(|g| g.matches_path_with(p, PATH_MATCH))
+                    };
                     if !(allowed(&path) && allowed(&canonical)) {
                         return Err(why("not in this worker's secret_files".into()));
                     }
@@ -247,13 +251,17 @@ mod tests {
         let open = setup(&[], false);
         let echo = open.resolve_program("echo", None, dir.path()).unwrap();
         assert!(echo.is_absolute() && echo.ends_with("echo"), "{echo:?}");
-        assert!(open.resolve_program("no-such-prog-x", None, dir.path()).is_err());
+        assert!(open
+            .resolve_program("no-such-prog-x", None, dir.path())
+            .is_err());
         assert!(open.resolve_program("", None, dir.path()).is_err());
 
         let only_true = setup(&["/usr/bin/true", "/bin/true"], false);
         assert!(only_true.resolve_program("true", None, dir.path()).is_ok());
         assert_eq!(
-            only_true.resolve_program("echo", None, dir.path()).unwrap_err(),
+            only_true
+                .resolve_program("echo", None, dir.path())
+                .unwrap_err(),
             "program echo not allowed on worker w9"
         );
         // A script in the work directory is not on the list either.
@@ -261,15 +269,22 @@ mod tests {
         std::fs::write(&script, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(open.resolve_program("./run.sh", None, dir.path()).is_ok());
-        assert!(only_true.resolve_program("./run.sh", None, dir.path()).is_err());
+        assert!(only_true
+            .resolve_program("./run.sh", None, dir.path())
+            .is_err());
         // PATH pointing somewhere else does not get around the list.
         let p = dir.path().display().to_string();
-        assert!(only_true.resolve_program("run.sh", Some(&p), dir.path()).is_err());
+        assert!(only_true
+            .resolve_program("run.sh", Some(&p), dir.path())
+            .is_err());
 
         let no_shells = setup(&[], true);
         for sh in ["sh", "bash", "dash"] {
             if open.resolve_program(sh, None, dir.path()).is_ok() {
-                assert!(no_shells.resolve_program(sh, None, dir.path()).is_err(), "{sh}");
+                assert!(
+                    no_shells.resolve_program(sh, None, dir.path()).is_err(),
+                    "{sh}"
+                );
             }
         }
         assert!(no_shells.resolve_program("true", None, dir.path()).is_ok());
@@ -317,7 +332,10 @@ mod tests {
         let ok = r("API", format!("file:{}/api", allowed.display())).unwrap();
         assert_eq!(ok.get("API").map(String::as_str), Some("v4lue"));
         let e = r("API", format!("file:{}/outside", dir.path().display())).unwrap_err();
-        assert!(e.contains("secret_files") && e.starts_with("secret API"), "{e}");
+        assert!(
+            e.contains("secret_files") && e.starts_with("secret API"),
+            "{e}"
+        );
         let e = r("API", format!("file:{}/link", allowed.display())).unwrap_err();
         assert!(e.contains("secret_files"), "{e}");
         let e = r("API", format!("file:{}/missing", allowed.display())).unwrap_err();

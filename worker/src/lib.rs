@@ -60,7 +60,7 @@ pub async fn run(
     if cfg.run_as_user.is_some() {
         // The run_as user must reach its own work directory (mode 0700, its own) below.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&cfg.work_root(), std::fs::Permissions::from_mode(0o711))
+        std::fs::set_permissions(cfg.work_root(), std::fs::Permissions::from_mode(0o711))
             .map_err(io)?;
     }
     tracing::info!(%worker_id, coordinator = %cfg.coordinator, slots = cfg.slots(), "worker starting");
