@@ -104,6 +104,20 @@ async fn run(cmd: Command, cfg: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
+            // SIGHUP reloads the TLS files (in `start`); without TLS it must not end the
+            // process (its default), so that `systemctl reload` is always safe.
+            if let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                let tls = cfg.server_tls().is_some();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if !tls {
+                            tracing::info!("SIGHUP: TLS is off, nothing to reload");
+                        }
+                    }
+                });
+            }
             let c = drover_coordinator::start(cfg).await?;
             // Tests and scripts that bind port 0 read the address from this line.
             let scheme = if c.tls { "https" } else { "http" };

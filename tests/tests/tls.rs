@@ -135,7 +135,22 @@ async fn https_to_a_plaintext_coordinator_or_with_a_wrong_ca_fails_clearly() -> 
     let cl = Cluster::new().await?;
     let pki = Pki::new(&cl.path("pki"))?;
     let other = Pki::new(&cl.path("other"))?;
-    let (_plain, plain_addr) = cl.coordinator("plain", &CoordinatorOpts::default())?;
+    let (plain, plain_addr) = cl.coordinator("plain", &CoordinatorOpts::default())?;
+    // SIGHUP (systemctl reload) is harmless without TLS: nothing to reload, still serving.
+    plain.signal(nix::sys::signal::Signal::SIGHUP);
+    let start = Instant::now();
+    while !plain.log_text().contains("nothing to reload") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            plain.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    jobs(&plain_addr)
+        .await?
+        .list_jobs(pb::ListJobsRequest::default())
+        .await?;
     let (cert, key) = pki.server("server")?;
     let (_tls, tls_addr) = cl.coordinator("tls", &tls_opts(coordinator_toml(&cert, &key, None)))?;
 
