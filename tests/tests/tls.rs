@@ -201,6 +201,11 @@ async fn https_to_a_plaintext_coordinator_or_with_a_wrong_ca_fails_clearly() -> 
     );
     assert_eq!(code, 0, "{err}");
 
+    // A worker with an https:// address but no CA file does not start: a config error.
+    let mut no_ca = cl.worker("noca", &tls_addr, 1, &[])?;
+    assert_eq!(no_ca.wait_exit(Duration::from_secs(30))?, Some(78));
+    assert!(no_ca.log_text().contains("CA file"), "{}", no_ca.log_text());
+
     // A worker given https:// to the plaintext coordinator never registers there.
     let w = cl.worker("wx", &https_to_plain, 1, &["--ca-file", ca_s])?;
     let mut admin = admin_api(&plain_addr).await?;

@@ -738,7 +738,13 @@ impl Agent {
             let mut redactors = redactors;
             let index = |s: StreamKind| usize::from(s == StreamKind::Stderr);
             while let Some(chunk) = merged.next().await {
-                let data = redactors[index(chunk.stream)].push(&chunk.data);
+                let r = &mut redactors[index(chunk.stream)];
+                // Without secrets the chunk goes on as it is, uncopied.
+                let data = if r.is_empty() {
+                    chunk.data
+                } else {
+                    r.push(&chunk.data)
+                };
                 if data.is_empty() {
                     continue;
                 }
