@@ -403,3 +403,59 @@ async fn a_renewed_certificate_is_served_without_a_restart() -> anyhow::Result<(
     wait_served(&addr2, &ca, &file_fingerprint(&cert_b2)?).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn optional_client_certificates_and_silent_clients_hold_up_no_one() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let pki = Pki::new(&cl.path("pki"))?;
+    let (cert, key) = pki.server("server")?;
+    let ca = pki.ca_file();
+    let mut toml = coordinator_toml(&cert, &key, Some(&ca));
+    toml.push_str("tls_client_cert_required = false\n");
+    let (_c, addr) = cl.coordinator("coord", &tls_opts(toml))?;
+
+    // Clients that connect and never speak TLS, on both listeners.
+    let hostport = addr.trim_start_matches("https://").to_string();
+    let http_hostport = _c.http.trim_start_matches("https://").to_string();
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(&hostport).await?);
+        silent.push(tokio::net::TcpStream::connect(&http_hostport).await?);
+    }
+    // Still served: without a certificate (optional here) ...
+    jobs_tls(&addr, &pki.client_tls())
+        .await?
+        .list_jobs(pb::ListJobsRequest::default())
+        .await?;
+    served_cert(&_c.http, &ca, &[b"http/1.1"]).await?;
+    // ... and a certificate presented is still bound to its worker id.
+    let (w1_cert, w1_key) = pki.client("w1", "w1")?;
+    let w1 = ClientTls {
+        ca_file: Some(ca.clone()),
+        cert_file: Some(w1_cert),
+        key_file: Some(w1_key),
+    };
+    let mut wc = workers_tls(&addr, &w1).await?;
+    let Err(e) = wc.session(futures::stream::iter([hello("w2")])).await else {
+        panic!("hello as w2 with w1's certificate was accepted");
+    };
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // A certificate from another CA is refused even though certificates are optional.
+    let other = Pki::new(&cl.path("other"))?;
+    let (o_cert, o_key) = other.client("w1", "w1")?;
+    let forged = ClientTls {
+        ca_file: Some(ca.clone()),
+        cert_file: Some(o_cert),
+        key_file: Some(o_key),
+    };
+    let refused = match try_channel_tls(&addr, &forged).await {
+        Err(_) => true,
+        Ok(ch) => drover_tests::WorkersClient::new(ch)
+            .session(futures::stream::iter([hello("w1")]))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client certificate from another CA was accepted");
+    drop(silent);
+    Ok(())
+}
