@@ -158,24 +158,29 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         )));
     }
     let http_shutdown = shutdown.clone();
-    let http_accept = shutdown.child_token();
+    // Not the shutdown token: if the connection stream ended first, the servers would skip
+    // their shutdown hooks (tonic's closes the worker sessions) and wait on open
+    // connections forever. The accept loops end when the server drops its side.
+    let http_accept = CancellationToken::new();
     let http_tls = tls.clone();
     tasks.push(tokio::spawn(async move {
         let stop = async move { http_shutdown.cancelled().await };
         let r = match http_tls {
             Some(t) => {
-                let rx = tls_server::tls(http_listener, move || t.http_config(), http_accept);
+                let rx =
+                    tls_server::tls(http_listener, move || t.http_config(), http_accept.clone());
                 axum::serve(tls_server::ChannelListener::new(rx, http_addr), http_app)
                     .with_graceful_shutdown(stop)
                     .await
             }
             None => {
-                let rx = tls_server::plain(http_listener, http_accept);
+                let rx = tls_server::plain(http_listener, http_accept.clone());
                 axum::serve(tls_server::ChannelListener::new(rx, http_addr), http_app)
                     .with_graceful_shutdown(stop)
                     .await
             }
         };
+        http_accept.cancel();
         if let Err(e) = r {
             tracing::error!(error = %e, "HTTP server stopped");
         }
@@ -183,7 +188,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     let serve_shutdown = shutdown.clone();
     let d = dispatcher.clone();
     let admin_grpc = admin.clone();
-    let grpc_accept = shutdown.child_token();
+    let grpc_accept = CancellationToken::new();
     let grpc_tls = tls.clone();
     tasks.push(tokio::spawn(async move {
         let stop = async move {
@@ -209,18 +214,19 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             .add_service(AdminServiceServer::from_arc(admin_grpc));
         let result = match grpc_tls {
             Some(t) => {
-                let rx = tls_server::tls(listener, move || t.grpc_config(), grpc_accept);
+                let rx = tls_server::tls(listener, move || t.grpc_config(), grpc_accept.clone());
                 router
                     .serve_with_incoming_shutdown(tls_server::incoming(rx), stop)
                     .await
             }
             None => {
-                let rx = tls_server::plain(listener, grpc_accept);
+                let rx = tls_server::plain(listener, grpc_accept.clone());
                 router
                     .serve_with_incoming_shutdown(tls_server::incoming(rx), stop)
                     .await
             }
         };
+        grpc_accept.cancel();
         if let Err(e) = result {
             tracing::error!(error = %e, "gRPC server stopped");
         }

@@ -459,3 +459,57 @@ async fn optional_client_certificates_and_silent_clients_hold_up_no_one() -> any
     drop(silent);
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_stops_a_coordinator_with_connected_workers_plain_or_tls() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let pki = Pki::new(&cl.path("pki"))?;
+    let (cert, key) = pki.server("server")?;
+    let ca = pki.ca_file();
+    let ca_s = ca.to_str().unwrap_or_default().to_string();
+    for (name, opts) in [
+        ("plain", CoordinatorOpts::default()),
+        ("tls", tls_opts(coordinator_toml(&cert, &key, None))),
+    ] {
+        let (mut c, addr) = cl.coordinator(name, &opts)?;
+        let _w = cl.worker(&format!("{name}-w"), &addr, 1, &["--ca-file", &ca_s])?;
+        let mut admin = if name == "tls" {
+            drover_tests::AdminClient::new(channel_tls(&addr, &pki.client_tls()).await?)
+        } else {
+            admin_api(&addr).await?
+        };
+        // Wait until the worker's session is open: that stream must not hold up shutdown.
+        let start = Instant::now();
+        loop {
+            let ws = admin
+                .list_workers(pb::ListWorkersRequest::default())
+                .await?
+                .into_inner();
+            if ws.workers.iter().any(|w| w.state == "alive") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{name}: no worker"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        c.signal(nix::sys::signal::Signal::SIGTERM);
+        // Waited for without blocking this runtime, which must still answer the
+        // coordinator's GOAWAY on our own connection.
+        let start = Instant::now();
+        let code = loop {
+            if let Some(s) = c.child.try_wait()? {
+                break s.code();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{name} did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(code, Some(0), "{name}");
+        drop(admin);
+    }
+    Ok(())
+}
