@@ -479,13 +479,16 @@ async fn sigterm_stops_a_coordinator_with_connected_workers_plain_or_tls() -> an
             admin_api(&addr).await?
         };
         // Wait until the worker's session is open: that stream must not hold up shutdown.
+        // (Signalled while a session was still being opened, the coordinator used to wait
+        // for that session forever.)
         let start = Instant::now();
         loop {
             let ws = admin
                 .list_workers(pb::ListWorkersRequest::default())
                 .await?
                 .into_inner();
-            if ws.workers.iter().any(|w| w.state == "alive") {
+            let me = format!("{name}-w");
+            if ws.workers.iter().any(|w| w.id == me && w.state == "alive") {
                 break;
             }
             assert!(
@@ -510,6 +513,27 @@ async fn sigterm_stops_a_coordinator_with_connected_workers_plain_or_tls() -> an
         };
         assert_eq!(code, Some(0), "{name}");
         drop(admin);
+
+        // SIGTERM while workers are still connecting: sessions that open after shutdown
+        // began are closed too, so the coordinator still exits.
+        let (mut c, addr) = cl.coordinator(&format!("{name}-2"), &opts)?;
+        let _ws: Vec<Proc> = (0..4)
+            .map(|i| cl.worker(&format!("{name}-2-w{i}"), &addr, 1, &["--ca-file", &ca_s]))
+            .collect::<anyhow::Result<_>>()?;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        c.signal(nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        let code = loop {
+            if let Some(s) = c.child.try_wait()? {
+                break s.code();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{name}-2 did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(code, Some(0), "{name}-2");
     }
     Ok(())
 }
