@@ -29,6 +29,25 @@ struct Cli {
         global = true
     )]
     addr: String,
+    /// CA certificate (PEM) that an https:// coordinator's certificate must chain to.
+    #[arg(long, env = "DROVER_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a coordinator that asks for one (mTLS).
+    #[arg(
+        long,
+        env = "DROVER_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        env = "DROVER_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
     /// Output format of read commands.
     #[arg(long, short = 'o', value_enum, default_value = "text", global = true)]
     output: Format,
@@ -157,6 +176,26 @@ enum Command {
     /// Run a local stack: PostgreSQL (private, unless DATABASE_URL is set), a coordinator
     /// and a worker, with a sample job. Ctrl-C stops all of it.
     Dev(dev::DevArgs),
+    /// Certificates for TLS and mTLS from a private CA (for small installations).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a new CA (ca.pem, ca-key.pem), a server certificate for the coordinator
+    /// (server.pem, server-key.pem) and a client certificate per worker
+    /// (worker-ID.pem, worker-ID-key.pem) into DIR. Keys are mode 0600; nothing is
+    /// overwritten.
+    Init {
+        dir: std::path::PathBuf,
+        /// Host names and IP addresses the coordinator is reached at (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1")]
+        hosts: Vec<String>,
+        /// Worker ids to issue client certificates for (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        workers: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -205,6 +244,10 @@ struct SubmitArgs {
     /// Label a worker must have (repeatable).
     #[arg(long = "label", short = 'l')]
     labels: Vec<String>,
+    /// Secret environment variable read by the worker, never sent: NAME=file:/path or
+    /// NAME=env:WORKER_VAR (repeatable). Its value is masked as [REDACTED] in the log.
+    #[arg(long = "secret-env", value_name = "NAME=file:PATH|env:VAR")]
+    secret_env: Vec<String>,
     /// Time limit per attempt, e.g. 90s, 2h.
     #[arg(long, allow_hyphen_values = true)]
     timeout: Option<String>,
@@ -239,6 +282,7 @@ struct SubmitArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    drover_transport::install_crypto_provider();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(code) => code,
@@ -275,12 +319,28 @@ fn resolve_token(token: Option<&str>, file: Option<&std::path::Path>) -> Result<
     BearerToken::new(t.as_deref()).map_err(|e| anyhow!("--token: {e}"))
 }
 
+/// How to verify the coordinator (and identify to it) over https://; set once in `run`.
+static CLIENT_TLS: std::sync::OnceLock<drover_transport::ClientTls> = std::sync::OnceLock::new();
+
 async fn channel(addr: &str) -> Result<AuthChannel> {
-    let ep = tonic::transport::Endpoint::from_shared(addr.to_string())
-        .with_context(|| format!("--addr {addr:?} is not a valid URL"))?
+    let tls = CLIENT_TLS.get().cloned().unwrap_or_default();
+    let ep = tls
+        .endpoint(addr)
+        .map_err(|e| anyhow!("--addr: {e}"))?
         .connect_timeout(Duration::from_secs(5));
     let ch: Channel = ep.connect().await.map_err(|e| {
-        anyhow!("cannot reach coordinator at {addr}: {e} (set --addr or DROVER_ADDR)")
+        let mut why = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            why = format!("{why}: {s}");
+            src = s.source();
+        }
+        let hint = if drover_transport::ClientTls::is_tls(addr) {
+            " (https://: is the coordinator serving TLS, and is --ca-file the CA of its certificate?)"
+        } else {
+            " (set --addr or DROVER_ADDR)"
+        };
+        anyhow!("cannot reach coordinator at {addr}: {why}{hint}")
     })?;
     Ok(tonic::service::interceptor::InterceptedService::new(
         ch,
@@ -290,6 +350,16 @@ async fn channel(addr: &str) -> Result<AuthChannel> {
 
 async fn connect(addr: &str) -> Result<JobServiceClient<AuthChannel>> {
     Ok(JobServiceClient::new(channel(addr).await?).max_decoding_message_size(16 * 1024 * 1024))
+}
+
+/// `--secret-env` items, checked here so that a value typed by mistake in place of a
+/// reference is never sent to the coordinator.
+fn secret_refs(items: &[String]) -> Result<HashMap<String, String>> {
+    let refs = pairs("secret-env", items)?;
+    for (k, v) in &refs {
+        drover_core::jobguard::SecretRef::parse(v).map_err(|e| anyhow!("--secret-env {k}: {e}"))?;
+    }
+    Ok(refs)
 }
 
 fn pairs(field: &str, items: &[String]) -> Result<HashMap<String, String>> {
@@ -338,6 +408,11 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let fmt = cli.output;
+    let _ = CLIENT_TLS.set(drover_transport::ClientTls {
+        ca_file: cli.ca_file.clone(),
+        cert_file: cli.client_cert.clone(),
+        key_file: cli.client_key.clone(),
+    });
     if !matches!(cli.command, Command::Dev(_)) {
         let _ = TOKEN.set(resolve_token(
             cli.token.as_deref(),
@@ -375,6 +450,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 if !r.next_page_token.is_empty() {
                     eprintln!("more: --page-token {}", r.next_page_token);
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Certs(CertsCommand::Init {
+            dir,
+            hosts,
+            workers,
+        }) => {
+            let files = drover_transport::ca::init_dir(&dir, &hosts, &workers)?;
+            for f in files {
+                println!("{}", f.display());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -699,6 +785,7 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
                 None => 0,
             },
             pids_limit: a.pids.unwrap_or(0),
+            secret_env: secret_refs(&a.secret_env)?,
         };
     let mut c = connect(addr).await?;
     let r = c

@@ -57,6 +57,7 @@ pub fn job_json(j: &pb::Job) -> Value {
         "argv": spec.argv,
         "params": spec.params,
         "env": spec.env,
+        "secret_env": spec.secret_env,
         "labels": spec.labels,
         "timeout_ms": spec.timeout_ms,
         "idempotency_key": spec.idempotency_key,

@@ -71,6 +71,17 @@ pub struct Config {
     pub token_cache_ms: u64,
     /// Audit log entries older than this are deleted by the leader.
     pub audit_retention_days: u64,
+    /// PEM certificate (chain) for TLS on both listeners; with `tls_key_file`. Unset: plaintext.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) for client certificates (mTLS). Unset: none asked for.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// With `tls_client_ca_file`: refuse clients without a certificate (false lets them
+    /// connect without one; a certificate presented is still verified).
+    pub tls_client_cert_required: bool,
+    /// How often the TLS files are checked for changes (they are also reloaded on SIGHUP).
+    pub tls_reload_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -103,6 +114,11 @@ impl Default for Config {
                 .collect(),
             token_cache_ms: 2_000,
             audit_retention_days: 90,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_client_cert_required: true,
+            tls_reload_interval_ms: 2_000,
         }
     }
 }
@@ -221,7 +237,31 @@ impl Config {
         Duration::from_millis(self.dispatch_sweep_ms)
     }
 
+    /// The TLS files, if TLS is on.
+    pub fn server_tls(&self) -> Option<drover_transport::ServerTls> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(drover_transport::ServerTls {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                client_ca_file: self.tls_client_ca_file.clone(),
+                client_cert_required: self.tls_client_cert_required,
+            }),
+            _ => None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), String> {
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("tls_cert_file and tls_key_file must be set together".into());
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return Err(
+                "tls_client_ca_file needs tls_cert_file and tls_key_file (mTLS is TLS)".into(),
+            );
+        }
+        if self.tls_reload_interval_ms < 100 {
+            return Err("tls_reload_interval_ms must be at least 100".into());
+        }
         if !(DISPATCH_SWEEP_MIN_MS..=DISPATCH_SWEEP_MAX_MS).contains(&self.dispatch_sweep_ms) {
             return Err(format!(
                 "dispatch_sweep_ms ({}) must be between {DISPATCH_SWEEP_MIN_MS} and \

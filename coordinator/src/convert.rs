@@ -111,6 +111,7 @@ pub fn job_to_pb(j: &JobRow) -> pb::Job {
             memory_limit_bytes: j.spec.limits.memory_bytes.unwrap_or(0),
             cpu_millis: j.spec.limits.cpu_millis.unwrap_or(0),
             pids_limit: j.spec.limits.pids.unwrap_or(0),
+            secret_env: j.spec.secret_env.clone().into_iter().collect(),
         }),
         state: job_state(j.state) as i32,
         attempt_count: j.attempt_count.max(0) as u32,

@@ -82,6 +82,9 @@ pub struct Dispatcher {
     wake: Notify,
     next_conn: AtomicU64,
     rotate: AtomicUsize,
+    /// Set by `close_all`: a session that registers afterwards (its request was already
+    /// on an accepted connection) is closed at once, or it would hold shutdown forever.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl Dispatcher {
@@ -95,6 +98,7 @@ impl Dispatcher {
             wake: Notify::new(),
             next_conn: AtomicU64::new(1),
             rotate: AtomicUsize::new(0),
+            closing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -132,7 +136,11 @@ impl Dispatcher {
                 }
                 !same
             });
-            all.push(s.clone());
+            if self.closing.load(Ordering::Relaxed) {
+                s.closed.cancel();
+            } else {
+                all.push(s.clone());
+            }
         }
         self.wake();
         s
@@ -161,6 +169,8 @@ impl Dispatcher {
     /// Closes every session (coordinator shutdown): workers will reconnect elsewhere.
     pub fn close_all(&self) {
         if let Ok(mut all) = self.sessions.lock() {
+            // Under the lock, so no register can slip in between.
+            self.closing.store(true, Ordering::Relaxed);
             for s in all.drain(..) {
                 s.closed.cancel();
             }
@@ -248,6 +258,7 @@ impl Dispatcher {
                     memory_limit_bytes: c.limits.memory_bytes.unwrap_or(0),
                     cpu_millis: c.limits.cpu_millis.unwrap_or(0),
                     pids_limit: c.limits.pids.unwrap_or(0),
+                    secret_env: c.secret_env.into_iter().collect(),
                 }));
                 if !sent {
                     // The worker went away between claim and send: hand the job back
@@ -307,5 +318,34 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_registered_after_close_all_is_closed_at_once() {
+        // The pool never connects here: registering touches no database.
+        let pool = crate::db::pool("postgres://nobody@127.0.0.1:1/none", 2).unwrap();
+        let d = Dispatcher::new(
+            Store::new(pool),
+            Duration::from_secs(8),
+            Duration::from_secs(5),
+        );
+        let (tx, _rx) = mpsc::channel(1);
+        let before = d.register("w1".into(), vec![], vec![], 1, 1, tx.clone());
+        assert!(!before.closed.is_cancelled());
+        assert_eq!(d.session_count(), 1);
+        d.close_all();
+        assert!(before.closed.is_cancelled());
+        // A session request that was already on an accepted connection.
+        let late = d.register("w2".into(), vec![], vec![], 1, 1, tx);
+        assert!(
+            late.closed.is_cancelled(),
+            "would hold the shutdown forever"
+        );
+        assert_eq!(d.session_count(), 0);
     }
 }

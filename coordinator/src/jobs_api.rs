@@ -73,6 +73,7 @@ pub fn spec_from_pb(
         idempotency_key: (!key.is_empty()).then_some(key),
         outputs: spec.outputs,
         limits: asked,
+        secret_env: spec.secret_env.into_iter().collect(),
     };
     validate_spec(&out)?;
     validate_policy(&policy)?;

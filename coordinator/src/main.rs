@@ -97,6 +97,7 @@ fn overrides(cli: &Cli) -> Figment {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    drover_transport::install_crypto_provider();
     let cli = Cli::parse();
     let cfg = match Config::load(cli.config.as_deref(), overrides(&cli)) {
         Ok(c) => c,
@@ -147,10 +148,25 @@ async fn run(cmd: Command, cfg: Config) -> anyhow::Result<()> {
         }
         Command::Token(t) => token(t, &cfg).await,
         Command::Serve => {
+            // SIGHUP reloads the TLS files (in `start`); without TLS it must not end the
+            // process (its default), so that `systemctl reload` is always safe.
+            if let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                let tls = cfg.server_tls().is_some();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if !tls {
+                            tracing::info!("SIGHUP: TLS is off, nothing to reload");
+                        }
+                    }
+                });
+            }
             let c = drover_coordinator::start(cfg).await?;
             // Tests and scripts that bind port 0 read the address from this line.
-            println!("DROVER_ADDR=http://{}", c.addr);
-            println!("DROVER_HTTP=http://{}", c.http_addr);
+            let scheme = if c.tls { "https" } else { "http" };
+            println!("DROVER_ADDR={scheme}://{}", c.addr);
+            println!("DROVER_HTTP={scheme}://{}", c.http_addr);
             shutdown_signal().await;
             tracing::info!("shutting down");
             c.shutdown().await;

@@ -13,16 +13,18 @@ use drover_proto::v1::admin_service_server::AdminServiceServer;
 use drover_proto::v1::alert_service_server::AlertServiceServer;
 use drover_proto::v1::job_service_server::JobServiceServer;
 use drover_proto::v1::worker_service_server::WorkerServiceServer;
+use drover_transport::server as tls_server;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 /// A started coordinator.
 pub struct Coordinator {
     pub addr: SocketAddr,
+    /// Both listeners speak TLS.
+    pub tls: bool,
     pub http_addr: SocketAddr,
     pub id: String,
     shutdown: CancellationToken,
@@ -70,6 +72,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..6]
     );
+    let tls = match cfg.server_tls() {
+        Some(files) => {
+            Some(drover_transport::TlsReloader::new(files).context("loading the TLS certificate")?)
+        }
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     let blobs: Arc<dyn BlobStore> = Arc::new(DirStore::new(&cfg.artifact_dir));
     let dispatcher = Dispatcher::new(store.clone(), cfg.lease_ttl(), cfg.dispatch_sweep());
@@ -187,11 +195,36 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         health_reporter.clone(),
         shutdown.child_token(),
     )));
+    if let Some(t) = &tls {
+        tasks.push(tokio::spawn(t.clone().watch(
+            Duration::from_millis(cfg.tls_reload_interval_ms),
+            shutdown.child_token(),
+        )));
+    }
     let http_shutdown = shutdown.clone();
+    // Not the shutdown token: if the connection stream ended first, the servers would skip
+    // their shutdown hooks (tonic's closes the worker sessions) and wait on open
+    // connections forever. The accept loops end when the server drops its side.
+    let http_accept = CancellationToken::new();
+    let http_tls = tls.clone();
     tasks.push(tokio::spawn(async move {
-        let r = axum::serve(http_listener, http_app)
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await;
+        let stop = async move { http_shutdown.cancelled().await };
+        let r = match http_tls {
+            Some(t) => {
+                let rx =
+                    tls_server::tls(http_listener, move || t.http_config(), http_accept.clone());
+                axum::serve(tls_server::ChannelListener::new(rx, http_addr), http_app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            None => {
+                let rx = tls_server::plain(http_listener, http_accept.clone());
+                axum::serve(tls_server::ChannelListener::new(rx, http_addr), http_app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        };
+        http_accept.cancel();
         if let Err(e) = r {
             tracing::error!(error = %e, "HTTP server stopped");
         }
@@ -199,19 +232,25 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     let serve_shutdown = shutdown.clone();
     let d = dispatcher.clone();
     let admin_grpc = admin.clone();
+    let grpc_accept = CancellationToken::new();
+    let grpc_tls = tls.clone();
     tasks.push(tokio::spawn(async move {
         let stop = async move {
             serve_shutdown.cancelled().await;
             // Open worker streams would otherwise hold the graceful shutdown forever.
             d.close_all();
         };
-        let result = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
             // Room for a whole log batch in flight: with hyper's 1 MiB default a 2 MiB
             // AppendLogs waited on window updates.
             .initial_stream_window_size(Some(8 * 1024 * 1024))
             .initial_connection_window_size(Some(32 * 1024 * 1024))
+            // The verified client certificate's names, for handlers and authorisation.
+            .layer(tonic::service::InterceptorLayer::new(
+                drover_transport::identity::attach_peer_identity,
+            ))
             // Resolves the caller's token once per request, before any service runs.
             .layer(tower_http::auth::AsyncRequireAuthorizationLayer::new(
                 crate::auth::GrpcAuth(auth),
@@ -221,16 +260,30 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             .add_service(jobs)
             .add_service(workers)
             .add_service(AdminServiceServer::from_arc(admin_grpc))
-            .add_service(alerts_api)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-            .await;
+            .add_service(alerts_api);
+        let result = match grpc_tls {
+            Some(t) => {
+                let rx = tls_server::tls(listener, move || t.grpc_config(), grpc_accept.clone());
+                router
+                    .serve_with_incoming_shutdown(tls_server::incoming(rx), stop)
+                    .await
+            }
+            None => {
+                let rx = tls_server::plain(listener, grpc_accept.clone());
+                router
+                    .serve_with_incoming_shutdown(tls_server::incoming(rx), stop)
+                    .await
+            }
+        };
+        grpc_accept.cancel();
         if let Err(e) = result {
             tracing::error!(error = %e, "gRPC server stopped");
         }
     }));
-    tracing::info!(%addr, %http_addr, coordinator_id = %id, "coordinator listening");
+    tracing::info!(%addr, %http_addr, tls = tls.is_some(), coordinator_id = %id, "coordinator listening");
     Ok(Coordinator {
         addr,
+        tls: tls.is_some(),
         http_addr,
         id,
         shutdown,

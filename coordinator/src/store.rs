@@ -76,7 +76,7 @@ pub const CONTROL_CHANNEL: &str = "drover_control";
 const JOB_COLUMNS: &str = "j.id, j.queue, j.state, j.argv, j.env, j.labels, j.params, \
     j.timeout_ms, j.retry_policy, j.idempotency_key, j.original_job_id, j.retry_of, \
     j.attempt_count, j.current_attempt_id, j.not_before, j.reason, j.created_at, \
-    j.updated_at, j.finished_at, j.cancel_requested_at, j.outputs, j.limits";
+    j.updated_at, j.finished_at, j.cancel_requested_at, j.outputs, j.limits, j.secret_env";
 
 const ATTEMPT_COLUMNS: &str = "a.id, a.job_id, a.number, a.worker_id, a.state, a.started_at, \
     a.lease_expires_at, a.finished_at, a.exit_code, a.signal, a.reason, a.log_bytes, \
@@ -132,6 +132,8 @@ pub struct Claimed {
     pub params: BTreeMap<String, String>,
     pub timeout_ms: i64,
     pub outputs: Vec<String>,
+    /// Secret references (never values).
+    pub secret_env: BTreeMap<String, String>,
     /// How long the job waited between becoming due and this lease.
     pub waited: Duration,
     /// Trace context of the submit, to continue.
@@ -285,6 +287,7 @@ fn parse_state<T: FromStr>(s: &str) -> Result<T> {
 fn job_from_row(r: &Row) -> Result<JobRow> {
     let Json(env): Json<BTreeMap<String, String>> = r.try_get("env")?;
     let Json(params): Json<BTreeMap<String, String>> = r.try_get("params")?;
+    let Json(secret_env): Json<BTreeMap<String, String>> = r.try_get("secret_env")?;
     let Json(policy): Json<RetryPolicy> = r.try_get("retry_policy")?;
     let state: String = r.try_get("state")?;
     Ok(JobRow {
@@ -302,6 +305,7 @@ fn job_from_row(r: &Row) -> Result<JobRow> {
                 let Json(l): Json<drover_core::ResourceLimits> = r.try_get("limits")?;
                 l
             },
+            secret_env,
         },
         state: parse_state(&state)?,
         policy,
@@ -715,7 +719,7 @@ impl Store {
                         attempt_count = a.number, reason = '', updated_at = now() \
                    FROM a JOIN c ON c.id = a.job_id WHERE j.id = a.job_id \
                  RETURNING a.id AS attempt_id, j.id AS job_id, a.number, j.argv, j.env, \
-                           j.params, j.timeout_ms, j.outputs, j.trace_parent, j.limits, \
+                           j.params, j.timeout_ms, j.outputs, j.trace_parent, j.limits, j.secret_env, \
                            extract(epoch FROM now() - c.due)::float8 AS waited",
                 &[&queues, &labels, &n, &worker_id, &millis(lease_ttl), &slots],
             )
@@ -724,6 +728,7 @@ impl Store {
             .map(|r| {
                 let Json(env): Json<BTreeMap<String, String>> = r.try_get("env")?;
                 let Json(params): Json<BTreeMap<String, String>> = r.try_get("params")?;
+                let Json(secret_env): Json<BTreeMap<String, String>> = r.try_get("secret_env")?;
                 Ok(Claimed {
                     attempt_id: r.try_get("attempt_id")?,
                     job_id: r.try_get("job_id")?,
@@ -733,6 +738,7 @@ impl Store {
                     params,
                     timeout_ms: r.try_get("timeout_ms")?,
                     outputs: r.try_get("outputs")?,
+                    secret_env,
                     waited: Duration::from_secs_f64(r.try_get::<_, f64>("waited")?.max(0.0)),
                     trace_parent: r.try_get("trace_parent")?,
                     limits: {
@@ -1575,8 +1581,8 @@ async fn insert_job(
             &format!(
                 "INSERT INTO jobs AS j (id, queue, state, argv, env, labels, params, \
                  timeout_ms, retry_policy, idempotency_key, original_job_id, retry_of, outputs, \
-                 trace_parent, limits) \
-                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 trace_parent, limits, secret_env) \
+                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
                  ON CONFLICT (idempotency_key) DO NOTHING RETURNING {JOB_COLUMNS}"
             ),
             &[
@@ -1594,6 +1600,7 @@ async fn insert_job(
                 &spec.outputs,
                 &trace_parent,
                 &Json(&spec.limits),
+                &Json(&spec.secret_env),
             ],
         )
         .await?;

@@ -174,6 +174,10 @@ impl WorkerService for WorkersApi {
         req: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let principal = crate::auth::Principal::of(&req);
+        let peer = req
+            .extensions()
+            .get::<drover_transport::PeerIdentity>()
+            .cloned();
         let mut inbound = req.into_inner();
         let first = inbound.message().await?;
         let Some(pb::WorkerMessage {
@@ -187,6 +191,8 @@ impl WorkerService for WorkersApi {
         let (hello, free) = hello_from_pb(hello)?;
         // Before anything is recorded: a worker token says hello only as its own worker id.
         principal.check_worker(&hello.id)?;
+        // With a client certificate, a worker may only be the worker it names.
+        drover_transport::identity::check_worker_identity(peer.as_ref(), &hello.id)?;
         let (orphans, hb) = self
             .store
             .register_worker(&hello, &self.coordinator_id, self.lease_ttl)

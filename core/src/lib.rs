@@ -10,12 +10,14 @@
 //! - [`fingerprint`] — failure fingerprints: normalised output tails that group failures by cause.
 //! - [`alerting`] — alert rules, matching and storm folding.
 //! - [`delivery`] — classifying a notification send's outcome, and its backoff.
+//! - [`jobguard`] — worker-side defence: program allowlist, inherited environment, secret masking.
 //! - [`validate`] — limits and checks on submitted job specs, with errors naming the field.
 
 pub mod alerting;
 pub mod auth;
 pub mod delivery;
 pub mod fingerprint;
+pub mod jobguard;
 pub mod limits;
 pub mod logcap;
 pub mod paging;

@@ -60,6 +60,8 @@ pub struct JobSpec {
     pub outputs: Vec<String>,
     /// Per-attempt resource limits (queue defaults already applied).
     pub limits: ResourceLimits,
+    /// Secret references (NAME -> `file:`/`env:`), resolved on the worker.
+    pub secret_env: BTreeMap<String, String>,
 }
 
 /// A queue or label name: 1 to 64 of `[A-Za-z0-9._-]`.
@@ -143,6 +145,25 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), ValidationError> {
             "env",
             format!("is {env_bytes} bytes; the limit is {MAX_ENV_BYTES}"),
         ));
+    }
+    if spec.secret_env.len() > crate::jobguard::MAX_SECRETS {
+        return Err(err(
+            "secret_env",
+            format!(
+                "{} references; the limit is {}",
+                spec.secret_env.len(),
+                crate::jobguard::MAX_SECRETS
+            ),
+        ));
+    }
+    for (k, v) in &spec.secret_env {
+        if !crate::jobguard::is_env_name(k) {
+            return Err(err(
+                format!("secret_env[{k:?}]"),
+                "names must be 1-256 of [A-Za-z0-9_], not starting with a digit",
+            ));
+        }
+        crate::jobguard::SecretRef::parse(v).map_err(|e| err(format!("secret_env[{k:?}]"), e))?;
     }
     check_name("queue", &spec.queue)?;
     if spec.labels.len() > MAX_LABELS {
@@ -414,6 +435,31 @@ mod tests {
     #[test]
     fn accepts_a_normal_spec() {
         assert_eq!(validate_spec(&ok_spec()), Ok(()));
+    }
+
+    #[test]
+    fn secret_references_are_checked() {
+        let with = |k: &str, v: &str| JobSpec {
+            secret_env: [(k.to_string(), v.to_string())].into(),
+            ..ok_spec()
+        };
+        assert_eq!(validate_spec(&with("API_KEY", "env:API_KEY")), Ok(()));
+        assert_eq!(validate_spec(&with("API_KEY", "file:/run/k")), Ok(()));
+        assert_eq!(
+            field_of(with("API_KEY", "hunter2")),
+            "secret_env[\"API_KEY\"]"
+        );
+        assert_eq!(
+            field_of(with("BAD NAME", "env:A")),
+            "secret_env[\"BAD NAME\"]"
+        );
+        let many = JobSpec {
+            secret_env: (0..33)
+                .map(|i| (format!("S{i}"), "env:A".to_string()))
+                .collect(),
+            ..ok_spec()
+        };
+        assert_eq!(field_of(many), "secret_env");
     }
 
     #[test]

@@ -8,16 +8,18 @@
 
 use crate::config::Config;
 use crate::containment::{CgroupUsage, Containment, Limits as JobLimits};
+use crate::jobsetup::JobSetup;
 use crate::outputs;
-use crate::process::{self, ExitOutcome, OutputChunk, RunSpec, StreamKind, TailBuffer};
+use crate::process::{self, ChildSetup, ExitOutcome, OutputChunk, RunSpec, StreamKind, TailBuffer};
 use crate::resources::{Limits, Monitor};
 use crate::spool;
+use drover_core::jobguard::Redactor;
 use drover_proto::v1 as pb;
 use drover_proto::v1::coordinator_message::Msg as In;
 use drover_proto::v1::worker_message::Msg as Out;
 use drover_proto::v1::worker_service_client::WorkerServiceClient;
 use futures::StreamExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,7 +29,6 @@ use tokio_retry::strategy::{jitter, ExponentialBackoff};
 use tokio_retry::RetryIf;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
@@ -47,6 +48,8 @@ pub enum AgentError {
     Io(PathBuf, std::io::Error),
     #[error("{0}")]
     Token(String),
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Why the agent stopped an attempt's process.
@@ -75,6 +78,8 @@ struct State {
 
 pub struct Agent {
     cfg: Config,
+    /// Program allowlist, job environment, run_as user, secrets.
+    setup: JobSetup,
     worker_id: String,
     hostname: String,
     slots: u32,
@@ -163,7 +168,9 @@ impl Agent {
         worker_id: String,
         containment: Containment,
     ) -> Result<Arc<Agent>, AgentError> {
-        let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
+        let endpoint = cfg
+            .client_tls()
+            .endpoint(&cfg.coordinator)
             .map_err(|e| AgentError::Address(cfg.coordinator.clone(), e.to_string()))?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
@@ -188,8 +195,10 @@ impl Agent {
             },
         );
         let group_files = Arc::new(GroupFiles::new(cfg.pids_dir(), cfg.slots()));
+        let setup = JobSetup::from_config(&cfg, &worker_id).map_err(AgentError::Setup)?;
         Ok(Arc::new(Agent {
             containment: Arc::new(containment),
+            setup,
             monitor,
             group_files,
             slots: cfg.slots(),
@@ -442,7 +451,11 @@ impl Agent {
         tracing::info!(argv = ?a.argv, "starting attempt");
         let work_dir = self.cfg.work_root().join(&attempt_id);
         let mut output_error: Option<String> = None;
-        let (outcome, tail, chunks, cg_usage) = match tokio::fs::create_dir_all(&work_dir).await {
+        let made = match tokio::fs::create_dir_all(&work_dir).await {
+            Ok(()) => self.setup.prepare_work_dir(&work_dir),
+            Err(e) => Err(e),
+        };
+        let (outcome, tail, chunks, cg_usage) = match made {
             Err(e) => {
                 self.free_slot();
                 let why = format!("creating work directory {}: {e}", work_dir.display());
@@ -603,6 +616,54 @@ impl Agent {
         reason: Arc<Mutex<Option<StopReason>>>,
     ) -> Option<(ExitOutcome, Vec<u8>, u64, Option<CgroupUsage>)> {
         let attempt_id = a.attempt_id.clone();
+        // The job's environment: the inherited minimum, its own env, its secrets (read
+        // here; a reference that cannot be resolved fails the job for good), DROVER_*.
+        let mut env = self.setup.base_env(std::env::vars());
+        env.extend(a.env.clone());
+        let secrets = match self.setup.resolve_secrets(a.secret_env.iter()) {
+            Ok(s) => s,
+            Err(e) => {
+                self.free_slot();
+                return Some((ExitOutcome::SpawnError(e), Vec::new(), 0, None));
+            }
+        };
+        let redactors = [
+            Redactor::new(secrets.values().map(|v| v.as_bytes().to_vec())),
+            Redactor::new(secrets.values().map(|v| v.as_bytes().to_vec())),
+        ];
+        env.extend(secrets);
+        env.insert("DROVER_JOB_ID".into(), a.job_id.clone());
+        env.insert("DROVER_ATTEMPT_ID".into(), attempt_id.clone());
+        env.insert("DROVER_ATTEMPT".into(), a.attempt_number.to_string());
+        env.insert("DROVER_WORK_DIR".into(), work_dir.display().to_string());
+        // An instrumented CLI joins the trace as a child of this attempt.
+        if let Some(tp) = drover_telemetry::traceparent() {
+            env.insert("TRACEPARENT".into(), tp);
+        }
+        let program = match a.argv.first() {
+            Some(p) => {
+                match self
+                    .setup
+                    .resolve_program(p, env.get("PATH").map(String::as_str), work_dir)
+                {
+                    Ok(path) => path,
+                    Err(e) => {
+                        tracing::warn!(%attempt_id, error = %e, "job refused");
+                        self.free_slot();
+                        return Some((ExitOutcome::SpawnError(e), Vec::new(), 0, None));
+                    }
+                }
+            }
+            None => {
+                self.free_slot();
+                return Some((
+                    ExitOutcome::SpawnError("argv is empty".into()),
+                    Vec::new(),
+                    0,
+                    None,
+                ));
+            }
+        };
         let limits = JobLimits {
             memory_bytes: (a.memory_limit_bytes > 0).then_some(a.memory_limit_bytes),
             cpu_millis: (a.cpu_millis > 0).then_some(a.cpu_millis),
@@ -687,15 +748,6 @@ impl Agent {
 
         let (tx, rx) = mpsc::channel::<OutputChunk>(64);
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        let mut env: BTreeMap<String, String> = a.env.clone().into_iter().collect();
-        env.insert("DROVER_JOB_ID".into(), a.job_id.clone());
-        env.insert("DROVER_ATTEMPT_ID".into(), attempt_id.clone());
-        env.insert("DROVER_ATTEMPT".into(), a.attempt_number.to_string());
-        env.insert("DROVER_WORK_DIR".into(), work_dir.display().to_string());
-        // An instrumented CLI joins the trace as a child of this attempt.
-        if let Some(tp) = drover_telemetry::traceparent() {
-            env.insert("TRACEPARENT".into(), tp);
-        }
         // Held until the process group is gone, which `process::run` waits for.
         let group_file = self.group_files.take();
         let fallback_file = self.cfg.pids_dir().join(&attempt_id);
@@ -712,6 +764,15 @@ impl Agent {
             started: Some(started_tx),
             cgroup: cgroup.clone(),
             subreaper_attempt: cgroup.is_none().then(|| attempt_id.clone()),
+            setup: ChildSetup {
+                program: Some(program),
+                clear_env: true,
+                run_as: self
+                    .setup
+                    .run_as
+                    .as_ref()
+                    .map(|r| (r.uid, r.gid, r.groups.clone())),
+            },
         };
         let monitor = self.monitor.clone();
         let tracked_id = attempt_id.clone();
@@ -721,14 +782,36 @@ impl Agent {
             }
         });
         // The pump writes output to local disk only, so the child never waits on the network.
+        // Secret values are masked before output reaches the disk or the network.
         let pump = tokio::spawn(async move {
             let mut tail = TailBuffer::new(TAIL_BYTES);
             let mut merged = Merged::new(rx);
+            let mut redactors = redactors;
+            let index = |s: StreamKind| usize::from(s == StreamKind::Stderr);
             while let Some(chunk) = merged.next().await {
-                tail.push(&chunk.data);
+                let r = &mut redactors[index(chunk.stream)];
+                // Without secrets the chunk goes on as it is, uncopied.
+                let data = if r.is_empty() {
+                    chunk.data
+                } else {
+                    r.push(&chunk.data)
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                tail.push(&data);
                 let now = now_unix_ms();
-                if let Err(e) = writer.append(chunk.stream, &chunk.data, now).await {
+                if let Err(e) = writer.append(chunk.stream, &data, now).await {
                     tracing::error!(error = %e, "writing log spool");
+                }
+            }
+            for stream in [StreamKind::Stdout, StreamKind::Stderr] {
+                let rest = redactors[index(stream)].finish();
+                if !rest.is_empty() {
+                    tail.push(&rest);
+                    if let Err(e) = writer.append(stream, &rest, now_unix_ms()).await {
+                        tracing::error!(error = %e, "writing log spool");
+                    }
                 }
             }
             let count = writer.finish().await.unwrap_or(0);

@@ -45,6 +45,29 @@ pub struct Config {
     pub token: Option<String>,
     /// File holding the token (first line; must not be readable by others).
     pub token_file: Option<PathBuf>,
+    /// CA certificate (PEM) an https:// coordinator's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the coordinator (mTLS); its common name or a
+    /// SAN must be this worker's id.
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Programs jobs may run: absolute paths or globs, matched after the PATH search of
+    /// argv[0]. Empty: any program.
+    pub allowed_programs: Vec<String>,
+    /// Refuse jobs whose program is a shell (sh, bash, dash, zsh, ...).
+    pub forbid_shells: bool,
+    /// Variables of the worker's own environment a job inherits (`NAME` or `PREFIX*`;
+    /// `*` for all).
+    pub inherit_env: Vec<String>,
+    /// Run jobs as this user (the worker must be root).
+    pub run_as_user: Option<String>,
+    /// Run jobs with this group instead of the user's groups.
+    pub run_as_group: Option<String>,
+    /// Files a job's `file:` secret references may name (absolute globs).
+    pub secret_files: Vec<String>,
+    /// Worker variables a job's `env:` secret references may name (`NAME` or `PREFIX*`).
+    pub secret_env_vars: Vec<String>,
 }
 
 impl Default for Config {
@@ -66,6 +89,19 @@ impl Default for Config {
             containment: "auto".into(),
             token: None,
             token_file: None,
+            ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            allowed_programs: Vec::new(),
+            forbid_shells: false,
+            inherit_env: drover_core::jobguard::DEFAULT_INHERIT_ENV
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            run_as_user: None,
+            run_as_group: None,
+            secret_files: vec!["/etc/drover/secrets/*".into()],
+            secret_env_vars: vec!["DROVER_SECRET_*".into()],
         }
     }
 }
@@ -101,6 +137,13 @@ impl Config {
                 self.containment
             ));
         }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("tls_cert_file and tls_key_file must be set together".into());
+        }
+        self.client_tls()
+            .endpoint(&self.coordinator)
+            .map_err(|e| format!("coordinator: {e}"))?;
+        crate::jobsetup::JobSetup::from_config(self, &self.worker_id)?;
         for (i, q) in self.queues.iter().enumerate() {
             drover_core::validate::check_name(&format!("queues[{i}]"), q)
                 .map_err(|e| e.to_string())?;
@@ -120,6 +163,15 @@ impl Config {
                 .map(Some)
                 .map_err(|e| format!("token_file: {e}")),
             _ => Ok(None),
+        }
+    }
+
+    /// How the coordinator is verified (https://) and how this worker identifies to it.
+    pub fn client_tls(&self) -> drover_transport::ClientTls {
+        drover_transport::ClientTls {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
         }
     }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`agent`] — the session and the per-attempt tasks.
 //! - [`containment`] — a cgroup per attempt (or a subreaper): nothing a job starts outlives it.
+//! - [`jobsetup`] — what a job starts with: allowed program, minimal environment, user, secrets.
 //! - [`outputs`] — finding and hashing a job's declared output files.
 //! - [`process`] — running one program in its own process group (timeouts, stop).
 //! - [`resources`] — host and per-job resource samples; thresholds that pause the worker.
@@ -13,6 +14,7 @@
 pub mod agent;
 pub mod config;
 pub mod containment;
+pub mod jobsetup;
 pub mod outputs;
 pub mod process;
 pub mod resources;
@@ -56,6 +58,12 @@ pub async fn run(
             removed = stale,
             "removed work directories left by a previous run"
         );
+    }
+    if cfg.run_as_user.is_some() {
+        // The run_as user must reach its own work directory (mode 0700, its own) below.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(cfg.work_root(), std::fs::Permissions::from_mode(0o711))
+            .map_err(io)?;
     }
     let containment = if cfg.containment == "subreaper" {
         containment::Containment::subreaper_only()

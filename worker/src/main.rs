@@ -43,6 +43,9 @@ struct Cli {
     /// File holding the worker's token (or set DROVER_WORKER_TOKEN / DROVER_WORKER_TOKEN_FILE).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify an https:// coordinator with.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 fn overrides(cli: &Cli) -> Figment {
@@ -62,6 +65,9 @@ fn overrides(cli: &Cli) -> Figment {
     if !cli.queues.is_empty() {
         f = f.merge(Serialized::default("queues", &cli.queues));
     }
+    if let Some(v) = &cli.ca_file {
+        f = f.merge(Serialized::default("ca_file", v));
+    }
     if !cli.labels.is_empty() {
         f = f.merge(Serialized::default("labels", &cli.labels));
     }
@@ -73,6 +79,7 @@ fn overrides(cli: &Cli) -> Figment {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    drover_transport::install_crypto_provider();
     let cli = Cli::parse();
     let cfg = match Config::load(cli.config.as_deref(), overrides(&cli))
         .map_err(|e| e.to_string())

@@ -66,6 +66,20 @@ pub struct RunSpec {
     /// Without a cgroup: the attempt id whose descendants are killed at the end
     /// (`containment::kill_attempt_descendants`; the worker is a subreaper).
     pub subreaper_attempt: Option<String>,
+    /// What the job's process starts with beyond argv and env.
+    pub setup: ChildSetup,
+}
+
+/// How the child is set up before exec.
+#[derive(Debug, Default)]
+pub struct ChildSetup {
+    /// The file to execute (argv[0] already resolved and checked); argv[0] is passed as
+    /// given. None: argv[0] is looked up by exec.
+    pub program: Option<PathBuf>,
+    /// Start from `env` alone, not the worker's environment.
+    pub clear_env: bool,
+    /// Switch to this uid, gid and supplementary groups before exec.
+    pub run_as: Option<(u32, u32, Vec<u32>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,7 +244,42 @@ pub async fn run(
     if stop.is_cancelled() {
         return ExitOutcome::Stopped;
     }
-    let mut cmd = Command::new(program);
+    let mut cmd = match &spec.setup.program {
+        Some(path) => {
+            let mut c = Command::new(path);
+            c.arg0(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    if spec.setup.clear_env {
+        cmd.env_clear();
+    }
+    // pre_exec hooks run in the order they are added: join the attempt's cgroup while
+    // still root, before run_as drops the rights to write cgroup.procs.
+    if let Some(cg) = spec.cgroup.clone() {
+        // SAFETY: join_in_child only opens and writes pre-built paths (no allocation).
+        unsafe {
+            cmd.pre_exec(move || cg.join_in_child());
+        }
+    }
+    if let Some((uid, gid, groups)) = spec.setup.run_as.clone() {
+        let groups: Vec<nix::libc::gid_t> = groups;
+        // SAFETY: only async-signal-safe system calls between fork and exec; `groups` was
+        // allocated before the fork. Groups first, then gid, then uid (after setuid the
+        // others are no longer allowed).
+        unsafe {
+            cmd.pre_exec(move || {
+                if nix::libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
+                    || nix::libc::setgid(gid) != 0
+                    || nix::libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     cmd.args(&spec.argv[1..])
         .envs(&spec.env)
         .current_dir(&spec.work_dir)
@@ -239,12 +288,6 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(cg) = spec.cgroup.clone() {
-        // SAFETY: join_in_child only opens and writes pre-built paths (no allocation).
-        unsafe {
-            cmd.pre_exec(move || cg.join_in_child());
-        }
-    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return ExitOutcome::SpawnError(format!("{program}: {e}")),
@@ -348,6 +391,7 @@ mod tests {
             started: None,
             cgroup: None,
             subreaper_attempt: None,
+            setup: ChildSetup::default(),
         }
     }
 
