@@ -602,11 +602,13 @@ pub async fn admin_as(addr: &str, token: Option<&str>) -> Result<AdminClient> {
     Ok(AdminClient::new(channel_as(addr, token).await?))
 }
 
-pub type AlertsClient = drover_proto::v1::alert_service_client::AlertServiceClient<Channel>;
+pub type AlertsClient = drover_proto::v1::alert_service_client::AlertServiceClient<AuthChannel>;
 
-/// Client of AlertService: failure groups, alert rules, notifications.
+/// Client of AlertService (failure groups, alert rules, notifications) as the harness's admin.
 pub async fn alerts_api(addr: &str) -> Result<AlertsClient> {
-    Ok(AlertsClient::new(channel(addr).await?))
+    Ok(AlertsClient::new(
+        channel_as(addr, Some(ADMIN_TOKEN)).await?,
+    ))
 }
 
 /// Calls one RPC with hand-made protobuf (e.g. bytes where the API has a string, to send
@@ -629,7 +631,14 @@ where
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
     grpc.unary(
-        tonic::Request::new(req),
+        {
+            // As the harness's admin, so the request reaches the handler under test.
+            let mut r = tonic::Request::new(req);
+            if let Ok(v) = format!("Bearer {ADMIN_TOKEN}").parse() {
+                r.metadata_mut().insert("authorization", v);
+            }
+            r
+        },
         tonic::codegen::http::uri::PathAndQuery::from_static(path),
         codec,
     )

@@ -25,6 +25,7 @@ async fn job_count(cl: &Cluster) -> anyhow::Result<i64> {
 
 fn droverctl(addr: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .env("DROVER_ADDR", addr)
         .args(args)
         .output()
@@ -149,8 +150,12 @@ async fn huge_backoffs_are_refused_and_never_leave_a_job_running() -> anyhow::Re
         &[&uuid::Uuid::parse_str(&job.id)?],
     )
     .await?;
+    // The attempt must have ended: GetJob reads the job and its attempts one after the
+    // other, so a just-leased job can show as pending with its running attempt.
     let (j, a) = wait_for(&mut api, &job.id, "pending again with a backoff", |j, a| {
-        is_state(j, pb::JobState::Pending) && !a.is_empty()
+        is_state(j, pb::JobState::Pending)
+            && a.first()
+                .is_some_and(|x| x.state == pb::AttemptState::Failed as i32)
     })
     .await?;
     assert!(j.reason.contains("retrying in"), "{}", j.reason);

@@ -90,6 +90,7 @@ async fn daemons_and_double_forks_never_outlive_their_attempt() -> anyhow::Resul
     assert!(shown.starts_with("subreaper"), "{shown}");
     // And the operator sees it.
     let out = std::process::Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .env("DROVER_ADDR", &addr)
         .arg("workers")
         .output()?;
@@ -343,6 +344,7 @@ async fn droverctl_submits_limits_and_refuses_bad_ones() -> anyhow::Result<()> {
     let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
     let ctl = |args: &[&str]| {
         std::process::Command::new(bin("droverctl"))
+            .env("DROVER_TOKEN", ADMIN_TOKEN)
             .env("DROVER_ADDR", &addr)
             .args(args)
             .output()

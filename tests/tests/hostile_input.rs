@@ -389,7 +389,7 @@ async fn hostile_requests_are_refused_and_change_nothing() -> anyhow::Result<()>
         "/jobs/%00/logs",
     ] {
         let url = format!("{}{path}", coord.http);
-        let r = http.get(&url).send().await?;
+        let r = http_get(&url).await?;
         assert_eq!(r.status().as_u16(), 400, "{path}: {}", r.status());
         let body = r.text().await?;
         assert!(body.contains("id"), "{path}: {body}");

@@ -364,6 +364,7 @@ async fn mixed_failures_form_the_groups_a_person_would_make() -> Result<()> {
 
     // The CLI ranks the same groups and lists a group's jobs.
     let out = std::process::Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .args([
             "--addr", &addr, "failures", "--queue", "scrape", "--since", "24h",
         ])
@@ -380,6 +381,7 @@ async fn mixed_failures_form_the_groups_a_person_would_make() -> Result<()> {
         "{text}"
     );
     let out = std::process::Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .args(["--addr", &addr, "failures", "show", &groups[2].fingerprint])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -513,6 +515,7 @@ async fn bad_requests_are_refused_with_the_field_named() -> Result<()> {
 
     // The CLI says why in one line and exits non-zero.
     let out = std::process::Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .args(["--addr", &addr, "alerts", "test", "nope"])
         .output()?;
     assert!(!out.status.success());
@@ -607,6 +610,7 @@ window_secs = 1
         .iter()
         .all(|c| !c.target.contains("/hook") && !c.target.contains("/slack")));
     let out = std::process::Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .args(["--addr", &addr, "alerts"])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -1078,6 +1082,7 @@ window_secs = 1
     );
 
     let out = std::process::Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .args(["--addr", &addr, "notifications", "--failed"])
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -1093,6 +1098,7 @@ window_secs = 1
     drop(smtp.take());
     smtp = Some(start_smtp(&dir, port, "ok")?);
     let out = std::process::Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .args([
             "--addr",
             &addr,

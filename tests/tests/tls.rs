@@ -14,6 +14,7 @@ use tonic::Code;
 
 fn droverctl(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .env_remove("DROVER_ADDR")
         .env_remove("DROVER_CA_FILE")
         .envs(env.iter().copied())

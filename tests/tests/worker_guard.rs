@@ -242,6 +242,7 @@ async fn secrets_reach_the_job_but_not_the_api_or_the_stored_log() -> anyhow::Re
             .into_inner()
     );
     let shown = Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .env("DROVER_ADDR", &addr)
         .args(["show", "-o", "json", &j.id])
         .output()?;
@@ -302,6 +303,7 @@ async fn secrets_reach_the_job_but_not_the_api_or_the_stored_log() -> anyhow::Re
     // A value given where a reference belongs is refused, by droverctl before sending
     // and by the coordinator.
     let out = Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .env("DROVER_ADDR", &addr)
         .args(["submit", "--secret-env", "TOKEN=hunter2", "--", "true"])
         .output()?;
