@@ -101,6 +101,8 @@ async fn serve(args: &DevArgs, data_dir: &std::path::Path, database_url: &str) -
         slots: args.slots,
         worker_id: DEV_WORKER.into(),
         token: Some(worker_token),
+        // The queues the README's examples use.
+        queues: DEV_QUEUES.iter().map(|q| q.to_string()).collect(),
         ..Default::default()
     };
     let stop_worker = CancellationToken::new();
@@ -119,6 +121,13 @@ async fn serve(args: &DevArgs, data_dir: &std::path::Path, database_url: &str) -
     );
     println!("  database:   {database_url}");
     println!("\nIn another shell:");
+    // `cargo run` puts droverctl on no PATH: name the directory it runs from.
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+    {
+        println!("  export PATH={}:$PATH", dir.display());
+    }
     println!("  export DROVER_ADDR={addr}");
     println!("  export DROVER_TOKEN={admin_token}");
     println!("  droverctl submit --param date=2026-11-22 -- echo fetching {{date}}");
@@ -151,6 +160,9 @@ async fn serve(args: &DevArgs, data_dir: &std::path::Path, database_url: &str) -
     coordinator.shutdown().await;
     Ok(())
 }
+
+/// Queues the dev stack's worker takes: those the README's examples use.
+const DEV_QUEUES: &[&str] = &["default", "scrape", "compute"];
 
 const DEV_WORKER: &str = "dev-worker";
 const ADMIN_TOKEN_FILE: &str = "admin.token";
