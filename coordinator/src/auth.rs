@@ -330,6 +330,12 @@ impl Auth {
         }
     }
 
+    /// Changes whenever a revocation was heard (or the listener reconnected): open worker
+    /// sessions then re-check their token.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     /// Forgets every cached token (a token was revoked somewhere).
     pub fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);

@@ -110,6 +110,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         blobs: blobs.clone(),
     })
     .max_decoding_message_size(4 * 1024 * 1024);
+    let auth = Arc::new(crate::auth::Auth::new(
+        store.clone(),
+        cfg.access_control,
+        &cfg.open_routes,
+        Duration::from_millis(cfg.token_cache_ms),
+    ));
     let workers = WorkerServiceServer::new(WorkersApi {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
@@ -119,15 +125,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         log_cap_bytes: cfg.log_cap_bytes,
         blobs: blobs.clone(),
         max_artifact_bytes: cfg.max_artifact_bytes,
+        auth: auth.clone(),
     })
     .max_decoding_message_size(MAX_APPEND_BYTES + 1024 * 1024);
 
-    let auth = Arc::new(crate::auth::Auth::new(
-        store.clone(),
-        cfg.access_control,
-        &cfg.open_routes,
-        Duration::from_millis(cfg.token_cache_ms),
-    ));
     let mut tasks = Vec::new();
     if cfg.access_control {
         tasks.push(tokio::spawn(crate::auth::follow_revocations(

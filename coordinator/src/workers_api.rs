@@ -49,7 +49,13 @@ pub struct WorkersApi {
     pub log_cap_bytes: u64,
     pub blobs: Arc<dyn BlobStore>,
     pub max_artifact_bytes: u64,
+    /// Told of token revocations: an open session re-checks the token it opened with.
+    pub auth: Arc<crate::auth::Auth>,
 }
+
+/// How often an open session re-checks its token even without a revocation heard (expiry,
+/// or a revocation missed while the listener was away).
+const TOKEN_RECHECK: Duration = Duration::from_secs(30);
 
 fn parse_ids(field: &str, ids: &[String]) -> Result<Vec<Uuid>, Error> {
     ids.iter().map(|s| parse_id(field, s)).collect()
@@ -230,6 +236,9 @@ impl WorkerService for WorkersApi {
         let dispatcher = self.dispatcher.clone();
         let coordinator_id = self.coordinator_id.clone();
         let ttl = self.lease_ttl;
+        let auth = self.auth.clone();
+        let token_id = principal.token_id();
+        let mut token_checked = (auth.generation(), std::time::Instant::now());
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -239,6 +248,22 @@ impl WorkerService for WorkersApi {
                 match msg {
                     Ok(Some(pb::WorkerMessage { msg: Some(m) })) => match m {
                         In::Heartbeat(hb) => {
+                            // The session authenticated once, when it opened: a token
+                            // revoked or expired since then ends it, so a revoked worker
+                            // gets no more jobs and renews no leases.
+                            if let Some(id) = token_id {
+                                let generation = auth.generation();
+                                if generation != token_checked.0
+                                    || token_checked.1.elapsed() >= TOKEN_RECHECK
+                                {
+                                    token_checked = (generation, std::time::Instant::now());
+                                    if let Ok(false) = store.token_is_live(id).await {
+                                        tracing::warn!(worker_id = ?session.worker_id, token_id = %id,
+                                            "closing worker session: its token was revoked or expired");
+                                        break;
+                                    }
+                                }
+                            }
                             let ids = match parse_heartbeat_ids(&hb.running_attempts) {
                                 Ok(ids) => ids,
                                 Err(e) => {

@@ -1023,3 +1023,52 @@ async fn the_leader_deletes_audit_entries_past_retention() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// Polls a process's log until it contains `needle` (after `skip` bytes).
+async fn log_until(p: &Proc, needle: &str, skip: usize) -> anyhow::Result<usize> {
+    let start = std::time::Instant::now();
+    loop {
+        let text = p.log_text();
+        if let Some(i) = text.get(skip..).and_then(|t| t.find(needle)) {
+            return Ok(skip + i + needle.len());
+        }
+        anyhow::ensure!(
+            start.elapsed() < PATIENCE,
+            "{} never logged {needle:?}:\n{text}",
+            p.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_worker_token_ends_the_open_session_and_gets_no_more_jobs() -> anyhow::Result<()>
+{
+    let cl = Cluster::new().await?;
+    let (c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let t = create_token(&cl.db.url, "wr-token", "worker", &[], "wr", None).await?;
+    let w = cl.worker_with_env("wr", &addr, 1, &[], &[("DROVER_WORKER_TOKEN", &t)])?;
+    let mut api = jobs(&addr).await?;
+    let first = submit(&mut api, sh("echo before")).await?;
+    wait_state(&mut api, &first.id, pb::JobState::Succeeded).await?;
+
+    admin_api(&addr)
+        .await?
+        .revoke_token(pb::RevokeTokenRequest {
+            token: "wr-token".into(),
+        })
+        .await?;
+    // The session authenticated when it opened; its next heartbeat finds the token gone.
+    let at = log_until(&c, "its token was revoked or expired", 0).await?;
+    log_until(&c, "worker disconnected", at).await?;
+    let refused_from = w.log_text().len();
+    let after = submit(&mut api, sh("echo after")).await?;
+    // The worker tries again and is turned away at the door.
+    log_until(&w, "token is unknown, revoked or expired", refused_from).await?;
+    let (j, attempts) = get(&mut api, &after.id).await?;
+    assert!(
+        attempts.is_empty() && is_state(&j, pb::JobState::Pending),
+        "a job went to a worker whose token was revoked: {j:?} {attempts:?}"
+    );
+    Ok(())
+}

@@ -73,6 +73,20 @@ impl Store {
         row.as_ref().map(token_from_row).transpose()
     }
 
+    /// Whether the token is neither revoked nor expired (for long-lived worker sessions,
+    /// which authenticated once when they opened).
+    pub async fn token_is_live(&self, id: Uuid) -> Result<bool> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt_cached(
+                "SELECT 1 FROM api_tokens WHERE id = $1 AND revoked_at IS NULL \
+                   AND (expires_at IS NULL OR expires_at > now())",
+                &[&id],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn touch_token(&self, id: Uuid) -> Result<()> {
         let c = self.pool.get().await?;
         c.execute_cached(
