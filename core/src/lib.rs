@@ -4,11 +4,13 @@
 //! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
 //! - [`params`] — `{name}` placeholder substitution in argv.
+//! - [`schedule`] — cron fire times in a time zone and the catch-up policy.
 //! - [`validate`] — limits and checks on submitted job specs, with errors naming the field.
 
 pub mod logcap;
 pub mod params;
 pub mod retry;
+pub mod schedule;
 pub mod state;
 pub mod validate;
 
