@@ -4,6 +4,7 @@
 
 mod dev;
 mod output;
+mod schedule;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -118,6 +119,11 @@ enum Command {
     Health,
     /// Workers with their labels, slots in use and host resources.
     Workers,
+    /// Job specs fired on a cron schedule (create, list, show, pause, resume, delete, trigger).
+    Schedule {
+        #[command(subcommand)]
+        cmd: schedule::ScheduleCmd,
+    },
     /// Run a local stack: PostgreSQL (private, unless DATABASE_URL is set), a coordinator
     /// and a worker, with a sample job. Ctrl-C stops all of it.
     Dev(dev::DevArgs),
@@ -245,6 +251,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(a) => submit(&cli.addr, fmt, a).await,
+        Command::Schedule { cmd } => {
+            schedule::run(&cli.addr, fmt, cmd).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::List {
             state,
             queue,

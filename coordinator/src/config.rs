@@ -46,6 +46,10 @@ pub struct Config {
     pub log_format: String,
     /// If set, log lines also go to a file here, rotated daily, 7 kept.
     pub log_dir: Option<PathBuf>,
+    /// How often the leader looks for due schedule ticks.
+    pub schedule_interval_ms: u64,
+    /// A tick handled later than this after its fire time counts as missed (catch-up policy).
+    pub schedule_misfire_grace_ms: u64,
 }
 
 impl Default for Config {
@@ -67,6 +71,8 @@ impl Default for Config {
             max_artifact_bytes: 1024 * 1024 * 1024,
             log_format: "text".into(),
             log_dir: None,
+            schedule_interval_ms: 500,
+            schedule_misfire_grace_ms: 60_000,
         }
     }
 }
@@ -140,6 +146,15 @@ impl Config {
         }
         if self.retention_interval_ms == 0 {
             return Err("retention_interval_ms must be positive".into());
+        }
+        if self.schedule_interval_ms == 0 || self.schedule_interval_ms > 60_000 {
+            return Err("schedule_interval_ms must be 1 to 60000".into());
+        }
+        if self.schedule_misfire_grace_ms < self.schedule_interval_ms {
+            return Err(format!(
+                "schedule_misfire_grace_ms ({}) must be at least schedule_interval_ms ({})",
+                self.schedule_misfire_grace_ms, self.schedule_interval_ms
+            ));
         }
         if self.db_pool_size < 2 {
             return Err("db_pool_size must be at least 2".into());

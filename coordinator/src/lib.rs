@@ -10,7 +10,8 @@
 //! - [`http`] — the HTTP listener: health probes and log downloads.
 //! - [`jobs_api`] / [`workers_api`] — the gRPC services.
 //! - [`dispatch`] — pushes pending jobs to connected workers with free slots.
-//! - [`leader`] — leader-only duties (lease reaper) under an advisory lock.
+//! - [`leader`] — leader-only duties (lease reaper, scheduler) under an advisory lock.
+//! - [`scheduler`] / [`schedules_api`] — cron schedules: the firing pass and ScheduleService.
 //! - [`logs`] — reading stored logs (with cap markers) and retention.
 //! - [`metrics`] — Prometheus metrics.
 //! - [`listen`] — LISTEN/NOTIFY so every coordinator hears about ready jobs.
@@ -28,6 +29,8 @@ pub mod leader;
 pub mod listen;
 pub mod logs;
 pub mod metrics;
+pub mod scheduler;
+pub mod schedules_api;
 pub mod server;
 pub mod store;
 pub mod workers_api;

@@ -5,12 +5,14 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::health::AdminApi;
 use crate::jobs_api::JobsApi;
+use crate::schedules_api::SchedulesApi;
 use crate::store::Store;
 use crate::workers_api::{WorkersApi, MAX_APPEND_BYTES};
 use crate::{db, leader, listen};
 use anyhow::Context;
 use drover_proto::v1::admin_service_server::AdminServiceServer;
 use drover_proto::v1::job_service_server::JobServiceServer;
+use drover_proto::v1::schedule_service_server::ScheduleServiceServer;
 use drover_proto::v1::worker_service_server::WorkerServiceServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,6 +85,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     health_reporter
         .set_serving::<WorkerServiceServer<WorkersApi>>()
         .await;
+    health_reporter
+        .set_serving::<ScheduleServiceServer<SchedulesApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(drover_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -95,6 +100,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         blobs: blobs.clone(),
     })
     .max_decoding_message_size(4 * 1024 * 1024);
+    let schedules = ScheduleServiceServer::new(SchedulesApi {
+        store: store.clone(),
+        dispatcher: dispatcher.clone(),
+        config: Arc::new(cfg.clone()),
+    });
     let workers = WorkerServiceServer::new(WorkersApi {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
@@ -122,6 +132,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             log_retention: cfg.log_retention(),
             retention_interval: Duration::from_millis(cfg.retention_interval_ms),
             blobs: blobs.clone(),
+            schedule_interval: Duration::from_millis(cfg.schedule_interval_ms),
+            schedule_grace: Duration::from_millis(cfg.schedule_misfire_grace_ms),
         },
         store.clone(),
         dispatcher.clone(),
@@ -172,6 +184,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             .add_service(reflection)
             .add_service(jobs)
             .add_service(workers)
+            .add_service(schedules)
             .add_service(AdminServiceServer::from_arc(admin_grpc))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
             .await;

@@ -1363,3 +1363,5 @@ async fn insert_event(
     .await?;
     Ok(())
 }
+
+pub mod schedules;

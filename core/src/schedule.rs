@@ -43,7 +43,7 @@ pub struct CronSchedule {
 pub enum CatchUp {
     /// Missed ticks are not run; only a tick no older than the grace period runs.
     Skip,
-    /// Only the latest missed tick runs.
+    /// Only the latest missed tick runs (besides ticks that are on time).
     Once,
     /// Every missed tick runs, oldest first, at most [`MAX_CATCH_UP`] of them (the latest).
     All,
@@ -254,15 +254,9 @@ pub fn due_ticks(
             Vec::new()
         }
         CatchUp::Once => {
-            if on_time.is_empty() {
-                let last = missed.pop();
-                dropped += missed.len();
-                last.into_iter().collect()
-            } else {
-                // A current tick runs anyway; it stands in for the missed ones.
-                dropped += missed.len();
-                Vec::new()
-            }
+            let last = missed.pop();
+            dropped += missed.len();
+            last.into_iter().collect()
         }
         CatchUp::All => missed,
     };
@@ -428,11 +422,18 @@ mod tests {
             ]
         );
         assert_eq!(skip.dropped, 8);
+        // `once`: the latest missed tick (07) stands for all of them, then the on-time ones.
         let once = due_ticks(&s, from, now, CatchUp::Once, grace);
-        assert_eq!(once.fire, skip.fire);
-        // With nothing on time, `once` runs the latest missed tick only.
-        let once_late = due_ticks(&s, from, now, CatchUp::Once, chrono::Duration::zero());
-        assert_eq!(once_late.fire, vec![now]);
+        assert_eq!(
+            once.fire,
+            vec![
+                utc("2026-01-01T00:00:07Z"),
+                utc("2026-01-01T00:00:08Z"),
+                utc("2026-01-01T00:00:09Z"),
+                utc("2026-01-01T00:00:10Z")
+            ]
+        );
+        assert_eq!(once.dropped, 7);
         let once_late = due_ticks(
             &s,
             from,

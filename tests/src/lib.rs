@@ -464,6 +464,13 @@ pub async fn admin_api(addr: &str) -> Result<AdminClient> {
     Ok(AdminClient::new(channel(addr).await?))
 }
 
+pub type SchedulesClient =
+    drover_proto::v1::schedule_service_client::ScheduleServiceClient<Channel>;
+
+pub async fn schedules(addr: &str) -> Result<SchedulesClient> {
+    Ok(SchedulesClient::new(channel(addr).await?))
+}
+
 /// A job spec running `argv` with a fast retry policy for tests.
 pub fn spec(argv: &[&str]) -> pb::JobSpec {
     pb::JobSpec {
