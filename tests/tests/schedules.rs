@@ -2,7 +2,7 @@
 //! across coordinator crashes, catch-up policies after downtime, overlap policies, and the
 //! operator's commands.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use drover_tests::v1 as pb;
 use drover_tests::*;
 use std::collections::BTreeMap;
@@ -493,5 +493,65 @@ async fn operator_commands_and_bad_input() -> anyhow::Result<()> {
     assert_eq!(e.code(), Code::NotFound);
     // The triggered job is kept.
     get(&mut api, &id).await?;
+    Ok(())
+}
+
+/// Exactly-once does not rest on the leader lock: many scheduling passes racing on one
+/// schedule (as several coordinators that all believe they lead would) still create one
+/// job per tick, with no tick lost.
+#[tokio::test]
+async fn racing_scheduler_passes_create_one_job_per_tick() -> anyhow::Result<()> {
+    use drover_coordinator::{db, scheduler, store::Store};
+    let tdb = TestDb::new().await?;
+    db::migrate(&tdb.url).await?;
+    let store = Store::new(db::pool(&tdb.url, 16)?);
+    let cfg = drover_coordinator::Config::default();
+    let mut s = drover_coordinator::schedules_api::schedule_from_pb(
+        Some(every_second("race", "true", "all", "allow")),
+        &cfg,
+        Utc::now(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Start 20 ticks in the past so the first passes also race on catch-up.
+    s.next_fire_at = Some(
+        (Utc::now() - chrono::Duration::seconds(20))
+            .with_nanosecond(0)
+            .unwrap_or_else(Utc::now),
+    );
+    store.create_schedule(&s).await?;
+    let grace = chrono::Duration::seconds(60);
+    let stop = Instant::now() + Duration::from_secs(4);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while Instant::now() < stop {
+                n += scheduler::pass(&store, grace).await.unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(7)).await;
+            }
+            n
+        }));
+    }
+    let mut fired = 0;
+    for t in tasks {
+        fired += t.await?;
+    }
+    let c = tdb.client().await?;
+    let r = runs(&c, "race").await?;
+    let ticks: Vec<DateTime<Utc>> = r.iter().map(|r| r.0).collect();
+    assert!(ticks.len() >= 22, "{ticks:?}");
+    assert!(consecutive_seconds(&ticks), "{ticks:?}");
+    let jobs: i64 = c.query_one("SELECT count(*) FROM jobs", &[]).await?.get(0);
+    let distinct: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT params->>'scheduled_at') FROM jobs",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(jobs as usize, ticks.len());
+    assert_eq!(distinct, jobs);
+    assert_eq!(fired, ticks.len(), "passes reported {fired} jobs");
     Ok(())
 }
