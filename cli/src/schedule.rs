@@ -12,7 +12,7 @@ use std::fmt::Write;
 pub enum ScheduleCmd {
     /// Create a schedule:
     /// droverctl schedule create NAME --cron '0 6 * * *' --timezone Asia/Tokyo -- scraper --date {scheduled_date}
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List schedules.
     List,
     /// A schedule, its next 5 fire times and its last runs.
@@ -70,7 +70,10 @@ fn local(t: &Option<prost_types::Timestamp>, tz: &str) -> String {
         return "-".into();
     };
     match drover_core::schedule::parse_timezone(tz) {
-        Ok(z) => t.with_timezone(&z).format("%Y-%m-%d %H:%M:%S %Z").to_string(),
+        Ok(z) => t
+            .with_timezone(&z)
+            .format("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
         Err(_) => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
     }
 }
@@ -186,6 +189,7 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
     let mut c = ScheduleServiceClient::new(channel(addr).await?);
     match cmd {
         ScheduleCmd::Create(a) => {
+            let a = *a;
             let timeout_ms = match &a.timeout {
                 Some(t) => duration_ms("timeout", t)?,
                 None => 0,

@@ -136,11 +136,7 @@ impl ScheduleService for SchedulesApi {
         &self,
         req: Request<pb::CreateScheduleRequest>,
     ) -> Result<Response<pb::CreateScheduleResponse>, Status> {
-        let row = schedule_from_pb(
-            req.into_inner().schedule,
-            &self.config,
-            chrono::Utc::now(),
-        )?;
+        let row = schedule_from_pb(req.into_inner().schedule, &self.config, chrono::Utc::now())?;
         let created = self.store.create_schedule(&row).await?;
         tracing::info!(schedule = %created.name, cron = %created.cron,
             timezone = %created.timezone, "schedule created");

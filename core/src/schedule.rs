@@ -79,8 +79,20 @@ macro_rules! str_enum {
         }
     };
 }
-str_enum!(CatchUp, "catch_up", Skip = "skip", Once = "once", All = "all");
-str_enum!(Overlap, "overlap", Allow = "allow", Skip = "skip", Queue = "queue");
+str_enum!(
+    CatchUp,
+    "catch_up",
+    Skip = "skip",
+    Once = "once",
+    All = "all"
+);
+str_enum!(
+    Overlap,
+    "overlap",
+    Allow = "allow",
+    Skip = "skip",
+    Queue = "queue"
+);
 
 impl CronSchedule {
     /// Parses `expr` (5 or 6 fields) in time zone `timezone` (IANA name, e.g. Asia/Tokyo;
@@ -444,7 +456,13 @@ mod tests {
         assert_eq!(once_late.fire, vec![now]);
         assert_eq!(once_late.dropped, 10);
         // Nothing due yet.
-        let none = due_ticks(&s, now, now - chrono::Duration::seconds(1), CatchUp::All, grace);
+        let none = due_ticks(
+            &s,
+            now,
+            now - chrono::Duration::seconds(1),
+            CatchUp::All,
+            grace,
+        );
         assert!(none.fire.is_empty());
         assert_eq!(none.next, Some(now));
     }
@@ -455,7 +473,11 @@ mod tests {
         let from = utc("2026-01-01T00:00:00Z");
         let now = utc("2026-01-02T00:00:00Z"); // a day of one-second ticks behind
         let d = due_ticks(&s, from, now, CatchUp::All, chrono::Duration::seconds(1));
-        assert_eq!(d.fire.len(), MAX_CATCH_UP + 2, "bounded missed + on-time ticks");
+        assert_eq!(
+            d.fire.len(),
+            MAX_CATCH_UP + 2,
+            "bounded missed + on-time ticks"
+        );
         assert!(d.dropped > 0);
         assert_eq!(d.fire.last(), Some(&now));
         assert!(d.fire.windows(2).all(|w| w[0] < w[1]));

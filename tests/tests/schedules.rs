@@ -23,11 +23,13 @@ fn every_second(name: &str, script: &str, catch_up: &str, overlap: &str) -> pb::
 }
 
 async fn create(c: &mut SchedulesClient, s: pb::Schedule) -> anyhow::Result<pb::Schedule> {
-    Ok(c.create_schedule(pb::CreateScheduleRequest { schedule: Some(s) })
-        .await?
-        .into_inner()
-        .schedule
-        .unwrap_or_default())
+    Ok(
+        c.create_schedule(pb::CreateScheduleRequest { schedule: Some(s) })
+            .await?
+            .into_inner()
+            .schedule
+            .unwrap_or_default(),
+    )
 }
 
 /// (fire_time, status, job_id, created_at) of every run, oldest tick first.
@@ -171,7 +173,10 @@ async fn one_second_schedule_fires_each_tick_once_while_coordinators_are_killed(
     assert_eq!(jobs.len(), ticks.len());
     let want_at: Vec<String> = ticks
         .iter()
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).replace('Z', "+00:00"))
+        .map(|t| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                .replace('Z', "+00:00")
+        })
         .collect();
     let got_at: Vec<String> = jobs.iter().map(|r| r.get::<_, String>(0)).collect();
     assert_eq!(got_at, want_at);
@@ -266,10 +271,7 @@ async fn catch_up_policies_after_the_coordinator_was_down() -> anyhow::Result<()
         assert!(consecutive_seconds(&before), "{p}: {ticks:?}");
         assert!(consecutive_seconds(&after), "{p}: {ticks:?}");
         let dropped: i64 = db
-            .query_one(
-                "SELECT dropped_ticks FROM schedules WHERE name = $1",
-                &[&p],
-            )
+            .query_one("SELECT dropped_ticks FROM schedules WHERE name = $1", &[&p])
             .await?
             .get(0);
         match p {
@@ -280,7 +282,11 @@ async fn catch_up_policies_after_the_coordinator_was_down() -> anyhow::Result<()
             "once" => {
                 assert_eq!(late.len(), 1, "once ran {late:?}");
                 // The one it ran is the latest missed tick: right before the on-time ones.
-                assert_eq!(after[0] - late[0], chrono::Duration::seconds(1), "{ticks:?}");
+                assert_eq!(
+                    after[0] - late[0],
+                    chrono::Duration::seconds(1),
+                    "{ticks:?}"
+                );
                 assert!(dropped >= 3, "once dropped {dropped}");
             }
             _ => {
@@ -399,10 +405,17 @@ async fn operator_commands_and_bad_input() -> anyhow::Result<()> {
     for t in &next {
         let t = DateTime::parse_from_rfc3339(t.as_str().unwrap_or_default())?;
         // 06:00 in Tokyo is 21:00 UTC the day before.
-        assert_eq!(t.with_timezone(&Utc).format("%H:%M:%S").to_string(), "21:00:00");
+        assert_eq!(
+            t.with_timezone(&Utc).format("%H:%M:%S").to_string(),
+            "21:00:00"
+        );
     }
     // Trigger: a job now, with scheduled_date filled from the fire time in Tokyo.
-    let tokyo_date = || (Utc::now() + chrono::Duration::hours(9)).format("%Y-%m-%d").to_string();
+    let tokyo_date = || {
+        (Utc::now() + chrono::Duration::hours(9))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
     let before = tokyo_date();
     let trig = droverctl(&addr, &["schedule", "trigger", "daily"]);
     assert!(trig.status.success(), "{trig:?}");
@@ -420,7 +433,9 @@ async fn operator_commands_and_bad_input() -> anyhow::Result<()> {
     let text = String::from_utf8(show.stdout)?;
     assert!(text.contains("(manual)") && text.contains(&id), "{text}");
     // Pause hides the next fire times; resume brings them back.
-    assert!(droverctl(&addr, &["schedule", "pause", "daily"]).status.success());
+    assert!(droverctl(&addr, &["schedule", "pause", "daily"])
+        .status
+        .success());
     let mut sc = schedules(&addr).await?;
     let g = sc
         .get_schedule(pb::GetScheduleRequest {
@@ -429,7 +444,9 @@ async fn operator_commands_and_bad_input() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert!(g.schedule.unwrap_or_default().paused && g.next_fire_times.is_empty());
-    assert!(droverctl(&addr, &["schedule", "resume", "daily"]).status.success());
+    assert!(droverctl(&addr, &["schedule", "resume", "daily"])
+        .status
+        .success());
     let list = droverctl(&addr, &["schedule", "list"]);
     assert!(String::from_utf8(list.stdout)?.contains("active"));
 
@@ -441,20 +458,74 @@ async fn operator_commands_and_bad_input() -> anyhow::Result<()> {
         ..Default::default()
     };
     let cases: Vec<(pb::Schedule, &str)> = vec![
-        (pb::Schedule { name: "has space".into(), ..base() }, "schedule.name"),
-        (pb::Schedule { name: "x".repeat(65), ..base() }, "schedule.name"),
-        (pb::Schedule { cron: "* * *".into(), ..base() }, "schedule.cron"),
-        (pb::Schedule { cron: format!("{} * * * *", "1,".repeat(200)), ..base() }, "schedule.cron"),
-        (pb::Schedule { timezone: "Mars/Base".into(), ..base() }, "schedule.timezone"),
-        (pb::Schedule { catch_up: "sometimes".into(), ..base() }, "schedule.catch_up"),
-        (pb::Schedule { overlap: "maybe".into(), ..base() }, "schedule.overlap"),
-        (pb::Schedule { spec: None, ..base() }, "schedule.spec"),
         (
-            pb::Schedule { spec: Some(spec(&["echo", &"a".repeat(200 * 1024)])), ..base() },
+            pb::Schedule {
+                name: "has space".into(),
+                ..base()
+            },
+            "schedule.name",
+        ),
+        (
+            pb::Schedule {
+                name: "x".repeat(65),
+                ..base()
+            },
+            "schedule.name",
+        ),
+        (
+            pb::Schedule {
+                cron: "* * *".into(),
+                ..base()
+            },
+            "schedule.cron",
+        ),
+        (
+            pb::Schedule {
+                cron: format!("{} * * * *", "1,".repeat(200)),
+                ..base()
+            },
+            "schedule.cron",
+        ),
+        (
+            pb::Schedule {
+                timezone: "Mars/Base".into(),
+                ..base()
+            },
+            "schedule.timezone",
+        ),
+        (
+            pb::Schedule {
+                catch_up: "sometimes".into(),
+                ..base()
+            },
+            "schedule.catch_up",
+        ),
+        (
+            pb::Schedule {
+                overlap: "maybe".into(),
+                ..base()
+            },
+            "schedule.overlap",
+        ),
+        (
+            pb::Schedule {
+                spec: None,
+                ..base()
+            },
+            "schedule.spec",
+        ),
+        (
+            pb::Schedule {
+                spec: Some(spec(&["echo", &"a".repeat(200 * 1024)])),
+                ..base()
+            },
             "schedule.spec.argv",
         ),
         (
-            pb::Schedule { spec: Some(spec(&["echo", "{nope}"])), ..base() },
+            pb::Schedule {
+                spec: Some(spec(&["echo", "{nope}"])),
+                ..base()
+            },
             "schedule.spec.argv[1]",
         ),
     ];
@@ -468,7 +539,15 @@ async fn operator_commands_and_bad_input() -> anyhow::Result<()> {
     }
     let dup = droverctl(
         &addr,
-        &["schedule", "create", "daily", "--cron", "0 6 * * *", "--", "true"],
+        &[
+            "schedule",
+            "create",
+            "daily",
+            "--cron",
+            "0 6 * * *",
+            "--",
+            "true",
+        ],
     );
     assert!(!dup.status.success());
     let bad = droverctl(
@@ -477,13 +556,18 @@ async fn operator_commands_and_bad_input() -> anyhow::Result<()> {
     );
     assert!(!bad.status.success());
     let err = String::from_utf8(bad.stderr)?;
-    assert!(err.contains("schedule.cron") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("schedule.cron") && err.lines().count() == 1,
+        "{err}"
+    );
     let list = sc
         .list_schedules(pb::ListSchedulesRequest {})
         .await?
         .into_inner();
     assert_eq!(list.schedules.len(), 1);
-    assert!(droverctl(&addr, &["schedule", "delete", "daily"]).status.success());
+    assert!(droverctl(&addr, &["schedule", "delete", "daily"])
+        .status
+        .success());
     let e = sc
         .get_schedule(pb::GetScheduleRequest {
             name: "daily".into(),

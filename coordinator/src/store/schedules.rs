@@ -330,10 +330,7 @@ impl super::Store {
 }
 
 async fn db_now(tx: &Transaction<'_>) -> Result<DateTime<Utc>> {
-    Ok(tx
-        .query_one_cached("SELECT now()", &[])
-        .await?
-        .try_get(0)?)
+    Ok(tx.query_one_cached("SELECT now()", &[]).await?.try_get(0)?)
 }
 
 async fn lock_schedule(tx: &Transaction<'_>, name: &str) -> Result<ScheduleRow> {
@@ -456,4 +453,3 @@ async fn fire(
     .await?;
     Ok(job)
 }
-
