@@ -4,6 +4,7 @@
 
 mod dev;
 mod output;
+mod queue;
 mod schedule;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -123,6 +124,11 @@ enum Command {
     Schedule {
         #[command(subcommand)]
         cmd: schedule::ScheduleCmd,
+    },
+    /// Pause or resume a queue, or list queues.
+    Queue {
+        #[command(subcommand)]
+        cmd: queue::QueueCmd,
     },
     /// Run a local stack: PostgreSQL (private, unless DATABASE_URL is set), a coordinator
     /// and a worker, with a sample job. Ctrl-C stops all of it.
@@ -251,6 +257,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(a) => submit(&cli.addr, fmt, a).await,
+        Command::Queue { cmd } => {
+            queue::run(&cli.addr, fmt, cmd).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Schedule { cmd } => {
             schedule::run(&cli.addr, fmt, cmd).await?;
             Ok(ExitCode::SUCCESS)

@@ -11,6 +11,7 @@
 //! - [`jobs_api`] / [`workers_api`] — the gRPC services.
 //! - [`dispatch`] — pushes pending jobs to connected workers with free slots.
 //! - [`leader`] — leader-only duties (lease reaper, scheduler) under an advisory lock.
+//! - [`queues_api`] — QueueService: pausing and resuming queues.
 //! - [`scheduler`] / [`schedules_api`] — cron schedules: the firing pass and ScheduleService.
 //! - [`logs`] — reading stored logs (with cap markers) and retention.
 //! - [`metrics`] — Prometheus metrics.
@@ -29,6 +30,7 @@ pub mod leader;
 pub mod listen;
 pub mod logs;
 pub mod metrics;
+pub mod queues_api;
 pub mod scheduler;
 pub mod schedules_api;
 pub mod server;

@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::health::AdminApi;
 use crate::jobs_api::JobsApi;
+use crate::queues_api::QueuesApi;
 use crate::schedules_api::SchedulesApi;
 use crate::store::Store;
 use crate::workers_api::{WorkersApi, MAX_APPEND_BYTES};
@@ -12,6 +13,7 @@ use crate::{db, leader, listen};
 use anyhow::Context;
 use drover_proto::v1::admin_service_server::AdminServiceServer;
 use drover_proto::v1::job_service_server::JobServiceServer;
+use drover_proto::v1::queue_service_server::QueueServiceServer;
 use drover_proto::v1::schedule_service_server::ScheduleServiceServer;
 use drover_proto::v1::worker_service_server::WorkerServiceServer;
 use std::net::SocketAddr;
@@ -88,6 +90,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     health_reporter
         .set_serving::<ScheduleServiceServer<SchedulesApi>>()
         .await;
+    health_reporter
+        .set_serving::<QueueServiceServer<QueuesApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(drover_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -104,6 +109,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
         config: Arc::new(cfg.clone()),
+    });
+    let queues = QueueServiceServer::new(QueuesApi {
+        store: store.clone(),
+        dispatcher: dispatcher.clone(),
     });
     let workers = WorkerServiceServer::new(WorkersApi {
         store: store.clone(),
@@ -185,6 +194,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             .add_service(jobs)
             .add_service(workers)
             .add_service(schedules)
+            .add_service(queues)
             .add_service(AdminServiceServer::from_arc(admin_grpc))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
             .await;

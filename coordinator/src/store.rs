@@ -613,10 +613,15 @@ impl Store {
         // the planner could not use jobs_pending_idx for the order and sorted every pending
         // job on each claim — 4.7 ms a claim with 7 000 pending, most of PostgreSQL's time in
         // the throughput benchmark. Rows locked beyond the n kept are released at commit.
+        // Paused queues (queue_settings) are left out: one primary-key probe per queue.
         let rows = c
             .query_cached(
                 "WITH c AS MATERIALIZED ( \
-                    SELECT p.id, p.due FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL ( \
+                    SELECT p.id, p.due FROM ( \
+                        SELECT u.name FROM unnest($1::text[]) u(name) \
+                         WHERE NOT EXISTS (SELECT 1 FROM queue_settings qs \
+                                            WHERE qs.queue = u.name AND qs.paused)) q \
+                    CROSS JOIN LATERAL ( \
                         SELECT id, not_before AS due FROM jobs \
                          WHERE state = 'pending' AND queue = q.name AND not_before <= now() \
                            AND labels <@ $2 \
@@ -1364,4 +1369,5 @@ async fn insert_event(
     Ok(())
 }
 
+pub mod queues;
 pub mod schedules;
