@@ -164,6 +164,13 @@ struct SubmitArgs {
     /// Files to keep after success: a glob relative to the work directory (repeatable).
     #[arg(long = "keep", value_name = "GLOB")]
     outputs: Vec<String>,
+    /// Concurrency key (repeatable), e.g. site:netkeiba: at most the key's limit of jobs
+    /// holding it run at once.
+    #[arg(long = "concurrency-key", value_name = "KEY")]
+    concurrency_keys: Vec<String>,
+    /// Limit for this job's keys (default: the coordinator's configured pattern, else 1).
+    #[arg(long, requires = "concurrency_keys")]
+    concurrency_limit: Option<u32>,
     /// Wait for the job to finish; exit 0 only if it succeeded.
     #[arg(long)]
     wait: bool,
@@ -496,6 +503,8 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
         retry: Some(retry),
         idempotency_key: a.idempotency_key.unwrap_or_default(),
         outputs: a.outputs,
+        concurrency_keys: a.concurrency_keys,
+        concurrency_limit: a.concurrency_limit.unwrap_or(0),
     };
     let mut c = connect(addr).await?;
     let r = c

@@ -58,6 +58,7 @@ pub fn job_json(j: &pb::Job) -> Value {
         "params": spec.params,
         "env": spec.env,
         "labels": spec.labels,
+        "concurrency_keys": spec.concurrency_keys,
         "timeout_ms": spec.timeout_ms,
         "idempotency_key": spec.idempotency_key,
         "outputs": spec.outputs,
@@ -158,6 +159,9 @@ pub fn job_detail(j: &pb::Job, attempts: &[pb::Attempt], retried_by: &[String]) 
     }
     if !spec.labels.is_empty() {
         line("labels", spec.labels.join(","));
+    }
+    if !spec.concurrency_keys.is_empty() {
+        line("keys", spec.concurrency_keys.join(","));
     }
     if spec.timeout_ms > 0 {
         line("timeout", format!("{}s", spec.timeout_ms as f64 / 1000.0));

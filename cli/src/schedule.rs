@@ -207,6 +207,8 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
                 }),
                 idempotency_key: String::new(),
                 outputs: Vec::new(),
+                concurrency_keys: Vec::new(),
+                concurrency_limit: 0,
             };
             let r = c
                 .create_schedule(pb::CreateScheduleRequest {

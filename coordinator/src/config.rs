@@ -50,6 +50,9 @@ pub struct Config {
     pub schedule_interval_ms: u64,
     /// A tick handled later than this after its fire time counts as missed (catch-up policy).
     pub schedule_misfire_grace_ms: u64,
+    /// Limits of concurrency keys by glob pattern (`"site:*" = 2`); the longest matching
+    /// pattern applies when a job gives no limit. Unmatched keys: 1.
+    pub concurrency_limits: BTreeMap<String, u32>,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             log_dir: None,
             schedule_interval_ms: 500,
             schedule_misfire_grace_ms: 60_000,
+            concurrency_limits: BTreeMap::new(),
         }
     }
 }
@@ -155,6 +159,16 @@ impl Config {
                 "schedule_misfire_grace_ms ({}) must be at least schedule_interval_ms ({})",
                 self.schedule_misfire_grace_ms, self.schedule_interval_ms
             ));
+        }
+        for (pattern, limit) in &self.concurrency_limits {
+            if let Err(e) = glob::Pattern::new(pattern) {
+                return Err(format!("concurrency_limits.{pattern:?}: bad pattern: {e}"));
+            }
+            if *limit == 0 {
+                return Err(format!("concurrency_limits.{pattern:?}: must be at least 1"));
+            }
+            drover_core::flow::check_limit(&format!("concurrency_limits.{pattern:?}"), *limit)
+                .map_err(|e| e.to_string())?;
         }
         if self.db_pool_size < 2 {
             return Err("db_pool_size must be at least 2".into());

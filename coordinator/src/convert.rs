@@ -106,6 +106,8 @@ pub fn job_to_pb(j: &JobRow) -> pb::Job {
             retry: Some(policy_to_pb(&j.policy)),
             idempotency_key: j.spec.idempotency_key.clone().unwrap_or_default(),
             outputs: j.spec.outputs.clone(),
+            concurrency_keys: j.concurrency_keys.clone(),
+            concurrency_limit: 0,
         }),
         state: job_state(j.state) as i32,
         attempt_count: j.attempt_count.max(0) as u32,

@@ -68,6 +68,30 @@ pub fn spec_from_pb(
     Ok((out, policy))
 }
 
+/// A submitted job's concurrency keys with the limit each gets (submit, else config).
+pub fn keys_from_pb(
+    spec: Option<&pb::JobSpec>,
+    config: &Config,
+) -> Result<Vec<(String, u32)>, Error> {
+    let Some(spec) = spec else {
+        return Ok(Vec::new());
+    };
+    let keys = drover_core::flow::check_keys(&spec.concurrency_keys)?;
+    drover_core::flow::check_limit("concurrency_limit", spec.concurrency_limit)?;
+    let patterns: Vec<(String, u32)> = config
+        .concurrency_limits
+        .iter()
+        .map(|(p, l)| (p.clone(), *l))
+        .collect();
+    Ok(keys
+        .into_iter()
+        .map(|k| {
+            let l = drover_core::flow::limit_for(&k, spec.concurrency_limit, &patterns);
+            (k, l)
+        })
+        .collect())
+}
+
 fn page_token(j: &crate::store::JobRow) -> String {
     format!("{}_{}", j.created_at.timestamp_micros(), j.id)
 }
@@ -101,10 +125,15 @@ impl JobService for JobsApi {
             drover_telemetry::set_parent(&span, tp);
         }
         let trace_parent = span.in_scope(drover_telemetry::traceparent);
-        let (spec, policy) = spec_from_pb(req.into_inner().spec, &self.config)?;
+        let pspec = req.into_inner().spec;
+        let keys = keys_from_pb(pspec.as_ref(), &self.config)?;
+        let (spec, policy) = spec_from_pb(pspec, &self.config)?;
+        if !keys.is_empty() {
+            self.store.keyed_job_submitted();
+        }
         let (job, created) = self
             .store
-            .submit(&spec, &policy, trace_parent.as_deref())
+            .submit_with_keys(&spec, &policy, trace_parent.as_deref(), &keys)
             .instrument(span.clone())
             .await?;
         span.record("job_id", tracing::field::display(job.id));

@@ -45,6 +45,8 @@ pub fn schedule_to_pb(s: &ScheduleRow) -> pb::Schedule {
             retry: Some(convert::policy_to_pb(&s.policy)),
             idempotency_key: String::new(),
             outputs: spec.outputs,
+            concurrency_keys: Vec::new(),
+            concurrency_limit: 0,
         }),
         catch_up: s.catch_up.as_str().into(),
         overlap: s.overlap.as_str().into(),
@@ -92,6 +94,11 @@ pub fn schedule_from_pb(
     let mut pspec = s
         .spec
         .ok_or_else(|| Error::Invalid("schedule.spec: required".into()))?;
+    if !pspec.concurrency_keys.is_empty() {
+        return Err(Error::Invalid(
+            "schedule.spec.concurrency_keys: not supported on schedules yet".into(),
+        ));
+    }
     if !pspec.idempotency_key.is_empty() {
         return Err(Error::Invalid(
             "schedule.spec.idempotency_key: must be empty (each tick makes a new job)".into(),

@@ -73,7 +73,7 @@ pub const CONTROL_CHANNEL: &str = "drover_control";
 const JOB_COLUMNS: &str = "j.id, j.queue, j.state, j.argv, j.env, j.labels, j.params, \
     j.timeout_ms, j.retry_policy, j.idempotency_key, j.original_job_id, j.retry_of, \
     j.attempt_count, j.current_attempt_id, j.not_before, j.reason, j.created_at, \
-    j.updated_at, j.finished_at, j.cancel_requested_at, j.outputs";
+    j.updated_at, j.finished_at, j.cancel_requested_at, j.outputs, j.concurrency_keys";
 
 const ATTEMPT_COLUMNS: &str = "a.id, a.job_id, a.number, a.worker_id, a.state, a.started_at, \
     a.lease_expires_at, a.finished_at, a.exit_code, a.signal, a.reason, a.log_bytes, \
@@ -95,6 +95,8 @@ pub struct JobRow {
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub cancel_requested: bool,
+    /// Concurrency keys the job holds while it runs.
+    pub concurrency_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -304,6 +306,7 @@ fn job_from_row(r: &Row) -> Result<JobRow> {
         cancel_requested: r
             .try_get::<_, Option<DateTime<Utc>>>("cancel_requested_at")?
             .is_some(),
+        concurrency_keys: r.try_get("concurrency_keys")?,
     })
 }
 
@@ -338,11 +341,15 @@ fn millis(d: Duration) -> f64 {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    keyed: std::sync::Arc<flow::KeyedHint>,
 }
 
 impl Store {
     pub fn new(pool: Pool) -> Self {
-        Store { pool }
+        Store {
+            pool,
+            keyed: Default::default(),
+        }
     }
 
     pub fn pool(&self) -> &Pool {
@@ -364,10 +371,26 @@ impl Store {
         policy: &RetryPolicy,
         trace_parent: Option<&str>,
     ) -> Result<(JobRow, bool)> {
+        self.submit_with_keys(spec, policy, trace_parent, &[]).await
+    }
+
+    /// Submit with concurrency keys and their limits, set in the same transaction.
+    pub async fn submit_with_keys(
+        &self,
+        spec: &JobSpec,
+        policy: &RetryPolicy,
+        trace_parent: Option<&str>,
+        keys: &[(String, u32)],
+    ) -> Result<(JobRow, bool)> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let result = match insert_job(&tx, spec, policy, None, None, trace_parent).await? {
-            Some(job) => (job, true),
+            Some(job) => {
+                if !keys.is_empty() {
+                    flow::set_job_keys(&tx, job.id, keys).await?;
+                }
+                (job, true)
+            }
             None => {
                 let row = tx
                     .query_one_cached(
@@ -425,9 +448,18 @@ impl Store {
         spec.idempotency_key = None;
         drover_core::validate::validate_spec(&spec)?;
         let root = orig.original_job_id.unwrap_or(orig.id);
-        let job = insert_job(&tx, &spec, &orig.policy, Some(root), Some(orig.id), None)
+        let mut job = insert_job(&tx, &spec, &orig.policy, Some(root), Some(orig.id), None)
             .await?
             .ok_or_else(|| Error::Internal("retry insert returned nothing".into()))?;
+        // The new job holds the same concurrency keys (their limits are already stored).
+        if !orig.concurrency_keys.is_empty() {
+            tx.execute_cached(
+                "UPDATE jobs SET concurrency_keys = $2 WHERE id = $1",
+                &[&job.id, &orig.concurrency_keys],
+            )
+            .await?;
+            job.concurrency_keys = orig.concurrency_keys.clone();
+        }
         tx.commit().await?;
         Ok(job)
     }
@@ -624,7 +656,7 @@ impl Store {
                     CROSS JOIN LATERAL ( \
                         SELECT id, not_before AS due FROM jobs \
                          WHERE state = 'pending' AND queue = q.name AND not_before <= now() \
-                           AND labels <@ $2 \
+                           AND labels <@ $2 AND concurrency_keys = '{}' \
                          ORDER BY not_before, id LIMIT $3 FOR UPDATE SKIP LOCKED) p \
                      ORDER BY p.due, p.id LIMIT $3), \
                  a AS ( \
@@ -642,8 +674,20 @@ impl Store {
                 &[&queues, &labels, &n, &worker_id, &millis(lease_ttl)],
             )
             .await?;
-        rows.iter()
-            .map(|r| {
+        let mut claimed = rows.iter().map(claimed_from_row).collect::<Result<Vec<_>>>()?;
+        // Jobs with concurrency keys take their own path (a transaction that also counts the
+        // keys), only when the plain claim left slots free and keyed jobs may be waiting.
+        if (claimed.len() as i64) < n && self.keyed_jobs_may_wait() {
+            let more = self
+                .claim_keyed(worker_id, queues, labels, n - claimed.len() as i64, lease_ttl)
+                .await?;
+            claimed.extend(more);
+        }
+        Ok(claimed)
+    }
+}
+
+fn claimed_from_row(r: &Row) -> Result<Claimed> {
                 let Json(env): Json<BTreeMap<String, String>> = r.try_get("env")?;
                 let Json(params): Json<BTreeMap<String, String>> = r.try_get("params")?;
                 Ok(Claimed {
@@ -658,9 +702,9 @@ impl Store {
                     waited: Duration::from_secs_f64(r.try_get::<_, f64>("waited")?.max(0.0)),
                     trace_parent: r.try_get("trace_parent")?,
                 })
-            })
-            .collect()
-    }
+}
+
+impl Store {
 
     /// Records a (re)connecting worker. Attempts the coordinator believes this worker holds
     /// but which the worker no longer runs are marked lost at once (it restarted), instead
@@ -1369,5 +1413,6 @@ async fn insert_event(
     Ok(())
 }
 
+pub mod flow;
 pub mod queues;
 pub mod schedules;

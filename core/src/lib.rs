@@ -2,11 +2,13 @@
 //!
 //! - [`state`] — job and attempt states.
 //! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
+//! - [`flow`] — concurrency keys and their limits.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
 //! - [`params`] — `{name}` placeholder substitution in argv.
 //! - [`schedule`] — cron fire times in a time zone and the catch-up policy.
 //! - [`validate`] — limits and checks on submitted job specs, with errors naming the field.
 
+pub mod flow;
 pub mod logcap;
 pub mod params;
 pub mod retry;

@@ -1,0 +1,166 @@
+//! SQL for concurrency keys: setting a job's keys at submit and the keyed claim.
+//!
+//! A key's `running` count is taken here, in the claim transaction, with
+//! `UPDATE ... WHERE running < max_running`: the row lock serialises claims on one key
+//! across coordinators, and PostgreSQL re-checks the condition on the latest row version,
+//! so two claims can never both take the last slot. The count is given back by a trigger
+//! when the job leaves `running` (V17), whatever made it leave.
+
+use super::{claimed_from_row, millis, Cached, Claimed, Store};
+use crate::error::Result;
+use deadpool_postgres::Transaction;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Keyed jobs were last seen to be absent at this time (ms since the epoch; 0: unknown).
+/// While none exist, the keyed claim is skipped for a second at a time, so a system that
+/// does not use concurrency keys claims exactly as before.
+#[derive(Default)]
+pub struct KeyedHint {
+    none_since_ms: AtomicI64,
+}
+
+const RECHECK_MS: i64 = 1000;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub(super) async fn set_job_keys(
+    tx: &Transaction<'_>,
+    job_id: Uuid,
+    keys: &[(String, u32)],
+) -> Result<()> {
+    let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    let limits: Vec<i32> = keys
+        .iter()
+        .map(|(_, l)| i32::try_from(*l).unwrap_or(i32::MAX))
+        .collect();
+    tx.execute_cached(
+        "UPDATE jobs SET concurrency_keys = $2 WHERE id = $1",
+        &[&job_id, &names],
+    )
+    .await?;
+    tx.execute_cached(
+        "INSERT INTO concurrency_keys (key, max_running) \
+         SELECT * FROM unnest($1::text[], $2::int4[]) \
+         ON CONFLICT (key) DO UPDATE SET max_running = EXCLUDED.max_running, updated_at = now() \
+          WHERE concurrency_keys.max_running <> EXCLUDED.max_running",
+        &[&names, &limits],
+    )
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    pub(super) fn keyed_jobs_may_wait(&self) -> bool {
+        let since = self.keyed.none_since_ms.load(Ordering::Relaxed);
+        since == 0 || now_ms() - since > RECHECK_MS
+    }
+
+    /// A keyed job was submitted through this coordinator: look for keyed jobs again.
+    pub fn keyed_job_submitted(&self) {
+        self.keyed.none_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Leases up to `n` due keyed jobs whose every key is below its limit.
+    pub(super) async fn claim_keyed(
+        &self,
+        worker_id: &str,
+        queues: &[String],
+        labels: &[String],
+        n: i64,
+        lease_ttl: Duration,
+    ) -> Result<Vec<Claimed>> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        // Look a little past n: the first candidates may be blocked by their keys.
+        let scan = (n * 4).max(32);
+        let candidates = tx
+            .query_cached(
+                "SELECT p.id, p.concurrency_keys FROM ( \
+                    SELECT u.name FROM unnest($1::text[]) u(name) \
+                     WHERE NOT EXISTS (SELECT 1 FROM queue_settings qs \
+                                        WHERE qs.queue = u.name AND qs.paused)) q \
+                 CROSS JOIN LATERAL ( \
+                    SELECT id, concurrency_keys, not_before FROM jobs \
+                     WHERE state = 'pending' AND queue = q.name AND not_before <= now() \
+                       AND labels <@ $2 AND concurrency_keys <> '{}' \
+                     ORDER BY not_before, id LIMIT $3 FOR UPDATE SKIP LOCKED) p \
+                 ORDER BY p.not_before, p.id LIMIT $3",
+                &[&queues, &labels, &scan],
+            )
+            .await?;
+        if candidates.is_empty() {
+            let any: bool = tx
+                .query_one_cached(
+                    "SELECT EXISTS (SELECT 1 FROM jobs \
+                      WHERE state = 'pending' AND concurrency_keys <> '{}')",
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            if !any {
+                self.keyed.none_since_ms.store(now_ms(), Ordering::Relaxed);
+            }
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        self.keyed.none_since_ms.store(0, Ordering::Relaxed);
+        let mut chosen: Vec<Uuid> = Vec::new();
+        for r in &candidates {
+            if chosen.len() as i64 >= n {
+                break;
+            }
+            let id: Uuid = r.try_get(0)?;
+            let keys: Vec<String> = r.try_get(1)?;
+            // All of the job's keys or none: take what is free, give it back if not all.
+            let got = tx
+                .query_cached(
+                    "UPDATE concurrency_keys SET running = running + 1, updated_at = now() \
+                      WHERE key = ANY ($1) AND running < max_running RETURNING key",
+                    &[&keys],
+                )
+                .await?;
+            if got.len() == keys.len() {
+                chosen.push(id);
+            } else if !got.is_empty() {
+                let taken: Vec<String> = got
+                    .iter()
+                    .map(|g| g.try_get(0))
+                    .collect::<std::result::Result<_, _>>()?;
+                tx.execute_cached(
+                    "UPDATE concurrency_keys SET running = running - 1 WHERE key = ANY ($1)",
+                    &[&taken],
+                )
+                .await?;
+            }
+        }
+        if chosen.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let rows = tx
+            .query_cached(
+                "WITH c AS (SELECT id, not_before AS due FROM jobs WHERE id = ANY ($1)), \
+                 a AS ( \
+                    INSERT INTO attempts (id, job_id, number, worker_id, state, lease_expires_at) \
+                    SELECT gen_random_uuid(), j.id, j.attempt_count + 1, $2, 'running', \
+                           now() + $3 * interval '1 millisecond' \
+                      FROM jobs j JOIN c ON c.id = j.id \
+                    RETURNING id, job_id, number) \
+                 UPDATE jobs j SET state = 'running', current_attempt_id = a.id, \
+                        attempt_count = a.number, reason = '', updated_at = now() \
+                   FROM a JOIN c ON c.id = a.job_id WHERE j.id = a.job_id \
+                 RETURNING a.id AS attempt_id, j.id AS job_id, a.number, j.argv, j.env, \
+                           j.params, j.timeout_ms, j.outputs, j.trace_parent, \
+                           extract(epoch FROM now() - c.due)::float8 AS waited",
+                &[&chosen, &worker_id, &millis(lease_ttl)],
+            )
+            .await?;
+        let out = rows.iter().map(claimed_from_row).collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(out)
+    }
+}

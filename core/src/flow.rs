@@ -1,0 +1,100 @@
+//! Flow control settings on a job: concurrency keys and their limit.
+
+use crate::validate::ValidationError;
+
+pub const MAX_KEYS: usize = 16;
+pub const MAX_KEY_LEN: usize = 128;
+pub const MAX_CONCURRENCY_LIMIT: u32 = 10_000;
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
+    ValidationError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Checks a job's concurrency keys (e.g. `site:netkeiba`) and returns them sorted without
+/// duplicates: 1 to 128 bytes of printable ASCII without spaces, at most 16 per job.
+pub fn check_keys(keys: &[String]) -> Result<Vec<String>, ValidationError> {
+    if keys.len() > MAX_KEYS {
+        return Err(err(
+            "concurrency_keys",
+            format!("{} keys; the limit is {MAX_KEYS}", keys.len()),
+        ));
+    }
+    for (i, k) in keys.iter().enumerate() {
+        if k.is_empty() || k.len() > MAX_KEY_LEN {
+            return Err(err(
+                format!("concurrency_keys[{i}]"),
+                format!("must be 1 to {MAX_KEY_LEN} bytes"),
+            ));
+        }
+        if let Some(c) = k.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(err(
+                format!("concurrency_keys[{i}]"),
+                format!("{k:?} contains {c:?}; use printable ASCII without spaces"),
+            ));
+        }
+    }
+    let mut out = keys.to_vec();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The limit for `key`: the one given at submit (non-zero), else that of the longest
+/// configured pattern (glob, e.g. `site:*`) that matches, else 1.
+pub fn limit_for(key: &str, given: u32, patterns: &[(String, u32)]) -> u32 {
+    if given > 0 {
+        return given;
+    }
+    patterns
+        .iter()
+        .filter(|(p, _)| glob::Pattern::new(p).map(|p| p.matches(key)).unwrap_or(false))
+        .max_by_key(|(p, _)| p.len())
+        .map(|(_, l)| *l)
+        .unwrap_or(1)
+}
+
+pub fn check_limit(field: &str, limit: u32) -> Result<(), ValidationError> {
+    if limit > MAX_CONCURRENCY_LIMIT {
+        return Err(err(
+            field,
+            format!("must be at most {MAX_CONCURRENCY_LIMIT}, got {limit}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked_sorted_and_deduplicated() {
+        let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            check_keys(&k(&["site:b", "site:a", "site:b"])).unwrap(),
+            k(&["site:a", "site:b"])
+        );
+        let cases: &[(Vec<String>, &str)] = &[
+            (k(&[""]), "concurrency_keys[0]"),
+            (k(&["ok", "has space"]), "concurrency_keys[1]"),
+            (vec!["x".repeat(129)], "concurrency_keys[0]"),
+            (vec!["k".to_string(); 17], "concurrency_keys"),
+        ];
+        for (keys, field) in cases {
+            assert_eq!(check_keys(keys).unwrap_err().field, *field);
+        }
+    }
+
+    #[test]
+    fn limit_comes_from_submit_then_pattern_then_one() {
+        let pats = vec![("*".to_string(), 5), ("site:*".to_string(), 2)];
+        assert_eq!(limit_for("site:netkeiba", 3, &pats), 3);
+        assert_eq!(limit_for("site:netkeiba", 0, &pats), 2);
+        assert_eq!(limit_for("db:main", 0, &pats), 5);
+        assert_eq!(limit_for("db:main", 0, &[]), 1);
+        assert!(check_limit("concurrency_limit", 10_001).is_err());
+    }
+}
