@@ -89,6 +89,9 @@ pub struct QueueConfig {
     pub timeout_ms: i64,
     /// Retry policy fields that differ from the server's `retry`.
     pub retry: PolicyOverrides,
+    /// At most this many jobs of the queue run at once (jobs submitted while it is set
+    /// hold the concurrency key `queue:<name>` with this limit).
+    pub max_running: Option<u32>,
 }
 
 impl Config {
@@ -179,6 +182,13 @@ impl Config {
             let (policy, timeout) = self.queue_defaults(name);
             drover_core::validate::validate_policy(&policy)
                 .map_err(|e| format!("queues.{name}.{e}"))?;
+            if let Some(m) = q.max_running {
+                if m == 0 {
+                    return Err(format!("queues.{name}.max_running: must be at least 1"));
+                }
+                drover_core::flow::check_limit(&format!("queues.{name}.max_running"), m)
+                    .map_err(|e| e.to_string())?;
+            }
             if timeout < 0 || q.timeout_ms < 0 {
                 return Err(format!("queues.{name}.timeout_ms: must not be negative"));
             }

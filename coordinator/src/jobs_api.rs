@@ -21,6 +21,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub const DEFAULT_QUEUE: &str = "default";
+/// Concurrency keys with this prefix carry a queue's max_running.
+pub const QUEUE_KEY_PREFIX: &str = "queue:";
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 1000;
 
@@ -83,13 +85,28 @@ pub fn keys_from_pb(
         .iter()
         .map(|(p, l)| (p.clone(), *l))
         .collect();
-    Ok(keys
+    if let Some(i) = keys.iter().position(|k| k.starts_with(QUEUE_KEY_PREFIX)) {
+        return Err(Error::Invalid(format!(
+            "concurrency_keys[{i}]: the prefix {QUEUE_KEY_PREFIX:?} is reserved for \
+             queues.<name>.max_running"
+        )));
+    }
+    let mut out: Vec<(String, u32)> = keys
         .into_iter()
         .map(|k| {
             let l = drover_core::flow::limit_for(&k, spec.concurrency_limit, &patterns);
             (k, l)
         })
-        .collect())
+        .collect();
+    let queue = if spec.queue.is_empty() {
+        DEFAULT_QUEUE
+    } else {
+        spec.queue.as_str()
+    };
+    if let Some(max) = config.queues.get(queue).and_then(|q| q.max_running) {
+        out.push((format!("{QUEUE_KEY_PREFIX}{queue}"), max));
+    }
+    Ok(out)
 }
 
 fn page_token(j: &crate::store::JobRow) -> String {

@@ -158,3 +158,43 @@ async fn a_job_with_two_keys_waits_for_both_and_bad_keys_are_refused() -> anyhow
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn queue_max_running_holds_from_the_jobs_own_timestamps() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let opts = CoordinatorOpts {
+        config_toml: Some("[queues.scrape]\nmax_running = 2\n".into()),
+        ..Default::default()
+    };
+    let (_c, addr) = cl.coordinator("c", &opts)?;
+    let _w1 = cl.worker("w1", &addr, 4, &["--queue", "scrape"])?;
+    let _w2 = cl.worker("w2", &addr, 4, &["--queue", "scrape"])?;
+    let file = cl.path("scrape.txt");
+    let mut api = jobs(&addr).await?;
+    let mut ids = Vec::new();
+    for _ in 0..12 {
+        let spec = pb::JobSpec {
+            queue: "scrape".into(),
+            ..keyed(&file, &[], 0)
+        };
+        ids.push(submit(&mut api, spec).await?.id);
+    }
+    for id in &ids {
+        wait_state(&mut api, id, pb::JobState::Succeeded).await?;
+    }
+    let text = std::fs::read_to_string(&file)?;
+    assert_eq!(max_overlap(&text), 2, "{text}");
+    // The reserved prefix is refused.
+    let e = api
+        .submit_job(pb::SubmitJobRequest {
+            spec: Some(pb::JobSpec {
+                concurrency_keys: vec!["queue:scrape".into()],
+                ..sh("true")
+            }),
+        })
+        .await
+        .expect_err("reserved");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().starts_with("concurrency_keys[0]"), "{}", e.message());
+    Ok(())
+}
