@@ -171,6 +171,9 @@ struct SubmitArgs {
     /// Limit for this job's keys (default: the coordinator's configured pattern, else 1).
     #[arg(long, requires = "concurrency_keys")]
     concurrency_limit: Option<u32>,
+    /// Higher runs first within the queue (0..1000; default: the queue's).
+    #[arg(long)]
+    priority: Option<i32>,
     /// Wait for the job to finish; exit 0 only if it succeeded.
     #[arg(long)]
     wait: bool,
@@ -505,6 +508,7 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
         outputs: a.outputs,
         concurrency_keys: a.concurrency_keys,
         concurrency_limit: a.concurrency_limit.unwrap_or(0),
+        priority: a.priority.unwrap_or(0),
     };
     let mut c = connect(addr).await?;
     let r = c

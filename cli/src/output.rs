@@ -59,6 +59,7 @@ pub fn job_json(j: &pb::Job) -> Value {
         "env": spec.env,
         "labels": spec.labels,
         "concurrency_keys": spec.concurrency_keys,
+        "priority": spec.priority,
         "timeout_ms": spec.timeout_ms,
         "idempotency_key": spec.idempotency_key,
         "outputs": spec.outputs,
@@ -162,6 +163,9 @@ pub fn job_detail(j: &pb::Job, attempts: &[pb::Attempt], retried_by: &[String]) 
     }
     if !spec.concurrency_keys.is_empty() {
         line("keys", spec.concurrency_keys.join(","));
+    }
+    if spec.priority != 0 {
+        line("priority", spec.priority.to_string());
     }
     if spec.timeout_ms > 0 {
         line("timeout", format!("{}s", spec.timeout_ms as f64 / 1000.0));

@@ -209,6 +209,7 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
                 outputs: Vec::new(),
                 concurrency_keys: Vec::new(),
                 concurrency_limit: 0,
+                priority: 0,
             };
             let r = c
                 .create_schedule(pb::CreateScheduleRequest {

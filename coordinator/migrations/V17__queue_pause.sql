@@ -35,3 +35,8 @@ CREATE TRIGGER jobs_release_concurrency_keys AFTER UPDATE OF state ON jobs
     FOR EACH ROW WHEN (OLD.state = 'running' AND NEW.state <> 'running'
                        AND OLD.concurrency_keys <> '{}')
     EXECUTE FUNCTION drover_release_concurrency_keys();
+
+-- Priority of a job (higher first within a queue). The claim's order is unchanged
+-- (not_before, id): a job of priority p is submitted with not_before moved p x
+-- priority_aging_ms into the past, so it ranks as if it had waited that much longer.
+ALTER TABLE jobs ADD COLUMN priority integer NOT NULL DEFAULT 0;

@@ -53,6 +53,8 @@ pub struct Config {
     /// Limits of concurrency keys by glob pattern (`"site:*" = 2`); the longest matching
     /// pattern applies when a job gives no limit. Unmatched keys: 1.
     pub concurrency_limits: BTreeMap<String, u32>,
+    /// A job of priority p ranks as if it had waited p times this long already.
+    pub priority_aging_ms: u64,
 }
 
 impl Default for Config {
@@ -77,6 +79,7 @@ impl Default for Config {
             schedule_interval_ms: 500,
             schedule_misfire_grace_ms: 60_000,
             concurrency_limits: BTreeMap::new(),
+            priority_aging_ms: 60_000,
         }
     }
 }
@@ -92,6 +95,8 @@ pub struct QueueConfig {
     /// At most this many jobs of the queue run at once (jobs submitted while it is set
     /// hold the concurrency key `queue:<name>` with this limit).
     pub max_running: Option<u32>,
+    /// Priority of the queue's jobs that give none (0).
+    pub priority: i32,
 }
 
 impl Config {
@@ -163,6 +168,9 @@ impl Config {
                 self.schedule_misfire_grace_ms, self.schedule_interval_ms
             ));
         }
+        if self.priority_aging_ms == 0 || self.priority_aging_ms > 86_400_000 {
+            return Err("priority_aging_ms must be 1 to 86400000".into());
+        }
         for (pattern, limit) in &self.concurrency_limits {
             if let Err(e) = glob::Pattern::new(pattern) {
                 return Err(format!("concurrency_limits.{pattern:?}: bad pattern: {e}"));
@@ -182,6 +190,8 @@ impl Config {
             let (policy, timeout) = self.queue_defaults(name);
             drover_core::validate::validate_policy(&policy)
                 .map_err(|e| format!("queues.{name}.{e}"))?;
+            drover_core::flow::check_priority(&format!("queues.{name}.priority"), q.priority)
+                .map_err(|e| e.to_string())?;
             if let Some(m) = q.max_running {
                 if m == 0 {
                     return Err(format!("queues.{name}.max_running: must be at least 1"));

@@ -108,6 +108,7 @@ pub fn job_to_pb(j: &JobRow) -> pb::Job {
             outputs: j.spec.outputs.clone(),
             concurrency_keys: j.concurrency_keys.clone(),
             concurrency_limit: 0,
+            priority: j.priority,
         }),
         state: job_state(j.state) as i32,
         attempt_count: j.attempt_count.max(0) as u32,

@@ -144,13 +144,32 @@ impl JobService for JobsApi {
         let trace_parent = span.in_scope(drover_telemetry::traceparent);
         let pspec = req.into_inner().spec;
         let keys = keys_from_pb(pspec.as_ref(), &self.config)?;
+        let given_priority = pspec.as_ref().map(|s| s.priority).unwrap_or(0);
+        drover_core::flow::check_priority("priority", given_priority).map_err(Error::from)?;
         let (spec, policy) = spec_from_pb(pspec, &self.config)?;
         if !keys.is_empty() {
             self.store.keyed_job_submitted();
         }
+        let priority = if given_priority != 0 {
+            given_priority
+        } else {
+            self.config
+                .queues
+                .get(&spec.queue)
+                .map(|q| q.priority)
+                .unwrap_or(0)
+        };
+        let flow = crate::store::flow::Flow {
+            keys,
+            priority,
+            priority_shift_ms: drover_core::flow::priority_shift_ms(
+                priority,
+                self.config.priority_aging_ms,
+            ),
+        };
         let (job, created) = self
             .store
-            .submit_with_keys(&spec, &policy, trace_parent.as_deref(), &keys)
+            .submit_with_flow(&spec, &policy, trace_parent.as_deref(), &flow)
             .instrument(span.clone())
             .await?;
         span.record("job_id", tracing::field::display(job.id));

@@ -47,6 +47,7 @@ pub fn schedule_to_pb(s: &ScheduleRow) -> pb::Schedule {
             outputs: spec.outputs,
             concurrency_keys: Vec::new(),
             concurrency_limit: 0,
+            priority: 0,
         }),
         catch_up: s.catch_up.as_str().into(),
         overlap: s.overlap.as_str().into(),
@@ -97,6 +98,11 @@ pub fn schedule_from_pb(
     if !pspec.concurrency_keys.is_empty() {
         return Err(Error::Invalid(
             "schedule.spec.concurrency_keys: not supported on schedules yet".into(),
+        ));
+    }
+    if pspec.priority != 0 {
+        return Err(Error::Invalid(
+            "schedule.spec.priority: not supported on schedules yet".into(),
         ));
     }
     if !pspec.idempotency_key.is_empty() {

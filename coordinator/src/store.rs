@@ -73,7 +73,8 @@ pub const CONTROL_CHANNEL: &str = "drover_control";
 const JOB_COLUMNS: &str = "j.id, j.queue, j.state, j.argv, j.env, j.labels, j.params, \
     j.timeout_ms, j.retry_policy, j.idempotency_key, j.original_job_id, j.retry_of, \
     j.attempt_count, j.current_attempt_id, j.not_before, j.reason, j.created_at, \
-    j.updated_at, j.finished_at, j.cancel_requested_at, j.outputs, j.concurrency_keys";
+    j.updated_at, j.finished_at, j.cancel_requested_at, j.outputs, j.concurrency_keys, \
+    j.priority";
 
 const ATTEMPT_COLUMNS: &str = "a.id, a.job_id, a.number, a.worker_id, a.state, a.started_at, \
     a.lease_expires_at, a.finished_at, a.exit_code, a.signal, a.reason, a.log_bytes, \
@@ -97,6 +98,7 @@ pub struct JobRow {
     pub cancel_requested: bool,
     /// Concurrency keys the job holds while it runs.
     pub concurrency_keys: Vec<String>,
+    pub priority: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -307,6 +309,7 @@ fn job_from_row(r: &Row) -> Result<JobRow> {
             .try_get::<_, Option<DateTime<Utc>>>("cancel_requested_at")?
             .is_some(),
         concurrency_keys: r.try_get("concurrency_keys")?,
+        priority: r.try_get("priority")?,
     })
 }
 
@@ -371,25 +374,34 @@ impl Store {
         policy: &RetryPolicy,
         trace_parent: Option<&str>,
     ) -> Result<(JobRow, bool)> {
-        self.submit_with_keys(spec, policy, trace_parent, &[]).await
+        self.submit_with_flow(spec, policy, trace_parent, &flow::Flow::default())
+            .await
     }
 
-    /// Submit with concurrency keys and their limits, set in the same transaction.
-    pub async fn submit_with_keys(
+    /// Submit with flow-control settings (keys, priority), set in the same transaction.
+    pub async fn submit_with_flow(
         &self,
         spec: &JobSpec,
         policy: &RetryPolicy,
         trace_parent: Option<&str>,
-        keys: &[(String, u32)],
+        flow: &flow::Flow,
     ) -> Result<(JobRow, bool)> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let result = match insert_job(&tx, spec, policy, None, None, trace_parent).await? {
             Some(job) => {
-                if !keys.is_empty() {
-                    flow::set_job_keys(&tx, job.id, keys).await?;
+                if flow.priority != 0 || !flow.keys.is_empty() {
+                    flow::set_job_flow(&tx, job.id, flow).await?;
+                    let row = tx
+                        .query_one_cached(
+                            &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
+                            &[&job.id],
+                        )
+                        .await?;
+                    (job_from_row(&row)?, true)
+                } else {
+                    (job, true)
                 }
-                (job, true)
             }
             None => {
                 let row = tx
@@ -452,13 +464,15 @@ impl Store {
             .await?
             .ok_or_else(|| Error::Internal("retry insert returned nothing".into()))?;
         // The new job holds the same concurrency keys (their limits are already stored).
-        if !orig.concurrency_keys.is_empty() {
+        // ... and records the same priority (its rank is not shifted: see architecture.md).
+        if !orig.concurrency_keys.is_empty() || orig.priority != 0 {
             tx.execute_cached(
-                "UPDATE jobs SET concurrency_keys = $2 WHERE id = $1",
-                &[&job.id, &orig.concurrency_keys],
+                "UPDATE jobs SET concurrency_keys = $2, priority = $3 WHERE id = $1",
+                &[&job.id, &orig.concurrency_keys, &orig.priority],
             )
             .await?;
             job.concurrency_keys = orig.concurrency_keys.clone();
+            job.priority = orig.priority;
         }
         tx.commit().await?;
         Ok(job)

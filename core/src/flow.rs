@@ -5,6 +5,22 @@ use crate::validate::ValidationError;
 pub const MAX_KEYS: usize = 16;
 pub const MAX_KEY_LEN: usize = 128;
 pub const MAX_CONCURRENCY_LIMIT: u32 = 10_000;
+pub const MAX_PRIORITY: i32 = 1000;
+
+pub fn check_priority(field: &str, p: i32) -> Result<(), ValidationError> {
+    // Not negative: a negative rank shift would move the job's ready time into the future,
+    // delaying it even on an idle system.
+    if !(0..=MAX_PRIORITY).contains(&p) {
+        return Err(err(field, format!("must be 0 to {MAX_PRIORITY}, got {p}")));
+    }
+    Ok(())
+}
+
+/// How far into the past a job of `priority` has its ready time moved: it ranks as if it
+/// had been waiting `priority x aging_ms` longer.
+pub fn priority_shift_ms(priority: i32, aging_ms: u64) -> i64 {
+    i64::from(priority).saturating_mul(i64::try_from(aging_ms).unwrap_or(i64::MAX))
+}
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ValidationError {
     ValidationError {
@@ -96,5 +112,9 @@ mod tests {
         assert_eq!(limit_for("db:main", 0, &pats), 5);
         assert_eq!(limit_for("db:main", 0, &[]), 1);
         assert!(check_limit("concurrency_limit", 10_001).is_err());
+        assert!(check_priority("priority", 1001).is_err());
+        assert!(check_priority("priority", -1).is_err());
+        assert!(check_priority("priority", 1000).is_ok());
+        assert_eq!(priority_shift_ms(3, 60_000), 180_000);
     }
 }

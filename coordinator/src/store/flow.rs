@@ -27,7 +27,32 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-pub(super) async fn set_job_keys(
+/// Flow-control settings of a job being submitted.
+#[derive(Debug, Clone, Default)]
+pub struct Flow {
+    /// Keys with the limit each gets.
+    pub keys: Vec<(String, u32)>,
+    pub priority: i32,
+    /// How far the job's ready time moves into the past for its priority.
+    pub priority_shift_ms: i64,
+}
+
+pub(super) async fn set_job_flow(tx: &Transaction<'_>, job_id: Uuid, flow: &Flow) -> Result<()> {
+    if flow.priority != 0 {
+        tx.execute_cached(
+            "UPDATE jobs SET priority = $2, \
+                    not_before = not_before - $3 * interval '1 millisecond' WHERE id = $1",
+            &[&job_id, &flow.priority, &(flow.priority_shift_ms as f64)],
+        )
+        .await?;
+    }
+    if !flow.keys.is_empty() {
+        set_job_keys(tx, job_id, &flow.keys).await?;
+    }
+    Ok(())
+}
+
+async fn set_job_keys(
     tx: &Transaction<'_>,
     job_id: Uuid,
     keys: &[(String, u32)],
