@@ -176,7 +176,9 @@ impl Config {
                 return Err(format!("concurrency_limits.{pattern:?}: bad pattern: {e}"));
             }
             if *limit == 0 {
-                return Err(format!("concurrency_limits.{pattern:?}: must be at least 1"));
+                return Err(format!(
+                    "concurrency_limits.{pattern:?}: must be at least 1"
+                ));
             }
             drover_core::flow::check_limit(&format!("concurrency_limits.{pattern:?}"), *limit)
                 .map_err(|e| e.to_string())?;

@@ -688,12 +688,21 @@ impl Store {
                 &[&queues, &labels, &n, &worker_id, &millis(lease_ttl)],
             )
             .await?;
-        let mut claimed = rows.iter().map(claimed_from_row).collect::<Result<Vec<_>>>()?;
+        let mut claimed = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>>>()?;
         // Jobs with concurrency keys take their own path (a transaction that also counts the
         // keys), only when the plain claim left slots free and keyed jobs may be waiting.
         if (claimed.len() as i64) < n && self.keyed_jobs_may_wait() {
             let more = self
-                .claim_keyed(worker_id, queues, labels, n - claimed.len() as i64, lease_ttl)
+                .claim_keyed(
+                    worker_id,
+                    queues,
+                    labels,
+                    n - claimed.len() as i64,
+                    lease_ttl,
+                )
                 .await?;
             claimed.extend(more);
         }
@@ -702,24 +711,23 @@ impl Store {
 }
 
 fn claimed_from_row(r: &Row) -> Result<Claimed> {
-                let Json(env): Json<BTreeMap<String, String>> = r.try_get("env")?;
-                let Json(params): Json<BTreeMap<String, String>> = r.try_get("params")?;
-                Ok(Claimed {
-                    attempt_id: r.try_get("attempt_id")?,
-                    job_id: r.try_get("job_id")?,
-                    number: r.try_get("number")?,
-                    argv: r.try_get("argv")?,
-                    env,
-                    params,
-                    timeout_ms: r.try_get("timeout_ms")?,
-                    outputs: r.try_get("outputs")?,
-                    waited: Duration::from_secs_f64(r.try_get::<_, f64>("waited")?.max(0.0)),
-                    trace_parent: r.try_get("trace_parent")?,
-                })
+    let Json(env): Json<BTreeMap<String, String>> = r.try_get("env")?;
+    let Json(params): Json<BTreeMap<String, String>> = r.try_get("params")?;
+    Ok(Claimed {
+        attempt_id: r.try_get("attempt_id")?,
+        job_id: r.try_get("job_id")?,
+        number: r.try_get("number")?,
+        argv: r.try_get("argv")?,
+        env,
+        params,
+        timeout_ms: r.try_get("timeout_ms")?,
+        outputs: r.try_get("outputs")?,
+        waited: Duration::from_secs_f64(r.try_get::<_, f64>("waited")?.max(0.0)),
+        trace_parent: r.try_get("trace_parent")?,
+    })
 }
 
 impl Store {
-
     /// Records a (re)connecting worker. Attempts the coordinator believes this worker holds
     /// but which the worker no longer runs are marked lost at once (it restarted), instead
     /// of waiting for their leases to expire. Returns those, and the attempts the worker

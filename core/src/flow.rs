@@ -66,7 +66,11 @@ pub fn limit_for(key: &str, given: u32, patterns: &[(String, u32)]) -> u32 {
     }
     patterns
         .iter()
-        .filter(|(p, _)| glob::Pattern::new(p).map(|p| p.matches(key)).unwrap_or(false))
+        .filter(|(p, _)| {
+            glob::Pattern::new(p)
+                .map(|p| p.matches(key))
+                .unwrap_or(false)
+        })
         .max_by_key(|(p, _)| p.len())
         .map(|(_, l)| *l)
         .unwrap_or(1)

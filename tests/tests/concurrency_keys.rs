@@ -39,8 +39,8 @@ fn keyed(file: &std::path::Path, keys: &[&str], limit: u32) -> pb::JobSpec {
 }
 
 #[tokio::test]
-async fn key_limit_of_two_holds_for_50_jobs_on_4_workers_and_2_coordinators(
-) -> anyhow::Result<()> {
+async fn key_limit_of_two_holds_for_50_jobs_on_4_workers_and_2_coordinators() -> anyhow::Result<()>
+{
     let cl = Cluster::new().await?;
     let (_c1, a1) = cl.coordinator("c1", &CoordinatorOpts::default())?;
     let (_c2, a2) = cl.coordinator("c2", &CoordinatorOpts::default())?;
@@ -52,10 +52,18 @@ async fn key_limit_of_two_holds_for_50_jobs_on_4_workers_and_2_coordinators(
     let mut api = jobs(&a1).await?;
     let mut ids = Vec::new();
     for i in 0..50 {
-        ids.push(submit(&mut api, keyed(&site, &["site:netkeiba"], 2)).await?.id);
+        ids.push(
+            submit(&mut api, keyed(&site, &["site:netkeiba"], 2))
+                .await?
+                .id,
+        );
         // Unkeyed and other-key jobs in between run freely.
         if i % 5 == 0 {
-            ids.push(submit(&mut api, keyed(&other, &["site:other"], 16)).await?.id);
+            ids.push(
+                submit(&mut api, keyed(&other, &["site:other"], 16))
+                    .await?
+                    .id,
+            );
             ids.push(submit(&mut api, sh("true")).await?.id);
         }
     }
@@ -93,7 +101,10 @@ async fn a_job_with_two_keys_waits_for_both_and_bad_keys_are_refused() -> anyhow
         pb::JobSpec {
             concurrency_keys: vec!["a".into()],
             concurrency_limit: 1,
-            ..sh(&format!("while [ ! -e {} ]; do sleep 0.05; done", go.display()))
+            ..sh(&format!(
+                "while [ ! -e {} ]; do sleep 0.05; done",
+                go.display()
+            ))
         },
     )
     .await?;
@@ -195,6 +206,10 @@ async fn queue_max_running_holds_from_the_jobs_own_timestamps() -> anyhow::Resul
         .await
         .expect_err("reserved");
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().starts_with("concurrency_keys[0]"), "{}", e.message());
+    assert!(
+        e.message().starts_with("concurrency_keys[0]"),
+        "{}",
+        e.message()
+    );
     Ok(())
 }

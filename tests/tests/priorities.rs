@@ -7,11 +7,17 @@ use std::time::Duration;
 use tonic::Code;
 
 /// Submits a job that holds the worker's only slot until the file `go` exists.
-async fn blocker(cl: &Cluster, api: &mut JobsClient) -> anyhow::Result<(pb::Job, std::path::PathBuf)> {
+async fn blocker(
+    cl: &Cluster,
+    api: &mut JobsClient,
+) -> anyhow::Result<(pb::Job, std::path::PathBuf)> {
     let go = cl.path("go");
     let j = submit(
         api,
-        sh(&format!("while [ ! -e {} ]; do sleep 0.05; done", go.display())),
+        sh(&format!(
+            "while [ ! -e {} ]; do sleep 0.05; done",
+            go.display()
+        )),
     )
     .await?;
     wait_state(api, &j.id, pb::JobState::Running).await?;
@@ -61,7 +67,10 @@ async fn higher_priority_runs_first_within_a_queue() -> anyhow::Result<()> {
     }
     let (j, _) = get(&mut api, &ids[3]).await?;
     assert_eq!(j.spec.unwrap_or_default().priority, 10);
-    assert_eq!(run_order(&mut api, &go, &file, &ids).await?, ["d", "b", "e", "a", "c"]);
+    assert_eq!(
+        run_order(&mut api, &go, &file, &ids).await?,
+        ["d", "b", "e", "a", "c"]
+    );
     for bad in [1001, -1] {
         let e = api
             .submit_job(pb::SubmitJobRequest {

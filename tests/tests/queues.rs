@@ -8,8 +8,7 @@ use std::time::Duration;
 use tonic::Code;
 
 #[tokio::test]
-async fn paused_queue_leases_nothing_running_jobs_finish_resume_releases() -> anyhow::Result<()>
-{
+async fn paused_queue_leases_nothing_running_jobs_finish_resume_releases() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
     let opts = CoordinatorOpts {
         port: free_port(),
@@ -58,10 +57,7 @@ async fn paused_queue_leases_nothing_running_jobs_finish_resume_releases() -> an
             "{j:?} {a:?}"
         );
     }
-    let list = qs
-        .list_queues(pb::ListQueuesRequest {})
-        .await?
-        .into_inner();
+    let list = qs.list_queues(pb::ListQueuesRequest {}).await?.into_inner();
     let scrape = list
         .queues
         .iter()

@@ -52,11 +52,7 @@ pub(super) async fn set_job_flow(tx: &Transaction<'_>, job_id: Uuid, flow: &Flow
     Ok(())
 }
 
-async fn set_job_keys(
-    tx: &Transaction<'_>,
-    job_id: Uuid,
-    keys: &[(String, u32)],
-) -> Result<()> {
+async fn set_job_keys(tx: &Transaction<'_>, job_id: Uuid, keys: &[(String, u32)]) -> Result<()> {
     let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
     let limits: Vec<i32> = keys
         .iter()
@@ -184,7 +180,10 @@ impl Store {
                 &[&chosen, &worker_id, &millis(lease_ttl)],
             )
             .await?;
-        let out = rows.iter().map(claimed_from_row).collect::<Result<Vec<_>>>()?;
+        let out = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         Ok(out)
     }
