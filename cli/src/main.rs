@@ -171,6 +171,9 @@ struct SubmitArgs {
     /// Limit for this job's keys (default: the coordinator's configured pattern, else 1).
     #[arg(long, requires = "concurrency_keys")]
     concurrency_limit: Option<u32>,
+    /// Run only after these jobs succeeded (comma-separated ids); cancelled if one fails.
+    #[arg(long, value_delimiter = ',', value_name = "JOB[,JOB...]")]
+    after: Vec<String>,
     /// Higher runs first within the queue (0..1000; default: the queue's).
     #[arg(long)]
     priority: Option<i32>,
@@ -321,9 +324,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let mut v = output::job_json(&j);
                 v["attempts"] = r.attempts.iter().map(output::attempt_json).collect();
                 v["retried_by"] = r.retried_by.clone().into();
+                v["waiting_for"] = r.waiting_for.clone().into();
                 print_json(&v)?;
             } else {
                 print!("{}", output::job_detail(&j, &r.attempts, &r.retried_by));
+                if !r.waiting_for.is_empty() {
+                    println!("waiting: after job {}", r.waiting_for.join(", "));
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -509,6 +516,7 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
         concurrency_keys: a.concurrency_keys,
         concurrency_limit: a.concurrency_limit.unwrap_or(0),
         priority: a.priority.unwrap_or(0),
+        after: a.after,
     };
     let mut c = connect(addr).await?;
     let r = c

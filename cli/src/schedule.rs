@@ -210,6 +210,7 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
                 concurrency_keys: Vec::new(),
                 concurrency_limit: 0,
                 priority: 0,
+                after: Vec::new(),
             };
             let r = c
                 .create_schedule(pb::CreateScheduleRequest {

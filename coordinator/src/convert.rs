@@ -109,6 +109,7 @@ pub fn job_to_pb(j: &JobRow) -> pb::Job {
             concurrency_keys: j.concurrency_keys.clone(),
             concurrency_limit: 0,
             priority: j.priority,
+            after: Vec::new(),
         }),
         state: job_state(j.state) as i32,
         attempt_count: j.attempt_count.max(0) as u32,

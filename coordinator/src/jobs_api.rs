@@ -70,6 +70,25 @@ pub fn spec_from_pb(
     Ok((out, policy))
 }
 
+/// The jobs a submitted job runs after (`after[i]` names a bad one).
+pub fn after_from_pb(spec: Option<&pb::JobSpec>) -> Result<Vec<Uuid>, Error> {
+    let Some(spec) = spec else {
+        return Ok(Vec::new());
+    };
+    let max = crate::store::flow::MAX_AFTER;
+    if spec.after.len() > max {
+        return Err(Error::Invalid(format!(
+            "after: {} jobs; the limit is {max}",
+            spec.after.len()
+        )));
+    }
+    spec.after
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_id(&format!("after[{i}]"), s))
+        .collect()
+}
+
 /// A submitted job's concurrency keys with the limit each gets (submit, else config).
 pub fn keys_from_pb(
     spec: Option<&pb::JobSpec>,
@@ -143,6 +162,7 @@ impl JobService for JobsApi {
         }
         let trace_parent = span.in_scope(drover_telemetry::traceparent);
         let pspec = req.into_inner().spec;
+        let after = after_from_pb(pspec.as_ref())?;
         let keys = keys_from_pb(pspec.as_ref(), &self.config)?;
         let given_priority = pspec.as_ref().map(|s| s.priority).unwrap_or(0);
         drover_core::flow::check_priority("priority", given_priority).map_err(Error::from)?;
@@ -166,6 +186,7 @@ impl JobService for JobsApi {
                 priority,
                 self.config.priority_aging_ms,
             ),
+            after,
         };
         let (job, created) = self
             .store
@@ -196,10 +217,12 @@ impl JobService for JobsApi {
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         let attempts = self.store.list_attempts(id).await?;
         let retried_by = self.store.retried_by(id).await?;
+        let waiting_for = self.store.waiting_for(id).await?;
         Ok(Response::new(pb::GetJobResponse {
             job: Some(convert::job_to_pb(&job)),
             attempts: attempts.iter().map(convert::attempt_to_pb).collect(),
             retried_by: retried_by.iter().map(Uuid::to_string).collect(),
+            waiting_for: waiting_for.iter().map(Uuid::to_string).collect(),
         }))
     }
 

@@ -48,6 +48,7 @@ pub fn schedule_to_pb(s: &ScheduleRow) -> pb::Schedule {
             concurrency_keys: Vec::new(),
             concurrency_limit: 0,
             priority: 0,
+            after: Vec::new(),
         }),
         catch_up: s.catch_up.as_str().into(),
         overlap: s.overlap.as_str().into(),
@@ -98,6 +99,11 @@ pub fn schedule_from_pb(
     if !pspec.concurrency_keys.is_empty() {
         return Err(Error::Invalid(
             "schedule.spec.concurrency_keys: not supported on schedules yet".into(),
+        ));
+    }
+    if !pspec.after.is_empty() {
+        return Err(Error::Invalid(
+            "schedule.spec.after: not supported on schedules".into(),
         ));
     }
     if pspec.priority != 0 {

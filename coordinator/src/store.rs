@@ -390,7 +390,7 @@ impl Store {
         let tx = c.transaction().await?;
         let result = match insert_job(&tx, spec, policy, None, None, trace_parent).await? {
             Some(job) => {
-                if flow.priority != 0 || !flow.keys.is_empty() {
+                if flow.priority != 0 || !flow.keys.is_empty() || !flow.after.is_empty() {
                     flow::set_job_flow(&tx, job.id, flow).await?;
                     let row = tx
                         .query_one_cached(
@@ -632,9 +632,11 @@ impl Store {
     /// Earliest time a pending job becomes due, if any is waiting out a backoff.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
         let c = self.pool.get().await?;
+        // Jobs waiting for dependencies have a far-future not_before: no timer for those.
         let row = c
             .query_one_cached(
-                "SELECT min(not_before) FROM jobs WHERE state = 'pending' AND not_before > now()",
+                "SELECT min(not_before) FROM jobs WHERE state = 'pending' AND not_before > now() \
+                    AND not_before < '3000-01-01'",
                 &[],
             )
             .await?;

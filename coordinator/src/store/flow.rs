@@ -35,6 +35,8 @@ pub struct Flow {
     pub priority: i32,
     /// How far the job's ready time moves into the past for its priority.
     pub priority_shift_ms: i64,
+    /// Jobs it runs after.
+    pub after: Vec<Uuid>,
 }
 
 pub(super) async fn set_job_flow(tx: &Transaction<'_>, job_id: Uuid, flow: &Flow) -> Result<()> {
@@ -48,6 +50,9 @@ pub(super) async fn set_job_flow(tx: &Transaction<'_>, job_id: Uuid, flow: &Flow
     }
     if !flow.keys.is_empty() {
         set_job_keys(tx, job_id, &flow.keys).await?;
+    }
+    if !flow.after.is_empty() {
+        set_job_deps(tx, job_id, &flow.after).await?;
     }
     Ok(())
 }
@@ -186,5 +191,84 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         tx.commit().await?;
         Ok(out)
+    }
+}
+
+/// Far-future ready time of a job waiting for its dependencies (the trigger in V17 makes
+/// it due when the last one succeeded).
+pub const WAITING_SQL: &str = "'3000-01-01 00:00:00+00'";
+pub const MAX_AFTER: usize = 32;
+
+/// Records `job_id`'s dependencies, resolving each to the newest job of its retry chain.
+/// Locks the dependencies' rows (marking them as having dependants), so none can finish
+/// between this check and the commit unseen by the trigger. Refuses a dependency that
+/// has already failed or been cancelled (with no newer retry).
+pub(super) async fn set_job_deps(
+    tx: &Transaction<'_>,
+    job_id: Uuid,
+    after: &[Uuid],
+) -> Result<Vec<Uuid>> {
+    let mut resolved = Vec::with_capacity(after.len());
+    for (i, dep) in after.iter().enumerate() {
+        let row = tx
+            .query_opt_cached(
+                "SELECT n.id FROM jobs x JOIN jobs n \
+                    ON n.id = x.id OR (n.original_job_id = coalesce(x.original_job_id, x.id) \
+                                       AND n.created_at > x.created_at) \
+                  WHERE x.id = $1 ORDER BY n.created_at DESC, n.id DESC LIMIT 1",
+                &[dep],
+            )
+            .await?
+            .ok_or_else(|| {
+                crate::error::Error::Invalid(format!("after[{i}]: job {dep} not found"))
+            })?;
+        let newest: Uuid = row.try_get(0)?;
+        let state: String = tx
+            .query_one_cached(
+                "UPDATE jobs SET has_dependants = true WHERE id = $1 RETURNING state",
+                &[&newest],
+            )
+            .await?
+            .try_get(0)?;
+        if state == "permanent_failed" || state == "cancelled" {
+            return Err(crate::error::Error::FailedPrecondition(format!(
+                "after[{i}]: job {newest} ended {state}; retry it first"
+            )));
+        }
+        resolved.push(newest);
+    }
+    resolved.sort();
+    resolved.dedup();
+    tx.execute_cached(
+        "INSERT INTO job_deps (job_id, depends_on) SELECT $1, unnest($2::uuid[])",
+        &[&job_id, &resolved],
+    )
+    .await?;
+    // Wait unless every dependency already succeeded.
+    tx.execute_cached(
+        &format!(
+            "UPDATE jobs SET not_before = {WAITING_SQL} WHERE id = $1 AND EXISTS ( \
+                SELECT 1 FROM jobs o WHERE o.id = ANY ($2) AND o.state <> 'succeeded')"
+        ),
+        &[&job_id, &resolved],
+    )
+    .await?;
+    Ok(resolved)
+}
+
+impl Store {
+    /// Dependencies of a job that have not succeeded yet.
+    pub async fn waiting_for(&self, job_id: Uuid) -> Result<Vec<Uuid>> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query_cached(
+                "SELECT d.depends_on FROM job_deps d JOIN jobs o ON o.id = d.depends_on \
+                  WHERE d.job_id = $1 AND o.state <> 'succeeded' ORDER BY 1",
+                &[&job_id],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get(0)?))
+            .collect()
     }
 }
