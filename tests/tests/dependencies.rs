@@ -46,7 +46,10 @@ async fn a_chain_runs_in_order_and_show_says_what_it_waits_for() -> anyhow::Resu
         .args(["--addr", &addr, "show", &b.id])
         .output()?;
     let text = String::from_utf8(out.stdout)?;
-    assert!(text.contains(&format!("waiting: after job {}", a.id)), "{text}");
+    assert!(
+        text.contains(&format!("waiting: after job {}", a.id)),
+        "{text}"
+    );
     std::fs::write(&go, "")?;
     wait_state(&mut api, &c.id, pb::JobState::Succeeded).await?;
     assert_eq!(std::fs::read_to_string(&file)?, "a\nb\nc\n");
@@ -95,8 +98,14 @@ async fn a_failure_cancels_dependants_and_a_successful_retry_releases_a_resubmit
     wait_state(&mut api, &f.id, pb::JobState::PermanentFailed).await?;
     let (gj, ga) = wait_state(&mut api, &g.id, pb::JobState::Cancelled).await?;
     let (hj, ha) = wait_state(&mut api, &h.id, pb::JobState::Cancelled).await?;
-    assert!(ga.is_empty() && ha.is_empty(), "cancelled dependants never ran");
-    assert_eq!(gj.reason, format!("dependency {} ended permanent_failed", f.id));
+    assert!(
+        ga.is_empty() && ha.is_empty(),
+        "cancelled dependants never ran"
+    );
+    assert_eq!(
+        gj.reason,
+        format!("dependency {} ended permanent_failed", f.id)
+    );
     assert_eq!(hj.reason, format!("dependency {} ended cancelled", g.id));
     // Depending on a failed job is refused...
     let e = api

@@ -267,8 +267,6 @@ impl Store {
                 &[&job_id],
             )
             .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get(0)?))
-            .collect()
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 }
