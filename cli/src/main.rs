@@ -328,8 +328,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 print_json(&v)?;
             } else {
                 print!("{}", output::job_detail(&j, &r.attempts, &r.retried_by));
-                if !r.waiting_for.is_empty() {
-                    println!("waiting: after job {}", r.waiting_for.join(", "));
+                if !j.waiting.is_empty() {
+                    println!("waiting: {}", j.waiting);
                 }
             }
             Ok(ExitCode::SUCCESS)

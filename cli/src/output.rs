@@ -58,6 +58,7 @@ pub fn job_json(j: &pb::Job) -> Value {
         "params": spec.params,
         "env": spec.env,
         "labels": spec.labels,
+        "waiting": j.waiting,
         "concurrency_keys": spec.concurrency_keys,
         "priority": spec.priority,
         "timeout_ms": spec.timeout_ms,
@@ -134,6 +135,9 @@ pub fn job_table(jobs: &[pb::Job]) -> String {
             time_str(&j.created_at),
             shell_words(&spec.argv)
         ));
+        if !j.waiting.is_empty() {
+            out.push_str(&format!("{:<36}  waiting: {}\n", "", j.waiting));
+        }
     }
     out
 }

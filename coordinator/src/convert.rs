@@ -125,6 +125,7 @@ pub fn job_to_pb(j: &JobRow) -> pb::Job {
         original_job_id: j.original_job_id.map(|u| u.to_string()).unwrap_or_default(),
         retry_of: j.retry_of.map(|u| u.to_string()).unwrap_or_default(),
         cancel_requested: j.cancel_requested,
+        waiting: String::new(),
     }
 }
 

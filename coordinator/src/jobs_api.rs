@@ -70,6 +70,25 @@ pub fn spec_from_pb(
     Ok((out, policy))
 }
 
+/// Fills `waiting` of the pending jobs in `jobs` (one query for the page).
+async fn with_waiting(store: &Store, mut jobs: Vec<pb::Job>) -> Result<Vec<pb::Job>, Error> {
+    let ids: Vec<Uuid> = jobs
+        .iter()
+        .filter(|j| j.state == pb::JobState::Pending as i32)
+        .filter_map(|j| Uuid::parse_str(&j.id).ok())
+        .collect();
+    if ids.is_empty() {
+        return Ok(jobs);
+    }
+    let reasons = store.waiting_reasons(&ids).await?;
+    for j in &mut jobs {
+        if let Some(r) = Uuid::parse_str(&j.id).ok().and_then(|id| reasons.get(&id)) {
+            j.waiting = r.clone();
+        }
+    }
+    Ok(jobs)
+}
+
 /// The jobs a submitted job runs after (`after[i]` names a bad one).
 pub fn after_from_pb(spec: Option<&pb::JobSpec>) -> Result<Vec<Uuid>, Error> {
     let Some(spec) = spec else {
@@ -218,8 +237,11 @@ impl JobService for JobsApi {
         let attempts = self.store.list_attempts(id).await?;
         let retried_by = self.store.retried_by(id).await?;
         let waiting_for = self.store.waiting_for(id).await?;
+        let pjob = with_waiting(&self.store, vec![convert::job_to_pb(&job)])
+            .await?
+            .pop();
         Ok(Response::new(pb::GetJobResponse {
-            job: Some(convert::job_to_pb(&job)),
+            job: pjob,
             attempts: attempts.iter().map(convert::attempt_to_pb).collect(),
             retried_by: retried_by.iter().map(Uuid::to_string).collect(),
             waiting_for: waiting_for.iter().map(Uuid::to_string).collect(),
@@ -261,7 +283,7 @@ impl JobService for JobsApi {
             String::new()
         };
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.iter().map(convert::job_to_pb).collect(),
+            jobs: with_waiting(&self.store, jobs.iter().map(convert::job_to_pb).collect()).await?,
             next_page_token: next,
         }))
     }

@@ -131,6 +131,7 @@ async fn a_job_with_two_keys_waits_for_both_and_bad_keys_are_refused() -> anyhow
     wait_state(&mut api, &only_b.id, pb::JobState::Succeeded).await?;
     let (j, a) = get(&mut api, &both.id).await?;
     assert!(is_state(&j, pb::JobState::Pending) && a.is_empty(), "{j:?}");
+    assert_eq!(j.waiting, "concurrency key a 1/1");
     std::fs::write(&go, "")?;
     wait_state(&mut api, &hold.id, pb::JobState::Succeeded).await?;
     wait_state(&mut api, &both.id, pb::JobState::Succeeded).await?;

@@ -42,6 +42,10 @@ async fn a_chain_runs_in_order_and_show_says_what_it_waits_for() -> anyhow::Resu
     let mut want = vec![a.id.clone(), b.id.clone()];
     want.sort();
     assert_eq!(r.waiting_for, want);
+    assert_eq!(
+        r.job.unwrap_or_default().waiting,
+        format!("after job {}", want.join(", "))
+    );
     let out = Command::new(bin("droverctl"))
         .args(["--addr", &addr, "show", &b.id])
         .output()?;
@@ -165,5 +169,26 @@ async fn a_failure_cancels_dependants_and_a_successful_retry_releases_a_resubmit
         assert_eq!(e.code(), code, "{field}: {e:?}");
         assert!(e.message().starts_with(field), "{field}: {}", e.message());
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_job_in_backoff_says_until_when() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("c", &CoordinatorOpts::default())?;
+    let _w = cl.worker("w", &addr, 1, &[])?;
+    let mut api = jobs(&addr).await?;
+    let mut spec = sh("exit 1");
+    if let Some(r) = spec.retry.as_mut() {
+        r.initial_backoff_ms = Some(60_000);
+    }
+    let j = submit(&mut api, spec).await?;
+    let (j, _) = wait_for(&mut api, &j.id, "backoff", |j, a| {
+        is_state(j, pb::JobState::Pending) && !a.is_empty()
+    })
+    .await?;
+    assert!(j.waiting.starts_with("backoff until 20"), "{:?}", j.waiting);
+    api.cancel_job(pb::CancelJobRequest { id: j.id.clone() })
+        .await?;
     Ok(())
 }

@@ -56,7 +56,13 @@ async fn paused_queue_leases_nothing_running_jobs_finish_resume_releases() -> an
             is_state(&j, pb::JobState::Pending) && a.is_empty(),
             "{j:?} {a:?}"
         );
+        assert_eq!(j.waiting, "queue paused");
     }
+    let out = Command::new(bin("droverctl"))
+        .args(["--addr", &addr, "list", "--state", "pending"])
+        .output()?;
+    let text = String::from_utf8(out.stdout)?;
+    assert_eq!(text.matches("waiting: queue paused").count(), 4, "{text}");
     let list = qs.list_queues(pb::ListQueuesRequest {}).await?.into_inner();
     let scrape = list
         .queues

@@ -270,3 +270,41 @@ impl Store {
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 }
+
+impl Store {
+    /// Why each pending job of `ids` waits (see `Job.waiting` in the proto); jobs that are
+    /// not pending, or ready, get an empty string.
+    pub async fn waiting_reasons(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, String>> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query_cached(
+                &format!(
+                    "SELECT j.id, CASE \
+                       WHEN j.state <> 'pending' THEN '' \
+                       WHEN j.not_before >= {WAITING_SQL} THEN 'after job ' || coalesce(( \
+                            SELECT string_agg(d.depends_on::text, ', ' ORDER BY d.depends_on) \
+                              FROM job_deps d JOIN jobs o ON o.id = d.depends_on \
+                             WHERE d.job_id = j.id AND o.state <> 'succeeded'), '?') \
+                       WHEN EXISTS (SELECT 1 FROM queue_settings qs \
+                                     WHERE qs.queue = j.queue AND qs.paused) THEN 'queue paused' \
+                       WHEN j.not_before > now() THEN 'backoff until ' || \
+                            to_char(j.not_before AT TIME ZONE 'UTC', \
+                                    'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+                       ELSE coalesce(( \
+                            SELECT 'concurrency key ' || k.key || ' ' || k.running || '/' || \
+                                   k.max_running FROM concurrency_keys k \
+                             WHERE k.key = ANY (j.concurrency_keys) \
+                               AND k.running >= k.max_running ORDER BY k.key LIMIT 1), '') \
+                     END FROM jobs j WHERE j.id = ANY ($1)"
+                ),
+                &[&ids],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+}
