@@ -183,8 +183,10 @@ async fn a_job_in_backoff_says_until_when() -> anyhow::Result<()> {
         r.initial_backoff_ms = Some(60_000);
     }
     let j = submit(&mut api, spec).await?;
-    let (j, _) = wait_for(&mut api, &j.id, "backoff", |j, a| {
-        is_state(j, pb::JobState::Pending) && !a.is_empty()
+    // attempt_count comes from the same row as the state (the attempts list is read
+    // separately and may already show a claim the row read did not).
+    let (j, _) = wait_for(&mut api, &j.id, "backoff", |j, _| {
+        is_state(j, pb::JobState::Pending) && j.attempt_count > 0
     })
     .await?;
     assert!(j.waiting.starts_with("backoff until 20"), "{:?}", j.waiting);
