@@ -18,6 +18,12 @@ CREATE TABLE concurrency_keys (
     key         text PRIMARY KEY,
     max_running integer NOT NULL CHECK (max_running >= 1),
     running     integer NOT NULL DEFAULT 0 CHECK (running >= 0),
+    -- Rate limit (token bucket), when the key has one: rate_per_sec tokens are added per
+    -- second up to burst; a job start takes one. tokens is as of refilled_at.
+    rate_per_sec float8 CHECK (rate_per_sec > 0),
+    burst        float8,
+    tokens       float8 NOT NULL DEFAULT 0,
+    refilled_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 

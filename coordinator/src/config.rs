@@ -55,6 +55,8 @@ pub struct Config {
     pub concurrency_limits: BTreeMap<String, u32>,
     /// A job of priority p ranks as if it had waited p times this long already.
     pub priority_aging_ms: u64,
+    /// Rate limits of concurrency keys by glob pattern (`"site:*" = "30/min"`).
+    pub rate_limits: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -80,6 +82,7 @@ impl Default for Config {
             schedule_misfire_grace_ms: 60_000,
             concurrency_limits: BTreeMap::new(),
             priority_aging_ms: 60_000,
+            rate_limits: BTreeMap::new(),
         }
     }
 }
@@ -127,6 +130,18 @@ impl Config {
             .map_err(Box::new)
     }
 
+    /// The parsed `rate_limits` (validated at start, so an error here is a bug).
+    pub fn rate_patterns(&self) -> Result<Vec<(String, drover_core::flow::Rate)>, String> {
+        self.rate_limits
+            .iter()
+            .map(|(p, r)| {
+                drover_core::flow::parse_rate(&format!("rate_limits.{p:?}"), r)
+                    .map(|rate| (p.clone(), rate))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
     }
@@ -171,6 +186,12 @@ impl Config {
         if self.priority_aging_ms == 0 || self.priority_aging_ms > 86_400_000 {
             return Err("priority_aging_ms must be 1 to 86400000".into());
         }
+        for pattern in self.rate_limits.keys() {
+            if let Err(e) = glob::Pattern::new(pattern) {
+                return Err(format!("rate_limits.{pattern:?}: bad pattern: {e}"));
+            }
+        }
+        self.rate_patterns()?;
         for (pattern, limit) in &self.concurrency_limits {
             if let Err(e) = glob::Pattern::new(pattern) {
                 return Err(format!("concurrency_limits.{pattern:?}: bad pattern: {e}"));

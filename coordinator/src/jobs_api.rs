@@ -129,10 +129,19 @@ pub fn keys_from_pb(
              queues.<name>.max_running"
         )));
     }
+    let rates = config.rate_patterns().map_err(Error::Internal)?;
     let mut out: Vec<(String, u32)> = keys
         .into_iter()
         .map(|k| {
-            let l = drover_core::flow::limit_for(&k, spec.concurrency_limit, &patterns);
+            // A key with a rate limit and no concurrency limit is limited by rate only.
+            let l = if spec.concurrency_limit == 0
+                && drover_core::flow::pattern_limit(&k, &patterns).is_none()
+                && drover_core::flow::rate_for(&k, &rates).is_some()
+            {
+                drover_core::flow::MAX_CONCURRENCY_LIMIT
+            } else {
+                drover_core::flow::limit_for(&k, spec.concurrency_limit, &patterns)
+            };
             (k, l)
         })
         .collect();
@@ -198,8 +207,16 @@ impl JobService for JobsApi {
                 .map(|q| q.priority)
                 .unwrap_or(0)
         };
+        let rate_patterns = self.config.rate_patterns().map_err(Error::Internal)?;
+        let rates = keys
+            .iter()
+            .map(|(k, _)| {
+                drover_core::flow::rate_for(k, &rate_patterns).map(|r| (r.per_sec, r.burst))
+            })
+            .collect();
         let flow = crate::store::flow::Flow {
             keys,
+            rates,
             priority,
             priority_shift_ms: drover_core::flow::priority_shift_ms(
                 priority,

@@ -640,7 +640,12 @@ impl Store {
                 &[],
             )
             .await?;
-        Ok(row.try_get(0)?)
+        let due: Option<DateTime<Utc>> = row.try_get(0)?;
+        // A rate-limited key's next token is a due time too.
+        Ok(match (due, self.next_token_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     // ---------------------------------------------------------------- leasing

@@ -122,3 +122,84 @@ mod tests {
         assert_eq!(priority_shift_ms(3, 60_000), 180_000);
     }
 }
+
+/// A token bucket: `per_sec` tokens added each second, holding at most `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_sec: f64,
+    pub burst: f64,
+}
+
+pub const MAX_RATE_COUNT: u32 = 100_000;
+
+/// Parses `N/s`, `N/min` or `N/h` (N from 1 to 100000): at most N starts per period, with a
+/// bucket of N (so up to N may start at once after an idle period).
+pub fn parse_rate(field: &str, s: &str) -> Result<Rate, ValidationError> {
+    let bad = || err(field, format!("{s:?}: use N/s, N/min or N/h, e.g. 30/min"));
+    let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    if n == 0 || n > MAX_RATE_COUNT {
+        return Err(err(
+            field,
+            format!("{s:?}: N must be 1 to {MAX_RATE_COUNT}"),
+        ));
+    }
+    let secs = match unit.trim() {
+        "s" | "sec" => 1.0,
+        "min" | "m" => 60.0,
+        "h" | "hour" => 3600.0,
+        _ => return Err(bad()),
+    };
+    Ok(Rate {
+        per_sec: f64::from(n) / secs,
+        burst: f64::from(n),
+    })
+}
+
+/// The rate of the longest matching pattern, if any.
+pub fn rate_for(key: &str, patterns: &[(String, Rate)]) -> Option<Rate> {
+    patterns
+        .iter()
+        .filter(|(p, _)| {
+            glob::Pattern::new(p)
+                .map(|p| p.matches(key))
+                .unwrap_or(false)
+        })
+        .max_by_key(|(p, _)| p.len())
+        .map(|(_, r)| *r)
+}
+
+/// The concurrency limit of the longest matching pattern, if any.
+pub fn pattern_limit(key: &str, patterns: &[(String, u32)]) -> Option<u32> {
+    patterns
+        .iter()
+        .filter(|(p, _)| {
+            glob::Pattern::new(p)
+                .map(|p| p.matches(key))
+                .unwrap_or(false)
+        })
+        .max_by_key(|(p, _)| p.len())
+        .map(|(_, l)| *l)
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_and_match() {
+        let r = parse_rate("r", "30/min").unwrap();
+        assert!((r.per_sec - 0.5).abs() < 1e-9 && r.burst == 30.0);
+        assert_eq!(parse_rate("r", "10/s").unwrap().per_sec, 10.0);
+        for bad in ["", "30", "0/s", "x/s", "5/day", "100001/s"] {
+            assert_eq!(
+                parse_rate("rate_limits", bad).unwrap_err().field,
+                "rate_limits"
+            );
+        }
+        let pats = vec![("site:*".to_string(), r)];
+        assert_eq!(rate_for("site:a", &pats), Some(r));
+        assert_eq!(rate_for("db", &pats), None);
+        assert_eq!(pattern_limit("db", &[("d*".into(), 3)]), Some(3));
+    }
+}

@@ -214,3 +214,57 @@ async fn queue_max_running_holds_from_the_jobs_own_timestamps() -> anyhow::Resul
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn rate_limit_of_10_per_second_over_200_jobs_from_their_own_start_times() -> anyhow::Result<()>
+{
+    let cl = Cluster::new().await?;
+    let opts = CoordinatorOpts {
+        config_toml: Some("[rate_limits]\n\"site:*\" = \"10/s\"\n".into()),
+        ..Default::default()
+    };
+    let (_c, addr) = cl.coordinator("c", &opts)?;
+    let _w: Vec<Proc> = (0..4)
+        .map(|i| cl.worker(&format!("w{i}"), &addr, 8, &[]))
+        .collect::<anyhow::Result<_>>()?;
+    let file = cl.path("starts.txt");
+    let mut api = jobs(&addr).await?;
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        let spec = pb::JobSpec {
+            concurrency_keys: vec!["site:netkeiba".into()],
+            ..sh(&format!("echo $(date +%s%N) >> {}", file.display()))
+        };
+        ids.push(submit(&mut api, spec).await?.id);
+    }
+    // Jobs beyond the rate wait, and say so (between claims; right after a token came
+    // and before the dispatcher took it, a job is ready and says nothing). None fails.
+    wait_for(&mut api, &ids[199], "a rate-limit reason", |j, _| {
+        j.waiting.starts_with("rate limited until ")
+    })
+    .await?;
+    for id in &ids {
+        wait_state(&mut api, id, pb::JobState::Succeeded).await?;
+    }
+    let mut starts: Vec<u128> = std::fs::read_to_string(&file)?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    starts.sort();
+    assert_eq!(starts.len(), 200);
+    // A bucket of 10 refilled at 10/s allows at most 10 + 10 starts in any closed 1 s
+    // window (one more than the half-open window below can hold), measured from the
+    // processes' own clocks.
+    let second = 1_000_000_000u128;
+    let mut worst = 0;
+    for (i, t) in starts.iter().enumerate() {
+        let n = starts[i..].iter().take_while(|s| **s < t + second).count();
+        worst = worst.max(n);
+    }
+    eprintln!("rate limit 10/s: worst 1 s window {worst} starts");
+    assert!(worst <= 21, "{worst} jobs started within one second");
+    // And the limit was what paced them: 200 starts need at least (200 - 20) / 10 s.
+    let span = starts[199] - starts[0];
+    assert!(span >= 17 * second, "200 starts within {span} ns");
+    Ok(())
+}

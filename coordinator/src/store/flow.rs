@@ -19,6 +19,8 @@ use uuid::Uuid;
 #[derive(Default)]
 pub struct KeyedHint {
     none_since_ms: AtomicI64,
+    /// When a rate-limited key that blocked a job next has a token (ms; 0: none).
+    token_at_ms: AtomicI64,
 }
 
 const RECHECK_MS: i64 = 1000;
@@ -32,6 +34,8 @@ fn now_ms() -> i64 {
 pub struct Flow {
     /// Keys with the limit each gets.
     pub keys: Vec<(String, u32)>,
+    /// Keys' rate limits (tokens per second, burst), same order as `keys`.
+    pub rates: Vec<Option<(f64, f64)>>,
     pub priority: i32,
     /// How far the job's ready time moves into the past for its priority.
     pub priority_shift_ms: i64,
@@ -49,7 +53,7 @@ pub(super) async fn set_job_flow(tx: &Transaction<'_>, job_id: Uuid, flow: &Flow
         .await?;
     }
     if !flow.keys.is_empty() {
-        set_job_keys(tx, job_id, &flow.keys).await?;
+        set_job_keys(tx, job_id, &flow.keys, &flow.rates).await?;
     }
     if !flow.after.is_empty() {
         set_job_deps(tx, job_id, &flow.after).await?;
@@ -57,7 +61,18 @@ pub(super) async fn set_job_flow(tx: &Transaction<'_>, job_id: Uuid, flow: &Flow
     Ok(())
 }
 
-async fn set_job_keys(tx: &Transaction<'_>, job_id: Uuid, keys: &[(String, u32)]) -> Result<()> {
+async fn set_job_keys(
+    tx: &Transaction<'_>,
+    job_id: Uuid,
+    keys: &[(String, u32)],
+    rates: &[Option<(f64, f64)>],
+) -> Result<()> {
+    let per_sec: Vec<Option<f64>> = (0..keys.len())
+        .map(|i| rates.get(i).copied().flatten().map(|r| r.0))
+        .collect();
+    let burst: Vec<Option<f64>> = (0..keys.len())
+        .map(|i| rates.get(i).copied().flatten().map(|r| r.1))
+        .collect();
     let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
     let limits: Vec<i32> = keys
         .iter()
@@ -68,12 +83,19 @@ async fn set_job_keys(tx: &Transaction<'_>, job_id: Uuid, keys: &[(String, u32)]
         &[&job_id, &names],
     )
     .await?;
+    // A new key's bucket starts full. The rate is the coordinator's configuration: a
+    // submit sets (or clears) it, keeping the current token count.
     tx.execute_cached(
-        "INSERT INTO concurrency_keys (key, max_running) \
-         SELECT * FROM unnest($1::text[], $2::int4[]) \
-         ON CONFLICT (key) DO UPDATE SET max_running = EXCLUDED.max_running, updated_at = now() \
-          WHERE concurrency_keys.max_running <> EXCLUDED.max_running",
-        &[&names, &limits],
+        "INSERT INTO concurrency_keys AS k (key, max_running, rate_per_sec, burst, tokens) \
+         SELECT u.k, u.l, u.r, u.b, coalesce(u.b, 0) \
+           FROM unnest($1::text[], $2::int4[], $3::float8[], $4::float8[]) u(k, l, r, b) \
+         ON CONFLICT (key) DO UPDATE SET max_running = EXCLUDED.max_running, \
+                rate_per_sec = EXCLUDED.rate_per_sec, burst = EXCLUDED.burst, \
+                tokens = least(k.tokens, coalesce(EXCLUDED.burst, k.tokens)), updated_at = now() \
+          WHERE k.max_running <> EXCLUDED.max_running \
+             OR k.rate_per_sec IS DISTINCT FROM EXCLUDED.rate_per_sec \
+             OR k.burst IS DISTINCT FROM EXCLUDED.burst",
+        &[&names, &limits, &per_sec, &burst],
     )
     .await?;
     Ok(())
@@ -83,6 +105,14 @@ impl Store {
     pub(super) fn keyed_jobs_may_wait(&self) -> bool {
         let since = self.keyed.none_since_ms.load(Ordering::Relaxed);
         since == 0 || now_ms() - since > RECHECK_MS
+    }
+
+    /// When the dispatcher should look again because a rate-limited key gets a token.
+    pub(super) fn next_token_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let ms = self.keyed.token_at_ms.swap(0, Ordering::Relaxed);
+        (ms > 0)
+            .then(|| chrono::DateTime::from_timestamp_millis(ms))
+            .flatten()
     }
 
     /// A keyed job was submitted through this coordinator: look for keyed jobs again.
@@ -135,6 +165,7 @@ impl Store {
         }
         self.keyed.none_since_ms.store(0, Ordering::Relaxed);
         let mut chosen: Vec<Uuid> = Vec::new();
+        let mut blocked: Vec<String> = Vec::new();
         for r in &candidates {
             if chosen.len() as i64 >= n {
                 break;
@@ -142,25 +173,59 @@ impl Store {
             let id: Uuid = r.try_get(0)?;
             let keys: Vec<String> = r.try_get(1)?;
             // All of the job's keys or none: take what is free, give it back if not all.
+            // A rate-limited key also takes a token from its bucket (refilled to now first).
             let got = tx
                 .query_cached(
-                    "UPDATE concurrency_keys SET running = running + 1, updated_at = now() \
-                      WHERE key = ANY ($1) AND running < max_running RETURNING key",
+                    "UPDATE concurrency_keys SET running = running + 1, updated_at = now(), \
+                            tokens = CASE WHEN rate_per_sec IS NULL THEN tokens ELSE \
+                              least(burst, tokens + extract(epoch FROM now() - refilled_at) \
+                                                    * rate_per_sec) - 1 END, \
+                            refilled_at = CASE WHEN rate_per_sec IS NULL THEN refilled_at \
+                                          ELSE now() END \
+                      WHERE key = ANY ($1) AND running < max_running \
+                        AND (rate_per_sec IS NULL OR least(burst, tokens + \
+                             extract(epoch FROM now() - refilled_at) * rate_per_sec) >= 1) \
+                      RETURNING key",
                     &[&keys],
                 )
                 .await?;
             if got.len() == keys.len() {
                 chosen.push(id);
-            } else if !got.is_empty() {
-                let taken: Vec<String> = got
-                    .iter()
-                    .map(|g| g.try_get(0))
-                    .collect::<std::result::Result<_, _>>()?;
-                tx.execute_cached(
-                    "UPDATE concurrency_keys SET running = running - 1 WHERE key = ANY ($1)",
-                    &[&taken],
+            } else {
+                blocked.extend(keys.iter().cloned());
+                if !got.is_empty() {
+                    // Undo exactly: refilled_at is now() for the whole transaction.
+                    let taken: Vec<String> = got
+                        .iter()
+                        .map(|g| g.try_get(0))
+                        .collect::<std::result::Result<_, _>>()?;
+                    tx.execute_cached(
+                        "UPDATE concurrency_keys SET running = running - 1, \
+                                tokens = CASE WHEN rate_per_sec IS NULL THEN tokens \
+                                         ELSE tokens + 1 END \
+                          WHERE key = ANY ($1)",
+                        &[&taken],
+                    )
+                    .await?;
+                }
+            }
+        }
+        // When a blocked key's bucket has its next token, so the dispatcher wakes then (a
+        // finishing job gives no event for a token).
+        if !blocked.is_empty() {
+            let next: Option<chrono::DateTime<chrono::Utc>> = tx
+                .query_one_cached(
+                    "SELECT min(refilled_at + (1 - tokens) / rate_per_sec * interval '1 second') \
+                       FROM concurrency_keys \
+                      WHERE key = ANY ($1) AND rate_per_sec IS NOT NULL AND tokens < 1",
+                    &[&blocked],
                 )
-                .await?;
+                .await?
+                .try_get(0)?;
+            if let Some(t) = next {
+                self.keyed
+                    .token_at_ms
+                    .store(t.timestamp_millis(), Ordering::Relaxed);
             }
         }
         if chosen.is_empty() {
@@ -293,6 +358,18 @@ impl Store {
                        WHEN j.not_before > now() THEN 'backoff until ' || \
                             to_char(j.not_before AT TIME ZONE 'UTC', \
                                     'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+                       WHEN EXISTS (SELECT 1 FROM concurrency_keys k \
+                                     WHERE k.key = ANY (j.concurrency_keys) \
+                                       AND k.running < k.max_running \
+                                       AND k.rate_per_sec IS NOT NULL AND least(k.burst, \
+                                           k.tokens + extract(epoch FROM now() - k.refilled_at) \
+                                           * k.rate_per_sec) < 1) \
+                            THEN 'rate limited until ' || ( \
+                            SELECT to_char(max(k.refilled_at + (1 - k.tokens) / k.rate_per_sec \
+                                               * interval '1 second') AT TIME ZONE 'UTC', \
+                                           'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+                              FROM concurrency_keys k WHERE k.key = ANY (j.concurrency_keys) \
+                               AND k.rate_per_sec IS NOT NULL AND k.tokens < 1) \
                        ELSE coalesce(( \
                             SELECT 'concurrency key ' || k.key || ' ' || k.running || '/' || \
                                    k.max_running FROM concurrency_keys k \
