@@ -5,6 +5,8 @@
 mod alerts_cmd;
 mod dev;
 mod output;
+mod queue;
+mod schedule;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -70,7 +72,7 @@ enum Format {
 #[derive(Subcommand)]
 enum Command {
     /// Submit a job: droverctl submit --param date=2026-11-22 -- scraper --date {date}
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// List jobs, newest first.
     List {
         /// Only jobs in this state (pending, running, succeeded, permanent_failed, cancelled).
@@ -173,6 +175,16 @@ enum Command {
         #[arg(long)]
         page_token: Option<String>,
     },
+    /// Job specs fired on a cron schedule (create, list, show, pause, resume, delete, trigger).
+    Schedule {
+        #[command(subcommand)]
+        cmd: schedule::ScheduleCmd,
+    },
+    /// Pause or resume a queue, or list queues.
+    Queue {
+        #[command(subcommand)]
+        cmd: queue::QueueCmd,
+    },
     /// Run a local stack: PostgreSQL (private, unless DATABASE_URL is set), a coordinator
     /// and a worker, with a sample job. Ctrl-C stops all of it.
     Dev(dev::DevArgs),
@@ -272,6 +284,19 @@ struct SubmitArgs {
     /// Most processes and threads per attempt.
     #[arg(long, value_name = "N")]
     pids: Option<u32>,
+    /// Concurrency key (repeatable), e.g. site:netkeiba: at most the key's limit of jobs
+    /// holding it run at once.
+    #[arg(long = "concurrency-key", value_name = "KEY")]
+    concurrency_keys: Vec<String>,
+    /// Limit for this job's keys (default: the coordinator's configured pattern, else 1).
+    #[arg(long, requires = "concurrency_keys")]
+    concurrency_limit: Option<u32>,
+    /// Run only after these jobs succeeded (comma-separated ids); cancelled if one fails.
+    #[arg(long, value_delimiter = ',', value_name = "JOB[,JOB...]")]
+    after: Vec<String>,
+    /// Higher runs first within the queue (0..1000; default: the queue's).
+    #[arg(long)]
+    priority: Option<i32>,
     /// Wait for the job to finish; exit 0 only if it succeeded.
     #[arg(long)]
     wait: bool,
@@ -468,10 +493,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dev::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Submit(a) => submit(&cli.addr, fmt, a).await,
+        Command::Submit(a) => submit(&cli.addr, fmt, *a).await,
         Command::Failures(a) => alerts_cmd::failures(&cli.addr, fmt, a).await,
         Command::Alerts { cmd } => alerts_cmd::alerts(&cli.addr, fmt, cmd).await,
         Command::Notifications(a) => alerts_cmd::notifications(&cli.addr, fmt, a).await,
+        Command::Queue { cmd } => {
+            queue::run(&cli.addr, fmt, cmd).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schedule { cmd } => {
+            schedule::run(&cli.addr, fmt, cmd).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::List {
             state,
             queue,
@@ -518,9 +551,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 let mut v = output::job_json(&j);
                 v["attempts"] = r.attempts.iter().map(output::attempt_json).collect();
                 v["retried_by"] = r.retried_by.clone().into();
+                v["waiting_for"] = r.waiting_for.clone().into();
                 print_json(&v)?;
             } else {
                 print!("{}", output::job_detail(&j, &r.attempts, &r.retried_by));
+                if !j.waiting.is_empty() {
+                    println!("waiting: {}", j.waiting);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -786,6 +823,10 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
             },
             pids_limit: a.pids.unwrap_or(0),
             secret_env: secret_refs(&a.secret_env)?,
+            concurrency_keys: a.concurrency_keys,
+            concurrency_limit: a.concurrency_limit.unwrap_or(0),
+            priority: a.priority.unwrap_or(0),
+            after: a.after,
         };
     let mut c = connect(addr).await?;
     let r = c

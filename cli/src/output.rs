@@ -59,6 +59,9 @@ pub fn job_json(j: &pb::Job) -> Value {
         "env": spec.env,
         "secret_env": spec.secret_env,
         "labels": spec.labels,
+        "waiting": j.waiting,
+        "concurrency_keys": spec.concurrency_keys,
+        "priority": spec.priority,
         "timeout_ms": spec.timeout_ms,
         "idempotency_key": spec.idempotency_key,
         "outputs": spec.outputs,
@@ -136,6 +139,9 @@ pub fn job_table(jobs: &[pb::Job]) -> String {
             time_str(&j.created_at),
             shell_words(&spec.argv)
         ));
+        if !j.waiting.is_empty() {
+            out.push_str(&format!("{:<36}  waiting: {}\n", "", j.waiting));
+        }
     }
     out
 }
@@ -162,6 +168,12 @@ pub fn job_detail(j: &pb::Job, attempts: &[pb::Attempt], retried_by: &[String]) 
     }
     if !spec.labels.is_empty() {
         line("labels", spec.labels.join(","));
+    }
+    if !spec.concurrency_keys.is_empty() {
+        line("keys", spec.concurrency_keys.join(","));
+    }
+    if spec.priority != 0 {
+        line("priority", spec.priority.to_string());
     }
     if spec.timeout_ms > 0 {
         line("timeout", format!("{}s", spec.timeout_ms as f64 / 1000.0));

@@ -108,6 +108,37 @@ pub const GRPC_RULES: &[(&str, Rule)] = &[
         "/drover.v1.AlertService/TestAlertChannel",
         needs(Right::Admin, true),
     ),
+    ("/drover.v1.ScheduleService/ListSchedules", read()),
+    ("/drover.v1.ScheduleService/GetSchedule", read()),
+    (
+        "/drover.v1.ScheduleService/CreateSchedule",
+        needs(Right::Submit, true),
+    ),
+    (
+        "/drover.v1.ScheduleService/PauseSchedule",
+        needs(Right::Operate, true),
+    ),
+    (
+        "/drover.v1.ScheduleService/ResumeSchedule",
+        needs(Right::Operate, true),
+    ),
+    (
+        "/drover.v1.ScheduleService/DeleteSchedule",
+        needs(Right::Operate, true),
+    ),
+    (
+        "/drover.v1.ScheduleService/TriggerSchedule",
+        needs(Right::Submit, true),
+    ),
+    ("/drover.v1.QueueService/ListQueues", read()),
+    (
+        "/drover.v1.QueueService/PauseQueue",
+        needs(Right::Operate, true),
+    ),
+    (
+        "/drover.v1.QueueService/ResumeQueue",
+        needs(Right::Operate, true),
+    ),
     ("/grpc.health.v1.Health/Check", read()),
     ("/grpc.health.v1.Health/Watch", read()),
     (

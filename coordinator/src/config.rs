@@ -82,6 +82,17 @@ pub struct Config {
     pub tls_client_cert_required: bool,
     /// How often the TLS files are checked for changes (they are also reloaded on SIGHUP).
     pub tls_reload_interval_ms: u64,
+    /// How often the leader looks for due schedule ticks.
+    pub schedule_interval_ms: u64,
+    /// A tick handled later than this after its fire time counts as missed (catch-up policy).
+    pub schedule_misfire_grace_ms: u64,
+    /// Limits of concurrency keys by glob pattern (`"site:*" = 2`); the longest matching
+    /// pattern applies when a job gives no limit. Unmatched keys: 1.
+    pub concurrency_limits: BTreeMap<String, u32>,
+    /// A job of priority p ranks as if it had waited p times this long already.
+    pub priority_aging_ms: u64,
+    /// Rate limits of concurrency keys by glob pattern (`"site:*" = "30/min"`).
+    pub rate_limits: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -119,6 +130,11 @@ impl Default for Config {
             tls_client_ca_file: None,
             tls_client_cert_required: true,
             tls_reload_interval_ms: 2_000,
+            schedule_interval_ms: 500,
+            schedule_misfire_grace_ms: 60_000,
+            concurrency_limits: BTreeMap::new(),
+            priority_aging_ms: 60_000,
+            rate_limits: BTreeMap::new(),
         }
     }
 }
@@ -137,6 +153,11 @@ pub struct QueueConfig {
     pub cpus: Option<f64>,
     /// Process/thread count limit for jobs that set none (none by default).
     pub pids: Option<u32>,
+    /// At most this many jobs of the queue run at once (jobs submitted while it is set
+    /// hold the concurrency key `queue:<name>` with this limit).
+    pub max_running: Option<u32>,
+    /// Priority of the queue's jobs that give none (0).
+    pub priority: i32,
 }
 
 impl QueueConfig {
@@ -198,6 +219,18 @@ impl Config {
             .merge(overrides)
             .extract()
             .map_err(Box::new)
+    }
+
+    /// The parsed `rate_limits` (validated at start, so an error here is a bug).
+    pub fn rate_patterns(&self) -> Result<Vec<(String, drover_core::flow::Rate)>, String> {
+        self.rate_limits
+            .iter()
+            .map(|(p, r)| {
+                drover_core::flow::parse_rate(&format!("rate_limits.{p:?}"), r)
+                    .map(|rate| (p.clone(), rate))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
     }
 
     pub fn lease_ttl(&self) -> Duration {
@@ -289,6 +322,36 @@ impl Config {
         if self.max_log_streams_per_client == 0 {
             return Err("max_log_streams_per_client must be at least 1".into());
         }
+        if self.schedule_interval_ms == 0 || self.schedule_interval_ms > 60_000 {
+            return Err("schedule_interval_ms must be 1 to 60000".into());
+        }
+        if self.schedule_misfire_grace_ms < self.schedule_interval_ms {
+            return Err(format!(
+                "schedule_misfire_grace_ms ({}) must be at least schedule_interval_ms ({})",
+                self.schedule_misfire_grace_ms, self.schedule_interval_ms
+            ));
+        }
+        if self.priority_aging_ms == 0 || self.priority_aging_ms > 86_400_000 {
+            return Err("priority_aging_ms must be 1 to 86400000".into());
+        }
+        for pattern in self.rate_limits.keys() {
+            if let Err(e) = glob::Pattern::new(pattern) {
+                return Err(format!("rate_limits.{pattern:?}: bad pattern: {e}"));
+            }
+        }
+        self.rate_patterns()?;
+        for (pattern, limit) in &self.concurrency_limits {
+            if let Err(e) = glob::Pattern::new(pattern) {
+                return Err(format!("concurrency_limits.{pattern:?}: bad pattern: {e}"));
+            }
+            if *limit == 0 {
+                return Err(format!(
+                    "concurrency_limits.{pattern:?}: must be at least 1"
+                ));
+            }
+            drover_core::flow::check_limit(&format!("concurrency_limits.{pattern:?}"), *limit)
+                .map_err(|e| e.to_string())?;
+        }
         if self.db_pool_size < 2 {
             return Err("db_pool_size must be at least 2".into());
         }
@@ -309,6 +372,15 @@ impl Config {
             drover_core::validate::validate_policy(&policy)
                 .map_err(|e| format!("queues.{name}.{e}"))?;
             q.limits().map_err(|e| format!("queues.{name}.{e}"))?;
+            drover_core::flow::check_priority(&format!("queues.{name}.priority"), q.priority)
+                .map_err(|e| e.to_string())?;
+            if let Some(m) = q.max_running {
+                if m == 0 {
+                    return Err(format!("queues.{name}.max_running: must be at least 1"));
+                }
+                drover_core::flow::check_limit(&format!("queues.{name}.max_running"), m)
+                    .map_err(|e| e.to_string())?;
+            }
             if timeout < 0 || q.timeout_ms < 0 {
                 return Err(format!("queues.{name}.timeout_ms: must not be negative"));
             }

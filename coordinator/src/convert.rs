@@ -112,6 +112,10 @@ pub fn job_to_pb(j: &JobRow) -> pb::Job {
             cpu_millis: j.spec.limits.cpu_millis.unwrap_or(0),
             pids_limit: j.spec.limits.pids.unwrap_or(0),
             secret_env: j.spec.secret_env.clone().into_iter().collect(),
+            concurrency_keys: j.concurrency_keys.clone(),
+            concurrency_limit: 0,
+            priority: j.priority,
+            after: Vec::new(),
         }),
         state: job_state(j.state) as i32,
         attempt_count: j.attempt_count.max(0) as u32,
@@ -127,6 +131,7 @@ pub fn job_to_pb(j: &JobRow) -> pb::Job {
         original_job_id: j.original_job_id.map(|u| u.to_string()).unwrap_or_default(),
         retry_of: j.retry_of.map(|u| u.to_string()).unwrap_or_default(),
         cancel_requested: j.cancel_requested,
+        waiting: String::new(),
     }
 }
 

@@ -22,6 +22,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 pub const DEFAULT_QUEUE: &str = "default";
+/// Concurrency keys with this prefix carry a queue's max_running.
+pub const QUEUE_KEY_PREFIX: &str = "queue:";
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 1000;
 /// A ListJobs page stops before its jobs' variable-size fields pass this many bytes (well
@@ -80,6 +82,92 @@ pub fn spec_from_pb(
     Ok((out, policy))
 }
 
+/// Fills `waiting` of the pending jobs in `jobs` (one query for the page).
+async fn with_waiting(store: &Store, mut jobs: Vec<pb::Job>) -> Result<Vec<pb::Job>, Error> {
+    let ids: Vec<Uuid> = jobs
+        .iter()
+        .filter(|j| j.state == pb::JobState::Pending as i32)
+        .filter_map(|j| Uuid::parse_str(&j.id).ok())
+        .collect();
+    if ids.is_empty() {
+        return Ok(jobs);
+    }
+    let reasons = store.waiting_reasons(&ids).await?;
+    for j in &mut jobs {
+        if let Some(r) = Uuid::parse_str(&j.id).ok().and_then(|id| reasons.get(&id)) {
+            j.waiting = r.clone();
+        }
+    }
+    Ok(jobs)
+}
+
+/// The jobs a submitted job runs after (`after[i]` names a bad one).
+pub fn after_from_pb(spec: Option<&pb::JobSpec>) -> Result<Vec<Uuid>, Error> {
+    let Some(spec) = spec else {
+        return Ok(Vec::new());
+    };
+    let max = crate::store::flow::MAX_AFTER;
+    if spec.after.len() > max {
+        return Err(Error::Invalid(format!(
+            "after: {} jobs; the limit is {max}",
+            spec.after.len()
+        )));
+    }
+    spec.after
+        .iter()
+        .enumerate()
+        .map(|(i, s)| parse_id(&format!("after[{i}]"), s))
+        .collect()
+}
+
+/// A submitted job's concurrency keys with the limit each gets (submit, else config).
+pub fn keys_from_pb(
+    spec: Option<&pb::JobSpec>,
+    config: &Config,
+) -> Result<Vec<(String, u32)>, Error> {
+    let Some(spec) = spec else {
+        return Ok(Vec::new());
+    };
+    let keys = drover_core::flow::check_keys(&spec.concurrency_keys)?;
+    drover_core::flow::check_limit("concurrency_limit", spec.concurrency_limit)?;
+    let patterns: Vec<(String, u32)> = config
+        .concurrency_limits
+        .iter()
+        .map(|(p, l)| (p.clone(), *l))
+        .collect();
+    if let Some(i) = keys.iter().position(|k| k.starts_with(QUEUE_KEY_PREFIX)) {
+        return Err(Error::Invalid(format!(
+            "concurrency_keys[{i}]: the prefix {QUEUE_KEY_PREFIX:?} is reserved for \
+             queues.<name>.max_running"
+        )));
+    }
+    let rates = config.rate_patterns().map_err(Error::Internal)?;
+    let mut out: Vec<(String, u32)> = keys
+        .into_iter()
+        .map(|k| {
+            // A key with a rate limit and no concurrency limit is limited by rate only.
+            let l = if spec.concurrency_limit == 0
+                && drover_core::flow::pattern_limit(&k, &patterns).is_none()
+                && drover_core::flow::rate_for(&k, &rates).is_some()
+            {
+                drover_core::flow::MAX_CONCURRENCY_LIMIT
+            } else {
+                drover_core::flow::limit_for(&k, spec.concurrency_limit, &patterns)
+            };
+            (k, l)
+        })
+        .collect();
+    let queue = if spec.queue.is_empty() {
+        DEFAULT_QUEUE
+    } else {
+        spec.queue.as_str()
+    };
+    if let Some(max) = config.queues.get(queue).and_then(|q| q.max_running) {
+        out.push((format!("{QUEUE_KEY_PREFIX}{queue}"), max));
+    }
+    Ok(out)
+}
+
 fn page_token(j: &crate::store::JobRow) -> String {
     format!("{}_{}", j.created_at.timestamp_micros(), j.id)
 }
@@ -132,15 +220,49 @@ impl JobService for JobsApi {
         }
         let trace_parent = span.in_scope(drover_telemetry::traceparent);
         let mut audit = Audit::start(&self.store, &req, "/drover.v1.JobService/SubmitJob");
-        let (spec, policy) = spec_from_pb(req.into_inner().spec, &self.config)?;
+        let pspec = req.into_inner().spec;
+        let after = after_from_pb(pspec.as_ref())?;
+        let keys = keys_from_pb(pspec.as_ref(), &self.config)?;
+        let given_priority = pspec.as_ref().map(|s| s.priority).unwrap_or(0);
+        drover_core::flow::check_priority("priority", given_priority).map_err(Error::from)?;
+        let (spec, policy) = spec_from_pb(pspec, &self.config)?;
         audit.target(format!("queue {}", spec.queue));
         let principal = audit.principal().clone();
         principal
             .check_queue(&spec.queue)
             .map_err(|e| audit.refused(e))?;
+        if !keys.is_empty() {
+            self.store.keyed_job_submitted();
+        }
+        let priority = if given_priority != 0 {
+            given_priority
+        } else {
+            self.config
+                .queues
+                .get(&spec.queue)
+                .map(|q| q.priority)
+                .unwrap_or(0)
+        };
+        let rate_patterns = self.config.rate_patterns().map_err(Error::Internal)?;
+        let rates = keys
+            .iter()
+            .map(|(k, _)| {
+                drover_core::flow::rate_for(k, &rate_patterns).map(|r| (r.per_sec, r.burst))
+            })
+            .collect();
+        let flow = crate::store::flow::Flow {
+            keys,
+            rates,
+            priority,
+            priority_shift_ms: drover_core::flow::priority_shift_ms(
+                priority,
+                self.config.priority_aging_ms,
+            ),
+            after,
+        };
         let (job, created) = self
             .store
-            .submit(&spec, &policy, trace_parent.as_deref())
+            .submit_with_flow(&spec, &policy, trace_parent.as_deref(), &flow)
             .instrument(span.clone())
             .await?;
         span.record("job_id", tracing::field::display(job.id));
@@ -169,10 +291,15 @@ impl JobService for JobsApi {
             .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         let attempts = self.store.list_attempts(id).await?;
         let retried_by = self.store.retried_by(id).await?;
+        let waiting_for = self.store.waiting_for(id).await?;
+        let pjob = with_waiting(&self.store, vec![convert::job_to_pb(&job)])
+            .await?
+            .pop();
         Ok(Response::new(pb::GetJobResponse {
-            job: Some(convert::job_to_pb(&job)),
+            job: pjob,
             attempts: attempts.iter().map(convert::attempt_to_pb).collect(),
             retried_by: retried_by.iter().map(Uuid::to_string).collect(),
+            waiting_for: waiting_for.iter().map(Uuid::to_string).collect(),
         }))
     }
 
@@ -213,7 +340,7 @@ impl JobService for JobsApi {
             String::new()
         };
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.iter().map(convert::job_to_pb).collect(),
+            jobs: with_waiting(&self.store, jobs.iter().map(convert::job_to_pb).collect()).await?,
             next_page_token: next,
         }))
     }

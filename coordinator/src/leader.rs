@@ -1,6 +1,6 @@
 //! Duties only one coordinator performs at a time, chosen by a PostgreSQL advisory lock
 //! held on a dedicated connection (if that connection dies, the lock is released and
-//! another coordinator takes over): the lease reaper and log retention.
+//! another coordinator takes over): the lease reaper, log retention and the scheduler.
 
 use crate::db::{self, LEADER_LOCK};
 use crate::dispatch::Dispatcher;
@@ -20,6 +20,8 @@ pub struct LeaderConfig {
     pub blobs: std::sync::Arc<dyn crate::artifacts::BlobStore>,
     /// Audit entries older than this are deleted.
     pub audit_retention: Duration,
+    pub schedule_interval: Duration,
+    pub schedule_grace: Duration,
 }
 
 pub async fn run(
@@ -57,9 +59,20 @@ async fn lead(
     cfg: &LeaderConfig,
     client: &tokio_postgres::Client,
     store: &Store,
-    dispatcher: &Dispatcher,
+    dispatcher: &Arc<Dispatcher>,
     shutdown: &CancellationToken,
 ) {
+    // Schedules need no grace period (a tick fires at most once whoever fires it); they
+    // stop when leadership ends (the guard cancels on every return).
+    let sched_stop = shutdown.child_token();
+    let _sched_guard = sched_stop.clone().drop_guard();
+    tokio::spawn(crate::scheduler::run(
+        store.clone(),
+        dispatcher.clone(),
+        cfg.schedule_interval,
+        cfg.schedule_grace,
+        sched_stop,
+    ));
     // A new leader may follow a database outage during which no heartbeat could be
     // recorded: give every live worker one lease period to renew before reaping anything.
     tokio::select! {

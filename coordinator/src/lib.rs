@@ -13,7 +13,9 @@
 //! - [`tokens_api`] — AdminService's token and audit RPCs.
 //! - [`jobs_api`] / [`workers_api`] — the gRPC services.
 //! - [`dispatch`] — pushes pending jobs to connected workers with free slots.
-//! - [`leader`] — leader-only duties (lease reaper) under an advisory lock.
+//! - [`leader`] — leader-only duties (lease reaper, scheduler) under an advisory lock.
+//! - [`queues_api`] — QueueService: pausing and resuming queues.
+//! - [`scheduler`] / [`schedules_api`] — cron schedules: the firing pass and ScheduleService.
 //! - [`logs`] — reading stored logs (with cap markers) and retention.
 //! - [`failures`] — failure groups (fingerprints) in SQL.
 //! - [`alerts`] / [`channels`] / [`notify`] — alert rules, channels (email, webhook, Slack),
@@ -42,6 +44,9 @@ pub mod log_watch;
 pub mod logs;
 pub mod metrics;
 pub mod notify;
+pub mod queues_api;
+pub mod scheduler;
+pub mod schedules_api;
 pub mod server;
 pub mod store;
 pub mod tokens_api;

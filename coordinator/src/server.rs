@@ -5,6 +5,8 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::health::AdminApi;
 use crate::jobs_api::JobsApi;
+use crate::queues_api::QueuesApi;
+use crate::schedules_api::SchedulesApi;
 use crate::store::Store;
 use crate::workers_api::{WorkersApi, MAX_APPEND_BYTES};
 use crate::{db, leader, listen};
@@ -12,6 +14,8 @@ use anyhow::Context;
 use drover_proto::v1::admin_service_server::AdminServiceServer;
 use drover_proto::v1::alert_service_server::AlertServiceServer;
 use drover_proto::v1::job_service_server::JobServiceServer;
+use drover_proto::v1::queue_service_server::QueueServiceServer;
+use drover_proto::v1::schedule_service_server::ScheduleServiceServer;
 use drover_proto::v1::worker_service_server::WorkerServiceServer;
 use drover_transport::server as tls_server;
 use std::net::SocketAddr;
@@ -98,6 +102,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     health_reporter
         .set_serving::<WorkerServiceServer<WorkersApi>>()
         .await;
+    health_reporter
+        .set_serving::<ScheduleServiceServer<SchedulesApi>>()
+        .await;
+    health_reporter
+        .set_serving::<QueueServiceServer<QueuesApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(drover_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -116,6 +126,15 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         &cfg.open_routes,
         Duration::from_millis(cfg.token_cache_ms),
     ));
+    let schedules = ScheduleServiceServer::new(SchedulesApi {
+        store: store.clone(),
+        dispatcher: dispatcher.clone(),
+        config: Arc::new(cfg.clone()),
+    });
+    let queues = QueueServiceServer::new(QueuesApi {
+        store: store.clone(),
+        dispatcher: dispatcher.clone(),
+    });
     let workers = WorkerServiceServer::new(WorkersApi {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
@@ -152,6 +171,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             retention_interval: Duration::from_millis(cfg.retention_interval_ms),
             blobs: blobs.clone(),
             audit_retention: Duration::from_secs(cfg.audit_retention_days.saturating_mul(86_400)),
+            schedule_interval: Duration::from_millis(cfg.schedule_interval_ms),
+            schedule_grace: Duration::from_millis(cfg.schedule_misfire_grace_ms),
         },
         store.clone(),
         dispatcher.clone(),
@@ -260,6 +281,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             .add_service(reflection)
             .add_service(jobs)
             .add_service(workers)
+            .add_service(schedules)
+            .add_service(queues)
             .add_service(AdminServiceServer::from_arc(admin_grpc))
             .add_service(alerts_api);
         let result = match grpc_tls {

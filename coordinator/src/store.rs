@@ -76,7 +76,8 @@ pub const CONTROL_CHANNEL: &str = "drover_control";
 const JOB_COLUMNS: &str = "j.id, j.queue, j.state, j.argv, j.env, j.labels, j.params, \
     j.timeout_ms, j.retry_policy, j.idempotency_key, j.original_job_id, j.retry_of, \
     j.attempt_count, j.current_attempt_id, j.not_before, j.reason, j.created_at, \
-    j.updated_at, j.finished_at, j.cancel_requested_at, j.outputs, j.limits, j.secret_env";
+    j.updated_at, j.finished_at, j.cancel_requested_at, j.outputs, j.limits, j.secret_env, \
+    j.concurrency_keys, j.priority";
 
 const ATTEMPT_COLUMNS: &str = "a.id, a.job_id, a.number, a.worker_id, a.state, a.started_at, \
     a.lease_expires_at, a.finished_at, a.exit_code, a.signal, a.reason, a.log_bytes, \
@@ -98,6 +99,9 @@ pub struct JobRow {
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub cancel_requested: bool,
+    /// Concurrency keys the job holds while it runs.
+    pub concurrency_keys: Vec<String>,
+    pub priority: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -321,6 +325,8 @@ fn job_from_row(r: &Row) -> Result<JobRow> {
         cancel_requested: r
             .try_get::<_, Option<DateTime<Utc>>>("cancel_requested_at")?
             .is_some(),
+        concurrency_keys: r.try_get("concurrency_keys")?,
+        priority: r.try_get("priority")?,
     })
 }
 
@@ -355,11 +361,15 @@ fn millis(d: Duration) -> f64 {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    keyed: std::sync::Arc<flow::KeyedHint>,
 }
 
 impl Store {
     pub fn new(pool: Pool) -> Self {
-        Store { pool }
+        Store {
+            pool,
+            keyed: Default::default(),
+        }
     }
 
     pub fn pool(&self) -> &Pool {
@@ -381,10 +391,35 @@ impl Store {
         policy: &RetryPolicy,
         trace_parent: Option<&str>,
     ) -> Result<(JobRow, bool)> {
+        self.submit_with_flow(spec, policy, trace_parent, &flow::Flow::default())
+            .await
+    }
+
+    /// Submit with flow-control settings (keys, priority), set in the same transaction.
+    pub async fn submit_with_flow(
+        &self,
+        spec: &JobSpec,
+        policy: &RetryPolicy,
+        trace_parent: Option<&str>,
+        flow: &flow::Flow,
+    ) -> Result<(JobRow, bool)> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         let result = match insert_job(&tx, spec, policy, None, None, trace_parent).await? {
-            Some(job) => (job, true),
+            Some(job) => {
+                if flow.priority != 0 || !flow.keys.is_empty() || !flow.after.is_empty() {
+                    flow::set_job_flow(&tx, job.id, flow).await?;
+                    let row = tx
+                        .query_one_cached(
+                            &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
+                            &[&job.id],
+                        )
+                        .await?;
+                    (job_from_row(&row)?, true)
+                } else {
+                    (job, true)
+                }
+            }
             None => {
                 let row = tx
                     .query_one_cached(
@@ -442,9 +477,20 @@ impl Store {
         spec.idempotency_key = None;
         drover_core::validate::validate_spec(&spec)?;
         let root = orig.original_job_id.unwrap_or(orig.id);
-        let job = insert_job(&tx, &spec, &orig.policy, Some(root), Some(orig.id), None)
+        let mut job = insert_job(&tx, &spec, &orig.policy, Some(root), Some(orig.id), None)
             .await?
             .ok_or_else(|| Error::Internal("retry insert returned nothing".into()))?;
+        // The new job holds the same concurrency keys (their limits are already stored).
+        // ... and records the same priority (its rank is not shifted: see architecture.md).
+        if !orig.concurrency_keys.is_empty() || orig.priority != 0 {
+            tx.execute_cached(
+                "UPDATE jobs SET concurrency_keys = $2, priority = $3 WHERE id = $1",
+                &[&job.id, &orig.concurrency_keys, &orig.priority],
+            )
+            .await?;
+            job.concurrency_keys = orig.concurrency_keys.clone();
+            job.priority = orig.priority;
+        }
         tx.commit().await?;
         Ok(job)
     }
@@ -668,13 +714,20 @@ impl Store {
     /// Earliest time a pending job becomes due, if any is waiting out a backoff.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
         let c = self.pool.get().await?;
+        // Jobs waiting for dependencies have a far-future not_before: no timer for those.
         let row = c
             .query_one_cached(
-                "SELECT min(not_before) FROM jobs WHERE state = 'pending' AND not_before > now()",
+                "SELECT min(not_before) FROM jobs WHERE state = 'pending' AND not_before > now() \
+                    AND not_before < '3000-01-01'",
                 &[],
             )
             .await?;
-        Ok(row.try_get(0)?)
+        let due: Option<DateTime<Utc>> = row.try_get(0)?;
+        // A rate-limited key's next token is a due time too.
+        Ok(match (due, self.next_token_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
     }
 
     // ---------------------------------------------------------------- leasing
@@ -698,13 +751,18 @@ impl Store {
         // the planner could not use jobs_pending_idx for the order and sorted every pending
         // job on each claim — 4.7 ms a claim with 7 000 pending, most of PostgreSQL's time in
         // the throughput benchmark. Rows locked beyond the n kept are released at commit.
+        // Paused queues (queue_settings) are left out: one primary-key probe per queue.
         let rows = c
             .query_cached(
                 "WITH c AS MATERIALIZED ( \
-                    SELECT p.id, p.due FROM unnest($1::text[]) q(name) CROSS JOIN LATERAL ( \
+                    SELECT p.id, p.due FROM ( \
+                        SELECT u.name FROM unnest($1::text[]) u(name) \
+                         WHERE NOT EXISTS (SELECT 1 FROM queue_settings qs \
+                                            WHERE qs.queue = u.name AND qs.paused)) q \
+                    CROSS JOIN LATERAL ( \
                         SELECT id, not_before AS due FROM jobs \
                          WHERE state = 'pending' AND queue = q.name AND not_before <= now() \
-                           AND labels <@ $2 \
+                           AND labels <@ $2 AND concurrency_keys = '{}' \
                          ORDER BY not_before, id LIMIT $3 FOR UPDATE SKIP LOCKED) p \
                      ORDER BY p.due, p.id \
                      LIMIT least($3, greatest(0, $6 - (SELECT count(*) FROM attempts r \
@@ -724,32 +782,50 @@ impl Store {
                 &[&queues, &labels, &n, &worker_id, &millis(lease_ttl), &slots],
             )
             .await?;
-        rows.iter()
-            .map(|r| {
-                let Json(env): Json<BTreeMap<String, String>> = r.try_get("env")?;
-                let Json(params): Json<BTreeMap<String, String>> = r.try_get("params")?;
-                let Json(secret_env): Json<BTreeMap<String, String>> = r.try_get("secret_env")?;
-                Ok(Claimed {
-                    attempt_id: r.try_get("attempt_id")?,
-                    job_id: r.try_get("job_id")?,
-                    number: r.try_get("number")?,
-                    argv: r.try_get("argv")?,
-                    env,
-                    params,
-                    timeout_ms: r.try_get("timeout_ms")?,
-                    outputs: r.try_get("outputs")?,
-                    secret_env,
-                    waited: Duration::from_secs_f64(r.try_get::<_, f64>("waited")?.max(0.0)),
-                    trace_parent: r.try_get("trace_parent")?,
-                    limits: {
-                        let Json(l): Json<drover_core::ResourceLimits> = r.try_get("limits")?;
-                        l
-                    },
-                })
-            })
-            .collect()
+        let mut claimed = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        // Jobs with concurrency keys take their own path (a transaction that also counts the
+        // keys), only when the plain claim left slots free and keyed jobs may be waiting.
+        if (claimed.len() as i64) < n && self.keyed_jobs_may_wait() {
+            let more = self
+                .claim_keyed(
+                    worker_id,
+                    queues,
+                    labels,
+                    n - claimed.len() as i64,
+                    lease_ttl,
+                )
+                .await?;
+            claimed.extend(more);
+        }
+        Ok(claimed)
     }
+}
 
+fn claimed_from_row(r: &Row) -> Result<Claimed> {
+    let Json(env): Json<BTreeMap<String, String>> = r.try_get("env")?;
+    let Json(params): Json<BTreeMap<String, String>> = r.try_get("params")?;
+    let Json(secret_env): Json<BTreeMap<String, String>> = r.try_get("secret_env")?;
+    let Json(limits): Json<drover_core::ResourceLimits> = r.try_get("limits")?;
+    Ok(Claimed {
+        attempt_id: r.try_get("attempt_id")?,
+        job_id: r.try_get("job_id")?,
+        number: r.try_get("number")?,
+        argv: r.try_get("argv")?,
+        env,
+        params,
+        timeout_ms: r.try_get("timeout_ms")?,
+        outputs: r.try_get("outputs")?,
+        secret_env,
+        waited: Duration::from_secs_f64(r.try_get::<_, f64>("waited")?.max(0.0)),
+        trace_parent: r.try_get("trace_parent")?,
+        limits,
+    })
+}
+
+impl Store {
     /// Records a (re)connecting worker. Attempts the coordinator believes this worker holds
     /// but which the worker no longer runs are marked lost at once (it restarted), instead
     /// of waiting for their leases to expire. Returns those, and the attempts the worker
@@ -1634,3 +1710,7 @@ async fn insert_event(
     .await?;
     Ok(())
 }
+
+pub mod flow;
+pub mod queues;
+pub mod schedules;

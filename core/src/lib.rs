@@ -4,6 +4,7 @@
 //! - [`state`] — job and attempt states.
 //! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
 //! - [`limits`] — per-job resource limits and the sizes they are written in.
+//! - [`flow`] — concurrency keys and their limits.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
 //! - [`paging`] — bounding a page of results by bytes as well as count.
 //! - [`params`] — `{name}` placeholder substitution in argv.
@@ -11,18 +12,21 @@
 //! - [`alerting`] — alert rules, matching and storm folding.
 //! - [`delivery`] — classifying a notification send's outcome, and its backoff.
 //! - [`jobguard`] — worker-side defence: program allowlist, inherited environment, secret masking.
+//! - [`schedule`] — cron fire times in a time zone and the catch-up policy.
 //! - [`validate`] — limits and checks on submitted job specs, with errors naming the field.
 
 pub mod alerting;
 pub mod auth;
 pub mod delivery;
 pub mod fingerprint;
+pub mod flow;
 pub mod jobguard;
 pub mod limits;
 pub mod logcap;
 pub mod paging;
 pub mod params;
 pub mod retry;
+pub mod schedule;
 pub mod state;
 pub mod validate;
 

@@ -646,6 +646,19 @@ where
     .map(|r| r.into_inner())
 }
 
+pub type SchedulesClient =
+    drover_proto::v1::schedule_service_client::ScheduleServiceClient<Channel>;
+
+pub async fn schedules(addr: &str) -> Result<SchedulesClient> {
+    Ok(SchedulesClient::new(channel(addr).await?))
+}
+
+pub type QueuesClient = drover_proto::v1::queue_service_client::QueueServiceClient<Channel>;
+
+pub async fn queues(addr: &str) -> Result<QueuesClient> {
+    Ok(QueuesClient::new(channel(addr).await?))
+}
+
 /// A job spec running `argv` with a fast retry policy for tests.
 pub fn spec(argv: &[&str]) -> pb::JobSpec {
     pb::JobSpec {

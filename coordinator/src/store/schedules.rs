@@ -1,0 +1,458 @@
+//! SQL for schedules: their definitions, the ticks they fired, and the scheduling pass.
+//!
+//! Exactly one job per tick: a tick becomes a `schedule_runs` row (primary key schedule +
+//! fire time) and its job is inserted in the same transaction as the row turns `fired`.
+//! The pass also locks the schedule row (FOR UPDATE SKIP LOCKED) so two coordinators do
+//! not work on one schedule at once, but duplicates are impossible even without that lock.
+
+use super::{insert_job, Cached, JobRow};
+use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use drover_core::schedule::{due_ticks, CatchUp, CronSchedule, Overlap, MAX_CATCH_UP};
+use drover_core::{JobSpec, JobState, RetryPolicy};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use tokio_postgres::types::Json;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+/// The job a schedule fires, as stored (the idempotency key is never set).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredSpec {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub queue: String,
+    pub labels: Vec<String>,
+    pub params: BTreeMap<String, String>,
+    pub timeout_ms: i64,
+    pub outputs: Vec<String>,
+}
+
+impl From<&JobSpec> for StoredSpec {
+    fn from(s: &JobSpec) -> Self {
+        StoredSpec {
+            argv: s.argv.clone(),
+            env: s.env.clone(),
+            queue: s.queue.clone(),
+            labels: s.labels.clone(),
+            params: s.params.clone(),
+            timeout_ms: s.timeout_ms,
+            outputs: s.outputs.clone(),
+        }
+    }
+}
+
+impl StoredSpec {
+    pub fn to_job_spec(&self) -> JobSpec {
+        JobSpec {
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            queue: self.queue.clone(),
+            labels: self.labels.clone(),
+            params: self.params.clone(),
+            timeout_ms: self.timeout_ms,
+            idempotency_key: None,
+            outputs: self.outputs.clone(),
+            // Refused on schedules for now (schedules_api).
+            limits: Default::default(),
+            secret_env: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ScheduleRow {
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub spec: StoredSpec,
+    pub policy: RetryPolicy,
+    pub catch_up: CatchUp,
+    pub overlap: Overlap,
+    pub paused: bool,
+    pub next_fire_at: Option<DateTime<Utc>>,
+    pub dropped_ticks: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub fire_time: DateTime<Utc>,
+    pub status: String,
+    pub manual: bool,
+    pub job_id: Option<Uuid>,
+    pub job_state: Option<JobState>,
+    pub reason: String,
+}
+
+/// What one scheduling pass did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassReport {
+    pub fired: usize,
+    pub skipped: usize,
+    pub dropped: usize,
+}
+
+const SCHEDULE_COLUMNS: &str = "name, cron, timezone, spec, retry_policy, catch_up, overlap, \
+    paused, next_fire_at, dropped_ticks, created_at";
+
+fn schedule_from_row(r: &Row) -> Result<ScheduleRow> {
+    let Json(spec): Json<StoredSpec> = r.try_get("spec")?;
+    let Json(policy): Json<RetryPolicy> = r.try_get("retry_policy")?;
+    let bad = |what: &str| Error::Internal(format!("unknown {what} in database"));
+    Ok(ScheduleRow {
+        name: r.try_get("name")?,
+        cron: r.try_get("cron")?,
+        timezone: r.try_get("timezone")?,
+        spec,
+        policy,
+        catch_up: r
+            .try_get::<_, String>("catch_up")?
+            .parse()
+            .map_err(|_| bad("catch_up"))?,
+        overlap: r
+            .try_get::<_, String>("overlap")?
+            .parse()
+            .map_err(|_| bad("overlap"))?,
+        paused: r.try_get("paused")?,
+        next_fire_at: r.try_get("next_fire_at")?,
+        dropped_ticks: r.try_get("dropped_ticks")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn parsed(s: &ScheduleRow) -> Result<CronSchedule> {
+    CronSchedule::parse(&s.cron, &s.timezone)
+        .map_err(|e| Error::Internal(format!("stored schedule {}: {e}", s.name)))
+}
+
+impl super::Store {
+    pub async fn create_schedule(&self, s: &ScheduleRow) -> Result<ScheduleRow> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt_cached(
+                &format!(
+                    "INSERT INTO schedules (name, cron, timezone, spec, retry_policy, catch_up, \
+                     overlap, paused, next_fire_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (name) DO NOTHING RETURNING {SCHEDULE_COLUMNS}"
+                ),
+                &[
+                    &s.name,
+                    &s.cron,
+                    &s.timezone,
+                    &Json(&s.spec),
+                    &Json(&s.policy),
+                    &s.catch_up.as_str(),
+                    &s.overlap.as_str(),
+                    &s.paused,
+                    &s.next_fire_at,
+                ],
+            )
+            .await?
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "name: schedule {:?} already exists (delete it first)",
+                    s.name
+                ))
+            })?;
+        schedule_from_row(&row)
+    }
+
+    pub async fn list_schedules(&self, limit: i64) -> Result<Vec<ScheduleRow>> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query_cached(
+                &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name LIMIT $1"),
+                &[&limit],
+            )
+            .await?;
+        rows.iter().map(schedule_from_row).collect()
+    }
+
+    pub async fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRow>> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt_cached(
+                &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1"),
+                &[&name],
+            )
+            .await?;
+        row.as_ref().map(schedule_from_row).transpose()
+    }
+
+    /// The most recent runs of a schedule, newest first, with their jobs' states.
+    pub async fn schedule_runs(&self, name: &str, limit: i64) -> Result<Vec<RunRow>> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query_cached(
+                "SELECT r.fire_time, r.status, r.manual, r.job_id, j.state, r.reason \
+                   FROM schedule_runs r LEFT JOIN jobs j ON j.id = r.job_id \
+                  WHERE r.schedule = $1 ORDER BY r.fire_time DESC LIMIT $2",
+                &[&name, &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let state: Option<String> = r.try_get(4)?;
+                Ok(RunRow {
+                    fire_time: r.try_get(0)?,
+                    status: r.try_get(1)?,
+                    manual: r.try_get(2)?,
+                    job_id: r.try_get(3)?,
+                    job_state: state.as_deref().map(super::parse_state).transpose()?,
+                    reason: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Pauses or resumes a schedule. On resume the next tick is the first after now: ticks
+    /// that came due while paused are not run.
+    pub async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<ScheduleRow> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let s = lock_schedule(&tx, name).await?;
+        let next = if paused {
+            s.next_fire_at
+        } else {
+            let now = db_now(&tx).await?;
+            parsed(&s)?.next_after(now)
+        };
+        let row = tx
+            .query_one_cached(
+                &format!(
+                    "UPDATE schedules SET paused = $2, next_fire_at = $3, updated_at = now() \
+                     WHERE name = $1 RETURNING {SCHEDULE_COLUMNS}"
+                ),
+                &[&name, &paused, &next],
+            )
+            .await?;
+        let out = schedule_from_row(&row)?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub async fn delete_schedule(&self, name: &str) -> Result<()> {
+        let c = self.pool.get().await?;
+        let n = c
+            .execute_cached("DELETE FROM schedules WHERE name = $1", &[&name])
+            .await?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("schedule {name:?} not found")));
+        }
+        Ok(())
+    }
+
+    /// Fires a schedule now, whatever its overlap policy and even while paused.
+    pub async fn trigger_schedule(&self, name: &str) -> Result<JobRow> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let s = lock_schedule(&tx, name).await?;
+        let now = db_now(&tx).await?;
+        let cs = parsed(&s)?;
+        let inserted = tx
+            .execute_cached(
+                "INSERT INTO schedule_runs (schedule, fire_time, status, manual) \
+                 VALUES ($1, $2, 'held', true) ON CONFLICT DO NOTHING",
+                &[&name, &now],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(Error::Aborted(format!(
+                "schedule {name:?} already has a run at {now}; retry"
+            )));
+        }
+        let job = fire(&tx, &s, &cs, now).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    /// Names of schedules with work to do: a tick due, or a held tick waiting.
+    pub async fn schedules_due(&self, limit: i64) -> Result<Vec<String>> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query_cached(
+                "SELECT name FROM schedules s WHERE NOT paused AND (next_fire_at <= now() \
+                    OR EXISTS (SELECT 1 FROM schedule_runs r \
+                                WHERE r.schedule = s.name AND r.status = 'held')) \
+                 ORDER BY next_fire_at NULLS LAST LIMIT $1",
+                &[&limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<_, String>(0)?))
+            .collect()
+    }
+
+    /// One scheduling pass over one schedule: records its due ticks (as the catch-up policy
+    /// keeps them) and fires held ticks as its overlap policy allows. `grace`: how late a
+    /// tick may be handled and still count as on time.
+    pub async fn run_schedule(&self, name: &str, grace: chrono::Duration) -> Result<PassReport> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let row = tx
+            .query_opt_cached(
+                &format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1 AND NOT paused \
+                     FOR UPDATE SKIP LOCKED"
+                ),
+                &[&name],
+            )
+            .await?;
+        // Paused, deleted, or another coordinator is on it.
+        let Some(row) = row else {
+            return Ok(PassReport::default());
+        };
+        let s = schedule_from_row(&row)?;
+        let cs = parsed(&s)?;
+        let now = db_now(&tx).await?;
+        let mut report = PassReport::default();
+        if let Some(from) = s.next_fire_at.filter(|t| *t <= now) {
+            let due = due_ticks(&cs, from, now, s.catch_up, grace);
+            for tick in &due.fire {
+                tx.execute_cached(
+                    "INSERT INTO schedule_runs (schedule, fire_time, status) \
+                     VALUES ($1, $2, 'held') ON CONFLICT DO NOTHING",
+                    &[&name, tick],
+                )
+                .await?;
+            }
+            report.dropped = due.dropped;
+            tx.execute_cached(
+                "UPDATE schedules SET next_fire_at = $2, dropped_ticks = dropped_ticks + $3, \
+                        updated_at = now() WHERE name = $1",
+                &[&name, &due.next, &(due.dropped as i64)],
+            )
+            .await?;
+        }
+        release_held(&tx, &s, &cs, &mut report).await?;
+        tx.commit().await?;
+        Ok(report)
+    }
+}
+
+async fn db_now(tx: &Transaction<'_>) -> Result<DateTime<Utc>> {
+    Ok(tx.query_one_cached("SELECT now()", &[]).await?.try_get(0)?)
+}
+
+async fn lock_schedule(tx: &Transaction<'_>, name: &str) -> Result<ScheduleRow> {
+    let row = tx
+        .query_opt_cached(
+            &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1 FOR UPDATE"),
+            &[&name],
+        )
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("schedule {name:?} not found")))?;
+    schedule_from_row(&row)
+}
+
+/// Fires held ticks oldest first, as the overlap policy allows.
+async fn release_held(
+    tx: &Transaction<'_>,
+    s: &ScheduleRow,
+    cs: &CronSchedule,
+    report: &mut PassReport,
+) -> Result<()> {
+    let held: Vec<DateTime<Utc>> = tx
+        .query_cached(
+            "SELECT fire_time FROM schedule_runs WHERE schedule = $1 AND status = 'held' \
+              ORDER BY fire_time",
+            &[&s.name],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<std::result::Result<_, _>>()?;
+    // Bound the queue: beyond MAX_CATCH_UP held ticks, the oldest are skipped.
+    let excess = held.len().saturating_sub(MAX_CATCH_UP);
+    for tick in &held[..excess] {
+        mark_skipped(tx, &s.name, *tick, "more than 100 ticks held").await?;
+        report.skipped += 1;
+    }
+    let mut unfinished = unfinished_run(tx, &s.name).await?;
+    for tick in &held[excess..] {
+        match (s.overlap, unfinished) {
+            (Overlap::Queue, Some(_)) => break,
+            (Overlap::Skip, Some(prev)) => {
+                mark_skipped(
+                    tx,
+                    &s.name,
+                    *tick,
+                    &format!("previous run {prev} was unfinished"),
+                )
+                .await?;
+                report.skipped += 1;
+            }
+            _ => {
+                let job = fire(tx, s, cs, *tick).await?;
+                unfinished = Some(job.id);
+                report.fired += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn mark_skipped(
+    tx: &Transaction<'_>,
+    name: &str,
+    tick: DateTime<Utc>,
+    reason: &str,
+) -> Result<()> {
+    tx.execute_cached(
+        "UPDATE schedule_runs SET status = 'skipped', reason = $3 \
+          WHERE schedule = $1 AND fire_time = $2 AND status = 'held'",
+        &[&name, &tick, &reason],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A job of this schedule that has not finished, if any.
+async fn unfinished_run(tx: &Transaction<'_>, name: &str) -> Result<Option<Uuid>> {
+    let row = tx
+        .query_opt_cached(
+            "SELECT r.job_id FROM schedule_runs r JOIN jobs j ON j.id = r.job_id \
+              WHERE r.schedule = $1 AND r.status = 'fired' \
+                AND j.state IN ('pending', 'running') \
+              ORDER BY r.fire_time DESC LIMIT 1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
+/// Turns a held tick into a job, in the caller's transaction. The run row is claimed first
+/// (held -> fired); if another transaction already fired it, nothing is created.
+async fn fire(
+    tx: &Transaction<'_>,
+    s: &ScheduleRow,
+    cs: &CronSchedule,
+    tick: DateTime<Utc>,
+) -> Result<JobRow> {
+    let claimed = tx
+        .execute_cached(
+            "UPDATE schedule_runs SET status = 'fired' \
+              WHERE schedule = $1 AND fire_time = $2 AND status = 'held'",
+            &[&s.name, &tick],
+        )
+        .await?;
+    if claimed != 1 {
+        return Err(Error::Aborted(format!(
+            "tick {tick} of schedule {} was handled concurrently; retry",
+            s.name
+        )));
+    }
+    let mut spec = s.spec.to_job_spec();
+    spec.params.extend(cs.tick_params(tick));
+    let job = insert_job(tx, &spec, &s.policy, None, None, None)
+        .await?
+        .ok_or_else(|| Error::Internal("schedule insert returned nothing".into()))?;
+    tx.execute_cached(
+        "UPDATE schedule_runs SET job_id = $3 WHERE schedule = $1 AND fire_time = $2",
+        &[&s.name, &tick, &job.id],
+    )
+    .await?;
+    Ok(job)
+}
