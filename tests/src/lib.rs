@@ -647,16 +647,22 @@ where
 }
 
 pub type SchedulesClient =
-    drover_proto::v1::schedule_service_client::ScheduleServiceClient<Channel>;
+    drover_proto::v1::schedule_service_client::ScheduleServiceClient<AuthChannel>;
 
+/// ScheduleService as the harness's admin.
 pub async fn schedules(addr: &str) -> Result<SchedulesClient> {
-    Ok(SchedulesClient::new(channel(addr).await?))
+    Ok(SchedulesClient::new(
+        channel_as(addr, Some(ADMIN_TOKEN)).await?,
+    ))
 }
 
-pub type QueuesClient = drover_proto::v1::queue_service_client::QueueServiceClient<Channel>;
+pub type QueuesClient = drover_proto::v1::queue_service_client::QueueServiceClient<AuthChannel>;
 
+/// QueueService as the harness's admin.
 pub async fn queues(addr: &str) -> Result<QueuesClient> {
-    Ok(QueuesClient::new(channel(addr).await?))
+    Ok(QueuesClient::new(
+        channel_as(addr, Some(ADMIN_TOKEN)).await?,
+    ))
 }
 
 /// A job spec running `argv` with a fast retry policy for tests.

@@ -47,6 +47,7 @@ async fn a_chain_runs_in_order_and_show_says_what_it_waits_for() -> anyhow::Resu
         format!("after job {}", want.join(", "))
     );
     let out = Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .args(["--addr", &addr, "show", &b.id])
         .output()?;
     let text = String::from_utf8(out.stdout)?;

@@ -35,6 +35,8 @@ async fn dev_stack_runs_a_job_and_ctrl_c_stops_everything() -> anyhow::Result<()
             "--no-sample",
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(&data)

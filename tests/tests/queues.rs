@@ -29,6 +29,7 @@ async fn paused_queue_leases_nothing_running_jobs_finish_resume_releases() -> an
     wait_state(&mut api, &running.id, pb::JobState::Running).await?;
 
     let out = Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .args(["--addr", &addr, "queue", "pause", "scrape"])
         .output()?;
     assert!(out.status.success(), "{out:?}");
@@ -59,6 +60,7 @@ async fn paused_queue_leases_nothing_running_jobs_finish_resume_releases() -> an
         assert_eq!(j.waiting, "queue paused");
     }
     let out = Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .args(["--addr", &addr, "list", "--state", "pending"])
         .output()?;
     let text = String::from_utf8(out.stdout)?;
@@ -92,6 +94,7 @@ async fn paused_queue_leases_nothing_running_jobs_finish_resume_releases() -> an
         assert!(e.message().starts_with("queue:"), "{}", e.message());
     }
     let out = Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .args(["--addr", &addr, "queue", "pause", "bad name"])
         .output()?;
     assert!(!out.status.success());

@@ -368,6 +368,7 @@ async fn overlap_skip_and_queue_never_run_two_at_once() -> anyhow::Result<()> {
 
 fn droverctl(addr: &str, args: &[&str]) -> std::process::Output {
     Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
         .arg("--addr")
         .arg(addr)
         .args(args)
