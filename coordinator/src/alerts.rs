@@ -344,7 +344,23 @@ async fn check_conditions(store: &Store, cfg: &AlertsConfig, lease_ttl_ms: i64) 
         } else {
             Vec::new()
         };
-        let now = alerting::conditions(rule, &workers, &queues, &spikes);
+        let now = if rule.kind == alerting::RuleKind::ScheduleMissed {
+            let schedules: Vec<alerting::ScheduleView> = store
+                .schedule_miss_views()
+                .await?
+                .into_iter()
+                .map(|v| alerting::ScheduleView {
+                    name: v.name,
+                    queue: v.queue,
+                    missed_ago_secs: v.missed_ago_secs,
+                    missed_reason: v.missed_reason,
+                    overdue_secs: v.overdue_secs,
+                })
+                .collect();
+            alerting::schedule_conditions(rule, &schedules)
+        } else {
+            alerting::conditions(rule, &workers, &queues, &spikes)
+        };
         let mut c = store.pool().get().await?;
         let tx = c.transaction().await?;
         let stored: BTreeMap<String, String> = tx

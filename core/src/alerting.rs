@@ -25,6 +25,10 @@ pub enum RuleKind {
     QueueUnserved,
     /// A queue's oldest due job has waited longer than `waited_longer_than_secs` (condition).
     QueueWait,
+    /// A schedule missed a tick within `window_secs` (its catch-up or overlap policy did not
+    /// run it), or its next tick is more than `waited_longer_than_secs` overdue, i.e. no
+    /// scheduler is running (condition).
+    ScheduleMissed,
 }
 
 impl RuleKind {
@@ -36,6 +40,7 @@ impl RuleKind {
                 | RuleKind::Worker
                 | RuleKind::QueueUnserved
                 | RuleKind::QueueWait
+                | RuleKind::ScheduleMissed
         )
     }
 
@@ -49,6 +54,7 @@ impl RuleKind {
             RuleKind::Worker => "worker",
             RuleKind::QueueUnserved => "queue_unserved",
             RuleKind::QueueWait => "queue_wait",
+            RuleKind::ScheduleMissed => "schedule_missed",
         }
     }
 }
@@ -308,6 +314,52 @@ pub struct QueueView {
     pub oldest_due_secs: Option<i64>,
 }
 
+/// A schedule as the `schedule_missed` rule sees it (paused schedules are left out).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleView {
+    pub name: String,
+    pub queue: String,
+    /// Seconds since a tick was last missed (not run), if one ever was.
+    pub missed_ago_secs: Option<i64>,
+    /// Why (e.g. "3 tick(s) not run (catch-up skip)").
+    pub missed_reason: String,
+    /// Seconds its next tick is overdue, if it is due.
+    pub overdue_secs: Option<i64>,
+}
+
+/// Which schedules a `schedule_missed` rule fires for: a tick missed within the window, or
+/// the next tick overdue by more than `waited_longer_than_secs`.
+pub fn schedule_conditions(rule: &Rule, schedules: &[ScheduleView]) -> Firing {
+    let mut f = Firing::new();
+    if rule.kind != RuleKind::ScheduleMissed {
+        return f;
+    }
+    for s in schedules.iter().filter(|s| rule.wants_queue(&s.queue)) {
+        match (s.missed_ago_secs, s.overdue_secs) {
+            (Some(ago), _) if ago <= rule.window_secs as i64 => {
+                f.insert(
+                    s.name.clone(),
+                    format!(
+                        "schedule {} missed a run {ago}s ago: {}",
+                        s.name, s.missed_reason
+                    ),
+                );
+            }
+            (_, Some(late)) if late > rule.waited_longer_than_secs as i64 => {
+                f.insert(
+                    s.name.clone(),
+                    format!(
+                        "schedule {} is {late}s overdue: no coordinator is running its ticks",
+                        s.name
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+    f
+}
+
 /// Which keys of a condition rule hold now. `spikes` is (queue, fingerprint, sample,
 /// failures within the rule's window).
 pub fn conditions(
@@ -512,6 +564,34 @@ mod tests {
         let mut retry = e;
         retry.event = "job.retry_scheduled".into();
         assert_eq!(event_key(&rule(RuleKind::PermanentFailed), &retry), None);
+    }
+
+    #[test]
+    fn schedules_fire_for_a_recent_miss_or_an_overdue_tick() {
+        let view = |name: &str, ago: Option<i64>, overdue: Option<i64>| ScheduleView {
+            name: name.into(),
+            queue: "scrape".into(),
+            missed_ago_secs: ago,
+            missed_reason: "3 tick(s) not run (catch-up skip)".into(),
+            overdue_secs: overdue,
+        };
+        let schedules = vec![
+            view("recent", Some(10), None),
+            view("old-miss", Some(10_000), Some(1)),
+            view("stuck", None, Some(5_000)),
+            view("fine", None, Some(2)),
+        ];
+        let mut r = rule(RuleKind::ScheduleMissed);
+        r.window_secs = 3600;
+        r.waited_longer_than_secs = 900;
+        let f = schedule_conditions(&r, &schedules);
+        assert_eq!(f.keys().collect::<Vec<_>>(), vec!["recent", "stuck"]);
+        assert!(f["recent"].contains("catch-up skip"), "{}", f["recent"]);
+        assert!(f["stuck"].contains("5000s overdue"), "{}", f["stuck"]);
+        r.queue = "other".into();
+        assert!(schedule_conditions(&r, &schedules).is_empty());
+        // Other kinds never fire from schedules.
+        assert!(schedule_conditions(&rule(RuleKind::QueueWait), &schedules).is_empty());
     }
 
     #[test]

@@ -1507,3 +1507,65 @@ waited_longer_than_secs = 1
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_schedule_that_misses_its_runs_alerts_once_and_resolves_when_paused() -> Result<()> {
+    let cl = Cluster::new().await?;
+    let (hook, url) = start_hook().await?;
+    let rules = r#"
+[[alerts.rules]]
+name = "missed"
+kind = "schedule_missed"
+channel = "hook"
+window_secs = 3600
+"#;
+    let (_c, addr) = cl.coordinator(
+        "coord",
+        &CoordinatorOpts {
+            config_toml: Some(alerts_toml(&url, rules, "")),
+            ..Default::default()
+        },
+    )?;
+    // Every second, overlap "skip", and no worker: the first tick's job stays pending, so
+    // each later tick is skipped — a missed run.
+    let mut s = schedules(&addr).await?;
+    s.create_schedule(pb::CreateScheduleRequest {
+        schedule: Some(pb::Schedule {
+            name: "every-second".into(),
+            cron: "* * * * * *".into(),
+            timezone: "UTC".into(),
+            overlap: "skip".into(),
+            spec: Some(sh("echo tick")),
+            ..Default::default()
+        }),
+    })
+    .await?;
+    until("the firing message", || {
+        hook.with(|s| !s.accepted.is_empty())
+    })
+    .await?;
+    s.pause_schedule(pb::PauseScheduleRequest {
+        name: "every-second".into(),
+    })
+    .await?;
+    until("the resolved message", || {
+        hook.with(|s| s.accepted.len() >= 2)
+    })
+    .await?;
+    let mut a = alerts_api(&addr).await?;
+    let ns = notifications(&mut a).await?;
+    let subjects: Vec<&str> = ns.iter().rev().map(|n| n.subject.as_str()).collect();
+    assert_eq!(
+        subjects.len(),
+        2,
+        "one firing and one resolved message: {subjects:?}"
+    );
+    assert!(
+        subjects[0].starts_with("[missed] schedule every-second missed a run")
+            && subjects[0].contains("skipped: previous run"),
+        "{}",
+        subjects[0]
+    );
+    assert_eq!(subjects[1], "resolved: [missed] every-second");
+    Ok(())
+}

@@ -41,6 +41,9 @@ pub struct Config {
     /// How attempts are contained: `auto` (a cgroup per attempt where the worker can
     /// create one, else a child subreaper) or `subreaper` (never cgroups; no limits).
     pub containment: String,
+    /// Turn on cgroup2's `favordynmods` mount option (if off) so that joining an attempt's
+    /// cgroup does not wait for an RCU grace period (~7 ms of pickup latency each).
+    pub cgroup_favordynmods: bool,
     /// Bearer token (role worker) sent to the coordinator. Prefer `token_file`.
     pub token: Option<String>,
     /// File holding the token (first line; must not be readable by others).
@@ -87,6 +90,7 @@ impl Default for Config {
             log_format: "text".into(),
             log_dir: None,
             containment: "auto".into(),
+            cgroup_favordynmods: true,
             token: None,
             token_file: None,
             ca_file: None,

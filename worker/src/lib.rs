@@ -68,7 +68,7 @@ pub async fn run(
     let containment = if cfg.containment == "subreaper" {
         containment::Containment::subreaper_only()
     } else {
-        containment::Containment::detect(&worker_id, &cfg.state_dir)
+        containment::Containment::detect(&worker_id, &cfg.state_dir, cfg.cgroup_favordynmods)
     };
     let leftovers = containment.remove_leftovers();
     if leftovers > 0 {

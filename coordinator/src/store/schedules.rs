@@ -319,10 +319,18 @@ impl super::Store {
                 .await?;
             }
             report.dropped = due.dropped;
+            // Dropped ticks are remembered for the schedule_missed alert rule.
+            let missed = format!(
+                "{} tick(s) not run (catch-up {})",
+                due.dropped,
+                s.catch_up.as_str()
+            );
             tx.execute_cached(
                 "UPDATE schedules SET next_fire_at = $2, dropped_ticks = dropped_ticks + $3, \
+                        last_missed_at = CASE WHEN $3 > 0 THEN now() ELSE last_missed_at END, \
+                        last_missed_reason = CASE WHEN $3 > 0 THEN $4 ELSE last_missed_reason END, \
                         updated_at = now() WHERE name = $1",
-                &[&name, &due.next, &(due.dropped as i64)],
+                &[&name, &due.next, &(due.dropped as i64), &missed],
             )
             .await?;
         }
@@ -406,6 +414,14 @@ async fn mark_skipped(
         &[&name, &tick, &reason],
     )
     .await?;
+    tx.execute_cached(
+        "UPDATE schedules SET last_missed_at = now(), last_missed_reason = $2 WHERE name = $1",
+        &[
+            &name,
+            &format!("tick {} skipped: {reason}", tick.to_rfc3339()),
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -455,4 +471,43 @@ async fn fire(
     )
     .await?;
     Ok(job)
+}
+
+/// A schedule as the `schedule_missed` alert rule reads it.
+#[derive(Debug, Clone)]
+pub struct MissView {
+    pub name: String,
+    pub queue: String,
+    pub missed_ago_secs: Option<i64>,
+    pub missed_reason: String,
+    pub overdue_secs: Option<i64>,
+}
+
+impl super::Store {
+    /// Unpaused schedules with when they last missed a tick and how late their next one is.
+    pub async fn schedule_miss_views(&self) -> Result<Vec<MissView>> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query_cached(
+                "SELECT name, spec->>'queue' AS queue, \
+                        extract(epoch FROM now() - last_missed_at)::bigint AS missed_ago, \
+                        last_missed_reason, \
+                        CASE WHEN next_fire_at <= now() \
+                             THEN extract(epoch FROM now() - next_fire_at)::bigint END AS overdue \
+                   FROM schedules WHERE NOT paused ORDER BY name LIMIT 10000",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(MissView {
+                    name: r.try_get("name")?,
+                    queue: r.try_get::<_, Option<String>>("queue")?.unwrap_or_default(),
+                    missed_ago_secs: r.try_get("missed_ago")?,
+                    missed_reason: r.try_get("last_missed_reason")?,
+                    overdue_secs: r.try_get("overdue")?,
+                })
+            })
+            .collect()
+    }
 }
