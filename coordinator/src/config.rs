@@ -421,7 +421,7 @@ mod tests {
         let c = Config::load(Some(&path), Figment::new()).expect("coordinator-alerts.example.toml");
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.alerts.channels.len(), 3);
-        assert_eq!(c.alerts.rules.len(), 8);
+        assert_eq!(c.alerts.rules.len(), 9);
         // Secrets never show in the effective config (GetHealth's config_json).
         let json = serde_json::to_string(&c).unwrap_or_default();
         assert!(
