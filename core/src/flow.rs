@@ -156,8 +156,8 @@ pub fn parse_rate(field: &str, s: &str) -> Result<Rate, ValidationError> {
     })
 }
 
-/// The rate of the longest matching pattern, if any.
-pub fn rate_for(key: &str, patterns: &[(String, Rate)]) -> Option<Rate> {
+/// The value of the longest glob pattern that matches `key`, if any.
+fn longest_match<T: Copy>(key: &str, patterns: &[(String, T)]) -> Option<T> {
     patterns
         .iter()
         .filter(|(p, _)| {
@@ -166,20 +166,17 @@ pub fn rate_for(key: &str, patterns: &[(String, Rate)]) -> Option<Rate> {
                 .unwrap_or(false)
         })
         .max_by_key(|(p, _)| p.len())
-        .map(|(_, r)| *r)
+        .map(|(_, v)| *v)
+}
+
+/// The rate of the longest matching pattern, if any.
+pub fn rate_for(key: &str, patterns: &[(String, Rate)]) -> Option<Rate> {
+    longest_match(key, patterns)
 }
 
 /// The concurrency limit of the longest matching pattern, if any.
 pub fn pattern_limit(key: &str, patterns: &[(String, u32)]) -> Option<u32> {
-    patterns
-        .iter()
-        .filter(|(p, _)| {
-            glob::Pattern::new(p)
-                .map(|p| p.matches(key))
-                .unwrap_or(false)
-        })
-        .max_by_key(|(p, _)| p.len())
-        .map(|(_, l)| *l)
+    longest_match(key, patterns)
 }
 
 #[cfg(test)]
