@@ -63,6 +63,8 @@ struct Cli {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
     Throughput,
+    /// Throughput again with every job carrying one of 100 concurrency keys.
+    Keys,
     Latency,
     Recovery,
     Logs,
@@ -162,6 +164,7 @@ async fn run(cli: Cli) -> Result<()> {
     let parts = if cli.only.is_empty() {
         vec![
             Part::Throughput,
+            Part::Keys,
             Part::Latency,
             Part::Recovery,
             Part::Logs,
@@ -217,6 +220,7 @@ async fn run(cli: Cli) -> Result<()> {
     // Table order follows the brief's rows, whatever order they ran in.
     let order = [
         Part::Throughput,
+        Part::Keys,
         Part::Latency,
         Part::Recovery,
         Part::Logs,
@@ -292,7 +296,13 @@ async fn measure(
     rows: &mut Vec<(Part, Row)>,
     details: &mut serde_json::Map<String, Value>,
 ) -> Result<()> {
-    let main_parts = [Part::Throughput, Part::Latency, Part::Logs, Part::Recovery];
+    let main_parts = [
+        Part::Throughput,
+        Part::Keys,
+        Part::Latency,
+        Part::Logs,
+        Part::Recovery,
+    ];
     if parts.iter().any(|p| main_parts.contains(p)) {
         let mut env = base_env();
         env.push(("DROVER_LOG_CAP_BYTES", log_cap(counts).to_string()));
@@ -306,13 +316,25 @@ async fn measure(
             let (mut runs, mut ds) = (Vec::new(), Vec::new());
             for i in 0..n {
                 say!("[throughput] run {} of {n}", i + 1);
-                let (r, d) = throughput::run(&mut stack, counts.throughput_jobs).await?;
+                let (r, d) = throughput::run(&mut stack, counts.throughput_jobs, 0).await?;
                 runs.push(r);
                 ds.push(d);
                 settle().await;
             }
             rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Throughput, r)));
             details.insert("throughput".into(), Value::Array(ds));
+        }
+        if parts.contains(&Part::Keys) {
+            let (mut runs, mut ds) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                say!("[throughput, 100 keys] run {} of {n}", i + 1);
+                let (r, d) = throughput::run(&mut stack, counts.throughput_jobs, 100).await?;
+                runs.push(r);
+                ds.push(d);
+                settle().await;
+            }
+            rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Keys, r)));
+            details.insert("throughput_keys".into(), Value::Array(ds));
         }
         let mut raw_spawn = None;
         if parts.contains(&Part::Latency) {
