@@ -39,8 +39,8 @@ pub fn partitions_ahead(r: &Retention, interval: Duration) -> Duration {
 }
 
 /// How long the DROP of a log partition waits for its table lock before trying again in
-/// the next pass (it must not queue writers behind a long reader).
-const DROP_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+/// the next pass: log writes queue behind a waiting DROP, so the wait is kept short.
+const DROP_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
 
 pub async fn run_pass(
     store: &Store,
