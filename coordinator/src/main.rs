@@ -55,6 +55,9 @@ struct Cli {
     /// Length of one log partition, 1m to 31d [default: 1d].
     #[arg(long, value_name = "AGE")]
     retention_log_partition: Option<String>,
+    /// Rows per retention delete statement, 1 to 100000 [default: 500].
+    #[arg(long, value_name = "N")]
+    retention_batch_size: Option<u32>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -128,6 +131,9 @@ fn overrides(cli: &Cli) -> Figment {
         if let Some(v) = v {
             f = f.merge(Serialized::default(key, v));
         }
+    }
+    if let Some(n) = cli.retention_batch_size {
+        f = f.merge(Serialized::default("retention.batch_size", n));
     }
     f
 }

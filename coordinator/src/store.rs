@@ -462,9 +462,11 @@ impl Store {
     ) -> Result<JobRow> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
+        // Key-share locked: retention (which takes FOR UPDATE SKIP LOCKED) cannot delete
+        // the original under the new job's reference; if it won the race, this finds none.
         let row = tx
             .query_opt_cached(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
+                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1 FOR KEY SHARE"),
                 &[&id],
             )
             .await?

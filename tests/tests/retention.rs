@@ -491,3 +491,46 @@ async fn logs_written_before_partitioning_survive_the_migration() -> anyhow::Res
         .await;
     result
 }
+
+#[tokio::test]
+async fn bad_retention_settings_stop_the_coordinator_naming_the_key() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+        (&["--retention-succeeded", "0d"], &[], "retention.succeeded"),
+        (
+            &["--retention-log-partition", "10s"],
+            &[],
+            "retention.log_partition",
+        ),
+        (
+            &["--retention-batch-size", "0"],
+            &[],
+            "retention.batch_size",
+        ),
+        (
+            &[],
+            &[("DROVER_RETENTION__WORKERS", "7y")],
+            "retention.workers",
+        ),
+    ];
+    for (args, env, key) in cases {
+        let out = std::process::Command::new(bin("drover-coordinator"))
+            .args(["--database-url", &cl.db.url, "--listen", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{args:?} {env:?}: {err}");
+        assert!(err.contains(key), "{args:?} {env:?}: {err}");
+    }
+    // Good values on the command line are taken.
+    let (c, _addr) = cl.coordinator(
+        "coord",
+        &CoordinatorOpts {
+            env: vec![("DROVER_RETENTION__SAMPLES".into(), "3h".into())],
+            ..Default::default()
+        },
+    )?;
+    assert!(!c.log_text().contains("bad configuration"));
+    Ok(())
+}
