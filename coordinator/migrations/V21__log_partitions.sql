@@ -11,7 +11,8 @@
 ALTER TABLE attempts ADD COLUMN log_part timestamptz NOT NULL DEFAULT '-infinity';
 -- New attempts: their start (the claim transaction's time).
 ALTER TABLE attempts ALTER COLUMN log_part SET DEFAULT now();
-CREATE INDEX attempts_log_part_idx ON attempts (log_part);
+-- Retention looks up the attempts of a partition's range that still have a log.
+CREATE INDEX attempts_log_part_idx ON attempts (log_part) WHERE logs_purged_at IS NULL;
 
 ALTER TABLE log_chunks RENAME TO log_chunks_legacy;
 ALTER TABLE log_chunks_legacy RENAME CONSTRAINT log_chunks_pkey TO log_chunks_legacy_pkey;

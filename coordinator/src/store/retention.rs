@@ -211,7 +211,8 @@ impl Store {
         Ok(names)
     }
 
-    /// Whether every attempt whose log is in `range` finished more than `retention` ago.
+    /// Whether every attempt whose log is in `range` finished more than `retention` ago (an
+    /// attempt whose log is purged already did: purging waits at least that long).
     pub async fn log_partition_expired(&self, range: &Range, retention: Duration) -> Result<bool> {
         let c = self.pool.get().await?;
         partition_expired(&c, range, retention).await
@@ -307,6 +308,7 @@ async fn partition_expired<C: Cached>(c: &C, range: &Range, retention: Duration)
         .query_one_cached(
             "SELECT $2 > now() - $3 * interval '1 millisecond' OR EXISTS (SELECT 1 FROM attempts \
               WHERE ($1::timestamptz IS NULL OR log_part >= $1) AND log_part < $2 \
+                AND logs_purged_at IS NULL \
                 AND (finished_at IS NULL OR finished_at >= now() - $3 * interval '1 millisecond'))",
             &[&range.lo, &range.hi, &millis(retention)],
         )
