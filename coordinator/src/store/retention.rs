@@ -180,6 +180,9 @@ impl Store {
         let tx = c.transaction().await?;
         tx.execute_cached("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
             .await?;
+        // Creating a partition locks the parent table; log writes queue behind a waiting
+        // DDL, so it gives up after a moment (the next pass, or the writer, tries again).
+        tx.batch_execute("SET LOCAL lock_timeout = '2s'").await?;
         let now: DateTime<Utc> = tx.query_one_cached("SELECT now()", &[]).await?.try_get(0)?;
         let existing: Vec<Range> = list_partitions(&tx)
             .await?
