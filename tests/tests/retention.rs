@@ -495,7 +495,9 @@ async fn logs_written_before_partitioning_survive_the_migration() -> anyhow::Res
 #[tokio::test]
 async fn bad_retention_settings_stop_the_coordinator_naming_the_key() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
-    let cases: [(&[&str], &[(&str, &str)], &str); 4] = [
+    /// Flags, environment, the key the error must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
         (&["--retention-succeeded", "0d"], &[], "retention.succeeded"),
         (
             &["--retention-log-partition", "10s"],
