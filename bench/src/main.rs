@@ -15,6 +15,7 @@ mod lograte;
 mod recovery;
 mod report;
 mod scale;
+mod soak;
 mod stack;
 mod throughput;
 mod util;
@@ -55,9 +56,15 @@ struct Cli {
     /// Also write the numbers to this file as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Run only these parts (comma-separated).
+    /// Run only these parts (comma-separated). `soak` and `backlog` run only when named.
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Part>,
+    /// Jobs through the soak (default: 1000000; --quick: 4000).
+    #[arg(long, value_name = "N")]
+    soak_jobs: Option<usize>,
+    /// Pending jobs in the backlog rows (default: 100000; --quick: 5000).
+    #[arg(long, value_name = "N")]
+    backlog_jobs: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -69,6 +76,10 @@ enum Part {
     Recovery,
     Logs,
     Scale,
+    /// Many jobs with logs under short retention horizons: size plateau, no slowdown.
+    Soak,
+    /// Pickup and throughput with a large backlog of pending jobs.
+    Backlog,
 }
 
 struct Counts {
@@ -84,6 +95,9 @@ struct Counts {
     real_jobs: usize,
     /// Every row is measured this many times; the table shows the median and the range.
     repeats: usize,
+    soak_jobs: usize,
+    soak_waves: usize,
+    backlog_jobs: i64,
 }
 
 impl Counts {
@@ -99,6 +113,9 @@ impl Counts {
             heartbeat_window: Duration::from_secs(5),
             real_jobs: 300,
             repeats: 3,
+            soak_jobs: 4_000,
+            soak_waves: 4,
+            backlog_jobs: 5_000,
         }
     }
 
@@ -114,6 +131,9 @@ impl Counts {
             heartbeat_window: Duration::from_secs(20),
             real_jobs: 1_000,
             repeats: 3,
+            soak_jobs: 1_000_000,
+            soak_waves: 20,
+            backlog_jobs: 100_000,
         }
     }
 }
@@ -156,11 +176,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let counts = if cli.quick {
+    let mut counts = if cli.quick {
         Counts::quick()
     } else {
         Counts::full()
     };
+    if let Some(n) = cli.soak_jobs {
+        counts.soak_jobs = n.max(1);
+    }
+    if let Some(n) = cli.backlog_jobs {
+        counts.backlog_jobs = n.max(1);
+    }
     let parts = if cli.only.is_empty() {
         vec![
             Part::Throughput,
@@ -225,6 +251,8 @@ async fn run(cli: Cli) -> Result<()> {
         Part::Recovery,
         Part::Logs,
         Part::Scale,
+        Part::Backlog,
+        Part::Soak,
     ];
     let ordered: Vec<Row> = order
         .iter()
@@ -386,6 +414,30 @@ async fn measure(
         let (runs, d) = scale::run(server, bins, tmp, &base_env(), &p).await?;
         rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Scale, r)));
         details.insert("scale".into(), d);
+    }
+    if parts.contains(&Part::Backlog) {
+        let (r, d) = soak::backlog(
+            server,
+            bins,
+            tmp,
+            &base_env(),
+            counts.backlog_jobs,
+            counts.latency_samples,
+        )
+        .await?;
+        rows.extend(r.into_iter().map(|r| (Part::Backlog, r)));
+        details.insert("backlog".into(), d);
+    }
+    if parts.contains(&Part::Soak) {
+        let p = soak::SoakParams {
+            jobs: counts.soak_jobs,
+            waves: counts.soak_waves,
+            log_bytes: 8 << 10,
+            probes: (counts.latency_samples / 5).max(20),
+        };
+        let (r, d) = soak::soak(server, bins, tmp, &base_env(), &p).await?;
+        rows.extend(r.into_iter().map(|r| (Part::Soak, r)));
+        details.insert("soak".into(), d);
     }
     Ok(())
 }
