@@ -1,14 +1,14 @@
 //! Every SQL statement the coordinator runs, in one place.
 //!
-//! State changes follow one pattern: lock the rows, ask the pure domain functions
-//! (`drover_core::classify` / `decide`) what happens next, write the attempt, the job and
+//! State changes follow one pattern: lock the rows, ask the pure domain function
+//! (`drover_core::transition`) what happens next, write the attempt, the job and
 //! the outbox event, and commit — all in one transaction (invariant 3).
 
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool, Transaction};
 use drover_core::logcap::{self, CapState};
-use drover_core::{AttemptState, JobSpec, JobState, Next, RawResult, RetryPolicy};
+use drover_core::{AttemptState, Counts, JobSpec, JobState, RawResult, RetryPolicy};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -190,7 +190,6 @@ pub struct WorkerRow {
     pub slots: i32,
     pub running: i64,
     pub version: String,
-    pub connected: bool,
     pub last_seen_at: DateTime<Utc>,
     pub seen_ago_ms: i64,
     pub resources: Option<Vec<u8>>,
@@ -840,10 +839,10 @@ impl Store {
             let c = self.pool.get().await?;
             c.execute_cached(
                 "INSERT INTO workers (id, hostname, labels, queues, slots, version, \
-                    coordinator_id, connected, last_seen_at, containment) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, true, now(), $8) \
+                    coordinator_id, last_seen_at, containment) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8) \
                  ON CONFLICT (id) DO UPDATE SET hostname = $2, labels = $3, queues = $4, \
-                    slots = $5, version = $6, coordinator_id = $7, connected = true, \
+                    slots = $5, version = $6, coordinator_id = $7, \
                     last_seen_at = now(), containment = $8",
                 &[
                     &w.id,
@@ -890,11 +889,11 @@ impl Store {
         Ok((ended, hb))
     }
 
+    /// Records when a worker's session ended (its state follows from `last_seen_at`).
     pub async fn worker_disconnected(&self, worker_id: &str, coordinator_id: &str) -> Result<()> {
         let c = self.pool.get().await?;
         c.execute_cached(
-            "UPDATE workers SET connected = false, last_seen_at = now() \
-              WHERE id = $1 AND coordinator_id = $2",
+            "UPDATE workers SET last_seen_at = now() WHERE id = $1 AND coordinator_id = $2",
             &[&worker_id, &coordinator_id],
         )
         .await?;
@@ -998,8 +997,12 @@ impl Store {
         req: &EndRequest,
     ) -> Result<Ended> {
         match self.end_attempt_tx(attempt_id, worker, req).await {
-            Err(Error::Internal(why)) => {
-                tracing::error!(%attempt_id, error = ?why, "attempt result could not be applied; failing the job");
+            Err(e) if e.kind() == crate::error::ErrorKind::Internal => {
+                tracing::error!(%attempt_id, error = ?e, "attempt result could not be applied; failing the job");
+                let why = match e {
+                    Error::Internal(why) => why,
+                    e => e.to_string(),
+                };
                 self.end_attempt_unapplied(attempt_id, &why).await
             }
             other => other,
@@ -1097,61 +1100,35 @@ impl Store {
         let policy: RetryPolicy = serde_json::from_value(policy)
             .map_err(|e| Error::Internal(format!("stored retry policy is unreadable: {e}")))?;
         let queue: String = row.try_get("queue")?;
-        let cl = drover_core::classify(&policy, &req.raw, &req.output_tail);
-        let failures: i32 =
-            row.try_get::<_, i32>("failure_count")? + i32::from(cl.outcome.counts_as_failure());
-        let lost: i32 =
-            row.try_get::<_, i32>("lost_count")? + i32::from(cl.outcome == AttemptState::Lost);
-        let next = drover_core::retry::unless_cancelled(
-            drover_core::decide(
-                &policy,
-                cl.outcome,
-                failures.max(0) as u32,
-                lost.max(0) as u32,
-                rand::random::<f64>(),
-            ),
+        // The decision is pure (drover_core::transition); this only reads and writes.
+        let t = drover_core::transition(
+            &policy,
+            &crate::patterns::get(&policy),
+            Counts {
+                failures: row.try_get("failure_count")?,
+                lost: row.try_get("lost_count")?,
+            },
+            &req.raw,
+            &req.output_tail,
             row.try_get("cancel_requested")?,
+            rand::random::<f64>(),
         );
-        let (job_state, wait, reason) = match &next {
-            Next::Succeeded => (JobState::Succeeded, None, cl.reason.clone()),
-            Next::Cancelled => (JobState::Cancelled, None, cl.reason.clone()),
-            Next::PermanentFailed { reason } => (
-                JobState::PermanentFailed,
-                None,
-                if cl.outcome == AttemptState::FailedPermanent {
-                    cl.reason.clone()
-                } else {
-                    format!("{}; {reason}", cl.reason)
-                },
-            ),
-            Next::Retry { wait } => (
-                JobState::Pending,
-                Some(*wait),
-                format!("{}; retrying in {:.1}s", cl.reason, wait.as_secs_f64()),
-            ),
-        };
-        let (exit_code, signal) = match req.raw {
-            RawResult::Exited(c) => (Some(c), None),
-            RawResult::Signaled(s) => (None, Some(s)),
-            RawResult::OutputError(_) => (Some(0), None),
-            _ => (None, None),
-        };
         let (peak_rss, cpu_ms) = match req.usage {
             Some((rss, cpu)) => (Some(rss), Some(cpu)),
             None => (None, None),
         };
         // Failures with output get a fingerprint (and their group is updated) in this same
         // transaction; the success path runs no extra statement.
-        let failure = if drover_core::fingerprint::applies(cl.outcome, &req.output_tail) {
+        let failure = if drover_core::fingerprint::applies(t.attempt_state, &req.output_tail) {
             Some(
                 crate::failures::record(
                     &tx,
                     job_id,
                     attempt_id,
                     &queue,
-                    &cl.reason,
+                    &t.cause,
                     &req.output_tail,
-                    exit_code,
+                    t.exit_code,
                 )
                 .await?,
             )
@@ -1159,13 +1136,13 @@ impl Store {
             None
         };
         let fp = failure.as_ref().map(|f| f.fingerprint.as_str());
-        let outcome = cl.outcome.as_str();
+        let outcome = t.attempt_state.as_str();
         let attempt_params: [&(dyn ToSql + Sync); 8] = [
             &attempt_id,
             &outcome,
-            &exit_code,
-            &signal,
-            &reason,
+            &t.exit_code,
+            &t.signal,
+            &t.reason,
             &peak_rss,
             &cpu_ms,
             &fp,
@@ -1191,36 +1168,29 @@ impl Store {
               WHERE id = $1",
             &[
                 &job_id,
-                &job_state.as_str(),
-                &failures,
-                &lost,
-                &reason,
-                &wait.map(millis),
-                &job_state.is_terminal(),
+                &t.job_state.as_str(),
+                &t.counts.failures,
+                &t.counts.lost,
+                &t.reason,
+                &t.not_before.map(millis),
+                &t.job_state.is_terminal(),
             ],
         )
         .await?;
-        let event = match job_state {
-            JobState::Pending => "job.retry_scheduled",
-            JobState::Succeeded => "job.succeeded",
-            JobState::PermanentFailed => "job.permanent_failed",
-            JobState::Cancelled => "job.cancelled",
-            JobState::Running => "job.running",
-        };
         insert_event(
             &tx,
             job_id,
-            event,
+            t.event,
             match &failure {
                 None => json!({
                     "attempt_id": attempt_id,
-                    "attempt_state": cl.outcome.as_str(),
-                    "reason": reason,
+                    "attempt_state": t.attempt_state.as_str(),
+                    "reason": t.reason,
                 }),
                 Some(f) => json!({
                     "attempt_id": attempt_id,
-                    "attempt_state": cl.outcome.as_str(),
-                    "reason": reason,
+                    "attempt_state": t.attempt_state.as_str(),
+                    "reason": t.reason,
                     "fingerprint": f.fingerprint,
                     "sample": f.sample,
                     "new_fingerprint": f.new_group,
@@ -1230,7 +1200,7 @@ impl Store {
         .await?;
         // Wakes every coordinator's dispatcher: at once for an immediate retry, or to
         // re-arm its timer for a backoff.
-        if job_state == JobState::Pending {
+        if t.job_state == JobState::Pending {
             tx.execute_cached("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &queue])
                 .await?;
         }
@@ -1246,9 +1216,9 @@ impl Store {
             duration: Some(Duration::from_secs_f64(
                 row.try_get::<_, f64>("ran")?.max(0.0),
             )),
-            attempt_state: cl.outcome,
-            job_state,
-            reason,
+            attempt_state: t.attempt_state,
+            job_state: t.job_state,
+            reason: t.reason,
         })
     }
 
@@ -1467,7 +1437,7 @@ impl Store {
         let c = self.pool.get().await?;
         let rows = c
             .query_cached(
-                "SELECT w.id, w.hostname, w.labels, w.queues, w.slots, w.version, w.connected, \
+                "SELECT w.id, w.hostname, w.labels, w.queues, w.slots, w.version, \
                         w.last_seen_at, \
                         (extract(epoch FROM now() - w.last_seen_at) * 1000)::int8 AS ago, \
                         w.resources, w.paused_reason, w.draining, w.containment, \
@@ -1488,7 +1458,6 @@ impl Store {
                     slots: r.try_get("slots")?,
                     running: r.try_get("running")?,
                     version: r.try_get("version")?,
-                    connected: r.try_get("connected")?,
                     last_seen_at: r.try_get("last_seen_at")?,
                     seen_ago_ms: r.try_get("ago")?,
                     resources: r.try_get("resources")?,
