@@ -82,7 +82,7 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
     assert_eq!(h.failed_last_24h, 1);
     assert!(h.database_ok);
     assert!(h.log_storage_bytes > 0);
-    assert_eq!(h.status, "degraded", "{:?}", h.reasons);
+    assert_eq!(h.status(), pb::HealthStatus::Degraded, "{:?}", h.reasons);
     assert!(
         h.reasons.iter().any(|r| r.contains("queue nobody")),
         "{:?}",
@@ -97,8 +97,8 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
     let config: serde_json::Value = serde_json::from_str(&h.config_json)?;
     assert_eq!(config["lease_ttl_ms"], 3000);
     assert_eq!(
-        worker(&h, "keeper").map(|w| w.state.as_str()),
-        Some("alive")
+        worker(&h, "keeper").map(|w| w.state()),
+        Some(pb::WorkerState::Alive)
     );
 
     // The same report over HTTP.
@@ -112,7 +112,7 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
     // A SIGKILLed worker turns stale once its lease TTL has passed.
     keeper.kill();
     let h = health_until(&addr, "keeper stale", |h| {
-        worker(h, "keeper").map(|w| w.state.as_str()) == Some("stale")
+        worker(h, "keeper").map(|w| w.state()) == Some(pb::WorkerState::Stale)
     })
     .await?;
     assert_eq!(h.workers_stale, 1);
@@ -134,6 +134,37 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
         .output()?;
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("status: degraded"));
+
+    // A worker that left two days ago is offline: listed, but no longer a reason for
+    // degraded health (only the unserved queue is).
+    cl.db
+        .client()
+        .await?
+        .execute(
+            "UPDATE workers SET last_seen_at = now() - interval '2 days' WHERE id = 'keeper'",
+            &[],
+        )
+        .await?;
+    let h = health(&addr).await?;
+    assert_eq!(
+        worker(&h, "keeper").map(|w| w.state()),
+        Some(pb::WorkerState::Offline)
+    );
+    assert_eq!((h.workers_offline, h.workers_stale), (1, 0));
+    assert!(
+        !h.reasons.iter().any(|r| r.contains("worker keeper")),
+        "{:?}",
+        h.reasons
+    );
+    assert_eq!(h.reasons.len(), 1, "{:?}", h.reasons);
+    let out = std::process::Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
+        .env("DROVER_ADDR", &addr)
+        .args(["-o", "json", "workers"])
+        .output()?;
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v[0]["state"], "offline");
     Ok(())
 }
 
@@ -160,10 +191,13 @@ async fn database_outage_turns_health_failing_and_grpc_not_serving() -> anyhow::
     assert!(serving(
         grpc_health.check(check.clone()).await?.into_inner().status
     ));
-    health_until(&addr, "ok", |h| h.status == "ok").await?;
+    health_until(&addr, "ok", |h| h.status() == pb::HealthStatus::Ok).await?;
 
     pg.stop().await?;
-    let h = health_until(&addr, "failing", |h| h.status == "failing").await?;
+    let h = health_until(&addr, "failing", |h| {
+        h.status() == pb::HealthStatus::Failing
+    })
+    .await?;
     assert!(!h.database_ok);
     assert!(h.reasons[0].contains("database"), "{:?}", h.reasons);
     let start = Instant::now();
@@ -173,7 +207,7 @@ async fn database_outage_turns_health_failing_and_grpc_not_serving() -> anyhow::
     }
 
     pg.restart().await?;
-    health_until(&addr, "ok again", |h| h.status == "ok").await?;
+    health_until(&addr, "ok again", |h| h.status() == pb::HealthStatus::Ok).await?;
     let start = Instant::now();
     while !serving(grpc_health.check(check.clone()).await?.into_inner().status) {
         assert!(
@@ -198,7 +232,7 @@ async fn worker_below_its_disk_threshold_takes_no_job_and_says_why() -> anyhow::
         &[("DROVER_WORKER_MIN_DISK_FREE_BYTES", "18446744073709551615")],
     )?;
     health_until(&addr, "full-disk paused", |h| {
-        worker(h, "full-disk").map(|w| w.state.as_str()) == Some("paused")
+        worker(h, "full-disk").map(|w| w.state()) == Some(pb::WorkerState::Paused)
     })
     .await?;
     let mut api = jobs(&addr).await?;
