@@ -67,6 +67,20 @@ pub(crate) trait Cached: GenericClient {
 
 impl<T: GenericClient> Cached for T {}
 
+/// Runs one store operation, measured: its latency in `drover_store_operation_seconds`
+/// and, when it fails, `drover_store_operation_errors_total` (labels `op`, and `kind` for
+/// errors), as Neon's storage controller labels every database operation. Every public
+/// store method that runs SQL wraps its body in this.
+pub(crate) async fn measured<T>(
+    op: &'static str,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let start = std::time::Instant::now();
+    let r = f.await;
+    crate::metrics::store_op(op, start.elapsed(), r.as_ref().err().map(Error::kind));
+    r
+}
+
 /// NOTIFY channel: a job became ready to lease (payload: queue).
 pub const JOBS_CHANNEL: &str = "drover_jobs";
 /// NOTIFY channel: orders for whichever coordinator holds a worker's session
@@ -376,9 +390,12 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        let c = self.pool.get().await?;
-        c.simple_query("SELECT 1").await?;
-        Ok(())
+        measured("ping", async {
+            let c = self.pool.get().await?;
+            c.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+        .await
     }
 
     // ---------------------------------------------------------------- jobs
@@ -402,35 +419,40 @@ impl Store {
         trace_parent: Option<&str>,
         flow: &flow::Flow,
     ) -> Result<(JobRow, bool)> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let result = match insert_job(&tx, spec, policy, None, None, trace_parent).await? {
-            Some(job) => {
-                if flow.priority != 0 || !flow.keys.is_empty() || !flow.after.is_empty() {
-                    flow::set_job_flow(&tx, job.id, flow).await?;
+        measured("submit", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let result = match insert_job(&tx, spec, policy, None, None, trace_parent).await? {
+                Some(job) => {
+                    if flow.priority != 0 || !flow.keys.is_empty() || !flow.after.is_empty() {
+                        flow::set_job_flow(&tx, job.id, flow).await?;
+                        let row = tx
+                            .query_one_cached(
+                                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
+                                &[&job.id],
+                            )
+                            .await?;
+                        (job_from_row(&row)?, true)
+                    } else {
+                        (job, true)
+                    }
+                }
+                None => {
                     let row = tx
                         .query_one_cached(
-                            &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
-                            &[&job.id],
+                            &format!(
+                                "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.idempotency_key = $1"
+                            ),
+                            &[&spec.idempotency_key],
                         )
                         .await?;
-                    (job_from_row(&row)?, true)
-                } else {
-                    (job, true)
+                    (job_from_row(&row)?, false)
                 }
-            }
-            None => {
-                let row = tx
-                    .query_one_cached(
-                        &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.idempotency_key = $1"),
-                        &[&spec.idempotency_key],
-                    )
-                    .await?;
-                (job_from_row(&row)?, false)
-            }
-        };
-        tx.commit().await?;
-        Ok(result)
+            };
+            tx.commit().await?;
+            Ok(result)
+        })
+        .await
     }
 
     /// Manual retry: a new job with the original's spec (params replaced by `set_params`),
@@ -440,58 +462,62 @@ impl Store {
         id: Uuid,
         set_params: &BTreeMap<String, String>,
     ) -> Result<JobRow> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let row = tx
-            .query_opt_cached(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
-                &[&id],
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
-        let orig = job_from_row(&row)?;
-        if !orig.state.is_terminal() {
-            return Err(Error::FailedPrecondition(format!(
-                "job {id} is {}; only finished jobs can be retried (cancel it first)",
-                orig.state
-            )));
-        }
-        let mut spec = orig.spec.clone();
-        for (k, v) in set_params {
-            match spec.params.get_mut(k) {
-                Some(slot) => *slot = v.clone(),
-                None => {
-                    let known: Vec<&str> = orig.spec.params.keys().map(String::as_str).collect();
-                    return Err(Error::Invalid(format!(
-                        "set_params[{k:?}]: job {id} has no param {k:?} (its params: {})",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    )));
+        measured("retry_job", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let row = tx
+                .query_opt_cached(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
+                    &[&id],
+                )
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+            let orig = job_from_row(&row)?;
+            if !orig.state.is_terminal() {
+                return Err(Error::FailedPrecondition(format!(
+                    "job {id} is {}; only finished jobs can be retried (cancel it first)",
+                    orig.state
+                )));
+            }
+            let mut spec = orig.spec.clone();
+            for (k, v) in set_params {
+                match spec.params.get_mut(k) {
+                    Some(slot) => *slot = v.clone(),
+                    None => {
+                        let known: Vec<&str> =
+                            orig.spec.params.keys().map(String::as_str).collect();
+                        return Err(Error::Invalid(format!(
+                            "set_params[{k:?}]: job {id} has no param {k:?} (its params: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        )));
+                    }
                 }
             }
-        }
-        spec.idempotency_key = None;
-        drover_core::validate::validate_spec(&spec)?;
-        let root = orig.original_job_id.unwrap_or(orig.id);
-        let mut job = insert_job(&tx, &spec, &orig.policy, Some(root), Some(orig.id), None)
-            .await?
-            .ok_or_else(|| Error::Internal("retry insert returned nothing".into()))?;
-        // The new job holds the same concurrency keys (their limits are already stored).
-        // ... and records the same priority (its rank is not shifted: see architecture.md).
-        if !orig.concurrency_keys.is_empty() || orig.priority != 0 {
-            tx.execute_cached(
-                "UPDATE jobs SET concurrency_keys = $2, priority = $3 WHERE id = $1",
-                &[&job.id, &orig.concurrency_keys, &orig.priority],
-            )
-            .await?;
-            job.concurrency_keys = orig.concurrency_keys.clone();
-            job.priority = orig.priority;
-        }
-        tx.commit().await?;
-        Ok(job)
+            spec.idempotency_key = None;
+            drover_core::validate::validate_spec(&spec)?;
+            let root = orig.original_job_id.unwrap_or(orig.id);
+            let mut job = insert_job(&tx, &spec, &orig.policy, Some(root), Some(orig.id), None)
+                .await?
+                .ok_or_else(|| Error::Internal("retry insert returned nothing".into()))?;
+            // The new job holds the same concurrency keys (their limits are already stored).
+            // ... and records the same priority (its rank is not shifted: see architecture.md).
+            if !orig.concurrency_keys.is_empty() || orig.priority != 0 {
+                tx.execute_cached(
+                    "UPDATE jobs SET concurrency_keys = $2, priority = $3 WHERE id = $1",
+                    &[&job.id, &orig.concurrency_keys, &orig.priority],
+                )
+                .await?;
+                job.concurrency_keys = orig.concurrency_keys.clone();
+                job.priority = orig.priority;
+            }
+            tx.commit().await?;
+            Ok(job)
+        })
+        .await
     }
 
     /// Finished jobs matching a bulk-retry filter, most recently finished first.
@@ -502,25 +528,28 @@ impl Store {
         finished_within: Option<Duration>,
         limit: i64,
     ) -> Result<Vec<JobRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs j \
-                     WHERE j.state = $1 AND ($2::text IS NULL OR j.queue = $2) \
-                       AND ($3::float8 IS NULL \
-                            OR j.finished_at >= now() - $3 * interval '1 millisecond') \
-                     ORDER BY j.finished_at DESC LIMIT $4"
-                ),
-                &[
-                    &state.as_str(),
-                    &queue,
-                    &finished_within.map(millis),
-                    &limit,
-                ],
-            )
-            .await?;
-        rows.iter().map(job_from_row).collect()
+        measured("finished_jobs", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs j \
+                         WHERE j.state = $1 AND ($2::text IS NULL OR j.queue = $2) \
+                           AND ($3::float8 IS NULL \
+                                OR j.finished_at >= now() - $3 * interval '1 millisecond') \
+                         ORDER BY j.finished_at DESC LIMIT $4"
+                    ),
+                    &[
+                        &state.as_str(),
+                        &queue,
+                        &finished_within.map(millis),
+                        &limit,
+                    ],
+                )
+                .await?;
+            rows.iter().map(job_from_row).collect()
+        })
+        .await
     }
 
     /// Jobs with an attempt that failed with fingerprint `fp`, newest first (keyset on
@@ -535,198 +564,219 @@ impl Store {
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
     ) -> Result<Vec<JobRow>> {
-        let c = self.pool.get().await?;
-        let (after_t, after_id) = after.unzip();
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs j \
-                     WHERE j.id IN (SELECT a.job_id FROM attempts a WHERE a.fingerprint = $1) \
-                       AND ($2::text IS NULL OR j.queue = $2) \
-                       AND ($3::text IS NULL OR j.state = $3) \
-                       AND (NOT $4 OR NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id)) \
-                       AND ($5::timestamptz IS NULL OR (j.created_at, j.id) < ($5, $6::uuid)) \
-                     ORDER BY j.created_at DESC, j.id DESC LIMIT $7"
-                ),
-                &[
-                    &fp,
-                    &queue,
-                    &state.map(|s| s.as_str()),
-                    &unretried,
-                    &after_t,
-                    &after_id,
-                    &limit,
-                ],
-            )
-            .await?;
-        rows.iter().map(job_from_row).collect()
+        measured("jobs_with_fingerprint", async {
+            let c = self.pool.get().await?;
+            let (after_t, after_id) = after.unzip();
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs j \
+                         WHERE j.id IN (SELECT a.job_id FROM attempts a WHERE a.fingerprint = $1) \
+                           AND ($2::text IS NULL OR j.queue = $2) \
+                           AND ($3::text IS NULL OR j.state = $3) \
+                           AND (NOT $4 OR NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id)) \
+                           AND ($5::timestamptz IS NULL OR (j.created_at, j.id) < ($5, $6::uuid)) \
+                         ORDER BY j.created_at DESC, j.id DESC LIMIT $7"
+                    ),
+                    &[
+                        &fp,
+                        &queue,
+                        &state.map(|s| s.as_str()),
+                        &unretried,
+                        &after_t,
+                        &after_id,
+                        &limit,
+                    ],
+                )
+                .await?;
+            rows.iter().map(job_from_row).collect()
+        })
+        .await
     }
 
     /// Jobs created by manually retrying `id`.
     pub async fn retried_by(&self, id: Uuid) -> Result<Vec<Uuid>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT id FROM jobs WHERE retry_of = $1 ORDER BY created_at",
-                &[&id],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| r.try_get(0).map_err(Error::from))
-            .collect()
+        measured("retried_by", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT id FROM jobs WHERE retry_of = $1 ORDER BY created_at",
+                    &[&id],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| r.try_get(0).map_err(Error::from))
+                .collect()
+        })
+        .await
     }
 
     /// Cancels a job. Pending: cancelled now. Running: marked, and the attempt and worker
     /// that must be stopped are returned; the attempt's end then makes the job cancelled.
     pub async fn cancel_job(&self, id: Uuid) -> Result<(JobRow, Option<(Uuid, String)>)> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let row = tx
-            .query_opt_cached(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1 FOR UPDATE"),
-                &[&id],
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
-        let job = job_from_row(&row)?;
-        let stop = match job.state {
-            JobState::Pending => {
-                tx.execute_cached(
-                    "UPDATE jobs SET state = 'cancelled', reason = 'cancelled while pending', \
-                            finished_at = now(), updated_at = now() WHERE id = $1",
+        measured("cancel_job", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let row = tx
+                .query_opt_cached(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1 FOR UPDATE"),
+                    &[&id],
+                )
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+            let job = job_from_row(&row)?;
+            let stop = match job.state {
+                JobState::Pending => {
+                    tx.execute_cached(
+                        "UPDATE jobs SET state = 'cancelled', reason = 'cancelled while pending', \
+                                finished_at = now(), updated_at = now() WHERE id = $1",
+                        &[&id],
+                    )
+                    .await?;
+                    insert_event(&tx, id, "job.cancelled", json!({"while": "pending"})).await?;
+                    None
+                }
+                JobState::Running => {
+                    tx.execute_cached(
+                        "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()), \
+                                updated_at = now() WHERE id = $1",
+                        &[&id],
+                    )
+                    .await?;
+                    let attempt = job.current_attempt_id.ok_or_else(|| {
+                        Error::Internal(format!("running job {id} has no current attempt"))
+                    })?;
+                    let worker: String = tx
+                        .query_one_cached("SELECT worker_id FROM attempts WHERE id = $1", &[&attempt])
+                        .await?
+                        .try_get(0)?;
+                    tx.execute_cached(
+                        "SELECT pg_notify($1, $2)",
+                        &[&CONTROL_CHANNEL, &format!("cancel {attempt} {worker}")],
+                    )
+                    .await?;
+                    Some((attempt, worker))
+                }
+                s => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "job {id} already finished as {s}; nothing to cancel"
+                    )))
+                }
+            };
+            let row = tx
+                .query_one_cached(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
                     &[&id],
                 )
                 .await?;
-                insert_event(&tx, id, "job.cancelled", json!({"while": "pending"})).await?;
-                None
-            }
-            JobState::Running => {
-                tx.execute_cached(
-                    "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()), \
-                            updated_at = now() WHERE id = $1",
-                    &[&id],
-                )
-                .await?;
-                let attempt = job.current_attempt_id.ok_or_else(|| {
-                    Error::Internal(format!("running job {id} has no current attempt"))
-                })?;
-                let worker: String = tx
-                    .query_one_cached("SELECT worker_id FROM attempts WHERE id = $1", &[&attempt])
-                    .await?
-                    .try_get(0)?;
-                tx.execute_cached(
-                    "SELECT pg_notify($1, $2)",
-                    &[&CONTROL_CHANNEL, &format!("cancel {attempt} {worker}")],
-                )
-                .await?;
-                Some((attempt, worker))
-            }
-            s => {
-                return Err(Error::FailedPrecondition(format!(
-                    "job {id} already finished as {s}; nothing to cancel"
-                )))
-            }
-        };
-        let row = tx
-            .query_one_cached(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
-                &[&id],
-            )
-            .await?;
-        tx.commit().await?;
-        Ok((job_from_row(&row)?, stop))
+            tx.commit().await?;
+            Ok((job_from_row(&row)?, stop))
+        })
+        .await
     }
 
     pub async fn get_job(&self, id: Uuid) -> Result<Option<JobRow>> {
-        let c = self.pool.get().await?;
-        let row = c
-            .query_opt_cached(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
-                &[&id],
-            )
-            .await?;
-        row.as_ref().map(job_from_row).transpose()
+        measured("get_job", async {
+            let c = self.pool.get().await?;
+            let row = c
+                .query_opt_cached(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
+                    &[&id],
+                )
+                .await?;
+            row.as_ref().map(job_from_row).transpose()
+        })
+        .await
     }
 
     pub async fn list_attempts(&self, job_id: Uuid) -> Result<Vec<AttemptRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT {ATTEMPT_COLUMNS} FROM attempts a WHERE a.job_id = $1 ORDER BY a.number"
-                ),
-                &[&job_id],
-            )
-            .await?;
-        rows.iter().map(attempt_from_row).collect()
+        measured("list_attempts", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT {ATTEMPT_COLUMNS} FROM attempts a WHERE a.job_id = $1 ORDER BY a.number"
+                    ),
+                    &[&job_id],
+                )
+                .await?;
+            rows.iter().map(attempt_from_row).collect()
+        })
+        .await
     }
 
     /// Newest first, keyset-paginated on (created_at, id).
     /// Jobs matching `f`, newest first, and whether the byte budget cut the page short.
     pub async fn list_jobs(&self, f: &JobFilter) -> Result<(Vec<JobRow>, bool)> {
-        let c = self.pool.get().await?;
-        let state = f.state.map(|s| s.as_str().to_string());
-        let (after_ts, after_id) = match f.after {
-            Some((ts, id)) => (Some(ts), Some(id)),
-            None => (None, None),
-        };
-        // First the sizes only, so a page of big jobs is never loaded whole: then the
-        // rows that fit in the byte budget.
-        let sized = c
-            .query_cached(
-                "SELECT j.id, octet_length(j.argv::text) + octet_length(j.env::text) \
-                          + octet_length(j.params::text) + octet_length(j.labels::text) \
-                          + octet_length(j.outputs::text) + octet_length(j.reason) \
-                          + octet_length(j.retry_policy::text) \
-                          + coalesce(octet_length(j.idempotency_key), 0) AS size \
-                   FROM jobs j \
-                  WHERE ($1::text IS NULL OR j.state = $1) \
-                    AND ($2::text IS NULL OR j.queue = $2) \
-                    AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid)) \
-                  ORDER BY j.created_at DESC, j.id DESC LIMIT $5",
-                &[&state, &f.queue, &after_ts, &after_id, &f.limit],
-            )
-            .await?;
-        let sizes: Vec<(Uuid, i64)> = sized
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0)?,
-                    r.try_get::<_, Option<i32>>(1)?.unwrap_or(0).into(),
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let ids = drover_core::paging::fit_in_budget(&sizes, f.max_bytes);
-        let cut = ids.len() < sizes.len();
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = ANY($1) \
-                     ORDER BY j.created_at DESC, j.id DESC"
-                ),
-                &[&ids],
-            )
-            .await?;
-        Ok((rows.iter().map(job_from_row).collect::<Result<_>>()?, cut))
+        measured("list_jobs", async {
+            let c = self.pool.get().await?;
+            let state = f.state.map(|s| s.as_str().to_string());
+            let (after_ts, after_id) = match f.after {
+                Some((ts, id)) => (Some(ts), Some(id)),
+                None => (None, None),
+            };
+            // First the sizes only, so a page of big jobs is never loaded whole: then the
+            // rows that fit in the byte budget.
+            let sized = c
+                .query_cached(
+                    "SELECT j.id, octet_length(j.argv::text) + octet_length(j.env::text) \
+                              + octet_length(j.params::text) + octet_length(j.labels::text) \
+                              + octet_length(j.outputs::text) + octet_length(j.reason) \
+                              + octet_length(j.retry_policy::text) \
+                              + coalesce(octet_length(j.idempotency_key), 0) AS size \
+                       FROM jobs j \
+                      WHERE ($1::text IS NULL OR j.state = $1) \
+                        AND ($2::text IS NULL OR j.queue = $2) \
+                        AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid)) \
+                      ORDER BY j.created_at DESC, j.id DESC LIMIT $5",
+                    &[&state, &f.queue, &after_ts, &after_id, &f.limit],
+                )
+                .await?;
+            let sizes: Vec<(Uuid, i64)> = sized
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get(0)?,
+                        r.try_get::<_, Option<i32>>(1)?.unwrap_or(0).into(),
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            let ids = drover_core::paging::fit_in_budget(&sizes, f.max_bytes);
+            let cut = ids.len() < sizes.len();
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = ANY($1) \
+                         ORDER BY j.created_at DESC, j.id DESC"
+                    ),
+                    &[&ids],
+                )
+                .await?;
+            Ok((rows.iter().map(job_from_row).collect::<Result<_>>()?, cut))
+        })
+        .await
     }
 
     /// Earliest time a pending job becomes due, if any is waiting out a backoff.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
-        let c = self.pool.get().await?;
-        // Jobs waiting for dependencies have a far-future not_before: no timer for those.
-        let row = c
-            .query_one_cached(
-                "SELECT min(not_before) FROM jobs WHERE state = 'pending' AND not_before > now() \
-                    AND not_before < '3000-01-01'",
-                &[],
-            )
-            .await?;
-        let due: Option<DateTime<Utc>> = row.try_get(0)?;
-        // A rate-limited key's next token is a due time too.
-        Ok(match (due, self.next_token_at()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        measured("next_due", async {
+            let c = self.pool.get().await?;
+            // Jobs waiting for dependencies have a far-future not_before: no timer for those.
+            let row = c
+                .query_one_cached(
+                    "SELECT min(not_before) FROM jobs WHERE state = 'pending' AND not_before > now() \
+                        AND not_before < '3000-01-01'",
+                    &[],
+                )
+                .await?;
+            let due: Option<DateTime<Utc>> = row.try_get(0)?;
+            // A rate-limited key's next token is a due time too.
+            Ok(match (due, self.next_token_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            })
         })
+        .await
     }
 
     // ---------------------------------------------------------------- leasing
@@ -744,62 +794,65 @@ impl Store {
         lease_ttl: Duration,
         slots: i64,
     ) -> Result<Vec<Claimed>> {
-        let c = self.pool.get().await?;
-        // MATERIALIZED keeps the planner from re-running the locking subquery (which could
-        // claim more than n rows). One index scan per queue (LATERAL): with `queue = ANY($1)`
-        // the planner could not use jobs_pending_idx for the order and sorted every pending
-        // job on each claim — 4.7 ms a claim with 7 000 pending, most of PostgreSQL's time in
-        // the throughput benchmark. Rows locked beyond the n kept are released at commit.
-        // Paused queues (queue_settings) are left out: one primary-key probe per queue.
-        let rows = c
-            .query_cached(
-                "WITH c AS MATERIALIZED ( \
-                    SELECT p.id, p.due FROM ( \
-                        SELECT u.name FROM unnest($1::text[]) u(name) \
-                         WHERE NOT EXISTS (SELECT 1 FROM queue_settings qs \
-                                            WHERE qs.queue = u.name AND qs.paused)) q \
-                    CROSS JOIN LATERAL ( \
-                        SELECT id, not_before AS due FROM jobs \
-                         WHERE state = 'pending' AND queue = q.name AND not_before <= now() \
-                           AND labels <@ $2 AND concurrency_keys = '{}' \
-                         ORDER BY not_before, id LIMIT $3 FOR UPDATE SKIP LOCKED) p \
-                     ORDER BY p.due, p.id \
-                     LIMIT least($3, greatest(0, $6 - (SELECT count(*) FROM attempts r \
-                                   WHERE r.worker_id = $4 AND r.state = 'running')))), \
-                 a AS ( \
-                    INSERT INTO attempts (id, job_id, number, worker_id, state, lease_expires_at) \
-                    SELECT gen_random_uuid(), j.id, j.attempt_count + 1, $4, 'running', \
-                           now() + $5 * interval '1 millisecond' \
-                      FROM jobs j JOIN c ON c.id = j.id \
-                    RETURNING id, job_id, number) \
-                 UPDATE jobs j SET state = 'running', current_attempt_id = a.id, \
-                        attempt_count = a.number, reason = '', updated_at = now() \
-                   FROM a JOIN c ON c.id = a.job_id WHERE j.id = a.job_id \
-                 RETURNING a.id AS attempt_id, j.id AS job_id, a.number, j.argv, j.env, \
-                           j.params, j.timeout_ms, j.outputs, j.trace_parent, j.limits, j.secret_env, \
-                           extract(epoch FROM now() - c.due)::float8 AS waited",
-                &[&queues, &labels, &n, &worker_id, &millis(lease_ttl), &slots],
-            )
-            .await?;
-        let mut claimed = rows
-            .iter()
-            .map(claimed_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        // Jobs with concurrency keys take their own path (a transaction that also counts the
-        // keys), only when the plain claim left slots free and keyed jobs may be waiting.
-        if (claimed.len() as i64) < n && self.keyed_jobs_may_wait() {
-            let more = self
-                .claim_keyed(
-                    worker_id,
-                    queues,
-                    labels,
-                    n - claimed.len() as i64,
-                    lease_ttl,
+        measured("claim", async {
+            let c = self.pool.get().await?;
+            // MATERIALIZED keeps the planner from re-running the locking subquery (which could
+            // claim more than n rows). One index scan per queue (LATERAL): with `queue = ANY($1)`
+            // the planner could not use jobs_pending_idx for the order and sorted every pending
+            // job on each claim — 4.7 ms a claim with 7 000 pending, most of PostgreSQL's time in
+            // the throughput benchmark. Rows locked beyond the n kept are released at commit.
+            // Paused queues (queue_settings) are left out: one primary-key probe per queue.
+            let rows = c
+                .query_cached(
+                    "WITH c AS MATERIALIZED ( \
+                        SELECT p.id, p.due FROM ( \
+                            SELECT u.name FROM unnest($1::text[]) u(name) \
+                             WHERE NOT EXISTS (SELECT 1 FROM queue_settings qs \
+                                                WHERE qs.queue = u.name AND qs.paused)) q \
+                        CROSS JOIN LATERAL ( \
+                            SELECT id, not_before AS due FROM jobs \
+                             WHERE state = 'pending' AND queue = q.name AND not_before <= now() \
+                               AND labels <@ $2 AND concurrency_keys = '{}' \
+                             ORDER BY not_before, id LIMIT $3 FOR UPDATE SKIP LOCKED) p \
+                         ORDER BY p.due, p.id \
+                         LIMIT least($3, greatest(0, $6 - (SELECT count(*) FROM attempts r \
+                                       WHERE r.worker_id = $4 AND r.state = 'running')))), \
+                     a AS ( \
+                        INSERT INTO attempts (id, job_id, number, worker_id, state, lease_expires_at) \
+                        SELECT gen_random_uuid(), j.id, j.attempt_count + 1, $4, 'running', \
+                               now() + $5 * interval '1 millisecond' \
+                          FROM jobs j JOIN c ON c.id = j.id \
+                        RETURNING id, job_id, number) \
+                     UPDATE jobs j SET state = 'running', current_attempt_id = a.id, \
+                            attempt_count = a.number, reason = '', updated_at = now() \
+                       FROM a JOIN c ON c.id = a.job_id WHERE j.id = a.job_id \
+                     RETURNING a.id AS attempt_id, j.id AS job_id, a.number, j.argv, j.env, \
+                               j.params, j.timeout_ms, j.outputs, j.trace_parent, j.limits, j.secret_env, \
+                               extract(epoch FROM now() - c.due)::float8 AS waited",
+                    &[&queues, &labels, &n, &worker_id, &millis(lease_ttl), &slots],
                 )
                 .await?;
-            claimed.extend(more);
-        }
-        Ok(claimed)
+            let mut claimed = rows
+                .iter()
+                .map(claimed_from_row)
+                .collect::<Result<Vec<_>>>()?;
+            // Jobs with concurrency keys take their own path (a transaction that also counts the
+            // keys), only when the plain claim left slots free and keyed jobs may be waiting.
+            if (claimed.len() as i64) < n && self.keyed_jobs_may_wait() {
+                let more = self
+                    .claim_keyed(
+                        worker_id,
+                        queues,
+                        labels,
+                        n - claimed.len() as i64,
+                        lease_ttl,
+                    )
+                    .await?;
+                claimed.extend(more);
+            }
+            Ok(claimed)
+        })
+        .await
     }
 }
 
@@ -835,69 +888,75 @@ impl Store {
         coordinator_id: &str,
         lease_ttl: Duration,
     ) -> Result<(Vec<Ended>, Heartbeat)> {
-        {
-            let c = self.pool.get().await?;
-            c.execute_cached(
-                "INSERT INTO workers (id, hostname, labels, queues, slots, version, \
-                    coordinator_id, last_seen_at, containment) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8) \
-                 ON CONFLICT (id) DO UPDATE SET hostname = $2, labels = $3, queues = $4, \
-                    slots = $5, version = $6, coordinator_id = $7, \
-                    last_seen_at = now(), containment = $8",
-                &[
-                    &w.id,
-                    &w.hostname,
-                    &w.labels,
-                    &w.queues,
-                    &w.slots,
-                    &w.version,
-                    &coordinator_id,
-                    &w.containment,
-                ],
-            )
-            .await?;
-        }
-        let orphans: Vec<Uuid> = {
-            let c = self.pool.get().await?;
-            c.query_cached(
-                "SELECT id FROM attempts WHERE worker_id = $1 AND state = 'running' \
-                   AND NOT (id = ANY($2))",
-                &[&w.id, &w.running],
-            )
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?
-        };
-        let mut ended = Vec::new();
-        for id in orphans {
-            let req = EndRequest {
-                raw: RawResult::Lost(format!("worker {} restarted without it", w.id)),
-                output_tail: String::new(),
-                log_chunk_count: None,
-                only_if_expired: false,
-                usage: None,
-            };
-            match self.end_attempt(id, &req).await {
-                Ok(e) => ended.push(e),
-                // Someone else ended it meanwhile: nothing to do.
-                Err(Error::FailedPrecondition(_)) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
+        measured("register_worker", async {
+            {
+                let c = self.pool.get().await?;
+                c.execute_cached(
+                    "INSERT INTO workers (id, hostname, labels, queues, slots, version, \
+                        coordinator_id, last_seen_at, containment) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8) \
+                     ON CONFLICT (id) DO UPDATE SET hostname = $2, labels = $3, queues = $4, \
+                        slots = $5, version = $6, coordinator_id = $7, \
+                        last_seen_at = now(), containment = $8",
+                    &[
+                        &w.id,
+                        &w.hostname,
+                        &w.labels,
+                        &w.queues,
+                        &w.slots,
+                        &w.version,
+                        &coordinator_id,
+                        &w.containment,
+                    ],
+                )
+                .await?;
             }
-        }
-        let hb = self.heartbeat(&w.id, &w.running, lease_ttl, None).await?;
-        Ok((ended, hb))
+            let orphans: Vec<Uuid> = {
+                let c = self.pool.get().await?;
+                c.query_cached(
+                    "SELECT id FROM attempts WHERE worker_id = $1 AND state = 'running' \
+                       AND NOT (id = ANY($2))",
+                    &[&w.id, &w.running],
+                )
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?
+            };
+            let mut ended = Vec::new();
+            for id in orphans {
+                let req = EndRequest {
+                    raw: RawResult::Lost(format!("worker {} restarted without it", w.id)),
+                    output_tail: String::new(),
+                    log_chunk_count: None,
+                    only_if_expired: false,
+                    usage: None,
+                };
+                match self.end_attempt(id, &req).await {
+                    Ok(e) => ended.push(e),
+                    // Someone else ended it meanwhile: nothing to do.
+                    Err(Error::FailedPrecondition(_)) | Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let hb = self.heartbeat(&w.id, &w.running, lease_ttl, None).await?;
+            Ok((ended, hb))
+        })
+        .await
     }
 
     /// Records when a worker's session ended (its state follows from `last_seen_at`).
     pub async fn worker_disconnected(&self, worker_id: &str, coordinator_id: &str) -> Result<()> {
-        let c = self.pool.get().await?;
-        c.execute_cached(
-            "UPDATE workers SET last_seen_at = now() WHERE id = $1 AND coordinator_id = $2",
-            &[&worker_id, &coordinator_id],
-        )
-        .await?;
-        Ok(())
+        measured("worker_disconnected", async {
+            let c = self.pool.get().await?;
+            c.execute_cached(
+                "UPDATE workers SET last_seen_at = now() WHERE id = $1 AND coordinator_id = $2",
+                &[&worker_id, &coordinator_id],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Extends the leases of the attempts this worker runs, and records its health.
@@ -908,70 +967,76 @@ impl Store {
         lease_ttl: Duration,
         report: Option<&WorkerReport>,
     ) -> Result<Heartbeat> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "UPDATE attempts a SET lease_expires_at = now() + $3 * interval '1 millisecond' \
-                   FROM jobs j \
-                  WHERE a.id = ANY($1) AND a.worker_id = $2 AND a.state = 'running' \
-                    AND j.id = a.job_id \
-                 RETURNING a.id, j.cancel_requested_at IS NOT NULL",
-                &[&attempts, &worker_id, &millis(lease_ttl)],
-            )
-            .await?;
-        match report {
-            None => {
-                c.execute_cached(
-                    "UPDATE workers SET last_seen_at = now() WHERE id = $1",
-                    &[&worker_id],
+        measured("heartbeat", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "UPDATE attempts a SET lease_expires_at = now() + $3 * interval '1 millisecond' \
+                       FROM jobs j \
+                      WHERE a.id = ANY($1) AND a.worker_id = $2 AND a.state = 'running' \
+                        AND j.id = a.job_id \
+                     RETURNING a.id, j.cancel_requested_at IS NOT NULL",
+                    &[&attempts, &worker_id, &millis(lease_ttl)],
                 )
                 .await?;
+            match report {
+                None => {
+                    c.execute_cached(
+                        "UPDATE workers SET last_seen_at = now() WHERE id = $1",
+                        &[&worker_id],
+                    )
+                    .await?;
+                }
+                Some(r) => {
+                    // The latest sample on the worker's row; one a minute into the history.
+                    c.execute_cached(
+                        "WITH w AS (UPDATE workers SET last_seen_at = now(), resources = $2, \
+                                           paused_reason = $3, draining = $4 WHERE id = $1) \
+                         INSERT INTO worker_samples (worker_id, resources) \
+                         SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM worker_samples \
+                            WHERE worker_id = $1 AND at > now() - interval '60 seconds')",
+                        &[&worker_id, &r.resources, &r.paused_reason, &r.draining],
+                    )
+                    .await?;
+                }
             }
-            Some(r) => {
-                // The latest sample on the worker's row; one a minute into the history.
-                c.execute_cached(
-                    "WITH w AS (UPDATE workers SET last_seen_at = now(), resources = $2, \
-                                       paused_reason = $3, draining = $4 WHERE id = $1) \
-                     INSERT INTO worker_samples (worker_id, resources) \
-                     SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM worker_samples \
-                        WHERE worker_id = $1 AND at > now() - interval '60 seconds')",
-                    &[&worker_id, &r.resources, &r.paused_reason, &r.draining],
-                )
-                .await?;
+            let mut extended = Vec::with_capacity(rows.len());
+            let mut cancel = Vec::new();
+            for r in &rows {
+                let id: Uuid = r.try_get(0)?;
+                if r.try_get::<_, bool>(1)? {
+                    cancel.push(id);
+                }
+                extended.push(id);
             }
-        }
-        let mut extended = Vec::with_capacity(rows.len());
-        let mut cancel = Vec::new();
-        for r in &rows {
-            let id: Uuid = r.try_get(0)?;
-            if r.try_get::<_, bool>(1)? {
-                cancel.push(id);
-            }
-            extended.push(id);
-        }
-        Ok(Heartbeat {
-            stale: attempts
-                .iter()
-                .filter(|a| !extended.contains(a))
-                .copied()
-                .collect(),
-            cancel,
+            Ok(Heartbeat {
+                stale: attempts
+                    .iter()
+                    .filter(|a| !extended.contains(a))
+                    .copied()
+                    .collect(),
+                cancel,
+            })
         })
+        .await
     }
 
     /// Attempts whose lease has expired, oldest first.
     pub async fn expired_attempts(&self, limit: i64) -> Result<Vec<Uuid>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT id FROM attempts WHERE state = 'running' AND lease_expires_at < now() \
-                  ORDER BY lease_expires_at LIMIT $1",
-                &[&limit],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| r.try_get(0).map_err(Error::from))
-            .collect()
+        measured("expired_attempts", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT id FROM attempts WHERE state = 'running' AND lease_expires_at < now() \
+                      ORDER BY lease_expires_at LIMIT $1",
+                    &[&limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| r.try_get(0).map_err(Error::from))
+                .collect()
+        })
+        .await
     }
 
     // ---------------------------------------------------------------- results
@@ -996,17 +1061,20 @@ impl Store {
         worker: Option<&crate::auth::Principal>,
         req: &EndRequest,
     ) -> Result<Ended> {
-        match self.end_attempt_tx(attempt_id, worker, req).await {
-            Err(e) if e.kind() == crate::error::ErrorKind::Internal => {
-                tracing::error!(%attempt_id, error = ?e, "attempt result could not be applied; failing the job");
-                let why = match e {
-                    Error::Internal(why) => why,
-                    e => e.to_string(),
-                };
-                self.end_attempt_unapplied(attempt_id, &why).await
+        measured("end_attempt", async {
+            match self.end_attempt_tx(attempt_id, worker, req).await {
+                Err(e) if e.kind() == crate::error::ErrorKind::Internal => {
+                    tracing::error!(%attempt_id, error = ?e, "attempt result could not be applied; failing the job");
+                    let why = match e {
+                        Error::Internal(why) => why,
+                        e => e.to_string(),
+                    };
+                    self.end_attempt_unapplied(attempt_id, &why).await
+                }
+                other => other,
             }
-            other => other,
-        }
+        })
+        .await
     }
 
     async fn end_attempt_unapplied(&self, attempt_id: Uuid, why: &str) -> Result<Ended> {
@@ -1239,96 +1307,99 @@ impl Store {
         chunks: &[ChunkIn],
         cap: u64,
     ) -> Result<()> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        // The row lock also keeps the reaper from marking the attempt lost mid-append.
-        let row = tx
-            .query_opt_cached(
-                "SELECT state, log_kept_bytes, log_head_end, log_head_bytes, log_dropped_bytes, \
-                        worker_id \
-                   FROM attempts WHERE id = $1 FOR UPDATE",
-                &[&attempt_id],
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("attempt {attempt_id} does not exist")))?;
-        if let Some(p) = worker {
-            p.check_worker(&row.try_get::<_, String>(5)?)?;
-        }
-        let state: String = row.try_get(0)?;
-        if state != "running" {
-            return Err(stale(attempt_id, parse_state(&state)?));
-        }
-        let before = CapState {
-            kept: row.try_get::<_, i64>(1)?.max(0) as u64,
-            head_end: row.try_get(2)?,
-            head_bytes: row.try_get::<_, i64>(3)?.max(0) as u64,
-            dropped: row.try_get::<_, i64>(4)?.max(0) as u64,
-        };
-        let seqs: Vec<i64> = chunks.iter().map(|c| c.seq).collect();
-        let streams: Vec<i16> = chunks.iter().map(|c| c.stream).collect();
-        let times: Vec<DateTime<Utc>> = chunks.iter().map(|c| c.time).collect();
-        let data: Vec<&[u8]> = chunks.iter().map(|c| c.data.as_slice()).collect();
-        let inserted = tx
-            .query_cached(
-                "INSERT INTO log_chunks (attempt_id, seq, stream, time, data) \
-                 SELECT $1, * FROM unnest($2::int8[], $3::int2[], $4::timestamptz[], $5::bytea[]) \
-                 ON CONFLICT (attempt_id, seq) DO NOTHING RETURNING seq, octet_length(data)",
-                &[&attempt_id, &seqs, &streams, &times, &data],
-            )
-            .await?;
-        let mut new: Vec<(i64, u64)> = inserted
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i32>(1)?.max(0) as u64)))
-            .collect::<Result<_>>()?;
-        new.sort_unstable();
-        let (mut after, excess) = logcap::account(before, cap, &new);
-        if excess > 0 {
-            // Delete the oldest tail chunks until at least `excess` bytes are gone.
-            let removed: i64 = tx
-                .query_one_cached(
-                    "WITH t AS ( \
-                        SELECT seq, octet_length(data) AS len, \
-                               sum(octet_length(data)) OVER (ORDER BY seq) AS cum \
-                          FROM log_chunks WHERE attempt_id = $1 AND seq > $2), \
-                     d AS ( \
-                        DELETE FROM log_chunks l USING t \
-                         WHERE l.attempt_id = $1 AND l.seq = t.seq AND t.cum - t.len < $3 \
-                        RETURNING t.len) \
-                     SELECT coalesce(sum(len), 0)::int8 FROM d",
-                    &[
-                        &attempt_id,
-                        &after.head_end.unwrap_or(i64::MAX),
-                        &(excess as i64),
-                    ],
+        measured("append_logs", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            // The row lock also keeps the reaper from marking the attempt lost mid-append.
+            let row = tx
+                .query_opt_cached(
+                    "SELECT state, log_kept_bytes, log_head_end, log_head_bytes, log_dropped_bytes, \
+                            worker_id \
+                       FROM attempts WHERE id = $1 FOR UPDATE",
+                    &[&attempt_id],
                 )
                 .await?
-                .try_get(0)?;
-            after = logcap::trimmed(after, removed.max(0) as u64);
-        }
-        let received: i64 = new.iter().map(|(_, l)| *l as i64).sum();
-        tx.execute_cached(
-            "UPDATE attempts SET log_chunks = log_chunks + $2, log_bytes = log_bytes + $3, \
-                    log_kept_bytes = $4, log_head_end = $5, log_head_bytes = $6, \
-                    log_dropped_bytes = $7 WHERE id = $1",
-            &[
-                &attempt_id,
-                &(new.len() as i64),
-                &received,
-                &(after.kept as i64),
-                &after.head_end,
-                &(after.head_bytes as i64),
-                &(after.dropped as i64),
-            ],
-        )
-        .await?;
-        // Log followers on every coordinator read on from here.
-        tx.execute_cached(
-            "SELECT pg_notify($1, job_id::text) FROM attempts WHERE id = $2",
-            &[&crate::log_watch::LOGS_CHANNEL, &attempt_id],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+                .ok_or_else(|| Error::NotFound(format!("attempt {attempt_id} does not exist")))?;
+            if let Some(p) = worker {
+                p.check_worker(&row.try_get::<_, String>(5)?)?;
+            }
+            let state: String = row.try_get(0)?;
+            if state != "running" {
+                return Err(stale(attempt_id, parse_state(&state)?));
+            }
+            let before = CapState {
+                kept: row.try_get::<_, i64>(1)?.max(0) as u64,
+                head_end: row.try_get(2)?,
+                head_bytes: row.try_get::<_, i64>(3)?.max(0) as u64,
+                dropped: row.try_get::<_, i64>(4)?.max(0) as u64,
+            };
+            let seqs: Vec<i64> = chunks.iter().map(|c| c.seq).collect();
+            let streams: Vec<i16> = chunks.iter().map(|c| c.stream).collect();
+            let times: Vec<DateTime<Utc>> = chunks.iter().map(|c| c.time).collect();
+            let data: Vec<&[u8]> = chunks.iter().map(|c| c.data.as_slice()).collect();
+            let inserted = tx
+                .query_cached(
+                    "INSERT INTO log_chunks (attempt_id, seq, stream, time, data) \
+                     SELECT $1, * FROM unnest($2::int8[], $3::int2[], $4::timestamptz[], $5::bytea[]) \
+                     ON CONFLICT (attempt_id, seq) DO NOTHING RETURNING seq, octet_length(data)",
+                    &[&attempt_id, &seqs, &streams, &times, &data],
+                )
+                .await?;
+            let mut new: Vec<(i64, u64)> = inserted
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i32>(1)?.max(0) as u64)))
+                .collect::<Result<_>>()?;
+            new.sort_unstable();
+            let (mut after, excess) = logcap::account(before, cap, &new);
+            if excess > 0 {
+                // Delete the oldest tail chunks until at least `excess` bytes are gone.
+                let removed: i64 = tx
+                    .query_one_cached(
+                        "WITH t AS ( \
+                            SELECT seq, octet_length(data) AS len, \
+                                   sum(octet_length(data)) OVER (ORDER BY seq) AS cum \
+                              FROM log_chunks WHERE attempt_id = $1 AND seq > $2), \
+                         d AS ( \
+                            DELETE FROM log_chunks l USING t \
+                             WHERE l.attempt_id = $1 AND l.seq = t.seq AND t.cum - t.len < $3 \
+                            RETURNING t.len) \
+                         SELECT coalesce(sum(len), 0)::int8 FROM d",
+                        &[
+                            &attempt_id,
+                            &after.head_end.unwrap_or(i64::MAX),
+                            &(excess as i64),
+                        ],
+                    )
+                    .await?
+                    .try_get(0)?;
+                after = logcap::trimmed(after, removed.max(0) as u64);
+            }
+            let received: i64 = new.iter().map(|(_, l)| *l as i64).sum();
+            tx.execute_cached(
+                "UPDATE attempts SET log_chunks = log_chunks + $2, log_bytes = log_bytes + $3, \
+                        log_kept_bytes = $4, log_head_end = $5, log_head_bytes = $6, \
+                        log_dropped_bytes = $7 WHERE id = $1",
+                &[
+                    &attempt_id,
+                    &(new.len() as i64),
+                    &received,
+                    &(after.kept as i64),
+                    &after.head_end,
+                    &(after.head_bytes as i64),
+                    &(after.dropped as i64),
+                ],
+            )
+            .await?;
+            // Log followers on every coordinator read on from here.
+            tx.execute_cached(
+                "SELECT pg_notify($1, job_id::text) FROM attempts WHERE id = $2",
+                &[&crate::log_watch::LOGS_CHANNEL, &attempt_id],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Deletes the stored logs and artifact records of up to `limit` attempts that finished
@@ -1339,44 +1410,47 @@ impl Store {
         older_than: Duration,
         limit: i64,
     ) -> Result<(u64, Vec<ArtifactRow>)> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let ids: Vec<Uuid> = tx
-            .query_cached(
-                "SELECT id FROM attempts \
-                  WHERE logs_purged_at IS NULL AND finished_at IS NOT NULL \
-                    AND finished_at < now() - $1 * interval '1 millisecond' \
-                  ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-                &[&millis(older_than), &limit],
-            )
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        if ids.is_empty() {
-            return Ok((0, Vec::new()));
-        }
-        tx.execute_cached("DELETE FROM log_chunks WHERE attempt_id = ANY($1)", &[&ids])
-            .await?;
-        let artifacts = tx
-            .query_cached(
-                &format!(
-                    "DELETE FROM artifacts a USING attempts t WHERE a.attempt_id = ANY($1) \
-                       AND t.id = a.attempt_id RETURNING {ARTIFACT_COLUMNS}"
-                ),
+        measured("purge_logs", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let ids: Vec<Uuid> = tx
+                .query_cached(
+                    "SELECT id FROM attempts \
+                      WHERE logs_purged_at IS NULL AND finished_at IS NOT NULL \
+                        AND finished_at < now() - $1 * interval '1 millisecond' \
+                      ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+                    &[&millis(older_than), &limit],
+                )
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            if ids.is_empty() {
+                return Ok((0, Vec::new()));
+            }
+            tx.execute_cached("DELETE FROM log_chunks WHERE attempt_id = ANY($1)", &[&ids])
+                .await?;
+            let artifacts = tx
+                .query_cached(
+                    &format!(
+                        "DELETE FROM artifacts a USING attempts t WHERE a.attempt_id = ANY($1) \
+                           AND t.id = a.attempt_id RETURNING {ARTIFACT_COLUMNS}"
+                    ),
+                    &[&ids],
+                )
+                .await?
+                .iter()
+                .map(artifact_from_row)
+                .collect::<Result<Vec<_>>>()?;
+            tx.execute_cached(
+                "UPDATE attempts SET logs_purged_at = now(), log_kept_bytes = 0 WHERE id = ANY($1)",
                 &[&ids],
             )
-            .await?
-            .iter()
-            .map(artifact_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        tx.execute_cached(
-            "UPDATE attempts SET logs_purged_at = now(), log_kept_bytes = 0 WHERE id = ANY($1)",
-            &[&ids],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok((ids.len() as u64, artifacts))
+            .await?;
+            tx.commit().await?;
+            Ok((ids.len() as u64, artifacts))
+        })
+        .await
     }
 
     // ---------------------------------------------------------------- health
@@ -1386,97 +1460,112 @@ impl Store {
     }
 
     pub async fn jobs_by_state(&self) -> Result<Vec<(String, i64)>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached("SELECT state, count(*) FROM jobs GROUP BY state", &[])
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        measured("jobs_by_state", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached("SELECT state, count(*) FROM jobs GROUP BY state", &[])
+                .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+        })
+        .await
     }
 
     pub async fn failed_since(&self, within: Duration) -> Result<i64> {
-        let c = self.pool.get().await?;
-        Ok(c.query_one_cached(
-            "SELECT count(*) FROM jobs WHERE state = 'permanent_failed' \
-               AND finished_at > now() - $1 * interval '1 millisecond'",
-            &[&millis(within)],
-        )
-        .await?
-        .try_get(0)?)
+        measured("failed_since", async {
+            let c = self.pool.get().await?;
+            Ok(c.query_one_cached(
+                "SELECT count(*) FROM jobs WHERE state = 'permanent_failed' \
+                   AND finished_at > now() - $1 * interval '1 millisecond'",
+                &[&millis(within)],
+            )
+            .await?
+            .try_get(0)?)
+        })
+        .await
     }
 
     pub async fn queue_stats(&self) -> Result<Vec<QueueRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT queue, count(*) FILTER (WHERE state = 'pending'), \
-                        count(*) FILTER (WHERE state = 'running'), \
-                        (extract(epoch FROM now() - min(not_before) \
-                            FILTER (WHERE state = 'pending' AND not_before <= now())) \
-                            * 1000)::int8 \
-                   FROM jobs WHERE state IN ('pending', 'running') \
-                  GROUP BY queue ORDER BY queue",
-                &[],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(QueueRow {
-                    queue: r.try_get(0)?,
-                    pending: r.try_get(1)?,
-                    running: r.try_get(2)?,
-                    oldest_due_ms: r.try_get(3)?,
+        measured("queue_stats", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT queue, count(*) FILTER (WHERE state = 'pending'), \
+                            count(*) FILTER (WHERE state = 'running'), \
+                            (extract(epoch FROM now() - min(not_before) \
+                                FILTER (WHERE state = 'pending' AND not_before <= now())) \
+                                * 1000)::int8 \
+                       FROM jobs WHERE state IN ('pending', 'running') \
+                      GROUP BY queue ORDER BY queue",
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(QueueRow {
+                        queue: r.try_get(0)?,
+                        pending: r.try_get(1)?,
+                        running: r.try_get(2)?,
+                        oldest_due_ms: r.try_get(3)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     /// Workers seen in the last week, with their running attempt counts.
     pub async fn list_workers(&self) -> Result<Vec<WorkerRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT w.id, w.hostname, w.labels, w.queues, w.slots, w.version, \
-                        w.last_seen_at, \
-                        (extract(epoch FROM now() - w.last_seen_at) * 1000)::int8 AS ago, \
-                        w.resources, w.paused_reason, w.draining, w.containment, \
-                        (SELECT count(*) FROM attempts a \
-                          WHERE a.worker_id = w.id AND a.state = 'running') AS running \
-                   FROM workers w WHERE w.last_seen_at > now() - interval '7 days' \
-                  ORDER BY w.id",
-                &[],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(WorkerRow {
-                    id: r.try_get("id")?,
-                    hostname: r.try_get("hostname")?,
-                    labels: r.try_get("labels")?,
-                    queues: r.try_get("queues")?,
-                    slots: r.try_get("slots")?,
-                    running: r.try_get("running")?,
-                    version: r.try_get("version")?,
-                    last_seen_at: r.try_get("last_seen_at")?,
-                    seen_ago_ms: r.try_get("ago")?,
-                    resources: r.try_get("resources")?,
-                    paused_reason: r.try_get("paused_reason")?,
-                    draining: r.try_get("draining")?,
-                    containment: r.try_get("containment")?,
+        measured("list_workers", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT w.id, w.hostname, w.labels, w.queues, w.slots, w.version, \
+                            w.last_seen_at, \
+                            (extract(epoch FROM now() - w.last_seen_at) * 1000)::int8 AS ago, \
+                            w.resources, w.paused_reason, w.draining, w.containment, \
+                            (SELECT count(*) FROM attempts a \
+                              WHERE a.worker_id = w.id AND a.state = 'running') AS running \
+                       FROM workers w WHERE w.last_seen_at > now() - interval '7 days' \
+                      ORDER BY w.id",
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(WorkerRow {
+                        id: r.try_get("id")?,
+                        hostname: r.try_get("hostname")?,
+                        labels: r.try_get("labels")?,
+                        queues: r.try_get("queues")?,
+                        slots: r.try_get("slots")?,
+                        running: r.try_get("running")?,
+                        version: r.try_get("version")?,
+                        last_seen_at: r.try_get("last_seen_at")?,
+                        seen_ago_ms: r.try_get("ago")?,
+                        resources: r.try_get("resources")?,
+                        paused_reason: r.try_get("paused_reason")?,
+                        draining: r.try_get("draining")?,
+                        containment: r.try_get("containment")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     /// Drops resource samples older than a day.
     pub async fn prune_samples(&self) -> Result<u64> {
-        let c = self.pool.get().await?;
-        Ok(c.execute_cached(
-            "DELETE FROM worker_samples WHERE at < now() - interval '24 hours'",
-            &[],
-        )
-        .await?)
+        measured("prune_samples", async {
+            let c = self.pool.get().await?;
+            Ok(c.execute_cached(
+                "DELETE FROM worker_samples WHERE at < now() - interval '24 hours'",
+                &[],
+            )
+            .await?)
+        })
+        .await
     }
 
     // ---------------------------------------------------------------- artifacts
@@ -1494,22 +1583,25 @@ impl Store {
         attempt_id: Uuid,
         worker: Option<&crate::auth::Principal>,
     ) -> Result<(Uuid, i32)> {
-        let c = self.pool.get().await?;
-        let row = c
-            .query_opt_cached(
-                "SELECT job_id, number, state, worker_id FROM attempts WHERE id = $1",
-                &[&attempt_id],
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("attempt {attempt_id} does not exist")))?;
-        if let Some(p) = worker {
-            p.check_worker(&row.try_get::<_, String>(3)?)?;
-        }
-        let state: String = row.try_get(2)?;
-        if state != "running" {
-            return Err(stale(attempt_id, parse_state(&state)?));
-        }
-        Ok((row.try_get(0)?, row.try_get(1)?))
+        measured("running_attempt_job", async {
+            let c = self.pool.get().await?;
+            let row = c
+                .query_opt_cached(
+                    "SELECT job_id, number, state, worker_id FROM attempts WHERE id = $1",
+                    &[&attempt_id],
+                )
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("attempt {attempt_id} does not exist")))?;
+            if let Some(p) = worker {
+                p.check_worker(&row.try_get::<_, String>(3)?)?;
+            }
+            let state: String = row.try_get(2)?;
+            if state != "running" {
+                return Err(stale(attempt_id, parse_state(&state)?));
+            }
+            Ok((row.try_get(0)?, row.try_get(1)?))
+        })
+        .await
     }
 
     /// Records an uploaded file, if its attempt still holds the lease.
@@ -1524,57 +1616,66 @@ impl Store {
         a: &ArtifactRow,
         worker: Option<&crate::auth::Principal>,
     ) -> Result<()> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let row = tx
-            .query_one_cached(
-                "SELECT state, worker_id FROM attempts WHERE id = $1 FOR SHARE",
-                &[&a.attempt_id],
+        measured("record_artifact", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let row = tx
+                .query_one_cached(
+                    "SELECT state, worker_id FROM attempts WHERE id = $1 FOR SHARE",
+                    &[&a.attempt_id],
+                )
+                .await?;
+            if let Some(p) = worker {
+                p.check_worker(&row.try_get::<_, String>(1)?)?;
+            }
+            let state: String = row.try_get(0)?;
+            if state != "running" {
+                return Err(stale(a.attempt_id, parse_state(&state)?));
+            }
+            tx.execute_cached(
+                "INSERT INTO artifacts (attempt_id, job_id, name, size, sha256) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (attempt_id, name) DO UPDATE SET size = $4, sha256 = $5, \
+                    created_at = now()",
+                &[&a.attempt_id, &a.job_id, &a.name, &a.size, &a.sha256],
             )
             .await?;
-        if let Some(p) = worker {
-            p.check_worker(&row.try_get::<_, String>(1)?)?;
-        }
-        let state: String = row.try_get(0)?;
-        if state != "running" {
-            return Err(stale(a.attempt_id, parse_state(&state)?));
-        }
-        tx.execute_cached(
-            "INSERT INTO artifacts (attempt_id, job_id, name, size, sha256) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (attempt_id, name) DO UPDATE SET size = $4, sha256 = $5, \
-                created_at = now()",
-            &[&a.attempt_id, &a.job_id, &a.name, &a.size, &a.sha256],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Files kept from the job's succeeded attempt.
     pub async fn list_artifacts(&self, job_id: Uuid) -> Result<Vec<ArtifactRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT {ARTIFACT_COLUMNS} FROM artifacts a \
-                       JOIN attempts t ON t.id = a.attempt_id \
-                      WHERE a.job_id = $1 AND t.state = 'succeeded' ORDER BY a.name"
-                ),
-                &[&job_id],
-            )
-            .await?;
-        rows.iter().map(artifact_from_row).collect()
+        measured("list_artifacts", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT {ARTIFACT_COLUMNS} FROM artifacts a \
+                           JOIN attempts t ON t.id = a.attempt_id \
+                          WHERE a.job_id = $1 AND t.state = 'succeeded' ORDER BY a.name"
+                    ),
+                    &[&job_id],
+                )
+                .await?;
+            rows.iter().map(artifact_from_row).collect()
+        })
+        .await
     }
 
     /// Bytes PostgreSQL uses for stored logs (table, TOAST and indexes).
     pub async fn log_storage_bytes(&self) -> Result<i64> {
-        let c = self.pool.get().await?;
-        Ok(
-            c.query_one_cached("SELECT pg_total_relation_size('log_chunks')", &[])
-                .await?
-                .try_get(0)?,
-        )
+        measured("log_storage_bytes", async {
+            let c = self.pool.get().await?;
+            Ok(
+                c.query_one_cached("SELECT pg_total_relation_size('log_chunks')", &[])
+                    .await?
+                    .try_get(0)?,
+            )
+        })
+        .await
     }
 
     /// Chunks of one attempt with seq > `after`, in order.
@@ -1584,24 +1685,27 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<StoredChunk>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT seq, stream, time, data FROM log_chunks \
-                  WHERE attempt_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                &[&attempt_id, &after, &limit],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredChunk {
-                    seq: r.try_get(0)?,
-                    stream: r.try_get(1)?,
-                    time: r.try_get(2)?,
-                    data: r.try_get(3)?,
+        measured("read_logs", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT seq, stream, time, data FROM log_chunks \
+                      WHERE attempt_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    &[&attempt_id, &after, &limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(StoredChunk {
+                        seq: r.try_get(0)?,
+                        stream: r.try_get(1)?,
+                        time: r.try_get(2)?,
+                        data: r.try_get(3)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 }
 

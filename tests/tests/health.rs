@@ -308,6 +308,14 @@ async fn metrics_parse_and_move_when_jobs_run() -> anyhow::Result<()> {
     let mut waiting = sh("true");
     waiting.queue = "later".into();
     submit(&mut api, waiting).await?;
+    // A store operation that fails is counted under its op and error kind.
+    let missing = api
+        .cancel_job(pb::CancelJobRequest {
+            id: "00000000-0000-4000-8000-000000000000".into(),
+        })
+        .await
+        .expect_err("no such job");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
 
     let after = parse_metrics(&reqwest::get(&url).await?.text().await?)?;
     let moved = |series: &str| sample(&after, series) - sample(&before, series);
@@ -330,7 +338,52 @@ async fn metrics_parse_and_move_when_jobs_run() -> anyhow::Result<()> {
     assert_eq!(sample(&after, "drover_workers_connected"), 1.0);
     assert_eq!(sample(&after, "drover_database_up"), 1.0);
     assert!(sample(&after, "drover_db_pool_max") >= 2.0);
+
+    // Per-operation store metrics: a latency histogram per op, an error counter per op
+    // and kind.
+    let store_moved = |name: &str, labels: &[(&str, &str)]| {
+        labeled(&after, name, labels) - labeled(&before, name, labels)
+    };
+    let ops = "drover_store_operation_seconds_count";
+    assert_eq!(store_moved(ops, &[("op", "submit")]), 3.0);
+    assert_eq!(store_moved(ops, &[("op", "end_attempt")]), 2.0);
+    assert!(store_moved(ops, &[("op", "claim")]) >= 2.0);
+    assert!(store_moved(ops, &[("op", "append_logs")]) >= 1.0);
+    assert_eq!(
+        store_moved(
+            "drover_store_operation_errors_total",
+            &[("op", "cancel_job"), ("kind", "not_found")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        store_moved(
+            "drover_store_operation_errors_total",
+            &[("op", "end_attempt"), ("kind", "not_found")]
+        ),
+        0.0
+    );
+    assert!(after
+        .iter()
+        .any(|(s, _)| s.starts_with("drover_store_operation_seconds_bucket{")));
     Ok(())
+}
+
+/// The value of the series `name` whose labels include `labels` (in any order).
+fn labeled(samples: &[(String, f64)], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|(s, _)| {
+            s.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('{'))
+                .is_some_and(|rest| {
+                    labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                })
+        })
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0)
 }
 
 /// Metric names referenced by the shipped dashboard and alert rules.

@@ -6,7 +6,7 @@
 //! so two claims can never both take the last slot. The count is given back by a trigger
 //! when the job leaves `running` (V17), whatever made it leave.
 
-use super::{claimed_from_row, millis, Cached, Claimed, Store};
+use super::{claimed_from_row, measured, millis, Cached, Claimed, Store};
 use crate::error::Result;
 use deadpool_postgres::Transaction;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -324,15 +324,18 @@ pub(super) async fn set_job_deps(
 impl Store {
     /// Dependencies of a job that have not succeeded yet.
     pub async fn waiting_for(&self, job_id: Uuid) -> Result<Vec<Uuid>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT d.depends_on FROM job_deps d JOIN jobs o ON o.id = d.depends_on \
-                  WHERE d.job_id = $1 AND o.state <> 'succeeded' ORDER BY 1",
-                &[&job_id],
-            )
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        measured("waiting_for", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT d.depends_on FROM job_deps d JOIN jobs o ON o.id = d.depends_on \
+                      WHERE d.job_id = $1 AND o.state <> 'succeeded' ORDER BY 1",
+                    &[&job_id],
+                )
+                .await?;
+            rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        })
+        .await
     }
 }
 
@@ -343,45 +346,48 @@ impl Store {
         &self,
         ids: &[Uuid],
     ) -> Result<std::collections::HashMap<Uuid, String>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT j.id, CASE \
-                       WHEN j.state <> 'pending' THEN '' \
-                       WHEN j.not_before >= {WAITING_SQL} THEN 'after job ' || coalesce(( \
-                            SELECT string_agg(d.depends_on::text, ', ' ORDER BY d.depends_on) \
-                              FROM job_deps d JOIN jobs o ON o.id = d.depends_on \
-                             WHERE d.job_id = j.id AND o.state <> 'succeeded'), '?') \
-                       WHEN EXISTS (SELECT 1 FROM queue_settings qs \
-                                     WHERE qs.queue = j.queue AND qs.paused) THEN 'queue paused' \
-                       WHEN j.not_before > now() THEN 'backoff until ' || \
-                            to_char(j.not_before AT TIME ZONE 'UTC', \
-                                    'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
-                       WHEN EXISTS (SELECT 1 FROM concurrency_keys k \
-                                     WHERE k.key = ANY (j.concurrency_keys) \
-                                       AND k.running < k.max_running \
-                                       AND k.rate_per_sec IS NOT NULL AND least(k.burst, \
-                                           k.tokens + extract(epoch FROM now() - k.refilled_at) \
-                                           * k.rate_per_sec) < 1) \
-                            THEN 'rate limited until ' || ( \
-                            SELECT to_char(max(k.refilled_at + (1 - k.tokens) / k.rate_per_sec \
-                                               * interval '1 second') AT TIME ZONE 'UTC', \
-                                           'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
-                              FROM concurrency_keys k WHERE k.key = ANY (j.concurrency_keys) \
-                               AND k.rate_per_sec IS NOT NULL AND k.tokens < 1) \
-                       ELSE coalesce(( \
-                            SELECT 'concurrency key ' || k.key || ' ' || k.running || '/' || \
-                                   k.max_running FROM concurrency_keys k \
-                             WHERE k.key = ANY (j.concurrency_keys) \
-                               AND k.running >= k.max_running ORDER BY k.key LIMIT 1), '') \
-                     END FROM jobs j WHERE j.id = ANY ($1)"
-                ),
-                &[&ids],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        measured("waiting_reasons", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT j.id, CASE \
+                           WHEN j.state <> 'pending' THEN '' \
+                           WHEN j.not_before >= {WAITING_SQL} THEN 'after job ' || coalesce(( \
+                                SELECT string_agg(d.depends_on::text, ', ' ORDER BY d.depends_on) \
+                                  FROM job_deps d JOIN jobs o ON o.id = d.depends_on \
+                                 WHERE d.job_id = j.id AND o.state <> 'succeeded'), '?') \
+                           WHEN EXISTS (SELECT 1 FROM queue_settings qs \
+                                         WHERE qs.queue = j.queue AND qs.paused) THEN 'queue paused' \
+                           WHEN j.not_before > now() THEN 'backoff until ' || \
+                                to_char(j.not_before AT TIME ZONE 'UTC', \
+                                        'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
+                           WHEN EXISTS (SELECT 1 FROM concurrency_keys k \
+                                         WHERE k.key = ANY (j.concurrency_keys) \
+                                           AND k.running < k.max_running \
+                                           AND k.rate_per_sec IS NOT NULL AND least(k.burst, \
+                                               k.tokens + extract(epoch FROM now() - k.refilled_at) \
+                                               * k.rate_per_sec) < 1) \
+                                THEN 'rate limited until ' || ( \
+                                SELECT to_char(max(k.refilled_at + (1 - k.tokens) / k.rate_per_sec \
+                                                   * interval '1 second') AT TIME ZONE 'UTC', \
+                                               'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+                                  FROM concurrency_keys k WHERE k.key = ANY (j.concurrency_keys) \
+                                   AND k.rate_per_sec IS NOT NULL AND k.tokens < 1) \
+                           ELSE coalesce(( \
+                                SELECT 'concurrency key ' || k.key || ' ' || k.running || '/' || \
+                                       k.max_running FROM concurrency_keys k \
+                                 WHERE k.key = ANY (j.concurrency_keys) \
+                                   AND k.running >= k.max_running ORDER BY k.key LIMIT 1), '') \
+                         END FROM jobs j WHERE j.id = ANY ($1)"
+                    ),
+                    &[&ids],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+        })
+        .await
     }
 }
