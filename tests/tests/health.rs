@@ -446,3 +446,103 @@ async fn shipped_dashboard_and_alerts_use_real_metrics() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Every time in a JSON value: `(key, value)` of each field whose name says it holds one.
+fn times(v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let timeish =
+                    k.ends_with("_at") || k == "at" || k == "not_before" || k == "fire_time";
+                if timeish && !v.is_object() && !v.is_array() {
+                    out.push((k.clone(), v.clone()));
+                }
+                times(v, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| times(v, out)),
+        _ => {}
+    }
+}
+
+/// `-o json` prints every time one way: an RFC 3339 string (or null when unset).
+#[tokio::test]
+async fn json_output_prints_every_time_as_rfc3339() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let _w = cl.worker("w1", &addr, 1, &[])?;
+    let mut api = jobs(&addr).await?;
+    // A failure with output, so a failure group (with its own times) exists too.
+    let bad = submit(&mut api, sh("echo no such tool >&2; exit 127")).await?;
+    wait_state(&mut api, &bad.id, pb::JobState::PermanentFailed).await?;
+    health_until(&addr, "the worker's resources", |h| {
+        worker(h, "w1").is_some_and(|w| w.resources.is_some())
+    })
+    .await?;
+
+    let mut checked = Vec::new();
+    for args in [
+        vec!["list"],
+        vec!["show", bad.id.as_str()],
+        vec!["workers"],
+        vec!["health"],
+        vec!["failures"],
+        vec!["audit"],
+        vec!["token", "list"],
+    ] {
+        let out = std::process::Command::new(bin("droverctl"))
+            .env("DROVER_TOKEN", ADMIN_TOKEN)
+            .env("DROVER_ADDR", &addr)
+            .arg("-o")
+            .arg("json")
+            .args(&args)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let mut found = Vec::new();
+        times(&v, &mut found);
+        // Nor anywhere else as seconds.nanos (the other way times used to be printed).
+        let text = v.to_string();
+        assert!(
+            !text
+                .split('"')
+                .any(|s| s.split_once('.').is_some_and(|(a, b)| !a.is_empty()
+                    && a.bytes().all(|c| c.is_ascii_digit())
+                    && b.len() == 9
+                    && b.bytes().all(|c| c.is_ascii_digit()))),
+            "{args:?}: {text}"
+        );
+        for (k, t) in &found {
+            match t {
+                serde_json::Value::Null => {}
+                serde_json::Value::String(s) => {
+                    chrono::DateTime::parse_from_rfc3339(s)
+                        .map_err(|e| anyhow::anyhow!("{args:?} {k}: {s:?} is not RFC 3339: {e}"))?;
+                }
+                other => anyhow::bail!("{args:?} {k}: {other} is not an RFC 3339 string"),
+            }
+        }
+        checked.extend(
+            found
+                .into_iter()
+                .filter(|(_, t)| !t.is_null())
+                .map(|(k, _)| k),
+        );
+    }
+    // The check saw the times that matter: jobs, attempts, workers, resources, groups.
+    for key in [
+        "created_at",
+        "started_at",
+        "finished_at",
+        "last_seen_at",
+        "sampled_at",
+        "first_seen_at",
+    ] {
+        assert!(checked.iter().any(|k| k == key), "no {key} in {checked:?}");
+    }
+    Ok(())
+}
