@@ -383,3 +383,54 @@ async fn retry_job_makes_a_new_job_linked_to_the_old() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Stored states are guarded by the database itself (V1, V13, V24), not only by the code
+/// that writes them.
+#[tokio::test]
+async fn the_database_refuses_states_outside_their_set() -> anyhow::Result<()> {
+    let (tdb, store) = store().await?;
+    let (job, _) = store.submit(&spec(&["true"]), &policy(), None).await?;
+    let a = claim_one(&store, "w1", LEASE).await?;
+    let db = tdb.client().await?;
+    let refused = |r: Result<u64, tokio_postgres::Error>| {
+        let e = r.expect_err("a value outside the set was stored");
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+            "{e}"
+        );
+    };
+    refused(
+        db.execute(
+            "UPDATE jobs SET state = 'offline' WHERE id = $1",
+            &[&job.id],
+        )
+        .await,
+    );
+    refused(
+        db.execute("UPDATE attempts SET state = 'done' WHERE id = $1", &[&a])
+            .await,
+    );
+    refused(
+        db.execute(
+            "INSERT INTO api_tokens (id, name, role, token_hash) \
+             VALUES ($1, 'x', 'root', '\\x00')",
+            &[&Uuid::new_v4()],
+        )
+        .await,
+    );
+    refused(
+        db.execute(
+            "INSERT INTO log_chunks (attempt_id, seq, stream, time, data) \
+             VALUES ($1, 0, 3, now(), '\\x00')",
+            &[&a],
+        )
+        .await,
+    );
+    // Nothing changed.
+    assert_eq!(
+        store.get_job(job.id).await?.map(|j| j.state),
+        Some(JobState::Running)
+    );
+    Ok(())
+}
