@@ -15,8 +15,4 @@ ALTER TABLE log_chunks ADD CONSTRAINT log_chunks_stream_check
 ALTER TABLE log_chunks VALIDATE CONSTRAINT log_chunks_stream_check;
 
 -- A worker's state (alive, stale, draining, paused, offline) is not stored: it follows
--- from last_seen_at, draining and paused_reason when it is read. workers.connected was
--- written and never read; it is no longer written. It stays (with its default) so a
--- coordinator of the previous version, still running during a rolling upgrade, can write
--- it; a later migration drops it.
-COMMENT ON COLUMN workers.connected IS 'unused since V24; to be dropped';
+-- from last_seen_at, draining and paused_reason when it is read.

@@ -893,10 +893,10 @@ impl Store {
                 let c = self.pool.get().await?;
                 c.execute_cached(
                     "INSERT INTO workers (id, hostname, labels, queues, slots, version, \
-                        coordinator_id, last_seen_at, containment) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8) \
+                        coordinator_id, connected, last_seen_at, containment) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, true, now(), $8) \
                      ON CONFLICT (id) DO UPDATE SET hostname = $2, labels = $3, queues = $4, \
-                        slots = $5, version = $6, coordinator_id = $7, \
+                        slots = $5, version = $6, coordinator_id = $7, connected = true, \
                         last_seen_at = now(), containment = $8",
                     &[
                         &w.id,
@@ -945,12 +945,15 @@ impl Store {
         .await
     }
 
-    /// Records when a worker's session ended (its state follows from `last_seen_at`).
+    /// Records that a worker's session ended. `connected` says whether a coordinator holds
+    /// a session with it (the benchmark waits on it); the worker's state in the API
+    /// follows from `last_seen_at` alone.
     pub async fn worker_disconnected(&self, worker_id: &str, coordinator_id: &str) -> Result<()> {
         measured("worker_disconnected", async {
             let c = self.pool.get().await?;
             c.execute_cached(
-                "UPDATE workers SET last_seen_at = now() WHERE id = $1 AND coordinator_id = $2",
+                "UPDATE workers SET connected = false, last_seen_at = now() \
+                  WHERE id = $1 AND coordinator_id = $2",
                 &[&worker_id, &coordinator_id],
             )
             .await?;
