@@ -633,7 +633,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!("{}", output::health_text(&h));
             }
-            Ok(if h.status == "failing" {
+            Ok(if h.status == pb::HealthStatus::Failing as i32 {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS

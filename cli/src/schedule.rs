@@ -81,9 +81,7 @@ fn local(t: &Option<prost_types::Timestamp>, tz: &str) -> String {
 }
 
 fn rfc(t: &Option<prost_types::Timestamp>) -> Value {
-    time(t)
-        .map(|t| Value::String(t.to_rfc3339()))
-        .unwrap_or(Value::Null)
+    drover_proto::json::time(t)
 }
 
 fn schedule_json(s: &pb::Schedule) -> Value {

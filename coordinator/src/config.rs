@@ -455,7 +455,7 @@ impl Config {
         if self.db_pool_size < 2 {
             return Err("db_pool_size must be at least 2".into());
         }
-        drover_core::validate::validate_policy(&self.retry).map_err(|e| e.to_string())?;
+        crate::patterns::admit(&self.retry).map_err(|e| e.to_string())?;
         self.alerts.validate()?;
         for r in &self.open_routes {
             crate::auth::check_open_route(r).map_err(|e| format!("open_routes: {e}"))?;
@@ -469,8 +469,7 @@ impl Config {
         for (name, q) in &self.queues {
             drover_core::validate::check_name("queues", name).map_err(|e| e.to_string())?;
             let (policy, timeout) = self.queue_defaults(name);
-            drover_core::validate::validate_policy(&policy)
-                .map_err(|e| format!("queues.{name}.{e}"))?;
+            crate::patterns::admit(&policy).map_err(|e| format!("queues.{name}.{e}"))?;
             q.limits().map_err(|e| format!("queues.{name}.{e}"))?;
             drover_core::flow::check_priority(&format!("queues.{name}.priority"), q.priority)
                 .map_err(|e| e.to_string())?;

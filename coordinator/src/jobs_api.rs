@@ -8,7 +8,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::store::{JobFilter, Store};
 use chrono::{DateTime, Utc};
-use drover_core::validate::{check_name, validate_policy, validate_spec};
+use drover_core::validate::{check_name, validate_spec};
 use drover_core::{JobSpec, JobState, RetryPolicy};
 use drover_proto::v1 as pb;
 use drover_proto::v1::job_service_server::JobService;
@@ -78,7 +78,8 @@ pub fn spec_from_pb(
         secret_env: spec.secret_env.into_iter().collect(),
     };
     validate_spec(&out)?;
-    validate_policy(&policy)?;
+    // Compiles the output patterns once, for every attempt of this job to use.
+    crate::patterns::admit(&policy)?;
     Ok((out, policy))
 }
 

@@ -22,6 +22,7 @@
 //! - [`alerts`] / [`channels`] / [`notify`] — alert rules, channels (email, webhook, Slack),
 //!   notification delivery; [`alerts_api`] serves them over gRPC.
 //! - [`metrics`] — Prometheus metrics.
+//! - [`patterns`] — retry policies' output patterns, compiled once per process.
 //! - [`listen`] — LISTEN/NOTIFY so every coordinator hears about ready jobs.
 
 pub mod alerts;
@@ -45,6 +46,7 @@ pub mod log_watch;
 pub mod logs;
 pub mod metrics;
 pub mod notify;
+pub mod patterns;
 pub mod queues_api;
 pub mod retention;
 pub mod scheduler;

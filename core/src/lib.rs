@@ -1,8 +1,9 @@
 //! Drover's domain logic, free of gRPC and SQL so it can be tested as pure functions.
 //!
 //! - [`auth`] — roles, rights, worker-id patterns and token forms for access control.
-//! - [`state`] — job and attempt states.
+//! - [`state`] — job and attempt states, and a worker's state from when it was last heard from.
 //! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
+//! - [`transition`] — what ending an attempt does (attempt and job state, wait, reason, event).
 //! - [`limits`] — per-job resource limits and the sizes they are written in.
 //! - [`flow`] — concurrency keys and their limits.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
@@ -30,9 +31,13 @@ pub mod retention;
 pub mod retry;
 pub mod schedule;
 pub mod state;
+pub mod transition;
 pub mod validate;
 
 pub use limits::ResourceLimits;
-pub use retry::{classify, decide, Classification, Next, PolicyOverrides, RawResult, RetryPolicy};
-pub use state::{AttemptState, JobState};
+pub use retry::{
+    classify, decide, Classification, Next, Patterns, PolicyOverrides, RawResult, RetryPolicy,
+};
+pub use state::{worker_state, AttemptState, JobState, WorkerState};
+pub use transition::{transition, Counts, Transition};
 pub use validate::{JobSpec, ValidationError};

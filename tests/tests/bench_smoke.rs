@@ -6,7 +6,7 @@ use drover_tests::bin;
 use std::process::Command;
 
 /// Every row the bench publishes, by key.
-const ROWS: [&str; 14] = [
+const ROWS: [&str; 15] = [
     "throughput",
     "throughput_keys",
     "pickup_p50",

@@ -6,7 +6,7 @@
 //! so two claims can never both take the last slot. The count is given back by a trigger
 //! when the job leaves `running` (V17), whatever made it leave.
 
-use super::{claimed_from_row, millis, Cached, Claimed, Store};
+use super::{claimed_from_row, measured, millis, Cached, Claimed, Store};
 use crate::error::Result;
 use deadpool_postgres::Transaction;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -326,15 +326,18 @@ pub(super) async fn set_job_deps(
 impl Store {
     /// Dependencies of a job that have not succeeded yet.
     pub async fn waiting_for(&self, job_id: Uuid) -> Result<Vec<Uuid>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT d.depends_on FROM job_deps d JOIN jobs o ON o.id = d.depends_on \
+        measured("waiting_for", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT d.depends_on FROM job_deps d JOIN jobs o ON o.id = d.depends_on \
                   WHERE d.job_id = $1 AND o.state <> 'succeeded' ORDER BY 1",
-                &[&job_id],
-            )
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+                    &[&job_id],
+                )
+                .await?;
+            rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        })
+        .await
     }
 }
 
@@ -345,11 +348,12 @@ impl Store {
         &self,
         ids: &[Uuid],
     ) -> Result<std::collections::HashMap<Uuid, String>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT j.id, CASE \
+        measured("waiting_reasons", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT j.id, CASE \
                        WHEN j.state <> 'pending' THEN '' \
                        WHEN j.not_before >= {WAITING_SQL} THEN 'after job ' || coalesce(( \
                             SELECT string_agg(d.depends_on::text, ', ' ORDER BY d.depends_on) \
@@ -378,12 +382,14 @@ impl Store {
                              WHERE k.key = ANY (j.concurrency_keys) \
                                AND k.running >= k.max_running ORDER BY k.key LIMIT 1), '') \
                      END FROM jobs j WHERE j.id = ANY ($1)"
-                ),
-                &[&ids],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+                    ),
+                    &[&ids],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+        })
+        .await
     }
 }
