@@ -108,6 +108,7 @@ fn worker_to_pb(w: &WorkerRow, state: &str) -> pb::Worker {
             .and_then(|b| pb::HostResources::decode(b).ok()),
         version: w.version.clone(),
         containment: w.containment.clone(),
+        protocol_version: w.protocol_version.max(0) as u32,
     }
 }
 
@@ -321,6 +322,7 @@ mod tests {
             paused_reason: paused.into(),
             draining: false,
             containment: String::new(),
+            protocol_version: 2,
         }
     }
 
