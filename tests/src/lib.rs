@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 pub use drover_proto::v1;
 
 pub mod chaos;
+pub mod netns;
 pub mod tls;
 
 /// Admin connection for creating test databases. CI sets DATABASE_URL; locally the
