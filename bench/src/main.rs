@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod failover;
 mod helpers;
 mod latency;
 mod lograte;
@@ -67,6 +68,7 @@ enum Part {
     Recovery,
     Logs,
     Scale,
+    Failover,
 }
 
 struct Counts {
@@ -164,6 +166,7 @@ async fn run(cli: Cli) -> Result<()> {
             Part::Throughput,
             Part::Latency,
             Part::Recovery,
+            Part::Failover,
             Part::Logs,
             Part::Scale,
         ]
@@ -219,6 +222,7 @@ async fn run(cli: Cli) -> Result<()> {
         Part::Throughput,
         Part::Latency,
         Part::Recovery,
+        Part::Failover,
         Part::Logs,
         Part::Scale,
     ];
@@ -351,6 +355,11 @@ async fn measure(
             details.insert("recovery".into(), d);
         }
         stack.stop();
+    }
+    if parts.contains(&Part::Failover) {
+        let (runs, d) = failover::run(server, bins, tmp, &base_env(), counts.repeats).await?;
+        rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Failover, r)));
+        details.insert("failover".into(), d);
     }
     if parts.contains(&Part::Scale) {
         let p = scale::Params {

@@ -6,7 +6,7 @@ use drover_tests::bin;
 use std::process::Command;
 
 /// Every row the bench publishes, by key.
-const ROWS: [&str; 13] = [
+const ROWS: [&str; 14] = [
     "throughput",
     "pickup_p50",
     "pickup_p99",
@@ -16,6 +16,7 @@ const ROWS: [&str; 13] = [
     "dead_worker",
     "restarted_worker",
     "restarted_worker_total",
+    "coordinator_failover",
     "log_rate",
     "worker_peak_rss",
     "scale_pickup",
