@@ -358,7 +358,7 @@ impl Agent {
             match self.clone().one_session(i, &mut welcomed).await {
                 Ok(()) => tracing::info!(coordinator = %addr, "coordinator ended the session"),
                 Err(e) => {
-                    tracing::warn!(coordinator = %addr, error = %e, "coordinator session failed")
+                    tracing::warn!(coordinator = %addr, error = %e, "coordinator session failed; reconnecting")
                 }
             }
             self.lock().session = None;
