@@ -360,6 +360,9 @@ async fn measure(
         let (runs, d) = failover::run(server, bins, tmp, &base_env(), counts.repeats).await?;
         rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Failover, r)));
         details.insert("failover".into(), d);
+        let (runs, d) = failover::promotion(bins, tmp, &base_env(), counts.repeats).await?;
+        rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Failover, r)));
+        details.insert("promotion".into(), d);
     }
     if parts.contains(&Part::Scale) {
         let p = scale::Params {

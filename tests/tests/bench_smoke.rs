@@ -6,7 +6,7 @@ use drover_tests::bin;
 use std::process::Command;
 
 /// Every row the bench publishes, by key.
-const ROWS: [&str; 14] = [
+const ROWS: [&str; 15] = [
     "throughput",
     "pickup_p50",
     "pickup_p99",
@@ -17,6 +17,7 @@ const ROWS: [&str; 14] = [
     "restarted_worker",
     "restarted_worker_total",
     "coordinator_failover",
+    "primary_promotion",
     "log_rate",
     "worker_peak_rss",
     "scale_pickup",
