@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod failover;
 mod helpers;
 mod latency;
 mod lograte;
@@ -80,6 +81,7 @@ enum Part {
     Soak,
     /// Pickup and throughput with a large backlog of pending jobs.
     Backlog,
+    Failover,
 }
 
 struct Counts {
@@ -193,6 +195,7 @@ async fn run(cli: Cli) -> Result<()> {
             Part::Keys,
             Part::Latency,
             Part::Recovery,
+            Part::Failover,
             Part::Logs,
             Part::Scale,
         ]
@@ -249,6 +252,7 @@ async fn run(cli: Cli) -> Result<()> {
         Part::Keys,
         Part::Latency,
         Part::Recovery,
+        Part::Failover,
         Part::Logs,
         Part::Scale,
         Part::Backlog,
@@ -401,6 +405,14 @@ async fn measure(
             details.insert("recovery".into(), d);
         }
         stack.stop();
+    }
+    if parts.contains(&Part::Failover) {
+        let (runs, d) = failover::run(server, bins, tmp, &base_env(), counts.repeats).await?;
+        rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Failover, r)));
+        details.insert("failover".into(), d);
+        let (runs, d) = failover::promotion(bins, tmp, &base_env(), counts.repeats).await?;
+        rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Failover, r)));
+        details.insert("promotion".into(), d);
     }
     if parts.contains(&Part::Scale) {
         let p = scale::Params {

@@ -441,7 +441,7 @@ pub async fn run(
     server: &Server,
     bins: &Bins,
     tmp: &Path,
-    env: &[(&str, String)],
+    env: &[(&'static str, String)],
     p: &Params,
 ) -> Result<(Vec<Vec<Row>>, Value)> {
     let mut stack = Stack::start(server, bins, tmp, "scale", env).await?;

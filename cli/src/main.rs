@@ -24,7 +24,8 @@ use tonic::transport::Channel;
 #[derive(Parser)]
 #[command(name = "droverctl", version, about = "Operate a Drover cluster")]
 struct Cli {
-    /// Coordinator address.
+    /// Coordinator address; several, comma-separated, are tried in order and the first
+    /// that answers is used.
     #[arg(
         long,
         env = "DROVER_ADDR",
@@ -324,12 +325,40 @@ fn resolve_token(token: Option<&str>, file: Option<&std::path::Path>) -> Result<
 /// How to verify the coordinator (and identify to it) over https://; set once in `run`.
 static CLIENT_TLS: std::sync::OnceLock<drover_transport::ClientTls> = std::sync::OnceLock::new();
 
-async fn channel(addr: &str) -> Result<AuthChannel> {
+/// A channel to the first coordinator of `addrs` (comma-separated) that answers.
+async fn channel(addrs: &str) -> Result<AuthChannel> {
+    let list: Vec<&str> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if list.is_empty() {
+        bail!("--addr is empty: give a coordinator address such as http://127.0.0.1:50051");
+    }
+    if list.len() > MAX_ADDRS {
+        bail!("--addr: {} addresses; the limit is {MAX_ADDRS}", list.len());
+    }
+    let mut errors = Vec::new();
+    for addr in &list {
+        match channel_to(addr, list.len() > 1).await {
+            Ok(ch) => return Ok(ch),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    bail!("{}", errors.join("; "))
+}
+
+/// Most addresses `--addr` takes.
+const MAX_ADDRS: usize = 16;
+
+async fn channel_to(addr: &str, several: bool) -> Result<AuthChannel> {
     let tls = CLIENT_TLS.get().cloned().unwrap_or_default();
+    // With other addresses to try, a coordinator that does not answer is given up sooner.
+    let timeout = Duration::from_secs(if several { 3 } else { 5 });
     let ep = tls
         .endpoint(addr)
         .map_err(|e| anyhow!("--addr: {e}"))?
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(timeout);
     let ch: Channel = ep.connect().await.map_err(|e| {
         let mut why = e.to_string();
         let mut src = std::error::Error::source(&e);

@@ -323,6 +323,17 @@ pub fn worker_table(workers: &[pb::Worker]) -> String {
         if !w.containment.is_empty() {
             out.push_str(&format!("  containment: {}\n", w.containment));
         }
+        if !w.version.is_empty() || w.protocol_version > 0 {
+            out.push_str(&format!(
+                "  version: {} (protocol {})\n",
+                if w.version.is_empty() {
+                    "?"
+                } else {
+                    &w.version
+                },
+                w.protocol_version
+            ));
+        }
     }
     out
 }

@@ -117,6 +117,7 @@ fn worker_to_pb(w: &WorkerRow, state: WorkerState) -> pb::Worker {
             .and_then(|b| pb::HostResources::decode(b).ok()),
         version: w.version.clone(),
         containment: w.containment.clone(),
+        protocol_version: w.protocol_version.max(0) as u32,
     }
 }
 
@@ -329,6 +330,7 @@ mod tests {
             paused_reason: paused.into(),
             draining: false,
             containment: String::new(),
+            protocol_version: 2,
         }
     }
 

@@ -210,8 +210,11 @@ async fn run(cmd: Command, cfg: Config) -> anyhow::Result<()> {
             let scheme = if c.tls { "https" } else { "http" };
             println!("DROVER_ADDR={scheme}://{}", c.addr);
             println!("DROVER_HTTP={scheme}://{}", c.http_addr);
-            shutdown_signal().await;
+            // Migrations ran and both listeners are bound.
+            drover_telemetry::sdnotify::ready();
+            main_loop().await;
             tracing::info!("shutting down");
+            drover_telemetry::sdnotify::stopping();
             c.shutdown().await;
             Ok(())
         }
@@ -280,6 +283,25 @@ async fn token(cmd: TokenCommand, cfg: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT, sending systemd's watchdog keep-alive meanwhile when
+/// `WatchdogSec` is set: if this loop stops being scheduled, systemd restarts the process.
+async fn main_loop() {
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let Some(every) = drover_telemetry::sdnotify::watchdog_interval() else {
+        return signal.await;
+    };
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = &mut signal => return,
+            _ = tick.tick() => {
+                drover_telemetry::sdnotify::watchdog();
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -210,6 +210,7 @@ pub struct WorkerRow {
     pub paused_reason: String,
     pub draining: bool,
     pub containment: String,
+    pub protocol_version: i32,
 }
 
 /// Per-queue counts for the health report.
@@ -252,6 +253,7 @@ pub struct WorkerHello {
     pub version: String,
     pub running: Vec<Uuid>,
     pub containment: String,
+    pub protocol_version: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -917,11 +919,11 @@ impl Store {
                 let c = self.pool.get().await?;
                 c.execute_cached(
                     "INSERT INTO workers (id, hostname, labels, queues, slots, version, \
-                    coordinator_id, connected, last_seen_at, containment) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, true, now(), $8) \
+                    coordinator_id, connected, last_seen_at, containment, protocol_version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, true, now(), $8, $9) \
                  ON CONFLICT (id) DO UPDATE SET hostname = $2, labels = $3, queues = $4, \
                     slots = $5, version = $6, coordinator_id = $7, connected = true, \
-                    last_seen_at = now(), containment = $8",
+                    last_seen_at = now(), containment = $8, protocol_version = $9",
                     &[
                         &w.id,
                         &w.hostname,
@@ -931,6 +933,7 @@ impl Store {
                         &w.version,
                         &coordinator_id,
                         &w.containment,
+                        &w.protocol_version,
                     ],
                 )
                 .await?;
@@ -1585,6 +1588,7 @@ impl Store {
                         w.last_seen_at, \
                         (extract(epoch FROM now() - w.last_seen_at) * 1000)::int8 AS ago, \
                         w.resources, w.paused_reason, w.draining, w.containment, \
+                        w.protocol_version, \
                         (SELECT count(*) FROM attempts a \
                           WHERE a.worker_id = w.id AND a.state = 'running') AS running \
                    FROM workers w WHERE w.last_seen_at > now() - interval '7 days' \
@@ -1608,6 +1612,7 @@ impl Store {
                         paused_reason: r.try_get("paused_reason")?,
                         draining: r.try_get("draining")?,
                         containment: r.try_get("containment")?,
+                        protocol_version: r.try_get("protocol_version")?,
                     })
                 })
                 .collect()

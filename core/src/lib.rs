@@ -8,6 +8,7 @@
 //! - [`flow`] — concurrency keys and their limits.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
 //! - [`paging`] — bounding a page of results by bytes as well as count.
+//! - [`protocol`] — the worker protocol version and which versions a coordinator accepts.
 //! - [`params`] — `{name}` placeholder substitution in argv.
 //! - [`fingerprint`] — failure fingerprints: normalised output tails that group failures by cause.
 //! - [`alerting`] — alert rules, matching and storm folding.
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod logcap;
 pub mod paging;
 pub mod params;
+pub mod protocol;
 pub mod retention;
 pub mod retry;
 pub mod schedule;

@@ -46,6 +46,7 @@ pub fn worker(w: &pb::Worker) -> Value {
         "running": w.running,
         "last_seen_at": time(&w.last_seen_at),
         "version": w.version,
+        "protocol_version": w.protocol_version,
         "containment": w.containment,
         "resources": w.resources.as_ref().map(resources),
     })

@@ -13,6 +13,7 @@
 //! Used by `tests/tests/chaos.rs` (a short seeded run in CI) and by the `drover-chaos`
 //! binary for long runs.
 
+use crate::netns::{Host, Net};
 use crate::{connect, spawn_coordinator, spawn_worker, CoordinatorOpts, Proc, Proxy};
 use anyhow::{bail, Context, Result};
 use drover_pgserver::{PgServer, PgServerConfig};
@@ -65,6 +66,12 @@ pub struct Config {
     pub drain_limit: Duration,
     /// Scratch directory (logs, ledger, database); a temporary one when None.
     pub dir: Option<PathBuf>,
+    /// Hosts on a real (virtual) network instead of loopback proxies: PostgreSQL and
+    /// coordinator 0 on one network namespace, coordinator 1 on another, each worker on
+    /// its own, the runner on one more (tests/src/netns.rs). Link faults are then a
+    /// host's link down (cut), tc netem or a bandwidth limit (delay), and a link flap
+    /// (reset). Needs root; `run` fails with the reason where namespaces cannot be made.
+    pub netns: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -436,19 +443,30 @@ struct Coordinator {
     proc: Option<Proc>,
 }
 
+/// How a worker reaches the coordinators, and where link faults are made.
+enum Link {
+    /// Loopback, through a proxy the runner controls.
+    Proxy(Proxy),
+    /// Its own host on the virtual network, given both coordinators' addresses.
+    Host(Host, String),
+}
+
 struct Worker {
     name: String,
-    proxy: Proxy,
+    link: Link,
     proc: Option<Proc>,
 }
 
 /// The processes under test. Dropping it stops them all, jobs of killed workers included.
 struct World {
     dir: PathBuf,
-    pg: PgServer,
+    /// None only while a restart on its namespace host is under way.
+    pg: Option<PgServer>,
     db_url: String,
     coordinators: Vec<Coordinator>,
     workers: Vec<Worker>,
+    /// The database's host in namespace mode.
+    db_host: Option<Host>,
 }
 
 impl Drop for World {
@@ -482,37 +500,131 @@ async fn start_coordinator(dir: &Path, c: &Coordinator, db_url: &str) -> Result<
 }
 
 fn start_worker(dir: &Path, w: &Worker) -> Result<Proc> {
-    spawn_worker(
-        dir,
-        &w.name,
-        &w.proxy.addr,
-        SLOTS,
-        &[],
-        &[("DROVER_WORKER_KILL_GRACE_MS", "500")],
-    )
+    match &w.link {
+        Link::Proxy(p) => spawn_worker(
+            dir,
+            &w.name,
+            &p.addr,
+            SLOTS,
+            &[],
+            &[("DROVER_WORKER_KILL_GRACE_MS", "500")],
+        ),
+        Link::Host(host, addrs) => {
+            let log = dir.join(format!("{}.log", w.name));
+            let err = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)?;
+            let child = host
+                .command(crate::bin("drover-worker"))
+                .args(["--coordinator", addrs, "--worker-id", &w.name])
+                .arg("--state-dir")
+                .arg(dir.join(format!("{}-state", w.name)))
+                .args(["--slots", &SLOTS.to_string()])
+                .env("RUST_LOG", "info,drover_worker=debug")
+                .env("DROVER_WORKER_KILL_GRACE_MS", "500")
+                .env("DROVER_WORKER_TOKEN", crate::WORKER_TOKEN)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(err)
+                .spawn()
+                .context("spawning drover-worker")?;
+            Ok(Proc {
+                name: w.name.clone(),
+                child,
+                log,
+                http: String::new(),
+            })
+        }
+    }
 }
 
-impl World {
-    async fn start(dir: &Path) -> Result<World> {
+/// Host names in namespace mode: the database and coordinator 0, coordinator 1, the
+/// workers, and the runner itself.
+const NS_HOSTS: [&str; 7] = ["db", "c1", "w0", "w1", "w2", "w3", "ops"];
+
+/// PostgreSQL on `host`, reachable from the other hosts; returns it and the URL of the
+/// `drover` database.
+fn start_pg_on(host: &Host, dir: &Path) -> Result<(PgServer, String)> {
+    let data_dir = dir.join("pg");
+    let ip = host.ip.clone();
+    let pg = host.run(move || async move {
         let pg = PgServer::start(PgServerConfig {
-            data_dir: dir.join("pg"),
-            settings: vec![("fsync".into(), "off".into())],
+            data_dir,
+            settings: vec![
+                ("fsync".into(), "off".into()),
+                ("listen_addresses".into(), "*".into()),
+            ],
             ..Default::default()
         })
         .await
         .context("starting PostgreSQL")?;
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(pg.data_dir().join("pg_hba.conf"))?
+            .write_all(b"host all all 10.213.0.0/24 trust\n")?;
+        connect(&pg.url("postgres"))
+            .await?
+            .execute("SELECT pg_reload_conf()", &[])
+            .await?;
         pg.create_database("drover").await?;
-        let db_url = pg.url("drover");
+        Ok(pg)
+    })?;
+    let url = format!("postgres://postgres@{ip}:{}/drover", pg.port());
+    Ok((pg, url))
+}
+
+fn coordinator_addr(c: &Coordinator) -> String {
+    let ip = c
+        .opts
+        .netns
+        .as_ref()
+        .map_or("127.0.0.1", |(_, ip)| ip.as_str());
+    format!("http://{ip}:{}", c.opts.port)
+}
+
+impl World {
+    async fn start(dir: &Path, net: Option<&Net>) -> Result<World> {
+        let (pg, db_url, db_host) = match net {
+            Some(net) => {
+                let host = net.host("db").clone();
+                let (pg, url) = start_pg_on(&host, dir)?;
+                (pg, url, Some(host))
+            }
+            None => {
+                let pg = PgServer::start(PgServerConfig {
+                    data_dir: dir.join("pg"),
+                    settings: vec![("fsync".into(), "off".into())],
+                    ..Default::default()
+                })
+                .await
+                .context("starting PostgreSQL")?;
+                pg.create_database("drover").await?;
+                let url = pg.url("drover");
+                (pg, url, None)
+            }
+        };
         let mut coordinators = Vec::new();
         for i in 0..2 {
+            let netns = net.map(|n| {
+                let h = n.host(if i == 0 { "db" } else { "c1" });
+                (h.ns.clone(), h.ip.clone())
+            });
             let mut c = Coordinator {
                 name: format!("coord{i}"),
                 opts: CoordinatorOpts {
-                    port: crate::free_port(),
+                    // A host of its own: the usual port; on loopback: a free one.
+                    port: if netns.is_some() {
+                        50051
+                    } else {
+                        crate::free_port()
+                    },
                     lease_ttl_ms: LEASE_TTL_MS,
                     heartbeat_interval_ms: 400,
                     reaper_interval_ms: 200,
                     database_url: Some(db_url.clone()),
+                    netns,
                     ..Default::default()
                 },
                 proc: None,
@@ -520,12 +632,22 @@ impl World {
             c.proc = Some(start_coordinator(dir, &c, &db_url).await?);
             coordinators.push(c);
         }
+        let addrs: Vec<String> = coordinators.iter().map(coordinator_addr).collect();
         let mut workers = Vec::new();
         for i in 0..WORKERS {
-            let target = format!("127.0.0.1:{}", coordinators[i % 2].opts.port);
+            let link = match net {
+                // Each worker prefers one coordinator and fails over to the other.
+                Some(net) => Link::Host(
+                    net.host(&format!("w{i}")).clone(),
+                    format!("{},{}", addrs[i % 2], addrs[(i + 1) % 2]),
+                ),
+                None => Link::Proxy(
+                    Proxy::start(&format!("127.0.0.1:{}", coordinators[i % 2].opts.port)).await?,
+                ),
+            };
             let mut w = Worker {
                 name: format!("w{i}"),
-                proxy: Proxy::start(&target).await?,
+                link,
                 proc: None,
             };
             w.proc = Some(start_worker(dir, &w)?);
@@ -533,18 +655,22 @@ impl World {
         }
         Ok(World {
             dir: dir.to_path_buf(),
-            pg,
+            pg: Some(pg),
             db_url,
             coordinators,
             workers,
+            db_host,
         })
     }
 
     fn addrs(&self) -> Vec<String> {
-        self.coordinators
-            .iter()
-            .map(|c| format!("http://127.0.0.1:{}", c.opts.port))
-            .collect()
+        self.coordinators.iter().map(coordinator_addr).collect()
+    }
+
+    fn pg(&mut self) -> Result<&mut PgServer> {
+        self.pg
+            .as_mut()
+            .context("PostgreSQL was lost in an earlier restart")
     }
 
     async fn inject(&mut self, f: Fault, rng: &mut StdRng) -> Result<()> {
@@ -569,29 +695,73 @@ impl World {
             }
             Fault::StopPostgres => {
                 if rng.random_bool(0.5) {
-                    self.pg.stop().await?;
+                    self.pg()?.stop().await?;
                 } else {
-                    self.pg.stop_immediate().await?;
+                    self.pg()?.stop_immediate().await?;
                 }
                 tokio::time::sleep(hold).await;
-                self.pg.restart().await?;
+                match self.db_host.clone() {
+                    None => self.pg()?.restart().await?,
+                    // The server must start on its own host: restart it from a thread
+                    // in that host's namespace.
+                    Some(host) => {
+                        let mut pg = self.pg.take().context("no PostgreSQL")?;
+                        let pg = tokio::task::spawn_blocking(move || {
+                            host.run(move || async move {
+                                pg.restart().await?;
+                                Ok(pg)
+                            })
+                        })
+                        .await??;
+                        self.pg = Some(pg);
+                    }
+                }
             }
             Fault::CutLink => {
                 let w = &self.workers[rng.random_range(0..self.workers.len())];
-                w.proxy.cut();
-                tokio::time::sleep(hold).await;
-                w.proxy.restore();
+                match &w.link {
+                    Link::Proxy(p) => {
+                        p.cut();
+                        tokio::time::sleep(hold).await;
+                        p.restore();
+                    }
+                    Link::Host(h, _) => {
+                        h.link_down()?;
+                        tokio::time::sleep(hold).await;
+                        h.link_up()?;
+                    }
+                }
             }
             Fault::DelayLink => {
                 let w = &self.workers[rng.random_range(0..self.workers.len())];
-                w.proxy
-                    .set_delay(Duration::from_millis(rng.random_range(50..800)));
-                tokio::time::sleep(hold).await;
-                w.proxy.set_delay(Duration::ZERO);
+                let delay = rng.random_range(50..800);
+                match &w.link {
+                    Link::Proxy(p) => {
+                        p.set_delay(Duration::from_millis(delay));
+                        tokio::time::sleep(hold).await;
+                        p.set_delay(Duration::ZERO);
+                    }
+                    Link::Host(h, _) => {
+                        // netem where the kernel has it, else a bandwidth limit.
+                        if !h.netem(delay as u32, delay as u32 / 4, 2, 10)? {
+                            h.throttle("1mbit", delay as u32)?;
+                        }
+                        tokio::time::sleep(hold).await;
+                        h.clear_qdisc()?;
+                    }
+                }
             }
             Fault::ResetLink => {
                 let w = &self.workers[rng.random_range(0..self.workers.len())];
-                w.proxy.reset();
+                match &w.link {
+                    Link::Proxy(p) => p.reset(),
+                    // A short flap: the link goes down and comes back.
+                    Link::Host(h, _) => {
+                        h.link_down()?;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        h.link_up()?;
+                    }
+                }
             }
             Fault::PauseWorker => {
                 // Sometimes longer than the lease: the paused worker's attempts are given
@@ -718,8 +888,28 @@ async fn observe(url: String, stop: CancellationToken, seen: Arc<Mutex<HashMap<S
 // -------------------------------------------------------------------------- run
 
 /// Runs the whole scenario and returns what it saw. An `Err` is a failure of the runner
-/// itself (a process that would not start); broken promises are `Report::summary.violations`.
+/// itself (a process that would not start, or no namespaces in namespace mode); broken
+/// promises are `Report::summary.violations`. In namespace mode the runner works from a
+/// host of its own (a thread in that namespace with a runtime of its own).
 pub async fn run(cfg: &Config) -> Result<Report> {
+    if !cfg.netns {
+        return run_on(cfg, None).await;
+    }
+    let net = Net::new(&NS_HOSTS)?;
+    let ops = net.host("ops").clone();
+    let cfg = cfg.clone();
+    // The namespaces outlive the run (dropped here, after the world it made).
+    let net = Arc::new(net);
+    let keep = net.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        ops.run(move || async move { run_on(&cfg, Some(&net)).await })
+    })
+    .await?;
+    drop(keep);
+    r
+}
+
+async fn run_on(cfg: &Config, net: Option<&Net>) -> Result<Report> {
     let tmp;
     let dir = match &cfg.dir {
         Some(d) => {
@@ -750,7 +940,7 @@ pub async fn run(cfg: &Config) -> Result<Report> {
         })
         .collect();
 
-    let mut world = World::start(&dir).await?;
+    let mut world = World::start(&dir, net).await?;
     let addrs = world.addrs();
     let schedule = tick_schedule(&files);
     on_any(&addrs, Duration::from_secs(30), |mut c| {

@@ -6,7 +6,7 @@ use drover_tests::bin;
 use std::process::Command;
 
 /// Every row the bench publishes, by key.
-const ROWS: [&str; 15] = [
+const ROWS: [&str; 17] = [
     "throughput",
     "throughput_keys",
     "pickup_p50",
@@ -17,6 +17,8 @@ const ROWS: [&str; 15] = [
     "dead_worker",
     "restarted_worker",
     "restarted_worker_total",
+    "coordinator_failover",
+    "primary_promotion",
     "log_rate",
     "log_rate_pg",
     "worker_peak_rss",

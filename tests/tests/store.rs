@@ -310,6 +310,7 @@ async fn a_reconnecting_worker_loses_the_attempts_it_no_longer_runs() -> anyhow:
         version: "test".into(),
         running,
         containment: String::new(),
+        protocol_version: drover_core::protocol::CURRENT as i32,
     };
     store.register_worker(&hello(vec![]), "c1", LEASE).await?;
     let (job, _) = store
