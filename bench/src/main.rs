@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod dashboard;
 mod helpers;
 mod latency;
 mod lograte;
@@ -67,6 +68,9 @@ enum Part {
     Recovery,
     Logs,
     Scale,
+    /// The dashboard's job list at scale and a big log's first lines (only with --only:
+    /// it copies history up to a million jobs a second time).
+    Dashboard,
 }
 
 struct Counts {
@@ -82,6 +86,9 @@ struct Counts {
     real_jobs: usize,
     /// Every row is measured this many times; the table shows the median and the range.
     repeats: usize,
+    /// Jobs stored for the dashboard's job list row, and its log's size.
+    dashboard_rows: i64,
+    dashboard_log_bytes: u64,
 }
 
 impl Counts {
@@ -97,6 +104,8 @@ impl Counts {
             heartbeat_window: Duration::from_secs(5),
             real_jobs: 300,
             repeats: 3,
+            dashboard_rows: 10_000,
+            dashboard_log_bytes: 16_000_000,
         }
     }
 
@@ -112,6 +121,8 @@ impl Counts {
             heartbeat_window: Duration::from_secs(20),
             real_jobs: 1_000,
             repeats: 3,
+            dashboard_rows: 1_000_000,
+            dashboard_log_bytes: 100_000_000,
         }
     }
 }
@@ -221,6 +232,7 @@ async fn run(cli: Cli) -> Result<()> {
         Part::Recovery,
         Part::Logs,
         Part::Scale,
+        Part::Dashboard,
     ];
     let ordered: Vec<Row> = order
         .iter()
@@ -364,6 +376,27 @@ async fn measure(
         let (runs, d) = scale::run(server, bins, tmp, &base_env(), &p).await?;
         rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Scale, r)));
         details.insert("scale".into(), d);
+    }
+    if parts.contains(&Part::Dashboard) {
+        let mut env = base_env();
+        env.push((
+            "DROVER_LOG_CAP_BYTES",
+            (2 * counts.dashboard_log_bytes).max(100 << 20).to_string(),
+        ));
+        let mut stack = Stack::start(server, bins, tmp, "dashboard", &env).await?;
+        stack.add_worker("d1", 8, &[])?;
+        stack.wait_workers(&["d1"]).await?;
+        let p = dashboard::Params {
+            real: counts.real_jobs,
+            big: counts.dashboard_rows,
+            log_bytes: counts.dashboard_log_bytes,
+            samples: 20,
+            repeats: counts.repeats,
+        };
+        let (runs, d) = dashboard::run(&mut stack, &p).await?;
+        rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Dashboard, r)));
+        details.insert("dashboard".into(), d);
+        stack.stop();
     }
     Ok(())
 }

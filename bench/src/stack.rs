@@ -296,6 +296,9 @@ pub struct Stack {
     /// Access control is on, as in production: `jobs` carries an admin token, the workers
     /// this worker token (any worker id).
     pub worker_token: String,
+    /// The HTTP listener's base URL and an admin token for it (the dashboard rows).
+    pub http: String,
+    pub admin_token: String,
     pub sql: tokio_postgres::Client,
     pub coordinator: Proc,
     pub started: Instant,
@@ -353,6 +356,10 @@ impl Stack {
             let mut r = BufReader::new(stdout);
             let mut line = String::new();
             let n = r.read_line(&mut line);
+            // The second line is DROVER_HTTP=... (the HTTP listener's base URL).
+            let mut http = String::new();
+            let _ = r.read_line(&mut http);
+            line.push_str(&http);
             (n, line, r)
         });
         let (n, line, reader) = match tokio::time::timeout(Duration::from_secs(60), reader).await {
@@ -365,7 +372,14 @@ impl Stack {
                 );
             }
         };
-        let addr = match (n, line.trim().strip_prefix("DROVER_ADDR=")) {
+        let mut lines = line.lines();
+        let first = lines.next().unwrap_or("").trim().to_string();
+        let http = lines
+            .next()
+            .and_then(|l| l.trim().strip_prefix("DROVER_HTTP="))
+            .unwrap_or("")
+            .to_string();
+        let addr = match (n, first.strip_prefix("DROVER_ADDR=")) {
             (Ok(_), Some(a)) => a.to_string(),
             _ => {
                 coordinator.kill();
@@ -405,6 +419,8 @@ impl Stack {
             jobs: JobServiceClient::with_interceptor(channel, bearer)
                 .max_decoding_message_size(64 << 20),
             worker_token,
+            http,
+            admin_token,
             sql,
             coordinator,
             started: Instant::now(),
