@@ -42,6 +42,8 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Chunks (of at most 64 KiB) sent per log page: the viewer opens at the tail and reads
 /// back a page at a time, so a 100 MB log costs at most ~2 MiB to open.
 const LOG_PAGE_CHUNKS: i64 = 32;
+/// The first page (the tail) is smaller still: the first lines show sooner.
+const LOG_TAIL_CHUNKS: i64 = 8;
 /// The header is recomputed at most this often, however many pages are open.
 const HEADER_EVERY: Duration = Duration::from_secs(1);
 /// ... and at least this often while any page is open (workers come and go silently).
@@ -1026,7 +1028,15 @@ async fn log_json(
     let before = if q.before <= 0 { i64::MAX } else { q.before };
     let chunks = s
         .store
-        .read_logs_before(a.id, before, LOG_PAGE_CHUNKS)
+        .read_logs_before(
+            a.id,
+            before,
+            if q.before <= 0 {
+                LOG_TAIL_CHUNKS
+            } else {
+                LOG_PAGE_CHUNKS
+            },
+        )
         .await
         .map_err(|e| ApiError(e.into()))?;
     let marker = drover_core::logcap::marker(a.log_dropped_bytes.max(0) as u64, s.log_cap_bytes);

@@ -191,6 +191,25 @@ try {
   check(createHash("sha256").update(artBytes).digest("hex") === sha, "the SHA-256 shown is the download's");
   result.download = { job: dl, bytes: got.length };
 
+  // ---------------------------------------------------------------- big log, cap marker
+  // The coordinator keeps 1 MiB of each log (test setting): 4 MB written leaves a gap.
+  const big = await submit(["sh", "-c", "head -c 4000000 /dev/zero | tr '\\0' x | fold -w 99"], { queue: "web" });
+  await waitState(big, ["JOB_STATE_SUCCEEDED"]);
+  await page.goto(BASE + "/ui/jobs/" + big + "/log");
+  await page.waitForSelector("#log .line");
+  check(await page.isVisible("#earlier"), "a big log opens at its tail, with earlier output to load");
+  const tailLines = await page.$$eval("#log .line", (l) => l.length);
+  for (let i = 0; i < 40 && (await page.isVisible("#earlier")); i++) {
+    const n = await page.$$eval("#log .line", (l) => l.length);
+    await page.click("#earlier");
+    await page.waitForFunction((n) => document.querySelectorAll("#log .line").length > n, n);
+  }
+  const allLines = await page.$$eval("#log .line", (l) => l.length);
+  check(allLines > tailLines, `earlier output loads on demand (${tailLines} -> ${allLines} lines)`);
+  const marker = await page.textContent("#log .line.marker");
+  check(marker && marker.includes("bytes of output dropped"), "the cap's 'bytes dropped' marker is shown");
+  check((await page.textContent("#log-status")).includes("bytes dropped"), "the toolbar says how much was dropped");
+
   // ---------------------------------------------------------------- bulk retry preview
   const queue = "bulk";
   const failed = [];

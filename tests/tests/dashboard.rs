@@ -29,7 +29,12 @@ async fn dashboard_in_headless_chromium() -> anyhow::Result<()> {
     );
 
     let cl = Cluster::new().await?;
-    let (c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    // A small log cap, so a test job can pass it and the viewer shows the marker.
+    let opts = CoordinatorOpts {
+        env: vec![("DROVER_LOG_CAP_BYTES".into(), "1048576".into())],
+        ..Default::default()
+    };
+    let (c, addr) = cl.coordinator("coord", &opts)?;
     let _w = cl.worker(
         "w1",
         &addr,
