@@ -140,6 +140,17 @@ try {
   await page.screenshot({ path: join(SHOTS, "job.png"), fullPage: true });
   result.retry = { from: failing, to: retried };
 
+  // ---------------------------------------------------------------- rerun with params
+  const withParams = await submit(["sh", "-c", "echo {day}; exit 4"], { queue: "web", params: { day: "mon" } });
+  await waitState(withParams, ["JOB_STATE_PERMANENT_FAILED"]);
+  await page.goto(BASE + "/ui/jobs/" + withParams);
+  await page.fill('#rerun input[name="day"]', "tue");
+  await page.click("#rerun button");
+  const rerunLink = await page.waitForSelector("#action-result a.created-job");
+  const rerun = (await rerunLink.textContent()).trim();
+  const rerunJob = (await api("GET", "/api/v1/jobs/" + rerun)).job;
+  check(rerunJob.spec.params.day === "tue" && rerunJob.retry_of === withParams, "the rerun form creates a job with the changed param");
+
   // ---------------------------------------------------------------- follow + cancel
   const script =
     'echo "pid=$$"; i=0; while true; do i=$((i+1)); echo "line-$i"; ' +
@@ -245,6 +256,12 @@ try {
     }
     if (name === "failures") {
       check((await page.$$("#failures button.retry-group")).length >= 1, "the failures page lists a group with a retry button");
+      const fp = await page.getAttribute("#failures button.retry-group", "data-fingerprint");
+      const groupJobs = (await api("POST", "/api/v1/jobs/retry", { fingerprint: fp, dry_run: true, limit: 1000 })).matched.length;
+      await page.click("#failures button.retry-group");
+      await page.waitForSelector("#action-result p.ok");
+      const said = await page.textContent("#action-result p.ok");
+      check(groupJobs > 0 && said.includes(`Retried ${groupJobs} jobs`), `a group's retry button retries its ${groupJobs} jobs ("${said}")`);
     }
   }
   await page.goto(BASE + "/ui/queues");
