@@ -25,7 +25,6 @@ use drover_proto::v1::job_service_server::JobService;
 use drover_proto::v1::queue_service_server::QueueService;
 use drover_proto::v1::schedule_service_server::ScheduleService;
 use futures::StreamExt;
-use serde::Serialize;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -406,13 +405,6 @@ async fn list_schedules(
     c.call(pb::ListSchedulesRequest {}, |r| svc.list_schedules(r))
         .await
         .map(Json)
-}
-
-/// What a JSON error body looks like (for tests and the dashboard's script).
-#[derive(Serialize, serde::Deserialize, Debug)]
-pub struct ErrorBody {
-    pub code: String,
-    pub message: String,
 }
 
 #[cfg(test)]

@@ -73,12 +73,15 @@ pub fn routes() -> Router<HttpState> {
 /// The header every page shows, rendered once per change for all open pages.
 pub struct LiveHeader {
     tx: watch::Sender<Arc<String>>,
+    /// When the header was last rendered.
+    at: std::sync::Mutex<std::time::Instant>,
 }
 
 impl LiveHeader {
     pub fn new() -> Arc<LiveHeader> {
         Arc::new(LiveHeader {
             tx: watch::channel(Arc::new(String::new())).0,
+            at: std::sync::Mutex::new(std::time::Instant::now()),
         })
     }
 
@@ -86,7 +89,30 @@ impl LiveHeader {
         self.tx.subscribe()
     }
 
-    pub fn current(&self) -> Arc<String> {
+    fn publish(&self, html: String) {
+        if let Ok(mut at) = self.at.lock() {
+            *at = std::time::Instant::now();
+        }
+        self.tx.send_if_modified(|old| {
+            let changed = **old != html;
+            if changed {
+                *old = Arc::new(html);
+            }
+            changed
+        });
+    }
+
+    /// The header for a page being rendered: the shared one, unless no page was open to
+    /// keep it current (then it is rendered now, once, for everyone).
+    pub async fn current(&self, admin: &crate::health::AdminApi) -> Arc<String> {
+        let stale = self
+            .at
+            .lock()
+            .map(|at| at.elapsed() > HEADER_REFRESH)
+            .unwrap_or(true);
+        if stale {
+            self.publish(header_html(&admin.health().await));
+        }
         self.tx.borrow().clone()
     }
 }
@@ -126,14 +152,7 @@ pub async fn run_header(
             Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
         ) {}
         if live.tx.receiver_count() > 0 {
-            let html = header_html(&admin.health().await);
-            live.tx.send_if_modified(|old| {
-                let changed = **old != html;
-                if changed {
-                    *old = Arc::new(html);
-                }
-                changed
-            });
+            live.publish(header_html(&admin.health().await));
         }
     }
 }
@@ -287,8 +306,8 @@ fn error_page(e: ApiError) -> Response {
         .into_response()
 }
 
-fn page(s: &HttpState, v: &Viewer, title: &str, name: &str, body: &str) -> Response {
-    let header = s.live.current();
+async fn page(s: &HttpState, v: &Viewer, title: &str, name: &str, body: &str) -> Response {
+    let header = s.live.current(&s.admin).await;
     let who = if v.principal.name().is_empty() {
         "access control off".to_string()
     } else {
@@ -602,7 +621,7 @@ async fn jobs_page(
             qv(&list.next_page_token)
         );
     }
-    page(&s, &v, "Jobs", "jobs", &body)
+    page(&s, &v, "Jobs", "jobs", &body).await
 }
 
 fn jobs_table(jobs: &[pb::Job], v: &Viewer) -> String {
@@ -839,7 +858,7 @@ async fn job_page(
         );
     }
     b.push_str("</div>");
-    page(&s, &v, &format!("Job {}", job.id), "jobs", &b)
+    page(&s, &v, &format!("Job {}", job.id), "jobs", &b).await
 }
 
 fn attempts_timeline(job: &pb::Job, attempts: &[pb::Attempt]) -> String {
@@ -970,7 +989,7 @@ async fn log_page(
          <button type=button id=earlier hidden>Load earlier output</button>\
          <pre id=log data-job=\"{jid}\" data-attempt=\"{current}\"></pre>"
     );
-    page(&s, &v, &format!("Log {}", job.id), "log", &b)
+    page(&s, &v, &format!("Log {}", job.id), "log", &b).await
 }
 
 /// The attempt a log request names (default: the latest), checking the caller may read
@@ -1373,7 +1392,7 @@ async fn workers_page(
         b.push_str("<tr><td colspan=8 class=empty>No workers.</td></tr>");
     }
     b.push_str("</tbody></table>");
-    page(&s, &v, "Workers", "workers", &b)
+    page(&s, &v, "Workers", "workers", &b).await
 }
 
 // ------------------------------------------------------------------ queues
@@ -1476,7 +1495,7 @@ async fn queues_page(
         b.push_str("<tr><td colspan=7 class=empty>No queues with jobs.</td></tr>");
     }
     b.push_str("</tbody></table>");
-    page(&s, &v, "Queues", "queues", &b)
+    page(&s, &v, "Queues", "queues", &b).await
 }
 
 // ------------------------------------------------------------------ failures
@@ -1539,7 +1558,7 @@ async fn failures_page(
         b.push_str("<tr><td colspan=8 class=empty>No failures recorded.</td></tr>");
     }
     b.push_str("</tbody></table><div id=action-result></div>");
-    page(&s, &v, "Failures", "failures", &b)
+    page(&s, &v, "Failures", "failures", &b).await
 }
 
 #[cfg(test)]
