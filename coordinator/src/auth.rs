@@ -841,10 +841,15 @@ pub async fn http_middleware(
                         .and_then(|r| live(&r.token)),
                     _ => None,
                 } {
+                    let peer = req
+                        .extensions()
+                        .get::<axum::extract::ConnectInfo<crate::http::PeerAddr>>()
+                        .map(|c| c.0 .0.to_string())
+                        .unwrap_or_default();
                     crate::audit::record(
                         &auth.store,
                         &p,
-                        "",
+                        &peer,
                         &path,
                         "",
                         crate::audit::outcome_of_status(&s),

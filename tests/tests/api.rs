@@ -345,6 +345,27 @@ async fn json_api_has_the_grpc_semantics() -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
     assert!(entry.target.contains(&id), "target {:?}", entry.target);
+    // The viewer's refused retry is audited too (refused before any handler ran).
+    let started = std::time::Instant::now();
+    loop {
+        let r = admin
+            .list_audit(pb::ListAuditRequest::default())
+            .await?
+            .into_inner();
+        if r.entries.iter().any(|e| {
+            e.method == "/api/v1/jobs/{id}/retry"
+                && e.actor == "harness-viewer"
+                && e.outcome.starts_with("PermissionDenied")
+                && e.peer.starts_with("127.0.0.1:")
+        }) {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "no audit entry for the refused retry: {r:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(
         entry.peer.starts_with("127.0.0.1:"),
         "peer {:?}",
