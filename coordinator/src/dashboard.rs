@@ -1035,7 +1035,7 @@ fn stream_name(s: i16) -> &'static str {
     }
 }
 
-/// One page of an attempt's log, read from the end: `{chunks: [{seq, stream, text}],
+/// One page of an attempt's log, read from the end: `{chunks: [{seq, stream, data (base64)}],
 /// more_before, ...}`. Gaps the size cap made carry a `marker` chunk.
 async fn log_json(
     State(s): State<HttpState>,
@@ -1069,7 +1069,7 @@ async fn log_json(
         out.push(serde_json::json!({
             "seq": ch.seq,
             "stream": stream_name(ch.stream),
-            "text": String::from_utf8_lossy(&ch.data),
+            "data": drover_proto::jsonfmt::bytes::encode(&ch.data),
         }));
     }
     // A gap between this page and the one after it (read before).
@@ -1103,7 +1103,7 @@ async fn log_json(
 }
 
 /// Follows an attempt's log as server-sent events: `chunk` events (JSON `{seq, stream,
-/// text}`, `marker` where the cap dropped output), then `end` once the attempt is over
+/// data}` with the bytes in base64, `marker` where the cap dropped output), then `end` once the attempt is over
 /// and everything stored was sent. Counted against the client's log stream limit.
 async fn log_follow(
     State(s): State<HttpState>,
@@ -1162,7 +1162,7 @@ async fn log_follow(
                     events.push(serde_json::json!({
                         "seq": ch.seq,
                         "stream": stream_name(ch.stream),
-                        "text": String::from_utf8_lossy(&ch.data),
+                        "data": drover_proto::jsonfmt::bytes::encode(&ch.data),
                     }));
                     for e in events {
                         if tx

@@ -153,7 +153,7 @@ try {
 
   // ---------------------------------------------------------------- follow + cancel
   const script =
-    'echo "pid=$$"; i=0; while true; do i=$((i+1)); echo "line-$i"; ' +
+    'echo "pid=$$"; i=0; while true; do i=$((i+1)); echo "line-$i été"; ' +
     'printf "\\033[31merr-$i\\033[0m\\n" >&2; sleep 0.3; done';
   const running = await submit(["sh", "-c", script], { queue: "web" });
   await waitState(running, ["JOB_STATE_RUNNING"]);
@@ -170,6 +170,7 @@ try {
     (n) => document.getElementById("log").textContent.includes("line-" + n), seen + 4);
   console.log(`ok - following shows new lines as they are written (line-${seen} -> line-${seen + 4})`);
   check(await page.isVisible("#log .line.stderr"), "stderr lines are marked as stderr");
+  check((await page.textContent("#log")).includes("line-2 été"), "UTF-8 output is shown as written");
   check(await page.isVisible("#log .line.stderr .fg-red"), "ANSI red is rendered as a colour");
   await page.screenshot({ path: join(SHOTS, "log.png") });
   await page.click(`button.cancel[data-job="${running}"]`);

@@ -242,7 +242,18 @@ function logViewer() {
   // Lines are divs; a chunk without a final newline leaves its line open for the next.
   const ansi = { stdout: {}, stderr: {} };
 
-  function renderChunks(chunks) {
+  // Chunks carry raw bytes (base64): a character split across two chunks is decoded
+  // whole by a streaming decoder per stream (the followed tail shares one set).
+  const followDecoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
+
+  function bytesOf(b64) {
+    const bin = atob(b64);
+    const out = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+    return out;
+  }
+
+  function renderChunks(chunks, decoders) {
     const frag = document.createDocumentFragment();
     let line = null;
     let lineStream = null;
@@ -252,7 +263,8 @@ function logViewer() {
         line = null;
         continue;
       }
-      const parts = c.text.split("\n");
+      const dec = decoders[c.stream] || (decoders[c.stream] = new TextDecoder());
+      const parts = dec.decode(bytesOf(c.data), { stream: true }).split("\n");
       parts.forEach((p, i) => {
         // The text after a final newline is empty: no line yet.
         if (p === "" && i === parts.length - 1) return;
@@ -288,7 +300,7 @@ function logViewer() {
   async function start() {
     try {
       const r = await loadPage(0);
-      pre.append(renderChunks(r.chunks));
+      pre.append(renderChunks(r.chunks, followDecoders));
       firstSeq = r.chunks.length ? r.first_seq : null;
       lastSeq = r.last_seq;
       earlier.hidden = !r.more_before;
@@ -309,7 +321,7 @@ function logViewer() {
       const c = JSON.parse(e.data);
       if (c.stream !== "marker" && c.seq <= lastSeq) return;
       const stick = nearBottom();
-      pre.append(renderChunks([c]));
+      pre.append(renderChunks([c], followDecoders));
       if (c.stream !== "marker") lastSeq = c.seq;
       numberLines();
       if (stick && followBox.checked) window.scrollTo(0, document.body.scrollHeight);
@@ -328,7 +340,7 @@ function logViewer() {
     if (firstSeq === null) return;
     const r = await loadPage(firstSeq);
     const height = document.body.scrollHeight;
-    pre.prepend(renderChunks(r.chunks));
+    pre.prepend(renderChunks(r.chunks, {}));
     if (r.chunks.length) firstSeq = r.first_seq;
     earlier.hidden = !r.more_before;
     numberLines();
