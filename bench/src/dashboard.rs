@@ -94,6 +94,7 @@ pub async fn run(stack: &mut Stack, p: &Params) -> Result<(Vec<Vec<Row>>, Value)
                     ORDER BY created_at DESC, id DESC LIMIT 51";
     let raw_log = format!(
         "SELECT seq, stream, time, data FROM log_chunks WHERE attempt_id = '{attempt_id}' \
+            AND log_part = (SELECT log_part FROM attempts WHERE id = '{attempt_id}') \
           ORDER BY seq DESC LIMIT 8"
     );
     let mut runs = Vec::new();

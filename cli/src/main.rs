@@ -4,6 +4,7 @@
 
 mod alerts_cmd;
 mod dev;
+mod jobflags;
 mod output;
 mod queue;
 mod schedule;
@@ -256,10 +257,8 @@ struct SubmitArgs {
     /// Label a worker must have (repeatable).
     #[arg(long = "label", short = 'l')]
     labels: Vec<String>,
-    /// Secret environment variable read by the worker, never sent: NAME=file:/path or
-    /// NAME=env:WORKER_VAR (repeatable). Its value is masked as [REDACTED] in the log.
-    #[arg(long = "secret-env", value_name = "NAME=file:PATH|env:VAR")]
-    secret_env: Vec<String>,
+    #[command(flatten)]
+    flags: jobflags::JobFlags,
     /// Time limit per attempt, e.g. 90s, 2h.
     #[arg(long, allow_hyphen_values = true)]
     timeout: Option<String>,
@@ -272,31 +271,9 @@ struct SubmitArgs {
     /// Return the existing job if one was submitted with this key.
     #[arg(long)]
     idempotency_key: Option<String>,
-    /// Files to keep after success: a glob relative to the work directory (repeatable).
-    #[arg(long = "keep", value_name = "GLOB")]
-    outputs: Vec<String>,
-    /// Memory limit per attempt, e.g. 4G or 512M (enforced by a cgroup on the worker).
-    #[arg(long, value_name = "SIZE")]
-    memory: Option<String>,
-    /// CPU limit per attempt, e.g. 2 or 0.5.
-    #[arg(long, value_name = "N")]
-    cpus: Option<String>,
-    /// Most processes and threads per attempt.
-    #[arg(long, value_name = "N")]
-    pids: Option<u32>,
-    /// Concurrency key (repeatable), e.g. site:netkeiba: at most the key's limit of jobs
-    /// holding it run at once.
-    #[arg(long = "concurrency-key", value_name = "KEY")]
-    concurrency_keys: Vec<String>,
-    /// Limit for this job's keys (default: the coordinator's configured pattern, else 1).
-    #[arg(long, requires = "concurrency_keys")]
-    concurrency_limit: Option<u32>,
     /// Run only after these jobs succeeded (comma-separated ids); cancelled if one fails.
     #[arg(long, value_delimiter = ',', value_name = "JOB[,JOB...]")]
     after: Vec<String>,
-    /// Higher runs first within the queue (0..1000; default: the queue's).
-    #[arg(long)]
-    priority: Option<i32>,
     /// Wait for the job to finish; exit 0 only if it succeeded.
     #[arg(long)]
     wait: bool,
@@ -379,14 +356,6 @@ async fn connect(addr: &str) -> Result<JobServiceClient<AuthChannel>> {
 
 /// `--secret-env` items, checked here so that a value typed by mistake in place of a
 /// reference is never sent to the coordinator.
-fn secret_refs(items: &[String]) -> Result<HashMap<String, String>> {
-    let refs = pairs("secret-env", items)?;
-    for (k, v) in &refs {
-        drover_core::jobguard::SecretRef::parse(v).map_err(|e| anyhow!("--secret-env {k}: {e}"))?;
-    }
-    Ok(refs)
-}
-
 fn pairs(field: &str, items: &[String]) -> Result<HashMap<String, String>> {
     items
         .iter()
@@ -801,34 +770,19 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
         },
         ..Default::default()
     };
-    let spec =
-        pb::JobSpec {
-            argv: a.argv,
-            env: pairs("env", &a.env)?,
-            queue: a.queue,
-            labels: a.labels,
-            params: pairs("param", &a.params)?,
-            timeout_ms,
-            retry: Some(retry),
-            idempotency_key: a.idempotency_key.unwrap_or_default(),
-            outputs: a.outputs,
-            memory_limit_bytes: match &a.memory {
-                Some(m) => drover_core::limits::parse_size(m)
-                    .map_err(|e| anyhow::anyhow!("--memory: {e}"))?,
-                None => 0,
-            },
-            cpu_millis: match &a.cpus {
-                Some(c) => drover_core::limits::parse_cpus(c)
-                    .map_err(|e| anyhow::anyhow!("--cpus: {e}"))?,
-                None => 0,
-            },
-            pids_limit: a.pids.unwrap_or(0),
-            secret_env: secret_refs(&a.secret_env)?,
-            concurrency_keys: a.concurrency_keys,
-            concurrency_limit: a.concurrency_limit.unwrap_or(0),
-            priority: a.priority.unwrap_or(0),
-            after: a.after,
-        };
+    let mut spec = pb::JobSpec {
+        argv: a.argv,
+        env: pairs("env", &a.env)?,
+        queue: a.queue,
+        labels: a.labels,
+        params: pairs("param", &a.params)?,
+        timeout_ms,
+        retry: Some(retry),
+        idempotency_key: a.idempotency_key.unwrap_or_default(),
+        after: a.after,
+        ..Default::default()
+    };
+    a.flags.apply(&mut spec)?;
     let mut c = connect(addr).await?;
     let r = c
         .submit_job(pb::SubmitJobRequest { spec: Some(spec) })

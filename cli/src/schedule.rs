@@ -57,6 +57,8 @@ pub struct CreateArgs {
     timeout: Option<String>,
     #[arg(long)]
     max_retries: Option<u32>,
+    #[command(flatten)]
+    flags: crate::jobflags::JobFlags,
     /// Create it paused.
     #[arg(long)]
     paused: bool,
@@ -194,7 +196,7 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
                 Some(t) => duration_ms("timeout", t)?,
                 None => 0,
             };
-            let spec = pb::JobSpec {
+            let mut spec = pb::JobSpec {
                 argv: a.argv,
                 env: pairs("env", &a.env)?,
                 queue: a.queue,
@@ -205,14 +207,9 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
                     max_retries: a.max_retries,
                     ..Default::default()
                 }),
-                idempotency_key: String::new(),
-                outputs: Vec::new(),
-                concurrency_keys: Vec::new(),
-                concurrency_limit: 0,
-                priority: 0,
-                after: Vec::new(),
                 ..Default::default()
             };
+            a.flags.apply(&mut spec)?;
             let r = c
                 .create_schedule(pb::CreateScheduleRequest {
                     schedule: Some(pb::Schedule {

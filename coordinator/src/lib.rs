@@ -18,7 +18,8 @@
 //! - [`leader`] — leader-only duties (lease reaper, scheduler) under an advisory lock.
 //! - [`queues_api`] — QueueService: pausing and resuming queues.
 //! - [`scheduler`] / [`schedules_api`] — cron schedules: the firing pass and ScheduleService.
-//! - [`logs`] — reading stored logs (with cap markers) and retention.
+//! - [`logs`] — reading stored logs (with cap markers).
+//! - [`retention`] — deleting what is past its horizon; log partitions.
 //! - [`failures`] — failure groups (fingerprints) in SQL.
 //! - [`alerts`] / [`channels`] / [`notify`] — alert rules, channels (email, webhook, Slack),
 //!   notification delivery; [`alerts_api`] serves them over gRPC.
@@ -49,6 +50,7 @@ pub mod logs;
 pub mod metrics;
 pub mod notify;
 pub mod queues_api;
+pub mod retention;
 pub mod scheduler;
 pub mod schedules_api;
 pub mod server;

@@ -368,6 +368,8 @@ fn millis(d: Duration) -> f64 {
 pub struct Store {
     pool: Pool,
     keyed: std::sync::Arc<flow::KeyedHint>,
+    /// Length of a log partition made on demand (seconds; 0: a day).
+    log_partition_secs: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -375,6 +377,23 @@ impl Store {
         Store {
             pool,
             keyed: Default::default(),
+            log_partition_secs: Default::default(),
+        }
+    }
+
+    /// The length of log partitions this coordinator creates (`retention.log_partition`).
+    pub fn set_log_partition(&self, period: Duration) {
+        self.log_partition_secs
+            .store(period.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn log_partition(&self) -> Duration {
+        match self
+            .log_partition_secs
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => Duration::from_secs(86_400),
+            s => Duration::from_secs(s),
         }
     }
 
@@ -449,9 +468,11 @@ impl Store {
     ) -> Result<JobRow> {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
+        // Key-share locked: retention (which takes FOR UPDATE SKIP LOCKED) cannot delete
+        // the original under the new job's reference; if it won the race, this finds none.
         let row = tx
             .query_opt_cached(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
+                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1 FOR KEY SHARE"),
                 &[&id],
             )
             .await?
@@ -1293,13 +1314,34 @@ impl Store {
         chunks: &[ChunkIn],
         cap: u64,
     ) -> Result<()> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
+        match self.append_logs_tx(attempt_id, worker, chunks, cap).await {
+            // The leader makes partitions ahead of time; if it has not (it was down, or
+            // the attempt's partition was dropped while it ran long), make it now.
+            Err(AppendError::NoPartition(at)) => {
+                self.ensure_log_partitions(self.log_partition(), Duration::ZERO, Some(at))
+                    .await?;
+                self.append_logs_tx(attempt_id, worker, chunks, cap)
+                    .await
+                    .map_err(AppendError::into_error)
+            }
+            r => r.map_err(AppendError::into_error),
+        }
+    }
+
+    async fn append_logs_tx(
+        &self,
+        attempt_id: Uuid,
+        worker: Option<&crate::auth::Principal>,
+        chunks: &[ChunkIn],
+        cap: u64,
+    ) -> std::result::Result<(), AppendError> {
+        let mut c = self.pool.get().await.map_err(Error::from)?;
+        let tx = c.transaction().await.map_err(Error::from)?;
         // The row lock also keeps the reaper from marking the attempt lost mid-append.
         let row = tx
             .query_opt_cached(
                 "SELECT state, log_kept_bytes, log_head_end, log_head_bytes, log_dropped_bytes, \
-                        worker_id \
+                        worker_id, log_part \
                    FROM attempts WHERE id = $1 FOR UPDATE",
                 &[&attempt_id],
             )
@@ -1310,7 +1352,7 @@ impl Store {
         }
         let state: String = row.try_get(0)?;
         if state != "running" {
-            return Err(stale(attempt_id, parse_state(&state)?));
+            return Err(stale(attempt_id, parse_state(&state)?).into());
         }
         let before = CapState {
             kept: row.try_get::<_, i64>(1)?.max(0) as u64,
@@ -1322,14 +1364,24 @@ impl Store {
         let streams: Vec<i16> = chunks.iter().map(|c| c.stream).collect();
         let times: Vec<DateTime<Utc>> = chunks.iter().map(|c| c.time).collect();
         let data: Vec<&[u8]> = chunks.iter().map(|c| c.data.as_slice()).collect();
-        let inserted = tx
+        let log_part: DateTime<Utc> = row.try_get(6).map_err(Error::from)?;
+        let inserted = match tx
             .query_cached(
-                "INSERT INTO log_chunks (attempt_id, seq, stream, time, data) \
-                 SELECT $1, * FROM unnest($2::int8[], $3::int2[], $4::timestamptz[], $5::bytea[]) \
-                 ON CONFLICT (attempt_id, seq) DO NOTHING RETURNING seq, octet_length(data)",
-                &[&attempt_id, &seqs, &streams, &times, &data],
+                "INSERT INTO log_chunks (attempt_id, seq, stream, time, data, log_part) \
+                 SELECT $1, u.*, $6 \
+                   FROM unnest($2::int8[], $3::int2[], $4::timestamptz[], $5::bytea[]) u \
+                 ON CONFLICT (attempt_id, seq, log_part) DO NOTHING \
+                 RETURNING seq, octet_length(data)",
+                &[&attempt_id, &seqs, &streams, &times, &data, &log_part],
             )
-            .await?;
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) if retention::is_missing_partition(&e) => {
+                return Err(AppendError::NoPartition(log_part))
+            }
+            Err(e) => return Err(Error::from(e).into()),
+        };
         let mut new: Vec<(i64, u64)> = inserted
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i32>(1)?.max(0) as u64)))
@@ -1343,16 +1395,18 @@ impl Store {
                     "WITH t AS ( \
                         SELECT seq, octet_length(data) AS len, \
                                sum(octet_length(data)) OVER (ORDER BY seq) AS cum \
-                          FROM log_chunks WHERE attempt_id = $1 AND seq > $2), \
+                          FROM log_chunks WHERE attempt_id = $1 AND seq > $2 AND log_part = $4), \
                      d AS ( \
                         DELETE FROM log_chunks l USING t \
-                         WHERE l.attempt_id = $1 AND l.seq = t.seq AND t.cum - t.len < $3 \
+                         WHERE l.attempt_id = $1 AND l.seq = t.seq AND l.log_part = $4 \
+                           AND t.cum - t.len < $3 \
                         RETURNING t.len) \
                      SELECT coalesce(sum(len), 0)::int8 FROM d",
                     &[
                         &attempt_id,
                         &after.head_end.unwrap_or(i64::MAX),
                         &(excess as i64),
+                        &log_part,
                     ],
                 )
                 .await?
@@ -1524,16 +1578,6 @@ impl Store {
             .collect()
     }
 
-    /// Drops resource samples older than a day.
-    pub async fn prune_samples(&self) -> Result<u64> {
-        let c = self.pool.get().await?;
-        Ok(c.execute_cached(
-            "DELETE FROM worker_samples WHERE at < now() - interval '24 hours'",
-            &[],
-        )
-        .await?)
-    }
-
     // ---------------------------------------------------------------- artifacts
 
     /// The job of a running attempt; FAILED_PRECONDITION if it is not (or no longer)
@@ -1625,11 +1669,13 @@ impl Store {
     /// Bytes PostgreSQL uses for stored logs (table, TOAST and indexes).
     pub async fn log_storage_bytes(&self) -> Result<i64> {
         let c = self.pool.get().await?;
-        Ok(
-            c.query_one_cached("SELECT pg_total_relation_size('log_chunks')", &[])
-                .await?
-                .try_get(0)?,
+        Ok(c.query_one_cached(
+            "SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::int8 \
+                   FROM pg_partition_tree('log_chunks')",
+            &[],
         )
+        .await?
+        .try_get(0)?)
     }
 
     /// Chunks of one attempt with seq > `after`, in order.
@@ -1643,7 +1689,9 @@ impl Store {
         let rows = c
             .query_cached(
                 "SELECT seq, stream, time, data FROM log_chunks \
-                  WHERE attempt_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                  WHERE attempt_id = $1 AND seq > $2 \
+                    AND log_part = (SELECT log_part FROM attempts WHERE id = $1) \
+                  ORDER BY seq LIMIT $3",
                 &[&attempt_id, &after, &limit],
             )
             .await?;
@@ -1657,6 +1705,35 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+/// Why a log append failed: its partition is missing (made, then retried), or anything else.
+enum AppendError {
+    NoPartition(DateTime<Utc>),
+    Other(Error),
+}
+
+impl AppendError {
+    fn into_error(self) -> Error {
+        match self {
+            AppendError::NoPartition(at) => {
+                Error::Internal(format!("no log partition for {at} after creating it"))
+            }
+            AppendError::Other(e) => e,
+        }
+    }
+}
+
+impl From<Error> for AppendError {
+    fn from(e: Error) -> Self {
+        AppendError::Other(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for AppendError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        AppendError::Other(e.into())
     }
 }
 
@@ -1738,4 +1815,5 @@ async fn insert_event(
 pub mod dashboard;
 pub mod flow;
 pub mod queues;
+pub mod retention;
 pub mod schedules;

@@ -12,6 +12,7 @@
 //! - [`alerting`] — alert rules, matching and storm folding.
 //! - [`delivery`] — classifying a notification send's outcome, and its backoff.
 //! - [`jobguard`] — worker-side defence: program allowlist, inherited environment, secret masking.
+//! - [`retention`] — how long finished jobs are kept; time partitions of the log store.
 //! - [`schedule`] — cron fire times in a time zone and the catch-up policy.
 //! - [`validate`] — limits and checks on submitted job specs, with errors naming the field.
 
@@ -25,6 +26,7 @@ pub mod limits;
 pub mod logcap;
 pub mod paging;
 pub mod params;
+pub mod retention;
 pub mod retry;
 pub mod schedule;
 pub mod state;

@@ -31,5 +31,10 @@ async fn nothing_is_lost_under_seeded_faults() -> anyhow::Result<()> {
     assert!(report.summary.executions >= 80, "{report}");
     // Results were compared over time only if the observer saw some while faults ran.
     assert!(report.summary.observed >= 40, "{report}");
+    // The key check had teeth only if keyed jobs contended for the key.
+    assert!(report.summary.keyed_jobs >= 10, "{report}");
+    assert_eq!(report.summary.key_peak, chaos::KEY_LIMIT, "{report}");
+    // The ticks ran through the faults.
+    assert!(report.summary.ticks >= 30, "{report}");
     Ok(())
 }

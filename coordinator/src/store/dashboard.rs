@@ -100,7 +100,9 @@ impl Store {
         let rows = c
             .query_cached(
                 "SELECT seq, stream, time, data FROM log_chunks \
-                  WHERE attempt_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+                  WHERE attempt_id = $1 AND seq < $2 \
+                    AND log_part = (SELECT log_part FROM attempts WHERE id = $1) \
+                  ORDER BY seq DESC LIMIT $3",
                 &[&attempt_id, &before, &limit],
             )
             .await?;

@@ -29,8 +29,10 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Flow-control settings of a job being submitted.
-#[derive(Debug, Clone, Default)]
+/// Flow-control settings of a job being submitted (and, without `after`, of the jobs a
+/// schedule fires: stored with the schedule).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Flow {
     /// Keys with the limit each gets.
     pub keys: Vec<(String, u32)>,

@@ -5,19 +5,21 @@
 //! The pass also locks the schedule row (FOR UPDATE SKIP LOCKED) so two coordinators do
 //! not work on one schedule at once, but duplicates are impossible even without that lock.
 
+use super::flow::{set_job_flow, Flow};
 use super::{insert_job, Cached, JobRow};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use drover_core::schedule::{due_ticks, CatchUp, CronSchedule, Overlap, MAX_CATCH_UP};
-use drover_core::{JobSpec, JobState, RetryPolicy};
+use drover_core::{JobSpec, JobState, ResourceLimits, RetryPolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tokio_postgres::types::Json;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-/// The job a schedule fires, as stored (the idempotency key is never set).
+/// The job a schedule fires, as stored (the idempotency key is never set). Limits, secret
+/// references and flow control came later: schedules stored before them read as none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredSpec {
     pub argv: Vec<String>,
@@ -27,10 +29,19 @@ pub struct StoredSpec {
     pub params: BTreeMap<String, String>,
     pub timeout_ms: i64,
     pub outputs: Vec<String>,
+    /// Resource limits, the queue's defaults already applied when the schedule was made.
+    #[serde(default)]
+    pub limits: ResourceLimits,
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, String>,
+    /// Concurrency keys (with their limits and rates) and priority, resolved from the
+    /// configuration when the schedule was made.
+    #[serde(default)]
+    pub flow: Flow,
 }
 
-impl From<&JobSpec> for StoredSpec {
-    fn from(s: &JobSpec) -> Self {
+impl StoredSpec {
+    pub fn new(s: &JobSpec, flow: Flow) -> Self {
         StoredSpec {
             argv: s.argv.clone(),
             env: s.env.clone(),
@@ -39,6 +50,12 @@ impl From<&JobSpec> for StoredSpec {
             params: s.params.clone(),
             timeout_ms: s.timeout_ms,
             outputs: s.outputs.clone(),
+            limits: s.limits,
+            secret_env: s.secret_env.clone(),
+            flow: Flow {
+                after: Vec::new(),
+                ..flow
+            },
         }
     }
 }
@@ -54,9 +71,8 @@ impl StoredSpec {
             timeout_ms: self.timeout_ms,
             idempotency_key: None,
             outputs: self.outputs.clone(),
-            // Refused on schedules for now (schedules_api).
-            limits: Default::default(),
-            secret_env: Default::default(),
+            limits: self.limits,
+            secret_env: self.secret_env.clone(),
         }
     }
 }
@@ -265,6 +281,9 @@ impl super::Store {
         }
         let job = fire(&tx, &s, &cs, now).await?;
         tx.commit().await?;
+        if !s.spec.flow.keys.is_empty() {
+            self.keyed_job_submitted();
+        }
         Ok(job)
     }
 
@@ -336,6 +355,9 @@ impl super::Store {
         }
         release_held(&tx, &s, &cs, &mut report).await?;
         tx.commit().await?;
+        if report.fired > 0 && !s.spec.flow.keys.is_empty() {
+            self.keyed_job_submitted();
+        }
         Ok(report)
     }
 }
@@ -465,6 +487,7 @@ async fn fire(
     let job = insert_job(tx, &spec, &s.policy, None, None, None)
         .await?
         .ok_or_else(|| Error::Internal("schedule insert returned nothing".into()))?;
+    set_job_flow(tx, job.id, &s.spec.flow).await?;
     tx.execute_cached(
         "UPDATE schedule_runs SET job_id = $3 WHERE schedule = $1 AND fire_time = $2",
         &[&s.name, &tick, &job.id],
