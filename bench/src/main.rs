@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod dashboard;
 mod failover;
 mod helpers;
 mod latency;
@@ -57,7 +58,8 @@ struct Cli {
     /// Also write the numbers to this file as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Run only these parts (comma-separated). `soak` and `backlog` run only when named.
+    /// Run only these parts (comma-separated). `soak`, `backlog` and `dashboard` run only
+    /// when named.
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Part>,
     /// Jobs through the soak (default: 1000000; --quick: 4000).
@@ -82,6 +84,9 @@ enum Part {
     /// Pickup and throughput with a large backlog of pending jobs.
     Backlog,
     Failover,
+    /// The dashboard's job list at scale and a big log's first lines (only with --only:
+    /// it copies history up to a million jobs a second time).
+    Dashboard,
 }
 
 struct Counts {
@@ -100,6 +105,9 @@ struct Counts {
     soak_jobs: usize,
     soak_waves: usize,
     backlog_jobs: i64,
+    /// Jobs stored for the dashboard's job list row, and its log's size.
+    dashboard_rows: i64,
+    dashboard_log_bytes: u64,
 }
 
 impl Counts {
@@ -118,6 +126,8 @@ impl Counts {
             soak_jobs: 4_000,
             soak_waves: 4,
             backlog_jobs: 5_000,
+            dashboard_rows: 10_000,
+            dashboard_log_bytes: 16_000_000,
         }
     }
 
@@ -136,6 +146,8 @@ impl Counts {
             soak_jobs: 1_000_000,
             soak_waves: 20,
             backlog_jobs: 100_000,
+            dashboard_rows: 1_000_000,
+            dashboard_log_bytes: 100_000_000,
         }
     }
 }
@@ -257,6 +269,7 @@ async fn run(cli: Cli) -> Result<()> {
         Part::Scale,
         Part::Backlog,
         Part::Soak,
+        Part::Dashboard,
     ];
     let ordered: Vec<Row> = order
         .iter()
@@ -426,6 +439,27 @@ async fn measure(
         let (runs, d) = scale::run(server, bins, tmp, &base_env(), &p).await?;
         rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Scale, r)));
         details.insert("scale".into(), d);
+    }
+    if parts.contains(&Part::Dashboard) {
+        let mut env = base_env();
+        env.push((
+            "DROVER_LOG_CAP_BYTES",
+            (2 * counts.dashboard_log_bytes).max(100 << 20).to_string(),
+        ));
+        let mut stack = Stack::start(server, bins, tmp, "dashboard", &env).await?;
+        stack.add_worker("d1", 8, &[])?;
+        stack.wait_workers(&["d1"]).await?;
+        let p = dashboard::Params {
+            real: counts.real_jobs,
+            big: counts.dashboard_rows,
+            log_bytes: counts.dashboard_log_bytes,
+            samples: 20,
+            repeats: counts.repeats,
+        };
+        let (runs, d) = dashboard::run(&mut stack, &p).await?;
+        rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Dashboard, r)));
+        details.insert("dashboard".into(), d);
+        stack.stop();
     }
     if parts.contains(&Part::Backlog) {
         let (r, d) = soak::backlog(

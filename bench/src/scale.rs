@@ -63,7 +63,7 @@ i=0; while [ $i -lt 20 ]; do echo "$i: stored 1234 rows for 2026-11-23 racecards
 
 /// Runs `n` real jobs through the stack until all are finished: real attempts (retries
 /// included), log chunks and outbox events, written the way the coordinator writes them.
-async fn run_real_jobs(stack: &mut Stack, n: usize) -> Result<()> {
+pub async fn run_real_jobs(stack: &mut Stack, n: usize) -> Result<()> {
     let client = stack.jobs.clone();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -98,7 +98,7 @@ async fn run_real_jobs(stack: &mut Stack, n: usize) -> Result<()> {
 /// jobs, attempts, log chunks and outbox events, times moved back so the copies spread
 /// over HISTORY_DAYS), then deletes the logs retention would have deleted and leaves the
 /// dead tuples all this makes to autovacuum, as months of use would.
-async fn copy_history(sql: &tokio_postgres::Client, target: i64) -> Result<()> {
+pub async fn copy_history(sql: &tokio_postgres::Client, target: i64) -> Result<()> {
     sql.batch_execute(
         "DROP TABLE IF EXISTS bench_template; \
          CREATE TEMP TABLE bench_template AS \
@@ -210,7 +210,7 @@ async fn copy_history(sql: &tokio_postgres::Client, target: i64) -> Result<()> {
     Ok(())
 }
 
-async fn job_count(sql: &tokio_postgres::Client) -> Result<i64> {
+pub async fn job_count(sql: &tokio_postgres::Client) -> Result<i64> {
     Ok(sql
         .query_one("SELECT count(*) FROM jobs", &[])
         .await?
@@ -536,7 +536,7 @@ pub async fn run(
     Ok((runs, details))
 }
 
-fn short(n: i64) -> String {
+pub fn short(n: i64) -> String {
     match n {
         n if n >= 1_000_000 => format!("{:.1} M", n as f64 / 1e6),
         n if n >= 1_000 => format!("{:.0} k", n as f64 / 1e3),

@@ -268,7 +268,7 @@ async fn start_coordinator(
     dir: &Path,
     name: &str,
     env: &[(&str, String)],
-) -> Result<(Proc, String)> {
+) -> Result<(Proc, String, String)> {
     let log = dir.join(format!("{name}.log"));
     // Artifacts in scratch, never under the default /var/lib/drover.
     let mut env = env.to_vec();
@@ -297,6 +297,10 @@ async fn start_coordinator(
         let mut r = BufReader::new(stdout);
         let mut line = String::new();
         let n = r.read_line(&mut line);
+        // The second line is DROVER_HTTP=... (the HTTP listener's base URL).
+        let mut http = String::new();
+        let _ = r.read_line(&mut http);
+        line.push_str(&http);
         (n, line, r)
     });
     let (n, line, reader) = match tokio::time::timeout(Duration::from_secs(60), reader).await {
@@ -309,7 +313,14 @@ async fn start_coordinator(
             );
         }
     };
-    let addr = match (n, line.trim().strip_prefix("DROVER_ADDR=")) {
+    let mut lines = line.lines();
+    let first = lines.next().unwrap_or("").trim().to_string();
+    let http = lines
+        .next()
+        .and_then(|l| l.trim().strip_prefix("DROVER_HTTP="))
+        .unwrap_or("")
+        .to_string();
+    let addr = match (n, first.strip_prefix("DROVER_ADDR=")) {
         (Ok(_), Some(a)) => a.to_string(),
         _ => {
             coordinator.kill();
@@ -321,7 +332,7 @@ async fn start_coordinator(
         }
     };
     coordinator._stdout = Some(reader);
-    Ok((coordinator, addr))
+    Ok((coordinator, addr, http))
 }
 
 struct WorkerSpec {
@@ -360,6 +371,9 @@ pub struct Stack {
     /// Access control is on, as in production: `jobs` carries an admin token, the workers
     /// this worker token (any worker id).
     pub worker_token: String,
+    /// The HTTP listener's base URL and an admin token for it (the dashboard rows).
+    pub http: String,
+    pub admin_token: String,
     pub sql: tokio_postgres::Client,
     pub coordinator: Proc,
     pub started: Instant,
@@ -367,8 +381,6 @@ pub struct Stack {
     pub postmaster: Option<i32>,
     pub workers: BTreeMap<String, Proc>,
     specs: BTreeMap<String, WorkerSpec>,
-    /// Admin token of `jobs` (for clients of other coordinators).
-    admin_token: String,
     /// Settings the coordinator started with (for more coordinators on the same database).
     env: Vec<(&'static str, String)>,
     /// Coordinator addresses workers started from now on are given (default: `addr`).
@@ -395,7 +407,7 @@ impl Stack {
         let db = server.create_db(&name).await?;
         let dir = tmp.join(tag);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let (coordinator, addr) =
+        let (coordinator, addr, http) =
             start_coordinator(bins, &db.url, &dir, "coordinator", env).await?;
         let admin_token =
             create_token(bins, &db.url, &["--name", "bench-admin", "--role", "admin"])?;
@@ -425,13 +437,14 @@ impl Stack {
             jobs: JobServiceClient::with_interceptor(channel, bearer)
                 .max_decoding_message_size(64 << 20),
             worker_token,
+            http,
+            admin_token,
             sql,
             coordinator,
             started: Instant::now(),
             postmaster: server.postmaster_pid(),
             workers: BTreeMap::new(),
             specs: BTreeMap::new(),
-            admin_token,
             env: env.to_vec(),
             worker_addrs: Vec::new(),
             _db: db,
@@ -440,7 +453,9 @@ impl Stack {
 
     /// Starts another coordinator on the same database; returns it and its address.
     pub async fn add_coordinator(&self, name: &str) -> Result<(Proc, String)> {
-        start_coordinator(&self.bins, &self._db.url, &self.dir, name, &self.env).await
+        let (p, addr, _) =
+            start_coordinator(&self.bins, &self._db.url, &self.dir, name, &self.env).await?;
+        Ok((p, addr))
     }
 
     /// A JobService client with the admin token for coordinator `addr`.

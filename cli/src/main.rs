@@ -520,6 +520,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     queue: queue.unwrap_or_default(),
                     page_size: limit,
                     page_token: page_token.unwrap_or_default(),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_error)?

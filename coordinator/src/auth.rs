@@ -147,14 +147,58 @@ pub const GRPC_RULES: &[(&str, Rule)] = &[
     ),
 ];
 
-/// Every HTTP route (as axum matches it) and the right it needs.
+/// Every HTTP route (as axum matches it) and the right it needs. A route whose methods
+/// need different rights has an entry `"METHOD /path"` for the others.
 pub const HTTP_RULES: &[(&str, Rule)] = &[
     ("/healthz", read()),
     ("/readyz", read()),
     ("/health", read()),
     ("/metrics", read()),
     ("/jobs/{id}/logs", read()),
+    // The JSON API: each route needs what its gRPC method needs (see api.rs).
+    ("/api/v1/openapi.json", read()),
+    ("/api/v1/health", read()),
+    ("/api/v1/workers", read()),
+    ("/api/v1/jobs", read()),
+    ("POST /api/v1/jobs", needs(Right::Submit, true)),
+    ("/api/v1/jobs/retry", needs(Right::Operate, true)),
+    ("/api/v1/jobs/{id}", read()),
+    ("/api/v1/jobs/{id}/retry", needs(Right::Operate, true)),
+    ("/api/v1/jobs/{id}/cancel", needs(Right::Operate, true)),
+    ("/api/v1/jobs/{id}/artifacts", read()),
+    ("/api/v1/jobs/{id}/artifacts/{*name}", read()),
+    ("/api/v1/jobs/{id}/log", read()),
+    ("/api/v1/jobs/{id}/log/follow", read()),
+    ("/api/v1/queues", read()),
+    ("/api/v1/queues/{queue}/pause", needs(Right::Operate, true)),
+    ("/api/v1/queues/{queue}/resume", needs(Right::Operate, true)),
+    ("/api/v1/failure-groups", read()),
+    ("/api/v1/schedules", read()),
+    // The dashboard's pages and its live event stream.
+    ("/ui", read()),
+    ("/ui/jobs", read()),
+    ("/ui/jobs/{id}", read()),
+    ("/ui/jobs/{id}/log", read()),
+    ("/ui/workers", read()),
+    ("/ui/queues", read()),
+    ("/ui/failures", read()),
+    ("/ui/events", read()),
+    ("/ui/logout", needs(Right::Read, true)),
 ];
+
+/// Served to anyone, whatever the configuration: the dashboard's login form and its
+/// static files (nothing in them depends on who asks).
+pub const PUBLIC_ROUTES: &[&str] = &[
+    "/",
+    "/ui/login",
+    "/ui/static/dashboard.js",
+    "/ui/static/dashboard.css",
+];
+
+/// Name of the dashboard's session cookie.
+pub const SESSION_COOKIE: &str = "drover_session";
+/// Header carrying the session's CSRF token on mutating requests.
+pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Served without a token unless configured otherwise (`open_routes`).
 pub const DEFAULT_OPEN_ROUTES: &[&str] = &[
@@ -166,6 +210,9 @@ pub const DEFAULT_OPEN_ROUTES: &[&str] = &[
 ];
 
 pub fn rule_for(path: &str) -> Option<Rule> {
+    if PUBLIC_ROUTES.contains(&path) {
+        return Some(read());
+    }
     GRPC_RULES
         .iter()
         .chain(HTTP_RULES)
@@ -207,6 +254,11 @@ pub struct Principal(Identity);
 impl Principal {
     pub fn unrestricted() -> Principal {
         Principal(Identity::Unrestricted)
+    }
+
+    /// A caller without a token: no rights.
+    pub fn anonymous() -> Principal {
+        Principal(Identity::Anonymous)
     }
 
     /// The principal of a request; one the layer did not see (a bug) may do nothing.
@@ -425,6 +477,89 @@ impl Auth {
         Ok(principal)
     }
 
+    /// [`Auth::authorize`] for the HTTP listener, which also accepts the dashboard's
+    /// session cookie. A mutating request authenticated by cookie (ambient credentials a
+    /// browser sends on its own) must carry the session's CSRF token in [`CSRF_HEADER`];
+    /// with access control off, any such header (a cross-site form cannot set one).
+    /// Returns the principal and the session it came from, if any.
+    pub async fn authorize_http(
+        &self,
+        path: &str,
+        header: Option<&str>,
+        session: Option<&str>,
+        csrf: Option<&str>,
+    ) -> Result<(Principal, Option<crate::store::SessionRow>), Status> {
+        let Some(rule) = rule_for(path) else {
+            return Err(Status::permission_denied(format!(
+                "{path}: no access rule for this route, so it is refused"
+            )));
+        };
+        if PUBLIC_ROUTES.contains(&path) {
+            return Ok((Principal(Identity::Anonymous), None));
+        }
+        if header.is_some() {
+            return self.authorize(path, header).await.map(|p| (p, None));
+        }
+        let csrf = csrf.unwrap_or("");
+        if !self.enabled {
+            if rule.mutating && csrf.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "{path} changes something: send the {CSRF_HEADER} header the dashboard \
+                     sends (or authenticate with a bearer token)"
+                )));
+            }
+            return Ok((Principal::unrestricted(), None));
+        }
+        let Some(secret) = session else {
+            return self.authorize(path, None).await.map(|p| (p, None));
+        };
+        let row = self
+            .store
+            .session_by_hash(&hash_token(secret))
+            .await
+            .map_err(Status::from)?
+            .filter(|s| s.expires_at > Utc::now())
+            .ok_or_else(|| Status::unauthenticated("session expired or unknown: log in again"))?;
+        if rule.mutating
+            && (csrf.is_empty() || !bool::from(row.csrf.as_bytes().ct_eq(csrf.as_bytes())))
+        {
+            return Err(Status::permission_denied(
+                "the CSRF token does not match this session: reload the page",
+            ));
+        }
+        let principal = live(&row.token)
+            .ok_or_else(|| Status::unauthenticated("token is unknown, revoked or expired"))?;
+        if !principal.has(rule.right) {
+            return Err(Status::permission_denied(format!(
+                "token {:?} (role {}) lacks the right {:?} that {path} needs",
+                principal.name(),
+                principal.role(),
+                rule.right.as_str()
+            )));
+        }
+        Ok((principal, Some(row)))
+    }
+
+    /// A token's principal for logging in to the dashboard.
+    pub async fn login(&self, token: &str) -> Result<(Principal, Uuid), Status> {
+        let principal = self
+            .lookup(token, false)
+            .await
+            .map_err(Status::from)?
+            .ok_or_else(|| Status::unauthenticated("token is unknown, revoked or expired"))?;
+        if !principal.has(Right::Read) {
+            return Err(Status::permission_denied(format!(
+                "token {:?} (role {}) may not read, so it cannot use the dashboard",
+                principal.name(),
+                principal.role()
+            )));
+        }
+        let id = principal
+            .token_id()
+            .ok_or_else(|| Status::internal("token without an id"))?;
+        Ok((principal, id))
+    }
+
     /// The token's principal, if it is live. With `outage_fallback`, a database outage
     /// answers from the last row seen, however old (expiry still checked): only a
     /// revocation (which needs the database) or a reconnect of the revocation listener
@@ -622,35 +757,111 @@ async fn audit_refusal(auth: &Auth, path: &str, header: Option<&str>, peer: &str
     );
 }
 
-/// The HTTP side: axum middleware on the matched routes.
+/// A cookie's value from a request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The HTTP side: axum middleware on the matched routes. Puts the [`Principal`] (and the
+/// dashboard session, if the request came with one) in the request's extensions.
 pub async fn http_middleware(
     axum::extract::State(auth): axum::extract::State<Arc<Auth>>,
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let path = req
+    let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|m| m.as_str().to_string())
         .unwrap_or_else(|| req.uri().path().to_string());
-    let header = req
-        .headers()
+    // A method-specific rule wins over the route's.
+    let with_method = format!("{} {route}", req.method());
+    let path = if HTTP_RULES.iter().any(|(p, _)| *p == with_method) {
+        with_method
+    } else {
+        route.clone()
+    };
+    let h = req.headers();
+    let header = h
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    match auth.authorize(&path, header.as_deref()).await {
-        Ok(p) => {
+    let session = cookie(h, SESSION_COOKIE).map(str::to_owned);
+    let csrf = h
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let result = auth
+        .authorize_http(
+            &path,
+            header.as_deref(),
+            session.as_deref(),
+            csrf.as_deref(),
+        )
+        .await;
+    match result {
+        Ok((p, s)) => {
             req.extensions_mut().insert(p);
+            if let Some(s) = s {
+                req.extensions_mut().insert(s);
+            }
             next.run(req).await
         }
         Err(s) => {
-            // The same table as every other error (crate::error::ERROR_TABLE); a refusal
-            // of any other code is a plain 403.
-            let code = crate::error::ErrorKind::from_grpc(s.code())
-                .map(|k| k.http())
-                .unwrap_or(http::StatusCode::FORBIDDEN);
-            let mut resp = (code, format!("{}\n", s.message())).into_response();
+            // A person opening a dashboard page without a session goes to the login form.
+            if s.code() == tonic::Code::Unauthenticated
+                && route.starts_with("/ui")
+                && req.method() == http::Method::GET
+                && path != "/ui/events"
+            {
+                return axum::response::Redirect::to("/ui/login").into_response();
+            }
+            if s.code() == tonic::Code::PermissionDenied
+                && rule_for(&path).is_some_and(|r| r.mutating)
+            {
+                if let Some(p) = match (&header, &session) {
+                    (Some(h), _) => match bearer(h) {
+                        Some(t) => auth.lookup(t, false).await.ok().flatten(),
+                        None => None,
+                    },
+                    (None, Some(sess)) => auth
+                        .store
+                        .session_by_hash(&hash_token(sess))
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|r| live(&r.token)),
+                    _ => None,
+                } {
+                    let peer = req
+                        .extensions()
+                        .get::<axum::extract::ConnectInfo<crate::http::PeerAddr>>()
+                        .map(|c| c.0 .0.to_string())
+                        .unwrap_or_default();
+                    crate::audit::record(
+                        &auth.store,
+                        &p,
+                        &peer,
+                        &path,
+                        "",
+                        crate::audit::outcome_of_status(&s),
+                    );
+                }
+            }
+            let code = crate::api::http_status(s.code());
+            let mut resp = if route.starts_with("/api/") {
+                crate::api::ApiError(s).into_response()
+            } else {
+                (code, format!("{}\n", s.message())).into_response()
+            };
             if code == http::StatusCode::UNAUTHORIZED {
                 resp.headers_mut().insert(
                     http::header::WWW_AUTHENTICATE,

@@ -6,6 +6,8 @@
 //! - `GET /metrics`: Prometheus metrics.
 //! - `GET /jobs/{id}/logs[?attempt=N]`: an attempt's whole log (default: the latest) as a
 //!   file download.
+//! - `/api/v1/...`: the JSON API (see api.rs and its OpenAPI document).
+//! - `/ui/...`: the dashboard (see dashboard.rs).
 
 use crate::convert::parse_id;
 use crate::error::Error;
@@ -16,8 +18,25 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use drover_transport::server::ChannelListener;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
+
+/// The client's address, for handlers and the audit log (axum's `SocketAddr` connect info
+/// only covers its own TCP listener).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl<'a, Io>
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, ChannelListener<Io>>>
+    for PeerAddr
+where
+    ChannelListener<Io>: axum::serve::Listener<Addr = std::net::SocketAddr>,
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'a, ChannelListener<Io>>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -25,6 +44,13 @@ pub struct HttpState {
     pub log_cap_bytes: u64,
     pub admin: std::sync::Arc<crate::health::AdminApi>,
     pub dispatcher: std::sync::Arc<crate::dispatch::Dispatcher>,
+    /// The gRPC services, called in-process by the JSON API and the dashboard.
+    pub services: crate::api::Services,
+    pub auth: std::sync::Arc<crate::auth::Auth>,
+    /// The listener speaks TLS: session cookies get `Secure`.
+    pub secure_cookies: bool,
+    pub live: std::sync::Arc<crate::dashboard::LiveHeader>,
+    pub max_log_streams: usize,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -34,6 +60,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/jobs/{id}/logs", get(job_logs))
+        .merge(crate::api::routes())
+        .merge(crate::dashboard::routes())
         .with_state(state)
 }
 

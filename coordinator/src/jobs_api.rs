@@ -325,9 +325,32 @@ impl JobService for JobsApi {
         if !r.queue.is_empty() {
             check_name("queue", &r.queue).map_err(Error::from)?;
         }
+        if !r.label.is_empty() {
+            check_name("label", &r.label).map_err(Error::from)?;
+        }
+        let param = if r.param.is_empty() {
+            None
+        } else {
+            Some(
+                drover_core::validate::parse_param_filter("param", &r.param)
+                    .map_err(Error::from)?,
+            )
+        };
+        let time = |field: &str, t: &Option<prost_types::Timestamp>| {
+            t.as_ref()
+                .map(|t| {
+                    DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+                        .ok_or_else(|| Error::Invalid(format!("{field}: out of range")))
+                })
+                .transpose()
+        };
         let filter = JobFilter {
             state: convert::job_state_from(state),
             queue: (!r.queue.is_empty()).then_some(r.queue),
+            label: (!r.label.is_empty()).then_some(r.label),
+            param,
+            created_after: time("created_after", &r.created_after)?,
+            created_before: time("created_before", &r.created_before)?,
             after: if r.page_token.is_empty() {
                 None
             } else {

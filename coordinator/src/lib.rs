@@ -10,6 +10,8 @@
 //! - [`store`] — every SQL statement.
 //! - [`health`] — AdminService: the health verdict, workers, gRPC health status.
 //! - [`http`] — the HTTP listener: health probes and log downloads.
+//! - [`api`] — the JSON API (`/api/v1`): the gRPC services called in-process.
+//! - [`dashboard`] — the web dashboard (`/ui`) and its live updates.
 //! - [`tokens_api`] — AdminService's token and audit RPCs.
 //! - [`jobs_api`] / [`workers_api`] — the gRPC services.
 //! - [`dispatch`] — pushes pending jobs to connected workers with free slots.
@@ -27,12 +29,14 @@
 
 pub mod alerts;
 pub mod alerts_api;
+pub mod api;
 pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod channels;
 pub mod config;
 pub mod convert;
+pub mod dashboard;
 pub mod db;
 pub mod dispatch;
 pub mod error;

@@ -44,6 +44,9 @@ async fn listen_once(
                     }
                 }
                 Ok(AsyncMessage::Notification(n)) => {
+                    if n.channel() == JOBS_CHANNEL {
+                        logs.notify_jobs();
+                    }
                     let order = (n.channel() == CONTROL_CHANNEL).then(|| n.payload().to_string());
                     if tx.send(order).is_err() {
                         break;

@@ -23,6 +23,9 @@ const FANOUT: usize = 1024;
 
 pub struct LogWatch {
     tx: broadcast::Sender<Uuid>,
+    /// Jobs were submitted or became ready somewhere (NOTIFY on the jobs channel): the
+    /// dashboard's live views refresh on it.
+    jobs: broadcast::Sender<()>,
     streams: Mutex<HashMap<Option<IpAddr>, usize>>,
 }
 
@@ -30,6 +33,7 @@ impl Default for LogWatch {
     fn default() -> Self {
         LogWatch {
             tx: broadcast::channel(FANOUT).0,
+            jobs: broadcast::channel(FANOUT).0,
             streams: Mutex::new(HashMap::new()),
         }
     }
@@ -62,6 +66,15 @@ impl LogWatch {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
         self.tx.subscribe()
+    }
+
+    /// Some job was submitted or became ready again.
+    pub fn notify_jobs(&self) {
+        let _ = self.jobs.send(());
+    }
+
+    pub fn subscribe_jobs(&self) -> broadcast::Receiver<()> {
+        self.jobs.subscribe()
     }
 
     /// Counts one more stream for `client`, or says how many it already has.

@@ -131,28 +131,31 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let jobs = JobServiceServer::new(JobsApi {
+    let jobs_api = Arc::new(JobsApi {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
         config: Arc::new(cfg.clone()),
         blobs: blobs.clone(),
-    })
-    .max_decoding_message_size(4 * 1024 * 1024);
+    });
+    let jobs =
+        JobServiceServer::from_arc(jobs_api.clone()).max_decoding_message_size(4 * 1024 * 1024);
     let auth = Arc::new(crate::auth::Auth::new(
         store.clone(),
         cfg.access_control,
         &cfg.open_routes,
         Duration::from_millis(cfg.token_cache_ms),
     ));
-    let schedules = ScheduleServiceServer::new(SchedulesApi {
+    let schedules_api = Arc::new(SchedulesApi {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
         config: Arc::new(cfg.clone()),
     });
-    let queues = QueueServiceServer::new(QueuesApi {
+    let schedules = ScheduleServiceServer::from_arc(schedules_api.clone());
+    let queues_api = Arc::new(QueuesApi {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
     });
+    let queues = QueueServiceServer::from_arc(queues_api.clone());
     let workers = WorkerServiceServer::new(WorkersApi {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
@@ -210,21 +213,40 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         id.clone(),
         shutdown.child_token(),
     )));
-    let alerts_api = AlertServiceServer::new(crate::alerts_api::AlertsApi {
+    let alerts_impl = Arc::new(crate::alerts_api::AlertsApi {
         store: store.clone(),
         alerts: alerts_cfg,
     });
+    let alerts_api = AlertServiceServer::from_arc(alerts_impl.clone());
     let admin = Arc::new(AdminApi {
         store: store.clone(),
         config: Arc::new(cfg.clone()),
         coordinator_id: id.clone(),
         auth: auth.clone(),
     });
+    let live = crate::dashboard::LiveHeader::new();
+    tasks.push(tokio::spawn(crate::dashboard::run_header(
+        live.clone(),
+        admin.clone(),
+        dispatcher.logs.clone(),
+        shutdown.child_token(),
+    )));
     let http_app = crate::http::router(crate::http::HttpState {
         store: store.clone(),
         log_cap_bytes: cfg.log_cap_bytes,
         admin: admin.clone(),
         dispatcher: dispatcher.clone(),
+        services: crate::api::Services {
+            jobs: jobs_api,
+            admin: admin.clone(),
+            queues: queues_api,
+            alerts: alerts_impl,
+            schedules: schedules_api,
+        },
+        auth: auth.clone(),
+        secure_cookies: tls.is_some(),
+        live,
+        max_log_streams: cfg.max_log_streams_per_client,
     })
     .route_layer(axum::middleware::from_fn_with_state(
         auth.clone(),
@@ -253,15 +275,21 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             Some(t) => {
                 let rx =
                     tls_server::tls(http_listener, move || t.http_config(), http_accept.clone());
-                axum::serve(tls_server::ChannelListener::new(rx, http_addr), http_app)
-                    .with_graceful_shutdown(stop)
-                    .await
+                axum::serve(
+                    tls_server::ChannelListener::new(rx, http_addr),
+                    http_app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
+                )
+                .with_graceful_shutdown(stop)
+                .await
             }
             None => {
                 let rx = tls_server::plain(http_listener, http_accept.clone());
-                axum::serve(tls_server::ChannelListener::new(rx, http_addr), http_app)
-                    .with_graceful_shutdown(stop)
-                    .await
+                axum::serve(
+                    tls_server::ChannelListener::new(rx, http_addr),
+                    http_app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
+                )
+                .with_graceful_shutdown(stop)
+                .await
             }
         };
         http_accept.cancel();

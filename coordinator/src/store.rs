@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 mod access;
 pub use access::{AuditRow, NewToken, TokenRow};
+pub use dashboard::SessionRow;
 
 /// Statements prepared once per pooled connection (deadpool's statement cache) and reused:
 /// a repeated query then skips PostgreSQL's parse and plan and one network round trip,
@@ -276,6 +277,11 @@ pub struct StoredChunk {
 pub struct JobFilter {
     pub state: Option<JobState>,
     pub queue: Option<String>,
+    pub label: Option<String>,
+    /// Only jobs whose params contain this one.
+    pub param: Option<(String, String)>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
     /// Keyset cursor: (created_at, id) of the last job on the previous page.
     pub after: Option<(DateTime<Utc>, Uuid)>,
     pub limit: i64,
@@ -737,6 +743,10 @@ impl Store {
         measured("list_jobs", async {
             let c = self.pool.get().await?;
             let state = f.state.map(|s| s.as_str().to_string());
+            let param = f
+                .param
+                .as_ref()
+                .map(|(k, v)| serde_json::json!({ k.as_str(): v }));
             let (after_ts, after_id) = match f.after {
                 Some((ts, id)) => (Some(ts), Some(id)),
                 None => (None, None),
@@ -754,8 +764,22 @@ impl Store {
                   WHERE ($1::text IS NULL OR j.state = $1) \
                     AND ($2::text IS NULL OR j.queue = $2) \
                     AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid)) \
+                    AND ($6::text IS NULL OR j.labels @> ARRAY[$6::text]) \
+                    AND ($7::jsonb IS NULL OR j.params @> $7) \
+                    AND ($8::timestamptz IS NULL OR j.created_at >= $8) \
+                    AND ($9::timestamptz IS NULL OR j.created_at < $9) \
                   ORDER BY j.created_at DESC, j.id DESC LIMIT $5",
-                    &[&state, &f.queue, &after_ts, &after_id, &f.limit],
+                    &[
+                        &state,
+                        &f.queue,
+                        &after_ts,
+                        &after_id,
+                        &f.limit,
+                        &f.label,
+                        &param,
+                        &f.created_after,
+                        &f.created_before,
+                    ],
                 )
                 .await?;
             let sizes: Vec<(Uuid, i64)> = sized
@@ -1869,6 +1893,7 @@ async fn insert_event(
     Ok(())
 }
 
+pub mod dashboard;
 pub mod flow;
 pub mod queues;
 pub mod retention;

@@ -64,6 +64,33 @@ pub struct JobSpec {
     pub secret_env: BTreeMap<String, String>,
 }
 
+/// A job list's param filter, `name=value`: the name as params are named, the value at
+/// most [`MAX_PATH_BYTES`] bytes.
+pub fn parse_param_filter(field: &str, s: &str) -> Result<(String, String), ValidationError> {
+    let Some((name, value)) = s.split_once('=') else {
+        return Err(err(field, format!("expected name=value, got {s:?}")));
+    };
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(err(
+            field,
+            format!(
+                "the name must be 1 to {MAX_NAME_LEN} bytes, got {}",
+                name.len()
+            ),
+        ));
+    }
+    if value.len() > MAX_PATH_BYTES {
+        return Err(err(
+            field,
+            format!(
+                "the value may be at most {MAX_PATH_BYTES} bytes, got {}",
+                value.len()
+            ),
+        ));
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
 /// A queue or label name: 1 to 64 of `[A-Za-z0-9._-]`.
 pub fn check_name(field: &str, name: &str) -> Result<(), ValidationError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
@@ -716,5 +743,25 @@ mod tests {
             ..RetryPolicy::default()
         };
         assert_eq!(validate_policy(&bad).unwrap_err().field, "retry.multiplier");
+    }
+}
+
+#[cfg(test)]
+mod param_filter_tests {
+    use super::parse_param_filter;
+
+    #[test]
+    fn param_filters_are_name_equals_value() {
+        assert_eq!(
+            parse_param_filter("param", "date=2024-01-01").unwrap(),
+            ("date".to_string(), "2024-01-01".to_string())
+        );
+        assert_eq!(
+            parse_param_filter("param", "k=a=b").unwrap(),
+            ("k".to_string(), "a=b".to_string())
+        );
+        assert!(parse_param_filter("param", "novalue").is_err());
+        assert!(parse_param_filter("param", "=x").is_err());
+        assert!(parse_param_filter("param", &format!("k={}", "x".repeat(2000))).is_err());
     }
 }

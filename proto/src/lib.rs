@@ -15,4 +15,5 @@ pub mod codec;
 
 pub mod auth;
 pub mod json;
+pub mod jsonfmt;
 pub mod states;

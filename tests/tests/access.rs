@@ -166,28 +166,94 @@ async fn every_rpc_and_route_allows_exactly_the_roles_the_table_says() -> anyhow
         }
     }
 
-    // HTTP routes.
+    // HTTP routes, each with the method it is served for.
     let job = uuid::Uuid::new_v4();
-    let routes: [(&str, &str); 5] = [
-        ("/healthz", "open"),
-        ("/readyz", "open"),
-        ("/metrics", "open"),
-        ("/health", "read"),
-        ("/jobs/{id}/logs", "read"),
+    let routes: &[(&str, &str, &str)] = &[
+        ("GET", "/healthz", "open"),
+        ("GET", "/readyz", "open"),
+        ("GET", "/metrics", "open"),
+        ("GET", "/health", "read"),
+        ("GET", "/jobs/{id}/logs", "read"),
+        ("GET", "/api/v1/openapi.json", "read"),
+        ("GET", "/api/v1/health", "read"),
+        ("GET", "/api/v1/workers", "read"),
+        ("GET", "/api/v1/jobs", "read"),
+        ("POST", "/api/v1/jobs", "submit"),
+        ("POST", "/api/v1/jobs/retry", "operate"),
+        ("GET", "/api/v1/jobs/{id}", "read"),
+        ("POST", "/api/v1/jobs/{id}/retry", "operate"),
+        ("POST", "/api/v1/jobs/{id}/cancel", "operate"),
+        ("GET", "/api/v1/jobs/{id}/artifacts", "read"),
+        ("GET", "/api/v1/jobs/{id}/artifacts/out/a.txt", "read"),
+        ("GET", "/api/v1/jobs/{id}/log", "read"),
+        ("GET", "/api/v1/jobs/{id}/log/follow", "read"),
+        ("GET", "/api/v1/queues", "read"),
+        ("POST", "/api/v1/queues/q/pause", "operate"),
+        ("POST", "/api/v1/queues/q/resume", "operate"),
+        ("GET", "/api/v1/failure-groups", "read"),
+        ("GET", "/api/v1/schedules", "read"),
+        ("GET", "/ui", "read"),
+        ("GET", "/ui/jobs", "read"),
+        ("GET", "/ui/jobs/{id}", "read"),
+        ("GET", "/ui/jobs/{id}/log", "read"),
+        ("GET", "/ui/workers", "read"),
+        ("GET", "/ui/queues", "read"),
+        ("GET", "/ui/failures", "read"),
+        ("GET", "/ui/events", "read"),
+        ("POST", "/ui/logout", "read"),
+        ("GET", "/", "public"),
+        ("GET", "/ui/login", "public"),
+        ("GET", "/ui/static/dashboard.js", "public"),
+        ("GET", "/ui/static/dashboard.css", "public"),
     ];
-    for (route, right) in routes {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    for (method, route, right) in routes {
         let url = format!("{}{}", c.http, route.replace("{id}", &job.to_string()));
         for (role, token) in roles {
-            let allowed = right == "open" || role_has(role, right);
-            let status = http_get_as(&url, token).await?.status().as_u16();
+            // Workers may not use the dashboard or the API (they have no read right).
+            let allowed = matches!(*right, "open" | "public") || role_has(role, right);
+            let mut req = match *method {
+                "POST" => http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body("{}"),
+                _ => http.get(&url),
+            };
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            let location = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
             let refused = match token {
-                None => status == 401,
+                // A person without a session is sent to the login form.
+                None => status == 401 || (status == 303 && location == "/ui/login"),
                 Some(_) => status == 403,
             };
             if allowed == refused {
-                failures.push(format!("GET {route} as {role}: status {status}"));
+                failures.push(format!("{method} {route} as {role}: status {status}"));
             }
         }
+    }
+    // Every route in the coordinator's table is exercised above.
+    for (route, _) in drover_coordinator::auth::HTTP_RULES {
+        let covered = routes.iter().any(|(m, r, _)| {
+            r == route
+                || format!("{m} {r}") == *route
+                || (route.contains("{*name}") && r.starts_with("/api/v1/jobs/{id}/artifacts/"))
+                || (route.contains("{queue}") && *r == route.replace("{queue}", "q"))
+        });
+        assert!(
+            covered,
+            "HTTP route {route} has no expectation in this test"
+        );
     }
     // A route that does not exist is not served to anyone.
     assert_eq!(

@@ -42,10 +42,11 @@ pub struct AuditRow {
     pub outcome: String,
 }
 
-const TOKEN_COLUMNS: &str = "id, name, role, queues, worker_pattern, token_hash, created_at, \
+pub(super) const TOKEN_COLUMNS: &str =
+    "id, name, role, queues, worker_pattern, token_hash, created_at, \
     expires_at, last_used_at, revoked_at";
 
-fn token_from_row(r: &Row) -> Result<TokenRow> {
+pub(super) fn token_from_row(r: &Row) -> Result<TokenRow> {
     Ok(TokenRow {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
