@@ -852,6 +852,8 @@ impl Store {
         // job on each claim — 4.7 ms a claim with 7 000 pending, most of PostgreSQL's time in
         // the throughput benchmark. Rows locked beyond the n kept are released at commit.
         // Paused queues (queue_settings) are left out: one primary-key probe per queue.
+        // started_at is when the lease is taken (clock_timestamp), not when the statement
+        // began, like the keyed claim's (store/flow.rs).
         let rows = c
             .query_cached(
                 "WITH c AS MATERIALIZED ( \
@@ -868,9 +870,11 @@ impl Store {
                      LIMIT least($3, greatest(0, $6 - (SELECT count(*) FROM attempts r \
                                    WHERE r.worker_id = $4 AND r.state = 'running')))), \
                  a AS ( \
-                    INSERT INTO attempts (id, job_id, number, worker_id, state, lease_expires_at) \
+                    INSERT INTO attempts (id, job_id, number, worker_id, state, lease_expires_at, \
+                                          started_at) \
                     SELECT gen_random_uuid(), j.id, j.attempt_count + 1, $4, 'running', \
-                           now() + $5 * interval '1 millisecond' \
+                           now() + $5 * interval '1 millisecond', \
+                           clock_timestamp() \
                       FROM jobs j JOIN c ON c.id = j.id \
                     RETURNING id, job_id, number) \
                  UPDATE jobs j SET state = 'running', current_attempt_id = a.id, \

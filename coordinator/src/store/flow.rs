@@ -234,13 +234,18 @@ impl Store {
             tx.commit().await?;
             return Ok(Vec::new());
         }
+        // started_at is when the lease is taken (clock_timestamp), not when this
+        // transaction began: a key slot it waited for was freed before that instant, so the
+        // attempts' recorded times never show more holders of a key than its limit.
         let rows = tx
             .query_cached(
                 "WITH c AS (SELECT id, not_before AS due FROM jobs WHERE id = ANY ($1)), \
                  a AS ( \
-                    INSERT INTO attempts (id, job_id, number, worker_id, state, lease_expires_at) \
+                    INSERT INTO attempts (id, job_id, number, worker_id, state, lease_expires_at, \
+                                          started_at) \
                     SELECT gen_random_uuid(), j.id, j.attempt_count + 1, $2, 'running', \
-                           now() + $3 * interval '1 millisecond' \
+                           now() + $3 * interval '1 millisecond', \
+                           clock_timestamp() \
                       FROM jobs j JOIN c ON c.id = j.id \
                     RETURNING id, job_id, number) \
                  UPDATE jobs j SET state = 'running', current_attempt_id = a.id, \
