@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod clients;
 mod helpers;
 mod latency;
 mod lograte;
@@ -67,6 +68,8 @@ enum Part {
     Recovery,
     Logs,
     Scale,
+    /// SubmitJobs rate, and latency from a Python grpcio client.
+    Clients,
 }
 
 struct Counts {
@@ -82,6 +85,9 @@ struct Counts {
     real_jobs: usize,
     /// Every row is measured this many times; the table shows the median and the range.
     repeats: usize,
+    /// Jobs submitted for the SubmitJobs row, and samples of the Python client.
+    submit_jobs: usize,
+    client_samples: usize,
 }
 
 impl Counts {
@@ -97,6 +103,8 @@ impl Counts {
             heartbeat_window: Duration::from_secs(5),
             real_jobs: 300,
             repeats: 3,
+            submit_jobs: 2_000,
+            client_samples: 50,
         }
     }
 
@@ -112,6 +120,8 @@ impl Counts {
             heartbeat_window: Duration::from_secs(20),
             real_jobs: 1_000,
             repeats: 3,
+            submit_jobs: 10_000,
+            client_samples: 500,
         }
     }
 }
@@ -166,6 +176,7 @@ async fn run(cli: Cli) -> Result<()> {
             Part::Recovery,
             Part::Logs,
             Part::Scale,
+            Part::Clients,
         ]
     } else {
         cli.only.clone()
@@ -221,6 +232,7 @@ async fn run(cli: Cli) -> Result<()> {
         Part::Recovery,
         Part::Logs,
         Part::Scale,
+        Part::Clients,
     ];
     let ordered: Vec<Row> = order
         .iter()
@@ -292,7 +304,13 @@ async fn measure(
     rows: &mut Vec<(Part, Row)>,
     details: &mut serde_json::Map<String, Value>,
 ) -> Result<()> {
-    let main_parts = [Part::Throughput, Part::Latency, Part::Logs, Part::Recovery];
+    let main_parts = [
+        Part::Throughput,
+        Part::Latency,
+        Part::Logs,
+        Part::Recovery,
+        Part::Clients,
+    ];
     if parts.iter().any(|p| main_parts.contains(p)) {
         let mut env = base_env();
         env.push(("DROVER_LOG_CAP_BYTES", log_cap(counts).to_string()));
@@ -340,6 +358,32 @@ async fn measure(
             }
             rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Logs, r)));
             details.insert("logs".into(), Value::Array(ds));
+        }
+        if parts.contains(&Part::Clients) {
+            let (mut runs, mut ds) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                say!("[submit] run {} of {n}", i + 1);
+                let (r, d) = clients::batch_rate(&mut stack, counts.submit_jobs).await?;
+                runs.push(r);
+                ds.push(d);
+                settle().await;
+            }
+            rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Clients, r)));
+            details.insert("submit_jobs".into(), Value::Array(ds));
+            let (mut runs, mut ds) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                say!("[python] run {} of {n}", i + 1);
+                match clients::python_client(&mut stack, counts.client_samples).await? {
+                    Some((r, d)) => {
+                        runs.push(r);
+                        ds.push(d);
+                    }
+                    None => break,
+                }
+                settle().await;
+            }
+            rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Clients, r)));
+            details.insert("python_client".into(), Value::Array(ds));
         }
         if parts.contains(&Part::Recovery) {
             let raw = match raw_spawn {

@@ -296,6 +296,8 @@ pub struct Stack {
     /// Access control is on, as in production: `jobs` carries an admin token, the workers
     /// this worker token (any worker id).
     pub worker_token: String,
+    /// The admin token `jobs` carries (for clients the bench starts, e.g. Python's).
+    pub admin_token: String,
     pub sql: tokio_postgres::Client,
     pub coordinator: Proc,
     pub started: Instant,
@@ -392,6 +394,7 @@ impl Stack {
             ],
         )?;
         let bearer = BearerToken::new(Some(&admin_token)).map_err(anyhow::Error::msg)?;
+        // (kept for clients the bench starts itself)
         let channel = tonic::transport::Endpoint::from_shared(addr.clone())
             .context("coordinator address")?
             .connect()
@@ -405,6 +408,7 @@ impl Stack {
             jobs: JobServiceClient::with_interceptor(channel, bearer)
                 .max_decoding_message_size(64 << 20),
             worker_token,
+            admin_token,
             sql,
             coordinator,
             started: Instant::now(),

@@ -16,6 +16,13 @@ pub enum Error {
     /// operation does not fit the object's state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// What the request would create exists already, differently (an idempotency key
+    /// reused with another spec).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A bound on open calls (streams, watches) was reached; the message names it.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The request was fine but must be retried after something else happens first.
     #[error("{0}")]
     Aborted(String),
@@ -61,6 +68,8 @@ impl From<Error> for Status {
             Error::NotFound(_) => Code::NotFound,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Aborted(_) => Code::Aborted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,

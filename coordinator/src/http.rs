@@ -43,7 +43,10 @@ impl IntoResponse for Error {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            Error::FailedPrecondition(_) | Error::Aborted(_) => StatusCode::CONFLICT,
+            Error::FailedPrecondition(_) | Error::Aborted(_) | Error::AlreadyExists(_) => {
+                StatusCode::CONFLICT
+            }
+            Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -11,7 +11,7 @@
 //! - [`health`] — AdminService: the health verdict, workers, gRPC health status.
 //! - [`http`] — the HTTP listener: health probes and log downloads.
 //! - [`tokens_api`] — AdminService's token and audit RPCs.
-//! - [`jobs_api`] / [`workers_api`] — the gRPC services.
+//! - [`jobs_api`] / [`workers_api`] — the gRPC services; [`watch_api`] — SubmitJobs, WatchJobs, WaitJob.
 //! - [`dispatch`] — pushes pending jobs to connected workers with free slots.
 //! - [`leader`] — leader-only duties (lease reaper, scheduler) under an advisory lock.
 //! - [`queues_api`] — QueueService: pausing and resuming queues.
@@ -22,6 +22,7 @@
 //!   notification delivery; [`alerts_api`] serves them over gRPC.
 //! - [`metrics`] — Prometheus metrics.
 //! - [`listen`] — LISTEN/NOTIFY so every coordinator hears about ready jobs.
+//! - [`job_watch`] — job state changes fanned out to WatchJobs and WaitJob callers.
 
 pub mod alerts;
 pub mod alerts_api;
@@ -37,6 +38,7 @@ pub mod error;
 pub mod failures;
 pub mod health;
 pub mod http;
+pub mod job_watch;
 pub mod jobs_api;
 pub mod leader;
 pub mod listen;
@@ -50,6 +52,7 @@ pub mod schedules_api;
 pub mod server;
 pub mod store;
 pub mod tokens_api;
+pub mod watch_api;
 pub mod workers_api;
 
 pub use config::Config;

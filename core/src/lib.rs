@@ -5,6 +5,7 @@
 //! - [`retry`] — the retry policy: classify how an attempt ended, then decide what happens next.
 //! - [`limits`] — per-job resource limits and the sizes they are written in.
 //! - [`flow`] — concurrency keys and their limits.
+//! - [`idempotency`] — whether a reused idempotency key carries the same submission.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
 //! - [`paging`] — bounding a page of results by bytes as well as count.
 //! - [`params`] — `{name}` placeholder substitution in argv.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod delivery;
 pub mod fingerprint;
 pub mod flow;
+pub mod idempotency;
 pub mod jobguard;
 pub mod limits;
 pub mod logcap;
