@@ -411,6 +411,22 @@ mod tests {
     }
 
     #[test]
+    fn watch_bounds_must_be_positive() {
+        let c = Config {
+            max_watches: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err_and(|e| e.contains("max_watches")));
+        let c = Config {
+            max_watches_per_principal: 0,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .is_err_and(|e| e.contains("max_watches_per_principal")));
+    }
+
+    #[test]
     fn shipped_example_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.toml");
         let c = Config::load(Some(&path), Figment::new()).expect("deploy/coordinator.toml");
