@@ -103,8 +103,8 @@ impl Counts {
             heartbeat_window: Duration::from_secs(5),
             real_jobs: 300,
             repeats: 3,
-            submit_jobs: 2_000,
-            client_samples: 50,
+            submit_jobs: 200,
+            client_samples: 20,
         }
     }
 
