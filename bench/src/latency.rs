@@ -17,8 +17,18 @@ const IDLE: Duration = Duration::from_millis(20);
 
 /// Pickup latencies in ms: (submit returned → child started, submit sent → child started).
 pub async fn pickup(stack: &mut Stack, n: usize, what: &str) -> Result<(Dist, Dist)> {
+    pickup_on(stack, n, what, "").await
+}
+
+/// [`pickup`] of jobs in `queue` ("": the default queue).
+pub async fn pickup_on(
+    stack: &mut Stack,
+    n: usize,
+    what: &str,
+    queue: &str,
+) -> Result<(Dist, Dist)> {
     let argv = vec![stack.bins.bench.display().to_string(), "stamp".into()];
-    let spec = util::spec(argv, "");
+    let spec = util::spec(argv, queue);
     let (mut returned, mut sent) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
         let t_sent = now_ns();

@@ -10,12 +10,14 @@ macro_rules! say {
 }
 
 mod clients;
+mod failover;
 mod helpers;
 mod latency;
 mod lograte;
 mod recovery;
 mod report;
 mod scale;
+mod soak;
 mod stack;
 mod throughput;
 mod util;
@@ -56,18 +58,31 @@ struct Cli {
     /// Also write the numbers to this file as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Run only these parts (comma-separated).
+    /// Run only these parts (comma-separated). `soak` and `backlog` run only when named.
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Part>,
+    /// Jobs through the soak (default: 1000000; --quick: 4000).
+    #[arg(long, value_name = "N")]
+    soak_jobs: Option<usize>,
+    /// Pending jobs in the backlog rows (default: 100000; --quick: 5000).
+    #[arg(long, value_name = "N")]
+    backlog_jobs: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
     Throughput,
+    /// Throughput again with every job carrying one of 100 concurrency keys.
+    Keys,
     Latency,
     Recovery,
     Logs,
     Scale,
+    /// Many jobs with logs under short retention horizons: size plateau, no slowdown.
+    Soak,
+    /// Pickup and throughput with a large backlog of pending jobs.
+    Backlog,
+    Failover,
     /// SubmitJobs rate, and latency from a Python grpcio client.
     Clients,
 }
@@ -85,6 +100,9 @@ struct Counts {
     real_jobs: usize,
     /// Every row is measured this many times; the table shows the median and the range.
     repeats: usize,
+    soak_jobs: usize,
+    soak_waves: usize,
+    backlog_jobs: i64,
     /// Jobs submitted for the SubmitJobs row, and samples of the Python client.
     submit_jobs: usize,
     client_samples: usize,
@@ -103,6 +121,9 @@ impl Counts {
             heartbeat_window: Duration::from_secs(5),
             real_jobs: 300,
             repeats: 3,
+            soak_jobs: 4_000,
+            soak_waves: 4,
+            backlog_jobs: 5_000,
             submit_jobs: 200,
             client_samples: 20,
         }
@@ -120,6 +141,9 @@ impl Counts {
             heartbeat_window: Duration::from_secs(20),
             real_jobs: 1_000,
             repeats: 3,
+            soak_jobs: 1_000_000,
+            soak_waves: 20,
+            backlog_jobs: 100_000,
             submit_jobs: 10_000,
             client_samples: 500,
         }
@@ -164,16 +188,24 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let counts = if cli.quick {
+    let mut counts = if cli.quick {
         Counts::quick()
     } else {
         Counts::full()
     };
+    if let Some(n) = cli.soak_jobs {
+        counts.soak_jobs = n.max(1);
+    }
+    if let Some(n) = cli.backlog_jobs {
+        counts.backlog_jobs = n.max(1);
+    }
     let parts = if cli.only.is_empty() {
         vec![
             Part::Throughput,
+            Part::Keys,
             Part::Latency,
             Part::Recovery,
+            Part::Failover,
             Part::Logs,
             Part::Scale,
             Part::Clients,
@@ -228,10 +260,14 @@ async fn run(cli: Cli) -> Result<()> {
     // Table order follows the brief's rows, whatever order they ran in.
     let order = [
         Part::Throughput,
+        Part::Keys,
         Part::Latency,
         Part::Recovery,
+        Part::Failover,
         Part::Logs,
         Part::Scale,
+        Part::Backlog,
+        Part::Soak,
         Part::Clients,
     ];
     let ordered: Vec<Row> = order
@@ -306,6 +342,7 @@ async fn measure(
 ) -> Result<()> {
     let main_parts = [
         Part::Throughput,
+        Part::Keys,
         Part::Latency,
         Part::Logs,
         Part::Recovery,
@@ -324,13 +361,25 @@ async fn measure(
             let (mut runs, mut ds) = (Vec::new(), Vec::new());
             for i in 0..n {
                 say!("[throughput] run {} of {n}", i + 1);
-                let (r, d) = throughput::run(&mut stack, counts.throughput_jobs).await?;
+                let (r, d) = throughput::run(&mut stack, counts.throughput_jobs, 0).await?;
                 runs.push(r);
                 ds.push(d);
                 settle().await;
             }
             rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Throughput, r)));
             details.insert("throughput".into(), Value::Array(ds));
+        }
+        if parts.contains(&Part::Keys) {
+            let (mut runs, mut ds) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                say!("[throughput, 100 keys] run {} of {n}", i + 1);
+                let (r, d) = throughput::run(&mut stack, counts.throughput_jobs, 100).await?;
+                runs.push(r);
+                ds.push(d);
+                settle().await;
+            }
+            rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Keys, r)));
+            details.insert("throughput_keys".into(), Value::Array(ds));
         }
         let mut raw_spawn = None;
         if parts.contains(&Part::Latency) {
@@ -396,6 +445,14 @@ async fn measure(
         }
         stack.stop();
     }
+    if parts.contains(&Part::Failover) {
+        let (runs, d) = failover::run(server, bins, tmp, &base_env(), counts.repeats).await?;
+        rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Failover, r)));
+        details.insert("failover".into(), d);
+        let (runs, d) = failover::promotion(bins, tmp, &base_env(), counts.repeats).await?;
+        rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Failover, r)));
+        details.insert("promotion".into(), d);
+    }
     if parts.contains(&Part::Scale) {
         let p = scale::Params {
             real: counts.real_jobs,
@@ -408,6 +465,30 @@ async fn measure(
         let (runs, d) = scale::run(server, bins, tmp, &base_env(), &p).await?;
         rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Scale, r)));
         details.insert("scale".into(), d);
+    }
+    if parts.contains(&Part::Backlog) {
+        let (r, d) = soak::backlog(
+            server,
+            bins,
+            tmp,
+            &base_env(),
+            counts.backlog_jobs,
+            counts.latency_samples,
+        )
+        .await?;
+        rows.extend(r.into_iter().map(|r| (Part::Backlog, r)));
+        details.insert("backlog".into(), d);
+    }
+    if parts.contains(&Part::Soak) {
+        let p = soak::SoakParams {
+            jobs: counts.soak_jobs,
+            waves: counts.soak_waves,
+            log_bytes: 8 << 10,
+            probes: (counts.latency_samples / 5).max(20),
+        };
+        let (r, d) = soak::soak(server, bins, tmp, &base_env(), &p).await?;
+        rows.extend(r.into_iter().map(|r| (Part::Soak, r)));
+        details.insert("soak".into(), d);
     }
     Ok(())
 }

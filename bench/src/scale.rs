@@ -168,8 +168,8 @@ async fn copy_history(sql: &tokio_postgres::Client, target: i64) -> Result<()> {
             (
                 "log chunks",
                 format!(
-                    "INSERT INTO log_chunks (attempt_id, seq, stream, time, data) \
-                     SELECT m.new, l.seq, l.stream, l.time - {shift}, l.data \
+                    "INSERT INTO log_chunks (attempt_id, seq, stream, time, data, log_part) \
+                     SELECT m.new, l.seq, l.stream, l.time - {shift}, l.data, l.log_part \
                        FROM log_chunks l JOIN am m ON m.old = l.attempt_id"
                 ),
             ),
@@ -441,7 +441,7 @@ pub async fn run(
     server: &Server,
     bins: &Bins,
     tmp: &Path,
-    env: &[(&str, String)],
+    env: &[(&'static str, String)],
     p: &Params,
 ) -> Result<(Vec<Vec<Row>>, Value)> {
     let mut stack = Stack::start(server, bins, tmp, "scale", env).await?;

@@ -260,6 +260,70 @@ fn spawn(mut cmd: Command, name: &str, log: &Path, env: &[(&str, String)]) -> Re
     cmd.spawn().with_context(|| format!("spawning {name}"))
 }
 
+/// Starts a coordinator on `db_url` whose files live in `dir` (log `<name>.log`), and
+/// waits until it prints its address.
+async fn start_coordinator(
+    bins: &Bins,
+    db_url: &str,
+    dir: &Path,
+    name: &str,
+    env: &[(&str, String)],
+) -> Result<(Proc, String)> {
+    let log = dir.join(format!("{name}.log"));
+    // Artifacts in scratch, never under the default /var/lib/drover.
+    let mut env = env.to_vec();
+    env.push((
+        "DROVER_ARTIFACT_DIR",
+        dir.join("artifacts").display().to_string(),
+    ));
+    let mut cmd = Command::new(&bins.coordinator);
+    cmd.args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .arg("--database-url")
+        .arg(db_url)
+        .stdout(Stdio::piped());
+    let mut child = spawn(cmd, "drover-coordinator", &log, &env)?;
+    let stdout = child.stdout.take();
+    let mut coordinator = Proc {
+        child,
+        log,
+        _stdout: None,
+    };
+    let Some(stdout) = stdout else {
+        bail!("coordinator has no stdout pipe");
+    };
+    // It prints DROVER_ADDR=... as its first line once it listens. Read it on a
+    // blocking thread; if it never comes, killing the coordinator ends the read.
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        let n = r.read_line(&mut line);
+        (n, line, r)
+    });
+    let (n, line, reader) = match tokio::time::timeout(Duration::from_secs(60), reader).await {
+        Ok(r) => r.context("reading the coordinator's address")?,
+        Err(_) => {
+            coordinator.kill();
+            bail!(
+                "coordinator did not start listening within 60 s; its log:\n{}",
+                coordinator.log_tail(30)
+            );
+        }
+    };
+    let addr = match (n, line.trim().strip_prefix("DROVER_ADDR=")) {
+        (Ok(_), Some(a)) => a.to_string(),
+        _ => {
+            coordinator.kill();
+            bail!(
+                "coordinator did not start; its log ({}):\n{}",
+                coordinator.log.display(),
+                coordinator.log_tail(30)
+            );
+        }
+    };
+    coordinator._stdout = Some(reader);
+    Ok((coordinator, addr))
+}
+
 struct WorkerSpec {
     slots: u32,
     queues: Vec<String>,
@@ -296,7 +360,8 @@ pub struct Stack {
     /// Access control is on, as in production: `jobs` carries an admin token, the workers
     /// this worker token (any worker id).
     pub worker_token: String,
-    /// The admin token `jobs` carries (for clients the bench starts, e.g. Python's).
+    /// The admin token `jobs` carries (for clients of other coordinators, and clients
+    /// the bench starts, e.g. Python's).
     pub admin_token: String,
     pub sql: tokio_postgres::Client,
     pub coordinator: Proc,
@@ -305,6 +370,10 @@ pub struct Stack {
     pub postmaster: Option<i32>,
     pub workers: BTreeMap<String, Proc>,
     specs: BTreeMap<String, WorkerSpec>,
+    /// Settings the coordinator started with (for more coordinators on the same database).
+    env: Vec<(&'static str, String)>,
+    /// Coordinator addresses workers started from now on are given (default: `addr`).
+    pub worker_addrs: Vec<String>,
     // Dropped last: the processes above must be gone before their database is.
     _db: Db,
 }
@@ -317,7 +386,7 @@ impl Stack {
         bins: &Bins,
         tmp: &Path,
         tag: &str,
-        env: &[(&str, String)],
+        env: &[(&'static str, String)],
     ) -> Result<Stack> {
         let name = format!(
             "drover_bench_{}_{tag}",
@@ -327,58 +396,8 @@ impl Stack {
         let db = server.create_db(&name).await?;
         let dir = tmp.join(tag);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let log = dir.join("coordinator.log");
-        // Artifacts in scratch, never under the default /var/lib/drover.
-        let mut env = env.to_vec();
-        env.push((
-            "DROVER_ARTIFACT_DIR",
-            dir.join("artifacts").display().to_string(),
-        ));
-        let mut cmd = Command::new(&bins.coordinator);
-        cmd.args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
-            .arg("--database-url")
-            .arg(&db.url)
-            .stdout(Stdio::piped());
-        let mut child = spawn(cmd, "drover-coordinator", &log, &env)?;
-        let stdout = child.stdout.take();
-        let mut coordinator = Proc {
-            child,
-            log,
-            _stdout: None,
-        };
-        let Some(stdout) = stdout else {
-            bail!("coordinator has no stdout pipe");
-        };
-        // It prints DROVER_ADDR=... as its first line once it listens. Read it on a
-        // blocking thread; if it never comes, killing the coordinator ends the read.
-        let reader = tokio::task::spawn_blocking(move || {
-            let mut r = BufReader::new(stdout);
-            let mut line = String::new();
-            let n = r.read_line(&mut line);
-            (n, line, r)
-        });
-        let (n, line, reader) = match tokio::time::timeout(Duration::from_secs(60), reader).await {
-            Ok(r) => r.context("reading the coordinator's address")?,
-            Err(_) => {
-                coordinator.kill();
-                bail!(
-                    "coordinator did not start listening within 60 s; its log:\n{}",
-                    coordinator.log_tail(30)
-                );
-            }
-        };
-        let addr = match (n, line.trim().strip_prefix("DROVER_ADDR=")) {
-            (Ok(_), Some(a)) => a.to_string(),
-            _ => {
-                coordinator.kill();
-                bail!(
-                    "coordinator did not start; its log ({}):\n{}",
-                    coordinator.log.display(),
-                    coordinator.log_tail(30)
-                );
-            }
-        };
-        coordinator._stdout = Some(reader);
+        let (coordinator, addr) =
+            start_coordinator(bins, &db.url, &dir, "coordinator", env).await?;
         let admin_token =
             create_token(bins, &db.url, &["--name", "bench-admin", "--role", "admin"])?;
         let worker_token = create_token(
@@ -415,8 +434,26 @@ impl Stack {
             postmaster: server.postmaster_pid(),
             workers: BTreeMap::new(),
             specs: BTreeMap::new(),
+            env: env.to_vec(),
+            worker_addrs: Vec::new(),
             _db: db,
         })
+    }
+
+    /// Starts another coordinator on the same database; returns it and its address.
+    pub async fn add_coordinator(&self, name: &str) -> Result<(Proc, String)> {
+        start_coordinator(&self.bins, &self._db.url, &self.dir, name, &self.env).await
+    }
+
+    /// A JobService client with the admin token for coordinator `addr`.
+    pub async fn jobs_at(&self, addr: &str) -> Result<JobServiceClient<AuthChannel>> {
+        let bearer = BearerToken::new(Some(&self.admin_token)).map_err(anyhow::Error::msg)?;
+        let channel = tonic::transport::Endpoint::from_shared(addr.to_string())
+            .context("coordinator address")?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to the coordinator at {addr}"))?;
+        Ok(JobServiceClient::with_interceptor(channel, bearer).max_decoding_message_size(64 << 20))
     }
 
     /// Starts worker `name` (also its --worker-id) with its own state directory.
@@ -435,8 +472,13 @@ impl Stack {
     fn spawn_worker(&self, name: &str, spec: &WorkerSpec) -> Result<Proc> {
         let log = self.dir.join(format!("{name}.log"));
         let mut cmd = Command::new(&self.bins.worker);
+        let addrs = if self.worker_addrs.is_empty() {
+            self.addr.clone()
+        } else {
+            self.worker_addrs.join(",")
+        };
         cmd.arg("--coordinator")
-            .arg(&self.addr)
+            .arg(addrs)
             .arg("--worker-id")
             .arg(name)
             .arg("--state-dir")

@@ -259,12 +259,12 @@ fn notification_json(n: &pb::Notification) -> serde_json::Value {
         "body": n.body,
         "state": n.state,
         "tries": n.tries,
-        "next_attempt_at": when(&n.next_attempt_at),
+        "next_attempt_at": drover_proto::json::time(&n.next_attempt_at),
         "last_error": n.last_error,
-        "created_at": when(&n.created_at),
+        "created_at": drover_proto::json::time(&n.created_at),
         "idempotency_key": n.idempotency_key,
         "attempts": n.attempts.iter().map(|a| json!({
-            "try": a.r#try, "at": when(&a.at), "outcome": a.outcome, "detail": a.detail,
+            "try": a.r#try, "at": drover_proto::json::time(&a.at), "outcome": a.outcome, "detail": a.detail,
             "coordinator_id": a.coordinator_id,
         })).collect::<Vec<_>>(),
     })

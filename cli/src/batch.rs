@@ -4,7 +4,7 @@
 //! cancelled, 5 it had not finished when `--timeout` ran out; 1 on any other error. With
 //! several jobs, the first job (in input order) that did not succeed decides.
 
-use crate::{duration_ms, output, print_json, secret_refs, status_error, Format};
+use crate::{duration_ms, output, print_json, status_error, Format};
 use anyhow::{anyhow, bail, Context, Result};
 use drover_proto::auth::AuthChannel;
 use drover_proto::v1 as pb;
@@ -75,11 +75,11 @@ impl SpecLine {
         if self.argv.is_empty() {
             bail!("argv: must name a program to run");
         }
-        let secret_items: Vec<String> = self
-            .secret_env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        // References only, checked here so a value typed in place of one is never sent.
+        for (k, v) in &self.secret_env {
+            drover_core::jobguard::SecretRef::parse(v)
+                .map_err(|e| anyhow!("secret_env {k}: {e}"))?;
+        }
         Ok(pb::JobSpec {
             argv: self.argv,
             env: self.env,
@@ -111,7 +111,7 @@ impl SpecLine {
                 None => 0,
             },
             pids_limit: self.pids.unwrap_or(0),
-            secret_env: secret_refs(&secret_items)?,
+            secret_env: self.secret_env,
             concurrency_keys: self.concurrency_keys,
             concurrency_limit: self.concurrency_limit.unwrap_or(0),
             priority: self.priority.unwrap_or(0),

@@ -96,7 +96,7 @@ async fn serve(args: &DevArgs, data_dir: &std::path::Path, database_url: &str) -
     let (admin_token, worker_token) = dev_tokens(database_url, data_dir).await?;
 
     let worker_cfg = drover_worker::Config {
-        coordinator: addr.clone(),
+        coordinator: vec![addr.clone()],
         state_dir: data_dir.join("worker"),
         slots: args.slots,
         worker_id: DEV_WORKER.into(),

@@ -6,6 +6,7 @@
 mod alerts_cmd;
 mod batch;
 mod dev;
+mod jobflags;
 mod output;
 mod queue;
 mod schedule;
@@ -25,7 +26,8 @@ use tonic::transport::Channel;
 #[derive(Parser)]
 #[command(name = "droverctl", version, about = "Operate a Drover cluster")]
 struct Cli {
-    /// Coordinator address.
+    /// Coordinator address; several, comma-separated, are tried in order and the first
+    /// that answers is used.
     #[arg(
         long,
         env = "DROVER_ADDR",
@@ -266,10 +268,8 @@ struct SubmitArgs {
     /// Label a worker must have (repeatable).
     #[arg(long = "label", short = 'l')]
     labels: Vec<String>,
-    /// Secret environment variable read by the worker, never sent: NAME=file:/path or
-    /// NAME=env:WORKER_VAR (repeatable). Its value is masked as [REDACTED] in the log.
-    #[arg(long = "secret-env", value_name = "NAME=file:PATH|env:VAR")]
-    secret_env: Vec<String>,
+    #[command(flatten)]
+    flags: jobflags::JobFlags,
     /// Time limit per attempt, e.g. 90s, 2h.
     #[arg(long, allow_hyphen_values = true)]
     timeout: Option<String>,
@@ -282,31 +282,9 @@ struct SubmitArgs {
     /// Return the existing job if one was submitted with this key.
     #[arg(long)]
     idempotency_key: Option<String>,
-    /// Files to keep after success: a glob relative to the work directory (repeatable).
-    #[arg(long = "keep", value_name = "GLOB")]
-    outputs: Vec<String>,
-    /// Memory limit per attempt, e.g. 4G or 512M (enforced by a cgroup on the worker).
-    #[arg(long, value_name = "SIZE")]
-    memory: Option<String>,
-    /// CPU limit per attempt, e.g. 2 or 0.5.
-    #[arg(long, value_name = "N")]
-    cpus: Option<String>,
-    /// Most processes and threads per attempt.
-    #[arg(long, value_name = "N")]
-    pids: Option<u32>,
-    /// Concurrency key (repeatable), e.g. site:netkeiba: at most the key's limit of jobs
-    /// holding it run at once.
-    #[arg(long = "concurrency-key", value_name = "KEY")]
-    concurrency_keys: Vec<String>,
-    /// Limit for this job's keys (default: the coordinator's configured pattern, else 1).
-    #[arg(long, requires = "concurrency_keys")]
-    concurrency_limit: Option<u32>,
     /// Run only after these jobs succeeded (comma-separated ids); cancelled if one fails.
     #[arg(long, value_delimiter = ',', value_name = "JOB[,JOB...]")]
     after: Vec<String>,
-    /// Higher runs first within the queue (0..1000; default: the queue's).
-    #[arg(long)]
-    priority: Option<i32>,
     /// Wait for the job to finish; exit 0 only if it succeeded (3 failed, 4 cancelled).
     #[arg(long)]
     wait: bool,
@@ -368,12 +346,40 @@ fn resolve_token(token: Option<&str>, file: Option<&std::path::Path>) -> Result<
 /// How to verify the coordinator (and identify to it) over https://; set once in `run`.
 static CLIENT_TLS: std::sync::OnceLock<drover_transport::ClientTls> = std::sync::OnceLock::new();
 
-async fn channel(addr: &str) -> Result<AuthChannel> {
+/// A channel to the first coordinator of `addrs` (comma-separated) that answers.
+async fn channel(addrs: &str) -> Result<AuthChannel> {
+    let list: Vec<&str> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if list.is_empty() {
+        bail!("--addr is empty: give a coordinator address such as http://127.0.0.1:50051");
+    }
+    if list.len() > MAX_ADDRS {
+        bail!("--addr: {} addresses; the limit is {MAX_ADDRS}", list.len());
+    }
+    let mut errors = Vec::new();
+    for addr in &list {
+        match channel_to(addr, list.len() > 1).await {
+            Ok(ch) => return Ok(ch),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    bail!("{}", errors.join("; "))
+}
+
+/// Most addresses `--addr` takes.
+const MAX_ADDRS: usize = 16;
+
+async fn channel_to(addr: &str, several: bool) -> Result<AuthChannel> {
     let tls = CLIENT_TLS.get().cloned().unwrap_or_default();
+    // With other addresses to try, a coordinator that does not answer is given up sooner.
+    let timeout = Duration::from_secs(if several { 3 } else { 5 });
     let ep = tls
         .endpoint(addr)
         .map_err(|e| anyhow!("--addr: {e}"))?
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(timeout);
     let ch: Channel = ep.connect().await.map_err(|e| {
         let mut why = e.to_string();
         let mut src = std::error::Error::source(&e);
@@ -400,14 +406,6 @@ async fn connect(addr: &str) -> Result<JobServiceClient<AuthChannel>> {
 
 /// `--secret-env` items, checked here so that a value typed by mistake in place of a
 /// reference is never sent to the coordinator.
-fn secret_refs(items: &[String]) -> Result<HashMap<String, String>> {
-    let refs = pairs("secret-env", items)?;
-    for (k, v) in &refs {
-        drover_core::jobguard::SecretRef::parse(v).map_err(|e| anyhow!("--secret-env {k}: {e}"))?;
-    }
-    Ok(refs)
-}
-
 fn pairs(field: &str, items: &[String]) -> Result<HashMap<String, String>> {
     items
         .iter()
@@ -691,7 +689,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!("{}", output::health_text(&h));
             }
-            Ok(if h.status == "failing" {
+            Ok(if h.status == pb::HealthStatus::Failing as i32 {
                 ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
@@ -827,34 +825,19 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
         },
         ..Default::default()
     };
-    let spec =
-        pb::JobSpec {
-            argv: a.argv,
-            env: pairs("env", &a.env)?,
-            queue: a.queue,
-            labels: a.labels,
-            params: pairs("param", &a.params)?,
-            timeout_ms,
-            retry: Some(retry),
-            idempotency_key: a.idempotency_key.unwrap_or_default(),
-            outputs: a.outputs,
-            memory_limit_bytes: match &a.memory {
-                Some(m) => drover_core::limits::parse_size(m)
-                    .map_err(|e| anyhow::anyhow!("--memory: {e}"))?,
-                None => 0,
-            },
-            cpu_millis: match &a.cpus {
-                Some(c) => drover_core::limits::parse_cpus(c)
-                    .map_err(|e| anyhow::anyhow!("--cpus: {e}"))?,
-                None => 0,
-            },
-            pids_limit: a.pids.unwrap_or(0),
-            secret_env: secret_refs(&a.secret_env)?,
-            concurrency_keys: a.concurrency_keys,
-            concurrency_limit: a.concurrency_limit.unwrap_or(0),
-            priority: a.priority.unwrap_or(0),
-            after: a.after,
-        };
+    let mut spec = pb::JobSpec {
+        argv: a.argv,
+        env: pairs("env", &a.env)?,
+        queue: a.queue,
+        labels: a.labels,
+        params: pairs("param", &a.params)?,
+        timeout_ms,
+        retry: Some(retry),
+        idempotency_key: a.idempotency_key.unwrap_or_default(),
+        after: a.after,
+        ..Default::default()
+    };
+    a.flags.apply(&mut spec)?;
     let mut c = connect(addr).await?;
     let r = c
         .submit_job(pb::SubmitJobRequest { spec: Some(spec) })

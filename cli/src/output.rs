@@ -16,10 +16,9 @@ fn time_str(t: &Option<Timestamp>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn rfc3339(t: &Option<Timestamp>) -> Value {
-    time(t)
-        .map(|t| Value::String(t.to_rfc3339()))
-        .unwrap_or(Value::Null)
+/// A timestamp in `-o json`: RFC 3339, the one way every JSON output prints times.
+pub fn rfc3339(t: &Option<Timestamp>) -> Value {
+    drover_proto::json::time(t)
 }
 
 pub fn job_state(s: i32) -> &'static str {
@@ -309,7 +308,7 @@ pub fn worker_table(workers: &[pb::Worker]) -> String {
         out.push_str(&format!(
             "{:<24}  {:<9}  {:>5}  {:>5.0}  {:>6.2}  {:>13}  {:>13}  {:<23}  {}\n",
             w.id,
-            w.state,
+            pb::WorkerState::name_of(w.state),
             format!("{}/{}", w.running, w.slots),
             r.cpu_percent,
             r.load1,
@@ -324,12 +323,23 @@ pub fn worker_table(workers: &[pb::Worker]) -> String {
         if !w.containment.is_empty() {
             out.push_str(&format!("  containment: {}\n", w.containment));
         }
+        if !w.version.is_empty() || w.protocol_version > 0 {
+            out.push_str(&format!(
+                "  version: {} (protocol {})\n",
+                if w.version.is_empty() {
+                    "?"
+                } else {
+                    &w.version
+                },
+                w.protocol_version
+            ));
+        }
     }
     out
 }
 
 pub fn health_text(h: &pb::Health) -> String {
-    let mut out = format!("status: {}\n", h.status);
+    let mut out = format!("status: {}\n", pb::HealthStatus::name_of(h.status));
     for r in &h.reasons {
         out.push_str(&format!("  - {r}\n"));
     }
@@ -355,8 +365,8 @@ pub fn health_text(h: &pb::Health) -> String {
         ));
     }
     out.push_str(&format!(
-        "workers: {} alive, {} stale, {} draining\n",
-        h.workers_alive, h.workers_stale, h.workers_draining
+        "workers: {} alive, {} stale, {} draining, {} offline\n",
+        h.workers_alive, h.workers_stale, h.workers_draining, h.workers_offline
     ));
     out.push_str(&format!(
         "database: {} (pool {} of {} in use)\n",

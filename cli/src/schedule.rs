@@ -57,6 +57,8 @@ pub struct CreateArgs {
     timeout: Option<String>,
     #[arg(long)]
     max_retries: Option<u32>,
+    #[command(flatten)]
+    flags: crate::jobflags::JobFlags,
     /// Create it paused.
     #[arg(long)]
     paused: bool,
@@ -79,9 +81,7 @@ fn local(t: &Option<prost_types::Timestamp>, tz: &str) -> String {
 }
 
 fn rfc(t: &Option<prost_types::Timestamp>) -> Value {
-    time(t)
-        .map(|t| Value::String(t.to_rfc3339()))
-        .unwrap_or(Value::Null)
+    drover_proto::json::time(t)
 }
 
 fn schedule_json(s: &pb::Schedule) -> Value {
@@ -194,7 +194,7 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
                 Some(t) => duration_ms("timeout", t)?,
                 None => 0,
             };
-            let spec = pb::JobSpec {
+            let mut spec = pb::JobSpec {
                 argv: a.argv,
                 env: pairs("env", &a.env)?,
                 queue: a.queue,
@@ -205,14 +205,9 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
                     max_retries: a.max_retries,
                     ..Default::default()
                 }),
-                idempotency_key: String::new(),
-                outputs: Vec::new(),
-                concurrency_keys: Vec::new(),
-                concurrency_limit: 0,
-                priority: 0,
-                after: Vec::new(),
                 ..Default::default()
             };
+            a.flags.apply(&mut spec)?;
             let r = c
                 .create_schedule(pb::CreateScheduleRequest {
                     schedule: Some(pb::Schedule {

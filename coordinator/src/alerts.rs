@@ -320,7 +320,7 @@ async fn check_conditions(store: &Store, cfg: &AlertsConfig, lease_ttl_ms: i64) 
         .await?
         .into_iter()
         .map(|w| WorkerView {
-            state: worker_state(&w, lease_ttl_ms).to_string(),
+            state: worker_state(&w, lease_ttl_ms),
             id: w.id,
             labels: w.labels,
             queues: w.queues,

@@ -450,7 +450,7 @@ impl Auth {
         let generation = self.generation.load(Ordering::SeqCst);
         let row = match self.store.token_by_hash(&hash).await {
             Ok(row) => row,
-            Err(Error::Unavailable(e)) if outage_fallback => {
+            Err(e) if outage_fallback && e.kind() == crate::error::ErrorKind::Unavailable => {
                 let seen = self
                     .cache
                     .lock()
@@ -458,7 +458,7 @@ impl Auth {
                     .and_then(|c| c.get(&hash).map(|hit| live(&hit.row)));
                 return match seen {
                     Some(p) => Ok(p),
-                    None => Err(Error::Unavailable(e)),
+                    None => Err(e),
                 };
             }
             Err(e) => return Err(e),
@@ -651,11 +651,11 @@ pub async fn http_middleware(
             next.run(req).await
         }
         Err(s) => {
-            let code = match s.code() {
-                tonic::Code::Unauthenticated => http::StatusCode::UNAUTHORIZED,
-                tonic::Code::Unavailable => http::StatusCode::SERVICE_UNAVAILABLE,
-                _ => http::StatusCode::FORBIDDEN,
-            };
+            // The same table as every other error (crate::error::ERROR_TABLE); a refusal
+            // of any other code is a plain 403.
+            let code = crate::error::ErrorKind::from_grpc(s.code())
+                .map(|k| k.http())
+                .unwrap_or(http::StatusCode::FORBIDDEN);
             let mut resp = (code, format!("{}\n", s.message())).into_response();
             if code == http::StatusCode::UNAUTHORIZED {
                 resp.headers_mut().insert(

@@ -97,7 +97,65 @@ pub struct Config {
     pub priority_aging_ms: u64,
     /// Rate limits of concurrency keys by glob pattern (`"site:*" = "30/min"`).
     pub rate_limits: BTreeMap<String, String>,
+    /// How long finished jobs, departed workers and samples are kept (`[retention]`).
+    pub retention: RetentionConfig,
 }
+
+/// Retention horizons (`[retention]`), each a number and a unit: `90s`, `30m`, `12h`, `30d`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Succeeded jobs (with their attempts, logs, artifacts) are deleted this long after
+    /// they finished.
+    pub succeeded: String,
+    /// The same for permanently failed jobs.
+    pub permanent_failed: String,
+    /// The same for cancelled jobs (and schedule ticks skipped without a job).
+    pub cancelled: String,
+    /// Workers not seen for this long (and running nothing) are forgotten.
+    pub workers: String,
+    /// Per-minute resource samples of workers are kept this long.
+    pub samples: String,
+    /// Logs and artifacts of attempts that finished this long ago are deleted; unset:
+    /// `log_retention_hours`.
+    pub logs: Option<String>,
+    /// Length of one log partition: logs are stored in one table per period (by the
+    /// start of their attempt) and retention drops whole tables.
+    pub log_partition: String,
+    /// Rows deleted per statement, so retention never holds locks for long.
+    pub batch_size: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            succeeded: "30d".into(),
+            permanent_failed: "90d".into(),
+            cancelled: "30d".into(),
+            workers: "7d".into(),
+            samples: "24h".into(),
+            logs: None,
+            log_partition: "1d".into(),
+            batch_size: 500,
+        }
+    }
+}
+
+/// [`RetentionConfig`] parsed.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    pub jobs: drover_core::retention::JobHorizons,
+    pub workers: Duration,
+    pub samples: Duration,
+    pub logs: Duration,
+    pub log_partition: Duration,
+    pub batch_size: i64,
+}
+
+/// Shortest log partition: shorter ones would make thousands of tables a day.
+pub const LOG_PARTITION_MIN: Duration = Duration::from_secs(60);
+/// Longest log partition: retention can only drop whole partitions.
+pub const LOG_PARTITION_MAX: Duration = Duration::from_secs(31 * 86_400);
 
 impl Default for Config {
     fn default() -> Self {
@@ -141,6 +199,7 @@ impl Default for Config {
             concurrency_limits: BTreeMap::new(),
             priority_aging_ms: 60_000,
             rate_limits: BTreeMap::new(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -248,7 +307,47 @@ impl Config {
     }
 
     pub fn log_retention(&self) -> Duration {
-        Duration::from_secs(self.log_retention_hours.saturating_mul(3600))
+        match self.retention().map(|r| r.logs) {
+            Ok(d) => d,
+            Err(_) => Duration::from_secs(self.log_retention_hours.saturating_mul(3600)),
+        }
+    }
+
+    /// The `[retention]` horizons, parsed; the error names the key.
+    pub fn retention(&self) -> Result<Retention, String> {
+        let r = &self.retention;
+        let d = |key: &str, v: &str| {
+            drover_core::auth::parse_lifetime(v).map_err(|e| format!("retention.{key}: {e}"))
+        };
+        let logs = match &r.logs {
+            Some(v) => d("logs", v)?,
+            None if self.log_retention_hours == 0 => {
+                return Err("log_retention_hours must be positive".into())
+            }
+            None => Duration::from_secs(self.log_retention_hours.saturating_mul(3600)),
+        };
+        let log_partition = d("log_partition", &r.log_partition)?;
+        if !(LOG_PARTITION_MIN..=LOG_PARTITION_MAX).contains(&log_partition) {
+            return Err(format!(
+                "retention.log_partition: {:?} must be 1m to 31d",
+                r.log_partition
+            ));
+        }
+        if !(1..=100_000).contains(&r.batch_size) {
+            return Err("retention.batch_size must be 1 to 100000".into());
+        }
+        Ok(Retention {
+            jobs: drover_core::retention::JobHorizons {
+                succeeded: d("succeeded", &r.succeeded)?,
+                permanent_failed: d("permanent_failed", &r.permanent_failed)?,
+                cancelled: d("cancelled", &r.cancelled)?,
+            },
+            workers: d("workers", &r.workers)?,
+            samples: d("samples", &r.samples)?,
+            logs,
+            log_partition,
+            batch_size: i64::from(r.batch_size),
+        })
     }
 
     /// Refuses a network-reachable coordinator without access control unless `insecure`.
@@ -325,6 +424,7 @@ impl Config {
         if self.retention_interval_ms == 0 {
             return Err("retention_interval_ms must be positive".into());
         }
+        self.retention()?;
         if self.max_log_streams_per_client == 0 {
             return Err("max_log_streams_per_client must be at least 1".into());
         }
@@ -364,7 +464,7 @@ impl Config {
         if self.db_pool_size < 2 {
             return Err("db_pool_size must be at least 2".into());
         }
-        drover_core::validate::validate_policy(&self.retry).map_err(|e| e.to_string())?;
+        crate::patterns::admit(&self.retry).map_err(|e| e.to_string())?;
         self.alerts.validate()?;
         for r in &self.open_routes {
             crate::auth::check_open_route(r).map_err(|e| format!("open_routes: {e}"))?;
@@ -378,8 +478,7 @@ impl Config {
         for (name, q) in &self.queues {
             drover_core::validate::check_name("queues", name).map_err(|e| e.to_string())?;
             let (policy, timeout) = self.queue_defaults(name);
-            drover_core::validate::validate_policy(&policy)
-                .map_err(|e| format!("queues.{name}.{e}"))?;
+            crate::patterns::admit(&policy).map_err(|e| format!("queues.{name}.{e}"))?;
             q.limits().map_err(|e| format!("queues.{name}.{e}"))?;
             drover_core::flow::check_priority(&format!("queues.{name}.priority"), q.priority)
                 .map_err(|e| e.to_string())?;
@@ -482,6 +581,42 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().contains("open_routes"));
+    }
+
+    #[test]
+    fn retention_horizons_parse_with_units_and_name_the_bad_key() {
+        let c = Config::default();
+        let r = c.retention().expect("defaults parse");
+        assert_eq!(r.jobs, drover_core::retention::JobHorizons::default());
+        assert_eq!(r.logs, Duration::from_secs(7 * 86_400));
+        assert_eq!(r.log_partition, Duration::from_secs(86_400));
+        let toml = "[retention]\nsucceeded = \"90s\"\nlogs = \"2m\"\nlog_partition = \"1m\"\n";
+        let f = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml));
+        let c: Config = f.extract().expect("parses");
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.log_retention(), Duration::from_secs(120));
+        assert_eq!(
+            c.retention().map(|r| r.jobs.succeeded),
+            Ok(Duration::from_secs(90))
+        );
+        for (key, value, needle) in [
+            ("succeeded", "30", "retention.succeeded"),
+            ("cancelled", "0d", "retention.cancelled"),
+            ("workers", "7y", "retention.workers"),
+            ("log_partition", "10s", "retention.log_partition"),
+            ("log_partition", "60d", "retention.log_partition"),
+        ] {
+            let toml = format!("[retention]\n{key} = \"{value}\"\n");
+            let f =
+                Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(&toml));
+            let c: Config = f.extract().expect("parses");
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(needle), "{key}={value}: {e}");
+        }
+        let toml = "[retention]\nbatch_size = 0\n";
+        let f = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml));
+        let c: Config = f.extract().expect("parses");
+        assert!(c.validate().unwrap_err().contains("retention.batch_size"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::error::Error;
 use crate::store::{AttemptRow, JobRow};
 use chrono::{DateTime, Utc};
-use drover_core::{AttemptState, JobState, PolicyOverrides, RetryPolicy};
+use drover_core::{AttemptState, JobState, PolicyOverrides, RetryPolicy, WorkerState};
 use drover_proto::v1 as pb;
 use drover_proto::Timestamp;
 use uuid::Uuid;
@@ -60,6 +60,30 @@ pub fn attempt_state(s: AttemptState) -> pb::AttemptState {
         AttemptState::Cancelled => pb::AttemptState::Cancelled,
         AttemptState::Released => pb::AttemptState::Released,
     }
+}
+
+/// A worker's state on the wire (the only place it is converted; its lower-case name for
+/// JSON and droverctl is `pb::WorkerState::name`).
+pub fn worker_state_to_pb(s: WorkerState) -> pb::WorkerState {
+    match s {
+        WorkerState::Alive => pb::WorkerState::Alive,
+        WorkerState::Stale => pb::WorkerState::Stale,
+        WorkerState::Draining => pb::WorkerState::Draining,
+        WorkerState::Paused => pb::WorkerState::Paused,
+        WorkerState::Offline => pb::WorkerState::Offline,
+    }
+}
+
+/// The other way, for clients that filter or compare by state.
+pub fn worker_state_from_pb(s: pb::WorkerState) -> Option<WorkerState> {
+    Some(match s {
+        pb::WorkerState::Unspecified => return None,
+        pb::WorkerState::Alive => WorkerState::Alive,
+        pb::WorkerState::Stale => WorkerState::Stale,
+        pb::WorkerState::Draining => WorkerState::Draining,
+        pb::WorkerState::Paused => WorkerState::Paused,
+        pb::WorkerState::Offline => WorkerState::Offline,
+    })
 }
 
 pub fn policy_to_pb(p: &RetryPolicy) -> pb::RetryPolicy {
@@ -165,5 +189,24 @@ pub fn artifact_to_pb(a: &crate::store::ArtifactRow) -> pb::Artifact {
         size: a.size.max(0) as u64,
         sha256: a.sha256.clone(),
         created_at: Some(ts(a.created_at)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_states_round_trip() {
+        for s in [
+            WorkerState::Alive,
+            WorkerState::Stale,
+            WorkerState::Draining,
+            WorkerState::Paused,
+            WorkerState::Offline,
+        ] {
+            assert_eq!(worker_state_from_pb(worker_state_to_pb(s)), Some(s));
+        }
+        assert_eq!(worker_state_from_pb(pb::WorkerState::Unspecified), None);
     }
 }

@@ -53,11 +53,25 @@ pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
 /// Applies pending migrations. Several coordinators may start at once, so the run is
 /// serialised with an advisory lock (refinery takes none of its own).
 pub async fn migrate(url: &str) -> Result<usize> {
+    migrate_to(url, None).await
+}
+
+/// [`migrate`] up to and including `version` (all when `None`): tests use it to build a
+/// database as an older release left it.
+pub async fn migrate_to(url: &str, version: Option<u32>) -> Result<usize> {
     let mut client = connect(url).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
+    let target = match version {
+        Some(v) => refinery::Target::Version(
+            v.try_into()
+                .map_err(|_| Error::Invalid(format!("migration version {v}")))?,
+        ),
+        None => refinery::Target::Latest,
+    };
     let report = embedded::migrations::runner()
+        .set_target(target)
         .set_migration_table_name("drover_schema_history")
         .run_async(&mut client)
         .await

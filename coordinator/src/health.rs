@@ -7,43 +7,48 @@ use crate::config::Config;
 use crate::convert;
 use crate::error::Error;
 use crate::store::{QueueRow, Store, WorkerRow};
+use drover_core::WorkerState;
 use drover_proto::v1 as pb;
 use drover_proto::v1::admin_service_server::AdminService;
+use drover_proto::v1::HealthStatus;
 use prost::Message;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
-/// A worker's state from how long ago it was heard from.
-pub fn worker_state(w: &WorkerRow, lease_ttl_ms: i64) -> &'static str {
-    if w.seen_ago_ms > lease_ttl_ms {
-        "stale"
-    } else if w.draining {
-        "draining"
-    } else if !w.paused_reason.is_empty() {
-        "paused"
-    } else {
-        "alive"
-    }
+/// A worker's state from how long ago it was heard from (the rule is
+/// [`drover_core::worker_state`]).
+pub fn worker_state(w: &WorkerRow, lease_ttl_ms: i64) -> WorkerState {
+    drover_core::worker_state(
+        w.seen_ago_ms,
+        lease_ttl_ms,
+        w.draining,
+        !w.paused_reason.is_empty(),
+    )
 }
 
-/// The verdict: "ok", "degraded" or "failing", with the reasons.
+/// The verdict (ok, degraded or failing), with the reasons.
 pub fn assess(
     database: Result<(), String>,
-    workers: &[(WorkerRow, &'static str)],
+    workers: &[(WorkerRow, WorkerState)],
     queues: &[QueueRow],
-) -> (&'static str, Vec<String>) {
+) -> (HealthStatus, Vec<String>) {
     if let Err(e) = database {
-        return ("failing", vec![format!("database unreachable: {e}")]);
+        return (
+            HealthStatus::Failing,
+            vec![format!("database unreachable: {e}")],
+        );
     }
     let mut reasons = Vec::new();
     for (w, state) in workers {
-        match *state {
-            "stale" => reasons.push(format!(
+        match state {
+            WorkerState::Stale => reasons.push(format!(
                 "worker {}: no heartbeat for {}s",
                 w.id,
                 w.seen_ago_ms / 1000
             )),
-            "paused" => reasons.push(format!("worker {} paused: {}", w.id, w.paused_reason)),
+            WorkerState::Paused => {
+                reasons.push(format!("worker {} paused: {}", w.id, w.paused_reason))
+            }
             _ => {}
         }
     }
@@ -53,7 +58,7 @@ pub fn assess(
         }
         let served = workers
             .iter()
-            .any(|(w, state)| *state == "alive" && w.queues.contains(&q.queue));
+            .any(|(w, state)| *state == WorkerState::Alive && w.queues.contains(&q.queue));
         if !served {
             reasons.push(format!(
                 "queue {}: {} job(s) waiting and no available worker takes this queue",
@@ -61,7 +66,11 @@ pub fn assess(
             ));
         }
     }
-    let status = if reasons.is_empty() { "ok" } else { "degraded" };
+    let status = if reasons.is_empty() {
+        HealthStatus::Ok
+    } else {
+        HealthStatus::Degraded
+    };
     (status, reasons)
 }
 
@@ -91,7 +100,7 @@ pub struct AdminApi {
     pub auth: std::sync::Arc<crate::auth::Auth>,
 }
 
-fn worker_to_pb(w: &WorkerRow, state: &str) -> pb::Worker {
+fn worker_to_pb(w: &WorkerRow, state: WorkerState) -> pb::Worker {
     pb::Worker {
         id: w.id.clone(),
         hostname: w.hostname.clone(),
@@ -99,7 +108,7 @@ fn worker_to_pb(w: &WorkerRow, state: &str) -> pb::Worker {
         queues: w.queues.clone(),
         slots: w.slots.max(0) as u32,
         running: w.running.max(0) as u32,
-        state: state.to_string(),
+        state: convert::worker_state_to_pb(state) as i32,
         paused_reason: w.paused_reason.clone(),
         last_seen_at: Some(convert::ts(w.last_seen_at)),
         resources: w
@@ -108,6 +117,7 @@ fn worker_to_pb(w: &WorkerRow, state: &str) -> pb::Worker {
             .and_then(|b| pb::HostResources::decode(b).ok()),
         version: w.version.clone(),
         containment: w.containment.clone(),
+        protocol_version: w.protocol_version.max(0) as u32,
     }
 }
 
@@ -116,7 +126,7 @@ impl AdminApi {
         self.config.lease_ttl_ms as i64
     }
 
-    async fn workers(&self) -> Result<Vec<(WorkerRow, &'static str)>, Error> {
+    async fn workers(&self) -> Result<Vec<(WorkerRow, WorkerState)>, Error> {
         let ttl = self.ttl_ms();
         Ok(self
             .store
@@ -171,20 +181,20 @@ impl AdminApi {
             Ok(g) => g,
             Err(e) => {
                 let (s, reasons) = assess(Err(e.to_string()), &[], &[]);
-                h.status = s.into();
+                h.status = s as i32;
                 h.reasons = reasons;
                 return h;
             }
         };
         let (s, mut reasons) = assess(Ok(()), &workers, &queues);
-        h.status = s.into();
+        h.status = s as i32;
         if dead > 0 {
             // Undeliverable alerts: someone may be missing news. Degraded, not failing.
             reasons.push(format!(
                 "{dead} notification(s) dead (see droverctl notifications --failed)"
             ));
-            if h.status == "ok" {
-                h.status = "degraded".into();
+            if s == HealthStatus::Ok {
+                h.status = HealthStatus::Degraded as i32;
             }
         }
         h.reasons = reasons;
@@ -207,14 +217,14 @@ impl AdminApi {
             })
             .collect();
         for (_, state) in &workers {
-            match *state {
-                "alive" | "paused" => h.workers_alive += 1,
-                "stale" => h.workers_stale += 1,
-                "draining" => h.workers_draining += 1,
-                _ => {}
+            match state {
+                WorkerState::Alive | WorkerState::Paused => h.workers_alive += 1,
+                WorkerState::Stale => h.workers_stale += 1,
+                WorkerState::Draining => h.workers_draining += 1,
+                WorkerState::Offline => h.workers_offline += 1,
             }
         }
-        h.workers = workers.iter().map(|(w, s)| worker_to_pb(w, s)).collect();
+        h.workers = workers.iter().map(|(w, s)| worker_to_pb(w, *s)).collect();
         h.log_storage_bytes = logs.max(0) as u64;
         h
     }
@@ -235,7 +245,7 @@ impl AdminService for AdminApi {
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         let workers = self.workers().await?;
         Ok(Response::new(pb::ListWorkersResponse {
-            workers: workers.iter().map(|(w, s)| worker_to_pb(w, s)).collect(),
+            workers: workers.iter().map(|(w, s)| worker_to_pb(w, *s)).collect(),
         }))
     }
 
@@ -314,13 +324,13 @@ mod tests {
             slots: 1,
             running: 0,
             version: String::new(),
-            connected: true,
             last_seen_at: chrono::Utc::now(),
             seen_ago_ms: ago_ms,
             resources: None,
             paused_reason: paused.into(),
             draining: false,
             containment: String::new(),
+            protocol_version: 2,
         }
     }
 
@@ -341,24 +351,35 @@ mod tests {
         let with = |w: &WorkerRow| (w.clone(), worker_state(w, 8_000));
 
         let (s, r) = assess(Ok(()), &[with(&alive)], &[queue("default", true)]);
-        assert_eq!((s, r.len()), ("ok", 0));
+        assert_eq!((s, r.len()), (HealthStatus::Ok, 0));
 
         let (s, r) = assess(Ok(()), &[with(&alive), with(&stale)], &[]);
-        assert_eq!(s, "degraded");
+        assert_eq!(s, HealthStatus::Degraded);
         assert!(r[0].contains("worker b"), "{r:?}");
 
         let (s, r) = assess(Ok(()), &[with(&paused)], &[queue("default", true)]);
-        assert_eq!(s, "degraded");
+        assert_eq!(s, HealthStatus::Degraded);
         assert!(r.iter().any(|r| r.contains("paused: disk")), "{r:?}");
         assert!(r.iter().any(|r| r.contains("queue default")), "{r:?}");
 
         // Pending but waiting out a backoff is not a problem.
         let (s, _) = assess(Ok(()), &[], &[queue("default", false)]);
-        assert_eq!(s, "ok");
+        assert_eq!(s, HealthStatus::Ok);
 
         let (s, r) = assess(Err("connection refused".into()), &[], &[]);
-        assert_eq!(s, "failing");
+        assert_eq!(s, HealthStatus::Failing);
         assert!(r[0].contains("connection refused"));
+    }
+
+    #[test]
+    fn a_worker_that_left_does_not_keep_health_degraded() {
+        // Gone for two days: listed as offline, health ok (see drover_core::worker_state
+        // for every state).
+        let gone = worker("gone", 2 * 24 * 3600 * 1000, "");
+        let state = worker_state(&gone, 8_000);
+        assert_eq!(state, WorkerState::Offline);
+        let (s, r) = assess(Ok(()), &[(gone, state)], &[]);
+        assert_eq!((s, r), (HealthStatus::Ok, vec![]));
     }
 
     #[test]

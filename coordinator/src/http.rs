@@ -39,18 +39,9 @@ pub fn router(state: HttpState) -> Router {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let code = match &self {
-            Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            Error::FailedPrecondition(_) | Error::Aborted(_) | Error::AlreadyExists(_) => {
-                StatusCode::CONFLICT
-            }
-            Error::ResourceExhausted(_) => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (code, format!("{self}\n")).into_response()
+        // The same table as the gRPC services (crate::error::ERROR_TABLE).
+        let code = self.kind().http();
+        (code, format!("{}\n", self.public_message())).into_response()
     }
 }
 
@@ -64,7 +55,7 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 /// The AdminService health report as JSON; 503 when failing so probes can use it too.
 async fn health(State(s): State<HttpState>) -> Response {
     let h = s.admin.health().await;
-    let code = if h.status == "failing" {
+    let code = if h.status == drover_proto::v1::HealthStatus::Failing as i32 {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK

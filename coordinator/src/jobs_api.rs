@@ -8,7 +8,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::Error;
 use crate::store::{JobFilter, Store};
 use chrono::{DateTime, Utc};
-use drover_core::validate::{check_name, validate_policy, validate_spec};
+use drover_core::validate::{check_name, validate_spec};
 use drover_core::{JobSpec, JobState, RetryPolicy};
 use drover_proto::v1 as pb;
 use drover_proto::v1::job_service_server::JobService;
@@ -78,7 +78,8 @@ pub fn spec_from_pb(
         secret_env: spec.secret_env.into_iter().collect(),
     };
     validate_spec(&out)?;
-    validate_policy(&policy)?;
+    // Compiles the output patterns once, for every attempt of this job to use.
+    crate::patterns::admit(&policy)?;
     Ok((out, policy))
 }
 
@@ -121,6 +122,35 @@ pub fn after_from_pb(spec: Option<&pb::JobSpec>) -> Result<Vec<Uuid>, Error> {
 }
 
 /// A submitted job's concurrency keys with the limit each gets (submit, else config).
+/// A job's flow control from its validated keys and given priority (0: the queue's
+/// default), with the rate limits and priority aging the configuration gives. Submits and
+/// schedules share it, so a scheduled job is limited exactly as a submitted one.
+pub fn flow_of(
+    keys: Vec<(String, u32)>,
+    given_priority: i32,
+    queue: &str,
+    config: &Config,
+) -> Result<crate::store::flow::Flow, Error> {
+    drover_core::flow::check_priority("priority", given_priority).map_err(Error::from)?;
+    let priority = if given_priority != 0 {
+        given_priority
+    } else {
+        config.queues.get(queue).map(|q| q.priority).unwrap_or(0)
+    };
+    let rate_patterns = config.rate_patterns().map_err(Error::Internal)?;
+    let rates = keys
+        .iter()
+        .map(|(k, _)| drover_core::flow::rate_for(k, &rate_patterns).map(|r| (r.per_sec, r.burst)))
+        .collect();
+    Ok(crate::store::flow::Flow {
+        keys,
+        rates,
+        priority,
+        priority_shift_ms: drover_core::flow::priority_shift_ms(priority, config.priority_aging_ms),
+        after: Vec::new(),
+    })
+}
+
 pub fn keys_from_pb(
     spec: Option<&pb::JobSpec>,
     config: &Config,
@@ -198,32 +228,8 @@ impl JobsApi {
         let given_priority = pspec.as_ref().map(|s| s.priority).unwrap_or(0);
         drover_core::flow::check_priority("priority", given_priority)?;
         let (spec, policy) = spec_from_pb(pspec, &self.config)?;
-        let priority = if given_priority != 0 {
-            given_priority
-        } else {
-            self.config
-                .queues
-                .get(&spec.queue)
-                .map(|q| q.priority)
-                .unwrap_or(0)
-        };
-        let rate_patterns = self.config.rate_patterns().map_err(Error::Internal)?;
-        let rates = keys
-            .iter()
-            .map(|(k, _)| {
-                drover_core::flow::rate_for(k, &rate_patterns).map(|r| (r.per_sec, r.burst))
-            })
-            .collect();
-        let flow = crate::store::flow::Flow {
-            keys,
-            rates,
-            priority,
-            priority_shift_ms: drover_core::flow::priority_shift_ms(
-                priority,
-                self.config.priority_aging_ms,
-            ),
-            after,
-        };
+        let mut flow = flow_of(keys, given_priority, &spec.queue, &self.config)?;
+        flow.after = after;
         Ok((spec, policy, flow))
     }
 

@@ -1,6 +1,6 @@
 //! Duties only one coordinator performs at a time, chosen by a PostgreSQL advisory lock
 //! held on a dedicated connection (if that connection dies, the lock is released and
-//! another coordinator takes over): the lease reaper, log retention and the scheduler.
+//! another coordinator takes over): the lease reaper, retention and the scheduler.
 
 use crate::db::{self, LEADER_LOCK};
 use crate::dispatch::Dispatcher;
@@ -15,7 +15,7 @@ pub struct LeaderConfig {
     pub database_url: String,
     pub lease_ttl: Duration,
     pub reaper_interval: Duration,
-    pub log_retention: Duration,
+    pub retention: crate::config::Retention,
     pub retention_interval: Duration,
     pub blobs: std::sync::Arc<dyn crate::artifacts::BlobStore>,
     /// Audit entries older than this are deleted.
@@ -86,10 +86,35 @@ async fn lead(
         }
         if tokio::time::Instant::now() >= next_retention {
             next_retention += cfg.retention_interval;
-            match crate::logs::purge_expired(store, cfg.blobs.as_ref(), cfg.log_retention).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(attempts = n, "deleted logs past retention"),
-                Err(e) => tracing::warn!(error = %e, "log retention failed"),
+            // A pass is bounded; with work left, the next one follows the next reap.
+            let budget = cfg.reaper_interval.max(Duration::from_millis(500));
+            match crate::retention::run_pass(
+                store,
+                cfg.blobs.as_ref(),
+                &cfg.retention,
+                cfg.retention_interval,
+                budget,
+            )
+            .await
+            {
+                Ok(p) if p.is_empty() => {}
+                Ok(p) => {
+                    if p.more {
+                        next_retention = tokio::time::Instant::now();
+                    }
+                    tracing::info!(
+                        jobs = p.jobs,
+                        partitions_dropped = p.partitions_dropped,
+                        partitions_created = p.partitions_created,
+                        attempt_logs = p.attempts_purged,
+                        workers = p.workers,
+                        samples = p.samples,
+                        schedule_runs = p.runs,
+                        more = p.more,
+                        "retention pass"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "retention failed"),
             }
             match store.purge_audit(cfg.audit_retention, 10_000).await {
                 Ok(0) => {}

@@ -16,11 +16,13 @@
 //! - [`leader`] — leader-only duties (lease reaper, scheduler) under an advisory lock.
 //! - [`queues_api`] — QueueService: pausing and resuming queues.
 //! - [`scheduler`] / [`schedules_api`] — cron schedules: the firing pass and ScheduleService.
-//! - [`logs`] — reading stored logs (with cap markers) and retention.
+//! - [`logs`] — reading stored logs (with cap markers).
+//! - [`retention`] — deleting what is past its horizon; log partitions.
 //! - [`failures`] — failure groups (fingerprints) in SQL.
 //! - [`alerts`] / [`channels`] / [`notify`] — alert rules, channels (email, webhook, Slack),
 //!   notification delivery; [`alerts_api`] serves them over gRPC.
 //! - [`metrics`] — Prometheus metrics.
+//! - [`patterns`] — retry policies' output patterns, compiled once per process.
 //! - [`listen`] — LISTEN/NOTIFY so every coordinator hears about ready jobs.
 //! - [`job_watch`] — job state changes fanned out to WatchJobs and WaitJob callers.
 
@@ -46,7 +48,9 @@ pub mod log_watch;
 pub mod logs;
 pub mod metrics;
 pub mod notify;
+pub mod patterns;
 pub mod queues_api;
+pub mod retention;
 pub mod scheduler;
 pub mod schedules_api;
 pub mod server;

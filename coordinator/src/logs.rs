@@ -1,6 +1,6 @@
-//! Reading stored logs (for StreamLogs and the HTTP download) and deleting old ones.
+//! Reading stored logs (for StreamLogs and the HTTP download); retention is in
+//! [`crate::retention`].
 
-use crate::artifacts::{key, BlobStore};
 use crate::convert;
 use crate::error::Error;
 use crate::log_watch::LogWatch;
@@ -135,29 +135,6 @@ pub async fn follow(
                 _ = &mut wait => break,
                 _ = tx.closed() => return Ok(()),
             }
-        }
-    }
-}
-
-/// Leader duty: deletes logs and artifacts of attempts that finished before the retention
-/// period, a bounded batch at a time so it never holds long locks.
-pub async fn purge_expired(
-    store: &Store,
-    blobs: &dyn BlobStore,
-    retention: Duration,
-) -> Result<u64, Error> {
-    let mut total = 0;
-    loop {
-        let (n, artifacts) = store.purge_logs(retention, 100).await?;
-        for a in artifacts {
-            // The record is gone; a file left behind by a failed delete is only disk space.
-            if let Err(e) = blobs.delete(&key(a.job_id, a.attempt_id, &a.name)).await {
-                tracing::warn!(error = %e, "could not delete expired artifact");
-            }
-        }
-        total += n;
-        if n < 100 {
-            return Ok(total);
         }
     }
 }

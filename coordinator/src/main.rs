@@ -34,6 +34,30 @@ struct Cli {
     /// Serve on a non-loopback address with access control off (warned at every start).
     #[arg(long)]
     insecure: bool,
+    /// Keep succeeded jobs this long after they finished, e.g. 30d [default: 30d].
+    #[arg(long, value_name = "AGE")]
+    retention_succeeded: Option<String>,
+    /// Keep permanently failed jobs this long [default: 90d].
+    #[arg(long, value_name = "AGE")]
+    retention_permanent_failed: Option<String>,
+    /// Keep cancelled jobs this long [default: 30d].
+    #[arg(long, value_name = "AGE")]
+    retention_cancelled: Option<String>,
+    /// Forget workers not seen for this long [default: 7d].
+    #[arg(long, value_name = "AGE")]
+    retention_workers: Option<String>,
+    /// Keep workers' resource samples this long [default: 24h].
+    #[arg(long, value_name = "AGE")]
+    retention_samples: Option<String>,
+    /// Keep logs and artifacts of finished attempts this long [default: log_retention_hours].
+    #[arg(long, value_name = "AGE")]
+    retention_logs: Option<String>,
+    /// Length of one log partition, 1m to 31d [default: 1d].
+    #[arg(long, value_name = "AGE")]
+    retention_log_partition: Option<String>,
+    /// Rows per retention delete statement, 1 to 100000 [default: 500].
+    #[arg(long, value_name = "N")]
+    retention_batch_size: Option<u32>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -91,6 +115,25 @@ fn overrides(cli: &Cli) -> Figment {
     }
     if cli.insecure {
         f = f.merge(Serialized::default("insecure", true));
+    }
+    for (key, v) in [
+        ("retention.succeeded", &cli.retention_succeeded),
+        (
+            "retention.permanent_failed",
+            &cli.retention_permanent_failed,
+        ),
+        ("retention.cancelled", &cli.retention_cancelled),
+        ("retention.workers", &cli.retention_workers),
+        ("retention.samples", &cli.retention_samples),
+        ("retention.logs", &cli.retention_logs),
+        ("retention.log_partition", &cli.retention_log_partition),
+    ] {
+        if let Some(v) = v {
+            f = f.merge(Serialized::default(key, v));
+        }
+    }
+    if let Some(n) = cli.retention_batch_size {
+        f = f.merge(Serialized::default("retention.batch_size", n));
     }
     f
 }
@@ -167,8 +210,11 @@ async fn run(cmd: Command, cfg: Config) -> anyhow::Result<()> {
             let scheme = if c.tls { "https" } else { "http" };
             println!("DROVER_ADDR={scheme}://{}", c.addr);
             println!("DROVER_HTTP={scheme}://{}", c.http_addr);
-            shutdown_signal().await;
+            // Migrations ran and both listeners are bound.
+            drover_telemetry::sdnotify::ready();
+            main_loop().await;
             tracing::info!("shutting down");
+            drover_telemetry::sdnotify::stopping();
             c.shutdown().await;
             Ok(())
         }
@@ -237,6 +283,25 @@ async fn token(cmd: TokenCommand, cfg: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT, sending systemd's watchdog keep-alive meanwhile when
+/// `WatchdogSec` is set: if this loop stops being scheduled, systemd restarts the process.
+async fn main_loop() {
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let Some(every) = drover_telemetry::sdnotify::watchdog_interval() else {
+        return signal.await;
+    };
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = &mut signal => return,
+            _ = tick.tick() => {
+                drover_telemetry::sdnotify::watchdog();
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

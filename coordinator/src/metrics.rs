@@ -43,6 +43,12 @@ pub fn install() -> Option<&'static PrometheusHandle> {
                         Matcher::Full("drover_attempt_duration_seconds".into()),
                         DURATION_BUCKETS,
                     )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("drover_store_operation_seconds".into()),
+                        LATENCY_BUCKETS,
+                    )
                 });
             match builder.and_then(|b| b.install_recorder()) {
                 Ok(h) => Some(h),
@@ -77,6 +83,15 @@ pub fn attempt_finished(outcome: &str, job_state: &str, duration: Option<Duratio
 /// Records how an attempt ended (every path that ends one calls this).
 pub fn ended(e: &crate::store::Ended) {
     attempt_finished(e.attempt_state.as_str(), e.job_state.as_str(), e.duration);
+}
+
+/// One store operation finished: its latency, and (if it failed) its error kind.
+pub fn store_op(op: &'static str, took: Duration, error: Option<crate::error::ErrorKind>) {
+    histogram!("drover_store_operation_seconds", "op" => op).record(took.as_secs_f64());
+    if let Some(kind) = error {
+        counter!("drover_store_operation_errors_total", "op" => op, "kind" => kind.name())
+            .increment(1);
+    }
 }
 
 pub fn log_bytes(n: u64) {

@@ -45,7 +45,9 @@ pub async fn pass(store: &Store, grace: chrono::Duration) -> Result<usize, Error
                 }
             }
             // Handled concurrently by someone else: nothing was written.
-            Err(Error::Aborted(m)) => tracing::debug!(schedule = %name, "{m}"),
+            Err(e) if e.kind() == crate::error::ErrorKind::Aborted => {
+                tracing::debug!(schedule = %name, "{e}")
+            }
             Err(e) => tracing::warn!(schedule = %name, error = %e, "schedule pass failed"),
         }
     }

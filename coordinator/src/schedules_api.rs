@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::convert::{self, ts};
 use crate::dispatch::Dispatcher;
 use crate::error::Error;
-use crate::jobs_api::spec_from_pb;
+use crate::jobs_api::{flow_of, keys_from_pb, spec_from_pb};
 use crate::store::schedules::{RunRow, ScheduleRow, StoredSpec};
 use crate::store::Store;
 use drover_core::schedule::{
@@ -32,6 +32,7 @@ pub struct SchedulesApi {
 pub fn schedule_to_pb(s: &ScheduleRow) -> pb::Schedule {
     let mut spec = s.spec.to_job_spec();
     spec.idempotency_key = None;
+    let flow = &s.spec.flow;
     pb::Schedule {
         name: s.name.clone(),
         cron: s.cron.clone(),
@@ -46,14 +47,16 @@ pub fn schedule_to_pb(s: &ScheduleRow) -> pb::Schedule {
             retry: Some(convert::policy_to_pb(&s.policy)),
             idempotency_key: String::new(),
             outputs: spec.outputs,
-            concurrency_keys: Vec::new(),
-            concurrency_limit: 0,
-            priority: 0,
+            concurrency_keys: flow.keys.iter().map(|(k, _)| k.clone()).collect(),
+            // One limit field for all keys: the first key's (each key's own is in the
+            // key's row; all share the submitted limit unless a pattern gave another).
+            concurrency_limit: flow.keys.first().map_or(0, |(_, l)| *l),
+            priority: flow.priority,
             after: Vec::new(),
-            memory_limit_bytes: 0,
-            cpu_millis: 0,
-            pids_limit: 0,
-            secret_env: Default::default(),
+            memory_limit_bytes: spec.limits.memory_bytes.unwrap_or(0),
+            cpu_millis: spec.limits.cpu_millis.unwrap_or(0),
+            pids_limit: spec.limits.pids.unwrap_or(0),
+            secret_env: spec.secret_env.into_iter().collect(),
         }),
         catch_up: s.catch_up.as_str().into(),
         overlap: s.overlap.as_str().into(),
@@ -101,35 +104,18 @@ pub fn schedule_from_pb(
     let mut pspec = s
         .spec
         .ok_or_else(|| Error::Invalid("schedule.spec: required".into()))?;
-    if !pspec.concurrency_keys.is_empty() {
-        return Err(Error::Invalid(
-            "schedule.spec.concurrency_keys: not supported on schedules yet".into(),
-        ));
-    }
+    // A tick's job cannot wait for jobs that exist when the schedule is made.
     if !pspec.after.is_empty() {
         return Err(Error::Invalid(
             "schedule.spec.after: not supported on schedules".into(),
         ));
     }
-    if pspec.priority != 0 {
-        return Err(Error::Invalid(
-            "schedule.spec.priority: not supported on schedules yet".into(),
-        ));
-    }
-    // Stored schedule specs carry no resource limits or secret references yet: refuse
-    // them rather than fire jobs without them.
-    if pspec.memory_limit_bytes != 0 || pspec.cpu_millis != 0 || pspec.pids_limit != 0 {
-        return Err(Error::Invalid(
-            "schedule.spec.memory_limit_bytes/cpu_millis/pids_limit: not supported on schedules \
-             yet"
-            .into(),
-        ));
-    }
-    if !pspec.secret_env.is_empty() {
-        return Err(Error::Invalid(
-            "schedule.spec.secret_env: not supported on schedules yet".into(),
-        ));
-    }
+    let in_spec = |e: Error| match e {
+        Error::Invalid(m) => Error::Invalid(format!("schedule.spec.{m}")),
+        e => e,
+    };
+    let keys = keys_from_pb(Some(&pspec), config).map_err(in_spec)?;
+    let given_priority = pspec.priority;
     if !pspec.idempotency_key.is_empty() {
         return Err(Error::Invalid(
             "schedule.spec.idempotency_key: must be empty (each tick makes a new job)".into(),
@@ -144,6 +130,7 @@ pub fn schedule_from_pb(
         .map_err(|e| Error::Invalid(format!("schedule.spec.{e}")))?;
     spec.params.remove(PARAM_SCHEDULED_AT);
     spec.params.remove(PARAM_SCHEDULED_DATE);
+    let flow = flow_of(keys, given_priority, &spec.queue, config).map_err(in_spec)?;
     Ok(ScheduleRow {
         name: s.name,
         cron: s.cron.trim().to_string(),
@@ -152,7 +139,7 @@ pub fn schedule_from_pb(
         } else {
             s.timezone.trim().to_string()
         },
-        spec: StoredSpec::from(&spec),
+        spec: StoredSpec::new(&spec, flow),
         policy,
         catch_up,
         overlap,

@@ -67,6 +67,24 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     }
     let pool = db::pool(&cfg.database_url, cfg.db_pool_size)?;
     let store = Store::new(pool);
+    let retention = cfg.retention().map_err(|e| anyhow::anyhow!(e))?;
+    store.set_log_partition(retention.log_partition);
+    // Writes must find their log partition from the first job on; the leader keeps
+    // creating them ahead (and a write that finds none makes it).
+    let created = store
+        .ensure_log_partitions(
+            retention.log_partition,
+            crate::retention::partitions_ahead(
+                &retention,
+                Duration::from_millis(cfg.retention_interval_ms),
+            ),
+            None,
+        )
+        .await
+        .with_context(|| "creating log partitions")?;
+    if !created.is_empty() {
+        tracing::info!(partitions = ?created, "log partitions created");
+    }
     let id = format!(
         "{}-{}-{}",
         hostname::get()
@@ -167,7 +185,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             database_url: cfg.database_url.clone(),
             lease_ttl: cfg.lease_ttl(),
             reaper_interval: cfg.reaper_interval(),
-            log_retention: cfg.log_retention(),
+            retention,
             retention_interval: Duration::from_millis(cfg.retention_interval_ms),
             blobs: blobs.clone(),
             audit_retention: Duration::from_secs(cfg.audit_retention_days.saturating_mul(86_400)),

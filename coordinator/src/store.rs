@@ -1,14 +1,14 @@
 //! Every SQL statement the coordinator runs, in one place.
 //!
-//! State changes follow one pattern: lock the rows, ask the pure domain functions
-//! (`drover_core::classify` / `decide`) what happens next, write the attempt, the job and
+//! State changes follow one pattern: lock the rows, ask the pure domain function
+//! (`drover_core::transition`) what happens next, write the attempt, the job and
 //! the outbox event, and commit — all in one transaction (invariant 3).
 
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool, Transaction};
 use drover_core::logcap::{self, CapState};
-use drover_core::{AttemptState, JobSpec, JobState, Next, RawResult, RetryPolicy};
+use drover_core::{AttemptState, Counts, JobSpec, JobState, RawResult, RetryPolicy};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -66,6 +66,20 @@ pub(crate) trait Cached: GenericClient {
 }
 
 impl<T: GenericClient> Cached for T {}
+
+/// Runs one store operation, measured: its latency in `drover_store_operation_seconds`
+/// and, when it fails, `drover_store_operation_errors_total` (labels `op`, and `kind` for
+/// errors), as Neon's storage controller labels every database operation. Every public
+/// store method that runs SQL wraps its body in this.
+pub(crate) async fn measured<T>(
+    op: &'static str,
+    f: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let start = std::time::Instant::now();
+    let r = f.await;
+    crate::metrics::store_op(op, start.elapsed(), r.as_ref().err().map(Error::kind));
+    r
+}
 
 /// NOTIFY channel: a job became ready to lease (payload: queue).
 pub const JOBS_CHANNEL: &str = "drover_jobs";
@@ -190,13 +204,13 @@ pub struct WorkerRow {
     pub slots: i32,
     pub running: i64,
     pub version: String,
-    pub connected: bool,
     pub last_seen_at: DateTime<Utc>,
     pub seen_ago_ms: i64,
     pub resources: Option<Vec<u8>>,
     pub paused_reason: String,
     pub draining: bool,
     pub containment: String,
+    pub protocol_version: i32,
 }
 
 /// Per-queue counts for the health report.
@@ -239,6 +253,7 @@ pub struct WorkerHello {
     pub version: String,
     pub running: Vec<Uuid>,
     pub containment: String,
+    pub protocol_version: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -362,6 +377,8 @@ fn millis(d: Duration) -> f64 {
 pub struct Store {
     pool: Pool,
     keyed: std::sync::Arc<flow::KeyedHint>,
+    /// Length of a log partition made on demand (seconds; 0: a day).
+    log_partition_secs: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Store {
@@ -369,6 +386,23 @@ impl Store {
         Store {
             pool,
             keyed: Default::default(),
+            log_partition_secs: Default::default(),
+        }
+    }
+
+    /// The length of log partitions this coordinator creates (`retention.log_partition`).
+    pub fn set_log_partition(&self, period: Duration) {
+        self.log_partition_secs
+            .store(period.as_secs(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn log_partition(&self) -> Duration {
+        match self
+            .log_partition_secs
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => Duration::from_secs(86_400),
+            s => Duration::from_secs(s),
         }
     }
 
@@ -377,9 +411,12 @@ impl Store {
     }
 
     pub async fn ping(&self) -> Result<()> {
-        let c = self.pool.get().await?;
-        c.simple_query("SELECT 1").await?;
-        Ok(())
+        measured("ping", async {
+            let c = self.pool.get().await?;
+            c.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+        .await
     }
 
     // ---------------------------------------------------------------- jobs
@@ -403,37 +440,42 @@ impl Store {
         trace_parent: Option<&str>,
         flow: &flow::Flow,
     ) -> Result<(JobRow, bool)> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let result = match insert_job(&tx, spec, policy, None, None, trace_parent).await? {
-            Some(job) => {
-                if flow.priority != 0 || !flow.keys.is_empty() || !flow.after.is_empty() {
-                    flow::set_job_flow(&tx, job.id, flow).await?;
+        measured("submit", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let result = match insert_job(&tx, spec, policy, None, None, trace_parent).await? {
+                Some(job) => {
+                    if flow.priority != 0 || !flow.keys.is_empty() || !flow.after.is_empty() {
+                        flow::set_job_flow(&tx, job.id, flow).await?;
+                        let row = tx
+                            .query_one_cached(
+                                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
+                                &[&job.id],
+                            )
+                            .await?;
+                        (job_from_row(&row)?, true)
+                    } else {
+                        (job, true)
+                    }
+                }
+                None => {
                     let row = tx
                         .query_one_cached(
-                            &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
-                            &[&job.id],
+                            &format!(
+                                "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.idempotency_key = $1"
+                            ),
+                            &[&spec.idempotency_key],
                         )
                         .await?;
-                    (job_from_row(&row)?, true)
-                } else {
-                    (job, true)
+                    let existing = job_from_row(&row)?;
+                    check_same_submission(&tx, &existing, spec, policy, flow).await?;
+                    (existing, false)
                 }
-            }
-            None => {
-                let row = tx
-                    .query_one_cached(
-                        &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.idempotency_key = $1"),
-                        &[&spec.idempotency_key],
-                    )
-                    .await?;
-                let existing = job_from_row(&row)?;
-                check_same_submission(&tx, &existing, spec, policy, flow).await?;
-                (existing, false)
-            }
-        };
-        tx.commit().await?;
-        Ok(result)
+            };
+            tx.commit().await?;
+            Ok(result)
+        })
+        .await
     }
 
     /// Manual retry: a new job with the original's spec (params replaced by `set_params`),
@@ -443,58 +485,64 @@ impl Store {
         id: Uuid,
         set_params: &BTreeMap<String, String>,
     ) -> Result<JobRow> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let row = tx
-            .query_opt_cached(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
-                &[&id],
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
-        let orig = job_from_row(&row)?;
-        if !orig.state.is_terminal() {
-            return Err(Error::FailedPrecondition(format!(
-                "job {id} is {}; only finished jobs can be retried (cancel it first)",
-                orig.state
-            )));
-        }
-        let mut spec = orig.spec.clone();
-        for (k, v) in set_params {
-            match spec.params.get_mut(k) {
-                Some(slot) => *slot = v.clone(),
-                None => {
-                    let known: Vec<&str> = orig.spec.params.keys().map(String::as_str).collect();
-                    return Err(Error::Invalid(format!(
-                        "set_params[{k:?}]: job {id} has no param {k:?} (its params: {})",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    )));
+        measured("retry_job", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            // Key-share locked: retention (which takes FOR UPDATE SKIP LOCKED) cannot delete
+            // the original under the new job's reference; if it won the race, this finds none.
+            let row = tx
+                .query_opt_cached(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1 FOR KEY SHARE"),
+                    &[&id],
+                )
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+            let orig = job_from_row(&row)?;
+            if !orig.state.is_terminal() {
+                return Err(Error::FailedPrecondition(format!(
+                    "job {id} is {}; only finished jobs can be retried (cancel it first)",
+                    orig.state
+                )));
+            }
+            let mut spec = orig.spec.clone();
+            for (k, v) in set_params {
+                match spec.params.get_mut(k) {
+                    Some(slot) => *slot = v.clone(),
+                    None => {
+                        let known: Vec<&str> =
+                            orig.spec.params.keys().map(String::as_str).collect();
+                        return Err(Error::Invalid(format!(
+                            "set_params[{k:?}]: job {id} has no param {k:?} (its params: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        )));
+                    }
                 }
             }
-        }
-        spec.idempotency_key = None;
-        drover_core::validate::validate_spec(&spec)?;
-        let root = orig.original_job_id.unwrap_or(orig.id);
-        let mut job = insert_job(&tx, &spec, &orig.policy, Some(root), Some(orig.id), None)
-            .await?
-            .ok_or_else(|| Error::Internal("retry insert returned nothing".into()))?;
-        // The new job holds the same concurrency keys (their limits are already stored).
-        // ... and records the same priority (its rank is not shifted: see architecture.md).
-        if !orig.concurrency_keys.is_empty() || orig.priority != 0 {
-            tx.execute_cached(
-                "UPDATE jobs SET concurrency_keys = $2, priority = $3 WHERE id = $1",
-                &[&job.id, &orig.concurrency_keys, &orig.priority],
-            )
-            .await?;
-            job.concurrency_keys = orig.concurrency_keys.clone();
-            job.priority = orig.priority;
-        }
-        tx.commit().await?;
-        Ok(job)
+            spec.idempotency_key = None;
+            drover_core::validate::validate_spec(&spec)?;
+            let root = orig.original_job_id.unwrap_or(orig.id);
+            let mut job = insert_job(&tx, &spec, &orig.policy, Some(root), Some(orig.id), None)
+                .await?
+                .ok_or_else(|| Error::Internal("retry insert returned nothing".into()))?;
+            // The new job holds the same concurrency keys (their limits are already stored).
+            // ... and records the same priority (its rank is not shifted: see architecture.md).
+            if !orig.concurrency_keys.is_empty() || orig.priority != 0 {
+                tx.execute_cached(
+                    "UPDATE jobs SET concurrency_keys = $2, priority = $3 WHERE id = $1",
+                    &[&job.id, &orig.concurrency_keys, &orig.priority],
+                )
+                .await?;
+                job.concurrency_keys = orig.concurrency_keys.clone();
+                job.priority = orig.priority;
+            }
+            tx.commit().await?;
+            Ok(job)
+        })
+        .await
     }
 
     /// Finished jobs matching a bulk-retry filter, most recently finished first.
@@ -505,25 +553,28 @@ impl Store {
         finished_within: Option<Duration>,
         limit: i64,
     ) -> Result<Vec<JobRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs j \
+        measured("finished_jobs", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs j \
                      WHERE j.state = $1 AND ($2::text IS NULL OR j.queue = $2) \
                        AND ($3::float8 IS NULL \
                             OR j.finished_at >= now() - $3 * interval '1 millisecond') \
                      ORDER BY j.finished_at DESC LIMIT $4"
-                ),
-                &[
-                    &state.as_str(),
-                    &queue,
-                    &finished_within.map(millis),
-                    &limit,
-                ],
-            )
-            .await?;
-        rows.iter().map(job_from_row).collect()
+                    ),
+                    &[
+                        &state.as_str(),
+                        &queue,
+                        &finished_within.map(millis),
+                        &limit,
+                    ],
+                )
+                .await?;
+            rows.iter().map(job_from_row).collect()
+        })
+        .await
     }
 
     /// Jobs with an attempt that failed with fingerprint `fp`, newest first (keyset on
@@ -538,146 +589,165 @@ impl Store {
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
     ) -> Result<Vec<JobRow>> {
-        let c = self.pool.get().await?;
-        let (after_t, after_id) = after.unzip();
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs j \
+        measured("jobs_with_fingerprint", async {
+            let c = self.pool.get().await?;
+            let (after_t, after_id) = after.unzip();
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs j \
                      WHERE j.id IN (SELECT a.job_id FROM attempts a WHERE a.fingerprint = $1) \
                        AND ($2::text IS NULL OR j.queue = $2) \
                        AND ($3::text IS NULL OR j.state = $3) \
                        AND (NOT $4 OR NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id)) \
                        AND ($5::timestamptz IS NULL OR (j.created_at, j.id) < ($5, $6::uuid)) \
                      ORDER BY j.created_at DESC, j.id DESC LIMIT $7"
-                ),
-                &[
-                    &fp,
-                    &queue,
-                    &state.map(|s| s.as_str()),
-                    &unretried,
-                    &after_t,
-                    &after_id,
-                    &limit,
-                ],
-            )
-            .await?;
-        rows.iter().map(job_from_row).collect()
+                    ),
+                    &[
+                        &fp,
+                        &queue,
+                        &state.map(|s| s.as_str()),
+                        &unretried,
+                        &after_t,
+                        &after_id,
+                        &limit,
+                    ],
+                )
+                .await?;
+            rows.iter().map(job_from_row).collect()
+        })
+        .await
     }
 
     /// Jobs created by manually retrying `id`.
     pub async fn retried_by(&self, id: Uuid) -> Result<Vec<Uuid>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT id FROM jobs WHERE retry_of = $1 ORDER BY created_at",
-                &[&id],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| r.try_get(0).map_err(Error::from))
-            .collect()
+        measured("retried_by", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT id FROM jobs WHERE retry_of = $1 ORDER BY created_at",
+                    &[&id],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| r.try_get(0).map_err(Error::from))
+                .collect()
+        })
+        .await
     }
 
     /// Cancels a job. Pending: cancelled now. Running: marked, and the attempt and worker
     /// that must be stopped are returned; the attempt's end then makes the job cancelled.
     pub async fn cancel_job(&self, id: Uuid) -> Result<(JobRow, Option<(Uuid, String)>)> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let row = tx
-            .query_opt_cached(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1 FOR UPDATE"),
-                &[&id],
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
-        let job = job_from_row(&row)?;
-        let stop = match job.state {
-            JobState::Pending => {
-                tx.execute_cached(
-                    "UPDATE jobs SET state = 'cancelled', reason = 'cancelled while pending', \
-                            finished_at = now(), updated_at = now() WHERE id = $1",
+        measured("cancel_job", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let row = tx
+                .query_opt_cached(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1 FOR UPDATE"),
                     &[&id],
                 )
-                .await?;
-                insert_event(&tx, id, "job.cancelled", json!({"while": "pending"})).await?;
-                None
-            }
-            JobState::Running => {
-                tx.execute_cached(
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+            let job = job_from_row(&row)?;
+            let stop = match job.state {
+                JobState::Pending => {
+                    tx.execute_cached(
+                        "UPDATE jobs SET state = 'cancelled', reason = 'cancelled while pending', \
+                            finished_at = now(), updated_at = now() WHERE id = $1",
+                        &[&id],
+                    )
+                    .await?;
+                    insert_event(&tx, id, "job.cancelled", json!({"while": "pending"})).await?;
+                    None
+                }
+                JobState::Running => {
+                    tx.execute_cached(
                     "UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()), \
                             updated_at = now() WHERE id = $1",
                     &[&id],
                 )
                 .await?;
-                let attempt = job.current_attempt_id.ok_or_else(|| {
-                    Error::Internal(format!("running job {id} has no current attempt"))
-                })?;
-                let worker: String = tx
-                    .query_one_cached("SELECT worker_id FROM attempts WHERE id = $1", &[&attempt])
-                    .await?
-                    .try_get(0)?;
-                tx.execute_cached(
-                    "SELECT pg_notify($1, $2)",
-                    &[&CONTROL_CHANNEL, &format!("cancel {attempt} {worker}")],
+                    let attempt = job.current_attempt_id.ok_or_else(|| {
+                        Error::Internal(format!("running job {id} has no current attempt"))
+                    })?;
+                    let worker: String = tx
+                        .query_one_cached(
+                            "SELECT worker_id FROM attempts WHERE id = $1",
+                            &[&attempt],
+                        )
+                        .await?
+                        .try_get(0)?;
+                    tx.execute_cached(
+                        "SELECT pg_notify($1, $2)",
+                        &[&CONTROL_CHANNEL, &format!("cancel {attempt} {worker}")],
+                    )
+                    .await?;
+                    Some((attempt, worker))
+                }
+                s => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "job {id} already finished as {s}; nothing to cancel"
+                    )))
+                }
+            };
+            let row = tx
+                .query_one_cached(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
+                    &[&id],
                 )
                 .await?;
-                Some((attempt, worker))
-            }
-            s => {
-                return Err(Error::FailedPrecondition(format!(
-                    "job {id} already finished as {s}; nothing to cancel"
-                )))
-            }
-        };
-        let row = tx
-            .query_one_cached(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
-                &[&id],
-            )
-            .await?;
-        tx.commit().await?;
-        Ok((job_from_row(&row)?, stop))
+            tx.commit().await?;
+            Ok((job_from_row(&row)?, stop))
+        })
+        .await
     }
 
     pub async fn get_job(&self, id: Uuid) -> Result<Option<JobRow>> {
-        let c = self.pool.get().await?;
-        let row = c
-            .query_opt_cached(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
-                &[&id],
-            )
-            .await?;
-        row.as_ref().map(job_from_row).transpose()
+        measured("get_job", async {
+            let c = self.pool.get().await?;
+            let row = c
+                .query_opt_cached(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = $1"),
+                    &[&id],
+                )
+                .await?;
+            row.as_ref().map(job_from_row).transpose()
+        })
+        .await
     }
 
     pub async fn list_attempts(&self, job_id: Uuid) -> Result<Vec<AttemptRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                &format!(
+        measured("list_attempts", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    &format!(
                     "SELECT {ATTEMPT_COLUMNS} FROM attempts a WHERE a.job_id = $1 ORDER BY a.number"
                 ),
-                &[&job_id],
-            )
-            .await?;
-        rows.iter().map(attempt_from_row).collect()
+                    &[&job_id],
+                )
+                .await?;
+            rows.iter().map(attempt_from_row).collect()
+        })
+        .await
     }
 
     /// Newest first, keyset-paginated on (created_at, id).
     /// Jobs matching `f`, newest first, and whether the byte budget cut the page short.
     pub async fn list_jobs(&self, f: &JobFilter) -> Result<(Vec<JobRow>, bool)> {
-        let c = self.pool.get().await?;
-        let state = f.state.map(|s| s.as_str().to_string());
-        let (after_ts, after_id) = match f.after {
-            Some((ts, id)) => (Some(ts), Some(id)),
-            None => (None, None),
-        };
-        // First the sizes only, so a page of big jobs is never loaded whole: then the
-        // rows that fit in the byte budget.
-        let sized = c
-            .query_cached(
-                "SELECT j.id, octet_length(j.argv::text) + octet_length(j.env::text) \
+        measured("list_jobs", async {
+            let c = self.pool.get().await?;
+            let state = f.state.map(|s| s.as_str().to_string());
+            let (after_ts, after_id) = match f.after {
+                Some((ts, id)) => (Some(ts), Some(id)),
+                None => (None, None),
+            };
+            // First the sizes only, so a page of big jobs is never loaded whole: then the
+            // rows that fit in the byte budget.
+            let sized = c
+                .query_cached(
+                    "SELECT j.id, octet_length(j.argv::text) + octet_length(j.env::text) \
                           + octet_length(j.params::text) + octet_length(j.labels::text) \
                           + octet_length(j.outputs::text) + octet_length(j.reason) \
                           + octet_length(j.retry_policy::text) \
@@ -687,49 +757,54 @@ impl Store {
                     AND ($2::text IS NULL OR j.queue = $2) \
                     AND ($3::timestamptz IS NULL OR (j.created_at, j.id) < ($3, $4::uuid)) \
                   ORDER BY j.created_at DESC, j.id DESC LIMIT $5",
-                &[&state, &f.queue, &after_ts, &after_id, &f.limit],
-            )
-            .await?;
-        let sizes: Vec<(Uuid, i64)> = sized
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get(0)?,
-                    r.try_get::<_, Option<i32>>(1)?.unwrap_or(0).into(),
-                ))
-            })
-            .collect::<Result<_>>()?;
-        let ids = drover_core::paging::fit_in_budget(&sizes, f.max_bytes);
-        let cut = ids.len() < sizes.len();
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = ANY($1) \
+                    &[&state, &f.queue, &after_ts, &after_id, &f.limit],
+                )
+                .await?;
+            let sizes: Vec<(Uuid, i64)> = sized
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get(0)?,
+                        r.try_get::<_, Option<i32>>(1)?.unwrap_or(0).into(),
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            let ids = drover_core::paging::fit_in_budget(&sizes, f.max_bytes);
+            let cut = ids.len() < sizes.len();
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = ANY($1) \
                      ORDER BY j.created_at DESC, j.id DESC"
-                ),
-                &[&ids],
-            )
-            .await?;
-        Ok((rows.iter().map(job_from_row).collect::<Result<_>>()?, cut))
+                    ),
+                    &[&ids],
+                )
+                .await?;
+            Ok((rows.iter().map(job_from_row).collect::<Result<_>>()?, cut))
+        })
+        .await
     }
 
     /// Earliest time a pending job becomes due, if any is waiting out a backoff.
     pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
-        let c = self.pool.get().await?;
-        // Jobs waiting for dependencies have a far-future not_before: no timer for those.
-        let row = c
+        measured("next_due", async {
+            let c = self.pool.get().await?;
+            // Jobs waiting for dependencies have a far-future not_before: no timer for those.
+            let row = c
             .query_one_cached(
                 "SELECT min(not_before) FROM jobs WHERE state = 'pending' AND not_before > now() \
                     AND not_before < '3000-01-01'",
                 &[],
             )
             .await?;
-        let due: Option<DateTime<Utc>> = row.try_get(0)?;
-        // A rate-limited key's next token is a due time too.
-        Ok(match (due, self.next_token_at()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+            let due: Option<DateTime<Utc>> = row.try_get(0)?;
+            // A rate-limited key's next token is a due time too.
+            Ok(match (due, self.next_token_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            })
         })
+        .await
     }
 
     // ---------------------------------------------------------------- leasing
@@ -747,6 +822,7 @@ impl Store {
         lease_ttl: Duration,
         slots: i64,
     ) -> Result<Vec<Claimed>> {
+        measured("claim", async {
         let c = self.pool.get().await?;
         // MATERIALIZED keeps the planner from re-running the locking subquery (which could
         // claim more than n rows). One index scan per queue (LATERAL): with `queue = ANY($1)`
@@ -803,6 +879,8 @@ impl Store {
             claimed.extend(more);
         }
         Ok(claimed)
+        })
+        .await
     }
 }
 
@@ -838,69 +916,79 @@ impl Store {
         coordinator_id: &str,
         lease_ttl: Duration,
     ) -> Result<(Vec<Ended>, Heartbeat)> {
-        {
-            let c = self.pool.get().await?;
-            c.execute_cached(
-                "INSERT INTO workers (id, hostname, labels, queues, slots, version, \
-                    coordinator_id, connected, last_seen_at, containment) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, true, now(), $8) \
+        measured("register_worker", async {
+            {
+                let c = self.pool.get().await?;
+                c.execute_cached(
+                    "INSERT INTO workers (id, hostname, labels, queues, slots, version, \
+                    coordinator_id, connected, last_seen_at, containment, protocol_version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, true, now(), $8, $9) \
                  ON CONFLICT (id) DO UPDATE SET hostname = $2, labels = $3, queues = $4, \
                     slots = $5, version = $6, coordinator_id = $7, connected = true, \
-                    last_seen_at = now(), containment = $8",
-                &[
-                    &w.id,
-                    &w.hostname,
-                    &w.labels,
-                    &w.queues,
-                    &w.slots,
-                    &w.version,
-                    &coordinator_id,
-                    &w.containment,
-                ],
-            )
-            .await?;
-        }
-        let orphans: Vec<Uuid> = {
-            let c = self.pool.get().await?;
-            c.query_cached(
-                "SELECT id FROM attempts WHERE worker_id = $1 AND state = 'running' \
-                   AND NOT (id = ANY($2))",
-                &[&w.id, &w.running],
-            )
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?
-        };
-        let mut ended = Vec::new();
-        for id in orphans {
-            let req = EndRequest {
-                raw: RawResult::Lost(format!("worker {} restarted without it", w.id)),
-                output_tail: String::new(),
-                log_chunk_count: None,
-                only_if_expired: false,
-                usage: None,
-            };
-            match self.end_attempt(id, &req).await {
-                Ok(e) => ended.push(e),
-                // Someone else ended it meanwhile: nothing to do.
-                Err(Error::FailedPrecondition(_)) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
+                    last_seen_at = now(), containment = $8, protocol_version = $9",
+                    &[
+                        &w.id,
+                        &w.hostname,
+                        &w.labels,
+                        &w.queues,
+                        &w.slots,
+                        &w.version,
+                        &coordinator_id,
+                        &w.containment,
+                        &w.protocol_version,
+                    ],
+                )
+                .await?;
             }
-        }
-        let hb = self.heartbeat(&w.id, &w.running, lease_ttl, None).await?;
-        Ok((ended, hb))
+            let orphans: Vec<Uuid> = {
+                let c = self.pool.get().await?;
+                c.query_cached(
+                    "SELECT id FROM attempts WHERE worker_id = $1 AND state = 'running' \
+                   AND NOT (id = ANY($2))",
+                    &[&w.id, &w.running],
+                )
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?
+            };
+            let mut ended = Vec::new();
+            for id in orphans {
+                let req = EndRequest {
+                    raw: RawResult::Lost(format!("worker {} restarted without it", w.id)),
+                    output_tail: String::new(),
+                    log_chunk_count: None,
+                    only_if_expired: false,
+                    usage: None,
+                };
+                match self.end_attempt(id, &req).await {
+                    Ok(e) => ended.push(e),
+                    // Someone else ended it meanwhile: nothing to do.
+                    Err(Error::FailedPrecondition(_)) | Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let hb = self.heartbeat(&w.id, &w.running, lease_ttl, None).await?;
+            Ok((ended, hb))
+        })
+        .await
     }
 
+    /// Records that a worker's session ended. `connected` says whether a coordinator holds
+    /// a session with it (the benchmark waits on it); the worker's state in the API
+    /// follows from `last_seen_at` alone.
     pub async fn worker_disconnected(&self, worker_id: &str, coordinator_id: &str) -> Result<()> {
-        let c = self.pool.get().await?;
-        c.execute_cached(
-            "UPDATE workers SET connected = false, last_seen_at = now() \
+        measured("worker_disconnected", async {
+            let c = self.pool.get().await?;
+            c.execute_cached(
+                "UPDATE workers SET connected = false, last_seen_at = now() \
               WHERE id = $1 AND coordinator_id = $2",
-            &[&worker_id, &coordinator_id],
-        )
-        .await?;
-        Ok(())
+                &[&worker_id, &coordinator_id],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Extends the leases of the attempts this worker runs, and records its health.
@@ -911,8 +999,9 @@ impl Store {
         lease_ttl: Duration,
         report: Option<&WorkerReport>,
     ) -> Result<Heartbeat> {
-        let c = self.pool.get().await?;
-        let rows = c
+        measured("heartbeat", async {
+            let c = self.pool.get().await?;
+            let rows = c
             .query_cached(
                 "UPDATE attempts a SET lease_expires_at = now() + $3 * interval '1 millisecond' \
                    FROM jobs j \
@@ -922,59 +1011,64 @@ impl Store {
                 &[&attempts, &worker_id, &millis(lease_ttl)],
             )
             .await?;
-        match report {
-            None => {
-                c.execute_cached(
-                    "UPDATE workers SET last_seen_at = now() WHERE id = $1",
-                    &[&worker_id],
-                )
-                .await?;
-            }
-            Some(r) => {
-                // The latest sample on the worker's row; one a minute into the history.
-                c.execute_cached(
-                    "WITH w AS (UPDATE workers SET last_seen_at = now(), resources = $2, \
+            match report {
+                None => {
+                    c.execute_cached(
+                        "UPDATE workers SET last_seen_at = now() WHERE id = $1",
+                        &[&worker_id],
+                    )
+                    .await?;
+                }
+                Some(r) => {
+                    // The latest sample on the worker's row; one a minute into the history.
+                    c.execute_cached(
+                        "WITH w AS (UPDATE workers SET last_seen_at = now(), resources = $2, \
                                        paused_reason = $3, draining = $4 WHERE id = $1) \
                      INSERT INTO worker_samples (worker_id, resources) \
                      SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM worker_samples \
                         WHERE worker_id = $1 AND at > now() - interval '60 seconds')",
-                    &[&worker_id, &r.resources, &r.paused_reason, &r.draining],
-                )
-                .await?;
+                        &[&worker_id, &r.resources, &r.paused_reason, &r.draining],
+                    )
+                    .await?;
+                }
             }
-        }
-        let mut extended = Vec::with_capacity(rows.len());
-        let mut cancel = Vec::new();
-        for r in &rows {
-            let id: Uuid = r.try_get(0)?;
-            if r.try_get::<_, bool>(1)? {
-                cancel.push(id);
+            let mut extended = Vec::with_capacity(rows.len());
+            let mut cancel = Vec::new();
+            for r in &rows {
+                let id: Uuid = r.try_get(0)?;
+                if r.try_get::<_, bool>(1)? {
+                    cancel.push(id);
+                }
+                extended.push(id);
             }
-            extended.push(id);
-        }
-        Ok(Heartbeat {
-            stale: attempts
-                .iter()
-                .filter(|a| !extended.contains(a))
-                .copied()
-                .collect(),
-            cancel,
+            Ok(Heartbeat {
+                stale: attempts
+                    .iter()
+                    .filter(|a| !extended.contains(a))
+                    .copied()
+                    .collect(),
+                cancel,
+            })
         })
+        .await
     }
 
     /// Attempts whose lease has expired, oldest first.
     pub async fn expired_attempts(&self, limit: i64) -> Result<Vec<Uuid>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT id FROM attempts WHERE state = 'running' AND lease_expires_at < now() \
+        measured("expired_attempts", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT id FROM attempts WHERE state = 'running' AND lease_expires_at < now() \
                   ORDER BY lease_expires_at LIMIT $1",
-                &[&limit],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| r.try_get(0).map_err(Error::from))
-            .collect()
+                    &[&limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| r.try_get(0).map_err(Error::from))
+                .collect()
+        })
+        .await
     }
 
     // ---------------------------------------------------------------- results
@@ -999,13 +1093,20 @@ impl Store {
         worker: Option<&crate::auth::Principal>,
         req: &EndRequest,
     ) -> Result<Ended> {
+        measured("end_attempt", async {
         match self.end_attempt_tx(attempt_id, worker, req).await {
-            Err(Error::Internal(why)) => {
-                tracing::error!(%attempt_id, error = ?why, "attempt result could not be applied; failing the job");
+                Err(e) if e.kind() == crate::error::ErrorKind::Internal => {
+                    tracing::error!(%attempt_id, error = ?e, "attempt result could not be applied; failing the job");
+                    let why = match e {
+                        Error::Internal(why) => why,
+                        e => e.to_string(),
+                    };
                 self.end_attempt_unapplied(attempt_id, &why).await
             }
             other => other,
         }
+        })
+        .await
     }
 
     async fn end_attempt_unapplied(&self, attempt_id: Uuid, why: &str) -> Result<Ended> {
@@ -1099,61 +1200,35 @@ impl Store {
         let policy: RetryPolicy = serde_json::from_value(policy)
             .map_err(|e| Error::Internal(format!("stored retry policy is unreadable: {e}")))?;
         let queue: String = row.try_get("queue")?;
-        let cl = drover_core::classify(&policy, &req.raw, &req.output_tail);
-        let failures: i32 =
-            row.try_get::<_, i32>("failure_count")? + i32::from(cl.outcome.counts_as_failure());
-        let lost: i32 =
-            row.try_get::<_, i32>("lost_count")? + i32::from(cl.outcome == AttemptState::Lost);
-        let next = drover_core::retry::unless_cancelled(
-            drover_core::decide(
-                &policy,
-                cl.outcome,
-                failures.max(0) as u32,
-                lost.max(0) as u32,
-                rand::random::<f64>(),
-            ),
+        // The decision is pure (drover_core::transition); this only reads and writes.
+        let t = drover_core::transition(
+            &policy,
+            &crate::patterns::get(&policy),
+            Counts {
+                failures: row.try_get("failure_count")?,
+                lost: row.try_get("lost_count")?,
+            },
+            &req.raw,
+            &req.output_tail,
             row.try_get("cancel_requested")?,
+            rand::random::<f64>(),
         );
-        let (job_state, wait, reason) = match &next {
-            Next::Succeeded => (JobState::Succeeded, None, cl.reason.clone()),
-            Next::Cancelled => (JobState::Cancelled, None, cl.reason.clone()),
-            Next::PermanentFailed { reason } => (
-                JobState::PermanentFailed,
-                None,
-                if cl.outcome == AttemptState::FailedPermanent {
-                    cl.reason.clone()
-                } else {
-                    format!("{}; {reason}", cl.reason)
-                },
-            ),
-            Next::Retry { wait } => (
-                JobState::Pending,
-                Some(*wait),
-                format!("{}; retrying in {:.1}s", cl.reason, wait.as_secs_f64()),
-            ),
-        };
-        let (exit_code, signal) = match req.raw {
-            RawResult::Exited(c) => (Some(c), None),
-            RawResult::Signaled(s) => (None, Some(s)),
-            RawResult::OutputError(_) => (Some(0), None),
-            _ => (None, None),
-        };
         let (peak_rss, cpu_ms) = match req.usage {
             Some((rss, cpu)) => (Some(rss), Some(cpu)),
             None => (None, None),
         };
         // Failures with output get a fingerprint (and their group is updated) in this same
         // transaction; the success path runs no extra statement.
-        let failure = if drover_core::fingerprint::applies(cl.outcome, &req.output_tail) {
+        let failure = if drover_core::fingerprint::applies(t.attempt_state, &req.output_tail) {
             Some(
                 crate::failures::record(
                     &tx,
                     job_id,
                     attempt_id,
                     &queue,
-                    &cl.reason,
+                    &t.cause,
                     &req.output_tail,
-                    exit_code,
+                    t.exit_code,
                 )
                 .await?,
             )
@@ -1161,13 +1236,13 @@ impl Store {
             None
         };
         let fp = failure.as_ref().map(|f| f.fingerprint.as_str());
-        let outcome = cl.outcome.as_str();
+        let outcome = t.attempt_state.as_str();
         let attempt_params: [&(dyn ToSql + Sync); 8] = [
             &attempt_id,
             &outcome,
-            &exit_code,
-            &signal,
-            &reason,
+            &t.exit_code,
+            &t.signal,
+            &t.reason,
             &peak_rss,
             &cpu_ms,
             &fp,
@@ -1193,36 +1268,29 @@ impl Store {
               WHERE id = $1",
             &[
                 &job_id,
-                &job_state.as_str(),
-                &failures,
-                &lost,
-                &reason,
-                &wait.map(millis),
-                &job_state.is_terminal(),
+                &t.job_state.as_str(),
+                &t.counts.failures,
+                &t.counts.lost,
+                &t.reason,
+                &t.not_before.map(millis),
+                &t.job_state.is_terminal(),
             ],
         )
         .await?;
-        let event = match job_state {
-            JobState::Pending => "job.retry_scheduled",
-            JobState::Succeeded => "job.succeeded",
-            JobState::PermanentFailed => "job.permanent_failed",
-            JobState::Cancelled => "job.cancelled",
-            JobState::Running => "job.running",
-        };
         insert_event(
             &tx,
             job_id,
-            event,
+            t.event,
             match &failure {
                 None => json!({
                     "attempt_id": attempt_id,
-                    "attempt_state": cl.outcome.as_str(),
-                    "reason": reason,
+                    "attempt_state": t.attempt_state.as_str(),
+                    "reason": t.reason,
                 }),
                 Some(f) => json!({
                     "attempt_id": attempt_id,
-                    "attempt_state": cl.outcome.as_str(),
-                    "reason": reason,
+                    "attempt_state": t.attempt_state.as_str(),
+                    "reason": t.reason,
                     "fingerprint": f.fingerprint,
                     "sample": f.sample,
                     "new_fingerprint": f.new_group,
@@ -1232,7 +1300,7 @@ impl Store {
         .await?;
         // Wakes every coordinator's dispatcher: at once for an immediate retry, or to
         // re-arm its timer for a backoff.
-        if job_state == JobState::Pending {
+        if t.job_state == JobState::Pending {
             tx.execute_cached("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &queue])
                 .await?;
         }
@@ -1248,9 +1316,9 @@ impl Store {
             duration: Some(Duration::from_secs_f64(
                 row.try_get::<_, f64>("ran")?.max(0.0),
             )),
-            attempt_state: cl.outcome,
-            job_state,
-            reason,
+            attempt_state: t.attempt_state,
+            job_state: t.job_state,
+            reason: t.reason,
         })
     }
 
@@ -1271,13 +1339,37 @@ impl Store {
         chunks: &[ChunkIn],
         cap: u64,
     ) -> Result<()> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
+        measured("append_logs", async {
+            match self.append_logs_tx(attempt_id, worker, chunks, cap).await {
+                // The leader makes partitions ahead of time; if it has not (it was down, or
+                // the attempt's partition was dropped while it ran long), make it now.
+                Err(AppendError::NoPartition(at)) => {
+                    self.ensure_log_partitions(self.log_partition(), Duration::ZERO, Some(at))
+                        .await?;
+                    self.append_logs_tx(attempt_id, worker, chunks, cap)
+                        .await
+                        .map_err(AppendError::into_error)
+                }
+                r => r.map_err(AppendError::into_error),
+            }
+        })
+        .await
+    }
+
+    async fn append_logs_tx(
+        &self,
+        attempt_id: Uuid,
+        worker: Option<&crate::auth::Principal>,
+        chunks: &[ChunkIn],
+        cap: u64,
+    ) -> std::result::Result<(), AppendError> {
+        let mut c = self.pool.get().await.map_err(Error::from)?;
+        let tx = c.transaction().await.map_err(Error::from)?;
         // The row lock also keeps the reaper from marking the attempt lost mid-append.
         let row = tx
             .query_opt_cached(
                 "SELECT state, log_kept_bytes, log_head_end, log_head_bytes, log_dropped_bytes, \
-                        worker_id \
+                        worker_id, log_part \
                    FROM attempts WHERE id = $1 FOR UPDATE",
                 &[&attempt_id],
             )
@@ -1288,7 +1380,7 @@ impl Store {
         }
         let state: String = row.try_get(0)?;
         if state != "running" {
-            return Err(stale(attempt_id, parse_state(&state)?));
+            return Err(stale(attempt_id, parse_state(&state)?).into());
         }
         let before = CapState {
             kept: row.try_get::<_, i64>(1)?.max(0) as u64,
@@ -1300,14 +1392,24 @@ impl Store {
         let streams: Vec<i16> = chunks.iter().map(|c| c.stream).collect();
         let times: Vec<DateTime<Utc>> = chunks.iter().map(|c| c.time).collect();
         let data: Vec<&[u8]> = chunks.iter().map(|c| c.data.as_slice()).collect();
-        let inserted = tx
+        let log_part: DateTime<Utc> = row.try_get(6).map_err(Error::from)?;
+        let inserted = match tx
             .query_cached(
-                "INSERT INTO log_chunks (attempt_id, seq, stream, time, data) \
-                 SELECT $1, * FROM unnest($2::int8[], $3::int2[], $4::timestamptz[], $5::bytea[]) \
-                 ON CONFLICT (attempt_id, seq) DO NOTHING RETURNING seq, octet_length(data)",
-                &[&attempt_id, &seqs, &streams, &times, &data],
+                "INSERT INTO log_chunks (attempt_id, seq, stream, time, data, log_part) \
+                 SELECT $1, u.*, $6 \
+                   FROM unnest($2::int8[], $3::int2[], $4::timestamptz[], $5::bytea[]) u \
+                 ON CONFLICT (attempt_id, seq, log_part) DO NOTHING \
+                 RETURNING seq, octet_length(data)",
+                &[&attempt_id, &seqs, &streams, &times, &data, &log_part],
             )
-            .await?;
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) if retention::is_missing_partition(&e) => {
+                return Err(AppendError::NoPartition(log_part))
+            }
+            Err(e) => return Err(Error::from(e).into()),
+        };
         let mut new: Vec<(i64, u64)> = inserted
             .iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get::<_, i32>(1)?.max(0) as u64)))
@@ -1321,16 +1423,18 @@ impl Store {
                     "WITH t AS ( \
                         SELECT seq, octet_length(data) AS len, \
                                sum(octet_length(data)) OVER (ORDER BY seq) AS cum \
-                          FROM log_chunks WHERE attempt_id = $1 AND seq > $2), \
+                          FROM log_chunks WHERE attempt_id = $1 AND seq > $2 AND log_part = $4), \
                      d AS ( \
                         DELETE FROM log_chunks l USING t \
-                         WHERE l.attempt_id = $1 AND l.seq = t.seq AND t.cum - t.len < $3 \
+                         WHERE l.attempt_id = $1 AND l.seq = t.seq AND l.log_part = $4 \
+                           AND t.cum - t.len < $3 \
                         RETURNING t.len) \
                      SELECT coalesce(sum(len), 0)::int8 FROM d",
                     &[
                         &attempt_id,
                         &after.head_end.unwrap_or(i64::MAX),
                         &(excess as i64),
+                        &log_part,
                     ],
                 )
                 .await?
@@ -1371,44 +1475,47 @@ impl Store {
         older_than: Duration,
         limit: i64,
     ) -> Result<(u64, Vec<ArtifactRow>)> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let ids: Vec<Uuid> = tx
-            .query_cached(
-                "SELECT id FROM attempts \
+        measured("purge_logs", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let ids: Vec<Uuid> = tx
+                .query_cached(
+                    "SELECT id FROM attempts \
                   WHERE logs_purged_at IS NULL AND finished_at IS NOT NULL \
                     AND finished_at < now() - $1 * interval '1 millisecond' \
                   ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-                &[&millis(older_than), &limit],
-            )
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
-        if ids.is_empty() {
-            return Ok((0, Vec::new()));
-        }
-        tx.execute_cached("DELETE FROM log_chunks WHERE attempt_id = ANY($1)", &[&ids])
-            .await?;
-        let artifacts = tx
-            .query_cached(
-                &format!(
-                    "DELETE FROM artifacts a USING attempts t WHERE a.attempt_id = ANY($1) \
+                    &[&millis(older_than), &limit],
+                )
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            if ids.is_empty() {
+                return Ok((0, Vec::new()));
+            }
+            tx.execute_cached("DELETE FROM log_chunks WHERE attempt_id = ANY($1)", &[&ids])
+                .await?;
+            let artifacts = tx
+                .query_cached(
+                    &format!(
+                        "DELETE FROM artifacts a USING attempts t WHERE a.attempt_id = ANY($1) \
                        AND t.id = a.attempt_id RETURNING {ARTIFACT_COLUMNS}"
-                ),
+                    ),
+                    &[&ids],
+                )
+                .await?
+                .iter()
+                .map(artifact_from_row)
+                .collect::<Result<Vec<_>>>()?;
+            tx.execute_cached(
+                "UPDATE attempts SET logs_purged_at = now(), log_kept_bytes = 0 WHERE id = ANY($1)",
                 &[&ids],
             )
-            .await?
-            .iter()
-            .map(artifact_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        tx.execute_cached(
-            "UPDATE attempts SET logs_purged_at = now(), log_kept_bytes = 0 WHERE id = ANY($1)",
-            &[&ids],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok((ids.len() as u64, artifacts))
+            .await?;
+            tx.commit().await?;
+            Ok((ids.len() as u64, artifacts))
+        })
+        .await
     }
 
     // ---------------------------------------------------------------- health
@@ -1418,98 +1525,101 @@ impl Store {
     }
 
     pub async fn jobs_by_state(&self) -> Result<Vec<(String, i64)>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached("SELECT state, count(*) FROM jobs GROUP BY state", &[])
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        measured("jobs_by_state", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached("SELECT state, count(*) FROM jobs GROUP BY state", &[])
+                .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+        })
+        .await
     }
 
     pub async fn failed_since(&self, within: Duration) -> Result<i64> {
-        let c = self.pool.get().await?;
-        Ok(c.query_one_cached(
-            "SELECT count(*) FROM jobs WHERE state = 'permanent_failed' \
+        measured("failed_since", async {
+            let c = self.pool.get().await?;
+            Ok(c.query_one_cached(
+                "SELECT count(*) FROM jobs WHERE state = 'permanent_failed' \
                AND finished_at > now() - $1 * interval '1 millisecond'",
-            &[&millis(within)],
-        )
-        .await?
-        .try_get(0)?)
+                &[&millis(within)],
+            )
+            .await?
+            .try_get(0)?)
+        })
+        .await
     }
 
     pub async fn queue_stats(&self) -> Result<Vec<QueueRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT queue, count(*) FILTER (WHERE state = 'pending'), \
+        measured("queue_stats", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT queue, count(*) FILTER (WHERE state = 'pending'), \
                         count(*) FILTER (WHERE state = 'running'), \
                         (extract(epoch FROM now() - min(not_before) \
                             FILTER (WHERE state = 'pending' AND not_before <= now())) \
                             * 1000)::int8 \
                    FROM jobs WHERE state IN ('pending', 'running') \
                   GROUP BY queue ORDER BY queue",
-                &[],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(QueueRow {
-                    queue: r.try_get(0)?,
-                    pending: r.try_get(1)?,
-                    running: r.try_get(2)?,
-                    oldest_due_ms: r.try_get(3)?,
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(QueueRow {
+                        queue: r.try_get(0)?,
+                        pending: r.try_get(1)?,
+                        running: r.try_get(2)?,
+                        oldest_due_ms: r.try_get(3)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     /// Workers seen in the last week, with their running attempt counts.
     pub async fn list_workers(&self) -> Result<Vec<WorkerRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT w.id, w.hostname, w.labels, w.queues, w.slots, w.version, w.connected, \
+        measured("list_workers", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT w.id, w.hostname, w.labels, w.queues, w.slots, w.version, \
                         w.last_seen_at, \
                         (extract(epoch FROM now() - w.last_seen_at) * 1000)::int8 AS ago, \
                         w.resources, w.paused_reason, w.draining, w.containment, \
+                        w.protocol_version, \
                         (SELECT count(*) FROM attempts a \
                           WHERE a.worker_id = w.id AND a.state = 'running') AS running \
                    FROM workers w WHERE w.last_seen_at > now() - interval '7 days' \
                   ORDER BY w.id",
-                &[],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(WorkerRow {
-                    id: r.try_get("id")?,
-                    hostname: r.try_get("hostname")?,
-                    labels: r.try_get("labels")?,
-                    queues: r.try_get("queues")?,
-                    slots: r.try_get("slots")?,
-                    running: r.try_get("running")?,
-                    version: r.try_get("version")?,
-                    connected: r.try_get("connected")?,
-                    last_seen_at: r.try_get("last_seen_at")?,
-                    seen_ago_ms: r.try_get("ago")?,
-                    resources: r.try_get("resources")?,
-                    paused_reason: r.try_get("paused_reason")?,
-                    draining: r.try_get("draining")?,
-                    containment: r.try_get("containment")?,
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(WorkerRow {
+                        id: r.try_get("id")?,
+                        hostname: r.try_get("hostname")?,
+                        labels: r.try_get("labels")?,
+                        queues: r.try_get("queues")?,
+                        slots: r.try_get("slots")?,
+                        running: r.try_get("running")?,
+                        version: r.try_get("version")?,
+                        last_seen_at: r.try_get("last_seen_at")?,
+                        seen_ago_ms: r.try_get("ago")?,
+                        resources: r.try_get("resources")?,
+                        paused_reason: r.try_get("paused_reason")?,
+                        draining: r.try_get("draining")?,
+                        containment: r.try_get("containment")?,
+                        protocol_version: r.try_get("protocol_version")?,
+                    })
                 })
-            })
-            .collect()
-    }
-
-    /// Drops resource samples older than a day.
-    pub async fn prune_samples(&self) -> Result<u64> {
-        let c = self.pool.get().await?;
-        Ok(c.execute_cached(
-            "DELETE FROM worker_samples WHERE at < now() - interval '24 hours'",
-            &[],
-        )
-        .await?)
+                .collect()
+        })
+        .await
     }
 
     // ---------------------------------------------------------------- artifacts
@@ -1527,22 +1637,25 @@ impl Store {
         attempt_id: Uuid,
         worker: Option<&crate::auth::Principal>,
     ) -> Result<(Uuid, i32)> {
-        let c = self.pool.get().await?;
-        let row = c
-            .query_opt_cached(
-                "SELECT job_id, number, state, worker_id FROM attempts WHERE id = $1",
-                &[&attempt_id],
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("attempt {attempt_id} does not exist")))?;
-        if let Some(p) = worker {
-            p.check_worker(&row.try_get::<_, String>(3)?)?;
-        }
-        let state: String = row.try_get(2)?;
-        if state != "running" {
-            return Err(stale(attempt_id, parse_state(&state)?));
-        }
-        Ok((row.try_get(0)?, row.try_get(1)?))
+        measured("running_attempt_job", async {
+            let c = self.pool.get().await?;
+            let row = c
+                .query_opt_cached(
+                    "SELECT job_id, number, state, worker_id FROM attempts WHERE id = $1",
+                    &[&attempt_id],
+                )
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("attempt {attempt_id} does not exist")))?;
+            if let Some(p) = worker {
+                p.check_worker(&row.try_get::<_, String>(3)?)?;
+            }
+            let state: String = row.try_get(2)?;
+            if state != "running" {
+                return Err(stale(attempt_id, parse_state(&state)?));
+            }
+            Ok((row.try_get(0)?, row.try_get(1)?))
+        })
+        .await
     }
 
     /// Records an uploaded file, if its attempt still holds the lease.
@@ -1557,57 +1670,68 @@ impl Store {
         a: &ArtifactRow,
         worker: Option<&crate::auth::Principal>,
     ) -> Result<()> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let row = tx
-            .query_one_cached(
-                "SELECT state, worker_id FROM attempts WHERE id = $1 FOR SHARE",
-                &[&a.attempt_id],
-            )
-            .await?;
-        if let Some(p) = worker {
-            p.check_worker(&row.try_get::<_, String>(1)?)?;
-        }
-        let state: String = row.try_get(0)?;
-        if state != "running" {
-            return Err(stale(a.attempt_id, parse_state(&state)?));
-        }
-        tx.execute_cached(
-            "INSERT INTO artifacts (attempt_id, job_id, name, size, sha256) \
+        measured("record_artifact", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let row = tx
+                .query_one_cached(
+                    "SELECT state, worker_id FROM attempts WHERE id = $1 FOR SHARE",
+                    &[&a.attempt_id],
+                )
+                .await?;
+            if let Some(p) = worker {
+                p.check_worker(&row.try_get::<_, String>(1)?)?;
+            }
+            let state: String = row.try_get(0)?;
+            if state != "running" {
+                return Err(stale(a.attempt_id, parse_state(&state)?));
+            }
+            tx.execute_cached(
+                "INSERT INTO artifacts (attempt_id, job_id, name, size, sha256) \
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (attempt_id, name) DO UPDATE SET size = $4, sha256 = $5, \
                 created_at = now()",
-            &[&a.attempt_id, &a.job_id, &a.name, &a.size, &a.sha256],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+                &[&a.attempt_id, &a.job_id, &a.name, &a.size, &a.sha256],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Files kept from the job's succeeded attempt.
     pub async fn list_artifacts(&self, job_id: Uuid) -> Result<Vec<ArtifactRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT {ARTIFACT_COLUMNS} FROM artifacts a \
+        measured("list_artifacts", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT {ARTIFACT_COLUMNS} FROM artifacts a \
                        JOIN attempts t ON t.id = a.attempt_id \
                       WHERE a.job_id = $1 AND t.state = 'succeeded' ORDER BY a.name"
-                ),
-                &[&job_id],
-            )
-            .await?;
-        rows.iter().map(artifact_from_row).collect()
+                    ),
+                    &[&job_id],
+                )
+                .await?;
+            rows.iter().map(artifact_from_row).collect()
+        })
+        .await
     }
 
     /// Bytes PostgreSQL uses for stored logs (table, TOAST and indexes).
     pub async fn log_storage_bytes(&self) -> Result<i64> {
-        let c = self.pool.get().await?;
-        Ok(
-            c.query_one_cached("SELECT pg_total_relation_size('log_chunks')", &[])
-                .await?
-                .try_get(0)?,
-        )
+        measured("log_storage_bytes", async {
+            let c = self.pool.get().await?;
+            Ok(c.query_one_cached(
+                "SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::int8 \
+                   FROM pg_partition_tree('log_chunks')",
+                &[],
+            )
+            .await?
+            .try_get(0)?)
+        })
+        .await
     }
 
     /// Chunks of one attempt with seq > `after`, in order.
@@ -1617,24 +1741,58 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<StoredChunk>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT seq, stream, time, data FROM log_chunks \
-                  WHERE attempt_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-                &[&attempt_id, &after, &limit],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredChunk {
-                    seq: r.try_get(0)?,
-                    stream: r.try_get(1)?,
-                    time: r.try_get(2)?,
-                    data: r.try_get(3)?,
+        measured("read_logs", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT seq, stream, time, data FROM log_chunks \
+                  WHERE attempt_id = $1 AND seq > $2 \
+                    AND log_part = (SELECT log_part FROM attempts WHERE id = $1) \
+                  ORDER BY seq LIMIT $3",
+                    &[&attempt_id, &after, &limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(StoredChunk {
+                        seq: r.try_get(0)?,
+                        stream: r.try_get(1)?,
+                        time: r.try_get(2)?,
+                        data: r.try_get(3)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
+    }
+}
+
+/// Why a log append failed: its partition is missing (made, then retried), or anything else.
+enum AppendError {
+    NoPartition(DateTime<Utc>),
+    Other(Error),
+}
+
+impl AppendError {
+    fn into_error(self) -> Error {
+        match self {
+            AppendError::NoPartition(at) => {
+                Error::Internal(format!("no log partition for {at} after creating it"))
+            }
+            AppendError::Other(e) => e,
+        }
+    }
+}
+
+impl From<Error> for AppendError {
+    fn from(e: Error) -> Self {
+        AppendError::Other(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for AppendError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        AppendError::Other(e.into())
     }
 }
 
@@ -1774,5 +1932,6 @@ async fn insert_event(
 pub mod batch;
 pub mod flow;
 pub mod queues;
+pub mod retention;
 pub mod schedules;
 pub mod watch;

@@ -99,6 +99,8 @@ fn hello_from_pb(h: pb::Hello) -> Result<(WorkerHello, u32), Error> {
     for (i, l) in h.labels.iter().enumerate() {
         check_name(&format!("hello.labels[{i}]"), l)?;
     }
+    let protocol_version = drover_core::protocol::check_worker(h.protocol_version)
+        .map_err(Error::FailedPrecondition)?;
     let running = parse_ids("hello.running_attempts", &h.running_attempts)?;
     let free = h.free_slots.min(h.slots);
     Ok((
@@ -115,6 +117,7 @@ fn hello_from_pb(h: pb::Hello) -> Result<(WorkerHello, u32), Error> {
             version: sanitize_reported(&h.version, MAX_VERSION_BYTES),
             running,
             containment: sanitize_reported(&h.containment, MAX_CONTAINMENT_BYTES),
+            protocol_version: protocol_version as i32,
         },
         free,
     ))

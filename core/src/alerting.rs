@@ -2,6 +2,7 @@
 //! and the text of the folded ("37 jobs … failed") and resolved messages. Pure functions;
 //! the coordinator's `alerts` module feeds them rows and stores what they return.
 
+use crate::state::WorkerState;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -299,8 +300,7 @@ pub struct WorkerView {
     pub id: String,
     pub labels: Vec<String>,
     pub queues: Vec<String>,
-    /// "alive", "stale", "draining", "paused" (see the health module).
-    pub state: String,
+    pub state: WorkerState,
     pub paused_reason: String,
     pub seen_ago_secs: i64,
 }
@@ -375,8 +375,9 @@ pub fn conditions(
                 if !rule.queue.is_empty() && !w.queues.contains(&rule.queue) {
                     continue;
                 }
-                match w.state.as_str() {
-                    "stale" => {
+                match w.state {
+                    // Offline is a stale worker that stayed away: still lost.
+                    WorkerState::Stale | WorkerState::Offline => {
                         f.insert(
                             w.id.clone(),
                             format!(
@@ -385,7 +386,7 @@ pub fn conditions(
                             ),
                         );
                     }
-                    "paused" => {
+                    WorkerState::Paused => {
                         f.insert(
                             w.id.clone(),
                             format!("worker {} paused itself: {}", w.id, w.paused_reason),
@@ -400,7 +401,7 @@ pub fn conditions(
                 let due = q.oldest_due_secs.is_some();
                 let served = workers
                     .iter()
-                    .any(|w| w.state == "alive" && w.queues.contains(&q.queue));
+                    .any(|w| w.state == WorkerState::Alive && w.queues.contains(&q.queue));
                 if due && !served {
                     f.insert(
                         q.queue.clone(),
@@ -601,7 +602,7 @@ mod tests {
                 id: "w1".into(),
                 labels: vec![],
                 queues: vec!["default".into()],
-                state: "stale".into(),
+                state: WorkerState::Stale,
                 paused_reason: String::new(),
                 seen_ago_secs: 20,
             },
@@ -609,7 +610,7 @@ mod tests {
                 id: "w2".into(),
                 labels: vec![],
                 queues: vec!["default".into()],
-                state: "paused".into(),
+                state: WorkerState::Paused,
                 paused_reason: "disk low".into(),
                 seen_ago_secs: 0,
             },

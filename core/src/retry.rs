@@ -146,19 +146,101 @@ pub struct Classification {
     pub reason: String,
 }
 
-fn first_match<'a>(patterns: &'a [String], text: &str) -> Option<&'a str> {
+/// A policy's output patterns, compiled once: when the policy is submitted or loaded, not
+/// on every attempt's end while its rows are locked.
+#[derive(Debug, Clone, Default)]
+pub struct Patterns {
+    permanent: Vec<Compiled>,
+    retryable: Vec<Compiled>,
+}
+
+/// A pattern's text and its compiled form (`None`: it did not compile).
+type Compiled = (String, Option<Regex>);
+
+/// A pattern that did not compile: its list's field name, its index, and why.
+pub type PatternError = (&'static str, usize, regex::Error);
+
+fn compile_one(p: &str) -> Result<Regex, regex::Error> {
+    regex::RegexBuilder::new(p)
+        .size_limit(crate::validate::MAX_REGEX_SIZE)
+        .build()
+}
+
+fn compile_list(patterns: &[String]) -> Vec<Compiled> {
     patterns
         .iter()
-        // Patterns are validated at submit; one that no longer compiles simply never matches.
-        .find(|p| Regex::new(p).map(|re| re.is_match(text)).unwrap_or(false))
-        .map(|p| p.as_str())
+        // Patterns are validated at submit; one that no longer compiles (a policy stored
+        // before a limit changed) simply never matches.
+        .map(|p| (p.clone(), compile_one(p).ok()))
+        .collect()
+}
+
+fn try_compile_list(
+    field: &'static str,
+    patterns: &[String],
+) -> Result<Vec<Compiled>, PatternError> {
+    patterns
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            compile_one(p)
+                .map(|re| (p.clone(), Some(re)))
+                .map_err(|e| (field, i, e))
+        })
+        .collect()
+}
+
+fn first_match<'a>(patterns: &'a [Compiled], text: &str) -> Option<&'a str> {
+    patterns
+        .iter()
+        .find(|(_, re)| re.as_ref().is_some_and(|re| re.is_match(text)))
+        .map(|(p, _)| p.as_str())
+}
+
+impl Patterns {
+    pub fn compile(policy: &RetryPolicy) -> Patterns {
+        Patterns {
+            permanent: compile_list(&policy.permanent_patterns),
+            retryable: compile_list(&policy.retryable_patterns),
+        }
+    }
+
+    /// Like [`Patterns::compile`], but a pattern that does not compile is an error naming
+    /// its list (`retry.…_patterns`) and index.
+    pub fn try_compile(policy: &RetryPolicy) -> Result<Patterns, PatternError> {
+        // Retryable first: the order submit has always reported errors in.
+        let retryable = try_compile_list("retry.retryable_patterns", &policy.retryable_patterns)?;
+        let permanent = try_compile_list("retry.permanent_patterns", &policy.permanent_patterns)?;
+        Ok(Patterns {
+            permanent,
+            retryable,
+        })
+    }
+
+    /// Whether these were compiled from `policy`'s pattern lists.
+    pub fn matches_policy(&self, policy: &RetryPolicy) -> bool {
+        self.permanent.len() == policy.permanent_patterns.len()
+            && self.retryable.len() == policy.retryable_patterns.len()
+            && self
+                .permanent
+                .iter()
+                .zip(&policy.permanent_patterns)
+                .chain(self.retryable.iter().zip(&policy.retryable_patterns))
+                .all(|((a, _), b)| a == b)
+    }
 }
 
 /// Classifies how an attempt ended. `output_tail` is the last few KiB of its output.
 ///
 /// Order of rules for a non-zero exit: explicit exit-code lists, then output patterns
 /// (permanent before retryable), then the built-in permanent codes 126/127, then retryable.
-pub fn classify(policy: &RetryPolicy, raw: &RawResult, output_tail: &str) -> Classification {
+/// `patterns` are `policy`'s output patterns, compiled ([`Patterns::compile`]).
+pub fn classify(
+    policy: &RetryPolicy,
+    patterns: &Patterns,
+    raw: &RawResult,
+    output_tail: &str,
+) -> Classification {
     let c = |outcome, reason: String| Classification { outcome, reason };
     match raw {
         RawResult::Exited(0) => c(AttemptState::Succeeded, "exit code 0".into()),
@@ -174,12 +256,12 @@ pub fn classify(policy: &RetryPolicy, raw: &RawResult, output_tail: &str) -> Cla
                     AttemptState::Failed,
                     format!("exit code {code} is in retryable_exit_codes"),
                 )
-            } else if let Some(p) = first_match(&policy.permanent_patterns, output_tail) {
+            } else if let Some(p) = first_match(&patterns.permanent, output_tail) {
                 c(
                     AttemptState::FailedPermanent,
                     format!("exit code {code}; output matched permanent pattern {p:?}"),
                 )
-            } else if let Some(p) = first_match(&policy.retryable_patterns, output_tail) {
+            } else if let Some(p) = first_match(&patterns.retryable, output_tail) {
                 c(
                     AttemptState::Failed,
                     format!("exit code {code}; output matched retryable pattern {p:?}"),
@@ -455,12 +537,13 @@ mod tests {
                 retry_out_of_memory: retry,
                 ..RetryPolicy::default()
             };
-            let c = classify(&p, &oom, "");
+            let c = classify(&p, &Patterns::compile(&p), &oom, "");
             assert_eq!(c.outcome, want, "retry_out_of_memory={retry}");
             assert_eq!(c.reason, "out of memory (limit 100M)");
         }
         let c = classify(
             &RetryPolicy::default(),
+            &Patterns::default(),
             &RawResult::OutOfMemory {
                 limit_bytes: 4 << 30,
             },
@@ -505,7 +588,7 @@ mod tests {
     #[test]
     fn builtin_classification() {
         let p = exact();
-        let out = |r: RawResult| classify(&p, &r, "").outcome;
+        let out = |r: RawResult| classify(&p, &Patterns::compile(&p), &r, "").outcome;
         assert_eq!(out(RawResult::Exited(0)), AttemptState::Succeeded);
         assert_eq!(out(RawResult::Exited(1)), AttemptState::Failed);
         assert_eq!(out(RawResult::Exited(126)), AttemptState::FailedPermanent);
@@ -517,7 +600,7 @@ mod tests {
         assert_eq!(out(RawResult::Signaled(9)), AttemptState::Failed);
         assert_eq!(out(RawResult::TimedOut), AttemptState::TimedOut);
         assert_eq!(out(RawResult::Released), AttemptState::Released);
-        let released = classify(&p, &RawResult::Released, "");
+        let released = classify(&p, &Patterns::compile(&p), &RawResult::Released, "");
         assert!(
             released.reason.contains("not counted as a retry")
                 && !released.reason.contains("by a draining worker"),
@@ -540,7 +623,8 @@ mod tests {
             retryable_patterns: vec!["(?i)timed out|connection reset".into()],
             ..exact()
         };
-        let cl = |code, tail: &str| classify(&p, &RawResult::Exited(code), tail);
+        let cl =
+            |code, tail: &str| classify(&p, &Patterns::compile(&p), &RawResult::Exited(code), tail);
         assert_eq!(cl(127, "").outcome, AttemptState::Failed);
         assert_eq!(cl(2, "Timed out").outcome, AttemptState::FailedPermanent);
         let c = cl(1, "GET /x: HTTP 404\n");

@@ -87,6 +87,46 @@ impl AttemptState {
     }
 }
 
+/// A worker as the coordinator sees it. Never stored: it follows from when the worker was
+/// last heard from ([`worker_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WorkerState {
+    /// Heard from within a lease TTL and taking work.
+    Alive,
+    /// No heartbeat for a lease TTL: it may have died.
+    Stale,
+    /// Finishing its attempts, taking no new ones.
+    Draining,
+    /// Taking no new work until its host recovers.
+    Paused,
+    /// Left: not heard from for [`WORKER_OFFLINE_AFTER_MS`].
+    Offline,
+}
+
+/// A worker not heard from for this long has left (offline): still listed, but no longer
+/// holding the health verdict at degraded.
+pub const WORKER_OFFLINE_AFTER_MS: i64 = 3600 * 1000;
+
+/// A worker's state from how long ago it was heard from and what it last reported.
+pub fn worker_state(
+    seen_ago_ms: i64,
+    lease_ttl_ms: i64,
+    draining: bool,
+    paused: bool,
+) -> WorkerState {
+    if seen_ago_ms > WORKER_OFFLINE_AFTER_MS.max(lease_ttl_ms) {
+        WorkerState::Offline
+    } else if seen_ago_ms > lease_ttl_ms {
+        WorkerState::Stale
+    } else if draining {
+        WorkerState::Draining
+    } else if paused {
+        WorkerState::Paused
+    } else {
+        WorkerState::Alive
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown state {0:?}")]
 pub struct UnknownState(pub String);
@@ -125,6 +165,35 @@ impl fmt::Display for AttemptState {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn worker_states() {
+        let ttl = 8_000;
+        let state = |ago, draining, paused| worker_state(ago, ttl, draining, paused);
+        assert_eq!(state(100, false, false), WorkerState::Alive);
+        assert_eq!(state(100, true, false), WorkerState::Draining);
+        assert_eq!(state(100, false, true), WorkerState::Paused);
+        assert_eq!(state(ttl, false, false), WorkerState::Alive);
+        assert_eq!(state(ttl + 1, true, true), WorkerState::Stale);
+        assert_eq!(
+            state(WORKER_OFFLINE_AFTER_MS, false, false),
+            WorkerState::Stale
+        );
+        assert_eq!(
+            state(WORKER_OFFLINE_AFTER_MS + 1, false, false),
+            WorkerState::Offline
+        );
+        // A lease TTL longer than the offline bound: stale first, never offline early.
+        let long = 2 * WORKER_OFFLINE_AFTER_MS;
+        assert_eq!(
+            worker_state(WORKER_OFFLINE_AFTER_MS + 1, long, false, false),
+            WorkerState::Alive
+        );
+        assert_eq!(
+            worker_state(long + 1, long, false, false),
+            WorkerState::Offline
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -330,6 +330,12 @@ pub fn validate_limits(l: &ResourceLimits) -> Result<(), ValidationError> {
 }
 
 pub fn validate_policy(p: &RetryPolicy) -> Result<(), ValidationError> {
+    compile_policy(p).map(|_| ())
+}
+
+/// Validates a policy and returns its output patterns compiled, so a submitted or loaded
+/// policy is compiled once (a bad regex is refused here, naming the field).
+pub fn compile_policy(p: &RetryPolicy) -> Result<crate::retry::Patterns, ValidationError> {
     if p.initial_backoff_ms > MAX_BACKOFF_MS {
         return Err(err(
             "retry.initial_backoff_ms",
@@ -399,20 +405,8 @@ pub fn validate_policy(p: &RetryPolicy) -> Result<(), ValidationError> {
             "must be at least initial_backoff_ms",
         ));
     }
-    for (field, pats) in [
-        ("retry.retryable_patterns", &p.retryable_patterns),
-        ("retry.permanent_patterns", &p.permanent_patterns),
-    ] {
-        for (i, pat) in pats.iter().enumerate() {
-            if let Err(e) = regex::RegexBuilder::new(pat)
-                .size_limit(MAX_REGEX_SIZE)
-                .build()
-            {
-                return Err(err(format!("{field}[{i}]"), format!("bad regex: {e}")));
-            }
-        }
-    }
-    Ok(())
+    crate::retry::Patterns::try_compile(p)
+        .map_err(|(field, i, e)| err(format!("{field}[{i}]"), format!("bad regex: {e}")))
 }
 
 #[cfg(test)]

@@ -59,6 +59,8 @@ pub enum PgServerError {
     },
     #[error("initdb for {dir} failed: {output}")]
     Initdb { dir: PathBuf, output: String },
+    #[error("pg_basebackup into {dir} failed: {output}")]
+    BaseBackup { dir: PathBuf, output: String },
     #[error(
         "port {0} on 127.0.0.1 is already in use: pick another port (or none to get a \
          free one) or stop what listens there"
@@ -348,30 +350,8 @@ impl PgServer {
 
     /// Prepares the data directory and runs initdb unless it already holds a cluster.
     async fn init(&self) -> Result<(), PgServerError> {
+        prepare_dir(&self.cfg.data_dir)?;
         let dir = &self.cfg.data_dir;
-        if is_root() {
-            let user = nix::unistd::User::from_name("postgres")
-                .ok()
-                .flatten()
-                .ok_or(PgServerError::NoPostgresUser)?;
-            nix::unistd::chown(dir, Some(user.uid), Some(user.gid))
-                .map_err(|e| io(format!("handing {} to user postgres", dir.display()))(e.into()))?;
-            // The postgres user must be able to reach the directory through its parents
-            // (a tempdir is 0700 root): grant search, never read or write.
-            for parent in dir.ancestors().skip(1) {
-                if let Ok(meta) = std::fs::metadata(parent) {
-                    let mode = meta.permissions().mode();
-                    if mode & 0o001 == 0 {
-                        let _ = std::fs::set_permissions(
-                            parent,
-                            std::fs::Permissions::from_mode(mode | 0o001),
-                        );
-                    }
-                }
-            }
-        }
-        // PostgreSQL refuses a data directory others can read.
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         if dir.join("PG_VERSION").exists() {
             return Ok(());
         }
@@ -584,6 +564,57 @@ impl PgServer {
         self.spawn().await
     }
 
+    /// Starts a streaming replica of `primary` in `cfg.data_dir` (which must be empty or
+    /// absent): a base backup with `pg_basebackup -R` (so it starts as a standby following
+    /// the primary), then the server. With `synchronous_standby_names` set on the primary
+    /// (e.g. `*`), every commit the primary acknowledges is on this replica too.
+    pub async fn start_replica(
+        mut cfg: PgServerConfig,
+        primary: &PgServer,
+    ) -> Result<PgServer, PgServerError> {
+        let bin = find_bin_dir(cfg.bin_dir.as_deref())?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(io(format!("creating {}", cfg.data_dir.display())))?;
+        cfg.data_dir = cfg
+            .data_dir
+            .canonicalize()
+            .map_err(io(format!("resolving {}", cfg.data_dir.display())))?;
+        prepare_dir(&cfg.data_dir)?;
+        let mut cmd = pg_command(&bin.join("pg_basebackup"));
+        cmd.args(["-h", "127.0.0.1", "-U", "postgres", "-X", "stream", "-R"])
+            .args(["-c", "fast", "-p", &primary.port.to_string()])
+            .arg("-D")
+            .arg(&cfg.data_dir);
+        let out = tokio::process::Command::from(cmd)
+            .output()
+            .await
+            .map_err(io("running pg_basebackup"))?;
+        if !out.status.success() {
+            return Err(PgServerError::BaseBackup {
+                dir: cfg.data_dir.clone(),
+                output: tail_lines(
+                    &format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                    8,
+                ),
+            });
+        }
+        cfg.bin_dir = Some(bin);
+        PgServer::start(cfg).await
+    }
+
+    /// Promotes a standby to primary and waits until it accepts writes.
+    pub async fn promote(&self) -> Result<(), PgServerError> {
+        let (c, conn) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        c.execute("SELECT pg_promote(true, 60)", &[]).await?;
+        Ok(())
+    }
+
     /// Creates database `name` unless it exists.
     pub async fn create_database(&self, name: &str) -> Result<(), PgServerError> {
         let (c, conn) =
@@ -605,6 +636,35 @@ impl PgServer {
             r => Ok(r?),
         }
     }
+}
+
+/// Hands an (existing) data directory to the postgres user when we are root, lets that
+/// user reach it, and makes it private (PostgreSQL refuses one others can read).
+fn prepare_dir(dir: &Path) -> Result<(), PgServerError> {
+    if is_root() {
+        let user = nix::unistd::User::from_name("postgres")
+            .ok()
+            .flatten()
+            .ok_or(PgServerError::NoPostgresUser)?;
+        nix::unistd::chown(dir, Some(user.uid), Some(user.gid))
+            .map_err(|e| io(format!("handing {} to user postgres", dir.display()))(e.into()))?;
+        // The postgres user must be able to reach the directory through its parents
+        // (a tempdir is 0700 root): grant search, never read or write.
+        for parent in dir.ancestors().skip(1) {
+            if let Ok(meta) = std::fs::metadata(parent) {
+                let mode = meta.permissions().mode();
+                if mode & 0o001 == 0 {
+                    let _ = std::fs::set_permissions(
+                        parent,
+                        std::fs::Permissions::from_mode(mode | 0o001),
+                    );
+                }
+            }
+        }
+    }
+    // PostgreSQL refuses a data directory others can read.
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    Ok(())
 }
 
 /// The unix_socket_directories value: the data directory, or none at all (we connect over

@@ -1,19 +1,21 @@
 //! JSON renderings of API messages that both the coordinator (`/health`) and droverctl
-//! (`-o json`) print, so the two always agree.
+//! (`-o json`) print, so the two always agree. Every timestamp is RFC 3339 ([`time`]).
 
 use crate::v1 as pb;
 use serde_json::{json, Value};
 
-fn time(t: &Option<prost_types::Timestamp>) -> Value {
-    match t {
-        Some(t) => json!(format!("{}.{:09}", t.seconds, t.nanos.max(0))),
-        None => Value::Null,
-    }
+/// A timestamp as JSON: an RFC 3339 string in UTC, or null when unset (or out of range).
+/// The one way `-o json` and `/health` print times.
+pub fn time(t: &Option<prost_types::Timestamp>) -> Value {
+    t.as_ref()
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
+        .map(|t| Value::String(t.to_rfc3339()))
+        .unwrap_or(Value::Null)
 }
 
 pub fn resources(r: &pb::HostResources) -> Value {
     json!({
-        "sampled_at_unix": time(&r.sampled_at),
+        "sampled_at": time(&r.sampled_at),
         "cpu_percent": r.cpu_percent,
         "load1": r.load1,
         "memory_used_bytes": r.memory_used_bytes,
@@ -36,14 +38,15 @@ pub fn worker(w: &pb::Worker) -> Value {
     json!({
         "id": w.id,
         "hostname": w.hostname,
-        "state": w.state,
+        "state": pb::WorkerState::name_of(w.state),
         "paused_reason": w.paused_reason,
         "labels": w.labels,
         "queues": w.queues,
         "slots": w.slots,
         "running": w.running,
-        "last_seen_unix": time(&w.last_seen_at),
+        "last_seen_at": time(&w.last_seen_at),
         "version": w.version,
+        "protocol_version": w.protocol_version,
         "containment": w.containment,
         "resources": w.resources.as_ref().map(resources),
     })
@@ -51,7 +54,7 @@ pub fn worker(w: &pb::Worker) -> Value {
 
 pub fn health(h: &pb::Health) -> Value {
     json!({
-        "status": h.status,
+        "status": pb::HealthStatus::name_of(h.status),
         "reasons": h.reasons,
         "coordinator_id": h.coordinator_id,
         "version": h.version,
@@ -68,6 +71,7 @@ pub fn health(h: &pb::Health) -> Value {
         "workers_alive": h.workers_alive,
         "workers_stale": h.workers_stale,
         "workers_draining": h.workers_draining,
+        "workers_offline": h.workers_offline,
         "workers": h.workers.iter().map(worker).collect::<Vec<_>>(),
         "log_storage_bytes": h.log_storage_bytes,
         "config": serde_json::from_str::<Value>(&h.config_json).unwrap_or(Value::Null),
@@ -82,12 +86,39 @@ pub fn failure_group(g: &pb::FailureGroup) -> Value {
         "queue": g.queue,
         "fingerprint": g.fingerprint,
         "count": g.count,
-        "first_seen_at_unix": time(&g.first_seen_at),
-        "last_seen_at_unix": time(&g.last_seen_at),
+        "first_seen_at": time(&g.first_seen_at),
+        "last_seen_at": time(&g.last_seen_at),
         "sample": g.sample,
         "normalised": g.normalised,
         "last_job_id": g.last_job_id,
         "last_attempt_id": g.last_attempt_id,
         "exit_codes": g.exit_codes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339() {
+        let t = Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5_000_000,
+        });
+        assert_eq!(time(&t), json!("2023-11-14T22:13:20.005+00:00"));
+        assert_eq!(time(&None), Value::Null);
+        let w = worker(&pb::Worker {
+            state: pb::WorkerState::Stale as i32,
+            last_seen_at: t,
+            ..Default::default()
+        });
+        assert_eq!(w["state"], "stale");
+        assert_eq!(w["last_seen_at"], "2023-11-14T22:13:20.005+00:00");
+        let h = health(&pb::Health {
+            status: pb::HealthStatus::Degraded as i32,
+            ..Default::default()
+        });
+        assert_eq!(h["status"], "degraded");
+    }
 }

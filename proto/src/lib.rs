@@ -15,3 +15,4 @@ pub mod codec;
 
 pub mod auth;
 pub mod json;
+pub mod states;

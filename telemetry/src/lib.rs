@@ -7,6 +7,8 @@
 //! Trace context crosses processes as a W3C `traceparent` string: [`traceparent`] reads the
 //! current span's, [`set_parent`] continues one.
 
+pub mod sdnotify;
+
 use std::path::Path;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_appender::rolling::{Builder, Rotation};

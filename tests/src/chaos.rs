@@ -13,13 +13,14 @@
 //! Used by `tests/tests/chaos.rs` (a short seeded run in CI) and by the `drover-chaos`
 //! binary for long runs.
 
+use crate::netns::{Host, Net};
 use crate::{connect, spawn_coordinator, spawn_worker, CoordinatorOpts, Proc, Proxy};
 use anyhow::{bail, Context, Result};
 use drover_pgserver::{PgServer, PgServerConfig};
 use drover_proto::v1 as pb;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,20 @@ pub const JITTER: f64 = 0.2;
 pub const MAX_LOST: u32 = drover_core::retry::MAX_LOST_ATTEMPTS;
 /// Lines each job prints; an attempt with a result must have stored exactly these.
 pub const LINES: u32 = 30;
+/// The concurrency key some jobs carry, and its limit: [`check`] verifies, from the
+/// processes' own start and end times, that no more than this many ran at once.
+pub const KEY: &str = "chaos:site";
+pub const KEY_LIMIT: u32 = 2;
+/// Percentage of jobs that carry [`KEY`].
+const KEYED_PERCENT: u32 = 30;
+/// A schedule firing every second throughout the faults, catching up every missed tick:
+/// [`check`] verifies that each tick ran exactly once, as one job.
+pub const SCHEDULE: &str = "chaos-ticks";
+/// The environment variable that marks a tick's job (it names the tick ledger).
+const TICK_ENV: &str = "CHAOS_TICKS";
+/// How far behind the pause the last fired tick may be before the scheduler counts as
+/// stalled (a liveness bound, generous for faults that were held up to 3 s).
+const TICK_SLACK_MS: f64 = 10_000.0;
 
 const WORKERS: usize = 4;
 const SLOTS: u32 = 4;
@@ -51,6 +66,12 @@ pub struct Config {
     pub drain_limit: Duration,
     /// Scratch directory (logs, ledger, database); a temporary one when None.
     pub dir: Option<PathBuf>,
+    /// Hosts on a real (virtual) network instead of loopback proxies: PostgreSQL and
+    /// coordinator 0 on one network namespace, coordinator 1 on another, each worker on
+    /// its own, the runner on one more (tests/src/netns.rs). Link faults are then a
+    /// host's link down (cut), tc netem or a bandwidth limit (delay), and a link flap
+    /// (reset). Needs root; `run` fails with the reason where namespaces cannot be made.
+    pub netns: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -189,6 +210,33 @@ pub struct Evidence {
     pub first_seen: HashMap<String, Outcome>,
     /// Jobs still not terminal when the drain limit ran out, and that limit.
     pub not_terminal: Option<(i64, Duration)>,
+    /// Jobs submitted with [`KEY`].
+    pub keyed: HashSet<String>,
+    /// The span file: `start|end attempt-id unix-ms` from each keyed job's process.
+    pub spans: String,
+    pub ticks: Ticks,
+}
+
+/// What the tick schedule did.
+#[derive(Debug, Default)]
+pub struct Ticks {
+    /// When the schedule was created (the database's clock) and paused (the runner's).
+    pub created_ms: f64,
+    pub paused_ms: f64,
+    /// Its recorded runs.
+    pub runs: Vec<TickRun>,
+    /// Jobs with the tick environment ([`TICK_ENV`]) → state.
+    pub jobs: HashMap<String, String>,
+    /// The tick ledger: `job-id scheduled_at` per run of a tick's job.
+    pub ledger: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct TickRun {
+    pub fire_ms: f64,
+    pub status: String,
+    pub manual: bool,
+    pub job_id: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -203,6 +251,12 @@ pub struct Summary {
     /// Finished attempts the observer saw during the run (their results were then
     /// compared with the final ones).
     pub observed: u64,
+    /// Jobs that carried the concurrency key, and the most of their processes that ran at
+    /// once (from the processes' own clocks).
+    pub keyed_jobs: u64,
+    pub key_peak: u32,
+    /// Ticks the schedule fired.
+    pub ticks: u64,
     pub violations: Vec<String>,
 }
 
@@ -245,6 +299,12 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
+            "  concurrency key {KEY} (limit {KEY_LIMIT}): {} jobs, at most {} processes at once",
+            s.keyed_jobs, s.key_peak
+        )?;
+        writeln!(f, "  schedule ticks fired (each exactly once): {}", s.ticks)?;
+        writeln!(
+            f,
             "  time to drain after the faults: {:.1} s",
             self.drain.as_secs_f64()
         )?;
@@ -263,15 +323,21 @@ impl fmt::Display for Report {
 
 /// The shell script each job runs. The plan arrives in its environment.
 const SCRIPT: &str = r#"echo "$DROVER_JOB_ID $DROVER_ATTEMPT_ID $DROVER_ATTEMPT" >> "$CHAOS_LEDGER"
+span() { [ -z "$CHAOS_SPANS" ] || echo "$1 $DROVER_ATTEMPT_ID $(date +%s%3N)" >> "$CHAOS_SPANS"; }
+finish() { span end; exit "$1"; }
+span start
 i=1
 while [ $i -le $CHAOS_LINES ]; do
   echo "line $i $DROVER_JOB_ID $DROVER_ATTEMPT_ID"
   if [ $((i % 10)) -eq 0 ]; then sleep "$CHAOS_NAP"; fi
   i=$((i + 1))
 done
-if [ "$DROVER_ATTEMPT" -le "$CHAOS_FAIL_UNTIL" ]; then exit "$CHAOS_FAIL_CODE"; fi
-exit 0
+if [ "$DROVER_ATTEMPT" -le "$CHAOS_FAIL_UNTIL" ]; then finish "$CHAOS_FAIL_CODE"; fi
+finish 0
 "#;
+
+/// What each tick of [`SCHEDULE`] runs: one ledger line naming its job and its tick.
+const TICK_SCRIPT: &str = r#"echo "$DROVER_JOB_ID $1" >> "$CHAOS_TICKS""#;
 
 /// What attempt `attempt` of job `job` prints: every line names both, so output stored
 /// under another attempt or job differs.
@@ -282,8 +348,9 @@ pub fn expected_log(job: &str, attempt: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-fn job_spec(plan: Plan, nap_ms: u64, ledger: &Path, key: String) -> pb::JobSpec {
-    let env = [
+fn job_spec(plan: Plan, nap_ms: u64, files: &Files, keyed: bool, key: String) -> pb::JobSpec {
+    let ledger = &files.ledger;
+    let mut env = vec![
         ("CHAOS_LEDGER", ledger.display().to_string()),
         ("CHAOS_LINES", LINES.to_string()),
         ("CHAOS_NAP", format!("{:.3}", nap_ms as f64 / 1000.0)),
@@ -293,6 +360,9 @@ fn job_spec(plan: Plan, nap_ms: u64, ledger: &Path, key: String) -> pb::JobSpec 
         ),
         ("CHAOS_FAIL_CODE", plan.fail_code().to_string()),
     ];
+    if keyed {
+        env.push(("CHAOS_SPANS", files.spans.display().to_string()));
+    }
     pb::JobSpec {
         argv: vec!["sh".into(), "-c".into(), SCRIPT.into()],
         env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -304,7 +374,64 @@ fn job_spec(plan: Plan, nap_ms: u64, ledger: &Path, key: String) -> pb::JobSpec 
             ..Default::default()
         }),
         idempotency_key: key,
+        concurrency_keys: if keyed { vec![KEY.into()] } else { vec![] },
+        concurrency_limit: if keyed { KEY_LIMIT } else { 0 },
         ..Default::default()
+    }
+}
+
+/// The files the jobs write their side effects to.
+struct Files {
+    /// `job attempt number` per process started.
+    ledger: PathBuf,
+    /// `start|end attempt unix-ms` for processes of keyed jobs.
+    spans: PathBuf,
+    /// `job scheduled_at` per run of a tick's job.
+    ticks: PathBuf,
+}
+
+fn tick_schedule(files: &Files) -> pb::Schedule {
+    pb::Schedule {
+        name: SCHEDULE.into(),
+        cron: "* * * * * *".into(),
+        catch_up: "all".into(),
+        overlap: "allow".into(),
+        spec: Some(pb::JobSpec {
+            argv: ["sh", "-c", TICK_SCRIPT, "sh", "{scheduled_at}"]
+                .map(String::from)
+                .to_vec(),
+            env: [("CHAOS_TICKS".to_string(), files.ticks.display().to_string())].into(),
+            retry: Some(pb::RetryPolicy {
+                max_retries: Some(MAX_RETRIES),
+                initial_backoff_ms: Some(INITIAL_BACKOFF_MS),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Calls `f` on each coordinator in turn until one answers (faults may hold one down).
+async fn on_any<T, F, Fut>(addrs: &[String], limit: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut(crate::SchedulesClient) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let start = Instant::now();
+    let mut k = 0;
+    loop {
+        let addr = &addrs[k % addrs.len()];
+        let tried = async { f(crate::schedules(addr).await?).await };
+        match tokio::time::timeout(Duration::from_secs(5), tried).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if start.elapsed() > limit => return Err(e),
+            Err(_) if start.elapsed() > limit => bail!("no coordinator answered within {limit:?}"),
+            _ => {
+                k += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 }
 
@@ -316,19 +443,30 @@ struct Coordinator {
     proc: Option<Proc>,
 }
 
+/// How a worker reaches the coordinators, and where link faults are made.
+enum Link {
+    /// Loopback, through a proxy the runner controls.
+    Proxy(Proxy),
+    /// Its own host on the virtual network, given both coordinators' addresses.
+    Host(Host, String),
+}
+
 struct Worker {
     name: String,
-    proxy: Proxy,
+    link: Link,
     proc: Option<Proc>,
 }
 
 /// The processes under test. Dropping it stops them all, jobs of killed workers included.
 struct World {
     dir: PathBuf,
-    pg: PgServer,
+    /// None only while a restart on its namespace host is under way.
+    pg: Option<PgServer>,
     db_url: String,
     coordinators: Vec<Coordinator>,
     workers: Vec<Worker>,
+    /// The database's host in namespace mode.
+    db_host: Option<Host>,
 }
 
 impl Drop for World {
@@ -362,37 +500,131 @@ async fn start_coordinator(dir: &Path, c: &Coordinator, db_url: &str) -> Result<
 }
 
 fn start_worker(dir: &Path, w: &Worker) -> Result<Proc> {
-    spawn_worker(
-        dir,
-        &w.name,
-        &w.proxy.addr,
-        SLOTS,
-        &[],
-        &[("DROVER_WORKER_KILL_GRACE_MS", "500")],
-    )
+    match &w.link {
+        Link::Proxy(p) => spawn_worker(
+            dir,
+            &w.name,
+            &p.addr,
+            SLOTS,
+            &[],
+            &[("DROVER_WORKER_KILL_GRACE_MS", "500")],
+        ),
+        Link::Host(host, addrs) => {
+            let log = dir.join(format!("{}.log", w.name));
+            let err = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)?;
+            let child = host
+                .command(crate::bin("drover-worker"))
+                .args(["--coordinator", addrs, "--worker-id", &w.name])
+                .arg("--state-dir")
+                .arg(dir.join(format!("{}-state", w.name)))
+                .args(["--slots", &SLOTS.to_string()])
+                .env("RUST_LOG", "info,drover_worker=debug")
+                .env("DROVER_WORKER_KILL_GRACE_MS", "500")
+                .env("DROVER_WORKER_TOKEN", crate::WORKER_TOKEN)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(err)
+                .spawn()
+                .context("spawning drover-worker")?;
+            Ok(Proc {
+                name: w.name.clone(),
+                child,
+                log,
+                http: String::new(),
+            })
+        }
+    }
 }
 
-impl World {
-    async fn start(dir: &Path) -> Result<World> {
+/// Host names in namespace mode: the database and coordinator 0, coordinator 1, the
+/// workers, and the runner itself.
+const NS_HOSTS: [&str; 7] = ["db", "c1", "w0", "w1", "w2", "w3", "ops"];
+
+/// PostgreSQL on `host`, reachable from the other hosts; returns it and the URL of the
+/// `drover` database.
+fn start_pg_on(host: &Host, dir: &Path) -> Result<(PgServer, String)> {
+    let data_dir = dir.join("pg");
+    let ip = host.ip.clone();
+    let pg = host.run(move || async move {
         let pg = PgServer::start(PgServerConfig {
-            data_dir: dir.join("pg"),
-            settings: vec![("fsync".into(), "off".into())],
+            data_dir,
+            settings: vec![
+                ("fsync".into(), "off".into()),
+                ("listen_addresses".into(), "*".into()),
+            ],
             ..Default::default()
         })
         .await
         .context("starting PostgreSQL")?;
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(pg.data_dir().join("pg_hba.conf"))?
+            .write_all(b"host all all 10.213.0.0/24 trust\n")?;
+        connect(&pg.url("postgres"))
+            .await?
+            .execute("SELECT pg_reload_conf()", &[])
+            .await?;
         pg.create_database("drover").await?;
-        let db_url = pg.url("drover");
+        Ok(pg)
+    })?;
+    let url = format!("postgres://postgres@{ip}:{}/drover", pg.port());
+    Ok((pg, url))
+}
+
+fn coordinator_addr(c: &Coordinator) -> String {
+    let ip = c
+        .opts
+        .netns
+        .as_ref()
+        .map_or("127.0.0.1", |(_, ip)| ip.as_str());
+    format!("http://{ip}:{}", c.opts.port)
+}
+
+impl World {
+    async fn start(dir: &Path, net: Option<&Net>) -> Result<World> {
+        let (pg, db_url, db_host) = match net {
+            Some(net) => {
+                let host = net.host("db").clone();
+                let (pg, url) = start_pg_on(&host, dir)?;
+                (pg, url, Some(host))
+            }
+            None => {
+                let pg = PgServer::start(PgServerConfig {
+                    data_dir: dir.join("pg"),
+                    settings: vec![("fsync".into(), "off".into())],
+                    ..Default::default()
+                })
+                .await
+                .context("starting PostgreSQL")?;
+                pg.create_database("drover").await?;
+                let url = pg.url("drover");
+                (pg, url, None)
+            }
+        };
         let mut coordinators = Vec::new();
         for i in 0..2 {
+            let netns = net.map(|n| {
+                let h = n.host(if i == 0 { "db" } else { "c1" });
+                (h.ns.clone(), h.ip.clone())
+            });
             let mut c = Coordinator {
                 name: format!("coord{i}"),
                 opts: CoordinatorOpts {
-                    port: crate::free_port(),
+                    // A host of its own: the usual port; on loopback: a free one.
+                    port: if netns.is_some() {
+                        50051
+                    } else {
+                        crate::free_port()
+                    },
                     lease_ttl_ms: LEASE_TTL_MS,
                     heartbeat_interval_ms: 400,
                     reaper_interval_ms: 200,
                     database_url: Some(db_url.clone()),
+                    netns,
                     ..Default::default()
                 },
                 proc: None,
@@ -400,12 +632,22 @@ impl World {
             c.proc = Some(start_coordinator(dir, &c, &db_url).await?);
             coordinators.push(c);
         }
+        let addrs: Vec<String> = coordinators.iter().map(coordinator_addr).collect();
         let mut workers = Vec::new();
         for i in 0..WORKERS {
-            let target = format!("127.0.0.1:{}", coordinators[i % 2].opts.port);
+            let link = match net {
+                // Each worker prefers one coordinator and fails over to the other.
+                Some(net) => Link::Host(
+                    net.host(&format!("w{i}")).clone(),
+                    format!("{},{}", addrs[i % 2], addrs[(i + 1) % 2]),
+                ),
+                None => Link::Proxy(
+                    Proxy::start(&format!("127.0.0.1:{}", coordinators[i % 2].opts.port)).await?,
+                ),
+            };
             let mut w = Worker {
                 name: format!("w{i}"),
-                proxy: Proxy::start(&target).await?,
+                link,
                 proc: None,
             };
             w.proc = Some(start_worker(dir, &w)?);
@@ -413,18 +655,22 @@ impl World {
         }
         Ok(World {
             dir: dir.to_path_buf(),
-            pg,
+            pg: Some(pg),
             db_url,
             coordinators,
             workers,
+            db_host,
         })
     }
 
     fn addrs(&self) -> Vec<String> {
-        self.coordinators
-            .iter()
-            .map(|c| format!("http://127.0.0.1:{}", c.opts.port))
-            .collect()
+        self.coordinators.iter().map(coordinator_addr).collect()
+    }
+
+    fn pg(&mut self) -> Result<&mut PgServer> {
+        self.pg
+            .as_mut()
+            .context("PostgreSQL was lost in an earlier restart")
     }
 
     async fn inject(&mut self, f: Fault, rng: &mut StdRng) -> Result<()> {
@@ -449,29 +695,73 @@ impl World {
             }
             Fault::StopPostgres => {
                 if rng.random_bool(0.5) {
-                    self.pg.stop().await?;
+                    self.pg()?.stop().await?;
                 } else {
-                    self.pg.stop_immediate().await?;
+                    self.pg()?.stop_immediate().await?;
                 }
                 tokio::time::sleep(hold).await;
-                self.pg.restart().await?;
+                match self.db_host.clone() {
+                    None => self.pg()?.restart().await?,
+                    // The server must start on its own host: restart it from a thread
+                    // in that host's namespace.
+                    Some(host) => {
+                        let mut pg = self.pg.take().context("no PostgreSQL")?;
+                        let pg = tokio::task::spawn_blocking(move || {
+                            host.run(move || async move {
+                                pg.restart().await?;
+                                Ok(pg)
+                            })
+                        })
+                        .await??;
+                        self.pg = Some(pg);
+                    }
+                }
             }
             Fault::CutLink => {
                 let w = &self.workers[rng.random_range(0..self.workers.len())];
-                w.proxy.cut();
-                tokio::time::sleep(hold).await;
-                w.proxy.restore();
+                match &w.link {
+                    Link::Proxy(p) => {
+                        p.cut();
+                        tokio::time::sleep(hold).await;
+                        p.restore();
+                    }
+                    Link::Host(h, _) => {
+                        h.link_down()?;
+                        tokio::time::sleep(hold).await;
+                        h.link_up()?;
+                    }
+                }
             }
             Fault::DelayLink => {
                 let w = &self.workers[rng.random_range(0..self.workers.len())];
-                w.proxy
-                    .set_delay(Duration::from_millis(rng.random_range(50..800)));
-                tokio::time::sleep(hold).await;
-                w.proxy.set_delay(Duration::ZERO);
+                let delay = rng.random_range(50..800);
+                match &w.link {
+                    Link::Proxy(p) => {
+                        p.set_delay(Duration::from_millis(delay));
+                        tokio::time::sleep(hold).await;
+                        p.set_delay(Duration::ZERO);
+                    }
+                    Link::Host(h, _) => {
+                        // netem where the kernel has it, else a bandwidth limit.
+                        if !h.netem(delay as u32, delay as u32 / 4, 2, 10)? {
+                            h.throttle("1mbit", delay as u32)?;
+                        }
+                        tokio::time::sleep(hold).await;
+                        h.clear_qdisc()?;
+                    }
+                }
             }
             Fault::ResetLink => {
                 let w = &self.workers[rng.random_range(0..self.workers.len())];
-                w.proxy.reset();
+                match &w.link {
+                    Link::Proxy(p) => p.reset(),
+                    // A short flap: the link goes down and comes back.
+                    Link::Host(h, _) => {
+                        h.link_down()?;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        h.link_up()?;
+                    }
+                }
             }
             Fault::PauseWorker => {
                 // Sometimes longer than the lease: the paused worker's attempts are given
@@ -495,10 +785,10 @@ impl World {
 /// away, the other; the idempotency key makes a re-sent submit return the same job.
 async fn submit_all(
     addrs: Vec<String>,
-    specs: Vec<(Plan, pb::JobSpec)>,
+    specs: Vec<(Plan, bool, pb::JobSpec)>,
     over: Duration,
     limit: Duration,
-) -> Result<(HashMap<String, Plan>, usize)> {
+) -> Result<(HashMap<String, Plan>, HashSet<String>, usize)> {
     // Both coordinators are up when this starts; the channels reconnect on their own.
     let mut clients = Vec::new();
     for a in &addrs {
@@ -514,8 +804,9 @@ async fn submit_all(
     }
     let gap = over / specs.len().max(1) as u32;
     let mut plans = HashMap::new();
+    let mut keyed = HashSet::new();
     let mut submitted = 0;
-    for (i, (plan, spec)) in specs.into_iter().enumerate() {
+    for (i, (plan, with_key, spec)) in specs.into_iter().enumerate() {
         let start = Instant::now();
         let mut k = i;
         let job = loop {
@@ -532,20 +823,24 @@ async fn submit_all(
                 }
             }
         };
+        if with_key {
+            keyed.insert(job.id.clone());
+        }
         plans.insert(job.id, plan);
         submitted += 1;
         tokio::time::sleep(gap).await;
     }
-    Ok((plans, submitted))
+    Ok((plans, keyed, submitted))
 }
 
 const ATTEMPT_QUERY: &str = "SELECT id::text, job_id::text, number, state, \
        extract(epoch FROM started_at)::float8 * 1000, \
        extract(epoch FROM finished_at)::float8 * 1000, exit_code \
-  FROM attempts ORDER BY job_id, number";
+  FROM attempts WHERE job_id NOT IN (SELECT id FROM jobs WHERE env ? $1) \
+ ORDER BY job_id, number";
 
 async fn read_attempts(db: &tokio_postgres::Client) -> Result<Vec<AttemptRow>> {
-    db.query(ATTEMPT_QUERY, &[])
+    db.query(ATTEMPT_QUERY, &[&TICK_ENV])
         .await?
         .iter()
         .map(|r| {
@@ -593,8 +888,28 @@ async fn observe(url: String, stop: CancellationToken, seen: Arc<Mutex<HashMap<S
 // -------------------------------------------------------------------------- run
 
 /// Runs the whole scenario and returns what it saw. An `Err` is a failure of the runner
-/// itself (a process that would not start); broken promises are `Report::summary.violations`.
+/// itself (a process that would not start, or no namespaces in namespace mode); broken
+/// promises are `Report::summary.violations`. In namespace mode the runner works from a
+/// host of its own (a thread in that namespace with a runtime of its own).
 pub async fn run(cfg: &Config) -> Result<Report> {
+    if !cfg.netns {
+        return run_on(cfg, None).await;
+    }
+    let net = Net::new(&NS_HOSTS)?;
+    let ops = net.host("ops").clone();
+    let cfg = cfg.clone();
+    // The namespaces outlive the run (dropped here, after the world it made).
+    let net = Arc::new(net);
+    let keep = net.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        ops.run(move || async move { run_on(&cfg, Some(&net)).await })
+    })
+    .await?;
+    drop(keep);
+    r
+}
+
+async fn run_on(cfg: &Config, net: Option<&Net>) -> Result<Report> {
     let tmp;
     let dir = match &cfg.dir {
         Some(d) => {
@@ -607,18 +922,39 @@ pub async fn run(cfg: &Config) -> Result<Report> {
         }
     };
     let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let ledger = dir.join("ledger.txt");
-    std::fs::write(&ledger, b"")?;
-    let specs: Vec<(Plan, pb::JobSpec)> = (0..cfg.jobs)
+    let files = Files {
+        ledger: dir.join("ledger.txt"),
+        spans: dir.join("spans.txt"),
+        ticks: dir.join("ticks.txt"),
+    };
+    for f in [&files.ledger, &files.spans, &files.ticks] {
+        std::fs::write(f, b"")?;
+    }
+    let specs: Vec<(Plan, bool, pb::JobSpec)> = (0..cfg.jobs)
         .map(|i| {
             let plan = Plan::draw(&mut rng);
             let nap = rng.random_range(100..700);
+            let keyed = rng.random_range(0..100) < KEYED_PERCENT;
             let key = format!("chaos-{}-{i}", cfg.seed);
-            (plan, job_spec(plan, nap, &ledger, key))
+            (plan, keyed, job_spec(plan, nap, &files, keyed, key))
         })
         .collect();
 
-    let mut world = World::start(&dir).await?;
+    let mut world = World::start(&dir, net).await?;
+    let addrs = world.addrs();
+    let schedule = tick_schedule(&files);
+    on_any(&addrs, Duration::from_secs(30), |mut c| {
+        let schedule = schedule.clone();
+        async move {
+            c.create_schedule(pb::CreateScheduleRequest {
+                schedule: Some(schedule),
+            })
+            .await?;
+            Ok(())
+        }
+    })
+    .await
+    .context("creating the tick schedule")?;
     let stop = CancellationToken::new();
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let observer = tokio::spawn(observe(world.db_url.clone(), stop.clone(), seen.clone()));
@@ -640,7 +976,21 @@ pub async fn run(cfg: &Config) -> Result<Report> {
             .with_context(|| format!("injecting {f:?} (seed {})", cfg.seed))?;
         *faults.entry(f).or_default() += 1;
     }
-    let (plans, submitted) = submitter.await??;
+    let (plans, keyed, submitted) = submitter.await??;
+    // Stop the ticks so the drain can end; every tick up to here must have run once.
+    on_any(&addrs, cfg.drain_limit, |mut c| async move {
+        c.pause_schedule(pb::PauseScheduleRequest {
+            name: SCHEDULE.into(),
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+    .context("pausing the tick schedule")?;
+    let paused_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64()
+        * 1000.0;
 
     // Drain: every job must reach a terminal state with no more faults.
     let drain_start = Instant::now();
@@ -669,18 +1019,51 @@ pub async fn run(cfg: &Config) -> Result<Report> {
 
     let mut ev = Evidence {
         plans,
+        keyed,
         submitted,
         attempts: read_attempts(&db).await?,
         not_terminal,
         ..Default::default()
     };
     for r in db
-        .query("SELECT id::text, state, reason FROM jobs", &[])
+        .query(
+            "SELECT id::text, state, reason, env ? $1 FROM jobs",
+            &[&TICK_ENV],
+        )
         .await?
     {
-        ev.jobs
-            .insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
+        if r.try_get(3)? {
+            ev.ticks.jobs.insert(r.try_get(0)?, r.try_get(1)?);
+        } else {
+            ev.jobs
+                .insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
+        }
     }
+    ev.ticks.created_ms = db
+        .query_one(
+            "SELECT extract(epoch FROM created_at)::float8 * 1000 FROM schedules WHERE name = $1",
+            &[&SCHEDULE],
+        )
+        .await?
+        .try_get(0)?;
+    ev.ticks.paused_ms = paused_ms;
+    for r in db
+        .query(
+            "SELECT extract(epoch FROM fire_time)::float8 * 1000, status, manual, job_id::text \
+               FROM schedule_runs WHERE schedule = $1 ORDER BY fire_time",
+            &[&SCHEDULE],
+        )
+        .await?
+    {
+        ev.ticks.runs.push(TickRun {
+            fire_ms: r.try_get(0)?,
+            status: r.try_get(1)?,
+            manual: r.try_get(2)?,
+            job_id: r.try_get(3)?,
+        });
+    }
+    ev.ticks.ledger = std::fs::read_to_string(&files.ticks)?;
+    ev.spans = std::fs::read_to_string(&files.spans)?;
     for r in db
         .query(
             "SELECT a.id::text, string_agg(l.data, ''::bytea ORDER BY l.seq) \
@@ -692,7 +1075,7 @@ pub async fn run(cfg: &Config) -> Result<Report> {
     {
         ev.logs.insert(r.try_get(0)?, r.try_get(1)?);
     }
-    ev.ledger = std::fs::read_to_string(&ledger)?;
+    ev.ledger = std::fs::read_to_string(&files.ledger)?;
     ev.first_seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
 
     let summary = check(&ev);
@@ -1026,7 +1409,229 @@ pub fn check(ev: &Evidence) -> Summary {
             None => {}
         }
     }
+    check_key(ev, &mut s);
+    check_ticks(ev, &mut s);
     s
+}
+
+/// The most intervals `[start, end)` that overlap at one instant, that instant, and the
+/// ids of the intervals open then.
+fn peak<'a>(spans: &[(f64, f64, &'a str)]) -> (u32, f64, Vec<&'a str>) {
+    let mut best = (0, 0.0, Vec::new());
+    for &(t, _, _) in spans {
+        let open: Vec<&str> = spans
+            .iter()
+            .filter(|(s, e, _)| *s <= t && t < *e)
+            .map(|(_, _, id)| *id)
+            .collect();
+        if open.len() as u32 > best.0 {
+            best = (open.len() as u32, t, open);
+        }
+    }
+    best
+}
+
+/// The concurrency key's limit, checked twice: on Drover's own record (an attempt holds
+/// the key from its lease to its end) and on the processes' clocks. A process whose
+/// attempt ended `lost`, `released` or `cancelled` may outlive its lease (a paused or cut
+/// off worker's child runs on), as an explained extra run does; every process of an
+/// attempt with a result ran inside its lease, so those never exceed the limit.
+fn check_key(ev: &Evidence, s: &mut Summary) {
+    let v = &mut s.violations;
+    s.keyed_jobs = ev.keyed.len() as u64;
+    let keyed: Vec<&AttemptRow> = ev
+        .attempts
+        .iter()
+        .filter(|a| ev.keyed.contains(&a.job_id))
+        .collect();
+    let held: Vec<(f64, f64, &str)> = keyed
+        .iter()
+        .map(|a| {
+            (
+                a.started_ms,
+                a.finished_ms.unwrap_or(f64::INFINITY),
+                a.id.as_str(),
+            )
+        })
+        .collect();
+    let (n, at, ids) = peak(&held);
+    if n > KEY_LIMIT {
+        v.push(format!(
+            "{n} attempts of jobs with key {KEY} (limit {KEY_LIMIT}) were running at once \
+             at {at:.0} ms, by Drover's record: {ids:?}"
+        ));
+    }
+    let mut starts: HashMap<&str, f64> = HashMap::new();
+    let mut ends: HashMap<&str, f64> = HashMap::new();
+    for line in ev.spans.lines() {
+        let parsed = match line.split(' ').collect::<Vec<_>>()[..] {
+            [kind @ ("start" | "end"), attempt, ms] => {
+                ms.parse::<f64>().ok().map(|ms| (kind, attempt, ms))
+            }
+            _ => None,
+        };
+        match parsed {
+            Some(("start", attempt, ms)) => {
+                starts.insert(attempt, ms);
+            }
+            Some((_, attempt, ms)) => {
+                ends.insert(attempt, ms);
+            }
+            None => v.push(format!("span line is garbled: {line:?}")),
+        }
+    }
+    let mut ran = Vec::new();
+    for a in keyed
+        .iter()
+        .filter(|a| RESULT_STATES.contains(&a.state.as_str()))
+    {
+        match (starts.get(a.id.as_str()), ends.get(a.id.as_str())) {
+            (Some(&start), Some(&end)) => ran.push((start, end, a.id.as_str())),
+            _ => v.push(format!(
+                "attempt {} ({}) of keyed job {} left no start and end time",
+                a.id, a.state, a.job_id
+            )),
+        }
+    }
+    let (n, at, ids) = peak(&ran);
+    s.key_peak = n;
+    if n > KEY_LIMIT {
+        v.push(format!(
+            "{n} processes of jobs with key {KEY} (limit {KEY_LIMIT}) ran at once at \
+             {at:.0} ms, by their own clocks: {ids:?}"
+        ));
+    }
+}
+
+/// Exactly-once ticks: with catch-up `all` and overlap `allow`, every second from the one
+/// after the schedule's creation until shortly before its pause fired once, as one job,
+/// whose process ran for that tick and no other; no job carries the tick environment
+/// without a tick.
+fn check_ticks(ev: &Evidence, s: &mut Summary) {
+    let t = &ev.ticks;
+    let v = &mut s.violations;
+    s.ticks = t.runs.len() as u64;
+    let Some(first) = t.runs.first() else {
+        v.push(format!("schedule {SCHEDULE} fired no tick"));
+        return;
+    };
+    for r in &t.runs {
+        if r.status != "fired" || r.manual || r.job_id.is_none() {
+            v.push(format!(
+                "tick {:.0} is {}{}{}; catch-up all with overlap allow fires each tick as a job",
+                r.fire_ms,
+                r.status,
+                if r.manual { ", manual" } else { "" },
+                if r.job_id.is_none() {
+                    ", without a job"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    let first_due = (t.created_ms / 1000.0).floor() * 1000.0 + 1000.0;
+    if (first.fire_ms - first_due).abs() > 0.5 {
+        v.push(format!(
+            "the first tick fired is {:.0}; the first after the schedule's creation is {first_due:.0}",
+            first.fire_ms
+        ));
+    }
+    for w in t.runs.windows(2) {
+        let gap = w[1].fire_ms - w[0].fire_ms;
+        if (gap - 1000.0).abs() > 0.5 {
+            v.push(format!(
+                "ticks {:.0} and {:.0} are {gap:.0} ms apart: {}",
+                w[0].fire_ms,
+                w[1].fire_ms,
+                if gap > 1000.0 {
+                    "the ticks between them never fired"
+                } else {
+                    "not one second"
+                }
+            ));
+        }
+    }
+    if let Some(last) = t.runs.last() {
+        if last.fire_ms < t.paused_ms - TICK_SLACK_MS {
+            v.push(format!(
+                "the last tick fired is {:.0}, {:.1} s before the schedule was paused: the \
+                 scheduler stalled",
+                last.fire_ms,
+                (t.paused_ms - last.fire_ms) / 1000.0
+            ));
+        }
+    }
+    let mut tick_of: HashMap<&str, f64> = HashMap::new();
+    for r in &t.runs {
+        if let Some(job) = &r.job_id {
+            if let Some(other) = tick_of.insert(job.as_str(), r.fire_ms) {
+                v.push(format!(
+                    "job {job} was created by ticks {other:.0} and {:.0}",
+                    r.fire_ms
+                ));
+            }
+            if !t.jobs.contains_key(job) {
+                v.push(format!(
+                    "tick {:.0} names job {job}, which is not stored",
+                    r.fire_ms
+                ));
+            }
+        }
+    }
+    let mut labelled: Vec<(&String, &String)> = t.jobs.iter().collect();
+    labelled.sort();
+    for (job, state) in labelled {
+        if !tick_of.contains_key(job.as_str()) {
+            v.push(format!(
+                "job {job} carries the tick environment but no tick created it"
+            ));
+        }
+        if state != "succeeded" {
+            v.push(format!("tick job {job} ended {state}, not succeeded"));
+        }
+    }
+    let mut jobs_of_tick: BTreeMap<i64, BTreeSet<&str>> = BTreeMap::new();
+    let mut ran: HashSet<&str> = HashSet::new();
+    for line in t.ledger.lines() {
+        let parsed = line.split_once(' ').and_then(|(job, at)| {
+            chrono::DateTime::parse_from_rfc3339(at)
+                .ok()
+                .map(|at| (job, at.timestamp_millis()))
+        });
+        let Some((job, at)) = parsed else {
+            v.push(format!("tick ledger line is garbled: {line:?}"));
+            continue;
+        };
+        ran.insert(job);
+        jobs_of_tick.entry(at).or_default().insert(job);
+        match tick_of.get(job) {
+            None => v.push(format!(
+                "a process ran for tick {at} as job {job}, which no tick created"
+            )),
+            Some(&fire) if (fire - at as f64).abs() > 0.5 => v.push(format!(
+                "job {job} ran for tick {at} but was created for tick {fire:.0}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for (at, jobs) in &jobs_of_tick {
+        if jobs.len() > 1 {
+            v.push(format!("tick {at} ran as {} jobs: {jobs:?}", jobs.len()));
+        }
+    }
+    for r in &t.runs {
+        if let Some(job) = &r.job_id {
+            if t.jobs.get(job).map(String::as_str) == Some("succeeded")
+                && !ran.contains(job.as_str())
+            {
+                v.push(format!(
+                    "tick {:.0}'s job {job} succeeded but its process never ran",
+                    r.fire_ms
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1102,7 +1707,50 @@ mod tests {
                 finished_ms: Some(100.0),
             },
         );
+        // Both jobs carry the key; two of their attempts hold it at once, never three.
+        ev.keyed = ["j", "h"].map(String::from).into();
+        ev.spans = ev
+            .attempts
+            .iter()
+            .filter(|a| a.state != "lost")
+            .map(|a| {
+                let done = a.finished_ms.unwrap_or(0.0);
+                format!(
+                    "start {} {}\nend {} {}\n",
+                    a.id,
+                    a.started_ms + 5.0,
+                    a.id,
+                    done - 5.0
+                )
+            })
+            .collect();
+        // Ticks at 11, 12, 13 and 14 s, each run once by its own job.
+        ev.ticks = Ticks {
+            created_ms: 10_500.0,
+            paused_ms: 14_200.0,
+            runs: (1..=4)
+                .map(|i| TickRun {
+                    fire_ms: 10_000.0 + 1_000.0 * i as f64,
+                    status: "fired".into(),
+                    manual: false,
+                    job_id: Some(format!("t{i}")),
+                })
+                .collect(),
+            jobs: (1..=4)
+                .map(|i| (format!("t{i}"), "succeeded".to_string()))
+                .collect(),
+            ledger: (1..=4)
+                .map(|i| format!("t{i} {}\n", tick_time(10 + i)))
+                .collect(),
+        };
         ev
+    }
+
+    /// A tick's `{scheduled_at}` for second `s` of the epoch.
+    fn tick_time(s: i64) -> String {
+        chrono::DateTime::from_timestamp(s, 0)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default()
     }
 
     /// Index of attempt `n` of job `job` in `good()`'s attempts.
@@ -1120,6 +1768,9 @@ mod tests {
         assert_eq!(s.executions, 7);
         assert_eq!(s.extra_executions, 1);
         assert_eq!(s.observed, 1);
+        assert_eq!(s.keyed_jobs, 2);
+        assert_eq!(s.key_peak, 2);
+        assert_eq!(s.ticks, 4);
     }
 
     #[test]
@@ -1131,7 +1782,8 @@ mod tests {
         ev.logs.remove("j-a3");
         ev.ledger = ev.ledger.replace(&ledger_line("j", 3), "");
         for n in 3..=(MAX_LOST as i32 + 3) {
-            ev.attempts.push(attempt("j", n, "lost", 3_000.0, 3_100.0));
+            let t = 3_000.0 + 200.0 * n as f64;
+            ev.attempts.push(attempt("j", n, "lost", t, t + 100.0));
         }
         let v = check(&ev).violations;
         assert_eq!(v.len(), 1, "{v:?}");
@@ -1390,6 +2042,95 @@ mod tests {
                 Box::new(|e| {
                     e.logs.remove("h-a1");
                 }),
+            ),
+            (
+                "3 attempts of jobs with key chaos:site (limit 2) were running at once at 50 ms",
+                Box::new(|e| {
+                    e.keyed.insert("x".into());
+                    e.attempts.push(attempt("x", 1, "succeeded", 50.0, 60.0));
+                }),
+            ),
+            (
+                "3 processes of jobs with key chaos:site (limit 2) ran at once",
+                Box::new(|e| {
+                    // j's last attempt, by its own clock, ran beside h-a1 and j-a1.
+                    e.spans = e.spans.replace("start j-a3 2105", "start j-a3 20");
+                }),
+            ),
+            (
+                "attempt h-a2 (failed) of keyed job h left no start and end time",
+                Box::new(|e| e.spans = e.spans.replace("end h-a2", "end h-a9")),
+            ),
+            (
+                "span line is garbled",
+                Box::new(|e| e.spans.push_str("start h-a1\n")),
+            ),
+            (
+                "fired no tick",
+                Box::new(|e| e.ticks.runs.clear()),
+            ),
+            (
+                "tick 12000 is skipped, without a job",
+                Box::new(|e| {
+                    e.ticks.runs[1].status = "skipped".into();
+                    e.ticks.runs[1].job_id = None;
+                }),
+            ),
+            (
+                "the first tick fired is 11000; the first after the schedule's creation is 12000",
+                Box::new(|e| e.ticks.created_ms = 11_000.0),
+            ),
+            (
+                "ticks 12000 and 14000 are 2000 ms apart: the ticks between them never fired",
+                Box::new(|e| {
+                    e.ticks.runs.remove(2);
+                }),
+            ),
+            (
+                "the scheduler stalled",
+                Box::new(|e| e.ticks.paused_ms = 30_000.0),
+            ),
+            (
+                "job t1 was created by ticks 11000 and 12000",
+                Box::new(|e| e.ticks.runs[1].job_id = Some("t1".into())),
+            ),
+            (
+                "tick 13000 names job t3, which is not stored",
+                Box::new(|e| {
+                    e.ticks.jobs.remove("t3");
+                }),
+            ),
+            (
+                "job t9 carries the tick environment but no tick created it",
+                Box::new(|e| {
+                    e.ticks.jobs.insert("t9".into(), "succeeded".into());
+                }),
+            ),
+            (
+                "tick job t2 ended permanent_failed, not succeeded",
+                Box::new(|e| {
+                    e.ticks.jobs.insert("t2".into(), "permanent_failed".into());
+                }),
+            ),
+            (
+                "tick ledger line is garbled",
+                Box::new(|e| e.ticks.ledger.push_str("t1 yesterday\n")),
+            ),
+            (
+                "as job zz, which no tick created",
+                Box::new(|e| e.ticks.ledger.push_str(&format!("zz {}\n", tick_time(11)))),
+            ),
+            (
+                "job t2 ran for tick 11000 but was created for tick 12000",
+                Box::new(|e| e.ticks.ledger.push_str(&format!("t2 {}\n", tick_time(11)))),
+            ),
+            (
+                "tick 11000 ran as 2 jobs",
+                Box::new(|e| e.ticks.ledger.push_str(&format!("t2 {}\n", tick_time(11)))),
+            ),
+            (
+                "tick 14000's job t4 succeeded but its process never ran",
+                Box::new(|e| e.ticks.ledger = e.ticks.ledger.replace("t4 ", "t3 ")),
             ),
         ];
         for (want, f) in cases {

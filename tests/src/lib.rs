@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 pub use drover_proto::v1;
 
 pub mod chaos;
+pub mod netns;
 pub mod tls;
 
 /// Admin connection for creating test databases. CI sets DATABASE_URL; locally the
@@ -249,6 +250,9 @@ pub struct CoordinatorOpts {
     pub database_url: Option<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// Run on a network-namespace host (namespace name, its address) instead of
+    /// loopback: listens on that address (see [`netns`]).
+    pub netns: Option<(String, String)>,
 }
 
 impl Default for CoordinatorOpts {
@@ -261,6 +265,7 @@ impl Default for CoordinatorOpts {
             config_toml: None,
             database_url: None,
             env: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -348,7 +353,14 @@ pub fn spawn_coordinator(
         opts.port
     };
     let log = dir.join(format!("{name}.log"));
-    let mut cmd = Command::new(bin("drover-coordinator"));
+    let (mut cmd, ip) = match &opts.netns {
+        Some((ns, ip)) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin("drover-coordinator"));
+            (c, ip.as_str())
+        }
+        None => (Command::new(bin("drover-coordinator")), "127.0.0.1"),
+    };
     if let Some(toml) = &opts.config_toml {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, toml)?;
@@ -356,8 +368,9 @@ pub fn spawn_coordinator(
     }
     let mut child = cmd
         .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--http-listen", "127.0.0.1:0"])
+        .arg(format!("{ip}:{port}"))
+        .arg("--http-listen")
+        .arg(format!("{ip}:0"))
         .arg("--database-url")
         .arg(opts.database_url.as_deref().unwrap_or(db_url))
         .env("DROVER_LEASE_TTL_MS", opts.lease_ttl_ms.to_string())

@@ -6,8 +6,9 @@ use drover_tests::bin;
 use std::process::Command;
 
 /// Every row the bench publishes, by key.
-const ROWS: [&str; 13] = [
+const ROWS: [&str; 17] = [
     "throughput",
+    "throughput_keys",
     "pickup_p50",
     "pickup_p99",
     "pickup_max",
@@ -16,7 +17,10 @@ const ROWS: [&str; 13] = [
     "dead_worker",
     "restarted_worker",
     "restarted_worker_total",
+    "coordinator_failover",
+    "primary_promotion",
     "log_rate",
+    "log_rate_pg",
     "worker_peak_rss",
     "scale_pickup",
     "heartbeat_cpu",
@@ -96,4 +100,54 @@ fn quick_benchmark_completes_and_prints_every_row() {
             ),
         }
     }
+}
+
+/// The rows run only when named: the backlog and the soak, at a small size.
+#[test]
+fn backlog_and_soak_rows_complete_at_a_small_size() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let json = dir.path().join("bench.json");
+    let out = Command::new(bin("drover-bench"))
+        .args(["--quick", "--only", "backlog,soak"])
+        .args(["--backlog-jobs", "300", "--soak-jobs", "400"])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("running drover-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "drover-bench failed:\n{stderr}");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("the JSON file"))
+            .expect("valid JSON");
+    let rows = doc["rows"].as_array().expect("rows");
+    let keys: Vec<&str> = rows.iter().filter_map(|r| r["key"].as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "backlog_throughput",
+            "backlog_pickup_p50",
+            "backlog_pickup_p99",
+            "soak_throughput",
+            "soak_pickup_p99",
+            "soak_db_size"
+        ]
+    );
+    for r in rows {
+        let metric = r["metric"].as_str().unwrap_or_default();
+        assert!(stdout.contains(metric), "{metric:?} not in:\n{stdout}");
+        assert!(r["drover"].as_f64().is_some_and(f64::is_finite), "{r}");
+        assert!(
+            r["machine"]
+                .as_f64()
+                .is_some_and(|m| m.is_finite() && m > 0.0),
+            "{r}"
+        );
+    }
+    // The soak's series: a figure after every wave.
+    let series = doc["details"]["soak"]["series"].as_array().expect("series");
+    assert_eq!(series.len(), 4);
+    assert!(series
+        .iter()
+        .all(|w| w["db_bytes"].as_i64().is_some_and(|b| b > 0)));
 }

@@ -82,7 +82,7 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
     assert_eq!(h.failed_last_24h, 1);
     assert!(h.database_ok);
     assert!(h.log_storage_bytes > 0);
-    assert_eq!(h.status, "degraded", "{:?}", h.reasons);
+    assert_eq!(h.status(), pb::HealthStatus::Degraded, "{:?}", h.reasons);
     assert!(
         h.reasons.iter().any(|r| r.contains("queue nobody")),
         "{:?}",
@@ -97,8 +97,8 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
     let config: serde_json::Value = serde_json::from_str(&h.config_json)?;
     assert_eq!(config["lease_ttl_ms"], 3000);
     assert_eq!(
-        worker(&h, "keeper").map(|w| w.state.as_str()),
-        Some("alive")
+        worker(&h, "keeper").map(|w| w.state()),
+        Some(pb::WorkerState::Alive)
     );
 
     // The same report over HTTP.
@@ -112,7 +112,7 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
     // A SIGKILLed worker turns stale once its lease TTL has passed.
     keeper.kill();
     let h = health_until(&addr, "keeper stale", |h| {
-        worker(h, "keeper").map(|w| w.state.as_str()) == Some("stale")
+        worker(h, "keeper").map(|w| w.state()) == Some(pb::WorkerState::Stale)
     })
     .await?;
     assert_eq!(h.workers_stale, 1);
@@ -134,6 +134,37 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
         .output()?;
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("status: degraded"));
+
+    // A worker that left two days ago is offline: listed, but no longer a reason for
+    // degraded health (only the unserved queue is).
+    cl.db
+        .client()
+        .await?
+        .execute(
+            "UPDATE workers SET last_seen_at = now() - interval '2 days' WHERE id = 'keeper'",
+            &[],
+        )
+        .await?;
+    let h = health(&addr).await?;
+    assert_eq!(
+        worker(&h, "keeper").map(|w| w.state()),
+        Some(pb::WorkerState::Offline)
+    );
+    assert_eq!((h.workers_offline, h.workers_stale), (1, 0));
+    assert!(
+        !h.reasons.iter().any(|r| r.contains("worker keeper")),
+        "{:?}",
+        h.reasons
+    );
+    assert_eq!(h.reasons.len(), 1, "{:?}", h.reasons);
+    let out = std::process::Command::new(bin("droverctl"))
+        .env("DROVER_TOKEN", ADMIN_TOKEN)
+        .env("DROVER_ADDR", &addr)
+        .args(["-o", "json", "workers"])
+        .output()?;
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v[0]["state"], "offline");
     Ok(())
 }
 
@@ -160,10 +191,13 @@ async fn database_outage_turns_health_failing_and_grpc_not_serving() -> anyhow::
     assert!(serving(
         grpc_health.check(check.clone()).await?.into_inner().status
     ));
-    health_until(&addr, "ok", |h| h.status == "ok").await?;
+    health_until(&addr, "ok", |h| h.status() == pb::HealthStatus::Ok).await?;
 
     pg.stop().await?;
-    let h = health_until(&addr, "failing", |h| h.status == "failing").await?;
+    let h = health_until(&addr, "failing", |h| {
+        h.status() == pb::HealthStatus::Failing
+    })
+    .await?;
     assert!(!h.database_ok);
     assert!(h.reasons[0].contains("database"), "{:?}", h.reasons);
     let start = Instant::now();
@@ -173,7 +207,7 @@ async fn database_outage_turns_health_failing_and_grpc_not_serving() -> anyhow::
     }
 
     pg.restart().await?;
-    health_until(&addr, "ok again", |h| h.status == "ok").await?;
+    health_until(&addr, "ok again", |h| h.status() == pb::HealthStatus::Ok).await?;
     let start = Instant::now();
     while !serving(grpc_health.check(check.clone()).await?.into_inner().status) {
         assert!(
@@ -198,7 +232,7 @@ async fn worker_below_its_disk_threshold_takes_no_job_and_says_why() -> anyhow::
         &[("DROVER_WORKER_MIN_DISK_FREE_BYTES", "18446744073709551615")],
     )?;
     health_until(&addr, "full-disk paused", |h| {
-        worker(h, "full-disk").map(|w| w.state.as_str()) == Some("paused")
+        worker(h, "full-disk").map(|w| w.state()) == Some(pb::WorkerState::Paused)
     })
     .await?;
     let mut api = jobs(&addr).await?;
@@ -274,6 +308,14 @@ async fn metrics_parse_and_move_when_jobs_run() -> anyhow::Result<()> {
     let mut waiting = sh("true");
     waiting.queue = "later".into();
     submit(&mut api, waiting).await?;
+    // A store operation that fails is counted under its op and error kind.
+    let missing = api
+        .cancel_job(pb::CancelJobRequest {
+            id: "00000000-0000-4000-8000-000000000000".into(),
+        })
+        .await
+        .expect_err("no such job");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
 
     let after = parse_metrics(&reqwest::get(&url).await?.text().await?)?;
     let moved = |series: &str| sample(&after, series) - sample(&before, series);
@@ -296,7 +338,52 @@ async fn metrics_parse_and_move_when_jobs_run() -> anyhow::Result<()> {
     assert_eq!(sample(&after, "drover_workers_connected"), 1.0);
     assert_eq!(sample(&after, "drover_database_up"), 1.0);
     assert!(sample(&after, "drover_db_pool_max") >= 2.0);
+
+    // Per-operation store metrics: a latency histogram per op, an error counter per op
+    // and kind.
+    let store_moved = |name: &str, labels: &[(&str, &str)]| {
+        labeled(&after, name, labels) - labeled(&before, name, labels)
+    };
+    let ops = "drover_store_operation_seconds_count";
+    assert_eq!(store_moved(ops, &[("op", "submit")]), 3.0);
+    assert_eq!(store_moved(ops, &[("op", "end_attempt")]), 2.0);
+    assert!(store_moved(ops, &[("op", "claim")]) >= 2.0);
+    assert!(store_moved(ops, &[("op", "append_logs")]) >= 1.0);
+    assert_eq!(
+        store_moved(
+            "drover_store_operation_errors_total",
+            &[("op", "cancel_job"), ("kind", "not_found")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        store_moved(
+            "drover_store_operation_errors_total",
+            &[("op", "end_attempt"), ("kind", "not_found")]
+        ),
+        0.0
+    );
+    assert!(after
+        .iter()
+        .any(|(s, _)| s.starts_with("drover_store_operation_seconds_bucket{")));
     Ok(())
+}
+
+/// The value of the series `name` whose labels include `labels` (in any order).
+fn labeled(samples: &[(String, f64)], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|(s, _)| {
+            s.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('{'))
+                .is_some_and(|rest| {
+                    labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                })
+        })
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0)
 }
 
 /// Metric names referenced by the shipped dashboard and alert rules.
@@ -356,6 +443,106 @@ async fn shipped_dashboard_and_alerts_use_real_metrics() -> anyhow::Result<()> {
             exposed.contains(&name),
             "{name} is referenced in deploy/ but not exposed"
         );
+    }
+    Ok(())
+}
+
+/// Every time in a JSON value: `(key, value)` of each field whose name says it holds one.
+fn times(v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let timeish =
+                    k.ends_with("_at") || k == "at" || k == "not_before" || k == "fire_time";
+                if timeish && !v.is_object() && !v.is_array() {
+                    out.push((k.clone(), v.clone()));
+                }
+                times(v, out);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| times(v, out)),
+        _ => {}
+    }
+}
+
+/// `-o json` prints every time one way: an RFC 3339 string (or null when unset).
+#[tokio::test]
+async fn json_output_prints_every_time_as_rfc3339() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let _w = cl.worker("w1", &addr, 1, &[])?;
+    let mut api = jobs(&addr).await?;
+    // A failure with output, so a failure group (with its own times) exists too.
+    let bad = submit(&mut api, sh("echo no such tool >&2; exit 127")).await?;
+    wait_state(&mut api, &bad.id, pb::JobState::PermanentFailed).await?;
+    health_until(&addr, "the worker's resources", |h| {
+        worker(h, "w1").is_some_and(|w| w.resources.is_some())
+    })
+    .await?;
+
+    let mut checked = Vec::new();
+    for args in [
+        vec!["list"],
+        vec!["show", bad.id.as_str()],
+        vec!["workers"],
+        vec!["health"],
+        vec!["failures"],
+        vec!["audit"],
+        vec!["token", "list"],
+    ] {
+        let out = std::process::Command::new(bin("droverctl"))
+            .env("DROVER_TOKEN", ADMIN_TOKEN)
+            .env("DROVER_ADDR", &addr)
+            .arg("-o")
+            .arg("json")
+            .args(&args)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let mut found = Vec::new();
+        times(&v, &mut found);
+        // Nor anywhere else as seconds.nanos (the other way times used to be printed).
+        let text = v.to_string();
+        assert!(
+            !text
+                .split('"')
+                .any(|s| s.split_once('.').is_some_and(|(a, b)| !a.is_empty()
+                    && a.bytes().all(|c| c.is_ascii_digit())
+                    && b.len() == 9
+                    && b.bytes().all(|c| c.is_ascii_digit()))),
+            "{args:?}: {text}"
+        );
+        for (k, t) in &found {
+            match t {
+                serde_json::Value::Null => {}
+                serde_json::Value::String(s) => {
+                    chrono::DateTime::parse_from_rfc3339(s)
+                        .map_err(|e| anyhow::anyhow!("{args:?} {k}: {s:?} is not RFC 3339: {e}"))?;
+                }
+                other => anyhow::bail!("{args:?} {k}: {other} is not an RFC 3339 string"),
+            }
+        }
+        checked.extend(
+            found
+                .into_iter()
+                .filter(|(_, t)| !t.is_null())
+                .map(|(k, _)| k),
+        );
+    }
+    // The check saw the times that matter: jobs, attempts, workers, resources, groups.
+    for key in [
+        "created_at",
+        "started_at",
+        "finished_at",
+        "last_seen_at",
+        "sampled_at",
+        "first_seen_at",
+    ] {
+        assert!(checked.iter().any(|k| k == key), "no {key} in {checked:?}");
     }
     Ok(())
 }

@@ -493,7 +493,11 @@ async fn sigterm_stops_a_coordinator_with_connected_workers_plain_or_tls() -> an
                 .await?
                 .into_inner();
             let me = format!("{name}-w");
-            if ws.workers.iter().any(|w| w.id == me && w.state == "alive") {
+            if ws
+                .workers
+                .iter()
+                .any(|w| w.id == me && w.state() == pb::WorkerState::Alive)
+            {
                 break;
             }
             assert!(

@@ -32,6 +32,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
+/// How long connecting to a coordinator may take before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 ping interval and timeout: a coordinator that stopped answering (host gone,
+/// network partitioned) is noticed within about twice this.
+const KEEPALIVE: Duration = Duration::from_secs(3);
 /// Bytes of log per AppendLogs call.
 const LOG_BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// Largest spool frame made by merging queued pipe reads: one pipe read's worth, so the
@@ -83,7 +88,9 @@ pub struct Agent {
     worker_id: String,
     hostname: String,
     slots: u32,
-    client: WorkerServiceClient<drover_proto::auth::AuthChannel>,
+    coordinators: Coordinators,
+    /// READY=1 sent to systemd.
+    ready: std::sync::Once,
     state: Mutex<State>,
     /// Signalled whenever an attempt stops being tracked.
     changed: Notify,
@@ -142,6 +149,36 @@ impl Drop for GroupFile {
     }
 }
 
+type Client = WorkerServiceClient<drover_proto::auth::AuthChannel>;
+
+/// The coordinators this worker may talk to, and the one it uses now. Coordinators keep no
+/// state of their own (it is all in PostgreSQL), so any of them can take over a session,
+/// its running attempts and their reports.
+struct Coordinators {
+    addrs: Vec<String>,
+    clients: Vec<Client>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Coordinators {
+    fn current(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len()
+    }
+
+    /// The client of the coordinator in use; unary calls take it afresh at every try, so
+    /// they follow the session when it moves to another coordinator.
+    fn client(&self) -> Client {
+        self.clients[self.current()].clone()
+    }
+
+    /// Moves to the next address (after the last, back to the first).
+    fn advance(&self, from: usize) {
+        let next = (from + 1) % self.clients.len();
+        self.current
+            .store(next, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn retry_strategy() -> impl Iterator<Item = Duration> {
     // 100 ms doubling to 5 s; half fixed, half jittered so waits never collapse to zero.
     ExponentialBackoff::from_millis(2)
@@ -168,21 +205,39 @@ impl Agent {
         worker_id: String,
         containment: Containment,
     ) -> Result<Arc<Agent>, AgentError> {
-        let endpoint = cfg
-            .client_tls()
-            .endpoint(&cfg.coordinator)
-            .map_err(|e| AgentError::Address(cfg.coordinator.clone(), e.to_string()))?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
         let token = cfg
             .resolve_token()
             .and_then(|t| drover_proto::auth::BearerToken::new(t.as_deref()))
             .map_err(AgentError::Token)?;
-        let client = WorkerServiceClient::with_interceptor(endpoint.connect_lazy(), token)
-            .max_decoding_message_size(16 * 1024 * 1024);
+        let mut clients = Vec::new();
+        for addr in &cfg.coordinator {
+            // Short connect and keep-alive timeouts: a coordinator host that vanished
+            // (no reset, packets dropped) is given up within seconds, not minutes.
+            let endpoint = cfg
+                .client_tls()
+                .endpoint(addr)
+                .map_err(|e| AgentError::Address(addr.clone(), e.to_string()))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(KEEPALIVE)
+                .keep_alive_timeout(KEEPALIVE)
+                .keep_alive_while_idle(true);
+            clients.push(
+                WorkerServiceClient::with_interceptor(endpoint.connect_lazy(), token.clone())
+                    .max_decoding_message_size(16 * 1024 * 1024),
+            );
+        }
+        if clients.is_empty() {
+            return Err(AgentError::Address(
+                String::new(),
+                "no coordinator address configured".into(),
+            ));
+        }
+        let coordinators = Coordinators {
+            addrs: cfg.coordinator.clone(),
+            clients,
+            current: Default::default(),
+        };
         let hostname = hostname::get()
             .ok()
             .and_then(|h| h.into_string().ok())
@@ -205,11 +260,19 @@ impl Agent {
             cfg,
             worker_id,
             hostname,
-            client,
+            coordinators,
+            ready: std::sync::Once::new(),
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             draining: CancellationToken::new(),
         }))
+    }
+
+    /// Tells systemd the worker is up, once.
+    fn signal_ready(&self) {
+        self.ready.call_once(|| {
+            drover_telemetry::sdnotify::ready();
+        });
     }
 
     pub fn worker_id(&self) -> &str {
@@ -280,20 +343,45 @@ impl Agent {
         }
     }
 
+    /// Keeps one session open, moving to the next coordinator address whenever the
+    /// current one fails or ends. The next address is tried at once; only after every
+    /// address failed in a row does the worker wait (backoff). Running attempts go on
+    /// meanwhile and are listed in the next coordinator's `Hello`.
     async fn session_loop(self: Arc<Self>) {
         let mut backoff = retry_strategy();
+        let n = self.coordinators.clients.len();
+        let mut failed_in_a_row = 0usize;
         loop {
-            match self.clone().one_session().await {
-                Ok(()) => backoff = retry_strategy(),
-                Err(e) => tracing::warn!(error = %e, "coordinator session failed; reconnecting"),
+            let i = self.coordinators.current();
+            let addr = self.coordinators.addrs[i].clone();
+            let mut welcomed = false;
+            match self.clone().one_session(i, &mut welcomed).await {
+                Ok(()) => tracing::info!(coordinator = %addr, "coordinator ended the session"),
+                Err(e) => {
+                    tracing::warn!(coordinator = %addr, error = %e, "coordinator session failed; reconnecting")
+                }
             }
             self.lock().session = None;
-            let wait = backoff.next().unwrap_or(Duration::from_secs(5));
-            tokio::time::sleep(wait).await;
+            // Connected, or failed and retrying: either way the worker is up (systemd).
+            self.signal_ready();
+            if welcomed {
+                backoff = retry_strategy();
+                failed_in_a_row = 0;
+            }
+            failed_in_a_row += 1;
+            if n > 1 {
+                self.coordinators.advance(i);
+                tracing::info!(next = %self.coordinators.addrs[self.coordinators.current()],
+                    "trying the next coordinator");
+            }
+            if failed_in_a_row.is_multiple_of(n) {
+                let wait = backoff.next().unwrap_or(Duration::from_secs(5));
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 
-    async fn one_session(self: Arc<Self>) -> Result<(), Status> {
+    async fn one_session(self: Arc<Self>, i: usize, welcomed: &mut bool) -> Result<(), Status> {
         let (tx, rx) = mpsc::unbounded_channel();
         {
             // Hello and the session handle are set together, so no credit is sent before
@@ -313,12 +401,12 @@ impl Agent {
                 },
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 containment: self.containment.describe(),
+                protocol_version: drover_core::protocol::CURRENT,
             };
             let _ = tx.send(msg(Out::Hello(hello)));
             st.session = Some(tx.clone());
         }
-        let mut inbound = self
-            .client
+        let mut inbound = self.coordinators.clients[i]
             .clone()
             .session(UnboundedReceiverStream::new(rx))
             .await?
@@ -330,6 +418,8 @@ impl Agent {
                 m = inbound.message() => match m? {
                     Some(pb::CoordinatorMessage { msg: Some(m) }) => match m {
                         In::Welcome(w) => {
+                            *welcomed = true;
+                            self.signal_ready();
                             tracing::info!(coordinator = %w.coordinator_id, "connected to coordinator");
                             let every = Duration::from_millis(w.heartbeat_interval_ms.max(100));
                             heartbeat = tokio::time::interval(every);
@@ -428,10 +518,9 @@ impl Agent {
         F: Fn(WorkerServiceClient<drover_proto::auth::AuthChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let client = self.client.clone();
         RetryIf::start(
             retry_strategy(),
-            || f(client.clone()),
+            || f(self.coordinators.client()),
             |e: &Status| {
                 tracing::debug!(error = %e, "call to coordinator failed; retrying");
                 transient(e)

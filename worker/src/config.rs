@@ -10,8 +10,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    /// Coordinator gRPC address.
-    pub coordinator: String,
+    /// Coordinator gRPC addresses, tried in order: the worker keeps its session with one
+    /// and moves to the next when that one is unreachable. A TOML list, or one string with
+    /// commas (`DROVER_WORKER_COORDINATOR=https://a:50051,https://b:50051`).
+    #[serde(deserialize_with = "address_list")]
+    pub coordinator: Vec<String>,
     /// Stable worker id. Empty: read from `<state_dir>/worker-id`, created on first start.
     pub worker_id: String,
     /// Worker's own files: its id, per-attempt work directories and log spools.
@@ -76,7 +79,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            coordinator: "http://127.0.0.1:50051".into(),
+            coordinator: vec!["http://127.0.0.1:50051".into()],
             worker_id: String::new(),
             state_dir: PathBuf::from("/var/lib/drover-worker"),
             slots: 0,
@@ -110,6 +113,34 @@ impl Default for Config {
     }
 }
 
+/// Most coordinator addresses a worker takes.
+pub const MAX_COORDINATORS: usize = 16;
+
+/// Splits comma-separated entries and drops blanks: `["a,b", "c"]` -> `[a, b, c]`.
+pub fn split_addresses<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    items
+        .into_iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `coordinator` as one string (commas allowed) or a list of strings.
+fn address_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => split_addresses([s.as_str()]),
+        OneOrMany::Many(v) => split_addresses(v.iter().map(String::as_str)),
+    })
+}
+
 impl Config {
     pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Config, Box<figment::Error>> {
         let mut f = Figment::from(Serialized::defaults(Config::default()));
@@ -129,11 +160,24 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
+        if self.coordinator.is_empty() {
+            return Err("coordinator: at least one address is needed".into());
+        }
+        if self.coordinator.len() > MAX_COORDINATORS {
             return Err(format!(
-                "coordinator: {:?} must start with http:// or https://",
-                self.coordinator
+                "coordinator: {} addresses; the limit is {MAX_COORDINATORS}",
+                self.coordinator.len()
             ));
+        }
+        for addr in &self.coordinator {
+            if !(addr.starts_with("http://") || addr.starts_with("https://")) {
+                return Err(format!(
+                    "coordinator: {addr:?} must start with http:// or https://"
+                ));
+            }
+            self.client_tls()
+                .endpoint(addr)
+                .map_err(|e| format!("coordinator: {e}"))?;
         }
         if !matches!(self.containment.as_str(), "auto" | "subreaper") {
             return Err(format!(
@@ -144,9 +188,6 @@ impl Config {
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             return Err("tls_cert_file and tls_key_file must be set together".into());
         }
-        self.client_tls()
-            .endpoint(&self.coordinator)
-            .map_err(|e| format!("coordinator: {e}"))?;
         crate::jobsetup::JobSetup::from_config(self, &self.worker_id)?;
         for (i, q) in self.queues.iter().enumerate() {
             drover_core::validate::check_name(&format!("queues[{i}]"), q)
@@ -224,12 +265,46 @@ mod tests {
     }
 
     #[test]
+    fn coordinator_addresses_from_file_env_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.toml");
+        std::fs::write(
+            &file,
+            "coordinator = [\"http://a:1\", \"http://b:1,http://c:1\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), Figment::new()).unwrap();
+        assert_eq!(c.coordinator, ["http://a:1", "http://b:1", "http://c:1"]);
+        std::fs::write(&file, "coordinator = \"http://a:1, http://b:1\"\n").unwrap();
+        let c = Config::load(Some(&file), Figment::new()).unwrap();
+        assert_eq!(c.coordinator, ["http://a:1", "http://b:1"]);
+        // Flags (repeated --coordinator) override the file.
+        let flags = Figment::new().merge(Serialized::default(
+            "coordinator",
+            vec!["http://x:1", "http://y:1"],
+        ));
+        let c = Config::load(Some(&file), flags).unwrap();
+        assert_eq!(c.coordinator, ["http://x:1", "http://y:1"]);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
     fn bad_values_are_errors() {
         let c = Config {
-            coordinator: "127.0.0.1:50051".into(),
+            coordinator: vec!["127.0.0.1:50051".into()],
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().contains("coordinator"));
+        let c = Config {
+            coordinator: vec![],
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("at least one"));
+        let c = Config {
+            coordinator: vec!["http://a:1".into(); MAX_COORDINATORS + 1],
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().contains("limit"));
         let c = Config {
             queues: vec!["bad queue".into()],
             ..Config::default()

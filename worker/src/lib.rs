@@ -77,7 +77,7 @@ pub async fn run(
             "killed and removed attempt cgroups left by a previous run"
         );
     }
-    tracing::info!(%worker_id, coordinator = %cfg.coordinator, slots = cfg.slots(),
+    tracing::info!(%worker_id, coordinator = %cfg.coordinator.join(","), slots = cfg.slots(),
         containment = %containment.describe(), "worker starting");
     let agent = agent::Agent::new(cfg, worker_id, containment)?;
     agent.run(shutdown).await;

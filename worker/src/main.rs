@@ -22,9 +22,10 @@ struct Cli {
     /// TOML config file.
     #[arg(long, short, env = "DROVER_WORKER_CONFIG")]
     config: Option<PathBuf>,
-    /// Coordinator address [default: http://127.0.0.1:50051].
-    #[arg(long)]
-    coordinator: Option<String>,
+    /// Coordinator address (repeatable, or comma-separated: tried in order, the next one
+    /// taken when the current one is unreachable) [default: http://127.0.0.1:50051].
+    #[arg(long = "coordinator")]
+    coordinator: Vec<String>,
     /// Stable worker id [default: kept in <state-dir>/worker-id].
     #[arg(long)]
     worker_id: Option<String>,
@@ -50,8 +51,10 @@ struct Cli {
 
 fn overrides(cli: &Cli) -> Figment {
     let mut f = Figment::new();
-    if let Some(v) = &cli.coordinator {
-        f = f.merge(Serialized::default("coordinator", v));
+    if !cli.coordinator.is_empty() {
+        let list =
+            drover_worker::config::split_addresses(cli.coordinator.iter().map(|s| s.as_str()));
+        f = f.merge(Serialized::default("coordinator", list));
     }
     if let Some(v) = &cli.worker_id {
         f = f.merge(Serialized::default("worker_id", v));
@@ -101,16 +104,36 @@ async fn main() -> ExitCode {
         };
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
+    // The main loop: waits for SIGTERM/SIGINT (then drains), and meanwhile sends systemd's
+    // watchdog keep-alive when `WatchdogSec` is set.
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        let signalled = async {
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
             }
-        } else {
-            let _ = tokio::signal::ctrl_c().await;
+        };
+        tokio::pin!(signalled);
+        match drover_telemetry::sdnotify::watchdog_interval() {
+            None => signalled.await,
+            Some(every) => {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = &mut signalled => break,
+                        _ = tick.tick() => {
+                            drover_telemetry::sdnotify::watchdog();
+                        }
+                    }
+                }
+            }
         }
+        drover_telemetry::sdnotify::stopping();
         s.cancel();
     });
     let code = match drover_worker::run(cfg, shutdown).await {

@@ -1,6 +1,6 @@
 //! SQL for access control: API tokens and the audit log.
 
-use super::{Cached, Store};
+use super::{measured, Cached, Store};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
@@ -63,119 +63,137 @@ fn token_from_row(r: &Row) -> Result<TokenRow> {
 impl Store {
     /// The token with this SHA-256, revoked or not (one lookup in a unique index).
     pub async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>> {
-        let c = self.pool.get().await?;
-        let row = c
-            .query_opt_cached(
-                &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"),
-                &[&hash.as_slice()],
-            )
-            .await?;
-        row.as_ref().map(token_from_row).transpose()
+        measured("token_by_hash", async {
+            let c = self.pool.get().await?;
+            let row = c
+                .query_opt_cached(
+                    &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"),
+                    &[&hash.as_slice()],
+                )
+                .await?;
+            row.as_ref().map(token_from_row).transpose()
+        })
+        .await
     }
 
     /// Whether the token is neither revoked nor expired (for long-lived worker sessions,
     /// which authenticated once when they opened).
     pub async fn token_is_live(&self, id: Uuid) -> Result<bool> {
-        let c = self.pool.get().await?;
-        let row = c
-            .query_opt_cached(
-                "SELECT 1 FROM api_tokens WHERE id = $1 AND revoked_at IS NULL \
-                   AND (expires_at IS NULL OR expires_at > now())",
-                &[&id],
-            )
-            .await?;
-        Ok(row.is_some())
+        measured("token_is_live", async {
+            let c = self.pool.get().await?;
+            let row = c
+                .query_opt_cached(
+                    "SELECT 1 FROM api_tokens WHERE id = $1 AND revoked_at IS NULL \
+                       AND (expires_at IS NULL OR expires_at > now())",
+                    &[&id],
+                )
+                .await?;
+            Ok(row.is_some())
+        })
+        .await
     }
 
     pub async fn touch_token(&self, id: Uuid) -> Result<()> {
-        let c = self.pool.get().await?;
-        c.execute_cached(
-            "UPDATE api_tokens SET last_used_at = now() WHERE id = $1",
-            &[&id],
-        )
-        .await?;
-        Ok(())
+        measured("touch_token", async {
+            let c = self.pool.get().await?;
+            c.execute_cached(
+                "UPDATE api_tokens SET last_used_at = now() WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Stores a token; FAILED_PRECONDITION if a live token already has the name.
     pub async fn insert_token(&self, t: &NewToken) -> Result<TokenRow> {
-        let c = self.pool.get().await?;
-        let r = c
-            .query_one_cached(
-                &format!(
-                    "INSERT INTO api_tokens (id, name, role, queues, worker_pattern, token_hash, \
-                        expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                     RETURNING {TOKEN_COLUMNS}"
-                ),
-                &[
-                    &Uuid::now_v7(),
-                    &t.name,
-                    &t.role,
-                    &t.queues,
-                    &t.worker_pattern,
-                    &t.token_hash.as_slice(),
-                    &t.expires_at,
-                ],
-            )
-            .await;
-        match r {
-            Ok(r) => token_from_row(&r),
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                Err(Error::FailedPrecondition(format!(
-                    "name: a token named {:?} exists already; revoke it or pick another name",
-                    t.name
-                )))
+        measured("insert_token", async {
+            let c = self.pool.get().await?;
+            let r = c
+                .query_one_cached(
+                    &format!(
+                        "INSERT INTO api_tokens (id, name, role, queues, worker_pattern, token_hash, \
+                            expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                         RETURNING {TOKEN_COLUMNS}"
+                    ),
+                    &[
+                        &Uuid::now_v7(),
+                        &t.name,
+                        &t.role,
+                        &t.queues,
+                        &t.worker_pattern,
+                        &t.token_hash.as_slice(),
+                        &t.expires_at,
+                    ],
+                )
+                .await;
+            match r {
+                Ok(r) => token_from_row(&r),
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                    Err(Error::FailedPrecondition(format!(
+                        "name: a token named {:?} exists already; revoke it or pick another name",
+                        t.name
+                    )))
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(e) => Err(e.into()),
-        }
+        })
+        .await
     }
 
     pub async fn list_tokens(&self, include_revoked: bool) -> Result<Vec<TokenRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT {TOKEN_COLUMNS} FROM api_tokens \
-                      WHERE $1 OR revoked_at IS NULL ORDER BY created_at, id LIMIT 10000"
-                ),
-                &[&include_revoked],
-            )
-            .await?;
-        rows.iter().map(token_from_row).collect()
+        measured("list_tokens", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT {TOKEN_COLUMNS} FROM api_tokens \
+                          WHERE $1 OR revoked_at IS NULL ORDER BY created_at, id LIMIT 10000"
+                    ),
+                    &[&include_revoked],
+                )
+                .await?;
+            rows.iter().map(token_from_row).collect()
+        })
+        .await
     }
 
     /// Revokes the live token with this id or name, and tells every coordinator to forget
     /// its cached copy (NOTIFY, in the same transaction).
     pub async fn revoke_token(&self, id: Option<Uuid>, name: &str) -> Result<TokenRow> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let row = tx
-            .query_opt_cached(
-                &format!(
-                    "UPDATE api_tokens SET revoked_at = now() \
-                      WHERE revoked_at IS NULL AND (id = $1 OR ($1 IS NULL AND name = $2)) \
-                     RETURNING {TOKEN_COLUMNS}"
-                ),
-                &[&id, &name],
+        measured("revoke_token", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let row = tx
+                .query_opt_cached(
+                    &format!(
+                        "UPDATE api_tokens SET revoked_at = now() \
+                          WHERE revoked_at IS NULL AND (id = $1 OR ($1 IS NULL AND name = $2)) \
+                         RETURNING {TOKEN_COLUMNS}"
+                    ),
+                    &[&id, &name],
+                )
+                .await?
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "token: no live token with id or name {:?}",
+                        id.map(|i| i.to_string())
+                            .unwrap_or_else(|| name.to_string())
+                    ))
+                })?;
+            tx.execute_cached(
+                "SELECT pg_notify($1, $2)",
+                &[
+                    &crate::auth::TOKENS_CHANNEL,
+                    &row.get::<_, Uuid>("id").to_string(),
+                ],
             )
-            .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "token: no live token with id or name {:?}",
-                    id.map(|i| i.to_string())
-                        .unwrap_or_else(|| name.to_string())
-                ))
-            })?;
-        tx.execute_cached(
-            "SELECT pg_notify($1, $2)",
-            &[
-                &crate::auth::TOKENS_CHANNEL,
-                &row.get::<_, Uuid>("id").to_string(),
-            ],
-        )
-        .await?;
-        tx.commit().await?;
-        token_from_row(&row)
+            .await?;
+            tx.commit().await?;
+            token_from_row(&row)
+        })
+        .await
     }
 
     pub async fn insert_audit(
@@ -187,14 +205,17 @@ impl Store {
         peer: &str,
         outcome: &str,
     ) -> Result<()> {
-        let c = self.pool.get().await?;
-        c.execute_cached(
-            "INSERT INTO audit_log (actor, role, method, target, peer, outcome) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&actor, &role, &method, &target, &peer, &outcome],
-        )
-        .await?;
-        Ok(())
+        measured("insert_audit", async {
+            let c = self.pool.get().await?;
+            c.execute_cached(
+                "INSERT INTO audit_log (actor, role, method, target, peer, outcome) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&actor, &role, &method, &target, &peer, &outcome],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Audit entries newest first, after `before_id` (a page token), at most `limit`.
@@ -204,40 +225,46 @@ impl Store {
         before_id: Option<i64>,
         limit: i64,
     ) -> Result<Vec<AuditRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT id, at, actor, role, method, target, peer, outcome FROM audit_log \
-                  WHERE ($1::timestamptz IS NULL OR at >= $1) \
-                    AND ($2::int8 IS NULL OR id < $2) \
-                  ORDER BY id DESC LIMIT $3",
-                &[&since, &before_id, &limit],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    id: r.try_get(0)?,
-                    at: r.try_get(1)?,
-                    actor: r.try_get(2)?,
-                    role: r.try_get(3)?,
-                    method: r.try_get(4)?,
-                    target: r.try_get(5)?,
-                    peer: r.try_get(6)?,
-                    outcome: r.try_get(7)?,
+        measured("list_audit", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT id, at, actor, role, method, target, peer, outcome FROM audit_log \
+                      WHERE ($1::timestamptz IS NULL OR at >= $1) \
+                        AND ($2::int8 IS NULL OR id < $2) \
+                      ORDER BY id DESC LIMIT $3",
+                    &[&since, &before_id, &limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(AuditRow {
+                        id: r.try_get(0)?,
+                        at: r.try_get(1)?,
+                        actor: r.try_get(2)?,
+                        role: r.try_get(3)?,
+                        method: r.try_get(4)?,
+                        target: r.try_get(5)?,
+                        peer: r.try_get(6)?,
+                        outcome: r.try_get(7)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     /// Deletes up to `limit` audit entries older than `older_than`; returns how many.
     pub async fn purge_audit(&self, older_than: std::time::Duration, limit: i64) -> Result<u64> {
-        let c = self.pool.get().await?;
-        Ok(c.execute_cached(
-            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
-                  WHERE at < now() - $1 * interval '1 second' ORDER BY id LIMIT $2)",
-            &[&(older_than.as_secs() as f64), &limit],
-        )
-        .await?)
+        measured("purge_audit", async {
+            let c = self.pool.get().await?;
+            Ok(c.execute_cached(
+                "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
+                      WHERE at < now() - $1 * interval '1 second' ORDER BY id LIMIT $2)",
+                &[&(older_than.as_secs() as f64), &limit],
+            )
+            .await?)
+        })
+        .await
     }
 }

@@ -6,7 +6,7 @@
 //! so two claims can never both take the last slot. The count is given back by a trigger
 //! when the job leaves `running` (V17), whatever made it leave.
 
-use super::{claimed_from_row, millis, Cached, Claimed, Store};
+use super::{claimed_from_row, measured, millis, Cached, Claimed, Store};
 use crate::error::Result;
 use deadpool_postgres::Transaction;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -29,8 +29,10 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Flow-control settings of a job being submitted.
-#[derive(Debug, Clone, Default)]
+/// Flow-control settings of a job being submitted (and, without `after`, of the jobs a
+/// schedule fires: stored with the schedule).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Flow {
     /// Keys with the limit each gets.
     pub keys: Vec<(String, u32)>,
@@ -335,15 +337,18 @@ pub(super) async fn set_job_deps(
 impl Store {
     /// Dependencies of a job that have not succeeded yet.
     pub async fn waiting_for(&self, job_id: Uuid) -> Result<Vec<Uuid>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT d.depends_on FROM job_deps d JOIN jobs o ON o.id = d.depends_on \
+        measured("waiting_for", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT d.depends_on FROM job_deps d JOIN jobs o ON o.id = d.depends_on \
                   WHERE d.job_id = $1 AND o.state <> 'succeeded' ORDER BY 1",
-                &[&job_id],
-            )
-            .await?;
-        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+                    &[&job_id],
+                )
+                .await?;
+            rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+        })
+        .await
     }
 }
 
@@ -354,11 +359,12 @@ impl Store {
         &self,
         ids: &[Uuid],
     ) -> Result<std::collections::HashMap<Uuid, String>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                &format!(
-                    "SELECT j.id, CASE \
+        measured("waiting_reasons", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    &format!(
+                        "SELECT j.id, CASE \
                        WHEN j.state <> 'pending' THEN '' \
                        WHEN j.not_before >= {WAITING_SQL} THEN 'after job ' || coalesce(( \
                             SELECT string_agg(d.depends_on::text, ', ' ORDER BY d.depends_on) \
@@ -387,12 +393,14 @@ impl Store {
                              WHERE k.key = ANY (j.concurrency_keys) \
                                AND k.running >= k.max_running ORDER BY k.key LIMIT 1), '') \
                      END FROM jobs j WHERE j.id = ANY ($1)"
-                ),
-                &[&ids],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+                    ),
+                    &[&ids],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect()
+        })
+        .await
     }
 }

@@ -5,19 +5,21 @@
 //! The pass also locks the schedule row (FOR UPDATE SKIP LOCKED) so two coordinators do
 //! not work on one schedule at once, but duplicates are impossible even without that lock.
 
-use super::{insert_job, Cached, JobRow};
+use super::flow::{set_job_flow, Flow};
+use super::{insert_job, measured, Cached, JobRow};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use drover_core::schedule::{due_ticks, CatchUp, CronSchedule, Overlap, MAX_CATCH_UP};
-use drover_core::{JobSpec, JobState, RetryPolicy};
+use drover_core::{JobSpec, JobState, ResourceLimits, RetryPolicy};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tokio_postgres::types::Json;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-/// The job a schedule fires, as stored (the idempotency key is never set).
+/// The job a schedule fires, as stored (the idempotency key is never set). Limits, secret
+/// references and flow control came later: schedules stored before them read as none.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredSpec {
     pub argv: Vec<String>,
@@ -27,10 +29,19 @@ pub struct StoredSpec {
     pub params: BTreeMap<String, String>,
     pub timeout_ms: i64,
     pub outputs: Vec<String>,
+    /// Resource limits, the queue's defaults already applied when the schedule was made.
+    #[serde(default)]
+    pub limits: ResourceLimits,
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, String>,
+    /// Concurrency keys (with their limits and rates) and priority, resolved from the
+    /// configuration when the schedule was made.
+    #[serde(default)]
+    pub flow: Flow,
 }
 
-impl From<&JobSpec> for StoredSpec {
-    fn from(s: &JobSpec) -> Self {
+impl StoredSpec {
+    pub fn new(s: &JobSpec, flow: Flow) -> Self {
         StoredSpec {
             argv: s.argv.clone(),
             env: s.env.clone(),
@@ -39,6 +50,12 @@ impl From<&JobSpec> for StoredSpec {
             params: s.params.clone(),
             timeout_ms: s.timeout_ms,
             outputs: s.outputs.clone(),
+            limits: s.limits,
+            secret_env: s.secret_env.clone(),
+            flow: Flow {
+                after: Vec::new(),
+                ..flow
+            },
         }
     }
 }
@@ -54,9 +71,8 @@ impl StoredSpec {
             timeout_ms: self.timeout_ms,
             idempotency_key: None,
             outputs: self.outputs.clone(),
-            // Refused on schedules for now (schedules_api).
-            limits: Default::default(),
-            secret_env: Default::default(),
+            limits: self.limits,
+            secret_env: self.secret_env.clone(),
         }
     }
 }
@@ -129,214 +145,247 @@ fn parsed(s: &ScheduleRow) -> Result<CronSchedule> {
 
 impl super::Store {
     pub async fn create_schedule(&self, s: &ScheduleRow) -> Result<ScheduleRow> {
-        let c = self.pool.get().await?;
-        let row = c
-            .query_opt_cached(
-                &format!(
+        measured("create_schedule", async {
+            let c = self.pool.get().await?;
+            let row = c
+                .query_opt_cached(
+                    &format!(
                     "INSERT INTO schedules (name, cron, timezone, spec, retry_policy, catch_up, \
                      overlap, paused, next_fire_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                      ON CONFLICT (name) DO NOTHING RETURNING {SCHEDULE_COLUMNS}"
                 ),
-                &[
-                    &s.name,
-                    &s.cron,
-                    &s.timezone,
-                    &Json(&s.spec),
-                    &Json(&s.policy),
-                    &s.catch_up.as_str(),
-                    &s.overlap.as_str(),
-                    &s.paused,
-                    &s.next_fire_at,
-                ],
-            )
-            .await?
-            .ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "name: schedule {:?} already exists (delete it first)",
-                    s.name
-                ))
-            })?;
-        schedule_from_row(&row)
+                    &[
+                        &s.name,
+                        &s.cron,
+                        &s.timezone,
+                        &Json(&s.spec),
+                        &Json(&s.policy),
+                        &s.catch_up.as_str(),
+                        &s.overlap.as_str(),
+                        &s.paused,
+                        &s.next_fire_at,
+                    ],
+                )
+                .await?
+                .ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "name: schedule {:?} already exists (delete it first)",
+                        s.name
+                    ))
+                })?;
+            schedule_from_row(&row)
+        })
+        .await
     }
 
     pub async fn list_schedules(&self, limit: i64) -> Result<Vec<ScheduleRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name LIMIT $1"),
-                &[&limit],
-            )
-            .await?;
-        rows.iter().map(schedule_from_row).collect()
+        measured("list_schedules", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name LIMIT $1"),
+                    &[&limit],
+                )
+                .await?;
+            rows.iter().map(schedule_from_row).collect()
+        })
+        .await
     }
 
     pub async fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRow>> {
-        let c = self.pool.get().await?;
-        let row = c
-            .query_opt_cached(
-                &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1"),
-                &[&name],
-            )
-            .await?;
-        row.as_ref().map(schedule_from_row).transpose()
+        measured("get_schedule", async {
+            let c = self.pool.get().await?;
+            let row = c
+                .query_opt_cached(
+                    &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1"),
+                    &[&name],
+                )
+                .await?;
+            row.as_ref().map(schedule_from_row).transpose()
+        })
+        .await
     }
 
     /// The most recent runs of a schedule, newest first, with their jobs' states.
     pub async fn schedule_runs(&self, name: &str, limit: i64) -> Result<Vec<RunRow>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT r.fire_time, r.status, r.manual, r.job_id, j.state, r.reason \
+        measured("schedule_runs", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT r.fire_time, r.status, r.manual, r.job_id, j.state, r.reason \
                    FROM schedule_runs r LEFT JOIN jobs j ON j.id = r.job_id \
                   WHERE r.schedule = $1 ORDER BY r.fire_time DESC LIMIT $2",
-                &[&name, &limit],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let state: Option<String> = r.try_get(4)?;
-                Ok(RunRow {
-                    fire_time: r.try_get(0)?,
-                    status: r.try_get(1)?,
-                    manual: r.try_get(2)?,
-                    job_id: r.try_get(3)?,
-                    job_state: state.as_deref().map(super::parse_state).transpose()?,
-                    reason: r.try_get(5)?,
+                    &[&name, &limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let state: Option<String> = r.try_get(4)?;
+                    Ok(RunRow {
+                        fire_time: r.try_get(0)?,
+                        status: r.try_get(1)?,
+                        manual: r.try_get(2)?,
+                        job_id: r.try_get(3)?,
+                        job_state: state.as_deref().map(super::parse_state).transpose()?,
+                        reason: r.try_get(5)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 
     /// Pauses or resumes a schedule. On resume the next tick is the first after now: ticks
     /// that came due while paused are not run.
     pub async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<ScheduleRow> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let s = lock_schedule(&tx, name).await?;
-        let next = if paused {
-            s.next_fire_at
-        } else {
-            let now = db_now(&tx).await?;
-            parsed(&s)?.next_after(now)
-        };
-        let row = tx
-            .query_one_cached(
-                &format!(
-                    "UPDATE schedules SET paused = $2, next_fire_at = $3, updated_at = now() \
+        measured("set_schedule_paused", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let s = lock_schedule(&tx, name).await?;
+            let next = if paused {
+                s.next_fire_at
+            } else {
+                let now = db_now(&tx).await?;
+                parsed(&s)?.next_after(now)
+            };
+            let row = tx
+                .query_one_cached(
+                    &format!(
+                        "UPDATE schedules SET paused = $2, next_fire_at = $3, updated_at = now() \
                      WHERE name = $1 RETURNING {SCHEDULE_COLUMNS}"
-                ),
-                &[&name, &paused, &next],
-            )
-            .await?;
-        let out = schedule_from_row(&row)?;
-        tx.commit().await?;
-        Ok(out)
+                    ),
+                    &[&name, &paused, &next],
+                )
+                .await?;
+            let out = schedule_from_row(&row)?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
     }
 
     pub async fn delete_schedule(&self, name: &str) -> Result<()> {
-        let c = self.pool.get().await?;
-        let n = c
-            .execute_cached("DELETE FROM schedules WHERE name = $1", &[&name])
-            .await?;
-        if n == 0 {
-            return Err(Error::NotFound(format!("schedule {name:?} not found")));
-        }
-        Ok(())
+        measured("delete_schedule", async {
+            let c = self.pool.get().await?;
+            let n = c
+                .execute_cached("DELETE FROM schedules WHERE name = $1", &[&name])
+                .await?;
+            if n == 0 {
+                return Err(Error::NotFound(format!("schedule {name:?} not found")));
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Fires a schedule now, whatever its overlap policy and even while paused.
     pub async fn trigger_schedule(&self, name: &str) -> Result<JobRow> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let s = lock_schedule(&tx, name).await?;
-        let now = db_now(&tx).await?;
-        let cs = parsed(&s)?;
-        let inserted = tx
-            .execute_cached(
-                "INSERT INTO schedule_runs (schedule, fire_time, status, manual) \
+        measured("trigger_schedule", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let s = lock_schedule(&tx, name).await?;
+            let now = db_now(&tx).await?;
+            let cs = parsed(&s)?;
+            let inserted = tx
+                .execute_cached(
+                    "INSERT INTO schedule_runs (schedule, fire_time, status, manual) \
                  VALUES ($1, $2, 'held', true) ON CONFLICT DO NOTHING",
-                &[&name, &now],
-            )
-            .await?;
-        if inserted == 0 {
-            return Err(Error::Aborted(format!(
-                "schedule {name:?} already has a run at {now}; retry"
-            )));
-        }
-        let job = fire(&tx, &s, &cs, now).await?;
-        tx.commit().await?;
-        Ok(job)
+                    &[&name, &now],
+                )
+                .await?;
+            if inserted == 0 {
+                return Err(Error::Aborted(format!(
+                    "schedule {name:?} already has a run at {now}; retry"
+                )));
+            }
+            let job = fire(&tx, &s, &cs, now).await?;
+            tx.commit().await?;
+            if !s.spec.flow.keys.is_empty() {
+                self.keyed_job_submitted();
+            }
+            Ok(job)
+        })
+        .await
     }
 
     /// Names of schedules with work to do: a tick due, or a held tick waiting.
     pub async fn schedules_due(&self, limit: i64) -> Result<Vec<String>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT name FROM schedules s WHERE NOT paused AND (next_fire_at <= now() \
+        measured("schedules_due", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT name FROM schedules s WHERE NOT paused AND (next_fire_at <= now() \
                     OR EXISTS (SELECT 1 FROM schedule_runs r \
                                 WHERE r.schedule = s.name AND r.status = 'held')) \
                  ORDER BY next_fire_at NULLS LAST LIMIT $1",
-                &[&limit],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| Ok(r.try_get::<_, String>(0)?))
-            .collect()
+                    &[&limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| Ok(r.try_get::<_, String>(0)?))
+                .collect()
+        })
+        .await
     }
 
     /// One scheduling pass over one schedule: records its due ticks (as the catch-up policy
     /// keeps them) and fires held ticks as its overlap policy allows. `grace`: how late a
     /// tick may be handled and still count as on time.
     pub async fn run_schedule(&self, name: &str, grace: chrono::Duration) -> Result<PassReport> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let row = tx
-            .query_opt_cached(
-                &format!(
-                    "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1 AND NOT paused \
+        measured("run_schedule", async {
+            let mut c = self.pool.get().await?;
+            let tx = c.transaction().await?;
+            let row = tx
+                .query_opt_cached(
+                    &format!(
+                        "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1 AND NOT paused \
                      FOR UPDATE SKIP LOCKED"
-                ),
-                &[&name],
-            )
-            .await?;
-        // Paused, deleted, or another coordinator is on it.
-        let Some(row) = row else {
-            return Ok(PassReport::default());
-        };
-        let s = schedule_from_row(&row)?;
-        let cs = parsed(&s)?;
-        let now = db_now(&tx).await?;
-        let mut report = PassReport::default();
-        if let Some(from) = s.next_fire_at.filter(|t| *t <= now) {
-            let due = due_ticks(&cs, from, now, s.catch_up, grace);
-            for tick in &due.fire {
-                tx.execute_cached(
-                    "INSERT INTO schedule_runs (schedule, fire_time, status) \
-                     VALUES ($1, $2, 'held') ON CONFLICT DO NOTHING",
-                    &[&name, tick],
+                    ),
+                    &[&name],
                 )
                 .await?;
-            }
-            report.dropped = due.dropped;
-            // Dropped ticks are remembered for the schedule_missed alert rule.
-            let missed = format!(
-                "{} tick(s) not run (catch-up {})",
-                due.dropped,
-                s.catch_up.as_str()
-            );
-            tx.execute_cached(
-                "UPDATE schedules SET next_fire_at = $2, dropped_ticks = dropped_ticks + $3, \
+            // Paused, deleted, or another coordinator is on it.
+            let Some(row) = row else {
+                return Ok(PassReport::default());
+            };
+            let s = schedule_from_row(&row)?;
+            let cs = parsed(&s)?;
+            let now = db_now(&tx).await?;
+            let mut report = PassReport::default();
+            if let Some(from) = s.next_fire_at.filter(|t| *t <= now) {
+                let due = due_ticks(&cs, from, now, s.catch_up, grace);
+                for tick in &due.fire {
+                    tx.execute_cached(
+                        "INSERT INTO schedule_runs (schedule, fire_time, status) \
+                     VALUES ($1, $2, 'held') ON CONFLICT DO NOTHING",
+                        &[&name, tick],
+                    )
+                    .await?;
+                }
+                report.dropped = due.dropped;
+                // Dropped ticks are remembered for the schedule_missed alert rule.
+                let missed = format!(
+                    "{} tick(s) not run (catch-up {})",
+                    due.dropped,
+                    s.catch_up.as_str()
+                );
+                tx.execute_cached(
+                    "UPDATE schedules SET next_fire_at = $2, dropped_ticks = dropped_ticks + $3, \
                         last_missed_at = CASE WHEN $3 > 0 THEN now() ELSE last_missed_at END, \
                         last_missed_reason = CASE WHEN $3 > 0 THEN $4 ELSE last_missed_reason END, \
                         updated_at = now() WHERE name = $1",
-                &[&name, &due.next, &(due.dropped as i64), &missed],
-            )
-            .await?;
-        }
-        release_held(&tx, &s, &cs, &mut report).await?;
-        tx.commit().await?;
-        Ok(report)
+                    &[&name, &due.next, &(due.dropped as i64), &missed],
+                )
+                .await?;
+            }
+            release_held(&tx, &s, &cs, &mut report).await?;
+            tx.commit().await?;
+            if report.fired > 0 && !s.spec.flow.keys.is_empty() {
+                self.keyed_job_submitted();
+            }
+            Ok(report)
+        })
+        .await
     }
 }
 
@@ -465,6 +514,7 @@ async fn fire(
     let job = insert_job(tx, &spec, &s.policy, None, None, None)
         .await?
         .ok_or_else(|| Error::Internal("schedule insert returned nothing".into()))?;
+    set_job_flow(tx, job.id, &s.spec.flow).await?;
     tx.execute_cached(
         "UPDATE schedule_runs SET job_id = $3 WHERE schedule = $1 AND fire_time = $2",
         &[&s.name, &tick, &job.id],
@@ -486,28 +536,31 @@ pub struct MissView {
 impl super::Store {
     /// Unpaused schedules with when they last missed a tick and how late their next one is.
     pub async fn schedule_miss_views(&self) -> Result<Vec<MissView>> {
-        let c = self.pool.get().await?;
-        let rows = c
-            .query_cached(
-                "SELECT name, spec->>'queue' AS queue, \
+        measured("schedule_miss_views", async {
+            let c = self.pool.get().await?;
+            let rows = c
+                .query_cached(
+                    "SELECT name, spec->>'queue' AS queue, \
                         extract(epoch FROM now() - last_missed_at)::bigint AS missed_ago, \
                         last_missed_reason, \
                         CASE WHEN next_fire_at <= now() \
                              THEN extract(epoch FROM now() - next_fire_at)::bigint END AS overdue \
                    FROM schedules WHERE NOT paused ORDER BY name LIMIT 10000",
-                &[],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(MissView {
-                    name: r.try_get("name")?,
-                    queue: r.try_get::<_, Option<String>>("queue")?.unwrap_or_default(),
-                    missed_ago_secs: r.try_get("missed_ago")?,
-                    missed_reason: r.try_get("last_missed_reason")?,
-                    overdue_secs: r.try_get("overdue")?,
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(MissView {
+                        name: r.try_get("name")?,
+                        queue: r.try_get::<_, Option<String>>("queue")?.unwrap_or_default(),
+                        missed_ago_secs: r.try_get("missed_ago")?,
+                        missed_reason: r.try_get("last_missed_reason")?,
+                        overdue_secs: r.try_get("overdue")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 }

@@ -31,6 +31,11 @@ struct Cli {
     /// directory, removed at the end).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Put every process on a host of its own on a virtual network (Linux network
+    /// namespaces; needs root): link faults become real link downs, netem or bandwidth
+    /// limits, and link flaps.
+    #[arg(long)]
+    netns: bool,
     /// Repeat with seed, seed+1, … until one fails or this many runs passed.
     #[arg(long, default_value_t = 1)]
     runs: u32,
@@ -53,6 +58,7 @@ fn main() -> ExitCode {
             chaos: cli.duration,
             drain_limit: cli.drain_limit,
             dir: cli.dir.as_ref().map(|d| d.join(format!("run-{n}"))),
+            netns: cli.netns,
         };
         eprintln!(
             "drover-chaos: run {}/{}, seed {}, {} jobs, faults for {:?}",

@@ -1,0 +1,437 @@
+//! The store's operations one by one, against a real PostgreSQL database of their own
+//! (migrated from scratch), with no coordinator or worker around them.
+
+use drover_coordinator::error::{Error, ErrorKind};
+use drover_coordinator::store::{ChunkIn, EndRequest, Store, WorkerHello};
+use drover_coordinator::{db, store::JobFilter};
+use drover_core::{AttemptState, JobSpec, JobState, RawResult, RetryPolicy};
+use drover_tests::TestDb;
+use std::time::Duration;
+use uuid::Uuid;
+
+const LEASE: Duration = Duration::from_secs(60);
+
+async fn store() -> anyhow::Result<(TestDb, Store)> {
+    let tdb = TestDb::new().await?;
+    db::migrate(&tdb.url).await?;
+    let store = Store::new(db::pool(&tdb.url, 4)?);
+    Ok((tdb, store))
+}
+
+fn spec(argv: &[&str]) -> JobSpec {
+    JobSpec {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        queue: "default".into(),
+        ..Default::default()
+    }
+}
+
+/// Exact waits, so a retry's start time is known.
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: 1,
+        initial_backoff_ms: 60_000,
+        jitter: 0.0,
+        ..RetryPolicy::default()
+    }
+}
+
+fn end(raw: RawResult) -> EndRequest {
+    EndRequest {
+        raw,
+        output_tail: String::new(),
+        log_chunk_count: None,
+        only_if_expired: false,
+        usage: None,
+    }
+}
+
+fn chunk(seq: i64, data: &str) -> ChunkIn {
+    ChunkIn {
+        seq,
+        stream: 1,
+        time: chrono::Utc::now(),
+        data: data.as_bytes().to_vec(),
+    }
+}
+
+async fn claim_one(store: &Store, worker: &str, lease: Duration) -> anyhow::Result<Uuid> {
+    let c = store
+        .claim(worker, &["default".into()], &[], 1, lease, 1)
+        .await?;
+    anyhow::ensure!(c.len() == 1, "claimed {} jobs", c.len());
+    Ok(c[0].attempt_id)
+}
+
+fn kind<T: std::fmt::Debug>(r: Result<T, Error>) -> ErrorKind {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.kind(),
+    }
+}
+
+async fn events(tdb: &TestDb, job: Uuid) -> anyhow::Result<Vec<String>> {
+    Ok(tdb
+        .client()
+        .await?
+        .query(
+            "SELECT event FROM outbox WHERE job_id = $1 ORDER BY id",
+            &[&job],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+#[tokio::test]
+async fn submit_get_and_idempotency_key() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    let mut s = spec(&["true"]);
+    s.idempotency_key = Some("once".into());
+    let (job, created) = store.submit(&s, &policy(), None).await?;
+    assert!(created);
+    assert_eq!(job.state, JobState::Pending);
+    assert_eq!(job.spec.argv, vec!["true"]);
+    assert_eq!(job.policy, policy());
+    // The same key again: the first job, not a second one.
+    let (again, created) = store.submit(&s, &policy(), None).await?;
+    assert!(!created);
+    assert_eq!(again.id, job.id);
+    let got = store.get_job(job.id).await?.expect("stored");
+    assert_eq!(got.spec, job.spec);
+    assert!(store.get_job(Uuid::new_v4()).await?.is_none());
+    assert_eq!(
+        store.jobs_by_state().await?,
+        vec![("pending".to_string(), 1)]
+    );
+    let (page, more) = store
+        .list_jobs(&JobFilter {
+            limit: 10,
+            max_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!((page.len(), more), (1, false));
+    Ok(())
+}
+
+#[tokio::test]
+async fn claim_leases_each_due_job_once() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    for _ in 0..2 {
+        store.submit(&spec(&["true"]), &policy(), None).await?;
+    }
+    let claimed = store
+        .claim("w1", &["default".into()], &[], 5, LEASE, 5)
+        .await?;
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|c| c.number == 1));
+    let again = store
+        .claim("w2", &["default".into()], &[], 5, LEASE, 5)
+        .await?;
+    assert!(again.is_empty(), "{again:?}");
+    for c in &claimed {
+        let job = store.get_job(c.job_id).await?.expect("job");
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(job.current_attempt_id, Some(c.attempt_id));
+        let attempts = store.list_attempts(c.job_id).await?;
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].state, AttemptState::Running);
+        assert_eq!(attempts[0].worker_id, "w1");
+    }
+    let q = store.queue_stats().await?;
+    let default = q.iter().find(|q| q.queue == "default").expect("queue row");
+    assert_eq!((default.pending, default.running), (0, 2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn end_attempt_succeeds_retries_and_refuses_stale_results() -> anyhow::Result<()> {
+    let (tdb, store) = store().await?;
+    let (ok, _) = store.submit(&spec(&["true"]), &policy(), None).await?;
+    let a = claim_one(&store, "w1", LEASE).await?;
+    let e = store.end_attempt(a, &end(RawResult::Exited(0))).await?;
+    assert_eq!(
+        (e.job_id, e.attempt_state, e.job_state),
+        (ok.id, AttemptState::Succeeded, JobState::Succeeded)
+    );
+    assert_eq!(
+        events(&tdb, ok.id).await?.last().map(String::as_str),
+        Some("job.succeeded")
+    );
+    let job = store.get_job(ok.id).await?.expect("job");
+    assert!(job.finished_at.is_some());
+    // A second result for the same attempt changes nothing.
+    assert_eq!(
+        kind(store.end_attempt(a, &end(RawResult::Exited(1))).await),
+        ErrorKind::FailedPrecondition
+    );
+    assert_eq!(
+        kind(
+            store
+                .end_attempt(Uuid::new_v4(), &end(RawResult::Exited(0)))
+                .await
+        ),
+        ErrorKind::NotFound
+    );
+
+    // A failure is retried after the policy's exact backoff.
+    let (bad, _) = store.submit(&spec(&["false"]), &policy(), None).await?;
+    let a = claim_one(&store, "w1", LEASE).await?;
+    let e = store.end_attempt(a, &end(RawResult::Exited(3))).await?;
+    assert_eq!(e.job_state, JobState::Pending);
+    assert_eq!(e.reason, "exit code 3; retrying in 60.0s");
+    let job = store.get_job(bad.id).await?.expect("job");
+    let wait = job.not_before - chrono::Utc::now();
+    assert!(
+        wait > chrono::Duration::seconds(50) && wait <= chrono::Duration::seconds(60),
+        "{wait:?}"
+    );
+    assert_eq!(job.current_attempt_id, None);
+    let attempts = store.list_attempts(bad.id).await?;
+    assert_eq!(attempts[0].state, AttemptState::Failed);
+    assert_eq!(attempts[0].exit_code, Some(3));
+    assert_eq!(
+        events(&tdb, bad.id).await?.last().map(String::as_str),
+        Some("job.retry_scheduled")
+    );
+    // Not due yet: nothing to claim, and the dispatcher's timer points at it.
+    assert!(store
+        .claim("w1", &["default".into()], &[], 1, LEASE, 1)
+        .await?
+        .is_empty());
+    assert_eq!(store.next_due().await?, Some(job.not_before));
+    Ok(())
+}
+
+#[tokio::test]
+async fn end_attempt_waits_for_the_whole_log_and_classifies_the_output() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    let p = RetryPolicy {
+        permanent_patterns: vec!["disk (is )?full".into()],
+        ..policy()
+    };
+    let (job, _) = store.submit(&spec(&["x"]), &p, None).await?;
+    let a = claim_one(&store, "w1", LEASE).await?;
+    let mut req = end(RawResult::Exited(1));
+    req.log_chunk_count = Some(2);
+    req.output_tail = "error: disk is full".into();
+    assert_eq!(kind(store.end_attempt(a, &req).await), ErrorKind::Aborted);
+    store
+        .append_logs(
+            a,
+            &[chunk(0, "one\n"), chunk(1, "error: disk is full\n")],
+            1 << 20,
+        )
+        .await?;
+    let e = store.end_attempt(a, &req).await?;
+    assert_eq!(e.attempt_state, AttemptState::FailedPermanent);
+    assert_eq!(e.job_state, JobState::PermanentFailed);
+    assert!(e.reason.contains("permanent pattern"), "{}", e.reason);
+    let attempts = store.list_attempts(job.id).await?;
+    assert_eq!(attempts[0].log_bytes, 24);
+    Ok(())
+}
+
+#[tokio::test]
+async fn expired_leases_are_found_and_a_renewed_one_wins() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    let (job, _) = store
+        .submit(&spec(&["sleep", "9"]), &policy(), None)
+        .await?;
+    let a = claim_one(&store, "w1", Duration::ZERO).await?;
+    // The reaper's request: only if the lease is still expired when the row is locked.
+    let mut reap = end(RawResult::Lost("lease expired".into()));
+    reap.only_if_expired = true;
+    // A heartbeat renews the lease first: the reaper loses.
+    let hb = store.heartbeat("w1", &[a], LEASE, None).await?;
+    assert!(hb.stale.is_empty() && hb.cancel.is_empty(), "{hb:?}");
+    assert!(store.expired_attempts(10).await?.is_empty());
+    assert_eq!(
+        kind(store.end_attempt(a, &reap).await),
+        ErrorKind::FailedPrecondition
+    );
+    // Expired again (a zero lease): found, and lost.
+    store.heartbeat("w1", &[a], Duration::ZERO, None).await?;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(store.expired_attempts(10).await?, vec![a]);
+    let e = store.end_attempt(a, &reap).await?;
+    assert_eq!(
+        (e.attempt_state, e.job_state),
+        (AttemptState::Lost, JobState::Pending)
+    );
+    let retried = store.get_job(job.id).await?.expect("job");
+    assert_eq!(retried.state, JobState::Pending);
+    // A heartbeat for an attempt that is no longer current tells the worker to stop it.
+    let hb = store.heartbeat("w1", &[a], LEASE, None).await?;
+    assert_eq!(hb.stale, vec![a]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_job_pending_running_and_missing() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    let (running, _) = store
+        .submit(&spec(&["sleep", "9"]), &policy(), None)
+        .await?;
+    let a = claim_one(&store, "w1", LEASE).await?;
+    let (pending, _) = store.submit(&spec(&["true"]), &policy(), None).await?;
+
+    let (job, stop) = store.cancel_job(pending.id).await?;
+    assert_eq!((job.state, stop), (JobState::Cancelled, None));
+
+    let (job, stop) = store.cancel_job(running.id).await?;
+    assert_eq!(job.state, JobState::Running);
+    assert!(job.cancel_requested);
+    assert_eq!(stop, Some((a, "w1".to_string())));
+    // The worker hears it with its next heartbeat, and its failure does not retry.
+    let hb = store.heartbeat("w1", &[a], LEASE, None).await?;
+    assert_eq!(hb.cancel, vec![a]);
+    let e = store.end_attempt(a, &end(RawResult::Exited(1))).await?;
+    assert_eq!(e.job_state, JobState::Cancelled);
+
+    assert_eq!(
+        kind(store.cancel_job(Uuid::new_v4()).await),
+        ErrorKind::NotFound
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_reconnecting_worker_loses_the_attempts_it_no_longer_runs() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    let hello = |running: Vec<Uuid>| WorkerHello {
+        id: "w1".into(),
+        hostname: "h".into(),
+        labels: vec![],
+        queues: vec!["default".into()],
+        slots: 2,
+        version: "test".into(),
+        running,
+        containment: String::new(),
+        protocol_version: drover_core::protocol::CURRENT as i32,
+    };
+    store.register_worker(&hello(vec![]), "c1", LEASE).await?;
+    let (job, _) = store
+        .submit(&spec(&["sleep", "9"]), &policy(), None)
+        .await?;
+    claim_one(&store, "w1", LEASE).await?;
+    let workers = store.list_workers().await?;
+    assert_eq!(workers.len(), 1);
+    assert_eq!((workers[0].id.as_str(), workers[0].running), ("w1", 1));
+
+    // It restarted and runs nothing: its attempt is lost at once and the job pending.
+    let (ended, hb) = store.register_worker(&hello(vec![]), "c1", LEASE).await?;
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].job_id, job.id);
+    assert_eq!(ended[0].attempt_state, AttemptState::Lost);
+    assert!(hb.stale.is_empty());
+    assert_eq!(
+        store.list_attempts(job.id).await?[0].state,
+        AttemptState::Lost
+    );
+
+    store.worker_disconnected("w1", "c1").await?;
+    let workers = store.list_workers().await?;
+    assert_eq!(workers[0].running, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn logs_are_stored_once_per_chunk_and_read_in_order() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    let (job, _) = store.submit(&spec(&["echo"]), &policy(), None).await?;
+    let a = claim_one(&store, "w1", LEASE).await?;
+    store
+        .append_logs(a, &[chunk(0, "hello\n"), chunk(1, "world\n")], 1 << 20)
+        .await?;
+    // A re-sent chunk (same seq) is ignored.
+    store
+        .append_logs(a, &[chunk(1, "again\n")], 1 << 20)
+        .await?;
+    let got = store.read_logs(a, -1, 100).await?;
+    let text: Vec<u8> = got.iter().flat_map(|c| c.data.clone()).collect();
+    assert_eq!(String::from_utf8(text)?, "hello\nworld\n");
+    assert_eq!(got.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(store.list_attempts(job.id).await?[0].log_bytes, 12);
+    // Once the attempt has ended, its log is closed.
+    store.end_attempt(a, &end(RawResult::Exited(0))).await?;
+    assert_eq!(
+        kind(store.append_logs(a, &[chunk(2, "late\n")], 1 << 20).await),
+        ErrorKind::FailedPrecondition
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn retry_job_makes_a_new_job_linked_to_the_old() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    let (job, _) = store.submit(&spec(&["false"]), &policy(), None).await?;
+    let a = claim_one(&store, "w1", LEASE).await?;
+    let e = store
+        .end_attempt(a, &end(RawResult::SpawnError("no such file".into())))
+        .await?;
+    assert_eq!(e.job_state, JobState::PermanentFailed);
+    let new = store.retry_job(job.id, &Default::default()).await?;
+    assert_ne!(new.id, job.id);
+    assert_eq!(new.state, JobState::Pending);
+    assert_eq!(new.retry_of, Some(job.id));
+    assert_eq!(store.retried_by(job.id).await?, vec![new.id]);
+    assert_eq!(
+        kind(store.retry_job(Uuid::new_v4(), &Default::default()).await),
+        ErrorKind::NotFound
+    );
+    Ok(())
+}
+
+/// Stored states are guarded by the database itself (V1, V13, V24), not only by the code
+/// that writes them.
+#[tokio::test]
+async fn the_database_refuses_states_outside_their_set() -> anyhow::Result<()> {
+    let (tdb, store) = store().await?;
+    let (job, _) = store.submit(&spec(&["true"]), &policy(), None).await?;
+    let a = claim_one(&store, "w1", LEASE).await?;
+    let db = tdb.client().await?;
+    let refused = |r: Result<u64, tokio_postgres::Error>| {
+        let e = r.expect_err("a value outside the set was stored");
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+            "{e}"
+        );
+    };
+    refused(
+        db.execute(
+            "UPDATE jobs SET state = 'offline' WHERE id = $1",
+            &[&job.id],
+        )
+        .await,
+    );
+    refused(
+        db.execute("UPDATE attempts SET state = 'done' WHERE id = $1", &[&a])
+            .await,
+    );
+    refused(
+        db.execute(
+            "INSERT INTO api_tokens (id, name, role, token_hash) \
+             VALUES ($1, 'x', 'root', '\\x00')",
+            &[&Uuid::new_v4()],
+        )
+        .await,
+    );
+    refused(
+        db.execute(
+            "INSERT INTO log_chunks (attempt_id, seq, stream, time, data) \
+             VALUES ($1, 0, 3, now(), '\\x00')",
+            &[&a],
+        )
+        .await,
+    );
+    // Nothing changed.
+    assert_eq!(
+        store.get_job(job.id).await?.map(|j| j.state),
+        Some(JobState::Running)
+    );
+    Ok(())
+}
