@@ -9,6 +9,7 @@ macro_rules! say {
     };
 }
 
+mod clients;
 mod dashboard;
 mod failover;
 mod helpers;
@@ -87,6 +88,8 @@ enum Part {
     /// The dashboard's job list at scale and a big log's first lines (only with --only:
     /// it copies history up to a million jobs a second time).
     Dashboard,
+    /// SubmitJobs rate, and latency from a Python grpcio client.
+    Clients,
 }
 
 struct Counts {
@@ -108,6 +111,9 @@ struct Counts {
     /// Jobs stored for the dashboard's job list row, and its log's size.
     dashboard_rows: i64,
     dashboard_log_bytes: u64,
+    /// Jobs submitted for the SubmitJobs row, and samples of the Python client.
+    submit_jobs: usize,
+    client_samples: usize,
 }
 
 impl Counts {
@@ -128,6 +134,8 @@ impl Counts {
             backlog_jobs: 5_000,
             dashboard_rows: 10_000,
             dashboard_log_bytes: 16_000_000,
+            submit_jobs: 200,
+            client_samples: 20,
         }
     }
 
@@ -148,6 +156,8 @@ impl Counts {
             backlog_jobs: 100_000,
             dashboard_rows: 1_000_000,
             dashboard_log_bytes: 100_000_000,
+            submit_jobs: 10_000,
+            client_samples: 500,
         }
     }
 }
@@ -210,6 +220,7 @@ async fn run(cli: Cli) -> Result<()> {
             Part::Failover,
             Part::Logs,
             Part::Scale,
+            Part::Clients,
         ]
     } else {
         cli.only.clone()
@@ -270,6 +281,7 @@ async fn run(cli: Cli) -> Result<()> {
         Part::Backlog,
         Part::Soak,
         Part::Dashboard,
+        Part::Clients,
     ];
     let ordered: Vec<Row> = order
         .iter()
@@ -347,6 +359,7 @@ async fn measure(
         Part::Latency,
         Part::Logs,
         Part::Recovery,
+        Part::Clients,
     ];
     if parts.iter().any(|p| main_parts.contains(p)) {
         let mut env = base_env();
@@ -407,6 +420,32 @@ async fn measure(
             }
             rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Logs, r)));
             details.insert("logs".into(), Value::Array(ds));
+        }
+        if parts.contains(&Part::Clients) {
+            let (mut runs, mut ds) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                say!("[submit] run {} of {n}", i + 1);
+                let (r, d) = clients::batch_rate(&mut stack, counts.submit_jobs).await?;
+                runs.push(r);
+                ds.push(d);
+                settle().await;
+            }
+            rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Clients, r)));
+            details.insert("submit_jobs".into(), Value::Array(ds));
+            let (mut runs, mut ds) = (Vec::new(), Vec::new());
+            for i in 0..n {
+                say!("[python] run {} of {n}", i + 1);
+                match clients::python_client(&mut stack, counts.client_samples).await? {
+                    Some((r, d)) => {
+                        runs.push(r);
+                        ds.push(d);
+                    }
+                    None => break,
+                }
+                settle().await;
+            }
+            rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Clients, r)));
+            details.insert("python_client".into(), Value::Array(ds));
         }
         if parts.contains(&Part::Recovery) {
             let raw = match raw_spawn {

@@ -371,8 +371,10 @@ pub struct Stack {
     /// Access control is on, as in production: `jobs` carries an admin token, the workers
     /// this worker token (any worker id).
     pub worker_token: String,
-    /// The HTTP listener's base URL and an admin token for it (the dashboard rows).
+    /// The HTTP listener's base URL (the dashboard rows).
     pub http: String,
+    /// The admin token `jobs` carries (for clients of other coordinators, and clients
+    /// the bench starts, e.g. Python's).
     pub admin_token: String,
     pub sql: tokio_postgres::Client,
     pub coordinator: Proc,
@@ -424,6 +426,7 @@ impl Stack {
             ],
         )?;
         let bearer = BearerToken::new(Some(&admin_token)).map_err(anyhow::Error::msg)?;
+        // (kept for clients the bench starts itself)
         let channel = tonic::transport::Endpoint::from_shared(addr.clone())
             .context("coordinator address")?
             .connect()

@@ -1,8 +1,10 @@
 //! `droverctl`: the operator's tool. Talks to a coordinator over the same gRPC API that
 //! any program can use. Exit status: 0 on success, 1 on any error (one line on stderr),
-//! 2 on a usage error.
+//! 2 on a usage error; a wait for a job (`submit --wait`, `wait`) also exits 3 when the
+//! job failed, 4 when it was cancelled, 5 when `--timeout` ran out (see batch.rs).
 
 mod alerts_cmd;
+mod batch;
 mod dev;
 mod jobflags;
 mod output;
@@ -91,6 +93,14 @@ enum Command {
     },
     /// Show a job and all its attempts.
     Show { job: String },
+    /// Wait until a job finishes. Exit 0 if it succeeded, 3 if it failed, 4 if it was
+    /// cancelled, 5 if --timeout ran out first.
+    Wait {
+        job: String,
+        /// Give up after this long, e.g. 10m (default: wait as long as it takes).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
     /// Print a job's log (stdout and stderr as the process wrote them).
     Logs {
         job: String,
@@ -275,11 +285,22 @@ struct SubmitArgs {
     /// Run only after these jobs succeeded (comma-separated ids); cancelled if one fails.
     #[arg(long, value_delimiter = ',', value_name = "JOB[,JOB...]")]
     after: Vec<String>,
-    /// Wait for the job to finish; exit 0 only if it succeeded.
+    /// Wait for the job to finish; exit 0 only if it succeeded (3 failed, 4 cancelled).
     #[arg(long)]
     wait: bool,
+    /// Submit every job of a JSON Lines file (`-`: standard input), one spec per line with
+    /// the fields of these flags, e.g. {"argv": ["echo", "hi"], "queue": "etl"}. Sent in
+    /// batches; prints one job id per line, reports bad lines by number, exits 1 if any.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["argv", "params", "env", "labels", "secret_env", "timeout",
+            "max_retries", "retry_wait", "idempotency_key", "outputs", "memory", "cpus",
+            "pids", "concurrency_keys", "after", "priority"]
+    )]
+    from_file: Option<std::path::PathBuf>,
     /// Program and arguments.
-    #[arg(last = true, required = true)]
+    #[arg(last = true, required_unless_present = "from_file")]
     argv: Vec<String>,
 }
 
@@ -491,7 +512,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dev::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Submit(a) => submit(&cli.addr, fmt, *a).await,
+        Command::Submit(a) => match &a.from_file {
+            Some(f) => batch::submit_file(&cli.addr, fmt, f, a.wait).await,
+            None => submit(&cli.addr, fmt, *a).await,
+        },
+        Command::Wait { job, timeout } => {
+            batch::wait_command(&cli.addr, &job, timeout.as_deref()).await
+        }
         Command::Failures(a) => alerts_cmd::failures(&cli.addr, fmt, a).await,
         Command::Alerts { cmd } => alerts_cmd::alerts(&cli.addr, fmt, cmd).await,
         Command::Notifications(a) => alerts_cmd::notifications(&cli.addr, fmt, a).await,
@@ -832,23 +859,7 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
     if !a.wait {
         return Ok(ExitCode::SUCCESS);
     }
-    loop {
-        let j = c
-            .get_job(pb::GetJobRequest { id: job.id.clone() })
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .job
-            .unwrap_or_default();
-        match pb::JobState::try_from(j.state) {
-            Ok(pb::JobState::Succeeded) => return Ok(ExitCode::SUCCESS),
-            Ok(pb::JobState::PermanentFailed) | Ok(pb::JobState::Cancelled) => {
-                eprintln!("job {} {}: {}", j.id, output::job_state(j.state), j.reason);
-                return Ok(ExitCode::FAILURE);
-            }
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
+    batch::wait_job(&mut c, &job.id, None).await
 }
 
 async fn logs(

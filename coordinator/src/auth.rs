@@ -63,6 +63,12 @@ pub const GRPC_RULES: &[(&str, Rule)] = &[
     ("/drover.v1.JobService/ListArtifacts", read()),
     ("/drover.v1.JobService/GetArtifact", read()),
     (
+        "/drover.v1.JobService/SubmitJobs",
+        needs(Right::Submit, true),
+    ),
+    ("/drover.v1.JobService/WatchJobs", read()),
+    ("/drover.v1.JobService/WaitJob", read()),
+    (
         "/drover.v1.WorkerService/Session",
         needs(Right::Work, false),
     ),

@@ -53,6 +53,10 @@ pub struct Config {
     /// Concurrent StreamLogs calls one client address may hold open; more are refused
     /// with RESOURCE_EXHAUSTED.
     pub max_log_streams_per_client: usize,
+    /// Concurrent WatchJobs and WaitJob calls one principal (token) may hold open, and all
+    /// callers together; more are refused with RESOURCE_EXHAUSTED.
+    pub max_watches_per_principal: usize,
+    pub max_watches: usize,
     /// `text` or `json` log lines on stderr.
     pub log_format: String,
     /// If set, log lines also go to a file here, rotated daily, 7 kept.
@@ -172,6 +176,8 @@ impl Default for Config {
             artifact_dir: PathBuf::from("/var/lib/drover/artifacts"),
             max_artifact_bytes: 1024 * 1024 * 1024,
             max_log_streams_per_client: 64,
+            max_watches_per_principal: 64,
+            max_watches: 4096,
             log_format: "text".into(),
             log_dir: None,
             alerts: crate::alerts::AlertsConfig::default(),
@@ -422,6 +428,9 @@ impl Config {
         if self.max_log_streams_per_client == 0 {
             return Err("max_log_streams_per_client must be at least 1".into());
         }
+        if self.max_watches_per_principal == 0 || self.max_watches == 0 {
+            return Err("max_watches_per_principal and max_watches must be at least 1".into());
+        }
         if self.schedule_interval_ms == 0 || self.schedule_interval_ms > 60_000 {
             return Err("schedule_interval_ms must be 1 to 60000".into());
         }
@@ -498,6 +507,22 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
         assert!(c.listen.ip().is_loopback());
         assert_eq!(c.retry.max_retries, 3);
+    }
+
+    #[test]
+    fn watch_bounds_must_be_positive() {
+        let c = Config {
+            max_watches: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err_and(|e| e.contains("max_watches")));
+        let c = Config {
+            max_watches_per_principal: 0,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .is_err_and(|e| e.contains("max_watches_per_principal")));
     }
 
     #[test]

@@ -73,6 +73,8 @@ impl Session {
 pub struct Dispatcher {
     /// Log followers' notifications (fed by this coordinator's writes and by LISTEN).
     pub logs: Arc<crate::log_watch::LogWatch>,
+    /// Job state changes for watchers (fed by LISTEN on the states channel).
+    pub jobs: Arc<crate::job_watch::JobWatch>,
     store: Store,
     lease_ttl: Duration,
     /// Safety-net sweep interval (`dispatch_sweep_ms`): only matters if a notification
@@ -91,6 +93,7 @@ impl Dispatcher {
     pub fn new(store: Store, lease_ttl: Duration, sweep: Duration) -> Arc<Self> {
         Arc::new(Dispatcher {
             logs: Arc::default(),
+            jobs: Arc::default(),
             store,
             lease_ttl,
             sweep,

@@ -26,6 +26,13 @@ pub enum Error {
     /// operation does not fit the object's state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// What the request would create exists already, differently (an idempotency key
+    /// reused with another spec).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A bound on open calls (watches) was reached; the message names it.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The request was fine but must be retried after something else happens first.
     #[error("{0}")]
     Aborted(String),
@@ -50,13 +57,15 @@ pub enum ErrorKind {
     PermissionDenied,
     NotFound,
     FailedPrecondition,
+    AlreadyExists,
+    ResourceExhausted,
     Aborted,
     Unavailable,
     Internal,
 }
 
 /// The one table: each kind's gRPC code and HTTP status.
-pub const ERROR_TABLE: [(ErrorKind, Code, StatusCode); 8] = [
+pub const ERROR_TABLE: [(ErrorKind, Code, StatusCode); 10] = [
     (
         ErrorKind::Invalid,
         Code::InvalidArgument,
@@ -77,6 +86,16 @@ pub const ERROR_TABLE: [(ErrorKind, Code, StatusCode); 8] = [
         ErrorKind::FailedPrecondition,
         Code::FailedPrecondition,
         StatusCode::CONFLICT,
+    ),
+    (
+        ErrorKind::AlreadyExists,
+        Code::AlreadyExists,
+        StatusCode::CONFLICT,
+    ),
+    (
+        ErrorKind::ResourceExhausted,
+        Code::ResourceExhausted,
+        StatusCode::TOO_MANY_REQUESTS,
     ),
     (ErrorKind::Aborted, Code::Aborted, StatusCode::CONFLICT),
     (
@@ -108,6 +127,8 @@ impl ErrorKind {
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::NotFound => "not_found",
             ErrorKind::FailedPrecondition => "failed_precondition",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::ResourceExhausted => "resource_exhausted",
             ErrorKind::Aborted => "aborted",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
@@ -164,6 +185,8 @@ impl Error {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
+            Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
             Error::Aborted(_) => ErrorKind::Aborted,
             Error::Unavailable(_) | Error::Pool(_) => ErrorKind::Unavailable,
             Error::Internal(_) => ErrorKind::Internal,
@@ -196,12 +219,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 mod tests {
     use super::*;
 
-    const KINDS: [ErrorKind; 8] = [
+    const KINDS: [ErrorKind; 10] = [
         ErrorKind::Invalid,
         ErrorKind::Unauthenticated,
         ErrorKind::PermissionDenied,
         ErrorKind::NotFound,
         ErrorKind::FailedPrecondition,
+        ErrorKind::AlreadyExists,
+        ErrorKind::ResourceExhausted,
         ErrorKind::Aborted,
         ErrorKind::Unavailable,
         ErrorKind::Internal,
@@ -227,6 +252,8 @@ mod tests {
             (ErrorKind::PermissionDenied, Code::PermissionDenied, 403),
             (ErrorKind::NotFound, Code::NotFound, 404),
             (ErrorKind::FailedPrecondition, Code::FailedPrecondition, 409),
+            (ErrorKind::AlreadyExists, Code::AlreadyExists, 409),
+            (ErrorKind::ResourceExhausted, Code::ResourceExhausted, 429),
             (ErrorKind::Aborted, Code::Aborted, 409),
             (ErrorKind::Unavailable, Code::Unavailable, 503),
             (ErrorKind::Internal, Code::Internal, 500),

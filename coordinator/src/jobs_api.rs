@@ -216,6 +216,23 @@ type ArtifactStream =
 type LogStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 
 impl JobsApi {
+    /// Validates a submitted spec and resolves everything the store needs: defaults
+    /// (server, then queue), concurrency keys with their limits and rates, priority and
+    /// dependencies. The caller checks the queue against the principal's scope.
+    pub(crate) fn prepare_submit(
+        &self,
+        pspec: Option<pb::JobSpec>,
+    ) -> Result<(JobSpec, RetryPolicy, crate::store::flow::Flow), Error> {
+        let after = after_from_pb(pspec.as_ref())?;
+        let keys = keys_from_pb(pspec.as_ref(), &self.config)?;
+        let given_priority = pspec.as_ref().map(|s| s.priority).unwrap_or(0);
+        drover_core::flow::check_priority("priority", given_priority)?;
+        let (spec, policy) = spec_from_pb(pspec, &self.config)?;
+        let mut flow = flow_of(keys, given_priority, &spec.queue, &self.config)?;
+        flow.after = after;
+        Ok((spec, policy, flow))
+    }
+
     /// Refuses an operator limited to some queues acting on a job of another queue.
     async fn check_job_queue(&self, audit: &mut Audit, id: Uuid) -> Result<(), Error> {
         if audit.principal().queue_scope().is_empty() {
@@ -250,18 +267,12 @@ impl JobService for JobsApi {
         }
         let trace_parent = span.in_scope(drover_telemetry::traceparent);
         let mut audit = Audit::start(&self.store, &req, "/drover.v1.JobService/SubmitJob");
-        let pspec = req.into_inner().spec;
-        let after = after_from_pb(pspec.as_ref())?;
-        let keys = keys_from_pb(pspec.as_ref(), &self.config)?;
-        let given_priority = pspec.as_ref().map(|s| s.priority).unwrap_or(0);
-        let (spec, policy) = spec_from_pb(pspec, &self.config)?;
+        let (spec, policy, flow) = self.prepare_submit(req.into_inner().spec)?;
         audit.target(format!("queue {}", spec.queue));
         let principal = audit.principal().clone();
         principal
             .check_queue(&spec.queue)
             .map_err(|e| audit.refused(e))?;
-        let mut flow = flow_of(keys, given_priority, &spec.queue, &self.config)?;
-        flow.after = after;
         if !flow.keys.is_empty() {
             self.store.keyed_job_submitted();
         }
@@ -583,6 +594,29 @@ impl JobService for JobsApi {
             Err(e) => Err(Status::from(e)),
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn submit_jobs(
+        &self,
+        req: Request<pb::SubmitJobsRequest>,
+    ) -> Result<Response<pb::SubmitJobsResponse>, Status> {
+        self.submit_jobs_call(req).await
+    }
+
+    type WatchJobsStream = crate::watch_api::WatchStream;
+
+    async fn watch_jobs(
+        &self,
+        req: Request<pb::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        self.watch_jobs_call(req).await
+    }
+
+    async fn wait_job(
+        &self,
+        req: Request<pb::WaitJobRequest>,
+    ) -> Result<Response<pb::WaitJobResponse>, Status> {
+        self.wait_job_call(req).await
     }
 
     type StreamLogsStream = LogStream;

@@ -13,7 +13,7 @@
 //! - [`api`] — the JSON API (`/api/v1`): the gRPC services called in-process.
 //! - [`dashboard`] — the web dashboard (`/ui`) and its live updates.
 //! - [`tokens_api`] — AdminService's token and audit RPCs.
-//! - [`jobs_api`] / [`workers_api`] — the gRPC services.
+//! - [`jobs_api`] / [`workers_api`] — the gRPC services; [`watch_api`] — SubmitJobs, WatchJobs, WaitJob.
 //! - [`dispatch`] — pushes pending jobs to connected workers with free slots.
 //! - [`leader`] — leader-only duties (lease reaper, scheduler) under an advisory lock.
 //! - [`queues_api`] — QueueService: pausing and resuming queues.
@@ -26,6 +26,7 @@
 //! - [`metrics`] — Prometheus metrics.
 //! - [`patterns`] — retry policies' output patterns, compiled once per process.
 //! - [`listen`] — LISTEN/NOTIFY so every coordinator hears about ready jobs.
+//! - [`job_watch`] — job state changes fanned out to WatchJobs and WaitJob callers.
 
 pub mod alerts;
 pub mod alerts_api;
@@ -43,6 +44,7 @@ pub mod error;
 pub mod failures;
 pub mod health;
 pub mod http;
+pub mod job_watch;
 pub mod jobs_api;
 pub mod leader;
 pub mod listen;
@@ -58,6 +60,7 @@ pub mod schedules_api;
 pub mod server;
 pub mod store;
 pub mod tokens_api;
+pub mod watch_api;
 pub mod workers_api;
 
 pub use config::Config;

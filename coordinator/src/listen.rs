@@ -2,6 +2,7 @@
 //! wakes this coordinator's dispatcher at once.
 
 use crate::dispatch::Dispatcher;
+use crate::job_watch::{parse_payload, JobEvent, STATES_CHANNEL};
 use crate::log_watch::LOGS_CHANNEL;
 use crate::store::{CONTROL_CHANNEL, JOBS_CHANNEL};
 use futures::StreamExt;
@@ -33,6 +34,7 @@ async fn listen_once(
     let (client, mut conn) = tokio_postgres::connect(url, NoTls).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let logs = dispatcher.logs.clone();
+    let jobs = dispatcher.jobs.clone();
     // The connection must be polled for notifications to arrive.
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -41,6 +43,11 @@ async fn listen_once(
                 Ok(AsyncMessage::Notification(n)) if n.channel() == LOGS_CHANNEL => {
                     if let Ok(job) = uuid::Uuid::parse_str(n.payload()) {
                         logs.notify(job);
+                    }
+                }
+                Ok(AsyncMessage::Notification(n)) if n.channel() == STATES_CHANNEL => {
+                    if let Some(e) = parse_payload(n.payload()) {
+                        jobs.publish(e);
                     }
                 }
                 Ok(AsyncMessage::Notification(n)) => {
@@ -59,11 +66,13 @@ async fn listen_once(
     });
     client
         .batch_execute(&format!(
-            "LISTEN {JOBS_CHANNEL}; LISTEN {CONTROL_CHANNEL}; LISTEN {LOGS_CHANNEL}"
+            "LISTEN {JOBS_CHANNEL}; LISTEN {CONTROL_CHANNEL}; LISTEN {LOGS_CHANNEL}; \
+             LISTEN {STATES_CHANNEL}"
         ))
         .await?;
     // Anything that happened while we were not listening.
     dispatcher.wake();
+    dispatcher.jobs.publish(JobEvent::Resync);
     loop {
         tokio::select! {
             m = rx.recv() => match m {

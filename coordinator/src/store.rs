@@ -473,7 +473,9 @@ impl Store {
                             &[&spec.idempotency_key],
                         )
                         .await?;
-                    (job_from_row(&row)?, false)
+                    let existing = job_from_row(&row)?;
+                    check_same_submission(&tx, &existing, spec, policy, flow).await?;
+                    (existing, false)
                 }
             };
             tx.commit().await?;
@@ -1829,6 +1831,64 @@ fn stale(attempt_id: Uuid, state: AttemptState) -> Error {
     ))
 }
 
+/// Refuses a submit whose idempotency key is held by `existing` unless it asks for the
+/// same job (see drover_core::idempotency for what "same" means).
+async fn check_same_submission(
+    tx: &Transaction<'_>,
+    existing: &JobRow,
+    spec: &JobSpec,
+    policy: &RetryPolicy,
+    flow: &flow::Flow,
+) -> Result<()> {
+    use drover_core::idempotency::{first_difference, reused_key_message, Submission};
+    let stored_roots: Vec<String> = tx
+        .query_cached(
+            "SELECT coalesce(o.original_job_id, o.id)::text FROM job_deps d \
+               JOIN jobs o ON o.id = d.depends_on WHERE d.job_id = $1",
+            &[&existing.id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let given_roots: Vec<String> = if flow.after.is_empty() {
+        Vec::new()
+    } else {
+        // An id that names no job stays as given (and so differs from any stored one).
+        tx.query_cached(
+            "SELECT coalesce(o.original_job_id, u.id)::text \
+               FROM unnest($1::uuid[]) u(id) LEFT JOIN jobs o ON o.id = u.id",
+            &[&flow.after],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?
+    };
+    let stored = Submission {
+        spec: existing.spec.clone(),
+        policy: existing.policy.clone(),
+        priority: existing.priority,
+        concurrency_keys: existing.concurrency_keys.clone(),
+        after_roots: stored_roots,
+    };
+    let given = Submission {
+        spec: spec.clone(),
+        policy: policy.clone(),
+        priority: flow.priority,
+        concurrency_keys: flow.keys.iter().map(|(k, _)| k.clone()).collect(),
+        after_roots: given_roots,
+    };
+    match first_difference(&stored, &given) {
+        None => Ok(()),
+        Some(field) => Err(Error::AlreadyExists(reused_key_message(
+            spec.idempotency_key.as_deref().unwrap_or_default(),
+            &existing.id.to_string(),
+            field,
+        ))),
+    }
+}
+
 /// Inserts a pending job; None if its idempotency key is taken.
 async fn insert_job(
     tx: &Transaction<'_>,
@@ -1897,8 +1957,10 @@ async fn insert_event(
     Ok(())
 }
 
+pub mod batch;
 pub mod dashboard;
 pub mod flow;
 pub mod queues;
 pub mod retention;
 pub mod schedules;
+pub mod watch;

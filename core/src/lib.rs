@@ -6,6 +6,7 @@
 //! - [`transition`] — what ending an attempt does (attempt and job state, wait, reason, event).
 //! - [`limits`] — per-job resource limits and the sizes they are written in.
 //! - [`flow`] — concurrency keys and their limits.
+//! - [`idempotency`] — whether a reused idempotency key carries the same submission.
 //! - [`logcap`] — the per-attempt log size cap (head and tail kept).
 //! - [`paging`] — bounding a page of results by bytes as well as count.
 //! - [`protocol`] — the worker protocol version and which versions a coordinator accepts.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod delivery;
 pub mod fingerprint;
 pub mod flow;
+pub mod idempotency;
 pub mod jobguard;
 pub mod limits;
 pub mod logcap;

@@ -179,16 +179,17 @@ async fn huge_backoffs_are_refused_and_never_leave_a_job_running() -> anyhow::Re
     loop {
         let r = db
             .query_one(
-                "SELECT j.state, j.reason, a.state FROM jobs j JOIN attempts a ON a.job_id = j.id \
-                  WHERE j.id = $1",
+                // Not leased yet: no attempt row, the job still pending.
+                "SELECT j.state, j.reason, a.state FROM jobs j \
+                   LEFT JOIN attempts a ON a.job_id = j.id WHERE j.id = $1",
                 &[&id],
             )
             .await?;
-        let (job_state, reason, attempt_state): (String, String, String) =
+        let (job_state, reason, attempt_state): (String, String, Option<String>) =
             (r.get(0), r.get(1), r.get(2));
         if job_state != "running" && job_state != "pending" {
             assert_eq!(job_state, "permanent_failed");
-            assert_eq!(attempt_state, "failed_permanent");
+            assert_eq!(attempt_state.as_deref(), Some("failed_permanent"));
             assert!(reason.contains("could not be applied"), "{reason}");
             break;
         }

@@ -85,6 +85,17 @@ async fn set_job_keys(
         &[&job_id, &names],
     )
     .await?;
+    upsert_keys(tx, &names, &limits, &per_sec, &burst).await
+}
+
+/// Creates or updates concurrency keys (names unique within one call).
+pub(super) async fn upsert_keys(
+    tx: &Transaction<'_>,
+    names: &[&str],
+    limits: &[i32],
+    per_sec: &[Option<f64>],
+    burst: &[Option<f64>],
+) -> Result<()> {
     // A new key's bucket starts full. The rate is the coordinator's configuration: a
     // submit sets (or clears) it, keeping the current token count.
     tx.execute_cached(
