@@ -490,13 +490,26 @@ async fn json_output_prints_every_time_as_rfc3339() -> anyhow::Result<()> {
         vec!["audit"],
         vec!["token", "list"],
     ] {
-        let out = std::process::Command::new(bin("droverctl"))
-            .env("DROVER_TOKEN", ADMIN_TOKEN)
-            .env("DROVER_ADDR", &addr)
-            .arg("-o")
-            .arg("json")
-            .args(&args)
-            .output()?;
+        let run = || {
+            std::process::Command::new(bin("droverctl"))
+                .env("DROVER_TOKEN", ADMIN_TOKEN)
+                .env("DROVER_ADDR", &addr)
+                .arg("-o")
+                .arg("json")
+                .args(&args)
+                .output()
+        };
+        let mut out = run()?;
+        // A worker that reconnected (a ping missed on a loaded machine) shows no resources
+        // until its next heartbeat: ask again until the sample is back.
+        let start = std::time::Instant::now();
+        while args == ["workers"]
+            && !String::from_utf8_lossy(&out.stdout).contains("sampled_at\": \"")
+            && start.elapsed() < PATIENCE
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            out = run()?;
+        }
         assert!(
             out.status.success(),
             "{args:?}: {}",
