@@ -110,8 +110,10 @@ pub fn schedule_from_pb(
             "schedule.spec.after: not supported on schedules".into(),
         ));
     }
+    // Refusals name the field inside the schedule, whichever form the error took.
     let in_spec = |e: Error| match e {
         Error::Invalid(m) => Error::Invalid(format!("schedule.spec.{m}")),
+        Error::Validation(v) => Error::Invalid(format!("schedule.spec.{}: {}", v.field, v.message)),
         e => e,
     };
     let keys = keys_from_pb(Some(&pspec), config).map_err(in_spec)?;

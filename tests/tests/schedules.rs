@@ -531,6 +531,36 @@ async fn operator_commands_and_bad_input() -> anyhow::Result<()> {
             },
             "schedule.spec.argv[1]",
         ),
+        (
+            pb::Schedule {
+                spec: Some(pb::JobSpec {
+                    priority: 5000,
+                    ..sh("true")
+                }),
+                ..base()
+            },
+            "schedule.spec.priority",
+        ),
+        (
+            pb::Schedule {
+                spec: Some(pb::JobSpec {
+                    concurrency_keys: vec!["has space".into()],
+                    ..sh("true")
+                }),
+                ..base()
+            },
+            "schedule.spec.concurrency_keys",
+        ),
+        (
+            pb::Schedule {
+                spec: Some(pb::JobSpec {
+                    after: vec![uuid::Uuid::nil().to_string()],
+                    ..sh("true")
+                }),
+                ..base()
+            },
+            "schedule.spec.after",
+        ),
     ];
     for (s, field) in cases {
         let e = sc
