@@ -1,6 +1,6 @@
 //! The audit log: every mutating call (submit, retry, cancel, token changes) is recorded
 //! with who made it, from where, on what, and how it ended. Rows are written off the
-//! request's path (a failed write is logged, never fails the call) and deleted by the
+//! request's path, in groups (a failed write is logged, never fails the call) and deleted by the
 //! leader after `audit_retention_days`.
 
 use crate::auth::Principal;
@@ -52,16 +52,13 @@ pub fn record(
     target: &str,
     outcome: String,
 ) {
-    let store = store.clone();
-    let (actor, role) = (who.name().to_string(), who.role().to_string());
-    let (peer, method, target) = (peer.to_string(), method.to_string(), target.to_string());
-    tokio::spawn(async move {
-        if let Err(e) = store
-            .insert_audit(&actor, &role, &method, &target, &peer, &outcome)
-            .await
-        {
-            tracing::warn!(error = %e, %actor, %method, %target, "audit entry not written");
-        }
+    store.queue_audit(crate::store::AuditEntry {
+        actor: who.name().to_string(),
+        role: who.role().to_string(),
+        method: method.to_string(),
+        target: target.to_string(),
+        peer: peer.to_string(),
+        outcome,
     });
 }
 

@@ -278,7 +278,12 @@ impl JobService for JobsApi {
         }
         let (job, created) = self
             .store
-            .submit_with_flow(&spec, &policy, trace_parent.as_deref(), &flow)
+            .submit_grouped(crate::store::batch::BatchItem {
+                spec,
+                policy,
+                flow,
+                trace_parent,
+            })
             .instrument(span.clone())
             .await?;
         span.record("job_id", tracing::field::display(job.id));

@@ -94,6 +94,19 @@ pub fn store_op(op: &'static str, took: Duration, error: Option<crate::error::Er
     }
 }
 
+/// A group of `n` attempt results was ended in one transaction (group commit): results
+/// divided by groups is the mean group size.
+pub fn finish_group(n: usize) {
+    counter!("drover_finish_groups_total").increment(1);
+    counter!("drover_finish_group_results_total").increment(n as u64);
+}
+
+/// A group of `n` single submits was stored in one transaction.
+pub fn submit_group(n: usize) {
+    counter!("drover_submit_groups_total").increment(1);
+    counter!("drover_submit_group_jobs_total").increment(n as u64);
+}
+
 pub fn log_bytes(n: u64) {
     counter!("drover_log_bytes_ingested_total").increment(n);
 }

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Pool, Transaction};
 use drover_core::logcap::{self, CapState};
-use drover_core::{AttemptState, Counts, JobSpec, JobState, RawResult, RetryPolicy};
+use drover_core::{AttemptState, JobSpec, JobState, RawResult, RetryPolicy};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -18,7 +18,9 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 mod access;
+mod audit_rows;
 pub use access::{AuditRow, NewToken, TokenRow};
+pub use audit_rows::AuditEntry;
 pub use dashboard::SessionRow;
 
 /// Statements prepared once per pooled connection (deadpool's statement cache) and reused:
@@ -385,6 +387,12 @@ pub struct Store {
     keyed: std::sync::Arc<flow::KeyedHint>,
     /// Length of a log partition made on demand (seconds; 0: a day).
     log_partition_secs: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The group writer that ends attempts (started on first use).
+    finishes: std::sync::Arc<std::sync::OnceLock<group::Queue>>,
+    /// The audit log's group writer (started on first use).
+    audits: std::sync::Arc<std::sync::OnceLock<audit_rows::Queue>>,
+    /// The group writer of single submits (started on first use).
+    submits: std::sync::Arc<std::sync::OnceLock<submit_group::Queue>>,
 }
 
 impl Store {
@@ -393,6 +401,9 @@ impl Store {
             pool,
             keyed: Default::default(),
             log_partition_secs: Default::default(),
+            finishes: Default::default(),
+            audits: Default::default(),
+            submits: Default::default(),
         }
     }
 
@@ -1121,19 +1132,10 @@ impl Store {
         worker: Option<&crate::auth::Principal>,
         req: &EndRequest,
     ) -> Result<Ended> {
-        measured("end_attempt", async {
-        match self.end_attempt_tx(attempt_id, worker, req).await {
-                Err(e) if e.kind() == crate::error::ErrorKind::Internal => {
-                    tracing::error!(%attempt_id, error = ?e, "attempt result could not be applied; failing the job");
-                    let why = match e {
-                        Error::Internal(why) => why,
-                        e => e.to_string(),
-                    };
-                self.end_attempt_unapplied(attempt_id, &why).await
-            }
-            other => other,
-        }
-        })
+        measured(
+            "end_attempt",
+            self.end_attempt_grouped(attempt_id, worker, req),
+        )
         .await
     }
 
@@ -1178,175 +1180,6 @@ impl Store {
             attempt_state: AttemptState::FailedPermanent,
             job_state: JobState::PermanentFailed,
             reason,
-        })
-    }
-
-    async fn end_attempt_tx(
-        &self,
-        attempt_id: Uuid,
-        worker: Option<&crate::auth::Principal>,
-        req: &EndRequest,
-    ) -> Result<Ended> {
-        let mut c = self.pool.get().await?;
-        let tx = c.transaction().await?;
-        let row = tx
-            .query_opt_cached(
-                "SELECT a.state, a.job_id, a.lease_expires_at < now() AS expired, \
-                        extract(epoch FROM now() - a.started_at)::float8 AS ran, \
-                        j.retry_policy, j.failure_count, j.lost_count, j.queue, \
-                        j.cancel_requested_at IS NOT NULL AS cancel_requested, a.log_chunks, \
-                        a.worker_id \
-                   FROM attempts a JOIN jobs j ON j.id = a.job_id \
-                  WHERE a.id = $1 FOR UPDATE OF a, j",
-                &[&attempt_id],
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("attempt {attempt_id} does not exist")))?;
-        if let Some(p) = worker {
-            p.check_worker(&row.try_get::<_, String>("worker_id")?)?;
-        }
-        let state: AttemptState = parse_state(&row.try_get::<_, String>("state")?)?;
-        let job_id: Uuid = row.try_get("job_id")?;
-        if state != AttemptState::Running {
-            return Err(stale(attempt_id, state));
-        }
-        if req.only_if_expired && !row.try_get::<_, bool>("expired")? {
-            return Err(Error::FailedPrecondition(format!(
-                "attempt {attempt_id}'s lease was renewed"
-            )));
-        }
-        if let Some(expected) = req.log_chunk_count {
-            let have: i64 = row.try_get("log_chunks")?;
-            if have < expected {
-                return Err(Error::Aborted(format!(
-                    "log of attempt {attempt_id} is incomplete: {have} of {expected} chunks \
-                     stored; send the rest first"
-                )));
-            }
-        }
-        let Json(policy): Json<serde_json::Value> = row.try_get("retry_policy")?;
-        let policy: RetryPolicy = serde_json::from_value(policy)
-            .map_err(|e| Error::Internal(format!("stored retry policy is unreadable: {e}")))?;
-        let queue: String = row.try_get("queue")?;
-        // The decision is pure (drover_core::transition); this only reads and writes.
-        let t = drover_core::transition(
-            &policy,
-            &crate::patterns::get(&policy),
-            Counts {
-                failures: row.try_get("failure_count")?,
-                lost: row.try_get("lost_count")?,
-            },
-            &req.raw,
-            &req.output_tail,
-            row.try_get("cancel_requested")?,
-            rand::random::<f64>(),
-        );
-        let (peak_rss, cpu_ms) = match req.usage {
-            Some((rss, cpu)) => (Some(rss), Some(cpu)),
-            None => (None, None),
-        };
-        // Failures with output get a fingerprint (and their group is updated) in this same
-        // transaction; the success path runs no extra statement.
-        let failure = if drover_core::fingerprint::applies(t.attempt_state, &req.output_tail) {
-            Some(
-                crate::failures::record(
-                    &tx,
-                    job_id,
-                    attempt_id,
-                    &queue,
-                    &t.cause,
-                    &req.output_tail,
-                    t.exit_code,
-                )
-                .await?,
-            )
-        } else {
-            None
-        };
-        let fp = failure.as_ref().map(|f| f.fingerprint.as_str());
-        let outcome = t.attempt_state.as_str();
-        let attempt_params: [&(dyn ToSql + Sync); 8] = [
-            &attempt_id,
-            &outcome,
-            &t.exit_code,
-            &t.signal,
-            &t.reason,
-            &peak_rss,
-            &cpu_ms,
-            &fp,
-        ];
-        tx.execute_cached(
-            if failure.is_some() {
-                "UPDATE attempts SET state = $2, finished_at = now(), exit_code = $3, signal = $4, \
-                        reason = $5, peak_rss_bytes = $6, cpu_time_ms = $7, fingerprint = $8 \
-                  WHERE id = $1"
-            } else {
-                "UPDATE attempts SET state = $2, finished_at = now(), exit_code = $3, signal = $4, \
-                        reason = $5, peak_rss_bytes = $6, cpu_time_ms = $7 WHERE id = $1"
-            },
-            &attempt_params[..if failure.is_some() { 8 } else { 7 }],
-        )
-        .await?;
-        tx.execute_cached(
-            "UPDATE jobs SET state = $2, current_attempt_id = NULL, failure_count = $3, \
-                    lost_count = $4, reason = $5, updated_at = now(), \
-                    not_before = CASE WHEN $6::float8 IS NULL THEN not_before \
-                                      ELSE now() + $6 * interval '1 millisecond' END, \
-                    finished_at = CASE WHEN $7 THEN now() END \
-              WHERE id = $1",
-            &[
-                &job_id,
-                &t.job_state.as_str(),
-                &t.counts.failures,
-                &t.counts.lost,
-                &t.reason,
-                &t.not_before.map(millis),
-                &t.job_state.is_terminal(),
-            ],
-        )
-        .await?;
-        insert_event(
-            &tx,
-            job_id,
-            t.event,
-            match &failure {
-                None => json!({
-                    "attempt_id": attempt_id,
-                    "attempt_state": t.attempt_state.as_str(),
-                    "reason": t.reason,
-                }),
-                Some(f) => json!({
-                    "attempt_id": attempt_id,
-                    "attempt_state": t.attempt_state.as_str(),
-                    "reason": t.reason,
-                    "fingerprint": f.fingerprint,
-                    "sample": f.sample,
-                    "new_fingerprint": f.new_group,
-                }),
-            },
-        )
-        .await?;
-        // Wakes every coordinator's dispatcher: at once for an immediate retry, or to
-        // re-arm its timer for a backoff.
-        if t.job_state == JobState::Pending {
-            tx.execute_cached("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &queue])
-                .await?;
-        }
-        // Log followers learn that the attempt (and maybe the job) ended.
-        tx.execute_cached(
-            "SELECT pg_notify($1, $2)",
-            &[&crate::log_watch::LOGS_CHANNEL, &job_id.to_string()],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(Ended {
-            job_id,
-            duration: Some(Duration::from_secs_f64(
-                row.try_get::<_, f64>("ran")?.max(0.0),
-            )),
-            attempt_state: t.attempt_state,
-            job_state: t.job_state,
-            reason: t.reason,
         })
     }
 
@@ -1960,7 +1793,9 @@ async fn insert_event(
 pub mod batch;
 pub mod dashboard;
 pub mod flow;
+mod group;
 pub mod queues;
 pub mod retention;
 pub mod schedules;
+mod submit_group;
 pub mod watch;

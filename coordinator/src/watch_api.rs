@@ -193,7 +193,12 @@ impl JobsApi {
                     principal.check_queue(&spec.queue).inspect_err(|_| {
                         refused_scope += 1;
                     })?;
-                    Ok(BatchItem { spec, policy, flow })
+                    Ok(BatchItem {
+                        spec,
+                        policy,
+                        flow,
+                        trace_parent: None,
+                    })
                 });
             match prepared {
                 Ok(item) => {

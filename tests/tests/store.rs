@@ -435,3 +435,148 @@ async fn the_database_refuses_states_outside_their_set() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Reads a counter from the process's metrics exposition.
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn results_arriving_together_share_a_transaction_and_are_judged_alone() -> anyhow::Result<()>
+{
+    let metrics = drover_coordinator::metrics::install()
+        .ok_or_else(|| anyhow::anyhow!("no metrics recorder"))?;
+    let (tdb, store) = store().await?;
+    for _ in 0..24 {
+        store.submit(&spec(&["true"]), &policy(), None).await?;
+    }
+    let claimed = store
+        .claim("w1", &["default".into()], &[], 24, LEASE, 24)
+        .await?;
+    assert_eq!(claimed.len(), 24);
+    // One result already taken: sending it again is stale.
+    let stale = claimed[0].attempt_id;
+    store.end_attempt(stale, &end(RawResult::Exited(0))).await?;
+    let groups_before = counter(&metrics.render(), "drover_finish_groups_total");
+
+    // Every other result at once (queued before the group writer runs: this test's
+    // runtime has one thread), with the stale one, and one result sent twice. Every third
+    // job fails and is retried (max_retries 1).
+    let outcome = |i: usize| if i % 3 == 1 { 1 } else { 0 };
+    let mut sends: Vec<(Uuid, i32)> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.attempt_id, outcome(i)))
+        .collect();
+    let twice = claimed[5].attempt_id;
+    sends.push((twice, 1));
+    let requests: Vec<EndRequest> = sends
+        .iter()
+        .map(|&(_, code)| end(RawResult::Exited(code)))
+        .collect();
+    let results = futures::future::join_all(
+        sends
+            .iter()
+            .zip(&requests)
+            .map(|(&(a, _), req)| store.end_attempt(a, req)),
+    )
+    .await;
+
+    let text = metrics.render();
+    let groups = counter(&text, "drover_finish_groups_total") - groups_before;
+    assert!(
+        groups < sends.len() as f64,
+        "{} results took {groups} transactions: no group formed",
+        sends.len()
+    );
+    for (i, ((attempt, code), r)) in sends.iter().zip(&results).enumerate() {
+        let c = claimed
+            .iter()
+            .find(|c| c.attempt_id == *attempt)
+            .expect("claimed");
+        if *attempt == stale {
+            assert!(
+                matches!(r, Err(e) if e.kind() == ErrorKind::FailedPrecondition),
+                "{r:?}"
+            );
+        } else if *attempt == twice && i == sends.len() - 1 {
+            // The repeat is judged after the first result was applied.
+            assert!(
+                matches!(r, Err(e) if e.kind() == ErrorKind::FailedPrecondition),
+                "{r:?}"
+            );
+        } else {
+            let e = r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let want = if *code == 0 {
+                JobState::Succeeded
+            } else {
+                JobState::Pending
+            };
+            assert_eq!((e.job_id, e.job_state), (c.job_id, want));
+            let job = store.get_job(c.job_id).await?.expect("job");
+            assert_eq!(job.state, want);
+            assert_eq!(job.current_attempt_id, None);
+            let attempts = store.list_attempts(c.job_id).await?;
+            assert_eq!(attempts.len(), 1);
+            assert_eq!(attempts[0].exit_code, Some(*code));
+        }
+        // Exactly one end event per job: none for the refused results.
+        let ev = events(&tdb, c.job_id).await?;
+        assert_eq!(ev.len(), 2, "{ev:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn submits_arriving_together_share_a_transaction_and_keep_their_keys() -> anyhow::Result<()> {
+    use drover_coordinator::store::batch::BatchItem;
+    let metrics = drover_coordinator::metrics::install()
+        .ok_or_else(|| anyhow::anyhow!("no metrics recorder"))?;
+    let (_db, store) = store().await?;
+    let item = |argv: &[&str], key: Option<&str>| {
+        let mut s = spec(argv);
+        s.idempotency_key = key.map(String::from);
+        BatchItem {
+            spec: s,
+            policy: policy(),
+            flow: Default::default(),
+            trace_parent: None,
+        }
+    };
+    let mut items: Vec<BatchItem> = (0..10).map(|_| item(&["true"], None)).collect();
+    items.push(item(&["true"], Some("k")));
+    items.push(item(&["true"], Some("k")));
+    items.push(item(&["false"], Some("k")));
+    let groups_before = counter(&metrics.render(), "drover_submit_groups_total");
+    let results =
+        futures::future::join_all(items.into_iter().map(|i| store.submit_grouped(i))).await;
+    let groups = counter(&metrics.render(), "drover_submit_groups_total") - groups_before;
+    assert!(groups < 13.0, "13 submits took {groups} transactions");
+
+    let mut ids = std::collections::HashSet::new();
+    for r in &results[..10] {
+        let (job, created) = r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert!(created);
+        assert!(ids.insert(job.id));
+    }
+    // The key's first submit creates the job; an equal one gets it; a different one is
+    // refused, naming the job.
+    let (first, created) = results[10].as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert!(created);
+    let (again, created) = results[11].as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!((again.id, *created), (first.id, false));
+    match &results[12] {
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+            assert!(e.to_string().contains(&first.id.to_string()), "{e}");
+        }
+        Ok(r) => panic!("a different spec under a used key was stored: {r:?}"),
+    }
+    assert_eq!(
+        store.jobs_by_state().await?,
+        vec![("pending".to_string(), 11)]
+    );
+    Ok(())
+}

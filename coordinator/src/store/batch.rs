@@ -22,6 +22,8 @@ pub struct BatchItem {
     pub spec: JobSpec,
     pub policy: RetryPolicy,
     pub flow: Flow,
+    /// The submit's trace (W3C traceparent), when it differs from the batch's.
+    pub trace_parent: Option<String>,
 }
 
 /// What happened to one item: the job and whether it was created, or why not.
@@ -188,6 +190,10 @@ impl Store {
             .map(|&i| items[i].flow.priority_shift_ms as f64)
             .collect();
         let ord: Vec<i32> = (0..to_insert.len() as i32).collect();
+        let traces: Vec<Option<&str>> = to_insert
+            .iter()
+            .map(|&i| items[i].trace_parent.as_deref().or(trace_parent))
+            .collect();
 
         // Jobs and their outbox rows in one statement; a key already taken inserts nothing.
         let rows = if to_insert.is_empty() {
@@ -199,9 +205,10 @@ impl Store {
                        SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], \
                               $5::jsonb[], $6::jsonb[], $7::int8[], $8::jsonb[], $9::text[], \
                               $10::jsonb[], $11::jsonb[], $12::jsonb[], $13::jsonb[], \
-                              $14::int4[], $15::float8[], $16::int4[]) \
+                              $14::int4[], $15::float8[], $16::int4[], $17::text[]) \
                          AS u(id, queue, argv, env, labels, params, timeout_ms, policy, ikey, \
-                              outputs, limits, secret_env, ckeys, priority, shift_ms, ord)), \
+                              outputs, limits, secret_env, ckeys, priority, shift_ms, ord, \
+                              trace_parent)), \
                      ins AS ( \
                        INSERT INTO jobs AS j (id, queue, state, argv, env, labels, params, \
                               timeout_ms, retry_policy, idempotency_key, outputs, trace_parent, \
@@ -213,7 +220,7 @@ impl Store {
                               ARRAY(SELECT jsonb_array_elements_text(labels)), \
                               params, timeout_ms, policy, ikey, \
                               ARRAY(SELECT jsonb_array_elements_text(outputs)), \
-                              $17, limits, secret_env, \
+                              trace_parent, limits, secret_env, \
                               ARRAY(SELECT jsonb_array_elements_text(ckeys)), \
                               priority, now() - shift_ms * interval '1 millisecond' \
                          FROM u ORDER BY ord \
@@ -242,7 +249,7 @@ impl Store {
                     &priorities,
                     &shifts,
                     &ord,
-                    &trace_parent,
+                    &traces,
                 ],
             )
             .await?

@@ -1,0 +1,393 @@
+//! Ending attempts, with group commit: results that arrive while an earlier group is being
+//! written are ended together, in one transaction of four statements (BEGIN, one locking
+//! read, one write, COMMIT) however many there are, instead of seven statements and a
+//! durable commit each. A single result is a group of one and takes the same path.
+//!
+//! Each result is still decided alone (the pure `drover_core::transition`) from its own
+//! locked rows, and refused alone: a stale, forged or incomplete result in a group gets its
+//! own error and the others commit. If the group's transaction fails as a whole (a
+//! deadlock, a lost connection), every result in it is tried again in a group of its own,
+//! so one bad row cannot fail its neighbours.
+
+use super::{measured, parse_state, stale, Cached, EndRequest, Ended, Store, JOBS_CHANNEL};
+use crate::auth::Principal;
+use crate::error::{Error, ErrorKind, Result};
+use deadpool_postgres::Transaction;
+use drover_core::{AttemptState, Counts, JobState, RetryPolicy};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::Json;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+/// At most this many results share a transaction (bounds the statement's arrays and the
+/// time the rows stay locked).
+const MAX_GROUP: usize = 64;
+/// Results waiting for the group writer; a full queue makes callers wait (backpressure).
+const QUEUE: usize = 1024;
+
+/// One result waiting to be ended.
+pub(super) struct Pending {
+    attempt_id: Uuid,
+    worker: Option<Principal>,
+    req: EndRequest,
+    reply: oneshot::Sender<Result<Ended>>,
+}
+
+/// The group writer's inbox.
+pub(super) type Queue = mpsc::Sender<Pending>;
+
+const LOCK: &str = "SELECT a.id, a.state, a.job_id, a.lease_expires_at < now() AS expired, \
+        extract(epoch FROM now() - a.started_at)::float8 AS ran, \
+        j.retry_policy, j.failure_count, j.lost_count, j.queue, \
+        j.cancel_requested_at IS NOT NULL AS cancel_requested, a.log_chunks, a.worker_id \
+   FROM attempts a JOIN jobs j ON j.id = a.job_id \
+  WHERE a.id = ANY($1) ORDER BY a.id FOR UPDATE OF a, j";
+
+/// Attempts, jobs, outbox events and notifications of the whole group in one statement.
+const WRITE: &str = "WITH u AS ( \
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::text[], \
+                         $6::int8[], $7::int8[], $8::text[], $9::uuid[], $10::text[], \
+                         $11::int4[], $12::int4[], $13::float8[], $14::bool[], $15::text[], \
+                         $16::jsonb[]) \
+        AS u(attempt_id, attempt_state, exit_code, signal, reason, peak_rss, cpu_ms, \
+             fingerprint, job_id, job_state, failures, lost, retry_in_ms, terminal, event, \
+             payload) \
+  ), a AS ( \
+    UPDATE attempts SET state = u.attempt_state, finished_at = now(), exit_code = u.exit_code, \
+           signal = u.signal, reason = u.reason, peak_rss_bytes = u.peak_rss, \
+           cpu_time_ms = u.cpu_ms, fingerprint = coalesce(u.fingerprint, attempts.fingerprint) \
+      FROM u WHERE attempts.id = u.attempt_id \
+  ), j AS ( \
+    UPDATE jobs SET state = u.job_state, current_attempt_id = NULL, failure_count = u.failures, \
+           lost_count = u.lost, reason = u.reason, updated_at = now(), \
+           not_before = CASE WHEN u.retry_in_ms IS NULL THEN jobs.not_before \
+                             ELSE now() + u.retry_in_ms * interval '1 millisecond' END, \
+           finished_at = CASE WHEN u.terminal THEN now() END \
+      FROM u WHERE jobs.id = u.job_id \
+  ), o AS ( \
+    INSERT INTO outbox (job_id, event, payload) SELECT u.job_id, u.event, u.payload FROM u \
+  ) \
+  SELECT count(pg_notify(n.channel, n.payload)) \
+    FROM unnest($17::text[], $18::text[]) AS n(channel, payload)";
+
+/// The columns of [`WRITE`], one entry per result.
+#[derive(Default)]
+struct Writes {
+    attempt_id: Vec<Uuid>,
+    attempt_state: Vec<&'static str>,
+    exit_code: Vec<Option<i32>>,
+    signal: Vec<Option<i32>>,
+    reason: Vec<String>,
+    peak_rss: Vec<Option<i64>>,
+    cpu_ms: Vec<Option<i64>>,
+    fingerprint: Vec<Option<String>>,
+    job_id: Vec<Uuid>,
+    job_state: Vec<&'static str>,
+    failures: Vec<i32>,
+    lost: Vec<i32>,
+    retry_in_ms: Vec<Option<f64>>,
+    terminal: Vec<bool>,
+    event: Vec<&'static str>,
+    payload: Vec<Json<serde_json::Value>>,
+    /// (channel, payload) pairs, each once.
+    notify: Vec<(String, String)>,
+    notified: HashSet<(String, String)>,
+}
+
+impl Writes {
+    fn notify(&mut self, channel: &str, payload: String) {
+        let k = (channel.to_string(), payload);
+        if self.notified.insert(k.clone()) {
+            self.notify.push(k);
+        }
+    }
+}
+
+impl Store {
+    /// Ends an attempt: stores its result and moves the job on (retry, success, permanent
+    /// failure, cancellation), with the outbox event, in one transaction shared with the
+    /// results that arrive at the same moment (see the module comment). Checks made on the
+    /// locked rows: the attempt is still running (fencing), `worker` may act for its
+    /// worker id, its lease has expired (`only_if_expired`), its log is complete.
+    pub(super) async fn end_attempt_grouped(
+        &self,
+        attempt_id: Uuid,
+        worker: Option<&Principal>,
+        req: &EndRequest,
+    ) -> Result<Ended> {
+        let queue = self.finishes.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(run(self.clone(), rx));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            attempt_id,
+            worker: worker.cloned(),
+            req: req.clone(),
+            reply,
+        };
+        queue
+            .send(pending)
+            .await
+            .map_err(|_| Error::Unavailable("the coordinator is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Unavailable("the coordinator is shutting down".into()))?
+    }
+
+    /// Ends a group and answers each caller.
+    async fn end_group(&self, group: Vec<Pending>) {
+        // A result sent twice (a worker retrying after a lost response) waits for the
+        // next round, so it is judged against the first one's outcome.
+        let mut seen = HashSet::new();
+        let (group, again): (Vec<_>, Vec<_>) =
+            group.into_iter().partition(|p| seen.insert(p.attempt_id));
+        if group.len() > 1 {
+            let n = group.len();
+            match measured("end_attempts_group", self.end_many(&group)).await {
+                Ok(results) => {
+                    crate::metrics::finish_group(n);
+                    for (p, r) in group.into_iter().zip(results) {
+                        self.answer(p, r).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, results = n,
+                        "a group of attempt results failed together; ending them one by one");
+                    for p in group {
+                        self.end_one(p).await;
+                    }
+                }
+            }
+        } else {
+            for p in group {
+                self.end_one(p).await;
+            }
+        }
+        for p in again {
+            self.end_one(p).await;
+        }
+    }
+
+    async fn end_one(&self, p: Pending) {
+        crate::metrics::finish_group(1);
+        let r = match self.end_many(std::slice::from_ref(&p)).await {
+            Ok(mut v) => v
+                .pop()
+                .unwrap_or_else(|| Err(Error::Internal("a group of one gave no result".into()))),
+            Err(e) => Err(e),
+        };
+        self.answer(p, r).await;
+    }
+
+    /// Sends a result to its caller. A result that could not be applied (an internal
+    /// error: an unreadable stored policy, a value out of the database's range) does not
+    /// leave the job running: it ends `failed_permanent` with the error as the reason.
+    async fn answer(&self, p: Pending, r: Result<Ended>) {
+        let r = match r {
+            Err(e) if e.kind() == ErrorKind::Internal => {
+                tracing::error!(attempt_id = %p.attempt_id, error = ?e,
+                    "attempt result could not be applied; failing the job");
+                let why = match e {
+                    Error::Internal(why) => why,
+                    e => e.to_string(),
+                };
+                self.end_attempt_unapplied(p.attempt_id, &why).await
+            }
+            other => other,
+        };
+        // The caller may have gone (its request was cancelled): the result stands.
+        let _ = p.reply.send(r);
+    }
+
+    /// One transaction for the group. `Err` means nothing was written; otherwise one
+    /// result per entry of `group`, in order.
+    async fn end_many(&self, group: &[Pending]) -> Result<Vec<Result<Ended>>> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let ids: Vec<Uuid> = group.iter().map(|p| p.attempt_id).collect();
+        let rows = tx.query_cached(LOCK, &[&ids]).await?;
+        let mut by_id: HashMap<Uuid, &Row> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            by_id.insert(r.try_get("id")?, r);
+        }
+        let mut w = Writes::default();
+        let mut out = Vec::with_capacity(group.len());
+        for p in group {
+            let r = match by_id.get(&p.attempt_id) {
+                None => Err(Error::NotFound(format!(
+                    "attempt {} does not exist",
+                    p.attempt_id
+                ))),
+                Some(row) => decide(&tx, row, p, &mut w).await,
+            };
+            out.push(r);
+        }
+        // A database error in one result's statements aborted the transaction: nothing
+        // can be written, so the group fails as a whole (and is retried one by one).
+        if let Some(Err(e)) = out
+            .iter()
+            .position(|r| matches!(r, Err(Error::Database(_))))
+            .map(|i| out.swap_remove(i))
+        {
+            return Err(e);
+        }
+        if !w.attempt_id.is_empty() {
+            let (channels, payloads): (Vec<String>, Vec<String>) =
+                std::mem::take(&mut w.notify).into_iter().unzip();
+            tx.query_one_cached(
+                WRITE,
+                &[
+                    &w.attempt_id,
+                    &w.attempt_state,
+                    &w.exit_code,
+                    &w.signal,
+                    &w.reason,
+                    &w.peak_rss,
+                    &w.cpu_ms,
+                    &w.fingerprint,
+                    &w.job_id,
+                    &w.job_state,
+                    &w.failures,
+                    &w.lost,
+                    &w.retry_in_ms,
+                    &w.terminal,
+                    &w.event,
+                    &w.payload,
+                    &channels,
+                    &payloads,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+/// Checks one result against its locked rows, decides the transition and adds its writes.
+/// A failure with output gets its fingerprint (and its group updated) here, in the same
+/// transaction; the success path runs no statement.
+async fn decide(tx: &Transaction<'_>, row: &Row, p: &Pending, w: &mut Writes) -> Result<Ended> {
+    let (attempt_id, req) = (p.attempt_id, &p.req);
+    if let Some(principal) = &p.worker {
+        principal.check_worker(&row.try_get::<_, String>("worker_id")?)?;
+    }
+    let state: AttemptState = parse_state(&row.try_get::<_, String>("state")?)?;
+    let job_id: Uuid = row.try_get("job_id")?;
+    if state != AttemptState::Running {
+        return Err(stale(attempt_id, state));
+    }
+    if req.only_if_expired && !row.try_get::<_, bool>("expired")? {
+        return Err(Error::FailedPrecondition(format!(
+            "attempt {attempt_id}'s lease was renewed"
+        )));
+    }
+    if let Some(expected) = req.log_chunk_count {
+        let have: i64 = row.try_get("log_chunks")?;
+        if have < expected {
+            return Err(Error::Aborted(format!(
+                "log of attempt {attempt_id} is incomplete: {have} of {expected} chunks \
+                 stored; send the rest first"
+            )));
+        }
+    }
+    let Json(policy): Json<serde_json::Value> = row.try_get("retry_policy")?;
+    let policy: RetryPolicy = serde_json::from_value(policy)
+        .map_err(|e| Error::Internal(format!("stored retry policy is unreadable: {e}")))?;
+    let queue: String = row.try_get("queue")?;
+    // The decision is pure (drover_core::transition); this only reads and writes.
+    let t = drover_core::transition(
+        &policy,
+        &crate::patterns::get(&policy),
+        Counts {
+            failures: row.try_get("failure_count")?,
+            lost: row.try_get("lost_count")?,
+        },
+        &req.raw,
+        &req.output_tail,
+        row.try_get("cancel_requested")?,
+        rand::random::<f64>(),
+    );
+    let failure = if drover_core::fingerprint::applies(t.attempt_state, &req.output_tail) {
+        Some(
+            crate::failures::record(
+                tx,
+                job_id,
+                attempt_id,
+                &queue,
+                &t.cause,
+                &req.output_tail,
+                t.exit_code,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let mut payload = json!({
+        "attempt_id": attempt_id,
+        "attempt_state": t.attempt_state.as_str(),
+        "reason": t.reason,
+    });
+    if let (Some(f), Some(obj)) = (&failure, payload.as_object_mut()) {
+        obj.insert("fingerprint".into(), json!(f.fingerprint));
+        obj.insert("sample".into(), json!(f.sample));
+        obj.insert("new_fingerprint".into(), json!(f.new_group));
+    }
+    let (peak_rss, cpu_ms) = match req.usage {
+        Some((rss, cpu)) => (Some(rss), Some(cpu)),
+        None => (None, None),
+    };
+    w.attempt_id.push(attempt_id);
+    w.attempt_state.push(t.attempt_state.as_str());
+    w.exit_code.push(t.exit_code);
+    w.signal.push(t.signal);
+    w.reason.push(t.reason.clone());
+    w.peak_rss.push(peak_rss);
+    w.cpu_ms.push(cpu_ms);
+    w.fingerprint.push(failure.map(|f| f.fingerprint));
+    w.job_id.push(job_id);
+    w.job_state.push(t.job_state.as_str());
+    w.failures.push(t.counts.failures);
+    w.lost.push(t.counts.lost);
+    w.retry_in_ms
+        .push(t.not_before.map(|d| d.as_millis() as f64));
+    w.terminal.push(t.job_state.is_terminal());
+    w.event.push(t.event);
+    w.payload.push(Json(payload));
+    // Wakes every coordinator's dispatcher: at once for an immediate retry, or to re-arm
+    // its timer for a backoff.
+    if t.job_state == JobState::Pending {
+        w.notify(JOBS_CHANNEL, queue);
+    }
+    // Log followers learn that the attempt (and maybe the job) ended.
+    w.notify(crate::log_watch::LOGS_CHANNEL, job_id.to_string());
+    Ok(Ended {
+        job_id,
+        duration: Some(Duration::from_secs_f64(
+            row.try_get::<_, f64>("ran")?.max(0.0),
+        )),
+        attempt_state: t.attempt_state,
+        job_state: t.job_state,
+        reason: t.reason,
+    })
+}
+
+/// Receives results and ends them in groups until every sender is gone.
+async fn run(store: Store, mut rx: mpsc::Receiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        store.end_group(group).await;
+    }
+}

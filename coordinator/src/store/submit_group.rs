@@ -1,0 +1,89 @@
+//! Single submits with group commit: SubmitJob calls that arrive while an earlier group is
+//! being written are stored together by the batch path (`submit_batch`: one multi-row
+//! insert with the outbox rows, one NOTIFY per queue, one commit), each with its own
+//! result. A submit alone is a group of one. If a group fails as a whole (a lost
+//! connection, a deadlock), each of its submits is tried again alone, so one cannot fail
+//! another.
+
+use super::batch::{BatchItem, ItemResult};
+use super::{JobRow, Store};
+use crate::error::{Error, Result};
+use tokio::sync::{mpsc, oneshot};
+
+/// At most this many submits share a transaction.
+const MAX_GROUP: usize = 128;
+/// Submits waiting for the writer; a full queue makes callers wait (backpressure).
+const QUEUE: usize = 1024;
+
+pub(super) struct Pending {
+    item: BatchItem,
+    reply: oneshot::Sender<ItemResult>,
+}
+
+pub(super) type Queue = mpsc::Sender<Pending>;
+
+impl Store {
+    /// Stores one job (or finds the one holding its idempotency key), sharing the
+    /// transaction with submits that arrive at the same moment. Returns the job and
+    /// whether it was created.
+    pub async fn submit_grouped(&self, item: BatchItem) -> Result<(JobRow, bool)> {
+        let queue = self.submits.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            tokio::spawn(run(self.clone(), rx));
+            tx
+        });
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Pending { item, reply })
+            .await
+            .map_err(|_| Error::Unavailable("the coordinator is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Unavailable("the coordinator is shutting down".into()))?
+    }
+
+    async fn submit_group(&self, group: Vec<Pending>) {
+        let items: Vec<BatchItem> = group.iter().map(|p| p.item.clone()).collect();
+        match self.submit_batch(&items, None).await {
+            Ok(results) if results.len() == group.len() => {
+                crate::metrics::submit_group(group.len());
+                for (p, r) in group.into_iter().zip(results) {
+                    let _ = p.reply.send(r);
+                }
+            }
+            Ok(_) => {
+                for p in group {
+                    let _ = p.reply.send(Err(Error::Internal(
+                        "a submit group gave a result count unlike its size".into(),
+                    )));
+                }
+            }
+            Err(e) if group.len() == 1 => {
+                crate::metrics::submit_group(1);
+                if let Some(p) = group.into_iter().next() {
+                    let _ = p.reply.send(Err(e));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, submits = group.len(),
+                    "a group of submits failed together; storing them one by one");
+                for p in group {
+                    let r = match self.submit_batch(std::slice::from_ref(&p.item), None).await {
+                        Ok(mut v) if v.len() == 1 => v.remove(0),
+                        Ok(_) => Err(Error::Internal("a submit gave no result".into())),
+                        Err(e) => Err(e),
+                    };
+                    crate::metrics::submit_group(1);
+                    let _ = p.reply.send(r);
+                }
+            }
+        }
+    }
+}
+
+async fn run(store: Store, mut rx: mpsc::Receiver<Pending>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
+        store.submit_group(std::mem::take(&mut group)).await;
+    }
+}
