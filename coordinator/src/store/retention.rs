@@ -2,6 +2,11 @@
 //! partitions of `log_chunks` (created ahead, dropped whole once every attempt in them is
 //! past log retention). Every delete is bounded by a batch size so no statement holds
 //! locks for long; the leader calls these (see `crate::retention`).
+//!
+//! Built at run time here (not in `sql/`), because PostgreSQL takes no parameters in DDL:
+//! - `CREATE TABLE … PARTITION OF log_chunks`: name and bounds computed per partition;
+//! - `SET LOCAL lock_timeout = …; LOCK TABLE log_chunks`: the timeout is configured;
+//! - `DROP TABLE "<partition>"`: the name comes from the catalog.
 
 use super::artifacts::{delete_for_attempts, delete_for_jobs};
 use super::logs::MARK_PURGED;
