@@ -465,7 +465,10 @@ async fn every_sql_file_prepares_and_is_used() -> anyhow::Result<()> {
     let sql_dir = src.join("store/sql");
     let db = tdb.client().await?;
     let mut n = 0;
-    for p in files.iter().filter(|p| p.extension().is_some_and(|x| x == "sql")) {
+    for p in files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+    {
         let name = p.strip_prefix(&sql_dir)?.to_string_lossy().into_owned();
         let text = std::fs::read_to_string(p)?;
         db.prepare(&text)
@@ -496,13 +499,23 @@ fn no_sql_outside_the_store() {
     }) {
         let text = std::fs::read_to_string(p).expect("read source");
         for (i, line) in text.lines().enumerate() {
-            let hit = ["\"SELECT ", "\"INSERT ", "\"UPDATE ", "\"DELETE ", "\"WITH "]
-                .iter()
-                .any(|k| line.contains(k));
+            let hit = [
+                "\"SELECT ",
+                "\"INSERT ",
+                "\"UPDATE ",
+                "\"DELETE ",
+                "\"WITH ",
+            ]
+            .iter()
+            .any(|k| line.contains(k));
             if hit && !line.contains("advisory_") {
                 found.push(format!("{}:{}: {}", p.display(), i + 1, line.trim()));
             }
         }
     }
-    assert!(found.is_empty(), "SQL outside the store:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "SQL outside the store:\n{}",
+        found.join("\n")
+    );
 }
