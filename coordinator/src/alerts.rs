@@ -5,16 +5,14 @@
 
 use crate::channels::ChannelConfig;
 use crate::error::Result;
-use crate::failures;
 use crate::health::worker_state;
-use crate::notify;
-use crate::store::{Cached, Store};
-use drover_core::alerting::{self, JobEvent, QueueView, Rule, WorkerView};
+use crate::store::alerts as store_alerts;
+use crate::store::{notifications, outbox, Store};
+use drover_core::alerting::{self, QueueView, Rule, WorkerView};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::types::Json;
 use tokio_util::sync::CancellationToken;
 
 /// Advisory lock of the alert evaluator (distinct from the reaper's leader lock).
@@ -168,12 +166,12 @@ pub async fn run(
 }
 
 async fn prune(store: &Store, cfg: &AlertsConfig) {
-    match notify::prune(store, cfg.retention()).await {
+    match store.prune_notifications(cfg.retention()).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(rows = n, "pruned notifications and outbox rows"),
         Err(e) => tracing::warn!(error = %e, "notification retention failed"),
     }
-    if let Err(e) = failures::prune_groups(store, cfg.retention()).await {
+    if let Err(e) = store.prune_failure_groups(cfg.retention()).await {
         tracing::warn!(error = %e, "failure group retention failed");
     }
 }
@@ -194,103 +192,45 @@ pub async fn evaluate(store: &Store, cfg: &AlertsConfig, lease_ttl_ms: i64) -> R
 async fn read_outbox(store: &Store, cfg: &AlertsConfig) -> Result<usize> {
     let mut c = store.pool().get().await?;
     let tx = c.transaction().await?;
-    let rows = tx
-        .query_cached(
-            "SELECT o.id, o.event, o.job_id::text, o.payload, j.queue, j.labels, j.attempt_count, \
-                    extract(epoch FROM a.finished_at - a.started_at)::float8 \
-               FROM outbox o JOIN jobs j ON j.id = o.job_id \
-               LEFT JOIN attempts a ON a.id = (o.payload->>'attempt_id')::uuid \
-              WHERE o.delivered_at IS NULL \
-              ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
-            &[&OUTBOX_BATCH],
-        )
-        .await?;
-    if rows.is_empty() {
+    let events = outbox::read_events(&tx, OUTBOX_BATCH).await?;
+    if events.is_empty() {
         return Ok(0);
     }
-    let mut ids = Vec::with_capacity(rows.len());
-    let mut events = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let id: i64 = r.try_get(0)?;
-        ids.push(id);
-        let Json(payload): Json<serde_json::Value> = r.try_get(3)?;
-        let text = |k: &str| payload[k].as_str().unwrap_or_default().to_string();
-        events.push(JobEvent {
-            outbox_id: id,
-            event: r.try_get(1)?,
-            job_id: r.try_get(2)?,
-            queue: r.try_get(4)?,
-            labels: r.try_get(5)?,
-            attempts: r.try_get(6)?,
-            ran_secs: r.try_get(7)?,
-            reason: text("reason"),
-            fingerprint: payload["fingerprint"].as_str().map(str::to_string),
-            sample: text("sample"),
-            new_fingerprint: payload["new_fingerprint"].as_bool().unwrap_or(false),
-        });
-    }
+    let ids: Vec<i64> = events.iter().map(|e| e.outbox_id).collect();
     for ((rule, key), (count, sample, examples)) in alerting::fold(&cfg.rules, &events) {
         let window = cfg
             .rules
             .iter()
             .find(|r| r.name == rule)
             .map_or(300, |r| r.window_secs);
-        tx.execute_cached(
-            "INSERT INTO alert_windows AS w (rule, key, closes_at, count, sample, examples) \
-             VALUES ($1, $2, now() + $3 * interval '1 second', $4, $5, $6) \
-             ON CONFLICT (rule, key) DO UPDATE SET count = w.count + EXCLUDED.count, \
-                    examples = CASE WHEN jsonb_array_length(w.examples) >= $7 THEN w.examples \
-                                    ELSE w.examples || EXCLUDED.examples END",
-            &[
-                &rule,
-                &key,
-                &(window as f64),
-                &count,
-                &sample,
-                &Json(&examples),
-                &(alerting::MAX_EXAMPLES as i32),
-            ],
+        store_alerts::add_to_window(
+            &tx,
+            rule,
+            &key,
+            window as f64,
+            count,
+            &sample,
+            &examples,
+            alerting::MAX_EXAMPLES as i32,
         )
         .await?;
     }
-    tx.execute_cached(
-        "UPDATE outbox SET delivered_at = now() WHERE id = ANY($1)",
-        &[&ids],
-    )
-    .await?;
+    outbox::mark_read(&tx, &ids).await?;
     tx.commit().await?;
-    Ok(rows.len())
+    Ok(events.len())
 }
 
 /// Each window whose time is up becomes one notification.
 async fn close_windows(store: &Store, cfg: &AlertsConfig) -> Result<()> {
     let mut c = store.pool().get().await?;
     let tx = c.transaction().await?;
-    let rows = tx
-        .query_cached(
-            "DELETE FROM alert_windows WHERE (rule, key) IN \
-               (SELECT rule, key FROM alert_windows WHERE closes_at <= now() LIMIT 500 \
-                FOR UPDATE SKIP LOCKED) \
-             RETURNING rule, key, count, sample, examples",
-            &[],
-        )
-        .await?;
-    for r in &rows {
-        let name: String = r.try_get(0)?;
+    for w in store_alerts::close_due_windows(&tx).await? {
         // A rule removed from the config since: its window is dropped.
-        let Some(rule) = cfg.rules.iter().find(|x| x.name == name) else {
+        let Some(rule) = cfg.rules.iter().find(|x| x.name == w.rule) else {
             continue;
         };
-        let key: String = r.try_get(1)?;
-        let Json(examples): Json<Vec<String>> = r.try_get(4)?;
-        let m = alerting::folded_message(
-            rule,
-            &key,
-            r.try_get(2)?,
-            &r.try_get::<_, String>(3)?,
-            &examples,
-        );
-        notify::enqueue(&tx, &rule.channel, &rule.name, &m.subject, &m.body).await?;
+        let m = alerting::folded_message(rule, &w.key, w.count, &w.sample, &w.examples);
+        notifications::enqueue(&tx, &rule.channel, &rule.name, &m.subject, &m.body).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -303,15 +243,7 @@ async fn check_conditions(store: &Store, cfg: &AlertsConfig, lease_ttl_ms: i64) 
     // Conditions of rules no longer configured are forgotten (no resolved message: the
     // rule that would send it is gone).
     let names: Vec<&str> = rules.iter().map(|r| r.name.as_str()).collect();
-    store
-        .pool()
-        .get()
-        .await?
-        .execute_cached(
-            "DELETE FROM alert_conditions WHERE NOT (rule = ANY($1))",
-            &[&names],
-        )
-        .await?;
+    store.forget_alert_conditions(&names).await?;
     if rules.is_empty() {
         return Ok(());
     }
@@ -340,7 +272,9 @@ async fn check_conditions(store: &Store, cfg: &AlertsConfig, lease_ttl_ms: i64) 
         .collect();
     for rule in rules {
         let spikes = if rule.kind == alerting::RuleKind::FingerprintSpike {
-            failures::recent_counts(store, Duration::from_secs(rule.window_secs)).await?
+            store
+                .recent_failure_counts(Duration::from_secs(rule.window_secs))
+                .await?
         } else {
             Vec::new()
         };
@@ -363,36 +297,19 @@ async fn check_conditions(store: &Store, cfg: &AlertsConfig, lease_ttl_ms: i64) 
         };
         let mut c = store.pool().get().await?;
         let tx = c.transaction().await?;
-        let stored: BTreeMap<String, String> = tx
-            .query_cached(
-                "SELECT key, detail FROM alert_conditions WHERE rule = $1 FOR UPDATE",
-                &[&rule.name],
-            )
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<std::result::Result<_, tokio_postgres::Error>>()?;
+        let stored = store_alerts::lock_conditions(&tx, &rule.name).await?;
         let before: BTreeSet<String> = stored.keys().cloned().collect();
         let (fired, resolved) = alerting::transitions(&before, &now);
         for key in fired {
             let detail = &now[&key];
-            tx.execute_cached(
-                "INSERT INTO alert_conditions (rule, key, detail) VALUES ($1, $2, $3) \
-                 ON CONFLICT (rule, key) DO NOTHING",
-                &[&rule.name, &key, detail],
-            )
-            .await?;
+            store_alerts::insert_condition(&tx, &rule.name, &key, detail).await?;
             let m = alerting::condition_message(rule, &key, detail, false);
-            notify::enqueue(&tx, &rule.channel, &rule.name, &m.subject, &m.body).await?;
+            notifications::enqueue(&tx, &rule.channel, &rule.name, &m.subject, &m.body).await?;
         }
         for key in resolved {
-            tx.execute_cached(
-                "DELETE FROM alert_conditions WHERE rule = $1 AND key = $2",
-                &[&rule.name, &key],
-            )
-            .await?;
+            store_alerts::delete_condition(&tx, &rule.name, &key).await?;
             let m = alerting::condition_message(rule, &key, &stored[&key], true);
-            notify::enqueue(&tx, &rule.channel, &rule.name, &m.subject, &m.body).await?;
+            notifications::enqueue(&tx, &rule.channel, &rule.name, &m.subject, &m.body).await?;
         }
         tx.commit().await?;
     }

@@ -4,8 +4,8 @@
 use crate::alerts::AlertsConfig;
 use crate::convert;
 use crate::error::Error;
-use crate::failures::{self, GroupFilter, GroupRow};
-use crate::notify::{self, NotificationRow};
+use crate::store::failures::{GroupFilter, GroupRow};
+use crate::store::notifications::NotificationRow;
 use crate::store::Store;
 use chrono::{DateTime, Utc};
 use drover_core::alerting::RuleKind;
@@ -144,17 +144,16 @@ impl AlertService for AlertsApi {
                 }
             }
         };
-        let groups = failures::list_groups(
-            &self.store,
-            &GroupFilter {
+        let groups = self
+            .store
+            .list_failure_groups(&GroupFilter {
                 queue: (!r.queue.is_empty()).then_some(r.queue),
                 fingerprint: (!r.fingerprint.is_empty()).then_some(r.fingerprint),
                 since: (r.since_ms > 0).then(|| Duration::from_millis(r.since_ms as u64)),
                 offset,
                 limit,
-            },
-        )
-        .await?;
+            })
+            .await?;
         let next = offset + groups.len() as i64;
         Ok(Response::new(pb::ListFailureGroupsResponse {
             next_page_token: if groups.len() as i64 == limit && next <= MAX_GROUPS_OFFSET {
@@ -245,7 +244,10 @@ impl AlertService for AlertsApi {
                 Error::Invalid("page_token: not a token from a previous response".into())
             })?)
         };
-        let rows = notify::list(&self.store, r.failed_only, before, limit).await?;
+        let rows = self
+            .store
+            .list_notifications(r.failed_only, before, limit)
+            .await?;
         let next = match rows.last() {
             Some(n) if rows.len() as i64 == limit => n.id.to_string(),
             _ => String::new(),
@@ -264,7 +266,7 @@ impl AlertService for AlertsApi {
         if id <= 0 {
             return Err(Error::Invalid("id: must be a notification id (positive)".into()).into());
         }
-        let n = notify::redeliver(&self.store, id).await?;
+        let n = self.store.redeliver_notification(id).await?;
         tracing::info!(id, "notification queued again by an operator");
         Ok(Response::new(pb::RedeliverNotificationResponse {
             notification: Some(notification_to_pb(&n)),
@@ -289,17 +291,17 @@ impl AlertService for AlertsApi {
             ))
             .into());
         }
-        let c = self.store.pool().get().await.map_err(Error::from)?;
-        let n = notify::enqueue(
-            &c,
-            &channel,
-            "",
-            "Drover test message",
-            &format!(
+        let n = self
+            .store
+            .enqueue_notification(
+                &channel,
+                "",
+                "Drover test message",
+                &format!(
                 "This is a test message for channel {channel}, sent by droverctl alerts test.\n"
             ),
-        )
-        .await?;
+            )
+            .await?;
         Ok(Response::new(pb::TestAlertChannelResponse {
             notification: Some(notification_to_pb(&n)),
         }))

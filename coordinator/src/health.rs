@@ -164,16 +164,15 @@ impl AdminApi {
             let queues = self.store.queue_stats().await?;
             let workers = self.workers().await?;
             let logs = self.store.log_storage_bytes().await?;
-            let top = crate::failures::list_groups(
-                &self.store,
-                &crate::failures::GroupFilter {
+            let top = self
+                .store
+                .list_failure_groups(&crate::store::failures::GroupFilter {
                     since: Some(Duration::from_secs(24 * 3600)),
                     limit: 5,
                     ..Default::default()
-                },
-            )
-            .await?;
-            let notifications = crate::notify::counts(&self.store).await?;
+                })
+                .await?;
+            let notifications = self.store.notification_counts().await?;
             Ok::<_, Error>((by_state, failed, queues, workers, logs, top, notifications))
         }
         .await;

@@ -7,7 +7,7 @@
 //! - [`audit`] — the audit log of mutating calls.
 //! - [`config`] — settings and their sources.
 //! - [`db`] — connection pool, migrations, dedicated connections.
-//! - [`store`] — every SQL statement.
+//! - [`store`] — every SQL statement (one file each, under `store/sql/`), by table group.
 //! - [`health`] — AdminService: the health verdict, workers, gRPC health status.
 //! - [`http`] — the HTTP listener: health probes and log downloads.
 //! - [`api`] — the JSON API (`/api/v1`): the gRPC services called in-process.
@@ -20,7 +20,6 @@
 //! - [`scheduler`] / [`schedules_api`] — cron schedules: the firing pass and ScheduleService.
 //! - [`logs`] — reading stored logs (with cap markers).
 //! - [`retention`] — deleting what is past its horizon; log partitions.
-//! - [`failures`] — failure groups (fingerprints) in SQL.
 //! - [`alerts`] / [`channels`] / [`notify`] — alert rules, channels (email, webhook, Slack),
 //!   notification delivery; [`alerts_api`] serves them over gRPC.
 //! - [`metrics`] — Prometheus metrics.
@@ -41,7 +40,6 @@ pub mod dashboard;
 pub mod db;
 pub mod dispatch;
 pub mod error;
-pub mod failures;
 pub mod health;
 pub mod http;
 pub mod job_watch;

@@ -1,5 +1,6 @@
 //! SQL for access control: API tokens and the audit log.
 
+use super::outbox::NOTIFY;
 use super::{measured, Cached, Store};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -42,10 +43,6 @@ pub struct AuditRow {
     pub outcome: String,
 }
 
-pub(super) const TOKEN_COLUMNS: &str =
-    "id, name, role, queues, worker_pattern, token_hash, created_at, \
-    expires_at, last_used_at, revoked_at";
-
 pub(super) fn token_from_row(r: &Row) -> Result<TokenRow> {
     Ok(TokenRow {
         id: r.try_get("id")?,
@@ -64,13 +61,11 @@ pub(super) fn token_from_row(r: &Row) -> Result<TokenRow> {
 impl Store {
     /// The token with this SHA-256, revoked or not (one lookup in a unique index).
     pub async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRow>> {
+        const TOKEN_BY_HASH: &str = include_str!("sql/access/token_by_hash.sql");
         measured("token_by_hash", async {
             let c = self.pool.get().await?;
             let row = c
-                .query_opt_cached(
-                    &format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE token_hash = $1"),
-                    &[&hash.as_slice()],
-                )
+                .query_opt_cached(TOKEN_BY_HASH, &[&hash.as_slice()])
                 .await?;
             row.as_ref().map(token_from_row).transpose()
         })
@@ -80,28 +75,20 @@ impl Store {
     /// Whether the token is neither revoked nor expired (for long-lived worker sessions,
     /// which authenticated once when they opened).
     pub async fn token_is_live(&self, id: Uuid) -> Result<bool> {
+        const TOKEN_IS_LIVE: &str = include_str!("sql/access/token_is_live.sql");
         measured("token_is_live", async {
             let c = self.pool.get().await?;
-            let row = c
-                .query_opt_cached(
-                    "SELECT 1 FROM api_tokens WHERE id = $1 AND revoked_at IS NULL \
-                       AND (expires_at IS NULL OR expires_at > now())",
-                    &[&id],
-                )
-                .await?;
+            let row = c.query_opt_cached(TOKEN_IS_LIVE, &[&id]).await?;
             Ok(row.is_some())
         })
         .await
     }
 
     pub async fn touch_token(&self, id: Uuid) -> Result<()> {
+        const TOUCH_TOKEN: &str = include_str!("sql/access/touch_token.sql");
         measured("touch_token", async {
             let c = self.pool.get().await?;
-            c.execute_cached(
-                "UPDATE api_tokens SET last_used_at = now() WHERE id = $1",
-                &[&id],
-            )
-            .await?;
+            c.execute_cached(TOUCH_TOKEN, &[&id]).await?;
             Ok(())
         })
         .await
@@ -109,15 +96,12 @@ impl Store {
 
     /// Stores a token; FAILED_PRECONDITION if a live token already has the name.
     pub async fn insert_token(&self, t: &NewToken) -> Result<TokenRow> {
+        const INSERT_TOKEN: &str = include_str!("sql/access/insert_token.sql");
         measured("insert_token", async {
             let c = self.pool.get().await?;
             let r = c
                 .query_one_cached(
-                    &format!(
-                        "INSERT INTO api_tokens (id, name, role, queues, worker_pattern, token_hash, \
-                            expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                         RETURNING {TOKEN_COLUMNS}"
-                    ),
+                    INSERT_TOKEN,
                     &[
                         &Uuid::now_v7(),
                         &t.name,
@@ -144,17 +128,10 @@ impl Store {
     }
 
     pub async fn list_tokens(&self, include_revoked: bool) -> Result<Vec<TokenRow>> {
+        const LIST_TOKENS: &str = include_str!("sql/access/list_tokens.sql");
         measured("list_tokens", async {
             let c = self.pool.get().await?;
-            let rows = c
-                .query_cached(
-                    &format!(
-                        "SELECT {TOKEN_COLUMNS} FROM api_tokens \
-                          WHERE $1 OR revoked_at IS NULL ORDER BY created_at, id LIMIT 10000"
-                    ),
-                    &[&include_revoked],
-                )
-                .await?;
+            let rows = c.query_cached(LIST_TOKENS, &[&include_revoked]).await?;
             rows.iter().map(token_from_row).collect()
         })
         .await
@@ -163,18 +140,12 @@ impl Store {
     /// Revokes the live token with this id or name, and tells every coordinator to forget
     /// its cached copy (NOTIFY, in the same transaction).
     pub async fn revoke_token(&self, id: Option<Uuid>, name: &str) -> Result<TokenRow> {
+        const REVOKE_TOKEN: &str = include_str!("sql/access/revoke_token.sql");
         measured("revoke_token", async {
             let mut c = self.pool.get().await?;
             let tx = c.transaction().await?;
             let row = tx
-                .query_opt_cached(
-                    &format!(
-                        "UPDATE api_tokens SET revoked_at = now() \
-                          WHERE revoked_at IS NULL AND (id = $1 OR ($1 IS NULL AND name = $2)) \
-                         RETURNING {TOKEN_COLUMNS}"
-                    ),
-                    &[&id, &name],
-                )
+                .query_opt_cached(REVOKE_TOKEN, &[&id, &name])
                 .await?
                 .ok_or_else(|| {
                     Error::NotFound(format!(
@@ -184,7 +155,7 @@ impl Store {
                     ))
                 })?;
             tx.execute_cached(
-                "SELECT pg_notify($1, $2)",
+                NOTIFY,
                 &[
                     &crate::auth::TOKENS_CHANNEL,
                     &row.get::<_, Uuid>("id").to_string(),
@@ -197,28 +168,6 @@ impl Store {
         .await
     }
 
-    pub async fn insert_audit(
-        &self,
-        actor: &str,
-        role: &str,
-        method: &str,
-        target: &str,
-        peer: &str,
-        outcome: &str,
-    ) -> Result<()> {
-        measured("insert_audit", async {
-            let c = self.pool.get().await?;
-            c.execute_cached(
-                "INSERT INTO audit_log (actor, role, method, target, peer, outcome) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-                &[&actor, &role, &method, &target, &peer, &outcome],
-            )
-            .await?;
-            Ok(())
-        })
-        .await
-    }
-
     /// Audit entries newest first, after `before_id` (a page token), at most `limit`.
     pub async fn list_audit(
         &self,
@@ -226,16 +175,11 @@ impl Store {
         before_id: Option<i64>,
         limit: i64,
     ) -> Result<Vec<AuditRow>> {
+        const LIST_AUDIT: &str = include_str!("sql/access/list_audit.sql");
         measured("list_audit", async {
             let c = self.pool.get().await?;
             let rows = c
-                .query_cached(
-                    "SELECT id, at, actor, role, method, target, peer, outcome FROM audit_log \
-                      WHERE ($1::timestamptz IS NULL OR at >= $1) \
-                        AND ($2::int8 IS NULL OR id < $2) \
-                      ORDER BY id DESC LIMIT $3",
-                    &[&since, &before_id, &limit],
-                )
+                .query_cached(LIST_AUDIT, &[&since, &before_id, &limit])
                 .await?;
             rows.iter()
                 .map(|r| {
@@ -257,14 +201,13 @@ impl Store {
 
     /// Deletes up to `limit` audit entries older than `older_than`; returns how many.
     pub async fn purge_audit(&self, older_than: std::time::Duration, limit: i64) -> Result<u64> {
+        const PURGE_AUDIT: &str = include_str!("sql/access/purge_audit.sql");
         measured("purge_audit", async {
             let c = self.pool.get().await?;
-            Ok(c.execute_cached(
-                "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log \
-                      WHERE at < now() - $1 * interval '1 second' ORDER BY id LIMIT $2)",
-                &[&(older_than.as_secs() as f64), &limit],
+            Ok(
+                c.execute_cached(PURGE_AUDIT, &[&(older_than.as_secs() as f64), &limit])
+                    .await?,
             )
-            .await?)
         })
         .await
     }

@@ -43,13 +43,12 @@ impl Store {
 
     /// Inserts entries in one statement.
     pub async fn insert_audits(&self, entries: &[AuditEntry]) -> Result<()> {
+        const INSERT_AUDITS: &str = include_str!("sql/access/insert_audits.sql");
         measured("insert_audits", async {
             let col = |f: fn(&AuditEntry) -> &str| -> Vec<&str> { entries.iter().map(f).collect() };
             let c = self.pool.get().await?;
             c.execute_cached(
-                "INSERT INTO audit_log (actor, role, method, target, peer, outcome) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
-                                      $5::text[], $6::text[])",
+                INSERT_AUDITS,
                 &[
                     &col(|e| &e.actor),
                     &col(|e| &e.role),

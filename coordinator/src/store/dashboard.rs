@@ -1,7 +1,7 @@
 //! SQL for the dashboard: sessions, reading a log from its end, stored host samples and
 //! recent finishes.
 
-use super::access::{token_from_row, TokenRow, TOKEN_COLUMNS};
+use super::access::{token_from_row, TokenRow};
 use super::{measured, Cached, Store, StoredChunk};
 use crate::error::Result;
 use chrono::{DateTime, Utc};
@@ -26,25 +26,23 @@ impl Store {
         csrf: &str,
         expires_at: DateTime<Utc>,
     ) -> Result<()> {
+        const DELETE_EXPIRED_SESSIONS: &str =
+            include_str!("sql/dashboard/delete_expired_sessions.sql");
+        const DELETE_OLDEST_SESSIONS: &str =
+            include_str!("sql/dashboard/delete_oldest_sessions.sql");
+        const INSERT_SESSION: &str = include_str!("sql/dashboard/insert_session.sql");
         measured("create_session", async {
             let mut c = self.pool.get().await?;
             let tx = c.transaction().await?;
             // Expired sessions of anyone go here, so the table needs no sweeper.
+            tx.execute_cached(DELETE_EXPIRED_SESSIONS, &[]).await?;
             tx.execute_cached(
-                "DELETE FROM dashboard_sessions WHERE expires_at < now()",
-                &[],
-            )
-            .await?;
-            tx.execute_cached(
-                "DELETE FROM dashboard_sessions WHERE secret_hash IN ( \
-               SELECT secret_hash FROM dashboard_sessions WHERE token_id = $1 \
-                ORDER BY created_at DESC OFFSET $2)",
+                DELETE_OLDEST_SESSIONS,
                 &[&token_id, &(MAX_SESSIONS_PER_TOKEN - 1)],
             )
             .await?;
             tx.execute_cached(
-                "INSERT INTO dashboard_sessions (secret_hash, token_id, csrf, expires_at) \
-             VALUES ($1, $2, $3, $4)",
+                INSERT_SESSION,
                 &[&secret_hash.as_slice(), &token_id, &csrf, &expires_at],
             )
             .await?;
@@ -55,22 +53,11 @@ impl Store {
     }
 
     pub async fn session_by_hash(&self, secret_hash: &[u8; 32]) -> Result<Option<SessionRow>> {
+        const SESSION_BY_HASH: &str = include_str!("sql/dashboard/session_by_hash.sql");
         measured("session_by_hash", async {
             let c = self.pool.get().await?;
-            let cols = TOKEN_COLUMNS
-                .split(',')
-                .map(|col| format!("t.{}", col.trim()))
-                .collect::<Vec<_>>()
-                .join(", ");
             let row = c
-                .query_opt_cached(
-                    &format!(
-                        "SELECT {cols}, s.csrf, s.expires_at AS session_expires_at \
-                       FROM dashboard_sessions s JOIN api_tokens t ON t.id = s.token_id \
-                      WHERE s.secret_hash = $1"
-                    ),
-                    &[&secret_hash.as_slice()],
-                )
+                .query_opt_cached(SESSION_BY_HASH, &[&secret_hash.as_slice()])
                 .await?;
             row.map(|r| {
                 Ok(SessionRow {
@@ -85,13 +72,11 @@ impl Store {
     }
 
     pub async fn delete_session(&self, secret_hash: &[u8; 32]) -> Result<()> {
+        const DELETE_SESSION: &str = include_str!("sql/dashboard/delete_session.sql");
         measured("delete_session", async {
             let c = self.pool.get().await?;
-            c.execute_cached(
-                "DELETE FROM dashboard_sessions WHERE secret_hash = $1",
-                &[&secret_hash.as_slice()],
-            )
-            .await?;
+            c.execute_cached(DELETE_SESSION, &[&secret_hash.as_slice()])
+                .await?;
             Ok(())
         })
         .await
@@ -105,16 +90,11 @@ impl Store {
         before: i64,
         limit: i64,
     ) -> Result<Vec<StoredChunk>> {
+        const READ_LOGS_BEFORE: &str = include_str!("sql/dashboard/read_logs_before.sql");
         measured("read_logs_before", async {
             let c = self.pool.get().await?;
             let rows = c
-                .query_cached(
-                    "SELECT seq, stream, time, data FROM log_chunks \
-                  WHERE attempt_id = $1 AND seq < $2 \
-                    AND log_part = (SELECT log_part FROM attempts WHERE id = $1) \
-                  ORDER BY seq DESC LIMIT $3",
-                    &[&attempt_id, &before, &limit],
-                )
+                .query_cached(READ_LOGS_BEFORE, &[&attempt_id, &before, &limit])
                 .await?;
             let mut out = rows
                 .iter()
@@ -139,14 +119,11 @@ impl Store {
         worker_id: &str,
         since: DateTime<Utc>,
     ) -> Result<Vec<(DateTime<Utc>, Vec<u8>)>> {
+        const WORKER_SAMPLES: &str = include_str!("sql/dashboard/worker_samples.sql");
         measured("worker_samples", async {
             let c = self.pool.get().await?;
             let rows = c
-                .query_cached(
-                    "SELECT at, resources FROM worker_samples \
-                  WHERE worker_id = $1 AND at >= $2 ORDER BY at LIMIT 2000",
-                    &[&worker_id, &since],
-                )
+                .query_cached(WORKER_SAMPLES, &[&worker_id, &since])
                 .await?;
             rows.iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
@@ -160,17 +137,10 @@ impl Store {
         &self,
         minutes: i32,
     ) -> Result<Vec<(String, DateTime<Utc>, i64)>> {
+        const FINISHED_PER_MINUTE: &str = include_str!("sql/dashboard/finished_per_minute.sql");
         measured("finished_per_minute", async {
             let c = self.pool.get().await?;
-            let rows = c
-                .query_cached(
-                    "SELECT queue, date_trunc('minute', finished_at) AS m, count(*) FROM jobs \
-                  WHERE state IN ('succeeded', 'permanent_failed', 'cancelled') \
-                    AND finished_at > now() - make_interval(mins => $1) \
-                  GROUP BY 1, 2 ORDER BY 1, 2",
-                    &[&minutes],
-                )
-                .await?;
+            let rows = c.query_cached(FINISHED_PER_MINUTE, &[&minutes]).await?;
             rows.iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
                 .collect()

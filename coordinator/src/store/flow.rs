@@ -46,10 +46,10 @@ pub struct Flow {
 }
 
 pub(super) async fn set_job_flow(tx: &Transaction<'_>, job_id: Uuid, flow: &Flow) -> Result<()> {
+    const SET_PRIORITY: &str = include_str!("sql/flow/set_priority.sql");
     if flow.priority != 0 {
         tx.execute_cached(
-            "UPDATE jobs SET priority = $2, \
-                    not_before = not_before - $3 * interval '1 millisecond' WHERE id = $1",
+            SET_PRIORITY,
             &[&job_id, &flow.priority, &(flow.priority_shift_ms as f64)],
         )
         .await?;
@@ -69,6 +69,7 @@ async fn set_job_keys(
     keys: &[(String, u32)],
     rates: &[Option<(f64, f64)>],
 ) -> Result<()> {
+    const SET_KEYS: &str = include_str!("sql/flow/set_keys.sql");
     let per_sec: Vec<Option<f64>> = (0..keys.len())
         .map(|i| rates.get(i).copied().flatten().map(|r| r.0))
         .collect();
@@ -80,11 +81,7 @@ async fn set_job_keys(
         .iter()
         .map(|(_, l)| i32::try_from(*l).unwrap_or(i32::MAX))
         .collect();
-    tx.execute_cached(
-        "UPDATE jobs SET concurrency_keys = $2 WHERE id = $1",
-        &[&job_id, &names],
-    )
-    .await?;
+    tx.execute_cached(SET_KEYS, &[&job_id, &names]).await?;
     upsert_keys(tx, &names, &limits, &per_sec, &burst).await
 }
 
@@ -96,21 +93,11 @@ pub(super) async fn upsert_keys(
     per_sec: &[Option<f64>],
     burst: &[Option<f64>],
 ) -> Result<()> {
+    const UPSERT_KEYS: &str = include_str!("sql/flow/upsert_keys.sql");
     // A new key's bucket starts full. The rate is the coordinator's configuration: a
     // submit sets (or clears) it, keeping the current token count.
-    tx.execute_cached(
-        "INSERT INTO concurrency_keys AS k (key, max_running, rate_per_sec, burst, tokens) \
-         SELECT u.k, u.l, u.r, u.b, coalesce(u.b, 0) \
-           FROM unnest($1::text[], $2::int4[], $3::float8[], $4::float8[]) u(k, l, r, b) \
-         ON CONFLICT (key) DO UPDATE SET max_running = EXCLUDED.max_running, \
-                rate_per_sec = EXCLUDED.rate_per_sec, burst = EXCLUDED.burst, \
-                tokens = least(k.tokens, coalesce(EXCLUDED.burst, k.tokens)), updated_at = now() \
-          WHERE k.max_running <> EXCLUDED.max_running \
-             OR k.rate_per_sec IS DISTINCT FROM EXCLUDED.rate_per_sec \
-             OR k.burst IS DISTINCT FROM EXCLUDED.burst",
-        &[&names, &limits, &per_sec, &burst],
-    )
-    .await?;
+    tx.execute_cached(UPSERT_KEYS, &[&names, &limits, &per_sec, &burst])
+        .await?;
     Ok(())
 }
 
@@ -142,32 +129,22 @@ impl Store {
         n: i64,
         lease_ttl: Duration,
     ) -> Result<Vec<Claimed>> {
+        const KEYED_CANDIDATES: &str = include_str!("sql/flow/keyed_candidates.sql");
+        const ANY_KEYED_PENDING: &str = include_str!("sql/flow/any_keyed_pending.sql");
+        const TAKE_KEYS: &str = include_str!("sql/flow/take_keys.sql");
+        const GIVE_BACK_KEYS: &str = include_str!("sql/flow/give_back_keys.sql");
+        const NEXT_TOKEN_AT: &str = include_str!("sql/flow/next_token_at.sql");
+        const CLAIM_KEYED: &str = include_str!("sql/flow/claim_keyed.sql");
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         // Look a little past n: the first candidates may be blocked by their keys.
         let scan = (n * 4).max(32);
         let candidates = tx
-            .query_cached(
-                "SELECT p.id, p.concurrency_keys FROM ( \
-                    SELECT u.name FROM unnest($1::text[]) u(name) \
-                     WHERE NOT EXISTS (SELECT 1 FROM queue_settings qs \
-                                        WHERE qs.queue = u.name AND qs.paused)) q \
-                 CROSS JOIN LATERAL ( \
-                    SELECT id, concurrency_keys, not_before FROM jobs \
-                     WHERE state = 'pending' AND queue = q.name AND not_before <= now() \
-                       AND labels <@ $2 AND concurrency_keys <> '{}' \
-                     ORDER BY not_before, id LIMIT $3 FOR UPDATE SKIP LOCKED) p \
-                 ORDER BY p.not_before, p.id LIMIT $3",
-                &[&queues, &labels, &scan],
-            )
+            .query_cached(KEYED_CANDIDATES, &[&queues, &labels, &scan])
             .await?;
         if candidates.is_empty() {
             let any: bool = tx
-                .query_one_cached(
-                    "SELECT EXISTS (SELECT 1 FROM jobs \
-                      WHERE state = 'pending' AND concurrency_keys <> '{}')",
-                    &[],
-                )
+                .query_one_cached(ANY_KEYED_PENDING, &[])
                 .await?
                 .try_get(0)?;
             if !any {
@@ -187,21 +164,7 @@ impl Store {
             let keys: Vec<String> = r.try_get(1)?;
             // All of the job's keys or none: take what is free, give it back if not all.
             // A rate-limited key also takes a token from its bucket (refilled to now first).
-            let got = tx
-                .query_cached(
-                    "UPDATE concurrency_keys SET running = running + 1, updated_at = now(), \
-                            tokens = CASE WHEN rate_per_sec IS NULL THEN tokens ELSE \
-                              least(burst, tokens + extract(epoch FROM now() - refilled_at) \
-                                                    * rate_per_sec) - 1 END, \
-                            refilled_at = CASE WHEN rate_per_sec IS NULL THEN refilled_at \
-                                          ELSE now() END \
-                      WHERE key = ANY ($1) AND running < max_running \
-                        AND (rate_per_sec IS NULL OR least(burst, tokens + \
-                             extract(epoch FROM now() - refilled_at) * rate_per_sec) >= 1) \
-                      RETURNING key",
-                    &[&keys],
-                )
-                .await?;
+            let got = tx.query_cached(TAKE_KEYS, &[&keys]).await?;
             if got.len() == keys.len() {
                 chosen.push(id);
             } else {
@@ -212,14 +175,7 @@ impl Store {
                         .iter()
                         .map(|g| g.try_get(0))
                         .collect::<std::result::Result<_, _>>()?;
-                    tx.execute_cached(
-                        "UPDATE concurrency_keys SET running = running - 1, \
-                                tokens = CASE WHEN rate_per_sec IS NULL THEN tokens \
-                                         ELSE tokens + 1 END \
-                          WHERE key = ANY ($1)",
-                        &[&taken],
-                    )
-                    .await?;
+                    tx.execute_cached(GIVE_BACK_KEYS, &[&taken]).await?;
                 }
             }
         }
@@ -227,12 +183,7 @@ impl Store {
         // finishing job gives no event for a token).
         if !blocked.is_empty() {
             let next: Option<chrono::DateTime<chrono::Utc>> = tx
-                .query_one_cached(
-                    "SELECT min(refilled_at + (1 - tokens) / rate_per_sec * interval '1 second') \
-                       FROM concurrency_keys \
-                      WHERE key = ANY ($1) AND rate_per_sec IS NOT NULL AND tokens < 1",
-                    &[&blocked],
-                )
+                .query_one_cached(NEXT_TOKEN_AT, &[&blocked])
                 .await?
                 .try_get(0)?;
             if let Some(t) = next {
@@ -249,24 +200,7 @@ impl Store {
         // transaction began: a key slot it waited for was freed before that instant, so the
         // attempts' recorded times never show more holders of a key than its limit.
         let rows = tx
-            .query_cached(
-                "WITH c AS (SELECT id, not_before AS due FROM jobs WHERE id = ANY ($1)), \
-                 a AS ( \
-                    INSERT INTO attempts (id, job_id, number, worker_id, state, lease_expires_at, \
-                                          started_at) \
-                    SELECT gen_random_uuid(), j.id, j.attempt_count + 1, $2, 'running', \
-                           now() + $3 * interval '1 millisecond', \
-                           clock_timestamp() \
-                      FROM jobs j JOIN c ON c.id = j.id \
-                    RETURNING id, job_id, number) \
-                 UPDATE jobs j SET state = 'running', current_attempt_id = a.id, \
-                        attempt_count = a.number, reason = '', updated_at = now() \
-                   FROM a JOIN c ON c.id = a.job_id WHERE j.id = a.job_id \
-                 RETURNING a.id AS attempt_id, j.id AS job_id, a.number, j.argv, j.env, \
-                           j.params, j.timeout_ms, j.outputs, j.trace_parent, j.limits, \
-                           j.secret_env, extract(epoch FROM now() - c.due)::float8 AS waited",
-                &[&chosen, &worker_id, &millis(lease_ttl)],
-            )
+            .query_cached(CLAIM_KEYED, &[&chosen, &worker_id, &millis(lease_ttl)])
             .await?;
         let out = rows
             .iter()
@@ -277,9 +211,9 @@ impl Store {
     }
 }
 
-/// Far-future ready time of a job waiting for its dependencies (the trigger in V17 makes
-/// it due when the last one succeeded).
-pub const WAITING_SQL: &str = "'3000-01-01 00:00:00+00'";
+// A job waiting for its dependencies has the far-future ready time
+// '3000-01-01 00:00:00+00' (sql/flow/wait_for_deps.sql); the trigger in V17 makes it due
+// when the last one succeeded.
 pub const MAX_AFTER: usize = 32;
 
 /// Records `job_id`'s dependencies, resolving each to the newest job of its retry chain.
@@ -291,26 +225,21 @@ pub(super) async fn set_job_deps(
     job_id: Uuid,
     after: &[Uuid],
 ) -> Result<Vec<Uuid>> {
+    const NEWEST_OF_CHAIN: &str = include_str!("sql/flow/newest_of_chain.sql");
+    const MARK_HAS_DEPENDANTS: &str = include_str!("sql/flow/mark_has_dependants.sql");
+    const INSERT_DEPS: &str = include_str!("sql/flow/insert_deps.sql");
+    const WAIT_FOR_DEPS: &str = include_str!("sql/flow/wait_for_deps.sql");
     let mut resolved = Vec::with_capacity(after.len());
     for (i, dep) in after.iter().enumerate() {
         let row = tx
-            .query_opt_cached(
-                "SELECT n.id FROM jobs x JOIN jobs n \
-                    ON n.id = x.id OR (n.original_job_id = coalesce(x.original_job_id, x.id) \
-                                       AND n.created_at > x.created_at) \
-                  WHERE x.id = $1 ORDER BY n.created_at DESC, n.id DESC LIMIT 1",
-                &[dep],
-            )
+            .query_opt_cached(NEWEST_OF_CHAIN, &[dep])
             .await?
             .ok_or_else(|| {
                 crate::error::Error::Invalid(format!("after[{i}]: job {dep} not found"))
             })?;
         let newest: Uuid = row.try_get(0)?;
         let state: String = tx
-            .query_one_cached(
-                "UPDATE jobs SET has_dependants = true WHERE id = $1 RETURNING state",
-                &[&newest],
-            )
+            .query_one_cached(MARK_HAS_DEPENDANTS, &[&newest])
             .await?
             .try_get(0)?;
         if state == "permanent_failed" || state == "cancelled" {
@@ -322,35 +251,21 @@ pub(super) async fn set_job_deps(
     }
     resolved.sort();
     resolved.dedup();
-    tx.execute_cached(
-        "INSERT INTO job_deps (job_id, depends_on) SELECT $1, unnest($2::uuid[])",
-        &[&job_id, &resolved],
-    )
-    .await?;
+    tx.execute_cached(INSERT_DEPS, &[&job_id, &resolved])
+        .await?;
     // Wait unless every dependency already succeeded.
-    tx.execute_cached(
-        &format!(
-            "UPDATE jobs SET not_before = {WAITING_SQL} WHERE id = $1 AND EXISTS ( \
-                SELECT 1 FROM jobs o WHERE o.id = ANY ($2) AND o.state <> 'succeeded')"
-        ),
-        &[&job_id, &resolved],
-    )
-    .await?;
+    tx.execute_cached(WAIT_FOR_DEPS, &[&job_id, &resolved])
+        .await?;
     Ok(resolved)
 }
 
 impl Store {
     /// Dependencies of a job that have not succeeded yet.
     pub async fn waiting_for(&self, job_id: Uuid) -> Result<Vec<Uuid>> {
+        const WAITING_FOR: &str = include_str!("sql/flow/waiting_for.sql");
         measured("waiting_for", async {
             let c = self.pool.get().await?;
-            let rows = c
-                .query_cached(
-                    "SELECT d.depends_on FROM job_deps d JOIN jobs o ON o.id = d.depends_on \
-                  WHERE d.job_id = $1 AND o.state <> 'succeeded' ORDER BY 1",
-                    &[&job_id],
-                )
-                .await?;
+            let rows = c.query_cached(WAITING_FOR, &[&job_id]).await?;
             rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
         })
         .await
@@ -364,44 +279,10 @@ impl Store {
         &self,
         ids: &[Uuid],
     ) -> Result<std::collections::HashMap<Uuid, String>> {
+        const WAITING_REASONS: &str = include_str!("sql/flow/waiting_reasons.sql");
         measured("waiting_reasons", async {
             let c = self.pool.get().await?;
-            let rows = c
-                .query_cached(
-                    &format!(
-                        "SELECT j.id, CASE \
-                       WHEN j.state <> 'pending' THEN '' \
-                       WHEN j.not_before >= {WAITING_SQL} THEN 'after job ' || coalesce(( \
-                            SELECT string_agg(d.depends_on::text, ', ' ORDER BY d.depends_on) \
-                              FROM job_deps d JOIN jobs o ON o.id = d.depends_on \
-                             WHERE d.job_id = j.id AND o.state <> 'succeeded'), '?') \
-                       WHEN EXISTS (SELECT 1 FROM queue_settings qs \
-                                     WHERE qs.queue = j.queue AND qs.paused) THEN 'queue paused' \
-                       WHEN j.not_before > now() THEN 'backoff until ' || \
-                            to_char(j.not_before AT TIME ZONE 'UTC', \
-                                    'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') \
-                       WHEN EXISTS (SELECT 1 FROM concurrency_keys k \
-                                     WHERE k.key = ANY (j.concurrency_keys) \
-                                       AND k.running < k.max_running \
-                                       AND k.rate_per_sec IS NOT NULL AND least(k.burst, \
-                                           k.tokens + extract(epoch FROM now() - k.refilled_at) \
-                                           * k.rate_per_sec) < 1) \
-                            THEN 'rate limited until ' || ( \
-                            SELECT to_char(max(k.refilled_at + (1 - k.tokens) / k.rate_per_sec \
-                                               * interval '1 second') AT TIME ZONE 'UTC', \
-                                           'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
-                              FROM concurrency_keys k WHERE k.key = ANY (j.concurrency_keys) \
-                               AND k.rate_per_sec IS NOT NULL AND k.tokens < 1) \
-                       ELSE coalesce(( \
-                            SELECT 'concurrency key ' || k.key || ' ' || k.running || '/' || \
-                                   k.max_running FROM concurrency_keys k \
-                             WHERE k.key = ANY (j.concurrency_keys) \
-                               AND k.running >= k.max_running ORDER BY k.key LIMIT 1), '') \
-                     END FROM jobs j WHERE j.id = ANY ($1)"
-                    ),
-                    &[&ids],
-                )
-                .await?;
+            let rows = c.query_cached(WAITING_REASONS, &[&ids]).await?;
             rows.iter()
                 .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
                 .collect()

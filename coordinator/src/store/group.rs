@@ -9,6 +9,7 @@
 //! deadlock, a lost connection), every result in it is tried again in a group of its own,
 //! so one bad row cannot fail its neighbours.
 
+use super::failures;
 use super::{measured, parse_state, stale, Cached, EndRequest, Ended, Store, JOBS_CHANNEL};
 use crate::auth::Principal;
 use crate::error::{Error, ErrorKind, Result};
@@ -39,39 +40,11 @@ pub(super) struct Pending {
 /// The group writer's inbox.
 pub(super) type Queue = mpsc::Sender<Pending>;
 
-const LOCK: &str = "SELECT a.id, a.state, a.job_id, a.lease_expires_at < now() AS expired, \
-        extract(epoch FROM now() - a.started_at)::float8 AS ran, \
-        j.retry_policy, j.failure_count, j.lost_count, j.queue, \
-        j.cancel_requested_at IS NOT NULL AS cancel_requested, a.log_chunks, a.worker_id \
-   FROM attempts a JOIN jobs j ON j.id = a.job_id \
-  WHERE a.id = ANY($1) ORDER BY a.id FOR UPDATE OF a, j";
-
+/// Locks the group's attempts and their jobs (in attempt-id order) and reads what the
+/// decisions need.
+const LOCK: &str = include_str!("sql/attempts/lock_group.sql");
 /// Attempts, jobs, outbox events and notifications of the whole group in one statement.
-const WRITE: &str = "WITH u AS ( \
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::text[], \
-                         $6::int8[], $7::int8[], $8::text[], $9::uuid[], $10::text[], \
-                         $11::int4[], $12::int4[], $13::float8[], $14::bool[], $15::text[], \
-                         $16::jsonb[]) \
-        AS u(attempt_id, attempt_state, exit_code, signal, reason, peak_rss, cpu_ms, \
-             fingerprint, job_id, job_state, failures, lost, retry_in_ms, terminal, event, \
-             payload) \
-  ), a AS ( \
-    UPDATE attempts SET state = u.attempt_state, finished_at = now(), exit_code = u.exit_code, \
-           signal = u.signal, reason = u.reason, peak_rss_bytes = u.peak_rss, \
-           cpu_time_ms = u.cpu_ms, fingerprint = coalesce(u.fingerprint, attempts.fingerprint) \
-      FROM u WHERE attempts.id = u.attempt_id \
-  ), j AS ( \
-    UPDATE jobs SET state = u.job_state, current_attempt_id = NULL, failure_count = u.failures, \
-           lost_count = u.lost, reason = u.reason, updated_at = now(), \
-           not_before = CASE WHEN u.retry_in_ms IS NULL THEN jobs.not_before \
-                             ELSE now() + u.retry_in_ms * interval '1 millisecond' END, \
-           finished_at = CASE WHEN u.terminal THEN now() END \
-      FROM u WHERE jobs.id = u.job_id \
-  ), o AS ( \
-    INSERT INTO outbox (job_id, event, payload) SELECT u.job_id, u.event, u.payload FROM u \
-  ) \
-  SELECT count(pg_notify(n.channel, n.payload)) \
-    FROM unnest($17::text[], $18::text[]) AS n(channel, payload)";
+const WRITE: &str = include_str!("sql/attempts/end_group.sql");
 
 /// The columns of [`WRITE`], one entry per result.
 #[derive(Default)]
@@ -315,7 +288,7 @@ async fn decide(tx: &Transaction<'_>, row: &Row, p: &Pending, w: &mut Writes) ->
     );
     let failure = if drover_core::fingerprint::applies(t.attempt_state, &req.output_tail) {
         Some(
-            crate::failures::record(
+            failures::record(
                 tx,
                 job_id,
                 attempt_id,

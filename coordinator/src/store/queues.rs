@@ -1,5 +1,6 @@
-//! SQL for per-queue flow control: pausing and resuming a queue.
+//! Queues: pausing and resuming one (flow control), and per-queue counts.
 
+use super::outbox::NOTIFY;
 use super::{measured, Cached, JOBS_CHANNEL};
 use crate::error::Result;
 
@@ -16,21 +17,13 @@ impl super::Store {
     /// from a paused queue; running jobs are not touched. Resuming notifies every
     /// coordinator so waiting jobs are dispatched at once.
     pub async fn set_queue_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        const SET_PAUSED: &str = include_str!("sql/queues/set_paused.sql");
         measured("set_queue_paused", async {
             let mut c = self.pool.get().await?;
             let tx = c.transaction().await?;
-            tx.execute_cached(
-                "INSERT INTO queue_settings AS s (queue, paused, paused_at, updated_at) \
-                 VALUES ($1, $2, CASE WHEN $2 THEN now() END, now()) \
-                 ON CONFLICT (queue) DO UPDATE SET paused = $2, \
-                     paused_at = CASE WHEN $2 THEN coalesce(s.paused_at, now()) END, \
-                     updated_at = now()",
-                &[&queue, &paused],
-            )
-            .await?;
+            tx.execute_cached(SET_PAUSED, &[&queue, &paused]).await?;
             if !paused {
-                tx.execute_cached("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &queue])
-                    .await?;
+                tx.execute_cached(NOTIFY, &[&JOBS_CHANNEL, &queue]).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -40,21 +33,10 @@ impl super::Store {
 
     /// Every queue that has settings or unfinished jobs, by name.
     pub async fn list_queues(&self) -> Result<Vec<QueueState>> {
+        const LIST_QUEUES: &str = include_str!("sql/queues/list_queues.sql");
         measured("list_queues", async {
             let c = self.pool.get().await?;
-            let rows = c
-                .query_cached(
-                    "WITH counts AS ( \
-                        SELECT queue, count(*) FILTER (WHERE state = 'pending') AS pending, \
-                               count(*) FILTER (WHERE state = 'running') AS running \
-                          FROM jobs WHERE state IN ('pending', 'running') GROUP BY queue) \
-                     SELECT coalesce(s.queue, c.queue), coalesce(s.paused, false), \
-                            coalesce(c.pending, 0), coalesce(c.running, 0) \
-                       FROM queue_settings s FULL JOIN counts c ON c.queue = s.queue \
-                      ORDER BY 1 LIMIT 1000",
-                    &[],
-                )
-                .await?;
+            let rows = c.query_cached(LIST_QUEUES, &[]).await?;
             rows.iter()
                 .map(|r| {
                     Ok(QueueState {
@@ -62,6 +44,37 @@ impl super::Store {
                         paused: r.try_get(1)?,
                         pending: r.try_get(2)?,
                         running: r.try_get(3)?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+}
+
+/// Per-queue counts for the health report.
+#[derive(Debug, Clone)]
+pub struct QueueRow {
+    pub queue: String,
+    pub pending: i64,
+    pub running: i64,
+    /// Age of the oldest pending job that is due now.
+    pub oldest_due_ms: Option<i64>,
+}
+
+impl super::Store {
+    pub async fn queue_stats(&self) -> Result<Vec<QueueRow>> {
+        const QUEUE_STATS: &str = include_str!("sql/queues/queue_stats.sql");
+        measured("queue_stats", async {
+            let c = self.pool.get().await?;
+            let rows = c.query_cached(QUEUE_STATS, &[]).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(QueueRow {
+                        queue: r.try_get(0)?,
+                        pending: r.try_get(1)?,
+                        running: r.try_get(2)?,
+                        oldest_due_ms: r.try_get(3)?,
                     })
                 })
                 .collect()

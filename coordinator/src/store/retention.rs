@@ -2,10 +2,15 @@
 //! partitions of `log_chunks` (created ahead, dropped whole once every attempt in them is
 //! past log retention). Every delete is bounded by a batch size so no statement holds
 //! locks for long; the leader calls these (see `crate::retention`).
+//!
+//! Built at run time here (not in `sql/`), because PostgreSQL takes no parameters in DDL:
+//! - `CREATE TABLE … PARTITION OF log_chunks`: name and bounds computed per partition;
+//! - `SET LOCAL lock_timeout = …; LOCK TABLE log_chunks`: the timeout is configured;
+//! - `DROP TABLE "<partition>"`: the name comes from the catalog.
 
-use super::{
-    artifact_from_row, measured, millis, parse_state, ArtifactRow, Cached, Store, ARTIFACT_COLUMNS,
-};
+use super::artifacts::{delete_for_attempts, delete_for_jobs};
+use super::logs::MARK_PURGED;
+use super::{measured, millis, parse_state, ArtifactRow, Cached, Store, NOW};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use drover_core::retention::{self, JobHorizons, Range};
@@ -49,6 +54,11 @@ impl Store {
         state: JobState,
         limit: i64,
     ) -> Result<PurgedJobs> {
+        const PURGEABLE_JOBS: &str = include_str!("sql/retention/purgeable_jobs.sql");
+        const DELETE_DEPS: &str = include_str!("sql/retention/delete_deps.sql");
+        const DELETE_RUNS: &str = include_str!("sql/retention/delete_runs.sql");
+        const DELETE_ATTEMPTS: &str = include_str!("sql/retention/delete_attempts.sql");
+        const DELETE_JOBS: &str = include_str!("sql/retention/delete_jobs.sql");
         measured("purge_jobs", async {
             let Some(horizon) = h.of(state) else {
                 return Ok(PurgedJobs::default());
@@ -56,20 +66,7 @@ impl Store {
             let mut c = self.pool.get().await?;
             let tx = c.transaction().await?;
             let rows = tx
-                .query_cached(
-                    "SELECT j.id, j.state, j.finished_at, now() FROM jobs j \
-                  WHERE j.state = $1 AND j.finished_at IS NOT NULL \
-                    AND j.finished_at < now() - $2 * interval '1 second' \
-                    AND j.current_attempt_id IS NULL \
-                    AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.retry_of = j.id) \
-                    AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.original_job_id = j.id) \
-                    AND NOT EXISTS (SELECT 1 FROM job_deps d WHERE d.depends_on = j.id) \
-                    AND NOT EXISTS (SELECT 1 FROM jobs o \
-                                     WHERE o.id IN (j.retry_of, j.original_job_id) \
-                                       AND o.state IN ('pending', 'running')) \
-                  ORDER BY j.finished_at LIMIT $3 FOR UPDATE OF j SKIP LOCKED",
-                    &[&state.as_str(), &secs(horizon), &limit],
-                )
+                .query_cached(PURGEABLE_JOBS, &[&state.as_str(), &secs(horizon), &limit])
                 .await?;
             let mut ids: Vec<Uuid> = Vec::with_capacity(rows.len());
             for r in &rows {
@@ -84,33 +81,13 @@ impl Store {
             if ids.is_empty() {
                 return Ok(PurgedJobs::default());
             }
-            let artifacts = tx
-                .query_cached(
-                    &format!(
-                        "DELETE FROM artifacts a USING attempts t WHERE a.job_id = ANY($1) \
-                       AND t.id = a.attempt_id RETURNING {ARTIFACT_COLUMNS}"
-                    ),
-                    &[&ids],
-                )
-                .await?
-                .iter()
-                .map(artifact_from_row)
-                .collect::<Result<Vec<_>>>()?;
-            tx.execute_cached("DELETE FROM job_deps WHERE job_id = ANY($1)", &[&ids])
-                .await?;
-            tx.execute_cached("DELETE FROM schedule_runs WHERE job_id = ANY($1)", &[&ids])
-                .await?;
+            let artifacts = delete_for_jobs(&tx, &ids).await?;
+            tx.execute_cached(DELETE_DEPS, &[&ids]).await?;
+            tx.execute_cached(DELETE_RUNS, &[&ids]).await?;
             // Log chunks go with their attempts (ON DELETE CASCADE), if retention left any.
-            tx.execute_cached("DELETE FROM attempts WHERE job_id = ANY($1)", &[&ids])
-                .await?;
+            tx.execute_cached(DELETE_ATTEMPTS, &[&ids]).await?;
             // The state guard again: a job is deleted only as it was selected (locked).
-            let n = tx
-                .execute_cached(
-                    "DELETE FROM jobs WHERE id = ANY($1) \
-                   AND state IN ('succeeded', 'permanent_failed', 'cancelled')",
-                    &[&ids],
-                )
-                .await?;
+            let n = tx.execute_cached(DELETE_JOBS, &[&ids]).await?;
             if n != ids.len() as u64 {
                 return Err(Error::Internal(format!(
                     "job retention: {n} of {} selected jobs deletable; rolled back",
@@ -126,33 +103,26 @@ impl Store {
     /// Deletes up to `limit` workers not seen for `older_than` that run nothing, with
     /// their resource samples.
     pub async fn purge_workers(&self, older_than: Duration, limit: i64) -> Result<u64> {
+        const PURGE_WORKERS: &str = include_str!("sql/retention/purge_workers.sql");
         measured("purge_workers", async {
             let c = self.pool.get().await?;
-            Ok(c.execute_cached(
-                "WITH w AS (DELETE FROM workers w WHERE w.id IN ( \
-                 SELECT id FROM workers x WHERE x.last_seen_at < now() - $1 * interval '1 second' \
-                    AND NOT EXISTS (SELECT 1 FROM attempts a \
-                                     WHERE a.worker_id = x.id AND a.state = 'running') \
-                  LIMIT $2) RETURNING w.id), \
-             s AS (DELETE FROM worker_samples s USING w WHERE s.worker_id = w.id) \
-             SELECT 1 FROM w",
-                &[&secs(older_than), &limit],
+            Ok(
+                c.execute_cached(PURGE_WORKERS, &[&secs(older_than), &limit])
+                    .await?,
             )
-            .await?)
         })
         .await
     }
 
     /// Deletes up to `limit` worker resource samples older than `older_than`.
     pub async fn prune_samples(&self, older_than: Duration, limit: i64) -> Result<u64> {
+        const PRUNE_SAMPLES: &str = include_str!("sql/retention/prune_samples.sql");
         measured("prune_samples", async {
             let c = self.pool.get().await?;
-            Ok(c.execute_cached(
-                "DELETE FROM worker_samples WHERE ctid IN (SELECT ctid FROM worker_samples \
-                WHERE at < now() - $1 * interval '1 second' LIMIT $2)",
-                &[&secs(older_than), &limit],
+            Ok(
+                c.execute_cached(PRUNE_SAMPLES, &[&secs(older_than), &limit])
+                    .await?,
             )
-            .await?)
         })
         .await
     }
@@ -160,16 +130,13 @@ impl Store {
     /// Deletes up to `limit` schedule ticks that were skipped (so never had a job) longer
     /// than `older_than` ago; ticks that fired go with their jobs.
     pub async fn purge_skipped_runs(&self, older_than: Duration, limit: i64) -> Result<u64> {
+        const PURGE_SKIPPED_RUNS: &str = include_str!("sql/retention/purge_skipped_runs.sql");
         measured("purge_skipped_runs", async {
             let c = self.pool.get().await?;
-            Ok(c.execute_cached(
-                "DELETE FROM schedule_runs WHERE (schedule, fire_time) IN ( \
-                SELECT schedule, fire_time FROM schedule_runs \
-                 WHERE status = 'skipped' AND job_id IS NULL \
-                   AND created_at < now() - $1 * interval '1 second' LIMIT $2)",
-                &[&secs(older_than), &limit],
+            Ok(
+                c.execute_cached(PURGE_SKIPPED_RUNS, &[&secs(older_than), &limit])
+                    .await?,
             )
-            .await?)
         })
         .await
     }
@@ -193,15 +160,17 @@ impl Store {
         ahead: Duration,
         at: Option<DateTime<Utc>>,
     ) -> Result<Vec<String>> {
+        const LOCK_PARTITIONS: &str = include_str!("sql/retention/lock_partitions.sql");
+        const SET_LOCK_TIMEOUT: &str = include_str!("sql/retention/set_lock_timeout.sql");
         measured("ensure_log_partitions", async {
             let mut c = self.pool.get().await?;
             let tx = c.transaction().await?;
-            tx.execute_cached("SELECT pg_advisory_xact_lock($1)", &[&PARTITION_LOCK])
+            tx.execute_cached(LOCK_PARTITIONS, &[&PARTITION_LOCK])
                 .await?;
             // Creating a partition locks the parent table; log writes queue behind a waiting
             // DDL, so it gives up after a moment (the next pass, or the writer, tries again).
-            tx.batch_execute("SET LOCAL lock_timeout = '2s'").await?;
-            let now: DateTime<Utc> = tx.query_one_cached("SELECT now()", &[]).await?.try_get(0)?;
+            tx.batch_execute(SET_LOCK_TIMEOUT).await?;
+            let now: DateTime<Utc> = tx.query_one_cached(NOW, &[]).await?.try_get(0)?;
             let existing: Vec<Range> = list_partitions(&tx)
                 .await?
                 .into_iter()
@@ -252,17 +221,13 @@ impl Store {
         range: &Range,
         limit: i64,
     ) -> Result<(u64, Vec<ArtifactRow>)> {
+        const LOCK_PARTITION_ATTEMPTS: &str =
+            include_str!("sql/retention/lock_partition_attempts.sql");
         measured("mark_partition_purged", async {
             let mut c = self.pool.get().await?;
             let tx = c.transaction().await?;
             let ids: Vec<Uuid> = tx
-                .query_cached(
-                    "SELECT id FROM attempts \
-                  WHERE ($1::timestamptz IS NULL OR log_part >= $1) AND log_part < $2 \
-                    AND logs_purged_at IS NULL \
-                  LIMIT $3 FOR UPDATE SKIP LOCKED",
-                    &[&range.lo, &range.hi, &limit],
-                )
+                .query_cached(LOCK_PARTITION_ATTEMPTS, &[&range.lo, &range.hi, &limit])
                 .await?
                 .iter()
                 .map(|r| r.try_get(0))
@@ -270,12 +235,8 @@ impl Store {
             if ids.is_empty() {
                 return Ok((0, Vec::new()));
             }
-            let artifacts = delete_artifacts(&tx, &ids).await?;
-            tx.execute_cached(
-                "UPDATE attempts SET logs_purged_at = now(), log_kept_bytes = 0 WHERE id = ANY($1)",
-                &[&ids],
-            )
-            .await?;
+            let artifacts = delete_for_attempts(&tx, &ids).await?;
+            tx.execute_cached(MARK_PURGED, &[&ids]).await?;
             tx.commit().await?;
             Ok((ids.len() as u64, artifacts))
         })
@@ -291,6 +252,7 @@ impl Store {
         retention: Duration,
         lock_timeout: Duration,
     ) -> Result<bool> {
+        const ANY_UNPURGED: &str = include_str!("sql/retention/any_unpurged.sql");
         measured("drop_log_partition", async {
             let mut c = self.pool.get().await?;
             let tx = c.transaction().await?;
@@ -300,12 +262,7 @@ impl Store {
             ))
             .await?;
             let unpurged: bool = tx
-                .query_one_cached(
-                    "SELECT EXISTS (SELECT 1 FROM attempts \
-                  WHERE ($1::timestamptz IS NULL OR log_part >= $1) AND log_part < $2 \
-                    AND logs_purged_at IS NULL)",
-                    &[&p.range.lo, &p.range.hi],
-                )
+                .query_one_cached(ANY_UNPURGED, &[&p.range.lo, &p.range.hi])
                 .await?
                 .try_get(0)?;
             if unpurged || !partition_expired(&tx, &p.range, retention).await? {
@@ -321,29 +278,10 @@ impl Store {
     }
 }
 
-async fn delete_artifacts<C: Cached>(tx: &C, ids: &[Uuid]) -> Result<Vec<ArtifactRow>> {
-    tx.query_cached(
-        &format!(
-            "DELETE FROM artifacts a USING attempts t WHERE a.attempt_id = ANY($1) \
-               AND t.id = a.attempt_id RETURNING {ARTIFACT_COLUMNS}"
-        ),
-        &[&ids],
-    )
-    .await?
-    .iter()
-    .map(artifact_from_row)
-    .collect()
-}
-
 async fn partition_expired<C: Cached>(c: &C, range: &Range, retention: Duration) -> Result<bool> {
+    const PARTITION_LIVE: &str = include_str!("sql/retention/partition_live.sql");
     let live: bool = c
-        .query_one_cached(
-            "SELECT $2 > now() - $3 * interval '1 millisecond' OR EXISTS (SELECT 1 FROM attempts \
-              WHERE ($1::timestamptz IS NULL OR log_part >= $1) AND log_part < $2 \
-                AND logs_purged_at IS NULL \
-                AND (finished_at IS NULL OR finished_at >= now() - $3 * interval '1 millisecond'))",
-            &[&range.lo, &range.hi, &millis(retention)],
-        )
+        .query_one_cached(PARTITION_LIVE, &[&range.lo, &range.hi, &millis(retention)])
         .await?
         .try_get(0)?;
     Ok(!live)
@@ -352,16 +290,8 @@ async fn partition_expired<C: Cached>(c: &C, range: &Range, retention: Duration)
 /// The partitions of `log_chunks` and their bounds (read back from the catalog), oldest
 /// first. A bound that is MINVALUE reads as `None`.
 async fn list_partitions<C: Cached>(c: &C) -> Result<Vec<LogPartition>> {
-    let rows = c
-        .query_cached(
-            "SELECT c.relname::text, \
-                    (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']*)''\\)'))[1]::timestamptz, \
-                    (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']*)''\\)'))[1]::timestamptz \
-               FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-              WHERE i.inhparent = 'log_chunks'::regclass",
-            &[],
-        )
-        .await?;
+    const LIST_PARTITIONS: &str = include_str!("sql/retention/list_partitions.sql");
+    let rows = c.query_cached(LIST_PARTITIONS, &[]).await?;
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let hi: Option<DateTime<Utc>> = r.try_get(2)?;

@@ -6,7 +6,8 @@
 //! not work on one schedule at once, but duplicates are impossible even without that lock.
 
 use super::flow::{set_job_flow, Flow};
-use super::{insert_job, measured, Cached, JobRow};
+use super::jobs::insert_job;
+use super::{measured, Cached, JobRow, NOW};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
@@ -110,9 +111,6 @@ pub struct PassReport {
     pub dropped: usize,
 }
 
-const SCHEDULE_COLUMNS: &str = "name, cron, timezone, spec, retry_policy, catch_up, overlap, \
-    paused, next_fire_at, dropped_ticks, created_at";
-
 fn schedule_from_row(r: &Row) -> Result<ScheduleRow> {
     let Json(spec): Json<StoredSpec> = r.try_get("spec")?;
     let Json(policy): Json<RetryPolicy> = r.try_get("retry_policy")?;
@@ -145,15 +143,12 @@ fn parsed(s: &ScheduleRow) -> Result<CronSchedule> {
 
 impl super::Store {
     pub async fn create_schedule(&self, s: &ScheduleRow) -> Result<ScheduleRow> {
+        const INSERT_SCHEDULE: &str = include_str!("sql/schedules/insert_schedule.sql");
         measured("create_schedule", async {
             let c = self.pool.get().await?;
             let row = c
                 .query_opt_cached(
-                    &format!(
-                    "INSERT INTO schedules (name, cron, timezone, spec, retry_policy, catch_up, \
-                     overlap, paused, next_fire_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                     ON CONFLICT (name) DO NOTHING RETURNING {SCHEDULE_COLUMNS}"
-                ),
+                    INSERT_SCHEDULE,
                     &[
                         &s.name,
                         &s.cron,
@@ -179,28 +174,20 @@ impl super::Store {
     }
 
     pub async fn list_schedules(&self, limit: i64) -> Result<Vec<ScheduleRow>> {
+        const LIST_SCHEDULES: &str = include_str!("sql/schedules/list_schedules.sql");
         measured("list_schedules", async {
             let c = self.pool.get().await?;
-            let rows = c
-                .query_cached(
-                    &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY name LIMIT $1"),
-                    &[&limit],
-                )
-                .await?;
+            let rows = c.query_cached(LIST_SCHEDULES, &[&limit]).await?;
             rows.iter().map(schedule_from_row).collect()
         })
         .await
     }
 
     pub async fn get_schedule(&self, name: &str) -> Result<Option<ScheduleRow>> {
+        const GET_SCHEDULE: &str = include_str!("sql/schedules/get_schedule.sql");
         measured("get_schedule", async {
             let c = self.pool.get().await?;
-            let row = c
-                .query_opt_cached(
-                    &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1"),
-                    &[&name],
-                )
-                .await?;
+            let row = c.query_opt_cached(GET_SCHEDULE, &[&name]).await?;
             row.as_ref().map(schedule_from_row).transpose()
         })
         .await
@@ -208,16 +195,10 @@ impl super::Store {
 
     /// The most recent runs of a schedule, newest first, with their jobs' states.
     pub async fn schedule_runs(&self, name: &str, limit: i64) -> Result<Vec<RunRow>> {
+        const LIST_RUNS: &str = include_str!("sql/schedules/list_runs.sql");
         measured("schedule_runs", async {
             let c = self.pool.get().await?;
-            let rows = c
-                .query_cached(
-                    "SELECT r.fire_time, r.status, r.manual, r.job_id, j.state, r.reason \
-                   FROM schedule_runs r LEFT JOIN jobs j ON j.id = r.job_id \
-                  WHERE r.schedule = $1 ORDER BY r.fire_time DESC LIMIT $2",
-                    &[&name, &limit],
-                )
-                .await?;
+            let rows = c.query_cached(LIST_RUNS, &[&name, &limit]).await?;
             rows.iter()
                 .map(|r| {
                     let state: Option<String> = r.try_get(4)?;
@@ -238,6 +219,7 @@ impl super::Store {
     /// Pauses or resumes a schedule. On resume the next tick is the first after now: ticks
     /// that came due while paused are not run.
     pub async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<ScheduleRow> {
+        const SET_PAUSED: &str = include_str!("sql/schedules/set_paused.sql");
         measured("set_schedule_paused", async {
             let mut c = self.pool.get().await?;
             let tx = c.transaction().await?;
@@ -249,13 +231,7 @@ impl super::Store {
                 parsed(&s)?.next_after(now)
             };
             let row = tx
-                .query_one_cached(
-                    &format!(
-                        "UPDATE schedules SET paused = $2, next_fire_at = $3, updated_at = now() \
-                     WHERE name = $1 RETURNING {SCHEDULE_COLUMNS}"
-                    ),
-                    &[&name, &paused, &next],
-                )
+                .query_one_cached(SET_PAUSED, &[&name, &paused, &next])
                 .await?;
             let out = schedule_from_row(&row)?;
             tx.commit().await?;
@@ -265,11 +241,10 @@ impl super::Store {
     }
 
     pub async fn delete_schedule(&self, name: &str) -> Result<()> {
+        const DELETE_SCHEDULE: &str = include_str!("sql/schedules/delete_schedule.sql");
         measured("delete_schedule", async {
             let c = self.pool.get().await?;
-            let n = c
-                .execute_cached("DELETE FROM schedules WHERE name = $1", &[&name])
-                .await?;
+            let n = c.execute_cached(DELETE_SCHEDULE, &[&name]).await?;
             if n == 0 {
                 return Err(Error::NotFound(format!("schedule {name:?} not found")));
             }
@@ -280,19 +255,14 @@ impl super::Store {
 
     /// Fires a schedule now, whatever its overlap policy and even while paused.
     pub async fn trigger_schedule(&self, name: &str) -> Result<JobRow> {
+        const INSERT_MANUAL_RUN: &str = include_str!("sql/schedules/insert_manual_run.sql");
         measured("trigger_schedule", async {
             let mut c = self.pool.get().await?;
             let tx = c.transaction().await?;
             let s = lock_schedule(&tx, name).await?;
             let now = db_now(&tx).await?;
             let cs = parsed(&s)?;
-            let inserted = tx
-                .execute_cached(
-                    "INSERT INTO schedule_runs (schedule, fire_time, status, manual) \
-                 VALUES ($1, $2, 'held', true) ON CONFLICT DO NOTHING",
-                    &[&name, &now],
-                )
-                .await?;
+            let inserted = tx.execute_cached(INSERT_MANUAL_RUN, &[&name, &now]).await?;
             if inserted == 0 {
                 return Err(Error::Aborted(format!(
                     "schedule {name:?} already has a run at {now}; retry"
@@ -310,17 +280,10 @@ impl super::Store {
 
     /// Names of schedules with work to do: a tick due, or a held tick waiting.
     pub async fn schedules_due(&self, limit: i64) -> Result<Vec<String>> {
+        const SCHEDULES_DUE: &str = include_str!("sql/schedules/schedules_due.sql");
         measured("schedules_due", async {
             let c = self.pool.get().await?;
-            let rows = c
-                .query_cached(
-                    "SELECT name FROM schedules s WHERE NOT paused AND (next_fire_at <= now() \
-                    OR EXISTS (SELECT 1 FROM schedule_runs r \
-                                WHERE r.schedule = s.name AND r.status = 'held')) \
-                 ORDER BY next_fire_at NULLS LAST LIMIT $1",
-                    &[&limit],
-                )
-                .await?;
+            let rows = c.query_cached(SCHEDULES_DUE, &[&limit]).await?;
             rows.iter()
                 .map(|r| Ok(r.try_get::<_, String>(0)?))
                 .collect()
@@ -332,18 +295,13 @@ impl super::Store {
     /// keeps them) and fires held ticks as its overlap policy allows. `grace`: how late a
     /// tick may be handled and still count as on time.
     pub async fn run_schedule(&self, name: &str, grace: chrono::Duration) -> Result<PassReport> {
+        const LOCK_UNPAUSED: &str = include_str!("sql/schedules/lock_unpaused.sql");
+        const INSERT_RUN: &str = include_str!("sql/schedules/insert_run.sql");
+        const ADVANCE: &str = include_str!("sql/schedules/advance.sql");
         measured("run_schedule", async {
             let mut c = self.pool.get().await?;
             let tx = c.transaction().await?;
-            let row = tx
-                .query_opt_cached(
-                    &format!(
-                        "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1 AND NOT paused \
-                     FOR UPDATE SKIP LOCKED"
-                    ),
-                    &[&name],
-                )
-                .await?;
+            let row = tx.query_opt_cached(LOCK_UNPAUSED, &[&name]).await?;
             // Paused, deleted, or another coordinator is on it.
             let Some(row) = row else {
                 return Ok(PassReport::default());
@@ -355,12 +313,7 @@ impl super::Store {
             if let Some(from) = s.next_fire_at.filter(|t| *t <= now) {
                 let due = due_ticks(&cs, from, now, s.catch_up, grace);
                 for tick in &due.fire {
-                    tx.execute_cached(
-                        "INSERT INTO schedule_runs (schedule, fire_time, status) \
-                     VALUES ($1, $2, 'held') ON CONFLICT DO NOTHING",
-                        &[&name, tick],
-                    )
-                    .await?;
+                    tx.execute_cached(INSERT_RUN, &[&name, tick]).await?;
                 }
                 report.dropped = due.dropped;
                 // Dropped ticks are remembered for the schedule_missed alert rule.
@@ -369,14 +322,8 @@ impl super::Store {
                     due.dropped,
                     s.catch_up.as_str()
                 );
-                tx.execute_cached(
-                    "UPDATE schedules SET next_fire_at = $2, dropped_ticks = dropped_ticks + $3, \
-                        last_missed_at = CASE WHEN $3 > 0 THEN now() ELSE last_missed_at END, \
-                        last_missed_reason = CASE WHEN $3 > 0 THEN $4 ELSE last_missed_reason END, \
-                        updated_at = now() WHERE name = $1",
-                    &[&name, &due.next, &(due.dropped as i64), &missed],
-                )
-                .await?;
+                tx.execute_cached(ADVANCE, &[&name, &due.next, &(due.dropped as i64), &missed])
+                    .await?;
             }
             release_held(&tx, &s, &cs, &mut report).await?;
             tx.commit().await?;
@@ -390,15 +337,13 @@ impl super::Store {
 }
 
 async fn db_now(tx: &Transaction<'_>) -> Result<DateTime<Utc>> {
-    Ok(tx.query_one_cached("SELECT now()", &[]).await?.try_get(0)?)
+    Ok(tx.query_one_cached(NOW, &[]).await?.try_get(0)?)
 }
 
 async fn lock_schedule(tx: &Transaction<'_>, name: &str) -> Result<ScheduleRow> {
+    const LOCK_SCHEDULE: &str = include_str!("sql/schedules/lock_schedule.sql");
     let row = tx
-        .query_opt_cached(
-            &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE name = $1 FOR UPDATE"),
-            &[&name],
-        )
+        .query_opt_cached(LOCK_SCHEDULE, &[&name])
         .await?
         .ok_or_else(|| Error::NotFound(format!("schedule {name:?} not found")))?;
     schedule_from_row(&row)
@@ -411,12 +356,9 @@ async fn release_held(
     cs: &CronSchedule,
     report: &mut PassReport,
 ) -> Result<()> {
+    const HELD_RUNS: &str = include_str!("sql/schedules/held_runs.sql");
     let held: Vec<DateTime<Utc>> = tx
-        .query_cached(
-            "SELECT fire_time FROM schedule_runs WHERE schedule = $1 AND status = 'held' \
-              ORDER BY fire_time",
-            &[&s.name],
-        )
+        .query_cached(HELD_RUNS, &[&s.name])
         .await?
         .iter()
         .map(|r| r.try_get(0))
@@ -457,14 +399,12 @@ async fn mark_skipped(
     tick: DateTime<Utc>,
     reason: &str,
 ) -> Result<()> {
+    const SKIP_RUN: &str = include_str!("sql/schedules/skip_run.sql");
+    const RECORD_MISS: &str = include_str!("sql/schedules/record_miss.sql");
+    tx.execute_cached(SKIP_RUN, &[&name, &tick, &reason])
+        .await?;
     tx.execute_cached(
-        "UPDATE schedule_runs SET status = 'skipped', reason = $3 \
-          WHERE schedule = $1 AND fire_time = $2 AND status = 'held'",
-        &[&name, &tick, &reason],
-    )
-    .await?;
-    tx.execute_cached(
-        "UPDATE schedules SET last_missed_at = now(), last_missed_reason = $2 WHERE name = $1",
+        RECORD_MISS,
         &[
             &name,
             &format!("tick {} skipped: {reason}", tick.to_rfc3339()),
@@ -476,15 +416,8 @@ async fn mark_skipped(
 
 /// A job of this schedule that has not finished, if any.
 async fn unfinished_run(tx: &Transaction<'_>, name: &str) -> Result<Option<Uuid>> {
-    let row = tx
-        .query_opt_cached(
-            "SELECT r.job_id FROM schedule_runs r JOIN jobs j ON j.id = r.job_id \
-              WHERE r.schedule = $1 AND r.status = 'fired' \
-                AND j.state IN ('pending', 'running') \
-              ORDER BY r.fire_time DESC LIMIT 1",
-            &[&name],
-        )
-        .await?;
+    const UNFINISHED_RUN: &str = include_str!("sql/schedules/unfinished_run.sql");
+    let row = tx.query_opt_cached(UNFINISHED_RUN, &[&name]).await?;
     Ok(row.map(|r| r.try_get(0)).transpose()?)
 }
 
@@ -496,13 +429,9 @@ async fn fire(
     cs: &CronSchedule,
     tick: DateTime<Utc>,
 ) -> Result<JobRow> {
-    let claimed = tx
-        .execute_cached(
-            "UPDATE schedule_runs SET status = 'fired' \
-              WHERE schedule = $1 AND fire_time = $2 AND status = 'held'",
-            &[&s.name, &tick],
-        )
-        .await?;
+    const FIRE_RUN: &str = include_str!("sql/schedules/fire_run.sql");
+    const SET_RUN_JOB: &str = include_str!("sql/schedules/set_run_job.sql");
+    let claimed = tx.execute_cached(FIRE_RUN, &[&s.name, &tick]).await?;
     if claimed != 1 {
         return Err(Error::Aborted(format!(
             "tick {tick} of schedule {} was handled concurrently; retry",
@@ -515,11 +444,8 @@ async fn fire(
         .await?
         .ok_or_else(|| Error::Internal("schedule insert returned nothing".into()))?;
     set_job_flow(tx, job.id, &s.spec.flow).await?;
-    tx.execute_cached(
-        "UPDATE schedule_runs SET job_id = $3 WHERE schedule = $1 AND fire_time = $2",
-        &[&s.name, &tick, &job.id],
-    )
-    .await?;
+    tx.execute_cached(SET_RUN_JOB, &[&s.name, &tick, &job.id])
+        .await?;
     Ok(job)
 }
 
@@ -536,19 +462,10 @@ pub struct MissView {
 impl super::Store {
     /// Unpaused schedules with when they last missed a tick and how late their next one is.
     pub async fn schedule_miss_views(&self) -> Result<Vec<MissView>> {
+        const MISS_VIEWS: &str = include_str!("sql/schedules/miss_views.sql");
         measured("schedule_miss_views", async {
             let c = self.pool.get().await?;
-            let rows = c
-                .query_cached(
-                    "SELECT name, spec->>'queue' AS queue, \
-                        extract(epoch FROM now() - last_missed_at)::bigint AS missed_ago, \
-                        last_missed_reason, \
-                        CASE WHEN next_fire_at <= now() \
-                             THEN extract(epoch FROM now() - next_fire_at)::bigint END AS overdue \
-                   FROM schedules WHERE NOT paused ORDER BY name LIMIT 10000",
-                    &[],
-                )
-                .await?;
+            let rows = c.query_cached(MISS_VIEWS, &[]).await?;
             rows.iter()
                 .map(|r| {
                     Ok(MissView {

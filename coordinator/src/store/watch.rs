@@ -1,7 +1,7 @@
 //! Reads for WatchJobs and WaitJob: several jobs by id, and the jobs of a filter that
 //! changed lately (after a watcher may have missed notifications).
 
-use super::{job_from_row, measured, Cached, JobRow, Store, JOB_COLUMNS};
+use super::{job_from_row, measured, Cached, JobRow, Store};
 use crate::error::Result;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -9,19 +9,19 @@ use uuid::Uuid;
 /// At most this many jobs are re-read for a filter watch that fell behind.
 pub const RESYNC_LIMIT: i64 = 1000;
 
+/// The jobs with these ids (any order).
+pub(super) const GET_JOBS: &str = include_str!("sql/watch/get_jobs.sql");
+
 impl Store {
     /// The jobs among `ids` that exist.
     pub async fn get_jobs(&self, ids: &[Uuid]) -> Result<Vec<JobRow>> {
         measured("get_jobs", async {
             let c = self.pool.get().await?;
-            c.query_cached(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.id = ANY($1)"),
-                &[&ids],
-            )
-            .await?
-            .iter()
-            .map(job_from_row)
-            .collect()
+            c.query_cached(GET_JOBS, &[&ids])
+                .await?
+                .iter()
+                .map(job_from_row)
+                .collect()
         })
         .await
     }
@@ -36,15 +36,11 @@ impl Store {
         since: DateTime<Utc>,
         after_id: Uuid,
     ) -> Result<Vec<JobRow>> {
+        const CHANGED_JOBS: &str = include_str!("sql/watch/changed_jobs.sql");
         measured("changed_jobs", async {
             let c = self.pool.get().await?;
             c.query_cached(
-                &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs j WHERE (j.updated_at, j.id) > ($1, $6) \
-                   AND ($2 = '' OR j.queue = $2) AND ($3::text IS NULL OR j.state = $3) \
-                   AND ($4 = '' OR $4 = ANY (j.labels)) \
-                 ORDER BY j.updated_at, j.id LIMIT $5"
-                ),
+                CHANGED_JOBS,
                 &[&since, &queue, &state, &label, &RESYNC_LIMIT, &after_id],
             )
             .await?

@@ -1,0 +1,3 @@
+SELECT id, name, role, queues, worker_pattern, token_hash, created_at,
+       expires_at, last_used_at, revoked_at FROM api_tokens
+WHERE $1 OR revoked_at IS NULL ORDER BY created_at, id LIMIT 10000

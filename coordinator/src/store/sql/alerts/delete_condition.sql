@@ -1,0 +1,1 @@
+DELETE FROM alert_conditions WHERE rule = $1 AND key = $2

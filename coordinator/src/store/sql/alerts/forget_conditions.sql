@@ -1,0 +1,1 @@
+DELETE FROM alert_conditions WHERE NOT (rule = ANY($1))

@@ -1,0 +1,1 @@
+SELECT key, detail FROM alert_conditions WHERE rule = $1 FOR UPDATE

@@ -1,0 +1,1 @@
+SELECT state, worker_id FROM attempts WHERE id = $1 FOR SHARE

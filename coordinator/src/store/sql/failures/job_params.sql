@@ -1,0 +1,1 @@
+SELECT params FROM jobs WHERE id = $1

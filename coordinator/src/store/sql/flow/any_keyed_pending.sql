@@ -1,0 +1,2 @@
+SELECT EXISTS (SELECT 1 FROM jobs
+WHERE state = 'pending' AND concurrency_keys <> '{}')

@@ -1,0 +1,1 @@
+UPDATE jobs SET has_dependants = true WHERE id = $1 RETURNING state

@@ -1,0 +1,1 @@
+UPDATE jobs SET concurrency_keys = $2 WHERE id = $1

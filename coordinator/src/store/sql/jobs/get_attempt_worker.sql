@@ -1,0 +1,1 @@
+SELECT worker_id FROM attempts WHERE id = $1

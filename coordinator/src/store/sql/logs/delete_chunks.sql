@@ -1,0 +1,1 @@
+DELETE FROM log_chunks WHERE attempt_id = ANY($1)

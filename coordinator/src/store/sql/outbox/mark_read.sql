@@ -1,0 +1,1 @@
+UPDATE outbox SET delivered_at = now() WHERE id = ANY($1)

@@ -1,0 +1,1 @@
+DELETE FROM schedule_runs WHERE job_id = ANY($1)

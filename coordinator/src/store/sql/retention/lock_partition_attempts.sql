@@ -1,0 +1,4 @@
+SELECT id FROM attempts
+WHERE ($1::timestamptz IS NULL OR log_part >= $1) AND log_part < $2
+  AND logs_purged_at IS NULL
+LIMIT $3 FOR UPDATE SKIP LOCKED

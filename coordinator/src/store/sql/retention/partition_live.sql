@@ -1,0 +1,4 @@
+SELECT $2 > now() - $3 * interval '1 millisecond' OR EXISTS (SELECT 1 FROM attempts
+WHERE ($1::timestamptz IS NULL OR log_part >= $1) AND log_part < $2
+  AND logs_purged_at IS NULL
+  AND (finished_at IS NULL OR finished_at >= now() - $3 * interval '1 millisecond'))
