@@ -6,7 +6,7 @@
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::Value;
-use figment::{Figment, Metadata, Profile, Source};
+use figment::{Figment, Metadata, Source};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeSet;
@@ -86,10 +86,13 @@ fn where_set(md: &Metadata, path: &[String]) -> String {
     match &md.source {
         Some(Source::File(p)) => format!(" (in {})", p.display()),
         Some(Source::Custom(s)) => format!(" (in {s})"),
-        None => {
-            let keys: Vec<&str> = path.iter().map(String::as_str).collect();
-            format!(" (from {})", md.interpolate(&Profile::Default, &keys))
+        // An environment provider: its name quotes the prefix; nesting is spelled `__`.
+        None if md.name.contains("environment") => {
+            let prefix = md.name.split('`').nth(1).unwrap_or_default();
+            let var = path.join("__").to_ascii_uppercase();
+            format!(" (from {prefix}{var})")
         }
+        None => format!(" (from {})", md.name),
         // Defaults and flags are both set in code; defaults are valid, so it was a flag.
         Some(_) => " (from a command-line flag)".to_string(),
     }
@@ -142,6 +145,24 @@ mod tests {
             assert!(msg.starts_with(&format!("{key}: unknown key")), "{msg}");
             assert!(msg.contains(&path.display().to_string()), "{msg}");
         }
+    }
+
+    #[test]
+    fn env_is_read_for_known_keys_only_and_errors_name_the_variable() {
+        // Names no other test uses: the environment is the process's.
+        std::env::set_var("H3ATEST_NAME", "from-env");
+        std::env::set_var("H3ATEST_OTHER", "ignored");
+        std::env::set_var("H3ATEST_INNER__N", "7");
+        let env = || vec![Env::prefixed("H3ATEST_").split("__")];
+        let s: Settings = load(None, env(), Figment::new()).expect("loads");
+        assert_eq!(s.name.as_deref(), Some("from-env"));
+        assert_eq!(s.inner.n, 7);
+        std::env::set_var("H3ATEST2_TTL", "8");
+        let e = load::<Settings>(None, vec![Env::prefixed("H3ATEST2_")], Figment::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("ttl: 8: a duration needs a unit"), "{e}");
+        assert!(e.ends_with("(from H3ATEST2_TTL)"), "{e}");
     }
 
     #[test]
