@@ -298,7 +298,10 @@ async fn a_dispatch_sweep_out_of_bounds_is_refused_at_start() -> anyhow::Result<
         ("99ms", "must be 100ms to 1d"),
         ("1d 1ms", "must be 100ms to 1d"),
         // A bare number is refused too, naming the variable it came from.
-        ("5000", "needs a unit (from DROVER_DISPATCH_SWEEP)"),
+        (
+            "5000",
+            "needs a unit and quotes, e.g. \"5000s\" or \"5000ms\" (from DROVER_DISPATCH_SWEEP)",
+        ),
     ]
     .into_iter()
     .enumerate()

@@ -498,8 +498,9 @@ async fn bad_retention_settings_stop_the_coordinator_naming_the_key() -> anyhow:
     let cl = Cluster::new().await?;
     /// Flags, environment, the key the error must name.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 6] = [
         (&["--retention-succeeded", "0d"], &[], "retention.succeeded"),
+        (&["--retention-cancelled", "30"], &[], "retention.cancelled"),
         (
             &["--retention-log-partition", "10s"],
             &[],
@@ -512,8 +513,13 @@ async fn bad_retention_settings_stop_the_coordinator_naming_the_key() -> anyhow:
         ),
         (
             &[],
-            &[("DROVER_RETENTION__WORKERS", "7y")],
+            &[("DROVER_RETENTION__WORKERS", "11y")],
             "retention.workers",
+        ),
+        (
+            &[],
+            &[("DROVER_RETENTION__SAMPLES", "24")],
+            "retention.samples: 24: a duration needs a unit",
         ),
     ];
     for (args, env, key) in cases {
