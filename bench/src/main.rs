@@ -325,14 +325,14 @@ async fn run(cli: Cli) -> Result<()> {
 /// explicitly so nothing in the caller's environment changes them.
 fn base_env() -> Vec<(&'static str, String)> {
     vec![
-        ("DROVER_LEASE_TTL_MS", recovery::LEASE_TTL_MS.to_string()),
+        ("DROVER_LEASE_TTL", format!("{}ms", recovery::LEASE_TTL_MS)),
         (
-            "DROVER_HEARTBEAT_INTERVAL_MS",
-            scale::HEARTBEAT_INTERVAL_MS.to_string(),
+            "DROVER_HEARTBEAT_INTERVAL",
+            format!("{}ms", scale::HEARTBEAT_INTERVAL_MS),
         ),
         (
-            "DROVER_REAPER_INTERVAL_MS",
-            recovery::REAPER_INTERVAL_MS.to_string(),
+            "DROVER_REAPER_INTERVAL",
+            format!("{}ms", recovery::REAPER_INTERVAL_MS),
         ),
         ("DROVER_DB_POOL_SIZE", "16".into()),
     ]

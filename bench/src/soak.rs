@@ -124,8 +124,8 @@ pub async fn soak(
     env.push(("DROVER_RETENTION__LOGS", SOAK_LOG_HORIZON.into()));
     env.push(("DROVER_RETENTION__LOG_PARTITION", SOAK_PARTITION.into()));
     env.push((
-        "DROVER_RETENTION_INTERVAL_MS",
-        SOAK_RETENTION_INTERVAL_MS.to_string(),
+        "DROVER_RETENTION_INTERVAL",
+        format!("{SOAK_RETENTION_INTERVAL_MS}ms"),
     ));
     let mut stack = Stack::start(server, bins, tmp, "soak", &env).await?;
     stack.add_worker("w1", 8, &[])?;

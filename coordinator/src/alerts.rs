@@ -9,6 +9,7 @@ use crate::health::worker_state;
 use crate::store::alerts as store_alerts;
 use crate::store::{notifications, outbox, Store};
 use drover_core::alerting::{self, QueueView, Rule, WorkerView};
+use drover_core::duration::{format as show, human as dur};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -28,19 +29,25 @@ pub struct AlertsConfig {
     pub channels: BTreeMap<String, ChannelConfig>,
     pub rules: Vec<Rule>,
     /// How often the leader reads the outbox and checks conditions.
-    pub evaluate_interval_ms: u64,
+    #[serde(with = "dur")]
+    pub evaluate_interval: Duration,
     /// How often each coordinator looks for due notifications.
-    pub dispatch_interval_ms: u64,
+    #[serde(with = "dur")]
+    pub dispatch_interval: Duration,
     /// Timeout of one send (connect, and the whole request).
-    pub send_timeout_ms: u64,
+    #[serde(with = "dur")]
+    pub send_timeout: Duration,
     /// Tries before a message that keeps failing transiently is given up (dead).
     pub max_tries: u32,
-    /// Wait after the first failed try; doubles per try up to `backoff_max_ms`.
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
+    /// Wait after the first failed try; doubles per try up to `backoff_max`.
+    #[serde(with = "dur")]
+    pub backoff_initial: Duration,
+    #[serde(with = "dur")]
+    pub backoff_max: Duration,
     /// Delivered/dead notifications, processed outbox rows and failure groups not seen
     /// for this long are deleted.
-    pub retention_hours: u64,
+    #[serde(with = "dur")]
+    pub retention: Duration,
 }
 
 impl Default for AlertsConfig {
@@ -48,13 +55,13 @@ impl Default for AlertsConfig {
         AlertsConfig {
             channels: BTreeMap::new(),
             rules: Vec::new(),
-            evaluate_interval_ms: 2_000,
-            dispatch_interval_ms: 1_000,
-            send_timeout_ms: 10_000,
+            evaluate_interval: Duration::from_secs(2),
+            dispatch_interval: Duration::from_secs(1),
+            send_timeout: Duration::from_secs(10),
             max_tries: 20,
-            backoff_initial_ms: 5_000,
-            backoff_max_ms: 15 * 60_000,
-            retention_hours: 7 * 24,
+            backoff_initial: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(15 * 60),
+            retention: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -80,45 +87,31 @@ impl AlertsConfig {
                 return Err(format!("alerts.rules: name {:?} used twice", r.name));
             }
         }
-        let ms = |v: u64, f: &str, lo: u64, hi: u64| {
+        let within = |v: Duration, f: &str, lo: Duration, hi: Duration| {
             if v < lo || v > hi {
-                Err(format!("alerts.{f}: must be {lo} to {hi}"))
+                Err(format!(
+                    "alerts.{f}: {} must be {} to {}",
+                    show(v),
+                    show(lo),
+                    show(hi)
+                ))
             } else {
                 Ok(())
             }
         };
-        ms(
-            self.evaluate_interval_ms,
-            "evaluate_interval_ms",
-            100,
-            3_600_000,
-        )?;
-        ms(
-            self.dispatch_interval_ms,
-            "dispatch_interval_ms",
-            100,
-            3_600_000,
-        )?;
-        ms(self.send_timeout_ms, "send_timeout_ms", 100, 300_000)?;
-        ms(
-            self.backoff_initial_ms,
-            "backoff_initial_ms",
-            10,
-            86_400_000,
-        )?;
-        ms(
-            self.backoff_max_ms,
-            "backoff_max_ms",
-            self.backoff_initial_ms,
-            86_400_000,
-        )?;
-        ms(u64::from(self.max_tries), "max_tries", 1, 1000)?;
-        ms(self.retention_hours, "retention_hours", 1, 24 * 366)?;
+        let ms = Duration::from_millis;
+        let hour = Duration::from_secs(3600);
+        let day = hour * 24;
+        within(self.evaluate_interval, "evaluate_interval", ms(100), hour)?;
+        within(self.dispatch_interval, "dispatch_interval", ms(100), hour)?;
+        within(self.send_timeout, "send_timeout", ms(100), ms(300_000))?;
+        within(self.backoff_initial, "backoff_initial", ms(10), day)?;
+        within(self.backoff_max, "backoff_max", self.backoff_initial, day)?;
+        if !(1..=1000).contains(&self.max_tries) {
+            return Err("alerts.max_tries: must be 1 to 1000".into());
+        }
+        within(self.retention, "retention", hour, day * 366)?;
         Ok(())
-    }
-
-    pub fn retention(&self) -> Duration {
-        Duration::from_secs(self.retention_hours.saturating_mul(3600))
     }
 }
 
@@ -130,7 +123,7 @@ pub async fn run(
     lease_ttl_ms: i64,
     shutdown: CancellationToken,
 ) {
-    let interval = Duration::from_millis(cfg.evaluate_interval_ms);
+    let interval = cfg.evaluate_interval;
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -166,12 +159,12 @@ pub async fn run(
 }
 
 async fn prune(store: &Store, cfg: &AlertsConfig) {
-    match store.prune_notifications(cfg.retention()).await {
+    match store.prune_notifications(cfg.retention).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(rows = n, "pruned notifications and outbox rows"),
         Err(e) => tracing::warn!(error = %e, "notification retention failed"),
     }
-    if let Err(e) = store.prune_failure_groups(cfg.retention()).await {
+    if let Err(e) = store.prune_failure_groups(cfg.retention).await {
         tracing::warn!(error = %e, "failure group retention failed");
     }
 }

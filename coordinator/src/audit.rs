@@ -1,7 +1,7 @@
 //! The audit log: every mutating call (submit, retry, cancel, token changes) is recorded
 //! with who made it, from where, on what, and how it ended. Rows are written off the
-//! request's path, in groups (a failed write is logged, never fails the call) and deleted by the
-//! leader after `audit_retention_days`.
+//! request's path, in groups (a failed write is logged, never fails the call), and deleted
+//! by the leader after `audit_retention`.
 
 use crate::auth::Principal;
 use crate::store::Store;

@@ -77,7 +77,7 @@ pub struct Dispatcher {
     pub jobs: Arc<crate::job_watch::JobWatch>,
     store: Store,
     lease_ttl: Duration,
-    /// Safety-net sweep interval (`dispatch_sweep_ms`): only matters if a notification
+    /// Safety-net sweep interval (`dispatch_sweep`): only matters if a notification
     /// was missed.
     sweep: Duration,
     sessions: Mutex<Vec<Arc<Session>>>,

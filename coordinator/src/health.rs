@@ -123,7 +123,7 @@ fn worker_to_pb(w: &WorkerRow, state: WorkerState) -> pb::Worker {
 
 impl AdminApi {
     fn ttl_ms(&self) -> i64 {
-        self.config.lease_ttl_ms as i64
+        self.config.lease_ttl.as_millis() as i64
     }
 
     async fn workers(&self) -> Result<Vec<(WorkerRow, WorkerState)>, Error> {

@@ -146,7 +146,10 @@ pub fn flow_of(
         keys,
         rates,
         priority,
-        priority_shift_ms: drover_core::flow::priority_shift_ms(priority, config.priority_aging_ms),
+        priority_shift_ms: drover_core::flow::priority_shift_ms(
+            priority,
+            config.priority_aging.as_millis() as u64,
+        ),
         after: Vec::new(),
     })
 }

@@ -49,7 +49,7 @@ struct Cli {
     /// Keep workers' resource samples this long [default: 24h].
     #[arg(long, value_name = "AGE")]
     retention_samples: Option<String>,
-    /// Keep logs and artifacts of finished attempts this long [default: log_retention_hours].
+    /// Keep logs and artifacts of finished attempts this long [default: log_retention].
     #[arg(long, value_name = "AGE")]
     retention_logs: Option<String>,
     /// Length of one log partition, 1m to 31d [default: 1d].
@@ -149,10 +149,6 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = cfg.validate() {
-        eprintln!("drover-coordinator: bad configuration: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
     let serving = matches!(cli.command, None | Some(Command::Serve));
     if let (true, Err(e)) = (serving, cfg.check_exposure()) {
         eprintln!("drover-coordinator: refusing to start: {e}");

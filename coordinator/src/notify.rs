@@ -11,7 +11,6 @@ use crate::store::notifications::{self, cut};
 use crate::store::Store;
 use drover_core::delivery::{self, Backoff, Observed, Verdict};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::store::notifications::{AttemptRow, NotificationRow, MAX_BODY, MAX_SUBJECT};
@@ -27,7 +26,7 @@ pub async fn run(
     // other rustls user in this process agrees. Err means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = match reqwest::Client::builder()
-        .connect_timeout(cfg.send_timeout())
+        .connect_timeout(cfg.send_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
     {
@@ -52,7 +51,7 @@ pub async fn run(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(cfg.dispatch_interval_ms)) => {}
+            _ = tokio::time::sleep(cfg.dispatch_interval) => {}
             _ = shutdown.cancelled() => return,
         }
     }
@@ -86,8 +85,8 @@ pub async fn deliver_one(
             };
             // The channel's own timeouts apply; this bounds a peer that trickles bytes.
             match tokio::time::timeout(
-                cfg.send_timeout() * 2,
-                channels::send(http, ch, &out, cfg.send_timeout()),
+                cfg.send_timeout * 2,
+                channels::send(http, ch, &out, cfg.send_timeout),
             )
             .await
             {
@@ -149,14 +148,10 @@ pub async fn deliver_one(
 }
 
 impl AlertsConfig {
-    pub fn send_timeout(&self) -> Duration {
-        Duration::from_millis(self.send_timeout_ms)
-    }
-
     pub fn backoff(&self) -> Backoff {
         Backoff {
-            initial: Duration::from_millis(self.backoff_initial_ms),
-            max: Duration::from_millis(self.backoff_max_ms),
+            initial: self.backoff_initial,
+            max: self.backoff_max,
             multiplier: 2.0,
         }
     }

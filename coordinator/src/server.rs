@@ -20,7 +20,6 @@ use drover_proto::v1::worker_service_server::WorkerServiceServer;
 use drover_transport::server as tls_server;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -67,17 +66,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     }
     let pool = db::pool(&cfg.database_url, cfg.db_pool_size)?;
     let store = Store::new(pool);
-    let retention = cfg.retention().map_err(|e| anyhow::anyhow!(e))?;
+    let retention = cfg.retention();
     store.set_log_partition(retention.log_partition);
     // Writes must find their log partition from the first job on; the leader keeps
     // creating them ahead (and a write that finds none makes it).
     let created = store
         .ensure_log_partitions(
             retention.log_partition,
-            crate::retention::partitions_ahead(
-                &retention,
-                Duration::from_millis(cfg.retention_interval_ms),
-            ),
+            crate::retention::partitions_ahead(&retention, cfg.retention_interval),
             None,
         )
         .await
@@ -102,7 +98,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     };
     let shutdown = CancellationToken::new();
     let blobs: Arc<dyn BlobStore> = Arc::new(DirStore::new(&cfg.artifact_dir));
-    let dispatcher = Dispatcher::new(store.clone(), cfg.lease_ttl(), cfg.dispatch_sweep());
+    let dispatcher = Dispatcher::new(store.clone(), cfg.lease_ttl, cfg.dispatch_sweep);
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -143,7 +139,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         store.clone(),
         cfg.access_control,
         &cfg.open_routes,
-        Duration::from_millis(cfg.token_cache_ms),
+        cfg.token_cache,
     ));
     let schedules_api = Arc::new(SchedulesApi {
         store: store.clone(),
@@ -160,8 +156,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         store: store.clone(),
         dispatcher: dispatcher.clone(),
         coordinator_id: id.clone(),
-        lease_ttl: cfg.lease_ttl(),
-        heartbeat_interval: cfg.heartbeat_interval(),
+        lease_ttl: cfg.lease_ttl,
+        heartbeat_interval: cfg.heartbeat_interval,
         log_cap_bytes: cfg.log_cap_bytes,
         blobs: blobs.clone(),
         max_artifact_bytes: cfg.max_artifact_bytes,
@@ -186,14 +182,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     tasks.push(tokio::spawn(leader::run(
         leader::LeaderConfig {
             database_url: cfg.database_url.clone(),
-            lease_ttl: cfg.lease_ttl(),
-            reaper_interval: cfg.reaper_interval(),
+            lease_ttl: cfg.lease_ttl,
+            reaper_interval: cfg.reaper_interval,
             retention,
-            retention_interval: Duration::from_millis(cfg.retention_interval_ms),
+            retention_interval: cfg.retention_interval,
             blobs: blobs.clone(),
-            audit_retention: Duration::from_secs(cfg.audit_retention_days.saturating_mul(86_400)),
-            schedule_interval: Duration::from_millis(cfg.schedule_interval_ms),
-            schedule_grace: Duration::from_millis(cfg.schedule_misfire_grace_ms),
+            audit_retention: cfg.audit_retention,
+            schedule_interval: cfg.schedule_interval,
+            schedule_grace: cfg.schedule_misfire_grace,
         },
         store.clone(),
         dispatcher.clone(),
@@ -204,7 +200,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         cfg.database_url.clone(),
         store.clone(),
         alerts_cfg.clone(),
-        cfg.lease_ttl_ms as i64,
+        cfg.lease_ttl.as_millis() as i64,
         shutdown.child_token(),
     )));
     tasks.push(tokio::spawn(crate::notify::run(
@@ -258,10 +254,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
         shutdown.child_token(),
     )));
     if let Some(t) = &tls {
-        tasks.push(tokio::spawn(t.clone().watch(
-            Duration::from_millis(cfg.tls_reload_interval_ms),
-            shutdown.child_token(),
-        )));
+        tasks.push(tokio::spawn(
+            t.clone()
+                .watch(cfg.tls_reload_interval, shutdown.child_token()),
+        ));
     }
     let http_shutdown = shutdown.clone();
     // Not the shutdown token: if the connection stream ended first, the servers would skip

@@ -14,6 +14,8 @@
 //! - [`fingerprint`] — failure fingerprints: normalised output tails that group failures by cause.
 //! - [`alerting`] — alert rules, matching and storm folding.
 //! - [`delivery`] — classifying a notification send's outcome, and its backoff.
+//! - [`duration`] — durations as people write them in configuration (`8s`, `7d`).
+//! - [`config_load`] — layered settings (file, environment, flags); errors name key and file.
 //! - [`jobguard`] — worker-side defence: program allowlist, inherited environment, secret masking.
 //! - [`retention`] — how long finished jobs are kept; time partitions of the log store.
 //! - [`schedule`] — cron fire times in a time zone and the catch-up policy.
@@ -21,7 +23,9 @@
 
 pub mod alerting;
 pub mod auth;
+pub mod config_load;
 pub mod delivery;
+pub mod duration;
 pub mod fingerprint;
 pub mod flow;
 pub mod idempotency;

@@ -507,7 +507,7 @@ fn start_worker(dir: &Path, w: &Worker) -> Result<Proc> {
             &p.addr,
             SLOTS,
             &[],
-            &[("DROVER_WORKER_KILL_GRACE_MS", "500")],
+            &[("DROVER_WORKER_KILL_GRACE", "500ms")],
         ),
         Link::Host(host, addrs) => {
             let log = dir.join(format!("{}.log", w.name));
@@ -522,7 +522,7 @@ fn start_worker(dir: &Path, w: &Worker) -> Result<Proc> {
                 .arg(dir.join(format!("{}-state", w.name)))
                 .args(["--slots", &SLOTS.to_string()])
                 .env("RUST_LOG", "info,drover_worker=debug")
-                .env("DROVER_WORKER_KILL_GRACE_MS", "500")
+                .env("DROVER_WORKER_KILL_GRACE", "500ms")
                 .env("DROVER_WORKER_TOKEN", crate::WORKER_TOKEN)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())

@@ -373,16 +373,16 @@ pub fn spawn_coordinator(
         .arg(format!("{ip}:0"))
         .arg("--database-url")
         .arg(opts.database_url.as_deref().unwrap_or(db_url))
-        .env("DROVER_LEASE_TTL_MS", opts.lease_ttl_ms.to_string())
+        .env("DROVER_LEASE_TTL", format!("{}ms", opts.lease_ttl_ms))
         .env("DROVER_ARTIFACT_DIR", dir.join("artifacts"))
         .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env(
-            "DROVER_HEARTBEAT_INTERVAL_MS",
-            opts.heartbeat_interval_ms.to_string(),
+            "DROVER_HEARTBEAT_INTERVAL",
+            format!("{}ms", opts.heartbeat_interval_ms),
         )
         .env(
-            "DROVER_REAPER_INTERVAL_MS",
-            opts.reaper_interval_ms.to_string(),
+            "DROVER_REAPER_INTERVAL",
+            format!("{}ms", opts.reaper_interval_ms),
         )
         .env("RUST_LOG", "info,drover_coordinator=debug")
         .stdin(Stdio::null())
@@ -531,7 +531,7 @@ pub fn spawn_worker(
         .arg(slots.to_string())
         .args(extra)
         .env("RUST_LOG", "info,drover_worker=debug")
-        .env("DROVER_WORKER_KILL_GRACE_MS", "2000")
+        .env("DROVER_WORKER_KILL_GRACE", "2s")
         .env("DROVER_WORKER_TOKEN", WORKER_TOKEN)
         .envs(env.iter().copied())
         .stdin(Stdio::null())

@@ -1075,7 +1075,7 @@ async fn the_leader_deletes_audit_entries_past_retention() -> anyhow::Result<()>
     )
     .await?;
     let opts = CoordinatorOpts {
-        config_toml: Some("audit_retention_days = 10\nretention_interval_ms = 200\n".into()),
+        config_toml: Some("audit_retention = \"10d\"\nretention_interval = \"200ms\"\n".into()),
         ..Default::default()
     };
     let (_c, _addr) = cl.coordinator("coord", &opts)?;

@@ -25,7 +25,7 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn outputs_round_trip_with_checksum_and_expire_with_the_logs() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
     let opts = CoordinatorOpts {
-        config_toml: Some("retention_interval_ms = 200\n".into()),
+        config_toml: Some("retention_interval = \"200ms\"\n".into()),
         ..Default::default()
     };
     let (_c, addr) = cl.coordinator("coord", &opts)?;

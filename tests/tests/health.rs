@@ -95,7 +95,7 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
         .expect("queue row");
     assert_eq!(q.pending, 1);
     let config: serde_json::Value = serde_json::from_str(&h.config_json)?;
-    assert_eq!(config["lease_ttl_ms"], 3000);
+    assert_eq!(config["lease_ttl"], "3s");
     assert_eq!(
         worker(&h, "keeper").map(|w| w.state()),
         Some(pb::WorkerState::Alive)

@@ -272,7 +272,7 @@ async fn a_job_submitted_to_one_coordinator_runs_on_a_worker_of_another() -> any
     // B's safety sweep is far longer than the wait below, so only A's NOTIFY can make B
     // dispatch the job in time.
     let no_sweep = CoordinatorOpts {
-        env: vec![("DROVER_DISPATCH_SWEEP_MS".into(), "3600000".into())],
+        env: vec![("DROVER_DISPATCH_SWEEP".into(), "1h".into())],
         ..Default::default()
     };
     let (_a, addr_a) = cl.coordinator("coord-a", &no_sweep)?;
@@ -293,17 +293,29 @@ async fn a_job_submitted_to_one_coordinator_runs_on_a_worker_of_another() -> any
 #[tokio::test]
 async fn a_dispatch_sweep_out_of_bounds_is_refused_at_start() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
-    for bad in ["0", "99", "86400001"] {
+    for (i, (bad, needle)) in [
+        ("0s", "must be 100ms to 1d"),
+        ("99ms", "must be 100ms to 1d"),
+        ("1d 1ms", "must be 100ms to 1d"),
+        // A bare number is refused too, naming the variable it came from.
+        (
+            "5000",
+            "needs a unit and quotes, e.g. \"5000s\" or \"5000ms\" (from DROVER_DISPATCH_SWEEP)",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let opts = CoordinatorOpts {
-            env: vec![("DROVER_DISPATCH_SWEEP_MS".into(), bad.into())],
+            env: vec![("DROVER_DISPATCH_SWEEP".into(), bad.into())],
             ..Default::default()
         };
-        let e = match cl.coordinator(&format!("coord-{bad}"), &opts) {
-            Ok(_) => anyhow::bail!("dispatch_sweep_ms = {bad} was accepted"),
+        let e = match cl.coordinator(&format!("coord-{i}"), &opts) {
+            Ok(_) => anyhow::bail!("dispatch_sweep = {bad} was accepted"),
             Err(e) => format!("{e:#}"),
         };
         assert!(
-            e.contains("dispatch_sweep_ms") && e.contains("between 100 and 86400000"),
+            e.contains("dispatch_sweep: ") && e.contains(needle),
             "{bad}: {e}"
         );
     }

@@ -205,7 +205,7 @@ async fn chatty_job_finishes_while_the_coordinator_is_unreachable() -> anyhow::R
 async fn retention_deletes_only_old_logs() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
     let opts = CoordinatorOpts {
-        config_toml: Some("log_retention_hours = 168\nretention_interval_ms = 200\n".into()),
+        config_toml: Some("log_retention = \"7d\"\nretention_interval = \"200ms\"\n".into()),
         ..Default::default()
     };
     let (_c, addr) = cl.coordinator("coord", &opts)?;

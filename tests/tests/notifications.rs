@@ -167,11 +167,11 @@ fn alerts_toml(hook_url: &str, rules: &str, extra_channels: &str) -> String {
     format!(
         r#"
 [alerts]
-evaluate_interval_ms = 200
-dispatch_interval_ms = 100
-send_timeout_ms = 3000
-backoff_initial_ms = 200
-backoff_max_ms = 1000
+evaluate_interval = "200ms"
+dispatch_interval = "100ms"
+send_timeout = "3s"
+backoff_initial = "200ms"
+backoff_max = "1s"
 
 [alerts.channels.hook]
 kind = "webhook"
@@ -1318,7 +1318,7 @@ async fn retention_deletes_old_notifications_outbox_rows_and_groups() -> Result<
     )
     .await?;
     let (_hook, url) = start_hook().await?;
-    let toml = alerts_toml(&url, "", "").replace("[alerts]\n", "[alerts]\nretention_hours = 1\n");
+    let toml = alerts_toml(&url, "", "").replace("[alerts]\n", "[alerts]\nretention = \"1h\"\n");
     let (_c, _addr) = cl.coordinator(
         "coord",
         &CoordinatorOpts {

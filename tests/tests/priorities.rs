@@ -91,7 +91,7 @@ async fn higher_priority_runs_first_within_a_queue() -> anyhow::Result<()> {
 async fn aging_bounds_how_long_a_low_priority_job_is_passed_over() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
     let opts = CoordinatorOpts {
-        env: vec![("DROVER_PRIORITY_AGING_MS".into(), "1000".into())],
+        env: vec![("DROVER_PRIORITY_AGING".into(), "1s".into())],
         ..Default::default()
     };
     let (_c, addr) = cl.coordinator("c", &opts)?;

@@ -183,7 +183,7 @@ async fn sigterm_drains_finishes_short_jobs_and_hands_back_the_rest() -> anyhow:
         &addr,
         2,
         &[],
-        &[("DROVER_WORKER_DRAIN_TIMEOUT_MS", "1500")],
+        &[("DROVER_WORKER_DRAIN_TIMEOUT", "1500ms")],
     )?;
     let mut api = jobs(&addr).await?;
     let long = submit(
@@ -230,8 +230,8 @@ async fn classification_by_output_pattern_and_queue_defaults() -> anyhow::Result
         config_toml: Some(
             r#"
 [queues.scrape]
-timeout_ms = 60000
-retry = { permanent_patterns = ["HTTP 404"], retryable_patterns = ["(?i)connection reset"], initial_backoff_ms = 50, jitter = 0.0 }
+timeout = "1m"
+retry = { permanent_patterns = ["HTTP 404"], retryable_patterns = ["(?i)connection reset"], initial_backoff = "50ms", jitter = 0.0 }
 "#
             .into(),
         ),

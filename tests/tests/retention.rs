@@ -53,7 +53,7 @@ async fn retention_deletes_exactly_the_old_finished_jobs() -> anyhow::Result<()>
     let cl = Cluster::new().await?;
     let opts = CoordinatorOpts {
         config_toml: Some(
-            "retention_interval_ms = 200\n[retention]\nsucceeded = \"1h\"\n\
+            "retention_interval = \"200ms\"\n[retention]\nsucceeded = \"1h\"\n\
              permanent_failed = \"2h\"\ncancelled = \"1h\"\nbatch_size = 2\n"
                 .into(),
         ),
@@ -217,7 +217,8 @@ async fn departed_workers_and_old_samples_are_forgotten() -> anyhow::Result<()> 
     let db = cl.db.client().await?;
     let opts = CoordinatorOpts {
         config_toml: Some(
-            "retention_interval_ms = 200\n[retention]\nworkers = \"1h\"\nsamples = \"2h\"\n".into(),
+            "retention_interval = \"200ms\"\n[retention]\nworkers = \"1h\"\nsamples = \"2h\"\n"
+                .into(),
         ),
         ..Default::default()
     };
@@ -309,7 +310,7 @@ async fn log_partitions_are_made_ahead_dropped_whole_and_read_across() -> anyhow
     let db = cl.db.client().await?;
     let opts = CoordinatorOpts {
         // Logs kept 7 days (the default), one partition a day.
-        config_toml: Some("retention_interval_ms = 200\n".into()),
+        config_toml: Some("retention_interval = \"200ms\"\n".into()),
         ..Default::default()
     };
     let (_c, addr) = cl.coordinator("coord", &opts)?;
@@ -458,7 +459,7 @@ async fn logs_written_before_partitioning_survive_the_migration() -> anyhow::Res
         let cl = Cluster::new().await?;
         let opts = CoordinatorOpts {
             database_url: Some(url.clone()),
-            config_toml: Some("retention_interval_ms = 200\n".into()),
+            config_toml: Some("retention_interval = \"200ms\"\n".into()),
             ..Default::default()
         };
         let (_c, addr) = cl.coordinator("coord", &opts)?;
@@ -497,8 +498,9 @@ async fn bad_retention_settings_stop_the_coordinator_naming_the_key() -> anyhow:
     let cl = Cluster::new().await?;
     /// Flags, environment, the key the error must name.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 6] = [
         (&["--retention-succeeded", "0d"], &[], "retention.succeeded"),
+        (&["--retention-cancelled", "30"], &[], "retention.cancelled"),
         (
             &["--retention-log-partition", "10s"],
             &[],
@@ -511,8 +513,13 @@ async fn bad_retention_settings_stop_the_coordinator_naming_the_key() -> anyhow:
         ),
         (
             &[],
-            &[("DROVER_RETENTION__WORKERS", "7y")],
+            &[("DROVER_RETENTION__WORKERS", "11y")],
             "retention.workers",
+        ),
+        (
+            &[],
+            &[("DROVER_RETENTION__SAMPLES", "24")],
+            "retention.samples: 24: a duration needs a unit",
         ),
     ];
     for (args, env, key) in cases {
@@ -543,7 +550,7 @@ async fn a_schedules_old_runs_go_with_their_jobs_and_the_schedule_stays() -> any
     let db = cl.db.client().await?;
     let opts = CoordinatorOpts {
         config_toml: Some(
-            "retention_interval_ms = 200\n[retention]\nsucceeded = \"1h\"\ncancelled = \"1h\"\n"
+            "retention_interval = \"200ms\"\n[retention]\nsucceeded = \"1h\"\ncancelled = \"1h\"\n"
                 .into(),
         ),
         ..Default::default()

@@ -217,10 +217,10 @@ async fn catch_up_policies_after_the_coordinator_was_down() -> anyhow::Result<()
     let opts = CoordinatorOpts {
         port: free_port(),
         env: vec![
-            ("DROVER_SCHEDULE_INTERVAL_MS".into(), "200".into()),
+            ("DROVER_SCHEDULE_INTERVAL".into(), "200ms".into()),
             // Longer than any pass is late on a loaded machine, so only the outage
             // makes ticks missed.
-            ("DROVER_SCHEDULE_MISFIRE_GRACE_MS".into(), "3000".into()),
+            ("DROVER_SCHEDULE_MISFIRE_GRACE".into(), "3s".into()),
         ],
         ..Default::default()
     };
@@ -307,7 +307,7 @@ async fn overlap_skip_and_queue_never_run_two_at_once() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
     let db = cl.db.client().await?;
     let opts = CoordinatorOpts {
-        env: vec![("DROVER_SCHEDULE_INTERVAL_MS".into(), "200".into())],
+        env: vec![("DROVER_SCHEDULE_INTERVAL".into(), "200ms".into())],
         ..Default::default()
     };
     let (_coord, addr) = cl.coordinator("coord", &opts)?;

@@ -356,7 +356,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() -> anyhow::Result<(
     let first = file_fingerprint(&cert)?;
     // Polling is off in effect (an hour): only SIGHUP reloads this one.
     let mut toml = coordinator_toml(&cert, &key, None);
-    toml.push_str("tls_reload_interval_ms = 3600000\n");
+    toml.push_str("tls_reload_interval = \"1h\"\n");
     let (c, addr) = cl.coordinator("coord", &tls_opts(toml))?;
     let mut api = jobs_tls(&addr, &pki.client_tls()).await?;
     api.list_jobs(pb::ListJobsRequest::default()).await?;
@@ -395,7 +395,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() -> anyhow::Result<(
     // A second coordinator that polls: replacing the files is enough.
     let (cert_b, key_b) = pki.server("server-b")?;
     let mut toml = coordinator_toml(&cert_b, &key_b, None);
-    toml.push_str("tls_reload_interval_ms = 200\n");
+    toml.push_str("tls_reload_interval = \"200ms\"\n");
     let (_c2, addr2) = cl.coordinator("coord2", &tls_opts(toml))?;
     assert_eq!(
         served_cert(&addr2, &ca, &[b"h2"]).await?.0,

@@ -295,10 +295,10 @@ impl Agent {
         let running = self.lock().attempts.len();
         tracing::info!(
             running,
-            drain_timeout_ms = self.cfg.drain_timeout_ms,
+            drain_timeout = %drover_core::duration::format(self.cfg.drain_timeout),
             "draining"
         );
-        let deadline = tokio::time::sleep(self.cfg.drain_timeout());
+        let deadline = tokio::time::sleep(self.cfg.drain_timeout);
         tokio::pin!(deadline);
         let mut timed_out = false;
         loop {
@@ -845,7 +845,7 @@ impl Agent {
             env,
             work_dir: work_dir.to_path_buf(),
             timeout: (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms as u64)),
-            kill_grace: self.cfg.kill_grace(),
+            kill_grace: self.cfg.kill_grace,
             pgid_file: Some(match &group_file {
                 Some(f) => f.path(),
                 None => fallback_file.clone(),

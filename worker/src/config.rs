@@ -1,14 +1,17 @@
 //! Worker settings: defaults, then a TOML file, then `DROVER_WORKER_*` environment variables,
-//! then flags. Every setting and its default is listed in docs/configuration.md.
+//! then flags. Durations are written with their unit (`kill_grace = "10s"`); unknown keys
+//! are refused. Every setting and its default is listed in docs/configuration.md.
 
-use figment::providers::{Env, Format, Serialized, Toml};
+pub use drover_core::config_load::ConfigError;
+use drover_core::duration::human as dur;
+use figment::providers::Env;
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Coordinator gRPC addresses, tried in order: the worker keeps its session with one
     /// and moves to the next when that one is unreachable. A TOML list, or one string with
@@ -26,10 +29,12 @@ pub struct Config {
     /// Labels this worker offers; a job runs here only if it needs a subset of them.
     pub labels: Vec<String>,
     /// After SIGTERM (timeout, cancel), how long a job has before SIGKILL.
-    pub kill_grace_ms: u64,
+    #[serde(with = "dur")]
+    pub kill_grace: Duration,
     /// After SIGTERM, how long running jobs may go on before they are stopped and handed
     /// back to the coordinator.
-    pub drain_timeout_ms: u64,
+    #[serde(with = "dur")]
+    pub drain_timeout: Duration,
     /// Most bytes of output spooled on local disk per attempt while the coordinator is
     /// unreachable; beyond it output is dropped with a marker in the log.
     pub max_spool_bytes: u64,
@@ -85,8 +90,8 @@ impl Default for Config {
             slots: 0,
             queues: vec!["default".into()],
             labels: Vec::new(),
-            kill_grace_ms: 10_000,
-            drain_timeout_ms: 30_000,
+            kill_grace: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
             max_spool_bytes: 1024 * 1024 * 1024,
             min_disk_free_bytes: 1024 * 1024 * 1024,
             min_memory_available_bytes: 128 * 1024 * 1024,
@@ -142,23 +147,18 @@ fn address_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D
 }
 
 impl Config {
-    pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Config, Box<figment::Error>> {
-        let mut f = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(Box::new(figment::Error::from(format!(
-                    "config file {} does not exist",
-                    path.display()
-                ))));
-            }
-            f = f.merge(Toml::file(path));
-        }
-        f.merge(Env::prefixed("DROVER_WORKER_"))
-            .merge(overrides)
-            .extract()
-            .map_err(Box::new)
+    /// Layers the sources (`overrides` holds only the flags actually given) and validates
+    /// the result once. `DROVER_WORKER_*` variables that are not settings (such as
+    /// `DROVER_WORKER_CONFIG`) are left alone.
+    pub fn load(file: Option<&Path>, overrides: Figment) -> Result<Config, ConfigError> {
+        let env = vec![Env::prefixed("DROVER_WORKER_")];
+        let c: Config = drover_core::config_load::load(file, env, overrides)?;
+        c.validate().map_err(ConfigError::Invalid)?;
+        Ok(c)
     }
 
+    /// Every check of the settings, in one place; the first problem found is returned,
+    /// starting with its key.
     pub fn validate(&self) -> Result<(), String> {
         if self.coordinator.is_empty() {
             return Err("coordinator: at least one address is needed".into());
@@ -230,14 +230,6 @@ impl Config {
         }
     }
 
-    pub fn kill_grace(&self) -> Duration {
-        Duration::from_millis(self.kill_grace_ms)
-    }
-
-    pub fn drain_timeout(&self) -> Duration {
-        Duration::from_millis(self.drain_timeout_ms)
-    }
-
     pub fn work_root(&self) -> PathBuf {
         self.state_dir.join("work")
     }
@@ -255,6 +247,54 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use figment::providers::Serialized;
+
+    fn load_toml(text: &str) -> (String, Result<Config, ConfigError>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("worker.toml");
+        std::fs::write(&path, text).expect("write");
+        let c = Config::load(Some(&path), Figment::new());
+        (path.display().to_string(), c)
+    }
+
+    #[test]
+    fn durations_need_a_unit_and_typos_are_refused_naming_key_and_file() {
+        let (_, c) = load_toml("kill_grace = \"500ms\"\ndrain_timeout = \"1m 30s\"\n");
+        let c = c.expect("loads");
+        assert_eq!(c.kill_grace, Duration::from_millis(500));
+        assert_eq!(c.drain_timeout, Duration::from_secs(90));
+        for (text, needle) in [
+            (
+                "kill_grace = 10\n",
+                "kill_grace: 10: a duration needs a unit",
+            ),
+            (
+                "kill_grace = \"10\"\n",
+                "kill_grace: \"10\": a duration needs a unit",
+            ),
+            (
+                "drain_timeout = \"-1s\"\n",
+                "drain_timeout: \"-1s\": a duration must not",
+            ),
+            ("kill_grace_ms = 10000\n", "kill_grace_ms: unknown key"),
+            ("slot = 2\n", "slot: unknown key"),
+        ] {
+            let (path, c) = load_toml(text);
+            let e = c.expect_err(text).to_string();
+            assert!(e.starts_with(needle), "{text}: {e}");
+            assert!(e.contains(&path), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn unrelated_drover_worker_variables_are_ignored() {
+        // DROVER_WORKER_CONFIG names the file (a flag's variable), not a setting.
+        std::env::set_var("DROVER_WORKER_CONFIG", "/nonexistent.toml");
+        std::env::set_var("DROVER_WORKER_SOMETHING_ELSE", "x");
+        std::env::set_var("DROVER_TOKEN", "t");
+        let c = Config::load(None, Figment::new()).expect("loads");
+        assert_eq!(c.validate(), Ok(()));
+    }
 
     #[test]
     fn shipped_example_config_loads() {

@@ -84,10 +84,7 @@ fn overrides(cli: &Cli) -> Figment {
 async fn main() -> ExitCode {
     drover_transport::install_crypto_provider();
     let cli = Cli::parse();
-    let cfg = match Config::load(cli.config.as_deref(), overrides(&cli))
-        .map_err(|e| e.to_string())
-        .and_then(|c| c.validate().map(|_| c))
-    {
+    let cfg = match Config::load(cli.config.as_deref(), overrides(&cli)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("drover-worker: bad configuration: {e}");
