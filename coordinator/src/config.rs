@@ -116,6 +116,9 @@ pub struct RetentionConfig {
     pub workers: String,
     /// Per-minute resource samples of workers are kept this long.
     pub samples: String,
+    /// Request ids of mutating calls (and the results kept for their repeats) are kept
+    /// this long: a repeat after that acts again.
+    pub request_ids: String,
     /// Logs and artifacts of attempts that finished this long ago are deleted; unset:
     /// `log_retention_hours`.
     pub logs: Option<String>,
@@ -134,6 +137,7 @@ impl Default for RetentionConfig {
             cancelled: "30d".into(),
             workers: "7d".into(),
             samples: "24h".into(),
+            request_ids: "24h".into(),
             logs: None,
             log_partition: "1d".into(),
             batch_size: 500,
@@ -147,6 +151,7 @@ pub struct Retention {
     pub jobs: drover_core::retention::JobHorizons,
     pub workers: Duration,
     pub samples: Duration,
+    pub request_ids: Duration,
     pub logs: Duration,
     pub log_partition: Duration,
     pub batch_size: i64,
@@ -344,6 +349,7 @@ impl Config {
             },
             workers: d("workers", &r.workers)?,
             samples: d("samples", &r.samples)?,
+            request_ids: d("request_ids", &r.request_ids)?,
             logs,
             log_partition,
             batch_size: i64::from(r.batch_size),

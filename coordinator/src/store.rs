@@ -1961,6 +1961,7 @@ pub mod batch;
 pub mod dashboard;
 pub mod flow;
 pub mod queues;
+pub mod requests;
 pub mod retention;
 pub mod schedules;
 pub mod watch;
