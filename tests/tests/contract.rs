@@ -84,7 +84,7 @@ async fn invalid_fields_are_named_in_details_and_json_bodies() -> anyhow::Result
         .send()
         .await?;
     assert_eq!(r.status().as_u16(), 400);
-    let body: Value = r.json().await?;
+    let body: Value = serde_json::from_str(&r.text().await?)?;
     assert_eq!(body["code"], "INVALID_ARGUMENT");
     assert_eq!(body["fields"][0]["field"], "page_size", "{body}");
     assert!(body["fields"][0]["description"]
@@ -154,7 +154,7 @@ async fn database_errors_reach_the_client_as_a_reference_in_the_log() -> anyhow:
         .send()
         .await?;
     assert_eq!(r.status().as_u16(), 500);
-    let body: Value = r.json().await?;
+    let body: Value = serde_json::from_str(&r.text().await?)?;
     let m = body["message"].as_str().unwrap_or_default();
     assert!(m.starts_with("internal error (ref "), "{body}");
     assert!(!m.contains("relation"), "{body}");
@@ -214,9 +214,19 @@ async fn request_ids_make_cancel_and_retry_safe_to_repeat() -> anyhow::Result<()
         set_params: [("day".to_string(), "tue".to_string())].into(),
         request_id: "retry-1".into(),
     };
-    let a = api.retry_job(retry.clone()).await?.into_inner().job.unwrap();
+    let a = api
+        .retry_job(retry.clone())
+        .await?
+        .into_inner()
+        .job
+        .unwrap();
     let before = job_count(&cl).await?;
-    let b = api.retry_job(retry.clone()).await?.into_inner().job.unwrap();
+    let b = api
+        .retry_job(retry.clone())
+        .await?
+        .into_inner()
+        .job
+        .unwrap();
     assert_eq!(a.id, b.id);
     assert_eq!(job_count(&cl).await?, before, "no second job");
     assert_eq!(before, 2);
