@@ -1547,6 +1547,7 @@ window_secs = 3600
             spec: Some(sh("echo tick")),
             ..Default::default()
         }),
+        ..Default::default()
     })
     .await?;
     until("the firing message", || {

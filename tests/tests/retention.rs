@@ -563,6 +563,7 @@ async fn a_schedules_old_runs_go_with_their_jobs_and_the_schedule_stays() -> any
             overlap: "allow".into(),
             ..Default::default()
         }),
+        ..Default::default()
     })
     .await?;
     until("two ticks fired and done", || async {
