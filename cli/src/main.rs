@@ -641,7 +641,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 id: job,
                 set_params: HashMap::new(),
                 request_id: request_id(),
-                ..Default::default()
             };
             let r = with_retries(|| {
                 let (mut c, req) = (c.clone(), req.clone());
