@@ -188,7 +188,10 @@ pub async fn alerts(addr: &str, fmt: Format, cmd: Option<AlertsCmd>) -> Result<E
     let mut c = client(addr).await?;
     if let Some(AlertsCmd::Test { channel }) = cmd {
         let n = c
-            .test_alert_channel(pb::TestAlertChannelRequest { channel })
+            .test_alert_channel(pb::TestAlertChannelRequest {
+                channel,
+                ..Default::default()
+            })
             .await
             .map_err(status_error)?
             .into_inner()

@@ -325,7 +325,55 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
             "not authenticated: {} (give a token with --token, DROVER_TOKEN or DROVER_TOKEN_FILE)",
             s.message()
         ),
-        code => anyhow!("{code:?}: {}", s.message()),
+        code => {
+            // An invalid request names its fields (google.rpc.BadRequest): print those as
+            // `field: problem`, the same form as the message.
+            use tonic_types::StatusExt;
+            let fields: Vec<String> = s
+                .get_details_bad_request()
+                .map(|b| {
+                    b.field_violations
+                        .iter()
+                        .map(|v| format!("{}: {}", v.field, v.description))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if fields.is_empty() {
+                anyhow!("{code:?}: {}", s.message())
+            } else {
+                anyhow!("{code:?}: {}", fields.join("; "))
+            }
+        }
+    }
+}
+
+/// A fresh id for one mutating invocation (retry, rerun, cancel). The invocation's own
+/// retries reuse it, so a call whose answer was lost is not carried out twice.
+fn request_id() -> String {
+    format!("droverctl:{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Sends a call again (at most 3 tries in all) when it failed with UNAVAILABLE or ABORTED
+/// (the coordinator went away, or an earlier try with the same request id is still
+/// running). The request, and so its request_id, stays the same.
+async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match call().await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s)
+                if tries < 3
+                    && matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Aborted) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(500 * tries)).await;
+            }
+            Err(s) => return Err(s),
+        }
     }
 }
 
@@ -588,15 +636,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Retry { job: Some(job), .. } => {
-            let mut c = connect(&cli.addr).await?;
-            let r = c
-                .retry_job(pb::RetryJobRequest {
-                    id: job,
-                    set_params: HashMap::new(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let c = connect(&cli.addr).await?;
+            let req = pb::RetryJobRequest {
+                id: job,
+                set_params: HashMap::new(),
+                request_id: request_id(),
+            };
+            let r = with_retries(|| {
+                let (mut c, req) = (c.clone(), req.clone());
+                async move { c.retry_job(req).await }
+            })
+            .await
+            .map_err(status_error)?;
             print_new_job(fmt, &r.job.unwrap_or_default())?;
             Ok(ExitCode::SUCCESS)
         }
@@ -614,19 +665,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 Some(s) => duration_ms("since", s)?,
                 None => 0,
             };
-            let mut c = connect(&cli.addr).await?;
-            let r = c
-                .retry_jobs(pb::RetryJobsRequest {
-                    state: state as i32,
-                    queue: queue.unwrap_or_default(),
-                    finished_within_ms: within,
-                    dry_run,
-                    limit,
-                    fingerprint: fingerprint.unwrap_or_default(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let c = connect(&cli.addr).await?;
+            let req = pb::RetryJobsRequest {
+                state: state as i32,
+                queue: queue.unwrap_or_default(),
+                finished_within_ms: within,
+                dry_run,
+                limit,
+                fingerprint: fingerprint.unwrap_or_default(),
+                request_id: request_id(),
+            };
+            let r = with_retries(|| {
+                let (mut c, req) = (c.clone(), req.clone());
+                async move { c.retry_jobs(req).await }
+            })
+            .await
+            .map_err(status_error)?;
             if fmt == Format::Json {
                 print_json(&serde_json::json!({
                     "dry_run": dry_run,
@@ -649,25 +703,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Rerun { job, set } => {
             let set_params = pairs("set", &set)?;
-            let mut c = connect(&cli.addr).await?;
-            let r = c
-                .retry_job(pb::RetryJobRequest {
-                    id: job,
-                    set_params,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let c = connect(&cli.addr).await?;
+            let req = pb::RetryJobRequest {
+                id: job,
+                set_params,
+                request_id: request_id(),
+            };
+            let r = with_retries(|| {
+                let (mut c, req) = (c.clone(), req.clone());
+                async move { c.retry_job(req).await }
+            })
+            .await
+            .map_err(status_error)?;
             print_new_job(fmt, &r.job.unwrap_or_default())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { job } => {
-            let mut c = connect(&cli.addr).await?;
-            let r = c
-                .cancel_job(pb::CancelJobRequest { id: job })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let c = connect(&cli.addr).await?;
+            let req = pb::CancelJobRequest {
+                id: job,
+                request_id: request_id(),
+            };
+            let r = with_retries(|| {
+                let (mut c, req) = (c.clone(), req.clone());
+                async move { c.cancel_job(req).await }
+            })
+            .await
+            .map_err(status_error)?;
             let j = r.job.unwrap_or_default();
             if fmt == Format::Json {
                 print_json(&output::job_json(&j))?;
@@ -698,12 +760,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Workers => {
             let mut c = AdminServiceClient::new(channel(&cli.addr).await?);
-            let w = c
-                .list_workers(pb::ListWorkersRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .workers;
+            let mut w = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let r = c
+                    .list_workers(pb::ListWorkersRequest {
+                        page_token,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                w.extend(r.workers);
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
             if fmt == Format::Json {
                 let v: Vec<_> = w.iter().map(drover_proto::json::worker).collect();
                 print_json(&serde_json::Value::Array(v))?;
@@ -716,11 +789,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let mut c = connect(&cli.addr).await?;
             match get {
                 None => {
-                    let r = c
-                        .list_artifacts(pb::ListArtifactsRequest { job_id: job })
-                        .await
-                        .map_err(status_error)?
-                        .into_inner();
+                    let mut r = pb::ListArtifactsResponse::default();
+                    loop {
+                        let page = c
+                            .list_artifacts(pb::ListArtifactsRequest {
+                                job_id: job.clone(),
+                                page_token: r.next_page_token,
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(status_error)?
+                            .into_inner();
+                        r.artifacts.extend(page.artifacts);
+                        r.next_page_token = page.next_page_token;
+                        if r.next_page_token.is_empty() {
+                            break;
+                        }
+                    }
                     if fmt == Format::Json {
                         let v: Vec<_> = r.artifacts.iter().map(output::artifact_json).collect();
                         print_json(&serde_json::Value::Array(v))?;
@@ -786,13 +871,23 @@ async fn token_command(addr: &str, fmt: Format, t: TokenCommand) -> Result<ExitC
             }
         }
         TokenCommand::List { all } => {
-            let r = c
-                .list_tokens(pb::ListTokensRequest {
-                    include_revoked: all,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut r = pb::ListTokensResponse::default();
+            loop {
+                let page = c
+                    .list_tokens(pb::ListTokensRequest {
+                        include_revoked: all,
+                        page_token: r.next_page_token,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                r.tokens.extend(page.tokens);
+                r.next_page_token = page.next_page_token;
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+            }
             if fmt == Format::Json {
                 let v: Vec<_> = r.tokens.iter().map(output::token_json).collect();
                 print_json(&serde_json::Value::Array(v))?;

@@ -49,11 +49,22 @@ pub async fn run(addr: &str, fmt: Format, cmd: QueueCmd) -> Result<()> {
             .queue
             .unwrap_or_default(),
         QueueCmd::List => {
-            let r = c
-                .list_queues(pb::ListQueuesRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut r = pb::ListQueuesResponse::default();
+            loop {
+                let page = c
+                    .list_queues(pb::ListQueuesRequest {
+                        page_token: r.next_page_token,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                r.queues.extend(page.queues);
+                r.next_page_token = page.next_page_token;
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+            }
             if fmt == Format::Json {
                 return print_json(&Value::Array(r.queues.iter().map(state_json).collect()));
             }

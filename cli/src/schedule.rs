@@ -220,6 +220,7 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
                         paused: a.paused,
                         ..Default::default()
                     }),
+                    ..Default::default()
                 })
                 .await
                 .map_err(status_error)?
@@ -236,11 +237,22 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
             }
         }
         ScheduleCmd::List => {
-            let r = c
-                .list_schedules(pb::ListSchedulesRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let mut r = pb::ListSchedulesResponse::default();
+            loop {
+                let page = c
+                    .list_schedules(pb::ListSchedulesRequest {
+                        page_token: r.next_page_token,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                r.schedules.extend(page.schedules);
+                r.next_page_token = page.next_page_token;
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+            }
             if fmt == Format::Json {
                 print_json(&Value::Array(
                     r.schedules.iter().map(schedule_json).collect(),
@@ -294,7 +306,10 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
         }
         ScheduleCmd::Trigger { name } => {
             let r = c
-                .trigger_schedule(pb::TriggerScheduleRequest { name })
+                .trigger_schedule(pb::TriggerScheduleRequest {
+                    name,
+                    ..Default::default()
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();

@@ -121,6 +121,7 @@ impl AlertService for AlertsApi {
         req: Request<pb::ListFailureGroupsRequest>,
     ) -> Result<Response<pb::ListFailureGroupsResponse>, Status> {
         let r = req.into_inner();
+        let pager = crate::paging::Pager::new("ListFailureGroups", &r, &r.page_token);
         if !r.queue.is_empty() {
             drover_core::validate::check_name("queue", &r.queue).map_err(Error::from)?;
         }
@@ -131,17 +132,14 @@ impl AlertService for AlertsApi {
             return Err(Error::Invalid("since_ms: must not be negative".into()).into());
         }
         let limit = page("page_size", r.page_size, 20, MAX_GROUPS_PAGE)?;
-        let offset = if r.page_token.is_empty() {
-            0
-        } else {
-            match r.page_token.parse::<i64>() {
-                Ok(n) if (0..=MAX_GROUPS_OFFSET).contains(&n) => n,
-                _ => {
-                    return Err(Error::Invalid(
-                        "page_token: not a token from a previous response".into(),
-                    )
-                    .into())
-                }
+        let offset = match pager.cursor::<i64>()? {
+            None => 0,
+            Some(n) if (0..=MAX_GROUPS_OFFSET).contains(&n) => n,
+            Some(_) => {
+                return Err(Error::Invalid(
+                    "page_token: not a token from a previous response".into(),
+                )
+                .into())
             }
         };
         let groups = self
@@ -157,7 +155,7 @@ impl AlertService for AlertsApi {
         let next = offset + groups.len() as i64;
         Ok(Response::new(pb::ListFailureGroupsResponse {
             next_page_token: if groups.len() as i64 == limit && next <= MAX_GROUPS_OFFSET {
-                next.to_string()
+                pager.token(&next)
             } else {
                 String::new()
             },
@@ -170,12 +168,16 @@ impl AlertService for AlertsApi {
         req: Request<pb::ListFailureGroupJobsRequest>,
     ) -> Result<Response<pb::ListFailureGroupJobsResponse>, Status> {
         let r = req.into_inner();
+        let pager = crate::paging::Pager::new("ListFailureGroupJobs", &r, &r.page_token);
         check_fingerprint("fingerprint", &r.fingerprint)?;
         if !r.queue.is_empty() {
             drover_core::validate::check_name("queue", &r.queue).map_err(Error::from)?;
         }
         let limit = page("page_size", r.page_size, 100, MAX_JOBS_PAGE)?;
-        let after = job_cursor(&r.page_token)?;
+        let after = match pager.cursor::<String>()? {
+            Some(c) => job_cursor(&c)?,
+            None => None,
+        };
         let jobs = self
             .store
             .jobs_with_fingerprint(
@@ -189,7 +191,7 @@ impl AlertService for AlertsApi {
             .await?;
         let next = match jobs.last() {
             Some(j) if jobs.len() as i64 == limit => {
-                format!("{}/{}", j.created_at.to_rfc3339(), j.id)
+                pager.token(&format!("{}/{}", j.created_at.to_rfc3339(), j.id))
             }
             _ => String::new(),
         };
@@ -236,20 +238,15 @@ impl AlertService for AlertsApi {
         req: Request<pb::ListNotificationsRequest>,
     ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
         let r = req.into_inner();
+        let pager = crate::paging::Pager::new("ListNotifications", &r, &r.page_token);
         let limit = page("page_size", r.page_size, 50, MAX_NOTIFICATIONS_PAGE)?;
-        let before = if r.page_token.is_empty() {
-            None
-        } else {
-            Some(r.page_token.parse::<i64>().map_err(|_| {
-                Error::Invalid("page_token: not a token from a previous response".into())
-            })?)
-        };
+        let before = pager.cursor::<i64>()?;
         let rows = self
             .store
             .list_notifications(r.failed_only, before, limit)
             .await?;
         let next = match rows.last() {
-            Some(n) if rows.len() as i64 == limit => n.id.to_string(),
+            Some(n) if rows.len() as i64 == limit => pager.token(&n.id),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListNotificationsResponse {
@@ -277,33 +274,46 @@ impl AlertService for AlertsApi {
         &self,
         req: Request<pb::TestAlertChannelRequest>,
     ) -> Result<Response<pb::TestAlertChannelResponse>, Status> {
-        let channel = req.into_inner().channel;
-        if !self.alerts.channels.contains_key(&channel) {
-            let known: Vec<&str> = self.alerts.channels.keys().map(String::as_str).collect();
-            return Err(Error::Invalid(format!(
-                "channel: no channel named {:?} (configured: {})",
-                channel.chars().take(64).collect::<String>(),
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ))
-            .into());
-        }
-        let n = self
-            .store
-            .enqueue_notification(
-                &channel,
-                "",
-                "Drover test message",
-                &format!(
+        let (principal, msg) = (crate::auth::Principal::of(&req), req.get_ref().clone());
+        let act = async move {
+            let channel = req.into_inner().channel;
+            if !self.alerts.channels.contains_key(&channel) {
+                let known: Vec<&str> = self.alerts.channels.keys().map(String::as_str).collect();
+                return Err(Error::Invalid(format!(
+                    "channel: no channel named {:?} (configured: {})",
+                    channel.chars().take(64).collect::<String>(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+                .into());
+            }
+            let n = self
+                .store
+                .enqueue_notification(
+                    &channel,
+                    "",
+                    "Drover test message",
+                    &format!(
                 "This is a test message for channel {channel}, sent by droverctl alerts test.\n"
             ),
-            )
-            .await?;
-        Ok(Response::new(pb::TestAlertChannelResponse {
-            notification: Some(notification_to_pb(&n)),
-        }))
+                )
+                .await?;
+            Ok::<_, Status>(pb::TestAlertChannelResponse {
+                notification: Some(notification_to_pb(&n)),
+            })
+        };
+        crate::request_ids::once(
+            &self.store,
+            &principal,
+            "/drover.v1.AlertService/TestAlertChannel",
+            &msg.request_id,
+            &msg,
+            act,
+        )
+        .await
+        .map(Response::new)
     }
 }

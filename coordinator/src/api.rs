@@ -115,15 +115,24 @@ pub fn code_name(code: Code) -> &'static str {
 }
 
 /// A refused or failed call: `{"code": "NOT_FOUND", "message": "..."}` with the mapped
-/// HTTP status.
+/// HTTP status; an invalid request also gets `"fields": [{"field": …, "description": …}]`
+/// (the status's `google.rpc.BadRequest` field violations).
 pub struct ApiError(pub Status);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        use tonic_types::StatusExt;
+        let mut body = serde_json::json!({
             "code": code_name(self.0.code()),
             "message": self.0.message(),
         });
+        if let Some(bad) = self.0.get_details_bad_request() {
+            body["fields"] = bad
+                .field_violations
+                .iter()
+                .map(|v| serde_json::json!({"field": v.field, "description": v.description}))
+                .collect();
+        }
         (http_status(self.0.code()), Json(body)).into_response()
     }
 }
@@ -222,11 +231,13 @@ async fn health(State(s): State<HttpState>, c: Caller) -> ApiResult<pb::Health> 
         .map(Json)
 }
 
-async fn list_workers(State(s): State<HttpState>, c: Caller) -> ApiResult<pb::ListWorkersResponse> {
+async fn list_workers(
+    State(s): State<HttpState>,
+    c: Caller,
+    q: Result<Query<pb::ListWorkersRequest>, QueryRejection>,
+) -> ApiResult<pb::ListWorkersResponse> {
     let svc = &*s.services.admin;
-    c.call(pb::ListWorkersRequest {}, |r| svc.list_workers(r))
-        .await
-        .map(Json)
+    c.call(query(q)?, |r| svc.list_workers(r)).await.map(Json)
 }
 
 async fn list_jobs(
@@ -299,24 +310,24 @@ async fn cancel_job(
     State(s): State<HttpState>,
     c: Caller,
     Path(id): Path<String>,
+    b: Bytes,
 ) -> ApiResult<pb::CancelJobResponse> {
+    let mut msg: pb::CancelJobRequest = optional_body(&b)?;
+    msg.id = id;
     let svc = &*s.services.jobs;
-    c.call(pb::CancelJobRequest { id }, |r| svc.cancel_job(r))
-        .await
-        .map(Json)
+    c.call(msg, |r| svc.cancel_job(r)).await.map(Json)
 }
 
 async fn list_artifacts(
     State(s): State<HttpState>,
     c: Caller,
     Path(job_id): Path<String>,
+    q: Result<Query<pb::ListArtifactsRequest>, QueryRejection>,
 ) -> ApiResult<pb::ListArtifactsResponse> {
+    let mut msg = query(q)?;
+    msg.job_id = job_id;
     let svc = &*s.services.jobs;
-    c.call(pb::ListArtifactsRequest { job_id }, |r| {
-        svc.list_artifacts(r)
-    })
-    .await
-    .map(Json)
+    c.call(msg, |r| svc.list_artifacts(r)).await.map(Json)
 }
 
 /// An artifact's bytes as a download; its SHA-256 in the `x-drover-sha256` header.
@@ -362,11 +373,13 @@ async fn get_artifact(
     Ok(resp)
 }
 
-async fn list_queues(State(s): State<HttpState>, c: Caller) -> ApiResult<pb::ListQueuesResponse> {
+async fn list_queues(
+    State(s): State<HttpState>,
+    c: Caller,
+    q: Result<Query<pb::ListQueuesRequest>, QueryRejection>,
+) -> ApiResult<pb::ListQueuesResponse> {
     let svc = &*s.services.queues;
-    c.call(pb::ListQueuesRequest {}, |r| svc.list_queues(r))
-        .await
-        .map(Json)
+    c.call(query(q)?, |r| svc.list_queues(r)).await.map(Json)
 }
 
 async fn pause_queue(
@@ -406,11 +419,10 @@ async fn list_failure_groups(
 async fn list_schedules(
     State(s): State<HttpState>,
     c: Caller,
+    q: Result<Query<pb::ListSchedulesRequest>, QueryRejection>,
 ) -> ApiResult<pb::ListSchedulesResponse> {
     let svc = &*s.services.schedules;
-    c.call(pb::ListSchedulesRequest {}, |r| svc.list_schedules(r))
-        .await
-        .map(Json)
+    c.call(query(q)?, |r| svc.list_schedules(r)).await.map(Json)
 }
 
 #[cfg(test)]

@@ -140,6 +140,10 @@ pub struct RetentionConfig {
     /// Per-minute resource samples of workers are kept this long.
     #[serde(with = "dur")]
     pub samples: Duration,
+    /// Request ids of mutating calls (and the results kept for their repeats) are kept
+    /// this long: a repeat after that acts again.
+    #[serde(with = "dur")]
+    pub request_ids: Duration,
     /// Logs and artifacts of attempts that finished this long ago are deleted; unset:
     /// `log_retention`.
     #[serde(with = "dur_opt")]
@@ -160,6 +164,7 @@ impl Default for RetentionConfig {
             cancelled: DAY * 30,
             workers: DAY * 7,
             samples: DAY,
+            request_ids: DAY,
             logs: None,
             log_partition: DAY,
             batch_size: 500,
@@ -173,6 +178,7 @@ pub struct Retention {
     pub jobs: drover_core::retention::JobHorizons,
     pub workers: Duration,
     pub samples: Duration,
+    pub request_ids: Duration,
     pub logs: Duration,
     pub log_partition: Duration,
     pub batch_size: i64,
@@ -336,6 +342,7 @@ impl Config {
             },
             workers: r.workers,
             samples: r.samples,
+            request_ids: r.request_ids,
             logs: r.logs.unwrap_or(self.log_retention),
             log_partition: r.log_partition,
             batch_size: i64::from(r.batch_size),
@@ -535,6 +542,7 @@ impl Config {
             ("cancelled", Some(r.cancelled)),
             ("workers", Some(r.workers)),
             ("samples", Some(r.samples)),
+            ("request_ids", Some(r.request_ids)),
             ("logs", r.logs),
         ];
         for (key, v) in horizons {

@@ -706,9 +706,13 @@ async fn job_page(
         Err(e) => return error_page(e),
     };
     let artifacts = match c
-        .call(pb::ListArtifactsRequest { job_id: id.clone() }, |r| {
-            svc.list_artifacts(r)
-        })
+        .call(
+            pb::ListArtifactsRequest {
+                job_id: id.clone(),
+                ..Default::default()
+            },
+            |r| svc.list_artifacts(r),
+        )
         .await
     {
         Ok(a) => a.artifacts,
@@ -1327,7 +1331,7 @@ async fn workers_page(
     let v = Viewer::from(&c.principal, session.as_ref().map(|e| &e.0));
     let svc = &*s.services.admin;
     let workers = match c
-        .call(pb::ListWorkersRequest {}, |r| svc.list_workers(r))
+        .call(pb::ListWorkersRequest::default(), |r| svc.list_workers(r))
         .await
     {
         Ok(w) => w.workers,
@@ -1405,7 +1409,7 @@ async fn queues_page(
     let v = Viewer::from(&c.principal, session.as_ref().map(|e| &e.0));
     let qsvc = &*s.services.queues;
     let queues = match c
-        .call(pb::ListQueuesRequest {}, |r| qsvc.list_queues(r))
+        .call(pb::ListQueuesRequest::default(), |r| qsvc.list_queues(r))
         .await
     {
         Ok(q) => q.queues,

@@ -4,10 +4,15 @@
 //! Errors from the database keep their source ([`Error::Database`], [`Error::Pool`]); their
 //! kind follows from what happened (connection lost: unavailable; serialization failure:
 //! aborted; anything else: internal). An internal error's text never reaches a client: it
-//! is logged with a reference id, and the client gets `internal error (ref …)`.
+//! is logged with a reference id, and the client gets `internal error (ref …)`; an
+//! unavailable or aborted database gets a fixed message (the details go to the log).
+//!
+//! Invalid requests name the field: the message is `field: problem`, and the gRPC status
+//! carries the same as `google.rpc.BadRequest` field violations ([`Error::field`]).
 
 use axum::http::StatusCode;
 use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,6 +52,9 @@ pub enum Error {
     /// No pooled connection could be had (the database is down or overloaded).
     #[error("database unavailable: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// A request id was used before for a different request (names the field).
+    #[error("{0}")]
+    RequestIdReused(String),
 }
 
 /// What kind of failure an error is: what the caller can do about it.
@@ -185,7 +193,7 @@ impl Error {
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::PermissionDenied(_) => ErrorKind::PermissionDenied,
             Error::FailedPrecondition(_) => ErrorKind::FailedPrecondition,
-            Error::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            Error::AlreadyExists(_) | Error::RequestIdReused(_) => ErrorKind::AlreadyExists,
             Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
             Error::Aborted(_) => ErrorKind::Aborted,
             Error::Unavailable(_) | Error::Pool(_) => ErrorKind::Unavailable,
@@ -197,8 +205,17 @@ impl Error {
     /// The text a client may see. An internal error is logged here, with its source,
     /// under a reference id that the client gets instead.
     pub fn public_message(&self) -> String {
-        if self.kind() != ErrorKind::Internal {
-            return self.to_string();
+        match (self, self.kind()) {
+            (_, ErrorKind::Internal) => {}
+            // The database's own text (host names, statement details) stays in the log.
+            (Error::Database(_) | Error::Pool(_), kind) => {
+                tracing::warn!(error = %self, "database error");
+                return match kind {
+                    ErrorKind::Aborted => "conflict with a concurrent change; retry".into(),
+                    _ => "database unavailable; retry".into(),
+                };
+            }
+            _ => return self.to_string(),
         }
         let reference = uuid::Uuid::new_v4().simple().to_string();
         let reference = &reference[..12];
@@ -207,9 +224,40 @@ impl Error {
     }
 }
 
+/// Characters of a field path (`spec.retry.jitter`, `after[2]`, `schedule.spec.argv`).
+fn is_field_path(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '[' | ']' | '-'))
+}
+
+impl Error {
+    /// The field an invalid request names, and the problem with it: from a validation
+    /// error, or from an `Invalid` message of the form `field: problem`.
+    pub fn field(&self) -> Option<(String, String)> {
+        match self {
+            Error::Validation(v) => Some((v.field.clone(), v.message.clone())),
+            Error::Invalid(m) | Error::RequestIdReused(m) => {
+                let (field, problem) = m.split_once(": ")?;
+                is_field_path(field).then(|| (field.to_string(), problem.to_string()))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
-        Status::new(e.kind().grpc(), e.public_message())
+        let message = e.public_message();
+        match e.field() {
+            Some((field, problem)) => Status::with_error_details(
+                e.kind().grpc(),
+                message,
+                ErrorDetails::with_bad_request_violation(field, problem),
+            ),
+            None => Status::new(e.kind().grpc(), message),
+        }
     }
 }
 
@@ -308,6 +356,42 @@ mod tests {
             s.message()
         );
         assert!(!s.message().contains("secret"), "{}", s.message());
+    }
+
+    #[test]
+    fn invalid_requests_carry_the_field_in_details() {
+        let cases = [
+            (
+                Error::Invalid("page_token: not ours".into()),
+                "page_token",
+                "not ours",
+            ),
+            (
+                Error::Validation(drover_core::ValidationError {
+                    field: "spec.retry.jitter".into(),
+                    message: "must be between 0 and 1".into(),
+                }),
+                "spec.retry.jitter",
+                "must be between 0 and 1",
+            ),
+            (
+                Error::Invalid("after[2]: not a job id".into()),
+                "after[2]",
+                "not a job id",
+            ),
+        ];
+        for (e, field, problem) in cases {
+            let s = Status::from(e);
+            assert_eq!(s.code(), Code::InvalidArgument);
+            assert_eq!(s.message(), format!("{field}: {problem}"));
+            let bad = s.get_details_bad_request().expect("BadRequest details");
+            assert_eq!(bad.field_violations.len(), 1);
+            assert_eq!(bad.field_violations[0].field, field);
+            assert_eq!(bad.field_violations[0].description, problem);
+        }
+        // A message without a field gets no details (nothing to point at).
+        let s = Status::from(Error::Invalid("no field here".into()));
+        assert!(s.get_details_bad_request().is_none());
     }
 
     #[test]

@@ -240,11 +240,21 @@ impl AdminService for AdminApi {
 
     async fn list_workers(
         &self,
-        _req: Request<pb::ListWorkersRequest>,
+        req: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let workers = self.workers().await?;
+        let r = req.into_inner();
+        let pager = crate::paging::Pager::new("ListWorkers", &r, &r.page_token);
+        let size = crate::paging::page_size("page_size", r.page_size, 1000, 1000)?;
+        let after = pager.cursor::<String>()?;
+        // Every worker row is read anyway (its state depends on the lease TTL); the page
+        // is cut by id in memory.
+        let mut workers = self.workers().await?;
+        workers.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let (workers, next) =
+            crate::paging::page_sorted(workers, |(w, _)| w.id.clone(), after.as_ref(), size);
         Ok(Response::new(pb::ListWorkersResponse {
             workers: workers.iter().map(|(w, s)| worker_to_pb(w, *s)).collect(),
+            next_page_token: pager.next(next.as_ref()),
         }))
     }
 

@@ -76,7 +76,11 @@ impl IntoResponse for Error {
 async fn readyz(State(s): State<HttpState>) -> Response {
     match s.store.ping().await {
         Ok(()) => "ready\n".into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+        Err(e) => {
+            // The database's own text (host, reason) goes to the log, not to the prober.
+            tracing::warn!(error = %e, "readiness: database unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        }
     }
 }
 

@@ -219,6 +219,164 @@ type ArtifactStream =
 type LogStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 
 impl JobsApi {
+    async fn retry_job_act(
+        &self,
+        req: Request<pb::RetryJobRequest>,
+    ) -> Result<pb::RetryJobResponse, Status> {
+        let mut audit = Audit::start(&self.store, &req, "/drover.v1.JobService/RetryJob");
+        let r = req.into_inner();
+        let id = parse_id("id", &r.id)?;
+        audit.target(format!("job {id}"));
+        self.check_job_queue(&mut audit, id).await?;
+        let max = drover_core::validate::MAX_PARAMS_COUNT;
+        if r.set_params.len() > max {
+            return Err(Error::Invalid(format!(
+                "set_params: {} params; the limit is {max}",
+                r.set_params.len()
+            ))
+            .into());
+        }
+        let job = self
+            .store
+            .retry_job(id, &r.set_params.into_iter().collect())
+            .await?;
+        audit.target(format!("job {id} -> {}", job.id));
+        audit.ok();
+        crate::metrics::job_submitted(&job.spec.queue);
+        tracing::info!(job_id = %job.id, retry_of = %id, "job retried manually");
+        self.dispatcher.wake();
+        Ok(pb::RetryJobResponse {
+            job: Some(convert::job_to_pb(&job)),
+        })
+    }
+
+    async fn retry_jobs_act(
+        &self,
+        req: Request<pb::RetryJobsRequest>,
+    ) -> Result<pb::RetryJobsResponse, Status> {
+        let mut audit = Audit::start(&self.store, &req, "/drover.v1.JobService/RetryJobs");
+        let r = req.into_inner();
+        audit.target(format!("queue {:?}", r.queue));
+        if !audit.principal().queue_scope().is_empty() && r.queue.is_empty() {
+            let e = Error::PermissionDenied(format!(
+                "queue: token {:?} may act only on queues {}; name one",
+                audit.principal().name(),
+                audit.principal().queue_scope().join(", ")
+            ));
+            return Err(audit.refused(e).into());
+        }
+        let principal = audit.principal().clone();
+        if !r.queue.is_empty() {
+            principal
+                .check_queue(&r.queue)
+                .map_err(|e| audit.refused(e))?;
+        }
+        let state =
+            match pb::JobState::try_from(r.state) {
+                Ok(pb::JobState::Unspecified) => JobState::PermanentFailed,
+                Ok(s) => match convert::job_state_from(s) {
+                    Some(s) if s.is_terminal() => s,
+                    _ => return Err(Error::Invalid(
+                        "state: must be a finished state (permanent_failed, cancelled, succeeded)"
+                            .into(),
+                    )
+                    .into()),
+                },
+                Err(_) => {
+                    return Err(Error::Invalid(format!("state: unknown value {}", r.state)).into())
+                }
+            };
+        if !r.queue.is_empty() {
+            check_name("queue", &r.queue).map_err(Error::from)?;
+        }
+        if r.finished_within_ms < 0 {
+            return Err(Error::Invalid("finished_within_ms: must not be negative".into()).into());
+        }
+        let limit = match r.limit {
+            0 => 100,
+            n if n > MAX_PAGE => {
+                return Err(Error::Invalid(format!("limit: at most {MAX_PAGE}")).into())
+            }
+            n => n,
+        };
+        let within =
+            (r.finished_within_ms > 0).then(|| Duration::from_millis(r.finished_within_ms as u64));
+        let matched = if r.fingerprint.is_empty() {
+            self.store
+                .finished_jobs(
+                    state,
+                    (!r.queue.is_empty()).then_some(r.queue.as_str()),
+                    within,
+                    i64::from(limit),
+                )
+                .await?
+        } else {
+            // The jobs of one failure group that were not retried yet.
+            crate::alerts_api::check_fingerprint("fingerprint", &r.fingerprint)?;
+            if within.is_some() {
+                return Err(Error::Invalid(
+                    "finished_within_ms: not supported together with fingerprint".into(),
+                )
+                .into());
+            }
+            self.store
+                .jobs_with_fingerprint(
+                    &r.fingerprint,
+                    (!r.queue.is_empty()).then_some(r.queue.as_str()),
+                    Some(state),
+                    true,
+                    None,
+                    i64::from(limit),
+                )
+                .await?
+        };
+        let mut created = Vec::new();
+        if !r.dry_run {
+            for j in &matched {
+                let job = self.store.retry_job(j.id, &Default::default()).await?;
+                crate::metrics::job_submitted(&job.spec.queue);
+                created.push(job);
+            }
+            if !created.is_empty() {
+                tracing::info!(count = created.len(), "jobs retried in bulk");
+                self.dispatcher.wake();
+            }
+        }
+        audit.target(format!(
+            "queue {:?}: {} matched, {} created",
+            r.queue,
+            matched.len(),
+            created.len()
+        ));
+        audit.ok();
+        Ok(pb::RetryJobsResponse {
+            matched: matched.iter().map(convert::job_to_pb).collect(),
+            created: created.iter().map(convert::job_to_pb).collect(),
+        })
+    }
+
+    async fn cancel_job_act(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<pb::CancelJobResponse, Status> {
+        let mut audit = Audit::start(&self.store, &req, "/drover.v1.JobService/CancelJob");
+        let id = parse_id("id", &req.into_inner().id)?;
+        audit.target(format!("job {id}"));
+        self.check_job_queue(&mut audit, id).await?;
+        let (job, stop) = self.store.cancel_job(id).await?;
+        audit.ok();
+        if let Some((attempt_id, worker_id)) = stop {
+            tracing::info!(job_id = %id, %attempt_id, %worker_id, "cancel requested");
+            // Whichever coordinator holds the worker's session hears the NOTIFY sent by
+            // cancel_job; heartbeats carry the order too, should that be missed.
+        } else {
+            tracing::info!(job_id = %id, "pending job cancelled");
+        }
+        Ok(pb::CancelJobResponse {
+            job: Some(convert::job_to_pb(&job)),
+        })
+    }
+
     /// Validates a submitted spec and resolves everything the store needs: defaults
     /// (server, then queue), concurrency keys with their limits and rates, priority and
     /// dependencies. The caller checks the queue against the principal's scope.
@@ -332,6 +490,7 @@ impl JobService for JobsApi {
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let r = req.into_inner();
+        let pager = crate::paging::Pager::new("ListJobs", &r, &r.page_token);
         let size = match r.page_size {
             0 => DEFAULT_PAGE,
             n if n > MAX_PAGE => {
@@ -370,11 +529,10 @@ impl JobService for JobsApi {
             param,
             created_after: time("created_after", &r.created_after)?,
             created_before: time("created_before", &r.created_before)?,
-            after: if r.page_token.is_empty() {
-                None
-            } else {
-                Some(parse_page_token(&r.page_token)?)
-            },
+            after: pager
+                .cursor::<String>()?
+                .map(|c| parse_page_token(&c))
+                .transpose()?,
             limit: i64::from(size) + 1,
             max_bytes: MAX_PAGE_BYTES,
         };
@@ -382,7 +540,7 @@ impl JobService for JobsApi {
         // One more than asked means more follow; so does a page cut short by its size.
         let next = if jobs.len() > size as usize || cut {
             jobs.truncate(size as usize);
-            jobs.last().map(page_token).unwrap_or_default()
+            pager.next(jobs.last().map(page_token).as_ref())
         } else {
             String::new()
         };
@@ -396,171 +554,63 @@ impl JobService for JobsApi {
         &self,
         req: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::RetryJobResponse>, Status> {
-        let mut audit = Audit::start(&self.store, &req, "/drover.v1.JobService/RetryJob");
-        let r = req.into_inner();
-        let id = parse_id("id", &r.id)?;
-        audit.target(format!("job {id}"));
-        self.check_job_queue(&mut audit, id).await?;
-        let max = drover_core::validate::MAX_PARAMS_COUNT;
-        if r.set_params.len() > max {
-            return Err(Error::Invalid(format!(
-                "set_params: {} params; the limit is {max}",
-                r.set_params.len()
-            ))
-            .into());
-        }
-        let job = self
-            .store
-            .retry_job(id, &r.set_params.into_iter().collect())
-            .await?;
-        audit.target(format!("job {id} -> {}", job.id));
-        audit.ok();
-        crate::metrics::job_submitted(&job.spec.queue);
-        tracing::info!(job_id = %job.id, retry_of = %id, "job retried manually");
-        self.dispatcher.wake();
-        Ok(Response::new(pb::RetryJobResponse {
-            job: Some(convert::job_to_pb(&job)),
-        }))
+        let (principal, msg) = (crate::auth::Principal::of(&req), req.get_ref().clone());
+        let method = "/drover.v1.JobService/RetryJob";
+        let act = self.retry_job_act(req);
+        crate::request_ids::once(&self.store, &principal, method, &msg.request_id, &msg, act)
+            .await
+            .map(Response::new)
     }
 
     async fn retry_jobs(
         &self,
         req: Request<pb::RetryJobsRequest>,
     ) -> Result<Response<pb::RetryJobsResponse>, Status> {
-        let mut audit = Audit::start(&self.store, &req, "/drover.v1.JobService/RetryJobs");
-        let r = req.into_inner();
-        audit.target(format!("queue {:?}", r.queue));
-        if !audit.principal().queue_scope().is_empty() && r.queue.is_empty() {
-            let e = Error::PermissionDenied(format!(
-                "queue: token {:?} may act only on queues {}; name one",
-                audit.principal().name(),
-                audit.principal().queue_scope().join(", ")
-            ));
-            return Err(audit.refused(e).into());
-        }
-        let principal = audit.principal().clone();
-        if !r.queue.is_empty() {
-            principal
-                .check_queue(&r.queue)
-                .map_err(|e| audit.refused(e))?;
-        }
-        let state =
-            match pb::JobState::try_from(r.state) {
-                Ok(pb::JobState::Unspecified) => JobState::PermanentFailed,
-                Ok(s) => match convert::job_state_from(s) {
-                    Some(s) if s.is_terminal() => s,
-                    _ => return Err(Error::Invalid(
-                        "state: must be a finished state (permanent_failed, cancelled, succeeded)"
-                            .into(),
-                    )
-                    .into()),
-                },
-                Err(_) => {
-                    return Err(Error::Invalid(format!("state: unknown value {}", r.state)).into())
-                }
-            };
-        if !r.queue.is_empty() {
-            check_name("queue", &r.queue).map_err(Error::from)?;
-        }
-        if r.finished_within_ms < 0 {
-            return Err(Error::Invalid("finished_within_ms: must not be negative".into()).into());
-        }
-        let limit = match r.limit {
-            0 => 100,
-            n if n > MAX_PAGE => {
-                return Err(Error::Invalid(format!("limit: at most {MAX_PAGE}")).into())
-            }
-            n => n,
-        };
-        let within =
-            (r.finished_within_ms > 0).then(|| Duration::from_millis(r.finished_within_ms as u64));
-        let matched = if r.fingerprint.is_empty() {
-            self.store
-                .finished_jobs(
-                    state,
-                    (!r.queue.is_empty()).then_some(r.queue.as_str()),
-                    within,
-                    i64::from(limit),
-                )
-                .await?
+        let (principal, msg) = (crate::auth::Principal::of(&req), req.get_ref().clone());
+        let method = "/drover.v1.JobService/RetryJobs";
+        // A dry run changes nothing: it is answered afresh each time.
+        let id = if msg.dry_run {
+            ""
         } else {
-            // The jobs of one failure group that were not retried yet.
-            crate::alerts_api::check_fingerprint("fingerprint", &r.fingerprint)?;
-            if within.is_some() {
-                return Err(Error::Invalid(
-                    "finished_within_ms: not supported together with fingerprint".into(),
-                )
-                .into());
-            }
-            self.store
-                .jobs_with_fingerprint(
-                    &r.fingerprint,
-                    (!r.queue.is_empty()).then_some(r.queue.as_str()),
-                    Some(state),
-                    true,
-                    None,
-                    i64::from(limit),
-                )
-                .await?
+            msg.request_id.as_str()
         };
-        let mut created = Vec::new();
-        if !r.dry_run {
-            for j in &matched {
-                let job = self.store.retry_job(j.id, &Default::default()).await?;
-                crate::metrics::job_submitted(&job.spec.queue);
-                created.push(job);
-            }
-            if !created.is_empty() {
-                tracing::info!(count = created.len(), "jobs retried in bulk");
-                self.dispatcher.wake();
-            }
-        }
-        audit.target(format!(
-            "queue {:?}: {} matched, {} created",
-            r.queue,
-            matched.len(),
-            created.len()
-        ));
-        audit.ok();
-        Ok(Response::new(pb::RetryJobsResponse {
-            matched: matched.iter().map(convert::job_to_pb).collect(),
-            created: created.iter().map(convert::job_to_pb).collect(),
-        }))
+        let act = self.retry_jobs_act(req);
+        crate::request_ids::once(&self.store, &principal, method, id, &msg, act)
+            .await
+            .map(Response::new)
     }
 
     async fn cancel_job(
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let mut audit = Audit::start(&self.store, &req, "/drover.v1.JobService/CancelJob");
-        let id = parse_id("id", &req.into_inner().id)?;
-        audit.target(format!("job {id}"));
-        self.check_job_queue(&mut audit, id).await?;
-        let (job, stop) = self.store.cancel_job(id).await?;
-        audit.ok();
-        if let Some((attempt_id, worker_id)) = stop {
-            tracing::info!(job_id = %id, %attempt_id, %worker_id, "cancel requested");
-            // Whichever coordinator holds the worker's session hears the NOTIFY sent by
-            // cancel_job; heartbeats carry the order too, should that be missed.
-        } else {
-            tracing::info!(job_id = %id, "pending job cancelled");
-        }
-        Ok(Response::new(pb::CancelJobResponse {
-            job: Some(convert::job_to_pb(&job)),
-        }))
+        let (principal, msg) = (crate::auth::Principal::of(&req), req.get_ref().clone());
+        let method = "/drover.v1.JobService/CancelJob";
+        let act = self.cancel_job_act(req);
+        crate::request_ids::once(&self.store, &principal, method, &msg.request_id, &msg, act)
+            .await
+            .map(Response::new)
     }
 
     async fn list_artifacts(
         &self,
         req: Request<pb::ListArtifactsRequest>,
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
-        let job_id = parse_id("job_id", &req.into_inner().job_id)?;
+        let r = req.into_inner();
+        let pager = crate::paging::Pager::new("ListArtifacts", &r, &r.page_token);
+        let job_id = parse_id("job_id", &r.job_id)?;
+        let size = crate::paging::page_size("page_size", r.page_size, MAX_PAGE, MAX_PAGE)?;
+        let after = pager.cursor::<String>()?;
         if self.store.get_job(job_id).await?.is_none() {
             return Err(Error::NotFound(format!("job {job_id} not found")).into());
         }
+        // A job keeps few artifacts (its declared outputs): paged by name in memory.
         let rows = self.store.list_artifacts(job_id).await?;
+        let (rows, next) =
+            crate::paging::page_sorted(rows, |a| a.name.clone(), after.as_ref(), size);
         Ok(Response::new(pb::ListArtifactsResponse {
             artifacts: rows.iter().map(convert::artifact_to_pb).collect(),
+            next_page_token: pager.next(next.as_ref()),
         }))
     }
 

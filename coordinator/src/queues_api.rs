@@ -80,11 +80,19 @@ impl QueueService for QueuesApi {
 
     async fn list_queues(
         &self,
-        _req: Request<pb::ListQueuesRequest>,
+        req: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let r = req.into_inner();
+        let pager = crate::paging::Pager::new("ListQueues", &r, &r.page_token);
+        let size = crate::paging::page_size("page_size", r.page_size, 1000, 1000)?;
+        let after = pager.cursor::<String>()?;
+        // At most 1000 queues: paged by name in memory.
         let queues = self.store.list_queues().await?;
+        let (queues, next) =
+            crate::paging::page_sorted(queues, |q| q.queue.clone(), after.as_ref(), size);
         Ok(Response::new(pb::ListQueuesResponse {
             queues: queues.iter().map(to_pb).collect(),
+            next_page_token: pager.next(next.as_ref()),
         }))
     }
 }

@@ -1,6 +1,7 @@
 //! Leader duty: retention of everything that accumulates. Log partitions are created ahead
 //! and dropped whole once every attempt in them is past log retention; finished jobs (per
-//! final state), departed workers, resource samples and skipped schedule ticks are deleted
+//! final state), departed workers, resource samples, skipped schedule ticks and old request
+//! ids are deleted
 //! in batches. A pass stops after a time budget, so the lease reaper that shares the
 //! leader's loop is never held up for long; the rest is done in the next pass.
 
@@ -22,6 +23,8 @@ pub struct Pass {
     pub workers: u64,
     pub samples: u64,
     pub runs: u64,
+    /// Request ids past `retention.request_ids`.
+    pub request_ids: u64,
     /// The budget ran out with work left.
     pub more: bool,
 }
@@ -148,6 +151,10 @@ pub async fn run_pass(
     drain!(workers, store.purge_workers(r.workers, batch));
     drain!(samples, store.prune_samples(r.samples, batch));
     drain!(runs, store.purge_skipped_runs(r.jobs.cancelled, batch));
+    drain!(
+        request_ids,
+        store.delete_old_request_ids(r.request_ids, batch)
+    );
     Ok(pass)
 }
 

@@ -187,33 +187,55 @@ impl ScheduleService for SchedulesApi {
         &self,
         req: Request<pb::CreateScheduleRequest>,
     ) -> Result<Response<pb::CreateScheduleResponse>, Status> {
-        let mut audit = Audit::start(
+        let (principal, msg) = (crate::auth::Principal::of(&req), req.get_ref().clone());
+        let act = async move {
+            let mut audit = Audit::start(
+                &self.store,
+                &req,
+                "/drover.v1.ScheduleService/CreateSchedule",
+            );
+            let row =
+                schedule_from_pb(req.into_inner().schedule, &self.config, chrono::Utc::now())?;
+            audit.target(format!("schedule {} (queue {})", row.name, row.spec.queue));
+            let principal = audit.principal().clone();
+            principal
+                .check_queue(&row.spec.queue)
+                .map_err(|e| audit.refused(e))?;
+            let created = self.store.create_schedule(&row).await?;
+            audit.ok();
+            tracing::info!(schedule = %created.name, cron = %created.cron,
+                timezone = %created.timezone, "schedule created");
+            Ok::<_, Status>(pb::CreateScheduleResponse {
+                schedule: Some(schedule_to_pb(&created)),
+            })
+        };
+        crate::request_ids::once(
             &self.store,
-            &req,
+            &principal,
             "/drover.v1.ScheduleService/CreateSchedule",
-        );
-        let row = schedule_from_pb(req.into_inner().schedule, &self.config, chrono::Utc::now())?;
-        audit.target(format!("schedule {} (queue {})", row.name, row.spec.queue));
-        let principal = audit.principal().clone();
-        principal
-            .check_queue(&row.spec.queue)
-            .map_err(|e| audit.refused(e))?;
-        let created = self.store.create_schedule(&row).await?;
-        audit.ok();
-        tracing::info!(schedule = %created.name, cron = %created.cron,
-            timezone = %created.timezone, "schedule created");
-        Ok(Response::new(pb::CreateScheduleResponse {
-            schedule: Some(schedule_to_pb(&created)),
-        }))
+            &msg.request_id,
+            &msg,
+            act,
+        )
+        .await
+        .map(Response::new)
     }
 
     async fn list_schedules(
         &self,
-        _req: Request<pb::ListSchedulesRequest>,
+        req: Request<pb::ListSchedulesRequest>,
     ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        let r = req.into_inner();
+        let pager = crate::paging::Pager::new("ListSchedules", &r, &r.page_token);
+        let size = crate::paging::page_size("page_size", r.page_size, 1000, 1000)?;
+        let after = pager.cursor::<String>()?;
+        // At most MAX_LIST schedules: paged by name in memory.
         let rows = self.store.list_schedules(MAX_LIST).await?;
+        let (rows, next) =
+            crate::paging::page_sorted(rows, |s| s.name.clone(), after.as_ref(), size);
         Ok(Response::new(pb::ListSchedulesResponse {
             schedules: rows.iter().map(schedule_to_pb).collect(),
+            next_page_token: pager.next(next.as_ref()),
         }))
     }
 
@@ -299,17 +321,30 @@ impl ScheduleService for SchedulesApi {
         &self,
         req: Request<pb::TriggerScheduleRequest>,
     ) -> Result<Response<pb::TriggerScheduleResponse>, Status> {
-        let name = name_of(&req.get_ref().name)?;
-        let mut audit = self
-            .scoped(&req, "/drover.v1.ScheduleService/TriggerSchedule", &name)
-            .await?;
-        let job = self.store.trigger_schedule(&name).await?;
-        audit.ok();
-        crate::metrics::job_submitted(&job.spec.queue);
-        tracing::info!(schedule = %name, job_id = %job.id, "schedule triggered");
-        self.dispatcher.wake();
-        Ok(Response::new(pb::TriggerScheduleResponse {
-            job: Some(convert::job_to_pb(&job)),
-        }))
+        let (principal, msg) = (crate::auth::Principal::of(&req), req.get_ref().clone());
+        let act = async move {
+            let name = name_of(&req.get_ref().name)?;
+            let mut audit = self
+                .scoped(&req, "/drover.v1.ScheduleService/TriggerSchedule", &name)
+                .await?;
+            let job = self.store.trigger_schedule(&name).await?;
+            audit.ok();
+            crate::metrics::job_submitted(&job.spec.queue);
+            tracing::info!(schedule = %name, job_id = %job.id, "schedule triggered");
+            self.dispatcher.wake();
+            Ok::<_, Status>(pb::TriggerScheduleResponse {
+                job: Some(convert::job_to_pb(&job)),
+            })
+        };
+        crate::request_ids::once(
+            &self.store,
+            &principal,
+            "/drover.v1.ScheduleService/TriggerSchedule",
+            &msg.request_id,
+            &msg,
+            act,
+        )
+        .await
+        .map(Response::new)
     }
 }

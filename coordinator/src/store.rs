@@ -35,6 +35,7 @@ pub mod logs;
 pub mod notifications;
 pub mod outbox;
 pub mod queues;
+pub mod requests;
 pub mod retention;
 pub mod schedules;
 mod submit_group;

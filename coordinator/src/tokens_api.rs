@@ -161,12 +161,21 @@ pub async fn list(
     api: &AdminApi,
     req: Request<pb::ListTokensRequest>,
 ) -> Result<Response<pb::ListTokensResponse>, Status> {
-    let rows = api
-        .store
-        .list_tokens(req.into_inner().include_revoked)
-        .await?;
+    let r = req.into_inner();
+    let pager = crate::paging::Pager::new("ListTokens", &r, &r.page_token);
+    let size = crate::paging::page_size("page_size", r.page_size, 1000, 1000)?;
+    // Oldest first, as stored: (created_at, id) is the keyset.
+    let after = pager.cursor::<(i64, String)>()?;
+    let rows = api.store.list_tokens(r.include_revoked).await?;
+    let (rows, next) = crate::paging::page_sorted(
+        rows,
+        |t| (t.created_at.timestamp_micros(), t.id.to_string()),
+        after.as_ref(),
+        size,
+    );
     Ok(Response::new(pb::ListTokensResponse {
         tokens: rows.iter().map(token_to_pb).collect(),
+        next_page_token: pager.next(next.as_ref()),
     }))
 }
 
@@ -216,6 +225,7 @@ pub async fn list_audit(
     req: Request<pb::ListAuditRequest>,
 ) -> Result<Response<pb::ListAuditResponse>, Status> {
     let r = req.into_inner();
+    let pager = crate::paging::Pager::new("ListAudit", &r, &r.page_token);
     let size = match r.page_size {
         0 => DEFAULT_AUDIT_PAGE,
         n if n > MAX_AUDIT_PAGE => {
@@ -226,18 +236,13 @@ pub async fn list_audit(
     if r.since_secs > MAX_LIFETIME_SECS {
         return Err(Error::Invalid(format!("since_secs: at most {MAX_LIFETIME_SECS}")).into());
     }
-    let before = if r.page_token.is_empty() {
-        None
-    } else {
-        Some(
-            r.page_token
-                .parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    Error::Invalid("page_token: not a token from a previous page".into())
-                })?,
-        )
+    let before = match pager.cursor::<i64>()? {
+        Some(n) if n <= 0 => {
+            return Err(
+                Error::Invalid("page_token: not a token from a previous page".into()).into(),
+            )
+        }
+        c => c,
     };
     let since = (r.since_secs > 0)
         .then(|| chrono::Utc::now() - chrono::Duration::seconds(r.since_secs as i64));
@@ -247,7 +252,7 @@ pub async fn list_audit(
         .await?;
     let next = if rows.len() > size as usize {
         rows.truncate(size as usize);
-        rows.last().map(|a| a.id.to_string()).unwrap_or_default()
+        pager.next(rows.last().map(|a| a.id).as_ref())
     } else {
         String::new()
     };

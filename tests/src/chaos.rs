@@ -948,6 +948,7 @@ async fn run_on(cfg: &Config, net: Option<&Net>) -> Result<Report> {
         async move {
             c.create_schedule(pb::CreateScheduleRequest {
                 schedule: Some(schedule),
+                ..Default::default()
             })
             .await?;
             Ok(())

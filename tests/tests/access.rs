@@ -594,8 +594,11 @@ async fn forged_worker_reports_are_refused_and_change_nothing() -> anyhow::Resul
     assert_eq!(a.len(), 1);
 
     // The real worker still owns it: cancelling works as usual.
-    api.cancel_job(pb::CancelJobRequest { id: job.id.clone() })
-        .await?;
+    api.cancel_job(pb::CancelJobRequest {
+        id: job.id.clone(),
+        ..Default::default()
+    })
+    .await?;
     wait_state(&mut api, &job.id, pb::JobState::Cancelled).await?;
     Ok(())
 }
@@ -626,6 +629,7 @@ async fn an_operator_limited_to_queues_acts_only_on_them() -> anyhow::Result<()>
     let s = scoped
         .cancel_job(pb::CancelJobRequest {
             id: other.id.clone(),
+            ..Default::default()
         })
         .await
         .expect_err("cancel outside scope");
@@ -647,8 +651,11 @@ async fn mutations_are_audited_with_who_what_and_where() -> anyhow::Result<()> {
     let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
     let mut api = jobs(&addr).await?;
     let job = submit(&mut api, sh("true")).await?;
-    api.cancel_job(pb::CancelJobRequest { id: job.id.clone() })
-        .await?;
+    api.cancel_job(pb::CancelJobRequest {
+        id: job.id.clone(),
+        ..Default::default()
+    })
+    .await?;
     let mut admin = admin_api(&addr).await?;
     let created = admin
         .create_token(pb::CreateTokenRequest {

@@ -48,6 +48,7 @@ async fn outputs_round_trip_with_checksum_and_expire_with_the_logs() -> anyhow::
     let list = api
         .list_artifacts(pb::ListArtifactsRequest {
             job_id: job.id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -102,6 +103,7 @@ async fn outputs_round_trip_with_checksum_and_expire_with_the_logs() -> anyhow::
     let left = api
         .list_artifacts(pb::ListArtifactsRequest {
             job_id: job.id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -150,6 +152,7 @@ async fn a_failed_upload_fails_the_attempt_as_retryable() -> anyhow::Result<()> 
     let list = api
         .list_artifacts(pb::ListArtifactsRequest {
             job_id: job.id.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner()

@@ -72,6 +72,7 @@ async fn placeholder_expansion_is_bounded_at_submit_and_rerun() -> anyhow::Resul
         .retry_job(pb::RetryJobRequest {
             id: job.id.clone(),
             set_params: [("p".to_string(), "y".repeat(60_000))].into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -353,7 +354,9 @@ async fn worker_reports_are_bounded_and_cannot_forge_log_lines() -> anyhow::Resu
     let start = Instant::now();
     let listed = loop {
         let ws = admin
-            .list_workers(pb::ListWorkersRequest {})
+            .list_workers(pb::ListWorkersRequest {
+                ..Default::default()
+            })
             .await?
             .into_inner()
             .workers;

@@ -41,7 +41,9 @@ async fn worker_containment(addr: &str, id: &str) -> anyhow::Result<String> {
     let start = Instant::now();
     loop {
         let ws = admin
-            .list_workers(pb::ListWorkersRequest {})
+            .list_workers(pb::ListWorkersRequest {
+                ..Default::default()
+            })
             .await?
             .into_inner()
             .workers;
@@ -127,8 +129,11 @@ async fn daemons_and_double_forks_never_outlive_their_attempt() -> anyhow::Resul
                 assert!(process_alive(daemon) && process_alive(double));
             }
             if tag.ends_with("cancel") {
-                api.cancel_job(pb::CancelJobRequest { id: job.id.clone() })
-                    .await?;
+                api.cancel_job(pb::CancelJobRequest {
+                    id: job.id.clone(),
+                    ..Default::default()
+                })
+                .await?;
             }
             let (j, a) = wait_state(&mut api, &job.id, want).await?;
             assert!(

@@ -127,6 +127,7 @@ async fn a_failure_cancels_dependants_and_a_successful_retry_releases_a_resubmit
         .retry_job(pb::RetryJobRequest {
             id: f.id.clone(),
             set_params: [("gate".to_string(), go2.display().to_string())].into(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -191,7 +192,10 @@ async fn a_job_in_backoff_says_until_when() -> anyhow::Result<()> {
     })
     .await?;
     assert!(j.waiting.starts_with("backoff until 20"), "{:?}", j.waiting);
-    api.cancel_job(pb::CancelJobRequest { id: j.id.clone() })
-        .await?;
+    api.cancel_job(pb::CancelJobRequest {
+        id: j.id.clone(),
+        ..Default::default()
+    })
+    .await?;
     Ok(())
 }

@@ -61,7 +61,9 @@ async fn worker_fails_over_to_the_next_coordinator_keeping_its_running_job() -> 
     loop {
         let w = admin_api(&addr_b)
             .await?
-            .list_workers(pb::ListWorkersRequest {})
+            .list_workers(pb::ListWorkersRequest {
+                ..Default::default()
+            })
             .await?
             .into_inner()
             .workers;
@@ -192,7 +194,9 @@ async fn hello_with_an_unsupported_protocol_version_is_refused_naming_both() -> 
     // Nothing was recorded for the refused worker.
     let listed = admin_api(&addr)
         .await?
-        .list_workers(pb::ListWorkersRequest {})
+        .list_workers(pb::ListWorkersRequest {
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .workers;

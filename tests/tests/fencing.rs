@@ -351,7 +351,10 @@ async fn submit_cancel_retry_and_rerun_commit_with_their_event_or_not_at_all() -
 
     // Cancel of a pending job.
     let e = api
-        .cancel_job(pb::CancelJobRequest { id: job.id.clone() })
+        .cancel_job(pb::CancelJobRequest {
+            id: job.id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Internal, "{e:?}");
@@ -359,8 +362,11 @@ async fn submit_cancel_retry_and_rerun_commit_with_their_event_or_not_at_all() -
     let (j, _) = get(&mut api, &job.id).await?;
     assert_eq!(j.state, pb::JobState::Pending as i32, "{j:?}");
     mend_outbox(&db).await?;
-    api.cancel_job(pb::CancelJobRequest { id: job.id.clone() })
-        .await?;
+    api.cancel_job(pb::CancelJobRequest {
+        id: job.id.clone(),
+        ..Default::default()
+    })
+    .await?;
     let (j, _) = get(&mut api, &job.id).await?;
     assert_eq!(j.state, pb::JobState::Cancelled as i32, "{j:?}");
     let (jobs_n, attempts_n, events) = counts(&db).await?;
@@ -377,6 +383,7 @@ async fn submit_cancel_retry_and_rerun_commit_with_their_event_or_not_at_all() -
         set_params: set
             .map(|v| [("x".to_string(), v.to_string())].into())
             .unwrap_or_default(),
+        ..Default::default()
     };
     let e = api.retry_job(retry(None)).await.unwrap_err();
     assert_eq!(e.code(), Code::Internal, "retry: {e:?}");

@@ -312,6 +312,7 @@ async fn metrics_parse_and_move_when_jobs_run() -> anyhow::Result<()> {
     let missing = api
         .cancel_job(pb::CancelJobRequest {
             id: "00000000-0000-4000-8000-000000000000".into(),
+            ..Default::default()
         })
         .await
         .expect_err("no such job");

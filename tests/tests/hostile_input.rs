@@ -266,9 +266,12 @@ async fn hostile_requests_are_refused_and_change_nothing() -> anyhow::Result<()>
     );
     check(
         "CancelJob",
-        api.cancel_job(pb::CancelJobRequest { id: sql.into() })
-            .await
-            .map(|_| ()),
+        api.cancel_job(pb::CancelJobRequest {
+            id: sql.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ()),
         Code::InvalidArgument,
         "id:",
     );
@@ -288,6 +291,7 @@ async fn hostile_requests_are_refused_and_change_nothing() -> anyhow::Result<()>
         api.retry_job(pb::RetryJobRequest {
             id: done.id.clone(),
             set_params: big_params.clone(),
+            ..Default::default()
         })
         .await
         .map(|_| ()),

@@ -161,7 +161,12 @@ async fn wait_workers_alive(addr: &str, tls: &ClientTls, ids: &[&str]) -> anyhow
     let mut admin = AdminClient::new(authed(channel_tls(addr, tls).await?, ADMIN_TOKEN)?);
     let start = Instant::now();
     loop {
-        if let Ok(r) = admin.list_workers(pb::ListWorkersRequest {}).await {
+        if let Ok(r) = admin
+            .list_workers(pb::ListWorkersRequest {
+                ..Default::default()
+            })
+            .await
+        {
             let w = r.into_inner().workers;
             if ids.iter().all(|id| {
                 w.iter()

@@ -447,6 +447,7 @@ async fn bad_requests_are_refused_with_the_field_named() -> Result<()> {
             .map(|e| (e.code(), e.message().to_string(), "id")),
         a.test_alert_channel(pb::TestAlertChannelRequest {
             channel: "nope".into(),
+            ..Default::default()
         })
         .await
         .err()
@@ -491,6 +492,7 @@ async fn bad_requests_are_refused_with_the_field_named() -> Result<()> {
     let n = a
         .test_alert_channel(pb::TestAlertChannelRequest {
             channel: "hook".into(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -690,6 +692,7 @@ async fn a_coordinator_killed_mid_delivery_still_delivers_and_the_key_dedups() -
     let n = a
         .test_alert_channel(pb::TestAlertChannelRequest {
             channel: "hook".into(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -1017,6 +1020,7 @@ window_secs = 1
     let n = a
         .test_alert_channel(pb::TestAlertChannelRequest {
             channel: "mail".into(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -1047,6 +1051,7 @@ window_secs = 1
     let n = a
         .test_alert_channel(pb::TestAlertChannelRequest {
             channel: "mail".into(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -1220,8 +1225,11 @@ to = ["ops@example.com"]
     )?;
     let mut a = alerts_api(&addr).await?;
     for ch in ["tls", "untrusted"] {
-        a.test_alert_channel(pb::TestAlertChannelRequest { channel: ch.into() })
-            .await?;
+        a.test_alert_channel(pb::TestAlertChannelRequest {
+            channel: ch.into(),
+            ..Default::default()
+        })
+        .await?;
     }
     until("the mail over STARTTLS", || received(&dir).len() == 1).await?;
     assert_eq!(
@@ -1453,6 +1461,7 @@ waited_longer_than_secs = 1
     .await?;
     api.cancel_job(pb::CancelJobRequest {
         id: waiting.id.clone(),
+        ..Default::default()
     })
     .await?;
     until_async(|| {
@@ -1538,6 +1547,7 @@ window_secs = 3600
             spec: Some(sh("echo tick")),
             ..Default::default()
         }),
+        ..Default::default()
     })
     .await?;
     until("the firing message", || {

@@ -77,6 +77,7 @@ async fn rerun_replaces_named_params_for_a_partial_refetch() -> anyhow::Result<(
         .retry_job(pb::RetryJobRequest {
             id: orig.id.clone(),
             set_params: [("data_type".to_string(), "odds".to_string())].into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -87,6 +88,7 @@ async fn rerun_replaces_named_params_for_a_partial_refetch() -> anyhow::Result<(
         .retry_job(pb::RetryJobRequest {
             id: orig.id.clone(),
             set_params: [("data_types".to_string(), "odds".to_string())].into(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -162,7 +164,10 @@ async fn cancel_pending_running_and_finished_jobs() -> anyhow::Result<()> {
     p.queue = "nobody".into();
     let p = submit(&mut api, p).await?;
     let r = api
-        .cancel_job(pb::CancelJobRequest { id: p.id.clone() })
+        .cancel_job(pb::CancelJobRequest {
+            id: p.id.clone(),
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .job
@@ -180,6 +185,7 @@ async fn cancel_pending_running_and_finished_jobs() -> anyhow::Result<()> {
     let pid = pid_from_log(&mut api, &running.id, 1).await?;
     api.cancel_job(pb::CancelJobRequest {
         id: running.id.clone(),
+        ..Default::default()
     })
     .await?;
     let (job, attempts) = wait_state(&mut api, &running.id, pb::JobState::Cancelled).await?;
@@ -190,7 +196,10 @@ async fn cancel_pending_running_and_finished_jobs() -> anyhow::Result<()> {
 
     // Finished: a clear refusal.
     let e = api
-        .cancel_job(pb::CancelJobRequest { id: p.id.clone() })
+        .cancel_job(pb::CancelJobRequest {
+            id: p.id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);

@@ -65,7 +65,12 @@ async fn paused_queue_leases_nothing_running_jobs_finish_resume_releases() -> an
         .output()?;
     let text = String::from_utf8(out.stdout)?;
     assert_eq!(text.matches("waiting: queue paused").count(), 4, "{text}");
-    let list = qs.list_queues(pb::ListQueuesRequest {}).await?.into_inner();
+    let list = qs
+        .list_queues(pb::ListQueuesRequest {
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
     let scrape = list
         .queues
         .iter()

@@ -98,6 +98,7 @@ async fn retention_deletes_exactly_the_old_finished_jobs() -> anyhow::Result<()>
         .retry_job(pb::RetryJobRequest {
             id: chain_old.id.clone(),
             set_params: Default::default(),
+            ..Default::default()
         })
         .await?
         .into_inner()
@@ -108,6 +109,7 @@ async fn retention_deletes_exactly_the_old_finished_jobs() -> anyhow::Result<()>
     wait_state(&mut api, &cancelled.id, pb::JobState::Running).await?;
     api.cancel_job(pb::CancelJobRequest {
         id: cancelled.id.clone(),
+        ..Default::default()
     })
     .await?;
     wait_state(&mut api, &cancelled.id, pb::JobState::Cancelled).await?;
@@ -568,6 +570,7 @@ async fn a_schedules_old_runs_go_with_their_jobs_and_the_schedule_stays() -> any
             overlap: "allow".into(),
             ..Default::default()
         }),
+        ..Default::default()
     })
     .await?;
     until("two ticks fired and done", || async {

@@ -23,13 +23,14 @@ fn every_second(name: &str, script: &str, catch_up: &str, overlap: &str) -> pb::
 }
 
 async fn create(c: &mut SchedulesClient, s: pb::Schedule) -> anyhow::Result<pb::Schedule> {
-    Ok(
-        c.create_schedule(pb::CreateScheduleRequest { schedule: Some(s) })
-            .await?
-            .into_inner()
-            .schedule
-            .unwrap_or_default(),
-    )
+    Ok(c.create_schedule(pb::CreateScheduleRequest {
+        schedule: Some(s),
+        ..Default::default()
+    })
+    .await?
+    .into_inner()
+    .schedule
+    .unwrap_or_default())
 }
 
 /// (fire_time, status, job_id, created_at) of every run, oldest tick first.
@@ -564,7 +565,10 @@ async fn operator_commands_and_bad_input() -> anyhow::Result<()> {
     ];
     for (s, field) in cases {
         let e = sc
-            .create_schedule(pb::CreateScheduleRequest { schedule: Some(s) })
+            .create_schedule(pb::CreateScheduleRequest {
+                schedule: Some(s),
+                ..Default::default()
+            })
             .await
             .expect_err(field);
         assert_eq!(e.code(), Code::InvalidArgument, "{field}: {e:?}");
@@ -594,7 +598,9 @@ async fn operator_commands_and_bad_input() -> anyhow::Result<()> {
         "{err}"
     );
     let list = sc
-        .list_schedules(pb::ListSchedulesRequest {})
+        .list_schedules(pb::ListSchedulesRequest {
+            ..Default::default()
+        })
         .await?
         .into_inner();
     assert_eq!(list.schedules.len(), 1);
@@ -741,6 +747,7 @@ async fn scheduled_jobs_carry_keys_priority_limits_and_secrets() -> anyhow::Resu
         let job = sc
             .trigger_schedule(pb::TriggerScheduleRequest {
                 name: "polite".into(),
+                ..Default::default()
             })
             .await?
             .into_inner()

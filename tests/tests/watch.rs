@@ -33,8 +33,11 @@ async fn watching_given_jobs_sees_each_state_and_ends_when_they_finish() -> anyh
         ..Default::default()
     });
     let bad2 = submit(&mut api, bad_spec).await?;
-    api.cancel_job(pb::CancelJobRequest { id: bad.id.clone() })
-        .await?;
+    api.cancel_job(pb::CancelJobRequest {
+        id: bad.id.clone(),
+        ..Default::default()
+    })
+    .await?;
     let mut s = api
         .watch_jobs(pb::WatchJobsRequest {
             ids: vec![ok.id.clone(), bad.id.clone(), bad2.id.clone()],
@@ -355,6 +358,7 @@ async fn droverctl_wait_exit_status_tells_the_outcome() -> anyhow::Result<()> {
     let cancelled = submit(&mut api, sh("true")).await?;
     api.cancel_job(pb::CancelJobRequest {
         id: cancelled.id.clone(),
+        ..Default::default()
     })
     .await?;
     assert_eq!(droverctl(&addr, &["wait", &cancelled.id]).0, 4);
