@@ -69,7 +69,7 @@ pub fn check_spec(s: &TokenSpec) -> Result<Role, Error> {
     }
     if s.expires_in_secs > MAX_LIFETIME_SECS {
         return Err(Error::Invalid(format!(
-            "expires_in_secs: at most {MAX_LIFETIME_SECS} (ten years)"
+            "expires_in: at most {MAX_LIFETIME_SECS}s (ten years)"
         )));
     }
     Ok(role)
@@ -131,7 +131,7 @@ pub async fn create(
         role: r.role,
         queues: r.queues,
         worker_pattern: r.worker_pattern,
-        expires_in_secs: r.expires_in_secs,
+        expires_in_secs: convert::millis("expires_in", &r.expires_in)? / 1000,
     };
     let result = create_token(&api.store, &spec)
         .await
@@ -223,8 +223,9 @@ pub async fn list_audit(
         }
         n => n,
     };
-    if r.since_secs > MAX_LIFETIME_SECS {
-        return Err(Error::Invalid(format!("since_secs: at most {MAX_LIFETIME_SECS}")).into());
+    let since_secs = convert::millis("since", &r.since)? / 1000;
+    if since_secs > MAX_LIFETIME_SECS {
+        return Err(Error::Invalid(format!("since: at most {MAX_LIFETIME_SECS}s")).into());
     }
     let before = if r.page_token.is_empty() {
         None
@@ -239,8 +240,8 @@ pub async fn list_audit(
                 })?,
         )
     };
-    let since = (r.since_secs > 0)
-        .then(|| chrono::Utc::now() - chrono::Duration::seconds(r.since_secs as i64));
+    let since =
+        (since_secs > 0).then(|| chrono::Utc::now() - chrono::Duration::seconds(since_secs as i64));
     let mut rows = api
         .store
         .list_audit(since, before, i64::from(size) + 1)
@@ -292,7 +293,7 @@ mod tests {
             (spec("x", "admin", &[], "w1", 0), "worker_pattern"),
             (
                 spec("x", "viewer", &[], "", MAX_LIFETIME_SECS + 1),
-                "expires_in_secs",
+                "expires_in",
             ),
         ];
         for (s, field) in bad {
