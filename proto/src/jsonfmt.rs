@@ -146,9 +146,9 @@ pub mod duration {
         let sign = if negative { "-" } else { "" };
         if nanos == 0 {
             format!("{sign}{secs}s")
-        } else if nanos % 1_000_000 == 0 {
+        } else if nanos.is_multiple_of(1_000_000) {
             format!("{sign}{secs}.{:03}s", nanos / 1_000_000)
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             format!("{sign}{secs}.{:06}s", nanos / 1_000)
         } else {
             format!("{sign}{secs}.{nanos:09}s")
