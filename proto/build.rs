@@ -13,7 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out.join("drover_descriptor.bin"), fds.encode_to_vec())?;
     // Undecodable requests are INVALID_ARGUMENT (see src/codec.rs). Every message also
     // gets serde derives for the JSON API (/api/v1): field names as in the .proto, enums
-    // by their names, timestamps as RFC 3339 (see src/jsonfmt.rs).
+    // by their names, timestamps as RFC 3339, durations as "1.5s" (see src/jsonfmt.rs).
     let mut cfg = tonic_prost_build::configure()
         .codec_path("crate::codec::StrictCodec")
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
@@ -32,8 +32,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Fields whose JSON form is not serde's default: enums (i32 in Rust, names in JSON) and
-/// timestamps.
+/// Fields whose JSON form is not serde's default: enums (i32 in Rust, names in JSON),
+/// timestamps and durations.
 fn special_fields(prefix: &str, m: &DescriptorProto, out: &mut Vec<(String, String)>) {
     let path = format!("{prefix}.{}", m.name());
     let maps: Vec<String> = m
@@ -64,6 +64,7 @@ fn special_fields(prefix: &str, m: &DescriptorProto, out: &mut Vec<(String, Stri
                 "crate::jsonfmt::timestamps".to_string()
             }
             (Type::Message, ".google.protobuf.Timestamp") => "crate::jsonfmt::timestamp".into(),
+            (Type::Message, ".google.protobuf.Duration") => "crate::jsonfmt::duration".into(),
             (Type::Bytes, _) if !repeated => "crate::jsonfmt::bytes".into(),
             (Type::Message, t) if maps.iter().any(|n| t.ends_with(&format!(".{n}"))) => continue,
             _ => continue,

@@ -59,6 +59,7 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="drover-pystubs-") as out:
         pb, rpc = generate_stubs(a.proto_root, out)
+        from google.protobuf import duration_pb2
         channel = grpc.insecure_channel(a.addr)
         grpc.channel_ready_future(channel).result(timeout=30)
         jobs = rpc.JobServiceStub(channel)
@@ -71,11 +72,12 @@ def main():
             spec = pb.JobSpec(argv=argv)
             job = jobs.SubmitJob(pb.SubmitJobRequest(spec=spec), metadata=md).job
             returned = time.time_ns()
-            done = jobs.WaitJob(pb.WaitJobRequest(id=job.id, timeout_ms=60000), metadata=md).job
+            wait = pb.WaitJobRequest(id=job.id, timeout=duration_pb2.Duration(seconds=60))
+            done = jobs.WaitJob(wait, metadata=md).job
             if done.state != pb.JOB_STATE_SUCCEEDED:
                 raise SystemExit("client_latency.py: job %s ended in state %d" % (job.id, done.state))
             first = next(iter(jobs.StreamLogs(pb.StreamLogsRequest(job_id=job.id, attempt=1), metadata=md)))
-            stamp = int(first.data.decode().splitlines()[0].strip())
+            stamp = int(first.chunk.data.decode().splitlines()[0].strip())
             pickup.append((stamp - returned) / 1e6)
             last = job.id
             time.sleep(a.idle_ms / 1000.0)

@@ -8,8 +8,8 @@ use crate::stack::{Bins, Server, Stack};
 use crate::util::{self, Dist};
 use anyhow::{anyhow, Context, Result};
 use drover_proto::v1 as pb;
-use drover_proto::v1::coordinator_message::Msg as In;
-use drover_proto::v1::worker_message::Msg as Out;
+use drover_proto::v1::session_request::Msg as Out;
+use drover_proto::v1::session_response::Msg as In;
 use drover_proto::v1::worker_service_client::WorkerServiceClient;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
@@ -54,7 +54,7 @@ i=0; while [ $i -lt 20 ]; do echo "$i: stored 1234 rows for 2026-11-23 racecards
     let mut s = util::spec(vec!["sh".into(), "-c".into(), script.into()], "");
     s.params.insert("date".into(), "2026-11-23".into());
     s.retry = Some(pb::RetryPolicy {
-        initial_backoff_ms: Some(100),
+        initial_backoff: Some(drover_proto::durations::from_millis(100)),
         jitter: Some(0.0),
         ..Default::default()
     });
@@ -273,9 +273,10 @@ async fn sim_worker(
             slots: 1,
             free_slots: 1,
             version: "bench".into(),
+            protocol_version: drover_core::protocol::CURRENT,
             ..Default::default()
         };
-        tx.send(pb::WorkerMessage {
+        tx.send(pb::SessionRequest {
             msg: Some(Out::Hello(hello)),
         })
         .await
@@ -287,9 +288,10 @@ async fn sim_worker(
             .context("opening a simulated session")?
             .into_inner();
         let every = match inbound.message().await? {
-            Some(pb::CoordinatorMessage {
+            Some(pb::SessionResponse {
                 msg: Some(In::Welcome(w)),
-            }) => Duration::from_millis(w.heartbeat_interval_ms.max(100)),
+            }) => drover_proto::durations::or_zero(&w.heartbeat_interval)
+                .max(Duration::from_millis(100)),
             other => return Err(anyhow!("expected a welcome, got {other:?}")),
         };
         Ok((tx, inbound, every))
@@ -311,7 +313,7 @@ async fn sim_worker(
     loop {
         tokio::select! {
             m = inbound.message() => match m {
-                Ok(Some(pb::CoordinatorMessage { msg: Some(In::Assign(a)) })) => {
+                Ok(Some(pb::SessionResponse { msg: Some(In::Assign(a)) })) => {
                     if attempt.is_none() {
                         held.fetch_add(1, Ordering::Relaxed);
                     }
@@ -322,7 +324,7 @@ async fn sim_worker(
             },
             _ = tick.tick() => {
                 n += 1;
-                let hb = pb::WorkerMessage {
+                let hb = pb::SessionRequest {
                     msg: Some(Out::Heartbeat(pb::Heartbeat {
                         running_attempts: attempt.iter().cloned().collect(),
                         resources: Some(resources(attempt.as_deref(), n)),

@@ -93,7 +93,10 @@ pub async fn first_log_chunk(c: &mut Jobs, id: &str, attempt: u32) -> Result<Vec
         .message()
         .await
         .with_context(|| format!("reading the log of job {id}"))?;
-    Ok(first.map(|ch| ch.data).unwrap_or_default())
+    Ok(first
+        .and_then(|r| r.chunk)
+        .map(|ch| ch.data)
+        .unwrap_or_default())
 }
 
 /// The unix-ns stamp printed as the first line of an attempt's output.

@@ -2,7 +2,7 @@
 //! alert rules and notification delivery over `AlertService`.
 
 use crate::output::time;
-use crate::{channel, duration_ms, print_json, status_error, Format};
+use crate::{channel, duration, print_json, status_error, Format};
 use anyhow::Result;
 use clap::Subcommand;
 use drover_proto::v1 as pb;
@@ -51,7 +51,7 @@ pub enum AlertsCmd {
 #[derive(Subcommand)]
 pub enum NotificationsCmd {
     /// Queue a dead notification again.
-    Redeliver { id: i64 },
+    Redeliver { id: u64 },
 }
 
 #[derive(clap::Args)]
@@ -140,14 +140,14 @@ pub async fn failures(addr: &str, fmt: Format, a: FailuresArgs) -> Result<ExitCo
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let since_ms = match &a.since {
-        Some(s) => duration_ms("since", s)?,
-        None => 0,
+    let since = match &a.since {
+        Some(s) => Some(duration("since", s)?),
+        None => None,
     };
     let r = c
         .list_failure_groups(pb::ListFailureGroupsRequest {
             queue: a.queue.unwrap_or_default(),
-            since_ms,
+            since,
             page_size: a.limit,
             page_token: a.page_token.unwrap_or_default(),
             fingerprint: String::new(),
@@ -217,7 +217,7 @@ pub async fn alerts(addr: &str, fmt: Format, cmd: Option<AlertsCmd>) -> Result<E
         print_json(&json!({
             "rules": r.rules.iter().map(|x| json!({
                 "name": x.name, "kind": x.kind, "channel": x.channel, "queue": x.queue,
-                "labels": x.labels, "window_secs": x.window_secs, "threshold": x.threshold,
+                "labels": x.labels, "window": drover_proto::json::duration(&x.window), "threshold": x.threshold,
             })).collect::<Vec<_>>(),
             "channels": r.channels.iter().map(|x| json!({
                 "name": x.name, "kind": x.kind, "target": x.target,
@@ -235,7 +235,7 @@ pub async fn alerts(addr: &str, fmt: Format, cmd: Option<AlertsCmd>) -> Result<E
                 x.kind,
                 x.channel,
                 if x.queue.is_empty() { "*" } else { &x.queue },
-                x.window_secs,
+                drover_proto::durations::or_zero(&x.window).as_secs(),
                 x.threshold,
                 if x.labels.is_empty() {
                     String::new()

@@ -4,7 +4,7 @@
 //! cancelled, 5 it had not finished when `--timeout` ran out; 1 on any other error. With
 //! several jobs, the first job (in input order) that did not succeed decides.
 
-use crate::{duration_ms, output, print_json, status_error, Format};
+use crate::{duration, duration_ms, output, print_json, status_error, Format};
 use anyhow::{anyhow, bail, Context, Result};
 use drover_proto::auth::AuthChannel;
 use drover_proto::v1 as pb;
@@ -86,14 +86,14 @@ impl SpecLine {
             queue: self.queue.unwrap_or_else(|| "default".into()),
             labels: self.labels,
             params: self.params,
-            timeout_ms: match &self.timeout {
-                Some(t) => duration_ms("timeout", t)?,
-                None => 0,
+            timeout: match &self.timeout {
+                Some(t) => Some(duration("timeout", t)?),
+                None => None,
             },
             retry: Some(pb::RetryPolicy {
                 max_retries: self.max_retries,
-                initial_backoff_ms: match &self.retry_wait {
-                    Some(w) => Some(duration_ms("retry-wait", w)? as u64),
+                initial_backoff: match &self.retry_wait {
+                    Some(w) => Some(duration("retry-wait", w)?),
                     None => None,
                 },
                 ..Default::default()
@@ -313,7 +313,7 @@ pub async fn wait_job(
         match c
             .wait_job(pb::WaitJobRequest {
                 id: id.to_string(),
-                timeout_ms: left,
+                timeout: Some(drover_proto::durations::from_millis(left)),
             })
             .await
         {
@@ -367,7 +367,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.argv, ["echo", "{d}"]);
         assert_eq!(s.queue, "etl");
-        assert_eq!(s.timeout_ms, 90_000);
+        assert_eq!(drover_proto::durations::to_millis(&s.timeout), Ok(90_000));
         assert_eq!(s.retry.as_ref().and_then(|r| r.max_retries), Some(2));
         assert_eq!(s.memory_limit_bytes, 1 << 30);
         assert_eq!(s.cpu_millis, 500);

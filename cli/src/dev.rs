@@ -249,7 +249,7 @@ async fn sample_job(addr: String, token: String) -> Result<()> {
         })
         .await?
         .into_inner();
-    while let Some(chunk) = logs.message().await? {
+    while let Some(chunk) = logs.message().await?.and_then(|r| r.chunk) {
         for line in String::from_utf8_lossy(&chunk.data).lines() {
             println!("  [sample] {line}");
         }

@@ -465,6 +465,13 @@ fn pairs(field: &str, items: &[String]) -> Result<HashMap<String, String>> {
         .collect()
 }
 
+/// A duration flag on the wire.
+fn duration(flag: &str, s: &str) -> Result<drover_proto::Duration> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| anyhow!("--{flag} {s:?}: {e} (use e.g. 30s, 5m, 2h)"))?;
+    Ok(drover_proto::durations::from_std(d))
+}
+
 fn duration_ms(flag: &str, s: &str) -> Result<i64> {
     let d = humantime::parse_duration(s.trim())
         .map_err(|e| anyhow!("--{flag} {s:?}: {e} (use e.g. 30s, 5m, 2h)"))?;
@@ -518,14 +525,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             limit,
             page_token,
         } => {
-            let since_secs = match &since {
-                Some(s) => (duration_ms("since", s)? / 1000) as u64,
-                None => 0,
+            let since = match &since {
+                Some(s) => Some(duration("since", s)?),
+                None => None,
             };
             let mut c = AdminServiceClient::new(channel(&cli.addr).await?);
             let r = c
                 .list_audit(pb::ListAuditRequest {
-                    since_secs,
+                    since,
                     page_size: limit,
                     page_token: page_token.unwrap_or_default(),
                 })
@@ -662,14 +669,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let state = parse_state(&state)?;
             let within = match &since {
-                Some(s) => duration_ms("since", s)?,
-                None => 0,
+                Some(s) => Some(duration("since", s)?),
+                None => None,
             };
             let c = connect(&cli.addr).await?;
             let req = pb::RetryJobsRequest {
                 state: state as i32,
                 queue: queue.unwrap_or_default(),
-                finished_within_ms: within,
+                finished_within: within,
                 dry_run,
                 limit,
                 fingerprint: fingerprint.unwrap_or_default(),
@@ -840,11 +847,11 @@ async fn token_command(addr: &str, fmt: Format, t: TokenCommand) -> Result<ExitC
             worker,
             expires,
         } => {
-            let expires_in_secs = match &expires {
-                Some(e) => drover_core::auth::parse_lifetime(e)
-                    .map_err(|m| anyhow!("--expires: {m}"))?
-                    .as_secs(),
-                None => 0,
+            let expires_in = match &expires {
+                Some(e) => Some(drover_proto::durations::from_std(
+                    drover_core::auth::parse_lifetime(e).map_err(|m| anyhow!("--expires: {m}"))?,
+                )),
+                None => None,
             };
             let r = c
                 .create_token(pb::CreateTokenRequest {
@@ -852,7 +859,7 @@ async fn token_command(addr: &str, fmt: Format, t: TokenCommand) -> Result<ExitC
                     role,
                     queues,
                     worker_pattern: worker.unwrap_or_default(),
-                    expires_in_secs,
+                    expires_in,
                 })
                 .await
                 .map_err(status_error)?
@@ -909,14 +916,14 @@ async fn token_command(addr: &str, fmt: Format, t: TokenCommand) -> Result<ExitC
 }
 
 async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
-    let timeout_ms = match &a.timeout {
-        Some(t) => duration_ms("timeout", t)?,
-        None => 0,
+    let timeout = match &a.timeout {
+        Some(t) => Some(duration("timeout", t)?),
+        None => None,
     };
     let retry = pb::RetryPolicy {
         max_retries: a.max_retries,
-        initial_backoff_ms: match &a.retry_wait {
-            Some(w) => Some(duration_ms("retry-wait", w)? as u64),
+        initial_backoff: match &a.retry_wait {
+            Some(w) => Some(duration("retry-wait", w)?),
             None => None,
         },
         ..Default::default()
@@ -927,7 +934,7 @@ async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
         queue: a.queue,
         labels: a.labels,
         params: pairs("param", &a.params)?,
-        timeout_ms,
+        timeout,
         retry: Some(retry),
         idempotency_key: a.idempotency_key.unwrap_or_default(),
         after: a.after,
@@ -976,7 +983,12 @@ async fn logs(
     let mut out = std::io::stdout().lock();
     let mut current = 0;
     let mut at_line_start = true;
-    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(status_error)?
+        .and_then(|r| r.chunk)
+    {
         if attempt == 0 && chunk.attempt_number != current {
             current = chunk.attempt_number;
             out.flush()?;

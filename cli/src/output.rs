@@ -61,7 +61,7 @@ pub fn job_json(j: &pb::Job) -> Value {
         "waiting": j.waiting,
         "concurrency_keys": spec.concurrency_keys,
         "priority": spec.priority,
-        "timeout_ms": spec.timeout_ms,
+        "timeout": drover_proto::json::duration(&spec.timeout),
         "idempotency_key": spec.idempotency_key,
         "outputs": spec.outputs,
         "memory_limit_bytes": spec.memory_limit_bytes,
@@ -69,9 +69,9 @@ pub fn job_json(j: &pb::Job) -> Value {
         "pids_limit": spec.pids_limit,
         "retry": {
             "max_retries": retry.max_retries,
-            "initial_backoff_ms": retry.initial_backoff_ms,
+            "initial_backoff": drover_proto::json::duration(&retry.initial_backoff),
             "multiplier": retry.multiplier,
-            "max_backoff_ms": retry.max_backoff_ms,
+            "max_backoff": drover_proto::json::duration(&retry.max_backoff),
             "jitter": retry.jitter,
             "retryable_exit_codes": retry.retryable_exit_codes,
             "permanent_exit_codes": retry.permanent_exit_codes,
@@ -174,8 +174,9 @@ pub fn job_detail(j: &pb::Job, attempts: &[pb::Attempt], retried_by: &[String]) 
     if spec.priority != 0 {
         line("priority", spec.priority.to_string());
     }
-    if spec.timeout_ms > 0 {
-        line("timeout", format!("{}s", spec.timeout_ms as f64 / 1000.0));
+    let timeout = drover_proto::durations::or_zero(&spec.timeout);
+    if !timeout.is_zero() {
+        line("timeout", format!("{}s", timeout.as_secs_f64()));
     }
     let mut limits = Vec::new();
     if spec.memory_limit_bytes > 0 {
@@ -199,7 +200,7 @@ pub fn job_detail(j: &pb::Job, attempts: &[pb::Attempt], retried_by: &[String]) 
             format!(
                 "max {} retries, first wait {}s, x{}",
                 r.max_retries.unwrap_or_default(),
-                r.initial_backoff_ms.unwrap_or_default() as f64 / 1000.0,
+                drover_proto::durations::or_zero(&r.initial_backoff).as_secs_f64(),
                 r.multiplier.unwrap_or_default()
             ),
         );
@@ -338,7 +339,7 @@ pub fn worker_table(workers: &[pb::Worker]) -> String {
     out
 }
 
-pub fn health_text(h: &pb::Health) -> String {
+pub fn health_text(h: &pb::GetHealthResponse) -> String {
     let mut out = format!("status: {}\n", pb::HealthStatus::name_of(h.status));
     for r in &h.reasons {
         out.push_str(&format!("  - {r}\n"));
@@ -360,7 +361,7 @@ pub fn health_text(h: &pb::Health) -> String {
             "queue {}: {} pending (oldest due {}s), {} running\n",
             q.queue,
             q.pending,
-            q.oldest_pending_ms / 1000,
+            drover_proto::durations::or_zero(&q.oldest_pending).as_secs(),
             q.running
         ));
     }

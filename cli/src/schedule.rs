@@ -1,7 +1,7 @@
 //! `droverctl schedule ...`: job specs fired on a cron schedule.
 
 use crate::output::{job_state, time};
-use crate::{channel, duration_ms, pairs, print_json, status_error, Format};
+use crate::{channel, duration, pairs, print_json, status_error, Format};
 use anyhow::Result;
 use drover_proto::v1 as pb;
 use drover_proto::v1::schedule_service_client::ScheduleServiceClient;
@@ -190,9 +190,9 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
     match cmd {
         ScheduleCmd::Create(a) => {
             let a = *a;
-            let timeout_ms = match &a.timeout {
-                Some(t) => duration_ms("timeout", t)?,
-                None => 0,
+            let timeout = match &a.timeout {
+                Some(t) => Some(duration("timeout", t)?),
+                None => None,
             };
             let mut spec = pb::JobSpec {
                 argv: a.argv,
@@ -200,7 +200,7 @@ pub async fn run(addr: &str, fmt: Format, cmd: ScheduleCmd) -> Result<()> {
                 queue: a.queue,
                 labels: a.labels,
                 params: pairs("param", &a.params)?,
-                timeout_ms,
+                timeout,
                 retry: Some(pb::RetryPolicy {
                     max_retries: a.max_retries,
                     ..Default::default()

@@ -67,7 +67,7 @@ pub fn group_to_pb(g: &GroupRow) -> pb::FailureGroup {
 
 fn notification_to_pb(n: &NotificationRow) -> pb::Notification {
     pb::Notification {
-        id: n.id,
+        id: n.id.max(0) as u64,
         channel: n.channel.clone(),
         rule: n.rule.clone(),
         subject: n.subject.clone(),
@@ -128,9 +128,7 @@ impl AlertService for AlertsApi {
         if !r.fingerprint.is_empty() {
             check_fingerprint("fingerprint", &r.fingerprint)?;
         }
-        if r.since_ms < 0 {
-            return Err(Error::Invalid("since_ms: must not be negative".into()).into());
-        }
+        let since_ms = convert::millis("since", &r.since)?;
         let limit = page("page_size", r.page_size, 20, MAX_GROUPS_PAGE)?;
         let offset = match pager.cursor::<i64>()? {
             None => 0,
@@ -147,7 +145,7 @@ impl AlertService for AlertsApi {
             .list_failure_groups(&GroupFilter {
                 queue: (!r.queue.is_empty()).then_some(r.queue),
                 fingerprint: (!r.fingerprint.is_empty()).then_some(r.fingerprint),
-                since: (r.since_ms > 0).then(|| Duration::from_millis(r.since_ms as u64)),
+                since: (since_ms > 0).then(|| Duration::from_millis(since_ms)),
                 offset,
                 limit,
             })
@@ -216,7 +214,9 @@ impl AlertService for AlertsApi {
                     channel: r.channel.clone(),
                     queue: r.queue.clone(),
                     labels: r.labels.clone(),
-                    window_secs: r.window_secs,
+                    window: Some(drover_proto::durations::from_std(Duration::from_secs(
+                        r.window_secs,
+                    ))),
                     threshold: threshold(r),
                 })
                 .collect(),
@@ -260,9 +260,14 @@ impl AlertService for AlertsApi {
         req: Request<pb::RedeliverNotificationRequest>,
     ) -> Result<Response<pb::RedeliverNotificationResponse>, Status> {
         let id = req.into_inner().id;
-        if id <= 0 {
-            return Err(Error::Invalid("id: must be a notification id (positive)".into()).into());
-        }
+        let id = match i64::try_from(id) {
+            Ok(id) if id > 0 => id,
+            _ => {
+                return Err(
+                    Error::Invalid("id: must be a notification id (positive)".into()).into(),
+                )
+            }
+        };
         let n = self.store.redeliver_notification(id).await?;
         tracing::info!(id, "notification queued again by an operator");
         Ok(Response::new(pb::RedeliverNotificationResponse {

@@ -224,7 +224,7 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-async fn health(State(s): State<HttpState>, c: Caller) -> ApiResult<pb::Health> {
+async fn health(State(s): State<HttpState>, c: Caller) -> ApiResult<pb::GetHealthResponse> {
     let svc = &*s.services.admin;
     c.call(pb::GetHealthRequest {}, |r| svc.get_health(r))
         .await

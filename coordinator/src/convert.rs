@@ -4,6 +4,7 @@ use crate::error::Error;
 use crate::store::{AttemptRow, JobRow};
 use chrono::{DateTime, Utc};
 use drover_core::{AttemptState, JobState, PolicyOverrides, RetryPolicy, WorkerState};
+use drover_proto::durations;
 use drover_proto::v1 as pb;
 use drover_proto::Timestamp;
 use uuid::Uuid;
@@ -17,6 +18,16 @@ pub fn ts(t: DateTime<Utc>) -> Timestamp {
 
 pub fn from_ts(t: &Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+}
+
+/// A request's duration field in whole milliseconds (unset: 0); the error names the field.
+pub fn millis(field: &str, d: &Option<drover_proto::Duration>) -> Result<u64, Error> {
+    durations::to_millis(d).map_err(|e| Error::Invalid(format!("{field}: {e}")))
+}
+
+/// [`millis`] for values kept as a signed count of milliseconds.
+pub fn millis_i64(field: &str, d: &Option<drover_proto::Duration>) -> Result<i64, Error> {
+    durations::to_millis_i64(d).map_err(|e| Error::Invalid(format!("{field}: {e}")))
 }
 
 /// Parses an id sent by a client; the error names the field.
@@ -89,9 +100,9 @@ pub fn worker_state_from_pb(s: pb::WorkerState) -> Option<WorkerState> {
 pub fn policy_to_pb(p: &RetryPolicy) -> pb::RetryPolicy {
     pb::RetryPolicy {
         max_retries: Some(p.max_retries),
-        initial_backoff_ms: Some(p.initial_backoff_ms),
+        initial_backoff: Some(durations::from_millis(p.initial_backoff_ms)),
         multiplier: Some(p.multiplier),
-        max_backoff_ms: Some(p.max_backoff_ms),
+        max_backoff: Some(durations::from_millis(p.max_backoff_ms)),
         jitter: Some(p.jitter),
         retryable_exit_codes: p.retryable_exit_codes.clone(),
         permanent_exit_codes: p.permanent_exit_codes.clone(),
@@ -101,22 +112,27 @@ pub fn policy_to_pb(p: &RetryPolicy) -> pb::RetryPolicy {
     }
 }
 
-/// The fields of a submitted policy that the client set.
-pub fn overrides_from_pb(p: &pb::RetryPolicy) -> PolicyOverrides {
+/// The fields of a submitted policy that the client set (a negative backoff is refused,
+/// naming the field).
+pub fn overrides_from_pb(p: &pb::RetryPolicy) -> Result<PolicyOverrides, Error> {
     let list = |v: &Vec<i32>| (!v.is_empty()).then(|| v.clone());
     let pats = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-    PolicyOverrides {
+    let backoff = |field: &str, d: &Option<drover_proto::Duration>| match d {
+        Some(_) => millis(field, d).map(Some),
+        None => Ok(None),
+    };
+    Ok(PolicyOverrides {
         max_retries: p.max_retries,
-        initial_backoff_ms: p.initial_backoff_ms,
+        initial_backoff_ms: backoff("retry.initial_backoff", &p.initial_backoff)?,
         multiplier: p.multiplier,
-        max_backoff_ms: p.max_backoff_ms,
+        max_backoff_ms: backoff("retry.max_backoff", &p.max_backoff)?,
         jitter: p.jitter,
         retryable_exit_codes: list(&p.retryable_exit_codes),
         permanent_exit_codes: list(&p.permanent_exit_codes),
         retryable_patterns: pats(&p.retryable_patterns),
         permanent_patterns: pats(&p.permanent_patterns),
         retry_out_of_memory: p.retry_out_of_memory,
-    }
+    })
 }
 
 pub fn job_to_pb(j: &JobRow) -> pb::Job {
@@ -128,7 +144,7 @@ pub fn job_to_pb(j: &JobRow) -> pb::Job {
             queue: j.spec.queue.clone(),
             labels: j.spec.labels.clone(),
             params: j.spec.params.clone().into_iter().collect(),
-            timeout_ms: j.spec.timeout_ms,
+            timeout: durations::nonzero_millis(j.spec.timeout_ms.max(0) as u64),
             retry: Some(policy_to_pb(&j.policy)),
             idempotency_key: j.spec.idempotency_key.clone().unwrap_or_default(),
             outputs: j.spec.outputs.clone(),
@@ -176,7 +192,9 @@ pub fn attempt_to_pb(a: &AttemptRow) -> pb::Attempt {
         log_dropped_bytes: a.log_dropped_bytes.max(0) as u64,
         logs_purged: a.logs_purged,
         peak_rss_bytes: a.peak_rss_bytes.unwrap_or(0).max(0) as u64,
-        cpu_time_ms: a.cpu_time_ms.unwrap_or(0).max(0) as u64,
+        cpu_time: a
+            .cpu_time_ms
+            .map(|ms| durations::from_millis(ms.max(0) as u64)),
     }
 }
 

@@ -157,7 +157,7 @@ pub async fn run_header(
     }
 }
 
-fn header_html(h: &pb::Health) -> String {
+fn header_html(h: &pb::GetHealthResponse) -> String {
     let n = |s: &str| h.jobs_by_state.get(s).copied().unwrap_or(0);
     let reasons = if h.reasons.is_empty() {
         String::new()
@@ -781,10 +781,9 @@ async fn job_page(
         labels = esc(&spec.labels.join(", ")),
         params = kv(&spec.params),
         env = kv(&spec.env),
-        timeout = if spec.timeout_ms == 0 {
-            "none".to_string()
-        } else {
-            format!("{} ms", spec.timeout_ms)
+        timeout = match drover_proto::durations::to_millis(&spec.timeout).unwrap_or(0) {
+            0 => "none".to_string(),
+            ms => format!("{ms} ms"),
         },
         policy = esc(&policy),
         prio = spec.priority,
@@ -914,10 +913,12 @@ fn attempts_timeline(job: &pb::Job, attempts: &[pb::Attempt]) -> String {
             } else {
                 String::new()
             },
-            cpu = if a.cpu_time_ms > 0 {
-                format!("{:.1} s", a.cpu_time_ms as f64 / 1000.0)
-            } else {
-                String::new()
+            cpu = match &a.cpu_time {
+                Some(_) => format!(
+                    "{:.1} s",
+                    drover_proto::durations::or_zero(&a.cpu_time).as_secs_f64()
+                ),
+                None => String::new(),
             },
             jid = esc(&job.id),
         );
@@ -1441,7 +1442,9 @@ async fn queues_page(
         let paused = qs.is_some_and(|q| q.paused);
         let pending = qh.map(|q| q.pending).or(qs.map(|q| q.pending)).unwrap_or(0);
         let running = qh.map(|q| q.running).or(qs.map(|q| q.running)).unwrap_or(0);
-        let oldest = qh.map(|q| q.oldest_pending_ms).unwrap_or(0);
+        let oldest = qh
+            .map(|q| drover_proto::durations::to_millis(&q.oldest_pending).unwrap_or(0))
+            .unwrap_or(0);
         // One bar per minute of the last hour.
         let mut per_min = [0i64; 60];
         for (_, m, n) in finished.iter().filter(|f| &f.0 == name) {

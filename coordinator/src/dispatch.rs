@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::store::{EndRequest, Store};
 use drover_core::params::substitute_argv;
 use drover_core::RawResult;
-use drover_proto::v1::{coordinator_message::Msg, Assignment, CoordinatorMessage};
+use drover_proto::v1::{session_response::Msg, Assignment, SessionResponse};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-pub type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+pub type Outbound = mpsc::Sender<Result<SessionResponse, Status>>;
 
 /// One connected worker, as the dispatcher sees it.
 pub struct Session {
@@ -65,7 +65,7 @@ impl Session {
     /// Sends without waiting: a worker that does not read its stream is treated as gone.
     pub fn send(&self, msg: Msg) -> bool {
         self.tx
-            .try_send(Ok(CoordinatorMessage { msg: Some(msg) }))
+            .try_send(Ok(SessionResponse { msg: Some(msg) }))
             .is_ok()
     }
 }
@@ -255,7 +255,7 @@ impl Dispatcher {
                     attempt_number: c.number as u32,
                     argv,
                     env: c.env.into_iter().collect(),
-                    timeout_ms: c.timeout_ms,
+                    timeout: drover_proto::durations::nonzero_millis(c.timeout_ms.max(0) as u64),
                     outputs: c.outputs,
                     trace_parent: trace_parent.unwrap_or_default(),
                     memory_limit_bytes: c.limits.memory_bytes.unwrap_or(0),

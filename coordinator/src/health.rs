@@ -93,6 +93,70 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The effective configuration as GetHealth reports it: what operators check, never a
+/// secret (the database password is redacted; channel credentials are not included).
+pub fn config_to_pb(c: &Config) -> pb::CoordinatorConfig {
+    use drover_proto::durations::from_std;
+    let retention = c.retention();
+    let retain = |f: fn(&crate::config::Retention) -> Duration| Some(from_std(f(&retention)));
+    pb::CoordinatorConfig {
+        listen: c.listen.to_string(),
+        http_listen: c.http_listen.to_string(),
+        database_url: redact_url(&c.database_url),
+        db_pool_size: u32::try_from(c.db_pool_size).unwrap_or(u32::MAX),
+        lease_ttl: Some(from_std(c.lease_ttl)),
+        heartbeat_interval: Some(from_std(c.heartbeat_interval)),
+        reaper_interval: Some(from_std(c.reaper_interval)),
+        dispatch_sweep: Some(from_std(c.dispatch_sweep)),
+        retry: Some(convert::policy_to_pb(&c.retry)),
+        queues: c
+            .queues
+            .keys()
+            .map(|name| {
+                let (policy, timeout_ms) = c.queue_defaults(name);
+                let limits = c.queue_limits(name);
+                let q = &c.queues[name];
+                let defaults = pb::QueueDefaults {
+                    timeout: drover_proto::durations::nonzero_millis(timeout_ms.max(0) as u64),
+                    retry: Some(convert::policy_to_pb(&policy)),
+                    memory_limit_bytes: limits.memory_bytes.unwrap_or(0),
+                    cpu_millis: limits.cpu_millis.unwrap_or(0),
+                    pids_limit: limits.pids.unwrap_or(0),
+                    max_running: q.max_running.unwrap_or(0),
+                    priority: q.priority,
+                };
+                (name.clone(), defaults)
+            })
+            .collect(),
+        log_cap_bytes: c.log_cap_bytes,
+        log_retention: Some(from_std(c.log_retention)),
+        artifact_dir: c.artifact_dir.display().to_string(),
+        max_artifact_bytes: c.max_artifact_bytes,
+        access_control: c.access_control,
+        open_routes: c.open_routes.clone(),
+        tls: c.tls_cert_file.is_some(),
+        client_ca: c.tls_client_ca_file.is_some(),
+        client_cert_required: c.tls_client_ca_file.is_some() && c.tls_client_cert_required,
+        concurrency_limits: c
+            .concurrency_limits
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+        rate_limits: c
+            .rate_limits
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        priority_aging: Some(from_std(c.priority_aging)),
+        retain_succeeded: retain(|r| r.jobs.succeeded),
+        retain_permanent_failed: retain(|r| r.jobs.permanent_failed),
+        retain_cancelled: retain(|r| r.jobs.cancelled),
+        alert_rules: c.alerts.rules.iter().map(|r| r.name.clone()).collect(),
+        alert_channels: c.alerts.channels.keys().cloned().collect(),
+        log_format: c.log_format.clone(),
+    }
+}
+
 pub struct AdminApi {
     pub store: Store,
     pub config: std::sync::Arc<Config>,
@@ -141,17 +205,15 @@ impl AdminApi {
     }
 
     /// The full report; a database outage makes it "failing", never an error.
-    pub async fn health(&self) -> pb::Health {
+    pub async fn health(&self) -> pb::GetHealthResponse {
         let status = self.store.pool_status();
-        let mut config = serde_json::to_value(self.config.as_ref()).unwrap_or_default();
-        config["database_url"] = redact_url(&self.config.database_url).into();
-        let mut h = pb::Health {
+        let mut h = pb::GetHealthResponse {
             coordinator_id: self.coordinator_id.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             db_pool_size: status.size as u32,
             db_pool_available: status.available as u32,
             db_pool_max: status.max_size as u32,
-            config_json: config.to_string(),
+            config: Some(config_to_pb(&self.config)),
             ..Default::default()
         };
         let gathered = async {
@@ -212,7 +274,9 @@ impl AdminApi {
                 queue: q.queue.clone(),
                 pending: q.pending.max(0) as u64,
                 running: q.running.max(0) as u64,
-                oldest_pending_ms: q.oldest_due_ms.unwrap_or(0).max(0) as u64,
+                oldest_pending: q
+                    .oldest_due_ms
+                    .map(|ms| drover_proto::durations::from_millis(ms.max(0) as u64)),
             })
             .collect();
         for (_, state) in &workers {
@@ -234,7 +298,7 @@ impl AdminService for AdminApi {
     async fn get_health(
         &self,
         _req: Request<pb::GetHealthRequest>,
-    ) -> Result<Response<pb::Health>, Status> {
+    ) -> Result<Response<pb::GetHealthResponse>, Status> {
         Ok(Response::new(self.health().await))
     }
 

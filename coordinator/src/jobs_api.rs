@@ -57,9 +57,10 @@ pub fn spec_from_pb(
     }
     .or(&config.queue_limits(&queue));
     let policy = match &spec.retry {
-        Some(r) => convert::overrides_from_pb(r).apply(&base),
+        Some(r) => convert::overrides_from_pb(r)?.apply(&base),
         None => base,
     };
+    let timeout_ms = convert::millis_i64("timeout", &spec.timeout)?;
     let key = spec.idempotency_key.trim().to_string();
     let out = JobSpec {
         argv: spec.argv,
@@ -67,10 +68,10 @@ pub fn spec_from_pb(
         queue,
         labels: spec.labels,
         params: spec.params.into_iter().collect(),
-        timeout_ms: if spec.timeout_ms == 0 {
+        timeout_ms: if timeout_ms == 0 {
             queue_timeout
         } else {
-            spec.timeout_ms
+            timeout_ms
         },
         idempotency_key: (!key.is_empty()).then_some(key),
         outputs: spec.outputs,
@@ -214,9 +215,10 @@ fn parse_page_token(t: &str) -> Result<(DateTime<Utc>, Uuid), Error> {
 }
 
 type ArtifactStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ArtifactData, Status>> + Send>>;
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::GetArtifactResponse, Status>> + Send>>;
 
-type LogStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+type LogStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::StreamLogsResponse, Status>> + Send>>;
 
 impl JobsApi {
     async fn retry_job_act(
@@ -289,9 +291,7 @@ impl JobsApi {
         if !r.queue.is_empty() {
             check_name("queue", &r.queue).map_err(Error::from)?;
         }
-        if r.finished_within_ms < 0 {
-            return Err(Error::Invalid("finished_within_ms: must not be negative".into()).into());
-        }
+        let within_ms = convert::millis("finished_within", &r.finished_within)?;
         let limit = match r.limit {
             0 => 100,
             n if n > MAX_PAGE => {
@@ -299,8 +299,7 @@ impl JobsApi {
             }
             n => n,
         };
-        let within =
-            (r.finished_within_ms > 0).then(|| Duration::from_millis(r.finished_within_ms as u64));
+        let within = (within_ms > 0).then(|| Duration::from_millis(within_ms));
         let matched = if r.fingerprint.is_empty() {
             self.store
                 .finished_jobs(
@@ -315,7 +314,7 @@ impl JobsApi {
             crate::alerts_api::check_fingerprint("fingerprint", &r.fingerprint)?;
             if within.is_some() {
                 return Err(Error::Invalid(
-                    "finished_within_ms: not supported together with fingerprint".into(),
+                    "finished_within: not supported together with fingerprint".into(),
                 )
                 .into());
             }
@@ -645,7 +644,7 @@ impl JobService for JobsApi {
         let mut first = Some(convert::artifact_to_pb(row));
         let head = futures::stream::once(async { Ok(Vec::new()) });
         let stream = head.chain(blob).map(move |chunk| match chunk {
-            Ok(data) => Ok(pb::ArtifactData {
+            Ok(data) => Ok(pb::GetArtifactResponse {
                 artifact: first.take(),
                 data,
             }),
@@ -720,7 +719,10 @@ impl JobService for JobsApi {
                 let _ = tx.send(Err(e.into())).await;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let stream = futures::StreamExt::map(ReceiverStream::new(rx), |r| {
+            r.map(|chunk| pb::StreamLogsResponse { chunk: Some(chunk) })
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

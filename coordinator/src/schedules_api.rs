@@ -43,7 +43,7 @@ pub fn schedule_to_pb(s: &ScheduleRow) -> pb::Schedule {
             queue: spec.queue,
             labels: spec.labels,
             params: spec.params.into_iter().collect(),
-            timeout_ms: spec.timeout_ms,
+            timeout: drover_proto::durations::nonzero_millis(spec.timeout_ms.max(0) as u64),
             retry: Some(convert::policy_to_pb(&s.policy)),
             idempotency_key: String::new(),
             outputs: spec.outputs,

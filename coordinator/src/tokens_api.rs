@@ -69,7 +69,7 @@ pub fn check_spec(s: &TokenSpec) -> Result<Role, Error> {
     }
     if s.expires_in_secs > MAX_LIFETIME_SECS {
         return Err(Error::Invalid(format!(
-            "expires_in_secs: at most {MAX_LIFETIME_SECS} (ten years)"
+            "expires_in: at most {MAX_LIFETIME_SECS}s (ten years)"
         )));
     }
     Ok(role)
@@ -131,7 +131,7 @@ pub async fn create(
         role: r.role,
         queues: r.queues,
         worker_pattern: r.worker_pattern,
-        expires_in_secs: r.expires_in_secs,
+        expires_in_secs: convert::millis("expires_in", &r.expires_in)? / 1000,
     };
     let result = create_token(&api.store, &spec)
         .await
@@ -233,8 +233,9 @@ pub async fn list_audit(
         }
         n => n,
     };
-    if r.since_secs > MAX_LIFETIME_SECS {
-        return Err(Error::Invalid(format!("since_secs: at most {MAX_LIFETIME_SECS}")).into());
+    let since_secs = convert::millis("since", &r.since)? / 1000;
+    if since_secs > MAX_LIFETIME_SECS {
+        return Err(Error::Invalid(format!("since: at most {MAX_LIFETIME_SECS}s")).into());
     }
     let before = match pager.cursor::<i64>()? {
         Some(n) if n <= 0 => {
@@ -244,8 +245,8 @@ pub async fn list_audit(
         }
         c => c,
     };
-    let since = (r.since_secs > 0)
-        .then(|| chrono::Utc::now() - chrono::Duration::seconds(r.since_secs as i64));
+    let since =
+        (since_secs > 0).then(|| chrono::Utc::now() - chrono::Duration::seconds(since_secs as i64));
     let mut rows = api
         .store
         .list_audit(since, before, i64::from(size) + 1)
@@ -297,7 +298,7 @@ mod tests {
             (spec("x", "admin", &[], "w1", 0), "worker_pattern"),
             (
                 spec("x", "viewer", &[], "", MAX_LIFETIME_SECS + 1),
-                "expires_in_secs",
+                "expires_in",
             ),
         ];
         for (s, field) in bad {

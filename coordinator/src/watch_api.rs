@@ -39,7 +39,7 @@ const RESYNC_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 const RESYNC_MAX: usize = 100_000;
 
 pub type WatchStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::JobUpdate, Status>> + Send>>;
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::WatchJobsResponse, Status>> + Send>>;
 
 fn item_error(index: usize, e: Error) -> pb::SubmitJobResult {
     let status = Status::from(e);
@@ -313,11 +313,12 @@ impl JobsApi {
         let principal = Principal::of(&req);
         let r = req.into_inner();
         let id = parse_id("id", &r.id)?;
-        let wait_ms = match r.timeout_ms {
+        let wait_ms = match convert::millis("timeout", &r.timeout)? {
             0 => DEFAULT_WAIT_MS,
             t if t > MAX_WAIT_MS => {
                 return Err(Error::Invalid(format!(
-                    "timeout_ms: at most {MAX_WAIT_MS} (one hour); call again to wait longer"
+                    "timeout: at most {}s (one hour); call again to wait longer",
+                    MAX_WAIT_MS / 1000
                 ))
                 .into())
             }
@@ -369,14 +370,14 @@ async fn follow(
     watched: Watched,
     initial: Vec<JobRow>,
     mut rx: broadcast::Receiver<JobEvent>,
-    tx: &mpsc::Sender<Result<pb::JobUpdate, Status>>,
+    tx: &mpsc::Sender<Result<pb::WatchJobsResponse, Status>>,
 ) -> Result<(), Error> {
     // Last state sent per job. Bounded for filter watches: forgetting only risks a
     // repeated message, never a missed one.
     let mut last: HashMap<Uuid, JobState> = HashMap::new();
     const LAST_MAX: usize = 100_000;
     let mut synced_at = Utc::now();
-    let send = |job: &JobRow, initial: bool| pb::JobUpdate {
+    let send = |job: &JobRow, initial: bool| pb::WatchJobsResponse {
         job: Some(convert::job_to_pb(job)),
         initial,
     };

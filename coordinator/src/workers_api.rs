@@ -8,8 +8,8 @@ use crate::store::{ArtifactRow, ChunkIn, EndRequest, Heartbeat, Store, WorkerHel
 use drover_core::validate::{check_name, check_relative_path, sanitize_reported};
 use drover_core::RawResult;
 use drover_proto::v1 as pb;
-use drover_proto::v1::coordinator_message::Msg as Out;
-use drover_proto::v1::worker_message::Msg as In;
+use drover_proto::v1::session_request::Msg as In;
+use drover_proto::v1::session_response::Msg as Out;
 use drover_proto::v1::worker_service_server::WorkerService;
 use futures::StreamExt;
 use prost::Message;
@@ -172,7 +172,7 @@ fn stop_orders(hb: &Heartbeat) -> Vec<Out> {
 }
 
 type SessionStream =
-    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::CoordinatorMessage, Status>> + Send>>;
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SessionResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl WorkerService for WorkersApi {
@@ -180,7 +180,7 @@ impl WorkerService for WorkersApi {
 
     async fn session(
         &self,
-        req: Request<Streaming<pb::WorkerMessage>>,
+        req: Request<Streaming<pb::SessionRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let principal = crate::auth::Principal::of(&req);
         let peer = req
@@ -189,7 +189,7 @@ impl WorkerService for WorkersApi {
             .cloned();
         let mut inbound = req.into_inner();
         let first = inbound.message().await?;
-        let Some(pb::WorkerMessage {
+        let Some(pb::SessionRequest {
             msg: Some(In::Hello(hello)),
         }) = first
         else {
@@ -213,12 +213,12 @@ impl WorkerService for WorkersApi {
         let (tx, rx) = mpsc::channel(256 + 2 * hello.slots as usize);
         let welcome = Out::Welcome(pb::Welcome {
             coordinator_id: self.coordinator_id.clone(),
-            heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u64,
-            lease_ttl_ms: self.lease_ttl.as_millis() as u64,
+            heartbeat_interval: Some(drover_proto::durations::from_std(self.heartbeat_interval)),
+            lease_ttl: Some(drover_proto::durations::from_std(self.lease_ttl)),
         });
-        let _ = tx.try_send(Ok(pb::CoordinatorMessage { msg: Some(welcome) }));
+        let _ = tx.try_send(Ok(pb::SessionResponse { msg: Some(welcome) }));
         for m in stop_orders(&hb) {
-            let _ = tx.try_send(Ok(pb::CoordinatorMessage { msg: Some(m) }));
+            let _ = tx.try_send(Ok(pb::SessionResponse { msg: Some(m) }));
         }
         for e in &orphans {
             crate::metrics::ended(e);
@@ -249,7 +249,7 @@ impl WorkerService for WorkersApi {
                     _ = session.closed.cancelled() => break,
                 };
                 match msg {
-                    Ok(Some(pb::WorkerMessage { msg: Some(m) })) => match m {
+                    Ok(Some(pb::SessionRequest { msg: Some(m) })) => match m {
                         In::Heartbeat(hb) => {
                             // The session authenticated once, when it opened: a token
                             // revoked or expired since then ends it, so a revoked worker
@@ -428,13 +428,14 @@ impl WorkerService for WorkersApi {
         let tail = &r.output_tail[r.output_tail.len().saturating_sub(MAX_OUTPUT_TAIL_BYTES)..];
         let count = i64::try_from(r.log_chunk_count)
             .map_err(|_| Status::invalid_argument("log_chunk_count: out of range"))?;
+        let cpu_ms = convert::millis_i64("cpu_time", &r.cpu_time)?;
         let req = EndRequest {
             raw,
             output_tail: String::from_utf8_lossy(tail).into_owned(),
             log_chunk_count: Some(count),
             only_if_expired: false,
-            usage: (r.peak_rss_bytes > 0 || r.cpu_time_ms > 0)
-                .then_some((r.peak_rss_bytes as i64, r.cpu_time_ms as i64)),
+            usage: (r.peak_rss_bytes > 0 || cpu_ms > 0)
+                .then_some((r.peak_rss_bytes as i64, cpu_ms)),
         };
         let ended = self
             .store
@@ -454,12 +455,12 @@ impl WorkerService for WorkersApi {
 
     async fn upload_artifact(
         &self,
-        req: Request<Streaming<pb::ArtifactUpload>>,
+        req: Request<Streaming<pb::UploadArtifactRequest>>,
     ) -> Result<Response<pb::UploadArtifactResponse>, Status> {
-        use pb::artifact_upload::Part;
+        use pb::upload_artifact_request::Part;
         let principal = crate::auth::Principal::of(&req);
         let mut parts = req.into_inner();
-        let Some(pb::ArtifactUpload {
+        let Some(pb::UploadArtifactRequest {
             part: Some(Part::Header(h)),
         }) = parts.message().await?
         else {
@@ -484,7 +485,7 @@ impl WorkerService for WorkersApi {
         let key = artifacts::key(job_id, attempt_id, &h.name);
         let body = futures::stream::unfold(parts, |mut parts| async move {
             match parts.message().await {
-                Ok(Some(pb::ArtifactUpload {
+                Ok(Some(pb::UploadArtifactRequest {
                     part: Some(Part::Data(d)),
                 })) => Some((Ok(d), parts)),
                 Ok(Some(_)) => Some((

@@ -46,7 +46,7 @@ pub fn first_difference(a: &Submission, b: &Submission) -> Option<&'static str> 
         ("queue", s.queue == t.queue),
         ("labels", set(&s.labels) == set(&t.labels)),
         ("params", s.params == t.params),
-        ("timeout_ms", s.timeout_ms == t.timeout_ms),
+        ("timeout", s.timeout_ms == t.timeout_ms),
         ("outputs", set(&s.outputs) == set(&t.outputs)),
         (
             "memory_limit_bytes",
@@ -57,7 +57,7 @@ pub fn first_difference(a: &Submission, b: &Submission) -> Option<&'static str> 
         ("secret_env", s.secret_env == t.secret_env),
         ("retry.max_retries", p.max_retries == q.max_retries),
         (
-            "retry.initial_backoff_ms",
+            "retry.initial_backoff",
             p.initial_backoff_ms == q.initial_backoff_ms,
         ),
         // Bit equality: both come from the same decimal text or the same default.
@@ -65,7 +65,7 @@ pub fn first_difference(a: &Submission, b: &Submission) -> Option<&'static str> 
             "retry.multiplier",
             p.multiplier.to_bits() == q.multiplier.to_bits(),
         ),
-        ("retry.max_backoff_ms", p.max_backoff_ms == q.max_backoff_ms),
+        ("retry.max_backoff", p.max_backoff_ms == q.max_backoff_ms),
         ("retry.jitter", p.jitter.to_bits() == q.jitter.to_bits()),
         (
             "retry.exit_codes",
@@ -166,18 +166,16 @@ mod tests {
             ("params", |s| {
                 s.spec.params.insert("day".into(), "2024-01-02".into());
             }),
-            ("timeout_ms", |s| s.spec.timeout_ms = 1),
+            ("timeout", |s| s.spec.timeout_ms = 1),
             ("outputs", |s| s.spec.outputs.clear()),
             ("memory_limit_bytes", |s| s.spec.limits.memory_bytes = None),
             ("cpu_millis", |s| s.spec.limits.cpu_millis = Some(500)),
             ("pids_limit", |s| s.spec.limits.pids = Some(65)),
             ("secret_env", |s| s.spec.secret_env.clear()),
             ("retry.max_retries", |s| s.policy.max_retries = 0),
-            ("retry.initial_backoff_ms", |s| {
-                s.policy.initial_backoff_ms = 1
-            }),
+            ("retry.initial_backoff", |s| s.policy.initial_backoff_ms = 1),
             ("retry.multiplier", |s| s.policy.multiplier = 3.0),
-            ("retry.max_backoff_ms", |s| s.policy.max_backoff_ms = 1),
+            ("retry.max_backoff", |s| s.policy.max_backoff_ms = 1),
             ("retry.jitter", |s| s.policy.jitter = 0.0),
             ("retry.exit_codes", |s| {
                 s.policy.permanent_exit_codes = vec![1]

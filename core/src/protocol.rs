@@ -1,14 +1,19 @@
 //! The worker protocol version a worker states in its `Hello`, and which versions a
 //! coordinator accepts. A rolling upgrade runs releases N and N-1 side by side, so a
-//! coordinator accepts its own version and the one before it.
+//! coordinator accepts its own version and the one before it, except across a change of
+//! the wire shape that the older side cannot read (then `MIN_SUPPORTED` moves up with it).
 //!
 //! - 1: workers from before the field existed (they send 0, read as 1).
 //! - 2: `Hello.protocol_version`; workers fail over between several coordinators.
+//! - 3: the stable v1 wire shape (docs/api.md): durations are `google.protobuf.Duration`
+//!   (`Welcome.heartbeat_interval`, `Assignment.timeout`, ...) and FinishAttempt's
+//!   outcomes are messages, not bools. Versions 1 and 2 cannot read it: refused.
 
 /// The version this build speaks.
-pub const CURRENT: u32 = 2;
-/// The oldest version this build's coordinator still serves.
-pub const MIN_SUPPORTED: u32 = 1;
+pub const CURRENT: u32 = 3;
+/// The oldest version this build's coordinator still serves: the first of the current
+/// wire shape. From here on the rule is N and N-1 (docs/api.md).
+pub const MIN_SUPPORTED: u32 = 3;
 
 /// The version a `Hello` stated, with 0 (field absent: a worker older than the field)
 /// read as 1.
@@ -39,14 +44,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn current_and_previous_are_accepted() {
+    fn current_is_accepted_and_older_wire_shapes_refused() {
         assert_eq!(check_worker(CURRENT), Ok(CURRENT));
-        assert_eq!(check_worker(CURRENT - 1), Ok(CURRENT - 1));
-        assert_eq!(
-            check_worker(0),
-            Ok(1),
-            "a worker without the field is version 1"
-        );
+        assert_eq!(stated(0), 1, "a worker without the field is version 1");
+        // 1 and 2 predate the Duration/oneof wire shape of version 3.
+        for old in [0, 1, 2] {
+            let e = check_worker(old).unwrap_err();
+            assert!(e.contains("upgrade the worker"), "{e}");
+            assert!(
+                e.contains(&format!("accepts {MIN_SUPPORTED} to {CURRENT}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

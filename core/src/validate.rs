@@ -240,14 +240,14 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), ValidationError> {
     validate_limits(&spec.limits)?;
     if spec.timeout_ms < 0 {
         return Err(err(
-            "timeout_ms",
-            format!("must be 0 (none) or positive, got {}", spec.timeout_ms),
+            "timeout",
+            format!("must be 0 (none) or positive, got {} ms", spec.timeout_ms),
         ));
     }
     if spec.timeout_ms > MAX_TIMEOUT_MS {
         return Err(err(
-            "timeout_ms",
-            format!("must be at most {MAX_TIMEOUT_MS} (30 days)"),
+            "timeout",
+            format!("must be at most 30 days ({MAX_TIMEOUT_MS} ms)"),
         ));
     }
     if spec.outputs.len() > MAX_OUTPUTS {
@@ -365,18 +365,18 @@ pub fn validate_policy(p: &RetryPolicy) -> Result<(), ValidationError> {
 pub fn compile_policy(p: &RetryPolicy) -> Result<crate::retry::Patterns, ValidationError> {
     if p.initial_backoff_ms > MAX_BACKOFF_MS {
         return Err(err(
-            "retry.initial_backoff_ms",
+            "retry.initial_backoff",
             format!(
-                "must be between 0 and {MAX_BACKOFF_MS} (30 days), got {}",
+                "must be between 0 and 30 days ({MAX_BACKOFF_MS} ms), got {} ms",
                 p.initial_backoff_ms
             ),
         ));
     }
     if p.max_backoff_ms > MAX_BACKOFF_MS {
         return Err(err(
-            "retry.max_backoff_ms",
+            "retry.max_backoff",
             format!(
-                "must be between 0 and {MAX_BACKOFF_MS} (30 days), got {}",
+                "must be between 0 and 30 days ({MAX_BACKOFF_MS} ms), got {} ms",
                 p.max_backoff_ms
             ),
         ));
@@ -427,10 +427,7 @@ pub fn compile_policy(p: &RetryPolicy) -> Result<crate::retry::Patterns, Validat
         return Err(err("retry.jitter", "must be between 0 and 1"));
     }
     if p.max_backoff_ms < p.initial_backoff_ms {
-        return Err(err(
-            "retry.max_backoff_ms",
-            "must be at least initial_backoff_ms",
-        ));
+        return Err(err("retry.max_backoff", "must be at least initial_backoff"));
     }
     crate::retry::Patterns::try_compile(p)
         .map_err(|(field, i, e)| err(format!("{field}[{i}]"), format!("bad regex: {e}")))
@@ -504,7 +501,7 @@ mod tests {
                 timeout_ms: -5,
                 ..ok_spec()
             }),
-            "timeout_ms"
+            "timeout"
         );
         assert_eq!(
             field_of(JobSpec {
@@ -640,14 +637,14 @@ mod tests {
                     max_backoff_ms: u64::MAX,
                     ..RetryPolicy::default()
                 },
-                "retry.initial_backoff_ms",
+                "retry.initial_backoff",
             ),
             (
                 RetryPolicy {
                     max_backoff_ms: u64::MAX,
                     ..RetryPolicy::default()
                 },
-                "retry.max_backoff_ms",
+                "retry.max_backoff",
             ),
             (
                 RetryPolicy {

@@ -1,5 +1,6 @@
 //! JSON renderings of API messages that both the coordinator (`/health`) and droverctl
-//! (`-o json`) print, so the two always agree. Every timestamp is RFC 3339 ([`time`]).
+//! (`-o json`) print, so the two always agree. Every timestamp is RFC 3339 ([`time`]),
+//! every duration as proto3 JSON writes it ([`duration`]).
 
 use crate::v1 as pb;
 use serde_json::{json, Value};
@@ -10,6 +11,13 @@ pub fn time(t: &Option<prost_types::Timestamp>) -> Value {
     t.as_ref()
         .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32))
         .map(|t| Value::String(t.to_rfc3339()))
+        .unwrap_or(Value::Null)
+}
+
+/// A duration as JSON: proto3's form ("1.500s"), or null when unset.
+pub fn duration(d: &Option<prost_types::Duration>) -> Value {
+    d.as_ref()
+        .map(|d| Value::String(crate::jsonfmt::duration::format(d)))
         .unwrap_or(Value::Null)
 }
 
@@ -52,7 +60,7 @@ pub fn worker(w: &pb::Worker) -> Value {
     })
 }
 
-pub fn health(h: &pb::Health) -> Value {
+pub fn health(h: &pb::GetHealthResponse) -> Value {
     json!({
         "status": pb::HealthStatus::name_of(h.status),
         "reasons": h.reasons,
@@ -66,7 +74,7 @@ pub fn health(h: &pb::Health) -> Value {
             "queue": q.queue,
             "pending": q.pending,
             "running": q.running,
-            "oldest_pending_ms": q.oldest_pending_ms,
+            "oldest_pending": duration(&q.oldest_pending),
         })).collect::<Vec<_>>(),
         "workers_alive": h.workers_alive,
         "workers_stale": h.workers_stale,
@@ -74,7 +82,7 @@ pub fn health(h: &pb::Health) -> Value {
         "workers_offline": h.workers_offline,
         "workers": h.workers.iter().map(worker).collect::<Vec<_>>(),
         "log_storage_bytes": h.log_storage_bytes,
-        "config": serde_json::from_str::<Value>(&h.config_json).unwrap_or(Value::Null),
+        "config": h.config.as_ref().and_then(|c| serde_json::to_value(c).ok()),
         "top_failure_groups": h.top_failure_groups.iter().map(failure_group).collect::<Vec<_>>(),
         "notifications_dead": h.notifications_dead,
         "notifications_pending": h.notifications_pending,
@@ -115,7 +123,7 @@ mod tests {
         });
         assert_eq!(w["state"], "stale");
         assert_eq!(w["last_seen_at"], "2023-11-14T22:13:20.005+00:00");
-        let h = health(&pb::Health {
+        let h = health(&pb::GetHealthResponse {
             status: pb::HealthStatus::Degraded as i32,
             ..Default::default()
         });

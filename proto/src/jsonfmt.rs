@@ -1,6 +1,7 @@
 //! How the JSON API (`/api/v1`) writes the fields serde would get wrong: enums by their
-//! proto names (numbers are accepted too), timestamps as RFC 3339 strings, bytes as
-//! base64. The build script puts `#[serde(with = ...)]` on every such field.
+//! proto names (numbers are accepted too), timestamps as RFC 3339 strings, durations as
+//! proto3 JSON has them ("1.5s"), bytes as base64. The build script puts
+//! `#[serde(with = ...)]` on every such field.
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -132,6 +133,76 @@ pub mod timestamps {
     }
 }
 
+/// `google.protobuf.Duration` as proto3 JSON writes it: seconds with an "s" suffix and
+/// 0, 3, 6 or 9 fractional digits ("8s", "0.250s", "-1.5s").
+pub mod duration {
+    use super::*;
+    use prost_types::Duration;
+
+    pub fn format(d: &Duration) -> String {
+        let negative = d.seconds < 0 || d.nanos < 0;
+        let secs = d.seconds.unsigned_abs();
+        let nanos = d.nanos.unsigned_abs();
+        let sign = if negative { "-" } else { "" };
+        if nanos == 0 {
+            format!("{sign}{secs}s")
+        } else if nanos.is_multiple_of(1_000_000) {
+            format!("{sign}{secs}.{:03}s", nanos / 1_000_000)
+        } else if nanos.is_multiple_of(1_000) {
+            format!("{sign}{secs}.{:06}s", nanos / 1_000)
+        } else {
+            format!("{sign}{secs}.{nanos:09}s")
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let bad = || {
+            format!(
+                "{s:?} is not a duration (seconds with an \"s\" suffix, e.g. \"8s\" or \"0.5s\")"
+            )
+        };
+        let body = s.strip_suffix('s').ok_or_else(bad)?;
+        let (negative, body) = match body.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, body),
+        };
+        let (whole, frac) = body.split_once('.').unwrap_or((body, ""));
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || (body.contains('.') && !digits(frac)) || frac.len() > 9 {
+            return Err(bad());
+        }
+        // proto3 bounds a Duration to +-315,576,000,000 s (10,000 years).
+        let seconds: i64 = whole
+            .parse()
+            .ok()
+            .filter(|n| *n <= 315_576_000_000)
+            .ok_or_else(bad)?;
+        let nanos: i32 = format!("{frac:0<9}").parse().map_err(|_| bad())?;
+        Ok(if negative {
+            Duration {
+                seconds: -seconds,
+                nanos: -nanos,
+            }
+        } else {
+            Duration { seconds, nanos }
+        })
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_str(&format(d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => parse(&s).map(Some).map_err(D::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
 /// `bytes` as standard base64 with padding, as proto3 JSON has it.
 pub mod bytes {
     use super::*;
@@ -199,6 +270,40 @@ mod tests {
             assert_eq!(bytes::decode(&bytes::encode(&data)).unwrap(), data);
         }
         assert_eq!(bytes::encode(b"hello"), "aGVsbG8=");
+    }
+
+    #[test]
+    fn durations_read_and_write_like_proto3_json() {
+        use prost_types::Duration;
+        let d = |seconds, nanos| Duration { seconds, nanos };
+        for (v, text) in [
+            (d(8, 0), "8s"),
+            (d(0, 250_000_000), "0.250s"),
+            (d(1, 500_000), "1.000500s"),
+            (d(0, 1), "0.000000001s"),
+            (d(-1, -500_000_000), "-1.500s"),
+        ] {
+            assert_eq!(duration::format(&v), text);
+            assert_eq!(duration::parse(text), Ok(v));
+        }
+        assert_eq!(duration::parse("1.5s"), Ok(d(1, 500_000_000)));
+        for bad in [
+            "8",
+            "8ms",
+            "s",
+            ".5s",
+            "1.s",
+            "1.0000000001s",
+            "+1s",
+            "1e3s",
+            "",
+        ] {
+            assert!(duration::parse(bad).is_err(), "{bad}");
+        }
+        let spec: pb::JobSpec = serde_json::from_str(r#"{"timeout": "90s"}"#).unwrap();
+        assert_eq!(spec.timeout, Some(d(90, 0)));
+        assert_eq!(serde_json::to_value(&spec).unwrap()["timeout"], "90s");
+        assert!(serde_json::from_str::<pb::JobSpec>(r#"{"timeout": 90}"#).is_err());
     }
 
     #[test]

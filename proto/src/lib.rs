@@ -9,11 +9,12 @@ pub mod v1 {
         include_bytes!(concat!(env!("OUT_DIR"), "/drover_descriptor.bin"));
 }
 
-pub use prost_types::Timestamp;
+pub use prost_types::{Duration, Timestamp};
 
 pub mod codec;
 
 pub mod auth;
+pub mod durations;
 pub mod json;
 pub mod jsonfmt;
 pub mod states;

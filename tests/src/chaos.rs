@@ -368,7 +368,7 @@ fn job_spec(plan: Plan, nap_ms: u64, files: &Files, keyed: bool, key: String) ->
         env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         retry: Some(pb::RetryPolicy {
             max_retries: Some(MAX_RETRIES),
-            initial_backoff_ms: Some(INITIAL_BACKOFF_MS),
+            initial_backoff: Some(drover_proto::durations::from_millis(INITIAL_BACKOFF_MS)),
             multiplier: Some(MULTIPLIER),
             jitter: Some(JITTER),
             ..Default::default()
@@ -403,7 +403,7 @@ fn tick_schedule(files: &Files) -> pb::Schedule {
             env: [("CHAOS_TICKS".to_string(), files.ticks.display().to_string())].into(),
             retry: Some(pb::RetryPolicy {
                 max_retries: Some(MAX_RETRIES),
-                initial_backoff_ms: Some(INITIAL_BACKOFF_MS),
+                initial_backoff: Some(drover_proto::durations::from_millis(INITIAL_BACKOFF_MS)),
                 ..Default::default()
             }),
             ..Default::default()

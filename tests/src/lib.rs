@@ -21,6 +21,16 @@ use tonic::transport::Channel;
 
 pub use drover_proto::v1;
 
+/// `ms` milliseconds as a request's duration field.
+pub fn ms(ms: u64) -> Option<drover_proto::Duration> {
+    Some(drover_proto::durations::from_millis(ms))
+}
+
+/// A duration field in whole milliseconds (unset or invalid: 0).
+pub fn ms_of(d: &Option<drover_proto::Duration>) -> u64 {
+    drover_proto::durations::to_millis(d).unwrap_or(0)
+}
+
 pub mod chaos;
 pub mod netns;
 pub mod tls;
@@ -683,7 +693,7 @@ pub fn spec(argv: &[&str]) -> pb::JobSpec {
     pb::JobSpec {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         retry: Some(pb::RetryPolicy {
-            initial_backoff_ms: Some(100),
+            initial_backoff: Some(drover_proto::durations::from_millis(100)),
             jitter: Some(0.0),
             ..Default::default()
         }),
@@ -768,7 +778,7 @@ pub async fn logs(
         .await?
         .into_inner();
     let (mut out, mut err, mut all) = (Vec::new(), Vec::new(), Vec::new());
-    while let Some(ch) = s.message().await? {
+    while let Some(ch) = s.message().await?.and_then(|r| r.chunk) {
         if ch.stream == pb::LogStream::Stderr as i32 {
             err.extend_from_slice(&ch.data);
         } else {

@@ -5,7 +5,7 @@
 
 use drover_tests::v1 as pb;
 use drover_tests::*;
-use pb::worker_message::Msg as Out;
+use pb::session_request::Msg as Out;
 use prost::Message;
 use std::time::{Duration, Instant};
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -374,13 +374,14 @@ async fn revoked_and_expired_tokens_are_refused_at_once() -> anyhow::Result<()> 
 async fn hello_as(addr: &str, token: &str, id: &str) -> anyhow::Result<Result<(), tonic::Status>> {
     let mut api = workers_as(addr, Some(token)).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tx.send(pb::WorkerMessage {
+    tx.send(pb::SessionRequest {
         msg: Some(Out::Hello(pb::Hello {
             worker_id: id.into(),
             hostname: "test".into(),
             queues: vec!["nobody-uses-this".into()],
             slots: 1,
             free_slots: 1,
+            protocol_version: drover_core::protocol::CURRENT,
             ..Default::default()
         })),
     })?;
@@ -540,16 +541,18 @@ async fn forged_worker_reports_are_refused_and_change_nothing() -> anyhow::Resul
     assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
 
     let content = b"evil".to_vec();
-    let header = pb::ArtifactUpload {
-        part: Some(pb::artifact_upload::Part::Header(pb::ArtifactHeader {
-            attempt_id: attempt.clone(),
-            name: "evil.txt".into(),
-            size: content.len() as u64,
-            sha256: "88ea3e3a9d0c8d3b1ad4f1d2b4b0e1c0b1b2a1d4e3d1f1a4c2b1a0d3e2f1c0b9".into(),
-        })),
+    let header = pb::UploadArtifactRequest {
+        part: Some(pb::upload_artifact_request::Part::Header(
+            pb::ArtifactHeader {
+                attempt_id: attempt.clone(),
+                name: "evil.txt".into(),
+                size: content.len() as u64,
+                sha256: "88ea3e3a9d0c8d3b1ad4f1d2b4b0e1c0b1b2a1d4e3d1f1a4c2b1a0d3e2f1c0b9".into(),
+            },
+        )),
     };
-    let data = pb::ArtifactUpload {
-        part: Some(pb::artifact_upload::Part::Data(content)),
+    let data = pb::UploadArtifactRequest {
+        part: Some(pb::upload_artifact_request::Part::Data(content)),
     };
     let s = w
         .upload_artifact(tokio_stream::iter(vec![header, data]))
@@ -699,7 +702,7 @@ async fn mutations_are_audited_with_who_what_and_where() -> anyhow::Result<()> {
     let entries = loop {
         let e = admin
             .list_audit(pb::ListAuditRequest {
-                since_secs: 3600,
+                since: ms(3_600_000),
                 ..Default::default()
             })
             .await?
@@ -859,10 +862,10 @@ async fn token_requests_are_bounded_and_checked() -> anyhow::Result<()> {
             pb::CreateTokenRequest {
                 name: "e".into(),
                 role: "viewer".into(),
-                expires_in_secs: u64::MAX,
+                expires_in: ms(u64::MAX),
                 ..Default::default()
             },
-            "expires_in_secs",
+            "expires_in",
         ),
     ];
     for (req, field) in bad {

@@ -19,9 +19,12 @@ async fn invalid_specs_are_rejected_with_the_field_named() -> anyhow::Result<()>
             s.queue = "racing data!".into();
             s
         }),
-        ("timeout_ms", {
+        ("timeout", {
             let mut s = sh("true");
-            s.timeout_ms = -5;
+            s.timeout = Some(drover_proto::Duration {
+                seconds: -5,
+                nanos: 0,
+            });
             s
         }),
         ("argv", {

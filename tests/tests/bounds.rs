@@ -6,7 +6,7 @@
 
 use drover_tests::v1 as pb;
 use drover_tests::*;
-use pb::worker_message::Msg as Out;
+use pb::session_request::Msg as Out;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -108,18 +108,29 @@ async fn huge_backoffs_are_refused_and_never_leave_a_job_running() -> anyhow::Re
     for (policy, field) in [
         (
             pb::RetryPolicy {
-                initial_backoff_ms: Some(u64::MAX),
-                max_backoff_ms: Some(u64::MAX),
+                initial_backoff: ms(u64::MAX),
+                max_backoff: ms(u64::MAX),
                 ..Default::default()
             },
-            "retry.initial_backoff_ms",
+            "retry.initial_backoff",
         ),
         (
             pb::RetryPolicy {
-                max_backoff_ms: Some(u64::MAX),
+                max_backoff: ms(u64::MAX),
                 ..Default::default()
             },
-            "retry.max_backoff_ms",
+            "retry.max_backoff",
+        ),
+        (
+            // Beyond what a Duration may hold at all.
+            pb::RetryPolicy {
+                initial_backoff: Some(drover_proto::Duration {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "retry.initial_backoff",
         ),
         (
             pb::RetryPolicy {
@@ -206,12 +217,12 @@ async fn raw_session(
     addr: &str,
     hello: pb::Hello,
 ) -> anyhow::Result<(
-    mpsc::Sender<pb::WorkerMessage>,
-    tonic::Streaming<pb::CoordinatorMessage>,
+    mpsc::Sender<pb::SessionRequest>,
+    tonic::Streaming<pb::SessionResponse>,
 )> {
     let mut client = workers(addr).await?;
     let (tx, rx) = mpsc::channel(16);
-    tx.send(pb::WorkerMessage {
+    tx.send(pb::SessionRequest {
         msg: Some(Out::Hello(hello)),
     })
     .await?;
@@ -235,11 +246,12 @@ async fn credits_never_exceed_declared_slots() -> anyhow::Result<()> {
             hostname: "greedy".into(),
             slots: 1,
             free_slots: 1,
+            protocol_version: drover_core::protocol::CURRENT,
             ..Default::default()
         },
     )
     .await?;
-    let credit = || pb::WorkerMessage {
+    let credit = || pb::SessionRequest {
         msg: Some(Out::Credit(pb::Credit {
             slots: 1_000_000_000,
         })),
@@ -252,7 +264,7 @@ async fn credits_never_exceed_declared_slots() -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 m = inbound.message() => match m {
-                    Ok(Some(pb::CoordinatorMessage { msg: Some(pb::coordinator_message::Msg::Assign(a)) })) => {
+                    Ok(Some(pb::SessionResponse { msg: Some(pb::session_response::Msg::Assign(a)) })) => {
                         held.push(a.attempt_id);
                         let _ = tx.send(credit()).await;
                     }
@@ -260,7 +272,7 @@ async fn credits_never_exceed_declared_slots() -> anyhow::Result<()> {
                     _ => break,
                 },
                 _ = tick.tick() => {
-                    let _ = tx.send(pb::WorkerMessage {
+                    let _ = tx.send(pb::SessionRequest {
                         msg: Some(Out::Heartbeat(pb::Heartbeat {
                             running_attempts: held.clone(),
                             ..Default::default()
@@ -316,6 +328,7 @@ async fn worker_reports_are_bounded_and_cannot_forge_log_lines() -> anyhow::Resu
             slots: 1,
             version: "v".repeat(1 << 20),
             containment: "c".repeat(1 << 20),
+            protocol_version: drover_core::protocol::CURRENT,
             ..Default::default()
         },
     )
@@ -327,7 +340,7 @@ async fn worker_reports_are_bounded_and_cannot_forge_log_lines() -> anyhow::Resu
             ..Default::default()
         })
         .collect();
-    tx.send(pb::WorkerMessage {
+    tx.send(pb::SessionRequest {
         msg: Some(Out::Heartbeat(pb::Heartbeat {
             resources: Some(pb::HostResources {
                 jobs: jobs_list,
@@ -345,6 +358,7 @@ async fn worker_reports_are_bounded_and_cannot_forge_log_lines() -> anyhow::Resu
             worker_id: "newline".into(),
             hostname: "evil\nFORGED-LINE ERROR coordinator compromised".into(),
             slots: 1,
+            protocol_version: drover_core::protocol::CURRENT,
             ..Default::default()
         },
     )
@@ -405,11 +419,12 @@ async fn worker_reports_are_bounded_and_cannot_forge_log_lines() -> anyhow::Resu
     // Lists beyond their bounds are refused, naming the field.
     let mut client = workers(&addr).await?;
     let (tx, rx) = mpsc::channel(1);
-    tx.send(pb::WorkerMessage {
+    tx.send(pb::SessionRequest {
         msg: Some(Out::Hello(pb::Hello {
             worker_id: "many".into(),
             slots: 1,
             running_attempts: vec![uuid::Uuid::nil().to_string(); 5000],
+            protocol_version: drover_core::protocol::CURRENT,
             ..Default::default()
         })),
     })

@@ -119,7 +119,7 @@ async fn daemons_and_double_forks_never_outlive_their_attempt() -> anyhow::Resul
             let tag = format!("{queue}-{tag}");
             let mut s = escaping_job(&dir, &tag, ending, queue);
             if tag.ends_with("timeout") {
-                s.timeout_ms = 5000;
+                s.timeout = ms(5000);
             }
             let job = submit(&mut api, s).await?;
             let daemon = read_pid(&dir.join(format!("{tag}.daemon"))).await?;
@@ -211,7 +211,7 @@ async fn a_job_over_its_memory_limit_ends_out_of_memory() -> anyhow::Result<()> 
     s.memory_limit_bytes = 100 << 20;
     s.retry = Some(pb::RetryPolicy {
         max_retries: Some(1),
-        initial_backoff_ms: Some(50),
+        initial_backoff: ms(50),
         retry_out_of_memory: Some(true),
         ..Default::default()
     });
@@ -233,7 +233,7 @@ async fn a_job_over_its_memory_limit_ends_out_of_memory() -> anyhow::Result<()> 
         a[0].peak_rss_bytes
     );
     // CPU time from the cgroup's accounting (python's start alone takes some).
-    assert!(a[0].cpu_time_ms > 0, "cpu {}", a[0].cpu_time_ms);
+    assert!(ms_of(&a[0].cpu_time) > 0, "cpu {:?}", a[0].cpu_time);
     Ok(())
 }
 

@@ -182,7 +182,7 @@ async fn a_job_in_backoff_says_until_when() -> anyhow::Result<()> {
     let mut api = jobs(&addr).await?;
     let mut spec = sh("exit 1");
     if let Some(r) = spec.retry.as_mut() {
-        r.initial_backoff_ms = Some(60_000);
+        r.initial_backoff = ms(60_000);
     }
     let j = submit(&mut api, spec).await?;
     // attempt_count comes from the same row as the state (the attempts list is read

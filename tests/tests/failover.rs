@@ -157,11 +157,11 @@ async fn worker_leaves_a_coordinator_that_stops_answering() -> anyhow::Result<()
 
 #[tokio::test]
 async fn hello_with_an_unsupported_protocol_version_is_refused_naming_both() -> anyhow::Result<()> {
-    use pb::worker_message::Msg as Out;
+    use pb::session_request::Msg as Out;
     let cl = Cluster::new().await?;
     let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
     let current = drover_core::protocol::CURRENT;
-    let hello = |v: u32| pb::WorkerMessage {
+    let hello = |v: u32| pb::SessionRequest {
         msg: Some(Out::Hello(pb::Hello {
             worker_id: "future".into(),
             hostname: "h".into(),
@@ -202,10 +202,33 @@ async fn hello_with_an_unsupported_protocol_version_is_refused_naming_both() -> 
         .workers;
     assert!(listed.iter().all(|w| w.id != "future"), "{listed:?}");
 
-    // The previous version (a worker from before the field: 0) and the current one are
-    // served, and `droverctl workers` shows each worker's version.
+    // Workers of versions 1 (no field: 0) and 2 speak an older wire shape: refused too,
+    // telling the worker to upgrade.
+    for v in [0, 2] {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(hello(v)).await?;
+        let status = match client
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Err(s) => s,
+            Ok(resp) => match resp.into_inner().message().await {
+                Err(s) => s,
+                Ok(m) => anyhow::bail!("version {v} accepted: {m:?}"),
+            },
+        };
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status.message().contains("upgrade the worker"),
+            "{status:?}"
+        );
+    }
+
+    // The minimum supported and the current version are served, and `droverctl workers`
+    // shows each worker's version.
+    let min = drover_core::protocol::MIN_SUPPORTED;
     let mut held = Vec::new();
-    for (id, v) in [("old", 0), ("new", current)] {
+    for (id, v) in [("old", min), ("new", current)] {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut m = hello(v);
         if let Some(Out::Hello(h)) = &mut m.msg {
@@ -221,8 +244,8 @@ async fn hello_with_an_unsupported_protocol_version_is_refused_naming_both() -> 
         assert!(
             matches!(
                 first,
-                Some(pb::CoordinatorMessage {
-                    msg: Some(pb::coordinator_message::Msg::Welcome(_))
+                Some(pb::SessionResponse {
+                    msg: Some(pb::session_response::Msg::Welcome(_))
                 })
             ),
             "{first:?}"
@@ -240,7 +263,10 @@ async fn hello_with_an_unsupported_protocol_version_is_refused_naming_both() -> 
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("version: test-old (protocol 1)"), "{text}");
+    assert!(
+        text.contains(&format!("version: test-old (protocol {min})")),
+        "{text}"
+    );
     assert!(
         text.contains(&format!("version: test-new (protocol {current})")),
         "{text}"

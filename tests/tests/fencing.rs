@@ -3,8 +3,8 @@
 
 use drover_tests::v1 as pb;
 use drover_tests::*;
-use pb::coordinator_message::Msg as In;
-use pb::worker_message::Msg as Out;
+use pb::session_request::Msg as Out;
+use pb::session_response::Msg as In;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -39,8 +39,8 @@ async fn mend_outbox(db: &tokio_postgres::Client) -> anyhow::Result<()> {
 
 /// A hand-driven worker session.
 struct FakeWorker {
-    tx: mpsc::UnboundedSender<pb::WorkerMessage>,
-    inbound: tonic::Streaming<pb::CoordinatorMessage>,
+    tx: mpsc::UnboundedSender<pb::SessionRequest>,
+    inbound: tonic::Streaming<pb::SessionResponse>,
     api: WorkersClient,
 }
 
@@ -48,13 +48,14 @@ impl FakeWorker {
     async fn connect(addr: &str, id: &str) -> anyhow::Result<FakeWorker> {
         let mut api = workers(addr).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(pb::WorkerMessage {
+        tx.send(pb::SessionRequest {
             msg: Some(Out::Hello(pb::Hello {
                 worker_id: id.into(),
                 hostname: "test".into(),
                 queues: vec!["default".into()],
                 slots: 1,
                 free_slots: 1,
+                protocol_version: drover_core::protocol::CURRENT,
                 ..Default::default()
             })),
         })?;
@@ -85,7 +86,7 @@ impl FakeWorker {
     }
 
     fn heartbeat(&self, attempts: &[&str]) -> anyhow::Result<()> {
-        self.tx.send(pb::WorkerMessage {
+        self.tx.send(pb::SessionRequest {
             msg: Some(Out::Heartbeat(pb::Heartbeat {
                 running_attempts: attempts.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
@@ -132,7 +133,7 @@ impl FakeWorker {
 
     /// Offers one more free slot, as a worker does after a job ends.
     fn credit(&self) -> anyhow::Result<()> {
-        self.tx.send(pb::WorkerMessage {
+        self.tx.send(pb::SessionRequest {
             msg: Some(Out::Credit(pb::Credit { slots: 1 })),
         })?;
         Ok(())
@@ -147,9 +148,9 @@ impl FakeWorker {
         sha256: &str,
         data: &[u8],
     ) -> Result<(), tonic::Status> {
-        use pb::artifact_upload::Part;
+        use pb::upload_artifact_request::Part;
         let parts = vec![
-            pb::ArtifactUpload {
+            pb::UploadArtifactRequest {
                 part: Some(Part::Header(pb::ArtifactHeader {
                     attempt_id: attempt.into(),
                     name: name.into(),
@@ -157,7 +158,7 @@ impl FakeWorker {
                     sha256: sha256.into(),
                 })),
             },
-            pb::ArtifactUpload {
+            pb::UploadArtifactRequest {
                 part: Some(Part::Data(data.to_vec())),
             },
         ];
@@ -195,7 +196,7 @@ async fn stale_lease_reports_are_refused_and_change_nothing() -> anyhow::Result<
         let id = a2.attempt_id.clone();
         tokio::spawn(async move {
             loop {
-                let _ = tx.send(pb::WorkerMessage {
+                let _ = tx.send(pb::SessionRequest {
                     msg: Some(Out::Heartbeat(pb::Heartbeat {
                         running_attempts: vec![id.clone()],
                         ..Default::default()

@@ -9,7 +9,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-async fn health(addr: &str) -> anyhow::Result<pb::Health> {
+async fn health(addr: &str) -> anyhow::Result<pb::GetHealthResponse> {
     Ok(admin_api(addr)
         .await?
         .get_health(pb::GetHealthRequest {})
@@ -18,11 +18,11 @@ async fn health(addr: &str) -> anyhow::Result<pb::Health> {
 }
 
 /// Polls the health report until `pred` holds.
-async fn health_until<F: Fn(&pb::Health) -> bool>(
+async fn health_until<F: Fn(&pb::GetHealthResponse) -> bool>(
     addr: &str,
     what: &str,
     pred: F,
-) -> anyhow::Result<pb::Health> {
+) -> anyhow::Result<pb::GetHealthResponse> {
     let start = Instant::now();
     loop {
         let h = health(addr).await?;
@@ -36,7 +36,7 @@ async fn health_until<F: Fn(&pb::Health) -> bool>(
     }
 }
 
-fn worker<'a>(h: &'a pb::Health, id: &str) -> Option<&'a pb::Worker> {
+fn worker<'a>(h: &'a pb::GetHealthResponse, id: &str) -> Option<&'a pb::Worker> {
     h.workers.iter().find(|w| w.id == id)
 }
 
@@ -94,8 +94,13 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
         .find(|q| q.queue == "nobody")
         .expect("queue row");
     assert_eq!(q.pending, 1);
-    let config: serde_json::Value = serde_json::from_str(&h.config_json)?;
-    assert_eq!(config["lease_ttl"], "3s");
+    let config = h.config.clone().unwrap_or_default();
+    assert_eq!(ms_of(&config.lease_ttl), 3000);
+    assert_eq!(config.retry.as_ref().and_then(|r| r.max_retries), Some(3));
+    assert!(
+        config.listen.contains(':') && !config.database_url.is_empty(),
+        "{config:?}"
+    );
     assert_eq!(
         worker(&h, "keeper").map(|w| w.state()),
         Some(pb::WorkerState::Alive)
@@ -108,6 +113,9 @@ async fn health_reflects_jobs_queues_workers_and_resources() -> anyhow::Result<(
         .await?;
     let v: serde_json::Value = serde_json::from_slice(&body)?;
     assert_eq!(v["jobs_by_state"]["succeeded"], 1);
+    // The effective configuration as structured JSON, durations as proto3 writes them.
+    assert_eq!(v["config"]["lease_ttl"], "3s", "{}", v["config"]);
+    assert_eq!(v["config"]["retry"]["initial_backoff"], "5s");
 
     // A SIGKILLed worker turns stale once its lease TTL has passed.
     keeper.kill();

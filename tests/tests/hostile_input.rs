@@ -201,13 +201,13 @@ async fn hostile_requests_are_refused_and_change_nothing() -> anyhow::Result<()>
             "2^64-1 backoff",
             with(&|s| {
                 s.retry = Some(pb::RetryPolicy {
-                    initial_backoff_ms: Some(u64::MAX),
-                    max_backoff_ms: Some(u64::MAX),
+                    initial_backoff: ms(u64::MAX),
+                    max_backoff: ms(u64::MAX),
                     ..Default::default()
                 })
             }),
             Code::InvalidArgument,
-            "retry.initial_backoff_ms",
+            "retry.initial_backoff",
         ),
         (
             "1-byte memory limit",
@@ -370,13 +370,15 @@ async fn hostile_requests_are_refused_and_change_nothing() -> anyhow::Result<()>
     // A worker uploading to a traversing name.
     let mut wc = workers(&addr).await?;
     let (_, attempts) = get(&mut api, &done.id).await?;
-    let upload = futures::stream::iter(vec![pb::ArtifactUpload {
-        part: Some(pb::artifact_upload::Part::Header(pb::ArtifactHeader {
-            attempt_id: attempts[0].id.clone(),
-            name: "../../../tmp/owned".into(),
-            size: 1,
-            sha256: String::new(),
-        })),
+    let upload = futures::stream::iter(vec![pb::UploadArtifactRequest {
+        part: Some(pb::upload_artifact_request::Part::Header(
+            pb::ArtifactHeader {
+                attempt_id: attempts[0].id.clone(),
+                name: "../../../tmp/owned".into(),
+                size: 1,
+                sha256: String::new(),
+            },
+        )),
     }]);
     check(
         "UploadArtifact",

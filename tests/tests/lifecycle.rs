@@ -42,7 +42,7 @@ async fn failing_job_is_retried_with_growing_waits_then_parked() -> anyhow::Resu
     let mut s = sh("echo attempt $DROVER_ATTEMPT; exit 1");
     s.retry = Some(pb::RetryPolicy {
         max_retries: Some(2),
-        initial_backoff_ms: Some(300),
+        initial_backoff: ms(300),
         multiplier: Some(2.0),
         jitter: Some(0.0),
         ..Default::default()
@@ -106,7 +106,7 @@ async fn timeout_kills_the_whole_process_group() -> anyhow::Result<()> {
 
     // A grandchild in the background, and a parent that ignores SIGTERM.
     let mut s = sh("sleep 1000 & echo $!; trap '' TERM; sleep 1000; wait");
-    s.timeout_ms = 1_000;
+    s.timeout = ms(1_000);
     s.retry = Some(pb::RetryPolicy {
         max_retries: Some(0),
         ..Default::default()

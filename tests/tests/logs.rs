@@ -29,7 +29,10 @@ async fn follow_gated(
         .await?
         .into_inner();
     let mut seen = Vec::new();
-    while let Some(c) = tokio::time::timeout(PATIENCE, stream.message()).await?? {
+    while let Some(c) = tokio::time::timeout(PATIENCE, stream.message())
+        .await??
+        .and_then(|r| r.chunk)
+    {
         seen.extend_from_slice(&c.data);
         if seen == b"first\n" {
             std::fs::write(flag, b"go")?;

@@ -265,7 +265,7 @@ async fn mixed_failures_form_the_groups_a_person_would_make() -> Result<()> {
     let groups = alerts
         .list_failure_groups(pb::ListFailureGroupsRequest {
             queue: "scrape".into(),
-            since_ms: 3_600_000,
+            since: ms(3_600_000),
             ..Default::default()
         })
         .await?
@@ -471,14 +471,14 @@ async fn bad_requests_are_refused_with_the_field_named() -> Result<()> {
     let e = j
         .retry_jobs(pb::RetryJobsRequest {
             fingerprint: "0123456789abcdef".into(),
-            finished_within_ms: 1000,
+            finished_within: ms(1000),
             ..Default::default()
         })
         .await
-        .expect_err("fingerprint with finished_within_ms accepted");
+        .expect_err("fingerprint with finished_within accepted");
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
-        e.message().starts_with("finished_within_ms"),
+        e.message().starts_with("finished_within"),
         "{}",
         e.message()
     );

@@ -124,7 +124,7 @@ async fn bulk_retry_dry_run_changes_nothing() -> anyhow::Result<()> {
 
     let req = pb::RetryJobsRequest {
         queue: "scrape".into(),
-        finished_within_ms: 3_600_000,
+        finished_within: ms(3_600_000),
         dry_run: true,
         ..Default::default()
     };

@@ -251,7 +251,7 @@ retry = { permanent_patterns = ["HTTP 404"], retryable_patterns = ["(?i)connecti
     };
     not_found.queue = "scrape".into();
     let nf = submit(&mut api, not_found).await?;
-    assert_eq!(nf.spec.as_ref().map(|s| s.timeout_ms), Some(60_000));
+    assert_eq!(nf.spec.as_ref().map(|s| ms_of(&s.timeout)), Some(60_000));
     let (job, attempts) = wait_state(&mut api, &nf.id, pb::JobState::PermanentFailed).await?;
     assert_eq!(attempts.len(), 1);
     assert!(

@@ -23,7 +23,7 @@ async fn open(
     c: &mut JobsClient,
     job: &str,
     follow: bool,
-) -> Result<tonic::Streaming<pb::LogChunk>, tonic::Status> {
+) -> Result<tonic::Streaming<pb::StreamLogsResponse>, tonic::Status> {
     Ok(c.stream_logs(pb::StreamLogsRequest {
         job_id: job.to_string(),
         attempt: 0,
@@ -142,12 +142,13 @@ async fn a_follower_sees_new_output_and_the_end_promptly() -> anyhow::Result<()>
         let c = s
             .message()
             .await?
+            .and_then(|r| r.chunk)
             .ok_or_else(|| anyhow::anyhow!("ended early"))?;
         text.extend(c.data);
     }
     std::fs::write(&marker, "")?;
     // The rest arrives and the stream ends when the job does.
-    while let Some(c) = s.message().await? {
+    while let Some(c) = s.message().await?.and_then(|r| r.chunk) {
         text.extend(c.data);
     }
     assert_eq!(text, b"one\ntwo\n");

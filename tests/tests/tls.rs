@@ -230,14 +230,15 @@ async fn https_to_a_plaintext_coordinator_or_with_a_wrong_ca_fails_clearly() -> 
     Ok(())
 }
 
-fn hello(id: &str) -> pb::WorkerMessage {
-    pb::WorkerMessage {
-        msg: Some(pb::worker_message::Msg::Hello(pb::Hello {
+fn hello(id: &str) -> pb::SessionRequest {
+    pb::SessionRequest {
+        msg: Some(pb::session_request::Msg::Hello(pb::Hello {
             worker_id: id.into(),
             hostname: "h".into(),
             queues: vec!["default".into()],
             slots: 1,
             free_slots: 1,
+            protocol_version: drover_core::protocol::CURRENT,
             ..Default::default()
         })),
     }

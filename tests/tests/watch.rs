@@ -9,11 +9,13 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-fn state_of(u: &pb::JobUpdate) -> i32 {
+fn state_of(u: &pb::WatchJobsResponse) -> i32 {
     u.job.as_ref().map(|j| j.state).unwrap_or(-1)
 }
 
-async fn next(s: &mut tonic::Streaming<pb::JobUpdate>) -> anyhow::Result<Option<pb::JobUpdate>> {
+async fn next(
+    s: &mut tonic::Streaming<pb::WatchJobsResponse>,
+) -> anyhow::Result<Option<pb::WatchJobsResponse>> {
     Ok(tokio::time::timeout(PATIENCE, s.next())
         .await
         .map_err(|_| anyhow::anyhow!("no update within {PATIENCE:?}"))?
@@ -128,7 +130,7 @@ async fn wait_job_returns_the_finished_job_or_deadline_exceeded() -> anyhow::Res
     let e = api
         .wait_job(pb::WaitJobRequest {
             id: job.id.clone(),
-            timeout_ms: 300,
+            timeout: ms(300),
         })
         .await
         .expect_err("no worker, no finish");
@@ -138,7 +140,7 @@ async fn wait_job_returns_the_finished_job_or_deadline_exceeded() -> anyhow::Res
     let mut api2 = api.clone();
     let id = job.id.clone();
     let waiter = tokio::spawn(async move {
-        api2.wait_job(pb::WaitJobRequest { id, timeout_ms: 0 })
+        api2.wait_job(pb::WaitJobRequest { id, timeout: None })
             .await
             .map(|r| r.into_inner())
     });
@@ -150,7 +152,7 @@ async fn wait_job_returns_the_finished_job_or_deadline_exceeded() -> anyhow::Res
     let r = api
         .wait_job(pb::WaitJobRequest {
             id: job.id.clone(),
-            timeout_ms: 1,
+            timeout: ms(1),
         })
         .await?
         .into_inner();
@@ -161,15 +163,15 @@ async fn wait_job_returns_the_finished_job_or_deadline_exceeded() -> anyhow::Res
         (
             pb::WaitJobRequest {
                 id: job.id.clone(),
-                timeout_ms: 3_600_001,
+                timeout: ms(3_600_001),
             },
             Code::InvalidArgument,
-            "timeout_ms",
+            "timeout",
         ),
         (
             pb::WaitJobRequest {
                 id: "nope".into(),
-                timeout_ms: 0,
+                timeout: None,
             },
             Code::InvalidArgument,
             "id",
@@ -177,7 +179,7 @@ async fn wait_job_returns_the_finished_job_or_deadline_exceeded() -> anyhow::Res
         (
             pb::WaitJobRequest {
                 id: uuid::Uuid::now_v7().to_string(),
-                timeout_ms: 0,
+                timeout: None,
             },
             Code::NotFound,
             "not found",
@@ -258,7 +260,7 @@ async fn watch_requests_are_checked_and_watches_are_bounded() -> anyhow::Result<
     let e = api
         .wait_job(pb::WaitJobRequest {
             id: job.id.clone(),
-            timeout_ms: 100,
+            timeout: ms(100),
         })
         .await
         .expect_err("wait over the bound");

@@ -15,8 +15,8 @@ use crate::resources::{Limits, Monitor};
 use crate::spool;
 use drover_core::jobguard::Redactor;
 use drover_proto::v1 as pb;
-use drover_proto::v1::coordinator_message::Msg as In;
-use drover_proto::v1::worker_message::Msg as Out;
+use drover_proto::v1::session_request::Msg as Out;
+use drover_proto::v1::session_response::Msg as In;
 use drover_proto::v1::worker_service_client::WorkerServiceClient;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -78,7 +78,7 @@ struct State {
     /// Processes currently alive.
     live: u32,
     /// Outbound half of the current session, if connected.
-    session: Option<mpsc::UnboundedSender<pb::WorkerMessage>>,
+    session: Option<mpsc::UnboundedSender<pb::SessionRequest>>,
 }
 
 pub struct Agent {
@@ -195,8 +195,8 @@ fn transient(s: &Status) -> bool {
     )
 }
 
-fn msg(m: Out) -> pb::WorkerMessage {
-    pb::WorkerMessage { msg: Some(m) }
+fn msg(m: Out) -> pb::SessionRequest {
+    pb::SessionRequest { msg: Some(m) }
 }
 
 impl Agent {
@@ -416,12 +416,13 @@ impl Agent {
         loop {
             tokio::select! {
                 m = inbound.message() => match m? {
-                    Some(pb::CoordinatorMessage { msg: Some(m) }) => match m {
+                    Some(pb::SessionResponse { msg: Some(m) }) => match m {
                         In::Welcome(w) => {
                             *welcomed = true;
                             self.signal_ready();
                             tracing::info!(coordinator = %w.coordinator_id, "connected to coordinator");
-                            let every = Duration::from_millis(w.heartbeat_interval_ms.max(100));
+                            let every = drover_proto::durations::or_zero(&w.heartbeat_interval)
+                                .max(Duration::from_millis(100));
                             heartbeat = tokio::time::interval(every);
                             heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         }
@@ -484,7 +485,9 @@ impl Agent {
             tokio::spawn(async move {
                 let req = pb::FinishAttemptRequest {
                     attempt_id: a.attempt_id,
-                    result: Some(pb::finish_attempt_request::Result::Released(true)),
+                    result: Some(pb::finish_attempt_request::Result::Released(
+                        pb::finish_attempt_request::Released {},
+                    )),
                     output_tail: Vec::new(),
                     log_chunk_count: 0,
                     ..Default::default()
@@ -593,10 +596,12 @@ impl Agent {
             }),
             ExitOutcome::SpawnError(e) if output_error.is_some() => R::OutputError(e),
             ExitOutcome::SpawnError(e) => R::SpawnError(e),
-            ExitOutcome::TimedOut => R::TimedOut(true),
+            ExitOutcome::TimedOut => R::TimedOut(pb::finish_attempt_request::TimedOut {}),
             ExitOutcome::Stopped => match stop_reason {
-                Some(StopReason::Cancelled) => R::Cancelled(true),
-                _ => R::Released(true),
+                Some(StopReason::Cancelled) => {
+                    R::Cancelled(pb::finish_attempt_request::Cancelled {})
+                }
+                _ => R::Released(pb::finish_attempt_request::Released {}),
             },
         };
         let usage = self.monitor.untrack(&attempt_id);
@@ -623,7 +628,9 @@ impl Agent {
             output_tail: tail,
             log_chunk_count: chunks,
             peak_rss_bytes: cg.peak_memory_bytes.unwrap_or(usage.peak_rss_bytes),
-            cpu_time_ms: cg.cpu_time_ms.unwrap_or(usage.cpu_time_ms),
+            cpu_time: Some(drover_proto::durations::from_millis(
+                cg.cpu_time_ms.unwrap_or(usage.cpu_time_ms),
+            )),
             oom_limit_bytes,
         };
         match self
@@ -663,8 +670,8 @@ impl Agent {
                         .await
                         .map_err(|e| Status::internal(format!("{}: {e}", path.display())))?;
                     let head = futures::stream::once(async move {
-                        pb::ArtifactUpload {
-                            part: Some(pb::artifact_upload::Part::Header(header)),
+                        pb::UploadArtifactRequest {
+                            part: Some(pb::upload_artifact_request::Part::Header(header)),
                         }
                     });
                     // A read error ends the body early; the coordinator then sees a size or
@@ -672,8 +679,8 @@ impl Agent {
                     let body = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
                         .take_while(|r| std::future::ready(r.is_ok()))
                         .filter_map(|r| std::future::ready(r.ok()))
-                        .map(|b| pb::ArtifactUpload {
-                            part: Some(pb::artifact_upload::Part::Data(b.to_vec())),
+                        .map(|b| pb::UploadArtifactRequest {
+                            part: Some(pb::upload_artifact_request::Part::Data(b.to_vec())),
                         });
                     c.upload_artifact(head.chain(body)).await
                 }
@@ -844,7 +851,7 @@ impl Agent {
             argv: a.argv.clone(),
             env,
             work_dir: work_dir.to_path_buf(),
-            timeout: (a.timeout_ms > 0).then(|| Duration::from_millis(a.timeout_ms as u64)),
+            timeout: Some(drover_proto::durations::or_zero(&a.timeout)).filter(|t| !t.is_zero()),
             kill_grace: self.cfg.kill_grace,
             pgid_file: Some(match &group_file {
                 Some(f) => f.path(),

@@ -98,7 +98,8 @@ function bulkFilter(dryRun) {
   return {
     state: document.getElementById("bulk-state").value,
     queue: document.getElementById("bulk-queue").value.trim(),
-    finished_within_ms: within * 60000,
+    // A google.protobuf.Duration in proto3 JSON; "0s" means any time.
+    finished_within: within * 60 + "s",
     dry_run: dryRun,
     limit: 1000,
   };
