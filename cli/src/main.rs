@@ -5,6 +5,10 @@
 
 mod alerts_cmd;
 mod batch;
+#[cfg(feature = "dev")]
+mod dev;
+#[cfg(not(feature = "dev"))]
+#[path = "dev_unavailable.rs"]
 mod dev;
 mod jobflags;
 mod output;
