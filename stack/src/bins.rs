@@ -61,3 +61,21 @@ fn existing(path: PathBuf) -> Result<PathBuf> {
         Err(Error::MissingBinary { path })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_is_named() {
+        let dir = std::env::temp_dir().join(format!("drover-stack-bins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        match Bins::in_dir(&dir) {
+            Err(Error::MissingBinary { path }) => {
+                assert_eq!(path, dir.join("drover-coordinator"))
+            }
+            other => panic!("expected MissingBinary, got {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -70,3 +70,19 @@ fn seen_since(seen: Option<&prost_types::Timestamp>, since: SystemTime) -> bool 
         .unwrap_or_default();
     (seen.seconds, seen.nanos) >= (since.as_secs() as i64, since.subsec_nanos() as i32)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_since_compares_seconds_then_nanos_and_needs_a_time() {
+        let since = SystemTime::UNIX_EPOCH + Duration::new(100, 500);
+        let at = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        assert!(seen_since(Some(&at(100, 500)), since));
+        assert!(seen_since(Some(&at(101, 0)), since));
+        assert!(!seen_since(Some(&at(100, 499)), since));
+        assert!(!seen_since(Some(&at(99, 999_999_999)), since));
+        assert!(!seen_since(None, since));
+    }
+}
