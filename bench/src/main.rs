@@ -235,11 +235,7 @@ async fn run(cli: Cli) -> Result<()> {
     say!(
         "drover-bench: {} mode, binaries in {}, scratch in {}",
         counts.mode,
-        bins.coordinator
-            .parent()
-            .map(Path::display)
-            .map(|d| d.to_string())
-            .unwrap_or_default(),
+        bins.drover.dir.display(),
         tmp.path().display()
     );
     let mut machine = Machine::local();
@@ -249,7 +245,9 @@ async fn run(cli: Cli) -> Result<()> {
             machine.load_start
         );
     }
-    let server = Server::start(tmp.path()).await?;
+    let server = Server::start(&tmp.path().join("pg"))
+        .await
+        .context("starting a private PostgreSQL (or set DATABASE_URL)")?;
     let mut rows: Vec<(Part, Row)> = Vec::new();
     let mut details = serde_json::Map::new();
     let r = async {
@@ -550,7 +548,11 @@ async fn describe_server(server: &Server, m: &mut Machine) -> Result<()> {
         r.try_get::<_, String>(2)?,
         r.try_get::<_, String>(3)?
     );
-    m.pg_where = server.describe();
+    m.pg_where = if server.is_private() {
+        "private server started by the bench".into()
+    } else {
+        "DATABASE_URL".into()
+    };
     m.date = r.try_get(4)?;
     Ok(())
 }

@@ -5,9 +5,9 @@
 //! inside this process; Ctrl-C stops the worker, the coordinator and PostgreSQL.
 
 use anyhow::{Context, Result};
-use drover_pgserver::{PgServer, PgServerConfig};
 use drover_proto::v1 as pb;
 use drover_proto::v1::job_service_client::JobServiceClient;
+use drover_stack::Server;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,33 +51,23 @@ pub async fn run(args: DevArgs) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("resolving {}", args.data_dir.display()))?;
 
-    let mut pg = None;
-    let database_url = match std::env::var("DATABASE_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            let server = PgServer::start(PgServerConfig {
-                data_dir: data_dir.join("pg"),
-                port: None,
-                bin_dir: None,
-                settings: Vec::new(),
-            })
-            .await
-            .context("starting a private PostgreSQL (or set DATABASE_URL)")?;
-            server
-                .create_database("drover")
+    let server = Server::start(&data_dir.join("pg"))
+        .await
+        .context("starting a private PostgreSQL (or set DATABASE_URL)")?;
+    let database_url = match &server {
+        Server::Private(pg) => {
+            pg.create_database("drover")
                 .await
                 .context("creating database drover")?;
-            let url = server.url("drover");
-            pg = Some(server);
-            url
+            pg.url("drover")
         }
+        // DATABASE_URL names the database itself.
+        Server::External { admin_url } => admin_url.clone(),
     };
 
     let result = serve(&args, &data_dir, &database_url).await;
-    if let Some(mut server) = pg {
-        if let Err(e) = server.stop().await {
-            eprintln!("droverctl: stopping PostgreSQL: {e}");
-        }
+    if let Err(e) = server.stop().await {
+        eprintln!("droverctl: stopping PostgreSQL: {e}");
     }
     result
 }
@@ -170,32 +160,16 @@ const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Access control stays on in the dev stack: a fresh admin token for the operator and a
 /// worker token bound to the dev worker's id. Tokens of an earlier run are revoked.
 async fn dev_tokens(database_url: &str, data_dir: &std::path::Path) -> Result<(String, String)> {
-    use drover_coordinator::tokens_api::{create_token, TokenSpec};
-    let store =
-        drover_coordinator::store::Store::new(drover_coordinator::db::pool(database_url, 2)?);
-    let mut out = Vec::new();
-    for (name, role, pattern) in [
-        ("dev-admin", "admin", ""),
-        ("dev-worker", "worker", DEV_WORKER),
-    ] {
-        match store.revoke_token(None, name).await {
-            Ok(_) | Err(drover_coordinator::error::Error::NotFound(_)) => {}
-            Err(e) => return Err(e).context("revoking the previous dev token"),
-        }
-        let (_, secret) = create_token(
-            &store,
-            &TokenSpec {
-                name: name.into(),
-                role: role.into(),
-                queues: Vec::new(),
-                worker_pattern: pattern.into(),
-                expires_in_secs: 0,
-            },
-        )
+    use drover_stack::tokens::{replace, Grant};
+    let admin = replace(database_url, &Grant::new("dev-admin", "admin", ""))
         .await
-        .with_context(|| format!("creating the {name} token"))?;
-        out.push(secret);
-    }
+        .context("creating the dev-admin token")?;
+    let worker = replace(
+        database_url,
+        &Grant::new("dev-worker", "worker", DEV_WORKER),
+    )
+    .await
+    .context("creating the dev-worker token")?;
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     {
         use std::io::Write;
@@ -207,10 +181,8 @@ async fn dev_tokens(database_url: &str, data_dir: &std::path::Path) -> Result<(S
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("writing {}", path.display()))?;
-        writeln!(f, "{}", out[0])?;
+        writeln!(f, "{admin}")?;
     }
-    let worker = out.pop().unwrap_or_default();
-    let admin = out.pop().unwrap_or_default();
     Ok((admin, worker))
 }
 

@@ -3,22 +3,26 @@
 //! 2 on a usage error; a wait for a job (`submit --wait`, `wait`) also exits 3 when the
 //! job failed, 4 when it was cancelled, 5 when `--timeout` ran out (see batch.rs).
 
+mod admin_cmd;
 mod alerts_cmd;
 mod batch;
+#[cfg(feature = "dev")]
+mod dev;
+#[cfg(not(feature = "dev"))]
+#[path = "dev_unavailable.rs"]
 mod dev;
 mod jobflags;
+mod jobs_cmd;
 mod output;
 mod queue;
 mod schedule;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use drover_proto::auth::{AuthChannel, BearerToken};
 use drover_proto::v1 as pb;
-use drover_proto::v1::admin_service_client::AdminServiceClient;
 use drover_proto::v1::job_service_client::JobServiceClient;
 use std::collections::HashMap;
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -506,7 +510,7 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let fmt = cli.output;
+    let (addr, fmt) = (cli.addr.as_str(), cli.output);
     let _ = CLIENT_TLS.set(drover_transport::ClientTls {
         ca_file: cli.ca_file.clone(),
         cert_file: cli.client_cert.clone(),
@@ -519,70 +523,35 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         )?);
     }
     match cli.command {
-        Command::Token(t) => token_command(&cli.addr, fmt, t).await,
+        Command::Token(t) => admin_cmd::token_command(addr, fmt, t).await,
         Command::Audit {
             since,
             limit,
             page_token,
-        } => {
-            let since = match &since {
-                Some(s) => Some(duration("since", s)?),
-                None => None,
-            };
-            let mut c = AdminServiceClient::new(channel(&cli.addr).await?);
-            let r = c
-                .list_audit(pb::ListAuditRequest {
-                    since,
-                    page_size: limit,
-                    page_token: page_token.unwrap_or_default(),
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            if fmt == Format::Json {
-                print_json(&serde_json::json!({
-                    "entries": r.entries.iter().map(output::audit_json).collect::<Vec<_>>(),
-                    "next_page_token": r.next_page_token,
-                }))?;
-            } else {
-                print!("{}", output::audit_table(&r.entries));
-                if !r.next_page_token.is_empty() {
-                    eprintln!("more: --page-token {}", r.next_page_token);
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => admin_cmd::audit(addr, fmt, since, limit, page_token).await,
         Command::Certs(CertsCommand::Init {
             dir,
             hosts,
             workers,
-        }) => {
-            let files = drover_transport::ca::init_dir(&dir, &hosts, &workers)?;
-            for f in files {
-                println!("{}", f.display());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        }) => certs_init(&dir, &hosts, &workers),
         Command::Dev(args) => {
             dev::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(a) => match &a.from_file {
-            Some(f) => batch::submit_file(&cli.addr, fmt, f, a.wait).await,
-            None => submit(&cli.addr, fmt, *a).await,
+            Some(f) => batch::submit_file(addr, fmt, f, a.wait).await,
+            None => jobs_cmd::submit(addr, fmt, *a).await,
         },
-        Command::Wait { job, timeout } => {
-            batch::wait_command(&cli.addr, &job, timeout.as_deref()).await
-        }
-        Command::Failures(a) => alerts_cmd::failures(&cli.addr, fmt, a).await,
-        Command::Alerts { cmd } => alerts_cmd::alerts(&cli.addr, fmt, cmd).await,
-        Command::Notifications(a) => alerts_cmd::notifications(&cli.addr, fmt, a).await,
+        Command::Wait { job, timeout } => batch::wait_command(addr, &job, timeout.as_deref()).await,
+        Command::Failures(a) => alerts_cmd::failures(addr, fmt, a).await,
+        Command::Alerts { cmd } => alerts_cmd::alerts(addr, fmt, cmd).await,
+        Command::Notifications(a) => alerts_cmd::notifications(addr, fmt, a).await,
         Command::Queue { cmd } => {
-            queue::run(&cli.addr, fmt, cmd).await?;
+            queue::run(addr, fmt, cmd).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schedule { cmd } => {
-            schedule::run(&cli.addr, fmt, cmd).await?;
+            schedule::run(addr, fmt, cmd).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::List {
@@ -590,74 +559,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             queue,
             limit,
             page_token,
-        } => {
-            let state = match state.as_deref() {
-                None => pb::JobState::Unspecified,
-                Some(s) => parse_state(s)?,
-            };
-            let mut c = connect(&cli.addr).await?;
-            let r = c
-                .list_jobs(pb::ListJobsRequest {
-                    state: state as i32,
-                    queue: queue.unwrap_or_default(),
-                    page_size: limit,
-                    page_token: page_token.unwrap_or_default(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            if fmt == Format::Json {
-                print_json(&serde_json::json!({
-                    "jobs": r.jobs.iter().map(output::job_json).collect::<Vec<_>>(),
-                    "next_page_token": r.next_page_token,
-                }))?;
-            } else {
-                print!("{}", output::job_table(&r.jobs));
-                if !r.next_page_token.is_empty() {
-                    eprintln!("more: --page-token {}", r.next_page_token);
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Show { job } => {
-            let mut c = connect(&cli.addr).await?;
-            let r = c
-                .get_job(pb::GetJobRequest { id: job })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let j = r.job.unwrap_or_default();
-            if fmt == Format::Json {
-                let mut v = output::job_json(&j);
-                v["attempts"] = r.attempts.iter().map(output::attempt_json).collect();
-                v["retried_by"] = r.retried_by.clone().into();
-                v["waiting_for"] = r.waiting_for.clone().into();
-                print_json(&v)?;
-            } else {
-                print!("{}", output::job_detail(&j, &r.attempts, &r.retried_by));
-                if !j.waiting.is_empty() {
-                    println!("waiting: {}", j.waiting);
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Retry { job: Some(job), .. } => {
-            let c = connect(&cli.addr).await?;
-            let req = pb::RetryJobRequest {
-                id: job,
-                set_params: HashMap::new(),
-                request_id: request_id(),
-            };
-            let r = with_retries(|| {
-                let (mut c, req) = (c.clone(), req.clone());
-                async move { c.retry_job(req).await }
-            })
-            .await
-            .map_err(status_error)?;
-            print_new_job(fmt, &r.job.unwrap_or_default())?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => jobs_cmd::list(addr, fmt, state, queue, limit, page_token).await,
+        Command::Show { job } => jobs_cmd::show(addr, fmt, job).await,
+        Command::Retry { job: Some(job), .. } => jobs_cmd::retry_one(addr, fmt, job).await,
         Command::Retry {
             job: None,
             state,
@@ -667,427 +571,37 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             limit,
             fingerprint,
         } => {
-            let state = parse_state(&state)?;
-            let within = match &since {
-                Some(s) => Some(duration("since", s)?),
-                None => None,
-            };
-            let c = connect(&cli.addr).await?;
-            let req = pb::RetryJobsRequest {
-                state: state as i32,
-                queue: queue.unwrap_or_default(),
-                finished_within: within,
+            let filter = jobs_cmd::RetryFilter {
+                state,
+                queue,
+                since,
                 dry_run,
                 limit,
-                fingerprint: fingerprint.unwrap_or_default(),
-                request_id: request_id(),
+                fingerprint,
             };
-            let r = with_retries(|| {
-                let (mut c, req) = (c.clone(), req.clone());
-                async move { c.retry_jobs(req).await }
-            })
-            .await
-            .map_err(status_error)?;
-            if fmt == Format::Json {
-                print_json(&serde_json::json!({
-                    "dry_run": dry_run,
-                    "matched": r.matched.iter().map(output::job_json).collect::<Vec<_>>(),
-                    "created": r.created.iter().map(output::job_json).collect::<Vec<_>>(),
-                }))?;
-            } else if dry_run {
-                print!("{}", output::job_table(&r.matched));
-                eprintln!(
-                    "{} job(s) would be retried (dry run: nothing changed)",
-                    r.matched.len()
-                );
-            } else {
-                for (old, new) in r.matched.iter().zip(&r.created) {
-                    println!("{} -> {}", old.id, new.id);
-                }
-                eprintln!("{} job(s) retried", r.created.len());
-            }
-            Ok(ExitCode::SUCCESS)
+            jobs_cmd::retry_many(addr, fmt, filter).await
         }
-        Command::Rerun { job, set } => {
-            let set_params = pairs("set", &set)?;
-            let c = connect(&cli.addr).await?;
-            let req = pb::RetryJobRequest {
-                id: job,
-                set_params,
-                request_id: request_id(),
-            };
-            let r = with_retries(|| {
-                let (mut c, req) = (c.clone(), req.clone());
-                async move { c.retry_job(req).await }
-            })
-            .await
-            .map_err(status_error)?;
-            print_new_job(fmt, &r.job.unwrap_or_default())?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Cancel { job } => {
-            let c = connect(&cli.addr).await?;
-            let req = pb::CancelJobRequest {
-                id: job,
-                request_id: request_id(),
-            };
-            let r = with_retries(|| {
-                let (mut c, req) = (c.clone(), req.clone());
-                async move { c.cancel_job(req).await }
-            })
-            .await
-            .map_err(status_error)?;
-            let j = r.job.unwrap_or_default();
-            if fmt == Format::Json {
-                print_json(&output::job_json(&j))?;
-            } else if j.cancel_requested {
-                println!("{}: stopping its running attempt", j.id);
-            } else {
-                println!("{}: {}", j.id, output::job_state(j.state));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Health => {
-            let mut c = AdminServiceClient::new(channel(&cli.addr).await?);
-            let h = c
-                .get_health(pb::GetHealthRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            if fmt == Format::Json {
-                print_json(&drover_proto::json::health(&h))?;
-            } else {
-                print!("{}", output::health_text(&h));
-            }
-            Ok(if h.status == pb::HealthStatus::Failing as i32 {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
-        Command::Workers => {
-            let mut c = AdminServiceClient::new(channel(&cli.addr).await?);
-            let mut w = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let r = c
-                    .list_workers(pb::ListWorkersRequest {
-                        page_token,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
-                w.extend(r.workers);
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                page_token = r.next_page_token;
-            }
-            if fmt == Format::Json {
-                let v: Vec<_> = w.iter().map(drover_proto::json::worker).collect();
-                print_json(&serde_json::Value::Array(v))?;
-            } else {
-                print!("{}", output::worker_table(&w));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Artifacts { job, get, out } => {
-            let mut c = connect(&cli.addr).await?;
-            match get {
-                None => {
-                    let mut r = pb::ListArtifactsResponse::default();
-                    loop {
-                        let page = c
-                            .list_artifacts(pb::ListArtifactsRequest {
-                                job_id: job.clone(),
-                                page_token: r.next_page_token,
-                                ..Default::default()
-                            })
-                            .await
-                            .map_err(status_error)?
-                            .into_inner();
-                        r.artifacts.extend(page.artifacts);
-                        r.next_page_token = page.next_page_token;
-                        if r.next_page_token.is_empty() {
-                            break;
-                        }
-                    }
-                    if fmt == Format::Json {
-                        let v: Vec<_> = r.artifacts.iter().map(output::artifact_json).collect();
-                        print_json(&serde_json::Value::Array(v))?;
-                    } else {
-                        print!("{}", output::artifact_table(&r.artifacts));
-                    }
-                }
-                Some(name) => download_artifact(&mut c, job, name, out).await?,
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Rerun { job, set } => jobs_cmd::rerun(addr, fmt, job, set).await,
+        Command::Cancel { job } => jobs_cmd::cancel(addr, fmt, job).await,
+        Command::Health => admin_cmd::health(addr, fmt).await,
+        Command::Workers => admin_cmd::workers(addr, fmt).await,
+        Command::Artifacts { job, get, out } => jobs_cmd::artifacts(addr, fmt, job, get, out).await,
         Command::Logs {
             job,
             follow,
             attempt,
             timestamps,
-        } => {
-            let mut c = connect(&cli.addr).await?;
-            logs(&mut c, job, follow, attempt.unwrap_or(0), timestamps).await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => jobs_cmd::logs(addr, job, follow, attempt, timestamps).await,
     }
 }
 
-async fn token_command(addr: &str, fmt: Format, t: TokenCommand) -> Result<ExitCode> {
-    let mut c = AdminServiceClient::new(channel(addr).await?);
-    match t {
-        TokenCommand::Create {
-            name,
-            role,
-            queues,
-            worker,
-            expires,
-        } => {
-            let expires_in = match &expires {
-                Some(e) => Some(drover_proto::durations::from_std(
-                    drover_core::auth::parse_lifetime(e).map_err(|m| anyhow!("--expires: {m}"))?,
-                )),
-                None => None,
-            };
-            let r = c
-                .create_token(pb::CreateTokenRequest {
-                    name,
-                    role,
-                    queues,
-                    worker_pattern: worker.unwrap_or_default(),
-                    expires_in,
-                })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let t = r.token.unwrap_or_default();
-            if fmt == Format::Json {
-                let mut v = output::token_json(&t);
-                v["secret"] = r.secret.into();
-                print_json(&v)?;
-            } else {
-                eprintln!(
-                    "created token {} ({}, role {}); it is shown only now:",
-                    t.name, t.id, t.role
-                );
-                println!("{}", r.secret);
-            }
-        }
-        TokenCommand::List { all } => {
-            let mut r = pb::ListTokensResponse::default();
-            loop {
-                let page = c
-                    .list_tokens(pb::ListTokensRequest {
-                        include_revoked: all,
-                        page_token: r.next_page_token,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
-                r.tokens.extend(page.tokens);
-                r.next_page_token = page.next_page_token;
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-            }
-            if fmt == Format::Json {
-                let v: Vec<_> = r.tokens.iter().map(output::token_json).collect();
-                print_json(&serde_json::Value::Array(v))?;
-            } else {
-                print!("{}", output::token_table(&r.tokens));
-            }
-        }
-        TokenCommand::Revoke { which } => {
-            let r = c
-                .revoke_token(pb::RevokeTokenRequest { token: which })
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let t = r.token.unwrap_or_default();
-            println!("revoked token {} ({})", t.name, t.id);
-        }
+/// `certs init`: a private CA and certificates, written to `dir`.
+fn certs_init(dir: &std::path::Path, hosts: &[String], workers: &[String]) -> Result<ExitCode> {
+    let files = drover_transport::ca::init_dir(dir, hosts, workers)?;
+    for f in files {
+        println!("{}", f.display());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn submit(addr: &str, fmt: Format, a: SubmitArgs) -> Result<ExitCode> {
-    let timeout = match &a.timeout {
-        Some(t) => Some(duration("timeout", t)?),
-        None => None,
-    };
-    let retry = pb::RetryPolicy {
-        max_retries: a.max_retries,
-        initial_backoff: match &a.retry_wait {
-            Some(w) => Some(duration("retry-wait", w)?),
-            None => None,
-        },
-        ..Default::default()
-    };
-    let mut spec = pb::JobSpec {
-        argv: a.argv,
-        env: pairs("env", &a.env)?,
-        queue: a.queue,
-        labels: a.labels,
-        params: pairs("param", &a.params)?,
-        timeout,
-        retry: Some(retry),
-        idempotency_key: a.idempotency_key.unwrap_or_default(),
-        after: a.after,
-        ..Default::default()
-    };
-    a.flags.apply(&mut spec)?;
-    let mut c = connect(addr).await?;
-    let r = c
-        .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let job = r.job.unwrap_or_default();
-    if fmt == Format::Json {
-        let mut v = output::job_json(&job);
-        v["created"] = r.created.into();
-        print_json(&v)?;
-    } else if r.created {
-        println!("{}", job.id);
-    } else {
-        println!("{}", job.id);
-        eprintln!("(existing job with this idempotency key)");
-    }
-    if !a.wait {
-        return Ok(ExitCode::SUCCESS);
-    }
-    batch::wait_job(&mut c, &job.id, None).await
-}
-
-async fn logs(
-    c: &mut JobServiceClient<AuthChannel>,
-    job: String,
-    follow: bool,
-    attempt: u32,
-    timestamps: bool,
-) -> Result<()> {
-    let mut stream = c
-        .stream_logs(pb::StreamLogsRequest {
-            job_id: job,
-            attempt,
-            follow,
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let mut out = std::io::stdout().lock();
-    let mut current = 0;
-    let mut at_line_start = true;
-    while let Some(chunk) = stream
-        .message()
-        .await
-        .map_err(status_error)?
-        .and_then(|r| r.chunk)
-    {
-        if attempt == 0 && chunk.attempt_number != current {
-            current = chunk.attempt_number;
-            out.flush()?;
-            eprintln!(
-                "==> attempt {} ({}) <==",
-                chunk.attempt_number, chunk.attempt_id
-            );
-        }
-        if timestamps {
-            let prefix = format!(
-                "{} {} ",
-                output::time(&chunk.time)
-                    .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
-                    .unwrap_or_default(),
-                if chunk.stream == pb::LogStream::Stderr as i32 {
-                    "err"
-                } else {
-                    "out"
-                }
-            );
-            for piece in chunk.data.split_inclusive(|b| *b == b'\n') {
-                if at_line_start {
-                    out.write_all(prefix.as_bytes())?;
-                }
-                out.write_all(piece)?;
-                at_line_start = piece.ends_with(b"\n");
-            }
-        } else {
-            out.write_all(&chunk.data)?;
-        }
-        if follow {
-            out.flush()?;
-        }
-    }
-    out.flush()?;
-    Ok(())
-}
-
-/// Downloads one artifact, checking its size and SHA-256; a bad copy is removed.
-async fn download_artifact(
-    c: &mut JobServiceClient<AuthChannel>,
-    job: String,
-    name: String,
-    out: Option<std::path::PathBuf>,
-) -> Result<()> {
-    use sha2::{Digest, Sha256};
-    let mut stream = c
-        .get_artifact(pb::GetArtifactRequest {
-            job_id: job,
-            name: name.clone(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let to_stdout = out.as_deref() == Some(std::path::Path::new("-"));
-    let path = out.unwrap_or_else(|| {
-        std::path::PathBuf::from(name.rsplit('/').next().unwrap_or(name.as_str()))
-    });
-    let mut sink: Box<dyn Write> = if to_stdout {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
-        )
-    };
-    let mut meta = None;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    while let Some(m) = stream.message().await.map_err(status_error)? {
-        if meta.is_none() {
-            meta = m.artifact;
-        }
-        hasher.update(&m.data);
-        size += m.data.len() as u64;
-        sink.write_all(&m.data)?;
-    }
-    sink.flush()?;
-    drop(sink);
-    let meta = meta.context("the coordinator sent no artifact metadata")?;
-    let sha = format!("{:x}", hasher.finalize());
-    if sha != meta.sha256 || size != meta.size {
-        if !to_stdout {
-            let _ = std::fs::remove_file(&path);
-        }
-        bail!(
-            "{name}: download is corrupt ({size} bytes, sha256 {sha}; expected {} bytes, {})",
-            meta.size,
-            meta.sha256
-        );
-    }
-    if !to_stdout {
-        eprintln!(
-            "{} ({} bytes, sha256 {} verified)",
-            path.display(),
-            size,
-            sha
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

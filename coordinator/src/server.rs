@@ -48,8 +48,53 @@ impl Coordinator {
     }
 }
 
-/// Migrates the database, binds the listener and starts serving.
+/// Migrates the database, binds the listeners and starts serving.
 pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
+    check_config(&cfg)?;
+    crate::metrics::install();
+    let (store, retention) = prepare_database(&cfg).await?;
+    let id = coordinator_id();
+    let tls = load_tls(&cfg)?;
+    let listeners = Listeners::bind(&cfg).await?;
+    let (addr, http_addr) = (listeners.grpc_addr, listeners.http_addr);
+    let shutdown = CancellationToken::new();
+    let services = Services::new(&cfg, store, id.clone());
+    let (health_reporter, health) = grpc_health().await;
+
+    let mut tasks = services.spawn_background(&cfg, retention, &shutdown);
+    tasks.push(tokio::spawn(crate::health::follow_database(
+        services.store.clone(),
+        health_reporter.clone(),
+        shutdown.child_token(),
+    )));
+    if let Some(t) = &tls {
+        tasks.push(tokio::spawn(
+            t.clone()
+                .watch(cfg.tls_reload_interval, shutdown.child_token()),
+        ));
+    }
+    let http_app = services.http_router(&cfg, tls.is_some());
+    tasks.push(tokio::spawn(serve_http(
+        listeners.http,
+        http_addr,
+        http_app,
+        tls.clone(),
+        shutdown.clone(),
+    )));
+    tasks.push(services.spawn_grpc(listeners.grpc, health, tls.clone(), shutdown.clone())?);
+    tracing::info!(%addr, %http_addr, tls = tls.is_some(), coordinator_id = %id, "coordinator listening");
+    Ok(Coordinator {
+        addr,
+        tls: tls.is_some(),
+        http_addr,
+        id,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Refuses settings that are invalid or unsafe; warns when access control is off.
+fn check_config(cfg: &Config) -> anyhow::Result<()> {
     cfg.validate().map_err(anyhow::Error::msg)?;
     cfg.check_exposure().map_err(anyhow::Error::msg)?;
     if !cfg.access_control {
@@ -57,7 +102,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             "access control is OFF: anyone who can connect may submit commands to every worker, \
              read every log and act as a worker");
     }
-    crate::metrics::install();
+    Ok(())
+}
+
+/// Applies the migrations, opens the pool and makes sure log partitions exist.
+async fn prepare_database(cfg: &Config) -> anyhow::Result<(Store, crate::config::Retention)> {
     let applied = db::migrate(&cfg.database_url)
         .await
         .with_context(|| "applying database migrations")?;
@@ -81,7 +130,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     if !created.is_empty() {
         tracing::info!(partitions = ?created, "log partitions created");
     }
-    let id = format!(
+    Ok((store, retention))
+}
+
+/// `<hostname>-<pid>-<random>`: tells coordinators apart in leases and logs.
+fn coordinator_id() -> String {
+    format!(
         "{}-{}-{}",
         hostname::get()
             .ok()
@@ -89,221 +143,253 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             .unwrap_or_else(|| "coordinator".into()),
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..6]
-    );
-    let tls = match cfg.server_tls() {
-        Some(files) => {
-            Some(drover_transport::TlsReloader::new(files).context("loading the TLS certificate")?)
-        }
-        None => None,
-    };
-    let shutdown = CancellationToken::new();
-    let blobs: Arc<dyn BlobStore> = Arc::new(DirStore::new(&cfg.artifact_dir));
-    let dispatcher = Dispatcher::new(store.clone(), cfg.lease_ttl, cfg.dispatch_sweep);
+    )
+}
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding gRPC listener on {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
-    let http_listener = tokio::net::TcpListener::bind(cfg.http_listen)
-        .await
-        .with_context(|| format!("binding HTTP listener on {}", cfg.http_listen))?;
-    let http_addr = http_listener.local_addr()?;
+fn load_tls(cfg: &Config) -> anyhow::Result<Option<Arc<drover_transport::TlsReloader>>> {
+    match cfg.server_tls() {
+        Some(files) => Ok(Some(
+            drover_transport::TlsReloader::new(files).context("loading the TLS certificate")?,
+        )),
+        None => Ok(None),
+    }
+}
 
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<JobServiceServer<JobsApi>>()
-        .await;
-    health_reporter
+/// The gRPC and HTTP listeners, bound before anything is served.
+struct Listeners {
+    grpc: tokio::net::TcpListener,
+    grpc_addr: SocketAddr,
+    http: tokio::net::TcpListener,
+    http_addr: SocketAddr,
+}
+
+impl Listeners {
+    async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
+        let grpc = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding gRPC listener on {}", cfg.listen))?;
+        let http = tokio::net::TcpListener::bind(cfg.http_listen)
+            .await
+            .with_context(|| format!("binding HTTP listener on {}", cfg.http_listen))?;
+        Ok(Listeners {
+            grpc_addr: grpc.local_addr()?,
+            http_addr: http.local_addr()?,
+            grpc,
+            http,
+        })
+    }
+}
+
+/// The standard gRPC health service, with every service serving.
+async fn grpc_health() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<JobServiceServer<JobsApi>>().await;
+    reporter
         .set_serving::<WorkerServiceServer<WorkersApi>>()
         .await;
-    health_reporter
+    reporter
         .set_serving::<ScheduleServiceServer<SchedulesApi>>()
         .await;
-    health_reporter
+    reporter
         .set_serving::<QueueServiceServer<QueuesApi>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(drover_proto::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    (reporter, health)
+}
 
-    let jobs_api = Arc::new(JobsApi {
-        store: store.clone(),
-        dispatcher: dispatcher.clone(),
-        config: Arc::new(cfg.clone()),
-        blobs: blobs.clone(),
-    });
-    let jobs =
-        JobServiceServer::from_arc(jobs_api.clone()).max_decoding_message_size(4 * 1024 * 1024);
-    let auth = Arc::new(crate::auth::Auth::new(
-        store.clone(),
-        cfg.access_control,
-        &cfg.open_routes,
-        cfg.token_cache,
-    ));
-    let schedules_api = Arc::new(SchedulesApi {
-        store: store.clone(),
-        dispatcher: dispatcher.clone(),
-        config: Arc::new(cfg.clone()),
-    });
-    let schedules = ScheduleServiceServer::from_arc(schedules_api.clone());
-    let queues_api = Arc::new(QueuesApi {
-        store: store.clone(),
-        dispatcher: dispatcher.clone(),
-    });
-    let queues = QueueServiceServer::from_arc(queues_api.clone());
-    let workers = WorkerServiceServer::new(WorkersApi {
-        store: store.clone(),
-        dispatcher: dispatcher.clone(),
-        coordinator_id: id.clone(),
-        lease_ttl: cfg.lease_ttl,
-        heartbeat_interval: cfg.heartbeat_interval,
-        log_cap_bytes: cfg.log_cap_bytes,
-        blobs: blobs.clone(),
-        max_artifact_bytes: cfg.max_artifact_bytes,
-        auth: auth.clone(),
-    })
-    .max_decoding_message_size(MAX_APPEND_BYTES + 1024 * 1024);
+/// What the coordinator serves, shared by its gRPC and HTTP listeners and its background
+/// tasks: the store, the dispatcher and the API implementations.
+struct Services {
+    id: String,
+    store: Store,
+    dispatcher: Arc<Dispatcher>,
+    blobs: Arc<dyn BlobStore>,
+    auth: Arc<crate::auth::Auth>,
+    jobs: Arc<JobsApi>,
+    schedules: Arc<SchedulesApi>,
+    queues: Arc<QueuesApi>,
+    workers: WorkersApi,
+    alerts_cfg: Arc<crate::alerts::AlertsConfig>,
+    alerts: Arc<crate::alerts_api::AlertsApi>,
+    admin: Arc<AdminApi>,
+    live: Arc<crate::dashboard::LiveHeader>,
+}
 
-    let mut tasks = Vec::new();
-    if cfg.access_control {
-        tasks.push(tokio::spawn(crate::auth::follow_revocations(
+impl Services {
+    fn new(cfg: &Config, store: Store, id: String) -> Services {
+        let blobs: Arc<dyn BlobStore> = Arc::new(DirStore::new(&cfg.artifact_dir));
+        let dispatcher = Dispatcher::new(store.clone(), cfg.lease_ttl, cfg.dispatch_sweep);
+        let config = Arc::new(cfg.clone());
+        let auth = Arc::new(crate::auth::Auth::new(
+            store.clone(),
+            cfg.access_control,
+            &cfg.open_routes,
+            cfg.token_cache,
+        ));
+        let alerts_cfg = Arc::new(cfg.alerts.clone());
+        Services {
+            jobs: Arc::new(JobsApi {
+                store: store.clone(),
+                dispatcher: dispatcher.clone(),
+                config: config.clone(),
+                blobs: blobs.clone(),
+            }),
+            schedules: Arc::new(SchedulesApi {
+                store: store.clone(),
+                dispatcher: dispatcher.clone(),
+                config: config.clone(),
+            }),
+            queues: Arc::new(QueuesApi {
+                store: store.clone(),
+                dispatcher: dispatcher.clone(),
+            }),
+            workers: WorkersApi {
+                store: store.clone(),
+                dispatcher: dispatcher.clone(),
+                coordinator_id: id.clone(),
+                lease_ttl: cfg.lease_ttl,
+                heartbeat_interval: cfg.heartbeat_interval,
+                log_cap_bytes: cfg.log_cap_bytes,
+                blobs: blobs.clone(),
+                max_artifact_bytes: cfg.max_artifact_bytes,
+                auth: auth.clone(),
+            },
+            alerts: Arc::new(crate::alerts_api::AlertsApi {
+                store: store.clone(),
+                alerts: alerts_cfg.clone(),
+            }),
+            admin: Arc::new(AdminApi {
+                store: store.clone(),
+                config,
+                coordinator_id: id.clone(),
+                auth: auth.clone(),
+            }),
+            live: crate::dashboard::LiveHeader::new(),
+            alerts_cfg,
+            auth,
+            blobs,
+            dispatcher,
+            store,
+            id,
+        }
+    }
+
+    /// Token revocations, dispatching, notifications from the database, leader duties,
+    /// alerting and the dashboard's live header.
+    fn spawn_background(
+        &self,
+        cfg: &Config,
+        retention: crate::config::Retention,
+        shutdown: &CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if cfg.access_control {
+            tasks.push(tokio::spawn(crate::auth::follow_revocations(
+                cfg.database_url.clone(),
+                self.auth.clone(),
+                shutdown.child_token(),
+            )));
+        }
+        tasks.push(tokio::spawn(
+            self.dispatcher.clone().run(shutdown.child_token()),
+        ));
+        tasks.push(tokio::spawn(listen::run(
             cfg.database_url.clone(),
-            auth.clone(),
+            self.dispatcher.clone(),
             shutdown.child_token(),
         )));
+        tasks.push(tokio::spawn(leader::run(
+            self.leader_config(cfg, retention),
+            self.store.clone(),
+            self.dispatcher.clone(),
+            shutdown.child_token(),
+        )));
+        tasks.push(tokio::spawn(crate::alerts::run(
+            cfg.database_url.clone(),
+            self.store.clone(),
+            self.alerts_cfg.clone(),
+            cfg.lease_ttl.as_millis() as i64,
+            shutdown.child_token(),
+        )));
+        tasks.push(tokio::spawn(crate::notify::run(
+            self.store.clone(),
+            self.alerts_cfg.clone(),
+            self.id.clone(),
+            shutdown.child_token(),
+        )));
+        tasks.push(tokio::spawn(crate::dashboard::run_header(
+            self.live.clone(),
+            self.admin.clone(),
+            self.dispatcher.logs.clone(),
+            shutdown.child_token(),
+        )));
+        tasks
     }
-    tasks.push(tokio::spawn(dispatcher.clone().run(shutdown.child_token())));
-    tasks.push(tokio::spawn(listen::run(
-        cfg.database_url.clone(),
-        dispatcher.clone(),
-        shutdown.child_token(),
-    )));
-    tasks.push(tokio::spawn(leader::run(
+
+    fn leader_config(
+        &self,
+        cfg: &Config,
+        retention: crate::config::Retention,
+    ) -> leader::LeaderConfig {
         leader::LeaderConfig {
             database_url: cfg.database_url.clone(),
             lease_ttl: cfg.lease_ttl,
             reaper_interval: cfg.reaper_interval,
             retention,
             retention_interval: cfg.retention_interval,
-            blobs: blobs.clone(),
+            blobs: self.blobs.clone(),
             audit_retention: cfg.audit_retention,
             schedule_interval: cfg.schedule_interval,
             schedule_grace: cfg.schedule_misfire_grace,
-        },
-        store.clone(),
-        dispatcher.clone(),
-        shutdown.child_token(),
-    )));
-    let alerts_cfg = Arc::new(cfg.alerts.clone());
-    tasks.push(tokio::spawn(crate::alerts::run(
-        cfg.database_url.clone(),
-        store.clone(),
-        alerts_cfg.clone(),
-        cfg.lease_ttl.as_millis() as i64,
-        shutdown.child_token(),
-    )));
-    tasks.push(tokio::spawn(crate::notify::run(
-        store.clone(),
-        alerts_cfg.clone(),
-        id.clone(),
-        shutdown.child_token(),
-    )));
-    let alerts_impl = Arc::new(crate::alerts_api::AlertsApi {
-        store: store.clone(),
-        alerts: alerts_cfg,
-    });
-    let alerts_api = AlertServiceServer::from_arc(alerts_impl.clone());
-    let admin = Arc::new(AdminApi {
-        store: store.clone(),
-        config: Arc::new(cfg.clone()),
-        coordinator_id: id.clone(),
-        auth: auth.clone(),
-    });
-    let live = crate::dashboard::LiveHeader::new();
-    tasks.push(tokio::spawn(crate::dashboard::run_header(
-        live.clone(),
-        admin.clone(),
-        dispatcher.logs.clone(),
-        shutdown.child_token(),
-    )));
-    let http_app = crate::http::router(crate::http::HttpState {
-        store: store.clone(),
-        log_cap_bytes: cfg.log_cap_bytes,
-        admin: admin.clone(),
-        dispatcher: dispatcher.clone(),
-        services: crate::api::Services {
-            jobs: jobs_api,
-            admin: admin.clone(),
-            queues: queues_api,
-            alerts: alerts_impl,
-            schedules: schedules_api,
-        },
-        auth: auth.clone(),
-        secure_cookies: tls.is_some(),
-        live,
-        max_log_streams: cfg.max_log_streams_per_client,
-    })
-    .route_layer(axum::middleware::from_fn_with_state(
-        auth.clone(),
-        crate::auth::http_middleware,
-    ));
-    tasks.push(tokio::spawn(crate::health::follow_database(
-        store.clone(),
-        health_reporter.clone(),
-        shutdown.child_token(),
-    )));
-    if let Some(t) = &tls {
-        tasks.push(tokio::spawn(
-            t.clone()
-                .watch(cfg.tls_reload_interval, shutdown.child_token()),
-        ));
-    }
-    let http_shutdown = shutdown.clone();
-    // Not the shutdown token: if the connection stream ended first, the servers would skip
-    // their shutdown hooks (tonic's closes the worker sessions) and wait on open
-    // connections forever. The accept loops end when the server drops its side.
-    let http_accept = CancellationToken::new();
-    let http_tls = tls.clone();
-    tasks.push(tokio::spawn(async move {
-        let stop = async move { http_shutdown.cancelled().await };
-        let r = match http_tls {
-            Some(t) => {
-                let rx =
-                    tls_server::tls(http_listener, move || t.http_config(), http_accept.clone());
-                axum::serve(
-                    tls_server::ChannelListener::new(rx, http_addr),
-                    http_app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
-                )
-                .with_graceful_shutdown(stop)
-                .await
-            }
-            None => {
-                let rx = tls_server::plain(http_listener, http_accept.clone());
-                axum::serve(
-                    tls_server::ChannelListener::new(rx, http_addr),
-                    http_app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
-                )
-                .with_graceful_shutdown(stop)
-                .await
-            }
-        };
-        http_accept.cancel();
-        if let Err(e) = r {
-            tracing::error!(error = %e, "HTTP server stopped");
         }
-    }));
-    let serve_shutdown = shutdown.clone();
-    let d = dispatcher.clone();
-    let admin_grpc = admin.clone();
-    let grpc_accept = CancellationToken::new();
-    let grpc_tls = tls.clone();
-    tasks.push(tokio::spawn(async move {
-        let stop = async move {
-            serve_shutdown.cancelled().await;
-            // Open worker streams would otherwise hold the graceful shutdown forever.
-            d.close_all();
-        };
+    }
+
+    /// The HTTP listener's routes (health, logs, dashboard, JSON API) behind access control.
+    fn http_router(&self, cfg: &Config, secure_cookies: bool) -> axum::Router {
+        crate::http::router(crate::http::HttpState {
+            store: self.store.clone(),
+            log_cap_bytes: cfg.log_cap_bytes,
+            admin: self.admin.clone(),
+            dispatcher: self.dispatcher.clone(),
+            services: crate::api::Services {
+                jobs: self.jobs.clone(),
+                admin: self.admin.clone(),
+                queues: self.queues.clone(),
+                alerts: self.alerts.clone(),
+                schedules: self.schedules.clone(),
+            },
+            auth: self.auth.clone(),
+            secure_cookies,
+            live: self.live.clone(),
+            max_log_streams: cfg.max_log_streams_per_client,
+        })
+        .route_layer(axum::middleware::from_fn_with_state(
+            self.auth.clone(),
+            crate::auth::http_middleware,
+        ))
+    }
+
+    /// Serves every gRPC service, behind peer identity and token resolution, until
+    /// `shutdown`; then closes the worker sessions.
+    fn spawn_grpc(
+        self,
+        listener: tokio::net::TcpListener,
+        health: tonic_health::pb::health_server::HealthServer<
+            impl tonic_health::pb::health_server::Health,
+        >,
+        tls: Option<Arc<drover_transport::TlsReloader>>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<JoinHandle<()>> {
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(drover_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let jobs = JobServiceServer::from_arc(self.jobs.clone())
+            .max_decoding_message_size(4 * 1024 * 1024);
+        let workers = WorkerServiceServer::new(self.workers)
+            .max_decoding_message_size(MAX_APPEND_BYTES + 1024 * 1024);
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
@@ -317,42 +403,81 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
             ))
             // Resolves the caller's token once per request, before any service runs.
             .layer(tower_http::auth::AsyncRequireAuthorizationLayer::new(
-                crate::auth::GrpcAuth(auth),
+                crate::auth::GrpcAuth(self.auth),
             ))
             .add_service(health)
             .add_service(reflection)
             .add_service(jobs)
             .add_service(workers)
-            .add_service(schedules)
-            .add_service(queues)
-            .add_service(AdminServiceServer::from_arc(admin_grpc))
-            .add_service(alerts_api);
-        let result = match grpc_tls {
-            Some(t) => {
-                let rx = tls_server::tls(listener, move || t.grpc_config(), grpc_accept.clone());
-                router
-                    .serve_with_incoming_shutdown(tls_server::incoming(rx), stop)
-                    .await
+            .add_service(ScheduleServiceServer::from_arc(self.schedules))
+            .add_service(QueueServiceServer::from_arc(self.queues))
+            .add_service(AdminServiceServer::from_arc(self.admin))
+            .add_service(AlertServiceServer::from_arc(self.alerts));
+        let dispatcher = self.dispatcher;
+        let accept = CancellationToken::new();
+        Ok(tokio::spawn(async move {
+            let stop = async move {
+                shutdown.cancelled().await;
+                // Open worker streams would otherwise hold the graceful shutdown forever.
+                dispatcher.close_all();
+            };
+            let result = match tls {
+                Some(t) => {
+                    let rx = tls_server::tls(listener, move || t.grpc_config(), accept.clone());
+                    router
+                        .serve_with_incoming_shutdown(tls_server::incoming(rx), stop)
+                        .await
+                }
+                None => {
+                    let rx = tls_server::plain(listener, accept.clone());
+                    router
+                        .serve_with_incoming_shutdown(tls_server::incoming(rx), stop)
+                        .await
+                }
+            };
+            accept.cancel();
+            if let Err(e) = result {
+                tracing::error!(error = %e, "gRPC server stopped");
             }
-            None => {
-                let rx = tls_server::plain(listener, grpc_accept.clone());
-                router
-                    .serve_with_incoming_shutdown(tls_server::incoming(rx), stop)
-                    .await
-            }
-        };
-        grpc_accept.cancel();
-        if let Err(e) = result {
-            tracing::error!(error = %e, "gRPC server stopped");
+        }))
+    }
+}
+
+/// Serves the HTTP listener until `shutdown`.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    app: axum::Router,
+    tls: Option<Arc<drover_transport::TlsReloader>>,
+    shutdown: CancellationToken,
+) {
+    let stop = async move { shutdown.cancelled().await };
+    // Not the shutdown token: if the connection stream ended first, the servers would skip
+    // their shutdown hooks (tonic's closes the worker sessions) and wait on open
+    // connections forever. The accept loops end when the server drops its side.
+    let accept = CancellationToken::new();
+    let r = match tls {
+        Some(t) => {
+            let rx = tls_server::tls(listener, move || t.http_config(), accept.clone());
+            axum::serve(
+                tls_server::ChannelListener::new(rx, addr),
+                app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
+            )
+            .with_graceful_shutdown(stop)
+            .await
         }
-    }));
-    tracing::info!(%addr, %http_addr, tls = tls.is_some(), coordinator_id = %id, "coordinator listening");
-    Ok(Coordinator {
-        addr,
-        tls: tls.is_some(),
-        http_addr,
-        id,
-        shutdown,
-        tasks,
-    })
+        None => {
+            let rx = tls_server::plain(listener, accept.clone());
+            axum::serve(
+                tls_server::ChannelListener::new(rx, addr),
+                app.into_make_service_with_connect_info::<crate::http::PeerAddr>(),
+            )
+            .with_graceful_shutdown(stop)
+            .await
+        }
+    };
+    accept.cancel();
+    if let Err(e) = r {
+        tracing::error!(error = %e, "HTTP server stopped");
+    }
 }

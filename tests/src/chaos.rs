@@ -14,9 +14,9 @@
 //! binary for long runs.
 
 use crate::netns::{Host, Net};
-use crate::{connect, spawn_coordinator, spawn_worker, CoordinatorOpts, Proc, Proxy};
+use crate::{connect, spawn_coordinator, worker_launch, CoordinatorOpts, Proc, Proxy};
 use anyhow::{bail, Context, Result};
-use drover_pgserver::{PgServer, PgServerConfig};
+use drover_pgserver::PgServer;
 use drover_proto::v1 as pb;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -500,43 +500,16 @@ async fn start_coordinator(dir: &Path, c: &Coordinator, db_url: &str) -> Result<
 }
 
 fn start_worker(dir: &Path, w: &Worker) -> Result<Proc> {
-    match &w.link {
-        Link::Proxy(p) => spawn_worker(
-            dir,
-            &w.name,
-            &p.addr,
-            SLOTS,
-            &[],
-            &[("DROVER_WORKER_KILL_GRACE", "500ms")],
-        ),
+    let grace = [("DROVER_WORKER_KILL_GRACE", "500ms")];
+    let launch = match &w.link {
+        Link::Proxy(p) => worker_launch(dir, &w.name, &p.addr, SLOTS, &[], &grace),
         Link::Host(host, addrs) => {
-            let log = dir.join(format!("{}.log", w.name));
-            let err = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)?;
-            let child = host
-                .command(crate::bin("drover-worker"))
-                .args(["--coordinator", addrs, "--worker-id", &w.name])
-                .arg("--state-dir")
-                .arg(dir.join(format!("{}-state", w.name)))
-                .args(["--slots", &SLOTS.to_string()])
-                .env("RUST_LOG", "info,drover_worker=debug")
-                .env("DROVER_WORKER_KILL_GRACE", "500ms")
-                .env("DROVER_WORKER_TOKEN", crate::WORKER_TOKEN)
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(err)
-                .spawn()
-                .context("spawning drover-worker")?;
-            Ok(Proc {
-                name: w.name.clone(),
-                child,
-                log,
-                http: String::new(),
-            })
+            let mut l = worker_launch(dir, &w.name, addrs, SLOTS, &[], &grace);
+            l.netns = Some(host.ns.clone());
+            l
         }
-    }
+    };
+    Ok(launch.start()?)
 }
 
 /// Host names in namespace mode: the database and coordinator 0, coordinator 1, the
@@ -549,16 +522,10 @@ fn start_pg_on(host: &Host, dir: &Path) -> Result<(PgServer, String)> {
     let data_dir = dir.join("pg");
     let ip = host.ip.clone();
     let pg = host.run(move || async move {
-        let pg = PgServer::start(PgServerConfig {
-            data_dir,
-            settings: vec![
-                ("fsync".into(), "off".into()),
-                ("listen_addresses".into(), "*".into()),
-            ],
-            ..Default::default()
-        })
-        .await
-        .context("starting PostgreSQL")?;
+        let settings = [("fsync", "off"), ("listen_addresses", "*")];
+        let pg = drover_stack::private_server(&data_dir, &settings)
+            .await
+            .context("starting PostgreSQL")?;
         use std::io::Write;
         std::fs::OpenOptions::new()
             .append(true)
@@ -593,13 +560,9 @@ impl World {
                 (pg, url, Some(host))
             }
             None => {
-                let pg = PgServer::start(PgServerConfig {
-                    data_dir: dir.join("pg"),
-                    settings: vec![("fsync".into(), "off".into())],
-                    ..Default::default()
-                })
-                .await
-                .context("starting PostgreSQL")?;
+                let pg = drover_stack::private_server(&dir.join("pg"), &[("fsync", "off")])
+                    .await
+                    .context("starting PostgreSQL")?;
                 pg.create_database("drover").await?;
                 let url = pg.url("drover");
                 (pg, url, None)

@@ -10,9 +10,7 @@ use drover_proto::auth::{AuthChannel, BearerToken};
 use drover_proto::v1 as pb;
 use drover_proto::v1::job_service_client::JobServiceClient;
 use drover_proto::v1::worker_service_client::WorkerServiceClient;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,11 +46,7 @@ async fn admin() -> Result<tokio_postgres::Client> {
 
 /// A connection to `url`, its driver running on a task of its own.
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {url}"))?;
-    tokio::spawn(conn);
-    Ok(client)
+    Ok(drover_stack::connect(url).await?)
 }
 
 /// Template database name: changes whenever the migrations change.
@@ -77,6 +71,7 @@ fn template_name() -> String {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    _guard: drover_stack::Db,
 }
 
 impl TestDb {
@@ -100,12 +95,12 @@ impl TestDb {
             client
                 .batch_execute(&format!("CREATE DATABASE {building}"))
                 .await?;
-            drover_coordinator::db::migrate(&drover_pgserver::with_database(
+            drover_stack::database::migrate(&drover_pgserver::with_database(
                 &admin_url(),
                 &building,
             ))
             .await
-            .map_err(|e| anyhow!("migrating template: {e}"))?;
+            .context("migrating template")?;
             ensure_harness_tokens(&drover_pgserver::with_database(&admin_url(), &building)).await?;
             client
                 .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {tmpl}"))
@@ -121,6 +116,7 @@ impl TestDb {
         r?;
         Ok(TestDb {
             url: drover_pgserver::with_database(&admin_url(), &name),
+            _guard: drover_stack::Db::dropped_with_guard(&name, &admin_url()),
             name,
         })
     }
@@ -133,38 +129,10 @@ impl TestDb {
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        // Drop runs outside async context guarantees: use a runtime of our own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(rt) = rt {
-                rt.block_on(async {
-                    if let Ok(c) = admin().await {
-                        let _ = c
-                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .await;
-                    }
-                });
-            }
-        })
-        .join();
-    }
-}
-
 /// Directory holding the workspace's built binaries: next to the running executable,
 /// or one level up when it is a test in `target/<profile>/deps`.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("executable path");
-    let dir = exe.parent().expect("executable directory");
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent().expect("target directory").to_path_buf()
-    } else {
-        dir.to_path_buf()
-    }
+    drover_stack::bins::bin_dir().expect("executable directory")
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -178,74 +146,7 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
-/// Picks a free TCP port on loopback.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A child process whose stderr goes to a log file, killed when dropped.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    pub log: PathBuf,
-    /// A coordinator's HTTP address.
-    pub http: String,
-}
-
-impl Proc {
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the process to exit by itself; returns its exit code.
-    pub fn wait_exit(&mut self, limit: Duration) -> Result<Option<i32>> {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait()? {
-                return Ok(s.code());
-            }
-            if start.elapsed() > limit {
-                bail!("{} did not exit within {limit:?}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!(
-                "---- last lines of {} ({}) ----",
-                self.name,
-                self.log.display()
-            );
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
-}
+pub use drover_stack::{free_port, Proc};
 
 /// Settings for a test coordinator: short leases so lost-worker tests are quick.
 #[derive(Clone, Debug)]
@@ -295,22 +196,7 @@ impl Drop for Cluster {
 /// Jobs of workers a test SIGKILLed are still running: stops those of every worker state
 /// directory under `dir` the way a restarted worker would, so nothing is left behind.
 pub fn stop_leftover_jobs(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let pids = e.path().join("pids");
-            if pids.is_dir() {
-                let _ = drover_worker::state_dir::kill_leftover_groups(&pids);
-            }
-        }
-    }
-}
-
-/// A process's log file, appended to across restarts.
-fn append_to(log: &Path) -> Result<std::fs::File> {
-    Ok(std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)?)
+    drover_stack::worker::stop_leftover_jobs(dir)
 }
 
 impl Cluster {
@@ -357,69 +243,41 @@ pub fn spawn_coordinator(
     db_url: &str,
     opts: &CoordinatorOpts,
 ) -> Result<(Proc, String)> {
-    let port = if opts.port == 0 {
+    let mut launch = drover_stack::CoordinatorLaunch::new(
+        &bin("drover-coordinator"),
+        name,
+        dir,
+        opts.database_url.as_deref().unwrap_or(db_url),
+    );
+    launch.port = if opts.port == 0 {
         free_port()
     } else {
         opts.port
     };
-    let log = dir.join(format!("{name}.log"));
-    let (mut cmd, ip) = match &opts.netns {
-        Some((ns, ip)) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(bin("drover-coordinator"));
-            (c, ip.as_str())
-        }
-        None => (Command::new(bin("drover-coordinator")), "127.0.0.1"),
-    };
-    if let Some(toml) = &opts.config_toml {
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, toml)?;
-        cmd.arg("--config").arg(path);
+    if let Some((ns, ip)) = &opts.netns {
+        launch.netns = Some(ns.clone());
+        launch.ip = ip.clone();
     }
-    let mut child = cmd
-        .arg("--listen")
-        .arg(format!("{ip}:{port}"))
-        .arg("--http-listen")
-        .arg(format!("{ip}:0"))
-        .arg("--database-url")
-        .arg(opts.database_url.as_deref().unwrap_or(db_url))
-        .env("DROVER_LEASE_TTL", format!("{}ms", opts.lease_ttl_ms))
-        .env("DROVER_ARTIFACT_DIR", dir.join("artifacts"))
-        .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env(
-            "DROVER_HEARTBEAT_INTERVAL",
+    launch.config_toml = opts.config_toml.clone();
+    launch.env = [(
+        "DROVER_LEASE_TTL".to_string(),
+        format!("{}ms", opts.lease_ttl_ms),
+    )]
+    .into_iter()
+    .chain(opts.env.iter().cloned())
+    .chain([
+        (
+            "DROVER_HEARTBEAT_INTERVAL".to_string(),
             format!("{}ms", opts.heartbeat_interval_ms),
-        )
-        .env(
-            "DROVER_REAPER_INTERVAL",
+        ),
+        (
+            "DROVER_REAPER_INTERVAL".to_string(),
             format!("{}ms", opts.reaper_interval_ms),
-        )
-        .env("RUST_LOG", "info,drover_coordinator=debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(append_to(&log)?)
-        .spawn()
-        .context("spawning drover-coordinator")?;
-    let stdout = child.stdout.take().context("coordinator stdout")?;
-    let mut proc = Proc {
-        name: name.to_string(),
-        child,
-        log,
-        http: String::new(),
-    };
-    // The coordinator prints DROVER_ADDR=... and DROVER_HTTP=... once it listens.
-    let mut reader = BufReader::new(stdout);
-    let (mut line, mut http) = (String::new(), String::new());
-    reader.read_line(&mut line)?;
-    reader.read_line(&mut http)?;
-    let (Some(addr), Some(http)) = (
-        line.trim().strip_prefix("DROVER_ADDR="),
-        http.trim().strip_prefix("DROVER_HTTP="),
-    ) else {
-        proc.kill();
-        bail!("coordinator did not start: {}", proc.log_text());
-    };
-    proc.http = http.to_string();
+        ),
+    ])
+    .collect();
+    launch.rust_log = "info,drover_coordinator=debug".into();
+    let started = launch.start()?;
     // Databases other than a test's own (cloned from the template) lack the harness's
     // tokens: add them now that the coordinator has migrated it.
     if let Some(url) = &opts.database_url {
@@ -433,7 +291,7 @@ pub fn spawn_coordinator(
         .join()
         .map_err(|_| anyhow!("adding harness tokens panicked"))??;
     }
-    Ok((proc, addr.to_string()))
+    Ok((started.proc, started.addr))
 }
 
 // ---------------------------------------------------------------- access control
@@ -478,19 +336,14 @@ async fn insert_token(
     expires_at: Option<chrono::DateTime<chrono::Utc>>,
     secret: &str,
 ) -> Result<(), drover_coordinator::error::Error> {
-    let pool = drover_coordinator::db::pool(db_url, 2)?;
-    let store = drover_coordinator::store::Store::new(pool);
-    store
-        .insert_token(&drover_coordinator::store::NewToken {
-            name: name.into(),
-            role: role.into(),
-            queues: queues.iter().map(|q| q.to_string()).collect(),
-            worker_pattern: pattern.into(),
-            token_hash: drover_coordinator::auth::hash_token(secret),
-            expires_at,
-        })
-        .await
-        .map(|_| ())
+    let grant = drover_stack::tokens::Grant {
+        name: name.into(),
+        role: role.into(),
+        queues: queues.iter().map(|q| q.to_string()).collect(),
+        worker_pattern: pattern.into(),
+        expires_at,
+    };
+    drover_stack::tokens::insert_with_secret(db_url, &grant, secret).await
 }
 
 /// Creates a token in a test's database (as `drover-coordinator token create` would) and
@@ -529,32 +382,29 @@ pub fn spawn_worker(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> Result<Proc> {
-    let log = dir.join(format!("{name}.log"));
-    let child = Command::new(bin("drover-worker"))
-        .arg("--coordinator")
-        .arg(addr)
-        .arg("--worker-id")
-        .arg(name)
-        .arg("--state-dir")
-        .arg(dir.join(format!("{name}-state")))
-        .arg("--slots")
-        .arg(slots.to_string())
-        .args(extra)
-        .env("RUST_LOG", "info,drover_worker=debug")
-        .env("DROVER_WORKER_KILL_GRACE", "2s")
-        .env("DROVER_WORKER_TOKEN", WORKER_TOKEN)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(append_to(&log)?)
-        .spawn()
-        .context("spawning drover-worker")?;
-    Ok(Proc {
-        name: name.to_string(),
-        child,
-        log,
-        http: String::new(),
-    })
+    Ok(worker_launch(dir, name, addr, slots, extra, env).start()?)
+}
+
+/// How the harness starts a worker (see [`spawn_worker`]); callers may change it first.
+pub fn worker_launch(
+    dir: &Path,
+    name: &str,
+    addr: &str,
+    slots: u32,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> drover_stack::WorkerLaunch {
+    let mut launch = drover_stack::WorkerLaunch::new(&bin("drover-worker"), name, dir, addr);
+    launch.slots = slots;
+    launch.args = extra.iter().map(|a| a.to_string()).collect();
+    launch.token = WORKER_TOKEN.into();
+    launch.rust_log = "info,drover_worker=debug".into();
+    launch.env = [("DROVER_WORKER_KILL_GRACE", "2s")]
+        .iter()
+        .chain(env)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    launch
 }
 
 pub async fn channel(addr: &str) -> Result<Channel> {

@@ -92,12 +92,7 @@ fn coordinator_on(
         .stdout
         .take()
         .ok_or_else(|| anyhow::anyhow!("stdout"))?;
-    let mut proc = Proc {
-        name: name.into(),
-        child,
-        log: dir.join(format!("{name}.log")),
-        http: String::new(),
-    };
+    let mut proc = Proc::new(name, child, dir.join(format!("{name}.log")));
     // Both lines (DROVER_ADDR, DROVER_HTTP) are read before the pipe is closed: a print
     // to a closed stdout would end the coordinator.
     let (mut line, mut http) = (String::new(), String::new());
@@ -143,12 +138,7 @@ fn worker_on(
         .stdout(Stdio::null())
         .stderr(log_file(dir, id)?)
         .spawn()?;
-    Ok(Proc {
-        name: id.into(),
-        child,
-        log: dir.join(format!("{id}.log")),
-        http: String::new(),
-    })
+    Ok(Proc::new(id, child, dir.join(format!("{id}.log"))))
 }
 
 fn pinned(host: &str, script: &str) -> pb::JobSpec {

@@ -124,5 +124,19 @@ fn compose_workers_list_both_coordinators_and_dockerfile_builds_every_binary() -
             "{b} not in the image"
         );
     }
+    // The packaged droverctl is the client alone: built without the `dev` feature, which
+    // would carry the coordinator and the worker inside it.
+    let deploy = std::fs::read_to_string(root().join("docs/deploy.md"))?;
+    for (what, text) in [("Dockerfile", &docker), ("docs/deploy.md", &deploy)] {
+        assert!(
+            text.contains("cargo build --release -p droverctl --no-default-features"),
+            "{what} packages a droverctl with `dev`"
+        );
+    }
+    let cli = std::fs::read_to_string(root().join("cli/Cargo.toml"))?;
+    assert!(
+        cli.contains("default = [\"dev\"]"),
+        "dev is not on by default"
+    );
     Ok(())
 }

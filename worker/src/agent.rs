@@ -381,69 +381,19 @@ impl Agent {
         }
     }
 
+    /// One session with coordinator `i`; `welcomed` tells whether it got as far as Welcome.
     async fn one_session(self: Arc<Self>, i: usize, welcomed: &mut bool) -> Result<(), Status> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        {
-            // Hello and the session handle are set together, so no credit is sent before
-            // the hello that accounts for it.
-            let mut st = self.lock();
-            let hello = pb::Hello {
-                worker_id: self.worker_id.clone(),
-                hostname: self.hostname.clone(),
-                labels: self.cfg.labels.clone(),
-                queues: self.cfg.queues.clone(),
-                slots: self.slots,
-                running_attempts: st.attempts.keys().cloned().collect(),
-                free_slots: if self.draining.is_cancelled() {
-                    0
-                } else {
-                    self.slots.saturating_sub(st.live)
-                },
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                containment: self.containment.describe(),
-                protocol_version: drover_core::protocol::CURRENT,
-            };
-            let _ = tx.send(msg(Out::Hello(hello)));
-            st.session = Some(tx.clone());
-        }
-        let mut inbound = self.coordinators.clients[i]
+        let (mut session, rx) = Session::open(self.clone());
+        let opened = self.coordinators.clients[i]
             .clone()
             .session(UnboundedReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(2));
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                m = inbound.message() => match m? {
-                    Some(pb::SessionResponse { msg: Some(m) }) => match m {
-                        In::Welcome(w) => {
-                            *welcomed = true;
-                            self.signal_ready();
-                            tracing::info!(coordinator = %w.coordinator_id, "connected to coordinator");
-                            let every = drover_proto::durations::or_zero(&w.heartbeat_interval)
-                                .max(Duration::from_millis(100));
-                            heartbeat = tokio::time::interval(every);
-                            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                        }
-                        In::Assign(a) => self.clone().accept(a),
-                        In::Stop(s) => self.stop(&s),
-                    },
-                    Some(_) => {}
-                    None => return Ok(()),
-                },
-                _ = heartbeat.tick() => {
-                    let ids: Vec<String> = self.lock().attempts.keys().cloned().collect();
-                    let (resources, paused_reason) = self.monitor.latest();
-                    let _ = tx.send(msg(Out::Heartbeat(pb::Heartbeat {
-                        running_attempts: ids,
-                        resources: Some(resources),
-                        paused_reason,
-                        draining: self.draining.is_cancelled(),
-                    })));
-                }
-            }
-        }
+            .await;
+        let result = match opened {
+            Ok(inbound) => session.run(inbound.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        *welcomed = session.welcomed;
+        result
     }
 
     fn stop(&self, s: &pb::StopAttempt) {
@@ -972,6 +922,113 @@ impl Merged {
         }
         Some(chunk)
     }
+}
+
+/// One open session with a coordinator, from Hello on: one method per kind of message the
+/// coordinator sends, and heartbeats in between.
+struct Session {
+    agent: Arc<Agent>,
+    tx: mpsc::UnboundedSender<pb::SessionRequest>,
+    heartbeat: tokio::time::Interval,
+    welcomed: bool,
+}
+
+impl Session {
+    /// Queues the Hello and makes this the agent's session; returns the outbound stream.
+    fn open(agent: Arc<Agent>) -> (Session, mpsc::UnboundedReceiver<pb::SessionRequest>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        {
+            // Hello and the session handle are set together, so no credit is sent before
+            // the hello that accounts for it.
+            let mut st = agent.lock();
+            let hello = pb::Hello {
+                worker_id: agent.worker_id.clone(),
+                hostname: agent.hostname.clone(),
+                labels: agent.cfg.labels.clone(),
+                queues: agent.cfg.queues.clone(),
+                slots: agent.slots,
+                running_attempts: st.attempts.keys().cloned().collect(),
+                free_slots: if agent.draining.is_cancelled() {
+                    0
+                } else {
+                    agent.slots.saturating_sub(st.live)
+                },
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                containment: agent.containment.describe(),
+                protocol_version: drover_core::protocol::CURRENT,
+            };
+            let _ = tx.send(msg(Out::Hello(hello)));
+            st.session = Some(tx.clone());
+        }
+        let session = Session {
+            agent,
+            tx,
+            heartbeat: heartbeat_every(Duration::from_secs(2)),
+            welcomed: false,
+        };
+        (session, rx)
+    }
+
+    /// Handles messages until the coordinator ends the session (Ok) or it fails.
+    async fn run(
+        &mut self,
+        mut inbound: tonic::Streaming<pb::SessionResponse>,
+    ) -> Result<(), Status> {
+        loop {
+            tokio::select! {
+                m = inbound.message() => match m? {
+                    Some(pb::SessionResponse { msg: Some(m) }) => self.on_message(m),
+                    Some(_) => {}
+                    None => return Ok(()),
+                },
+                _ = self.heartbeat.tick() => self.send_heartbeat(),
+            }
+        }
+    }
+
+    fn on_message(&mut self, m: In) {
+        match m {
+            In::Welcome(w) => self.on_welcome(&w),
+            In::Assign(a) => self.on_assign(a),
+            In::Stop(s) => self.on_stop(&s),
+        }
+    }
+
+    /// The coordinator took the Hello: heartbeats from now on at the interval it asks for.
+    fn on_welcome(&mut self, w: &pb::Welcome) {
+        self.welcomed = true;
+        self.agent.signal_ready();
+        tracing::info!(coordinator = %w.coordinator_id, "connected to coordinator");
+        let every =
+            drover_proto::durations::or_zero(&w.heartbeat_interval).max(Duration::from_millis(100));
+        self.heartbeat = heartbeat_every(every);
+    }
+
+    fn on_assign(&self, a: pb::Assignment) {
+        self.agent.clone().accept(a);
+    }
+
+    fn on_stop(&self, s: &pb::StopAttempt) {
+        self.agent.stop(s);
+    }
+
+    fn send_heartbeat(&self) {
+        let ids: Vec<String> = self.agent.lock().attempts.keys().cloned().collect();
+        let (resources, paused_reason) = self.agent.monitor.latest();
+        let _ = self.tx.send(msg(Out::Heartbeat(pb::Heartbeat {
+            running_attempts: ids,
+            resources: Some(resources),
+            paused_reason,
+            draining: self.agent.draining.is_cancelled(),
+        })));
+    }
+}
+
+/// A heartbeat timer that does not burst after a stall.
+fn heartbeat_every(every: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval(every);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
 }
 
 /// An AppendLogs request carrying spooled chunks.
