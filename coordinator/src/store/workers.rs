@@ -121,9 +121,8 @@ impl Store {
         .await
     }
 
-    /// Records that a worker's session ended. `connected` says whether a coordinator holds
-    /// a session with it (the benchmark waits on it); the worker's state in the API
-    /// follows from `last_seen_at` alone.
+    /// Records that a worker's session ended (its last sign of life); the worker's state
+    /// in the API follows from `last_seen_at` alone.
     pub async fn worker_disconnected(&self, worker_id: &str, coordinator_id: &str) -> Result<()> {
         const DISCONNECT_WORKER: &str = include_str!("sql/workers/disconnect_worker.sql");
         measured("worker_disconnected", async {

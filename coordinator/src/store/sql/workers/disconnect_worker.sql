@@ -1,2 +1,2 @@
-UPDATE workers SET connected = false, last_seen_at = now()
+UPDATE workers SET last_seen_at = now()
 WHERE id = $1 AND coordinator_id = $2
