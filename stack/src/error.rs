@@ -1,3 +1,4 @@
+//! The stack's error type: what failed to start, connect or answer, and why.
 use std::path::PathBuf;
 
 /// What can go wrong while starting, using or stopping the stack.
