@@ -289,7 +289,7 @@ async fn old_request_ids_are_deleted_by_retention() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
     let opts = CoordinatorOpts {
         config_toml: Some(
-            "retention_interval_ms = 200\n[retention]\nrequest_ids = \"1h\"\n".into(),
+            "retention_interval = \"200ms\"\n[retention]\nrequest_ids = \"1h\"\n".into(),
         ),
         ..Default::default()
     };

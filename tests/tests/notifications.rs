@@ -338,8 +338,10 @@ async fn mixed_failures_form_the_groups_a_person_would_make() -> Result<()> {
         })
         .await?
         .into_inner();
+    // An original is never retried twice. (A retry that has itself failed since may be
+    // matched: it is a new failure of its own.)
     assert!(
-        again.matched.is_empty(),
+        again.matched.iter().all(|j| !want.contains(&j.id)),
         "retried twice: {:?}",
         again.matched
     );

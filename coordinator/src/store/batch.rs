@@ -81,12 +81,21 @@ impl Store {
         items: &[BatchItem],
         trace_parent: Option<&str>,
     ) -> Result<Vec<ItemResult>> {
+        measured("submit_batch", self.store_batch(items, trace_parent)).await
+    }
+
+    /// [`Store::submit_batch`], unmeasured: grouped single submits measure it as theirs.
+    pub(super) async fn store_batch(
+        &self,
+        items: &[BatchItem],
+        trace_parent: Option<&str>,
+    ) -> Result<Vec<ItemResult>> {
         const RESOLVE_DEPS: &str = include_str!("sql/batch/resolve_deps.sql");
         const INSERT_JOBS: &str = include_str!("sql/batch/insert_jobs.sql");
         const JOBS_BY_KEYS: &str = include_str!("sql/batch/jobs_by_keys.sql");
         const DEP_ROOTS: &str = include_str!("sql/batch/dep_roots.sql");
         const NOTIFY_QUEUES: &str = include_str!("sql/batch/notify_queues.sql");
-        measured("submit_batch", async {
+        (async {
             let mut results: Vec<Option<ItemResult>> = (0..items.len()).map(|_| None).collect();
             let mut c = self.pool.get().await?;
             let tx = c.transaction().await?;

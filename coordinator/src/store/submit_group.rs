@@ -6,7 +6,7 @@
 //! another.
 
 use super::batch::{BatchItem, ItemResult};
-use super::{JobRow, Store};
+use super::{measured, JobRow, Store};
 use crate::error::{Error, Result};
 use tokio::sync::{mpsc, oneshot};
 
@@ -27,6 +27,10 @@ impl Store {
     /// transaction with submits that arrive at the same moment. Returns the job and
     /// whether it was created.
     pub async fn submit_grouped(&self, item: BatchItem) -> Result<(JobRow, bool)> {
+        measured("submit", self.submit_queued(item)).await
+    }
+
+    async fn submit_queued(&self, item: BatchItem) -> Result<(JobRow, bool)> {
         let queue = self.submits.get_or_init(|| {
             let (tx, rx) = mpsc::channel(QUEUE);
             tokio::spawn(run(self.clone(), rx));
@@ -44,7 +48,7 @@ impl Store {
 
     async fn submit_group(&self, group: Vec<Pending>) {
         let items: Vec<BatchItem> = group.iter().map(|p| p.item.clone()).collect();
-        match self.submit_batch(&items, None).await {
+        match measured("submit_group", self.store_batch(&items, None)).await {
             Ok(results) if results.len() == group.len() => {
                 crate::metrics::submit_group(group.len());
                 for (p, r) in group.into_iter().zip(results) {
@@ -68,7 +72,12 @@ impl Store {
                 tracing::warn!(error = %e, submits = group.len(),
                     "a group of submits failed together; storing them one by one");
                 for p in group {
-                    let r = match self.submit_batch(std::slice::from_ref(&p.item), None).await {
+                    let r = match measured(
+                        "submit_group",
+                        self.store_batch(std::slice::from_ref(&p.item), None),
+                    )
+                    .await
+                    {
                         Ok(mut v) if v.len() == 1 => v.remove(0),
                         Ok(_) => Err(Error::Internal("a submit gave no result".into())),
                         Err(e) => Err(e),
