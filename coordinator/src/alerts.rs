@@ -195,7 +195,7 @@ async fn read_outbox(store: &Store, cfg: &AlertsConfig) -> Result<usize> {
             .rules
             .iter()
             .find(|r| r.name == rule)
-            .map_or(300, |r| r.window_secs);
+            .map_or(300, |r| r.window.as_secs());
         store_alerts::add_to_window(
             &tx,
             rule,
@@ -265,9 +265,7 @@ async fn check_conditions(store: &Store, cfg: &AlertsConfig, lease_ttl_ms: i64) 
         .collect();
     for rule in rules {
         let spikes = if rule.kind == alerting::RuleKind::FingerprintSpike {
-            store
-                .recent_failure_counts(Duration::from_secs(rule.window_secs))
-                .await?
+            store.recent_failure_counts(rule.window).await?
         } else {
             Vec::new()
         };

@@ -95,9 +95,11 @@ fn notification_to_pb(n: &NotificationRow) -> pb::Notification {
 fn threshold(r: &drover_core::alerting::Rule) -> String {
     match r.kind {
         RuleKind::Attempts => format!("more than {} attempts", r.attempts_over),
-        RuleKind::Runtime => format!("ran longer than {}s", r.ran_longer_than_secs),
-        RuleKind::FingerprintSpike => format!("{} failures within {}s", r.count, r.window_secs),
-        RuleKind::QueueWait => format!("waited longer than {}s", r.waited_longer_than_secs),
+        RuleKind::Runtime => format!("ran longer than {}s", r.ran_longer_than.as_secs()),
+        RuleKind::FingerprintSpike => {
+            format!("{} failures within {}s", r.count, r.window.as_secs())
+        }
+        RuleKind::QueueWait => format!("waited longer than {}s", r.waited_longer_than.as_secs()),
         _ => String::new(),
     }
 }
@@ -214,9 +216,7 @@ impl AlertService for AlertsApi {
                     channel: r.channel.clone(),
                     queue: r.queue.clone(),
                     labels: r.labels.clone(),
-                    window: Some(drover_proto::durations::from_std(Duration::from_secs(
-                        r.window_secs,
-                    ))),
+                    window: Some(drover_proto::durations::from_std(r.window)),
                     threshold: threshold(r),
                 })
                 .collect(),

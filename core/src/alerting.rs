@@ -5,6 +5,7 @@
 use crate::state::WorkerState;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 /// What a rule watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,20 +15,20 @@ pub enum RuleKind {
     PermanentFailed,
     /// A job finished after more than `attempts_over` attempts.
     Attempts,
-    /// An attempt ran longer than `ran_longer_than_secs`.
+    /// An attempt ran longer than `ran_longer_than`.
     Runtime,
     /// A failure fingerprint was seen for the first time in its queue.
     NewFingerprint,
-    /// A fingerprint was seen at least `count` times within `window_secs` (condition).
+    /// A fingerprint was seen at least `count` times within `window` (condition).
     FingerprintSpike,
     /// A worker stopped heartbeating or paused itself (disk or memory low) (condition).
     Worker,
     /// A queue has due jobs and no available worker takes it (condition).
     QueueUnserved,
-    /// A queue's oldest due job has waited longer than `waited_longer_than_secs` (condition).
+    /// A queue's oldest due job has waited longer than `waited_longer_than` (condition).
     QueueWait,
-    /// A schedule missed a tick within `window_secs` (its catch-up or overlap policy did not
-    /// run it), or its next tick is more than `waited_longer_than_secs` overdue, i.e. no
+    /// A schedule missed a tick within `window` (its catch-up or overlap policy did not
+    /// run it), or its next tick is more than `waited_longer_than` overdue, i.e. no
     /// scheduler is running (condition).
     ScheduleMissed,
 }
@@ -76,36 +77,36 @@ pub struct Rule {
     #[serde(default)]
     pub labels: Vec<String>,
     /// Folding window: events with the same key within it become one message.
-    #[serde(default = "default_window")]
-    pub window_secs: u64,
+    #[serde(default = "default_window", with = "crate::duration::human")]
+    pub window: Duration,
     /// `attempts`: more than this many attempts.
     #[serde(default = "default_attempts")]
     pub attempts_over: u32,
     /// `runtime`: longer than this.
-    #[serde(default = "default_runtime")]
-    pub ran_longer_than_secs: u64,
-    /// `fingerprint_spike`: at least this many failures within `window_secs`.
+    #[serde(default = "default_runtime", with = "crate::duration::human")]
+    pub ran_longer_than: Duration,
+    /// `fingerprint_spike`: at least this many failures within `window`.
     #[serde(default = "default_count")]
     pub count: u32,
     /// `queue_wait`: oldest due job waited longer than this.
-    #[serde(default = "default_wait")]
-    pub waited_longer_than_secs: u64,
+    #[serde(default = "default_wait", with = "crate::duration::human")]
+    pub waited_longer_than: Duration,
 }
 
-fn default_window() -> u64 {
-    300
+fn default_window() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_attempts() -> u32 {
     3
 }
-fn default_runtime() -> u64 {
-    3600
+fn default_runtime() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_count() -> u32 {
     10
 }
-fn default_wait() -> u64 {
-    900
+fn default_wait() -> Duration {
+    Duration::from_secs(900)
 }
 
 /// Longest folding window accepted (a day).
@@ -128,8 +129,8 @@ impl Rule {
                 &format!("no channel named {:?} in alerts.channels", self.channel),
             ));
         }
-        if self.window_secs == 0 || self.window_secs > MAX_WINDOW_SECS {
-            return Err(at("window_secs", "must be 1 to 86400"));
+        if self.window < Duration::from_secs(1) || self.window.as_secs() > MAX_WINDOW_SECS {
+            return Err(at("window", "must be 1s to 1d"));
         }
         if self.kind == RuleKind::FingerprintSpike && self.count == 0 {
             return Err(at("count", "must be at least 1"));
@@ -186,7 +187,7 @@ pub fn event_key(rule: &Rule, e: &JobEvent) -> Option<String> {
             Some(e.queue.clone())
         }
         RuleKind::Runtime
-            if attempt_ended && e.ran_secs.unwrap_or(0.0) > rule.ran_longer_than_secs as f64 =>
+            if attempt_ended && e.ran_secs.unwrap_or(0.0) > rule.ran_longer_than.as_secs_f64() =>
         {
             Some(e.queue.clone())
         }
@@ -239,7 +240,7 @@ pub fn folded_message(
         ),
         RuleKind::Runtime => format!(
             "{jobs} in queue {queue} ran longer than {}s",
-            rule.ran_longer_than_secs
+            rule.ran_longer_than.as_secs()
         ),
         RuleKind::NewFingerprint => {
             format!("new failure in queue {queue}: `{sample}` ({jobs} so far)")
@@ -328,7 +329,7 @@ pub struct ScheduleView {
 }
 
 /// Which schedules a `schedule_missed` rule fires for: a tick missed within the window, or
-/// the next tick overdue by more than `waited_longer_than_secs`.
+/// the next tick overdue by more than `waited_longer_than`.
 pub fn schedule_conditions(rule: &Rule, schedules: &[ScheduleView]) -> Firing {
     let mut f = Firing::new();
     if rule.kind != RuleKind::ScheduleMissed {
@@ -336,7 +337,7 @@ pub fn schedule_conditions(rule: &Rule, schedules: &[ScheduleView]) -> Firing {
     }
     for s in schedules.iter().filter(|s| rule.wants_queue(&s.queue)) {
         match (s.missed_ago_secs, s.overdue_secs) {
-            (Some(ago), _) if ago <= rule.window_secs as i64 => {
+            (Some(ago), _) if ago <= rule.window.as_secs() as i64 => {
                 f.insert(
                     s.name.clone(),
                     format!(
@@ -345,7 +346,7 @@ pub fn schedule_conditions(rule: &Rule, schedules: &[ScheduleView]) -> Firing {
                     ),
                 );
             }
-            (_, Some(late)) if late > rule.waited_longer_than_secs as i64 => {
+            (_, Some(late)) if late > rule.waited_longer_than.as_secs() as i64 => {
                 f.insert(
                     s.name.clone(),
                     format!(
@@ -416,12 +417,13 @@ pub fn conditions(
         RuleKind::QueueWait => {
             for q in queues.iter().filter(|q| rule.wants_queue(&q.queue)) {
                 if let Some(age) = q.oldest_due_secs {
-                    if age > rule.waited_longer_than_secs as i64 {
+                    if age > rule.waited_longer_than.as_secs() as i64 {
                         f.insert(
                             q.queue.clone(),
                             format!(
                                 "queue {}: oldest due job has waited {age}s (limit {}s)",
-                                q.queue, rule.waited_longer_than_secs
+                                q.queue,
+                                rule.waited_longer_than.as_secs()
                             ),
                         );
                     }
@@ -435,7 +437,7 @@ pub fn conditions(
                         format!("{queue}|{fp}"),
                         format!(
                             "{n} failures in queue {queue} within {}s with fingerprint `{sample}` ({fp})",
-                            rule.window_secs
+                            rule.window.as_secs()
                         ),
                     );
                 }
@@ -490,11 +492,11 @@ mod tests {
             channel: "ops".into(),
             queue: String::new(),
             labels: vec![],
-            window_secs: 60,
+            window: Duration::from_secs(60),
             attempts_over: 3,
-            ran_longer_than_secs: 10,
+            ran_longer_than: Duration::from_secs(10),
             count: 3,
-            waited_longer_than_secs: 30,
+            waited_longer_than: Duration::from_secs(30),
         }
     }
 
@@ -583,8 +585,8 @@ mod tests {
             view("fine", None, Some(2)),
         ];
         let mut r = rule(RuleKind::ScheduleMissed);
-        r.window_secs = 3600;
-        r.waited_longer_than_secs = 900;
+        r.window = Duration::from_secs(3600);
+        r.waited_longer_than = Duration::from_secs(900);
         let f = schedule_conditions(&r, &schedules);
         assert_eq!(f.keys().collect::<Vec<_>>(), vec!["recent", "stuck"]);
         assert!(f["recent"].contains("catch-up skip"), "{}", f["recent"]);
@@ -650,7 +652,7 @@ mod tests {
         r.channel = "nope".into();
         assert!(r.validate(&channels).unwrap_err().contains(".channel"));
         r.channel = "ops".into();
-        r.window_secs = 0;
-        assert!(r.validate(&channels).unwrap_err().contains("window_secs"));
+        r.window = Duration::ZERO;
+        assert!(r.validate(&channels).unwrap_err().contains("window"));
     }
 }

@@ -577,13 +577,13 @@ async fn webhook_503_then_200_is_one_signed_delivery_and_slack_gets_its_format()
 name = "failed"
 kind = "permanent_failed"
 channel = "hook"
-window_secs = 1
+window = "1s"
 
 [[alerts.rules]]
 name = "failed-chat"
 kind = "permanent_failed"
 channel = "chat"
-window_secs = 1
+window = "1s"
 "#;
     let (_c, addr) = cl.coordinator(
         "coord",
@@ -749,7 +749,7 @@ name = "storm"
 kind = "permanent_failed"
 channel = "hook"
 queue = "scrape"
-window_secs = 60
+window = "1m"
 "#;
     let (_c, addr) = cl.coordinator(
         "coord",
@@ -982,7 +982,7 @@ name = "mail-failed"
 kind = "permanent_failed"
 channel = "mail"
 queue = "mailq"
-window_secs = 1
+window = "1s"
 "#;
     let (_c, addr) = cl.coordinator(
         "coord",
@@ -1391,35 +1391,35 @@ async fn new_cause_attempts_runtime_spike_and_wait_rules_each_speak_once() -> Re
 name = "new-cause"
 kind = "new_fingerprint"
 channel = "hook"
-window_secs = 1
+window = "1s"
 
 [[alerts.rules]]
 name = "many"
 kind = "attempts"
 channel = "hook"
 attempts_over = 1
-window_secs = 1
+window = "1s"
 
 [[alerts.rules]]
 name = "slow"
 kind = "runtime"
 channel = "hook"
-ran_longer_than_secs = 1
-window_secs = 1
+ran_longer_than = "1s"
+window = "1s"
 
 [[alerts.rules]]
 name = "spike"
 kind = "fingerprint_spike"
 channel = "hook"
 count = 3
-window_secs = 10
+window = "10s"
 
 [[alerts.rules]]
 name = "wait"
 kind = "queue_wait"
 channel = "hook"
 queue = "waitq"
-waited_longer_than_secs = 1
+waited_longer_than = "1s"
 "#;
     let (_c, addr) = cl.coordinator(
         "coord",
@@ -1528,7 +1528,7 @@ async fn a_schedule_that_misses_its_runs_alerts_once_and_resolves_when_paused() 
 name = "missed"
 kind = "schedule_missed"
 channel = "hook"
-window_secs = 3600
+window = "1h"
 "#;
     let (_c, addr) = cl.coordinator(
         "coord",
