@@ -8,7 +8,6 @@ use anyhow::{bail, Context, Result};
 use drover_proto::auth::AuthChannel;
 use drover_proto::v1 as pb;
 use drover_proto::v1::job_service_client::JobServiceClient;
-use std::collections::HashMap;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -124,20 +123,7 @@ pub async fn show(addr: &str, fmt: Format, job: String) -> Result<ExitCode> {
 
 /// `retry JOB`: one finished job as a new, linked job.
 pub async fn retry_one(addr: &str, fmt: Format, job: String) -> Result<ExitCode> {
-    let c = connect(addr).await?;
-    let req = pb::RetryJobRequest {
-        id: job,
-        set_params: HashMap::new(),
-        request_id: request_id(),
-    };
-    let r = with_retries(|| {
-        let (mut c, req) = (c.clone(), req.clone());
-        async move { c.retry_job(req).await }
-    })
-    .await
-    .map_err(status_error)?;
-    print_new_job(fmt, &r.job.unwrap_or_default())?;
-    Ok(ExitCode::SUCCESS)
+    rerun(addr, fmt, job, Vec::new()).await
 }
 
 /// The filters of `retry` without a job.

@@ -47,34 +47,33 @@ impl Store {
     }
 
     async fn submit_group(&self, group: Vec<Pending>) {
-        let items: Vec<BatchItem> = group.iter().map(|p| p.item.clone()).collect();
-        match measured("submit_group", self.store_batch(&items, None)).await {
-            Ok(results) if results.len() == group.len() => {
-                crate::metrics::submit_group(group.len());
-                for (p, r) in group.into_iter().zip(results) {
-                    let _ = p.reply.send(r);
-                }
+        let (items, replies): (Vec<BatchItem>, Vec<_>) =
+            group.into_iter().map(|p| (p.item, p.reply)).unzip();
+        let n = items.len();
+        let results = match measured("submit_group", self.store_batch(&items, None)).await {
+            Ok(results) if results.len() == n => {
+                crate::metrics::submit_group(n);
+                results
             }
-            Ok(_) => {
-                for p in group {
-                    let _ = p.reply.send(Err(Error::Internal(
+            Ok(_) => (0..n)
+                .map(|_| {
+                    Err(Error::Internal(
                         "a submit group gave a result count unlike its size".into(),
-                    )));
-                }
-            }
-            Err(e) if group.len() == 1 => {
+                    ))
+                })
+                .collect(),
+            Err(e) if n == 1 => {
                 crate::metrics::submit_group(1);
-                if let Some(p) = group.into_iter().next() {
-                    let _ = p.reply.send(Err(e));
-                }
+                vec![Err(e)]
             }
             Err(e) => {
-                tracing::warn!(error = %e, submits = group.len(),
+                tracing::warn!(error = %e, submits = n,
                     "a group of submits failed together; storing them one by one");
-                for p in group {
+                let mut one_by_one = Vec::with_capacity(n);
+                for item in &items {
                     let r = match measured(
                         "submit_group",
-                        self.store_batch(std::slice::from_ref(&p.item), None),
+                        self.store_batch(std::slice::from_ref(item), None),
                     )
                     .await
                     {
@@ -83,9 +82,14 @@ impl Store {
                         Err(e) => Err(e),
                     };
                     crate::metrics::submit_group(1);
-                    let _ = p.reply.send(r);
+                    one_by_one.push(r);
                 }
+                one_by_one
             }
+        };
+        for (reply, r) in replies.into_iter().zip(results) {
+            // The caller may have gone; the job stands.
+            let _ = reply.send(r);
         }
     }
 }
