@@ -70,6 +70,17 @@ impl Session {
     }
 }
 
+/// How a dispatch round ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// Some worker may still take more work now: run another round at once.
+    More,
+    /// No worker with credit was left wanting: nothing to do until credit returns.
+    NoCredit,
+    /// Some worker has credit but found no due job: sleep until the next one is due.
+    Starved,
+}
+
 pub struct Dispatcher {
     /// Log followers' notifications (fed by this coordinator's writes and by LISTEN).
     pub logs: Arc<crate::log_watch::LogWatch>,
@@ -194,8 +205,8 @@ impl Dispatcher {
         v
     }
 
-    /// One dispatch round. Returns true if some worker may still take more work now.
-    async fn round(&self) -> Result<bool> {
+    /// One dispatch round: leases work for every worker with credit.
+    async fn round(&self) -> Result<Round> {
         let mut exhausted: HashSet<(Vec<String>, Vec<String>)> = HashSet::new();
         let mut more = false;
         for s in self.with_credit() {
@@ -207,7 +218,7 @@ impl Dispatcher {
             if want == 0 {
                 continue;
             }
-            let claimed = self
+            let claim = self
                 .store
                 .claim(
                     &s.worker_id,
@@ -218,11 +229,16 @@ impl Dispatcher {
                     i64::from(s.slots),
                 )
                 .await?;
-            if claimed.len() < want as usize {
+            let claimed = claim.jobs;
+            if (claimed.len() as i64) < claim.room {
+                // Fewer due jobs than room: none left for workers like this one.
                 exhausted.insert(key);
-            } else {
+            } else if claim.room == i64::from(want) {
                 more = true;
             }
+            // Otherwise room was short of the credit: a result is still on its way (the
+            // worker returns credit when its process exits), and its FinishAttempt wakes
+            // the loop once stored. Asking again before then would find no room either.
             s.take_credits(claimed.len() as u32);
             for c in claimed {
                 crate::metrics::job_leased(c.waited);
@@ -271,7 +287,13 @@ impl Dispatcher {
                 }
             }
         }
-        Ok(more)
+        Ok(if more {
+            Round::More
+        } else if exhausted.is_empty() {
+            Round::NoCredit
+        } else {
+            Round::Starved
+        })
     }
 
     async fn end(&self, attempt_id: uuid::Uuid, raw: RawResult) {
@@ -295,8 +317,12 @@ impl Dispatcher {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             let pause = match self.round().await {
-                Ok(true) => Duration::ZERO,
-                Ok(false) => match self.store.next_due().await {
+                Ok(Round::More) => Duration::ZERO,
+                // Every worker is full: returned credit wakes the loop, so there is no
+                // next due time to look up (under load this is most rounds, and the
+                // lookup reads every pending job's index entry).
+                Ok(Round::NoCredit) => self.sweep,
+                Ok(Round::Starved) => match self.store.next_due().await {
                     Ok(Some(t)) => (t - chrono::Utc::now())
                         .to_std()
                         .unwrap_or(Duration::ZERO)

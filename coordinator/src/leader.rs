@@ -110,6 +110,8 @@ async fn lead(
                         workers = p.workers,
                         samples = p.samples,
                         schedule_runs = p.runs,
+                        request_ids = p.request_ids,
+                        concurrency_keys = p.concurrency_keys,
                         more = p.more,
                         "retention pass"
                     );

@@ -25,6 +25,8 @@ pub struct Pass {
     pub runs: u64,
     /// Request ids past `retention.request_ids`.
     pub request_ids: u64,
+    /// Concurrency keys unused for [`CONCURRENCY_KEY_IDLE`].
+    pub concurrency_keys: u64,
     /// The budget ran out with work left.
     pub more: bool,
 }
@@ -34,6 +36,10 @@ impl Pass {
         *self == Pass::default()
     }
 }
+
+/// A concurrency key no job has used for this long is deleted (a submit naming it again
+/// recreates it). Not a setting: the row holds nothing a later submit does not restore.
+pub const CONCURRENCY_KEY_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 /// How far ahead log partitions exist: three periods, and at least three retention
 /// intervals (the leader may skip passes while it is busy).
@@ -154,6 +160,10 @@ pub async fn run_pass(
     drain!(
         request_ids,
         store.delete_old_request_ids(r.request_ids, batch)
+    );
+    drain!(
+        concurrency_keys,
+        store.purge_concurrency_keys(CONCURRENCY_KEY_IDLE, batch)
     );
     Ok(pass)
 }

@@ -114,7 +114,7 @@ async fn prepare_database(cfg: &Config) -> anyhow::Result<(Store, crate::config:
         tracing::info!(applied, "database migrations applied");
     }
     let pool = db::pool(&cfg.database_url, cfg.db_pool_size)?;
-    let store = Store::new(pool);
+    let store = Store::with_hot_pool(pool, db::hot_pool(&cfg.database_url)?);
     let retention = cfg.retention();
     store.set_log_partition(retention.log_partition);
     // Writes must find their log partition from the first job on; the leader keeps

@@ -163,6 +163,15 @@ pub struct AttemptRow {
     pub cpu_time_ms: Option<i64>,
 }
 
+/// What one claim leased, and how many it could have at most: `room` is the smaller of
+/// what was asked and the worker's free slots by its running attempts (a result still on
+/// its way holds a slot). Fewer jobs than `room` means no more were due.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub jobs: Vec<Claimed>,
+    pub room: i64,
+}
+
 /// A job just leased to a worker.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -320,6 +329,8 @@ fn stale(attempt_id: Uuid, state: AttemptState) -> Error {
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// For the statements run per job: planned once per session (see `db::hot_pool`).
+    hot: Pool,
     keyed: std::sync::Arc<flow::KeyedHint>,
     /// Length of a log partition made on demand (seconds; 0: a day).
     log_partition_secs: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -332,9 +343,17 @@ pub struct Store {
 }
 
 impl Store {
+    /// A store whose per-job statements share `pool` with everything else (tools, tests).
     pub fn new(pool: Pool) -> Self {
+        Self::with_hot_pool(pool.clone(), pool)
+    }
+
+    /// A store whose per-job statements (claims, groups of results) use `hot`
+    /// ([`crate::db::hot_pool`]).
+    pub fn with_hot_pool(pool: Pool, hot: Pool) -> Self {
         Store {
             pool,
+            hot,
             keyed: Default::default(),
             log_partition_secs: Default::default(),
             finishes: Default::default(),

@@ -635,3 +635,101 @@ async fn a_schedules_old_runs_go_with_their_jobs_and_the_schedule_stays() -> any
     assert_eq!(s.schedule.map(|s| s.name), Some("tick".to_string()));
     Ok(())
 }
+
+/// A keyed job: `script` under concurrency key `key`, limit 1.
+fn keyed(key: &str, script: &str) -> pb::JobSpec {
+    pb::JobSpec {
+        concurrency_keys: vec![key.into()],
+        concurrency_limit: 1,
+        ..sh(script)
+    }
+}
+
+async fn key_exists(db: &tokio_postgres::Client, key: &str) -> anyhow::Result<bool> {
+    Ok(db
+        .query_one(
+            "SELECT count(*) FROM concurrency_keys WHERE key = $1",
+            &[&key],
+        )
+        .await?
+        .try_get::<_, i64>(0)?
+        == 1)
+}
+
+#[tokio::test]
+async fn idle_concurrency_keys_are_deleted_and_come_back_with_the_next_submit() -> anyhow::Result<()>
+{
+    let cl = Cluster::new().await?;
+    let opts = CoordinatorOpts {
+        config_toml: Some("retention_interval = \"200ms\"\n".into()),
+        ..Default::default()
+    };
+    let (_c, addr) = cl.coordinator("coord", &opts)?;
+    let _w = cl.worker("w1", &addr, 4, &[])?;
+    let mut api = jobs(&addr).await?;
+    let db = cl.db.client().await?;
+    let hold = cl.path("hold");
+
+    // "idle": its one job finished. "held": one job runs, one waits for the key.
+    // "recent": finished, but used within the idle horizon.
+    let idle = submit(&mut api, keyed("idle", "true")).await?;
+    let recent = submit(&mut api, keyed("recent", "true")).await?;
+    let holder = submit(
+        &mut api,
+        keyed(
+            "held",
+            &format!("while [ ! -f {} ]; do sleep 0.05; done", hold.display()),
+        ),
+    )
+    .await?;
+    let waiter = submit(&mut api, keyed("held", "true")).await?;
+    for j in [&idle, &recent] {
+        wait_state(&mut api, &j.id, pb::JobState::Succeeded).await?;
+    }
+    wait_state(&mut api, &holder.id, pb::JobState::Running).await?;
+    // While the holder runs, nothing is deleted however old the rows look.
+    db.execute(
+        "UPDATE concurrency_keys SET updated_at = now() - interval '2 days' \
+          WHERE key IN ('idle', 'held')",
+        &[],
+    )
+    .await?;
+    until("the idle key to be deleted", || async {
+        Ok(!key_exists(&db, "idle").await?)
+    })
+    .await?;
+    assert!(
+        key_exists(&db, "held").await?,
+        "a running job's key was deleted"
+    );
+    assert!(
+        key_exists(&db, "recent").await?,
+        "a recently used key was deleted"
+    );
+
+    // The holder finishes; the waiter takes the key, then it is idle too (backdated).
+    std::fs::write(&hold, b"")?;
+    wait_state(&mut api, &holder.id, pb::JobState::Succeeded).await?;
+    wait_state(&mut api, &waiter.id, pb::JobState::Succeeded).await?;
+    db.execute(
+        "UPDATE concurrency_keys SET updated_at = now() - interval '2 days' WHERE key = 'held'",
+        &[],
+    )
+    .await?;
+    until("the released key to be deleted", || async {
+        Ok(!key_exists(&db, "held").await?)
+    })
+    .await?;
+
+    // A new job under the deleted key recreates it and runs, limit and all.
+    let again = submit(&mut api, keyed("idle", "true")).await?;
+    wait_state(&mut api, &again.id, pb::JobState::Succeeded).await?;
+    let r = db
+        .query_one(
+            "SELECT max_running, running FROM concurrency_keys WHERE key = 'idle'",
+            &[],
+        )
+        .await?;
+    assert_eq!((r.try_get::<_, i32>(0)?, r.try_get::<_, i32>(1)?), (1, 0));
+    Ok(())
+}

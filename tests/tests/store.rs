@@ -14,7 +14,7 @@ const LEASE: Duration = Duration::from_secs(60);
 async fn store() -> anyhow::Result<(TestDb, Store)> {
     let tdb = TestDb::new().await?;
     db::migrate(&tdb.url).await?;
-    let store = Store::new(db::pool(&tdb.url, 4)?);
+    let store = Store::with_hot_pool(db::pool(&tdb.url, 4)?, db::hot_pool(&tdb.url)?);
     Ok((tdb, store))
 }
 
@@ -58,7 +58,8 @@ fn chunk(seq: i64, data: &str) -> ChunkIn {
 async fn claim_one(store: &Store, worker: &str, lease: Duration) -> anyhow::Result<Uuid> {
     let c = store
         .claim(worker, &["default".into()], &[], 1, lease, 1)
-        .await?;
+        .await?
+        .jobs;
     anyhow::ensure!(c.len() == 1, "claimed {} jobs", c.len());
     Ok(c[0].attempt_id)
 }
@@ -117,6 +118,42 @@ async fn submit_get_and_idempotency_key() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn claim_says_how_much_room_the_worker_had() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    for _ in 0..5 {
+        store.submit(&spec(&["true"]), &policy(), None).await?;
+    }
+    // 3 slots, asking for 2: room 2, both leased.
+    let first = store
+        .claim("w1", &["default".into()], &[], 2, LEASE, 3)
+        .await?;
+    assert_eq!((first.jobs.len(), first.room), (2, 2));
+    // Two running of 3 slots: asking for 3 leaves room for 1 (a result on its way).
+    let second = store
+        .claim("w1", &["default".into()], &[], 3, LEASE, 3)
+        .await?;
+    assert_eq!((second.jobs.len(), second.room), (1, 1));
+    // Full: no room, nothing leased, and the answer still says so.
+    let full = store
+        .claim("w1", &["default".into()], &[], 1, LEASE, 3)
+        .await?;
+    assert_eq!((full.jobs.len(), full.room), (0, 0));
+    // One result stored: room again, and fewer due jobs (2) than room (3) for another worker.
+    store
+        .end_attempt(first.jobs[0].attempt_id, &end(RawResult::Exited(0)))
+        .await?;
+    let again = store
+        .claim("w1", &["default".into()], &[], 1, LEASE, 3)
+        .await?;
+    assert_eq!((again.jobs.len(), again.room), (1, 1));
+    let other = store
+        .claim("w2", &["default".into()], &[], 3, LEASE, 3)
+        .await?;
+    assert_eq!((other.jobs.len(), other.room), (1, 3));
+    Ok(())
+}
+
+#[tokio::test]
 async fn claim_leases_each_due_job_once() -> anyhow::Result<()> {
     let (_db, store) = store().await?;
     for _ in 0..2 {
@@ -124,12 +161,14 @@ async fn claim_leases_each_due_job_once() -> anyhow::Result<()> {
     }
     let claimed = store
         .claim("w1", &["default".into()], &[], 5, LEASE, 5)
-        .await?;
+        .await?
+        .jobs;
     assert_eq!(claimed.len(), 2);
     assert!(claimed.iter().all(|c| c.number == 1));
     let again = store
         .claim("w2", &["default".into()], &[], 5, LEASE, 5)
-        .await?;
+        .await?
+        .jobs;
     assert!(again.is_empty(), "{again:?}");
     for c in &claimed {
         let job = store.get_job(c.job_id).await?.expect("job");
@@ -196,10 +235,12 @@ async fn end_attempt_succeeds_retries_and_refuses_stale_results() -> anyhow::Res
         events(&tdb, bad.id).await?.last().map(String::as_str),
         Some("job.retry_scheduled")
     );
-    // Not due yet: nothing to claim, and the dispatcher's timer points at it.
+    // Not due yet: nothing to claim (with room for one), and the dispatcher's timer
+    // points at it.
     assert!(store
         .claim("w1", &["default".into()], &[], 1, LEASE, 1)
         .await?
+        .jobs
         .is_empty());
     assert_eq!(store.next_due().await?, Some(job.not_before));
     Ok(())
@@ -537,7 +578,8 @@ async fn results_arriving_together_share_a_transaction_and_are_judged_alone() ->
     }
     let claimed = store
         .claim("w1", &["default".into()], &[], 24, LEASE, 24)
-        .await?;
+        .await?
+        .jobs;
     assert_eq!(claimed.len(), 24);
     // One result already taken: sending it again is stale.
     let stale = claimed[0].attempt_id;
@@ -660,6 +702,31 @@ async fn submits_arriving_together_share_a_transaction_and_keep_their_keys() -> 
     assert_eq!(
         store.jobs_by_state().await?,
         vec![("pending".to_string(), 11)]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_per_job_pool_plans_once_and_keeps_the_urls_own_options() -> anyhow::Result<()> {
+    let tdb = TestDb::new().await?;
+    let show = |pool: deadpool_postgres::Pool| async move {
+        let c = pool.get().await?;
+        let mode: String = c.query_one("SHOW plan_cache_mode", &[]).await?.try_get(0)?;
+        let tz: String = c.query_one("SHOW TimeZone", &[]).await?.try_get(0)?;
+        anyhow::Ok((mode, tz))
+    };
+    let (mode, _) = show(db::hot_pool(&tdb.url)?).await?;
+    assert_eq!(mode, "force_generic_plan");
+    // The main pool is left to choose per execution.
+    let (mode, _) = show(db::pool(&tdb.url, 2)?).await?;
+    assert_eq!(mode, "auto");
+    // Options already in the URL are kept beside the added one.
+    let sep = if tdb.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}options=-c%20TimeZone%3DAsia%2FTokyo", tdb.url);
+    let (mode, tz) = show(db::hot_pool(&url)?).await?;
+    assert_eq!(
+        (mode.as_str(), tz.as_str()),
+        ("force_generic_plan", "Asia/Tokyo")
     );
     Ok(())
 }

@@ -180,7 +180,7 @@ impl Store {
     /// One transaction for the group. `Err` means nothing was written; otherwise one
     /// result per entry of `group`, in order.
     async fn end_many(&self, group: &[Pending]) -> Result<Vec<Result<Ended>>> {
-        let mut c = self.pool.get().await?;
+        let mut c = self.hot.get().await?;
         let tx = c.transaction().await?;
         let ids: Vec<Uuid> = group.iter().map(|p| p.attempt_id).collect();
         let rows = tx.query_cached(LOCK, &[&ids]).await?;

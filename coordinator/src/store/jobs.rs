@@ -4,7 +4,7 @@
 use super::flow;
 use super::outbox::{insert_event, NOTIFY};
 use super::{
-    claimed_from_row, job_from_row, measured, millis, Cached, Claimed, JobRow, Store,
+    claimed_from_row, job_from_row, measured, millis, Cached, Claim, JobRow, Store,
     CONTROL_CHANNEL, JOBS_CHANNEL,
 };
 use crate::error::{Error, Result};
@@ -368,10 +368,10 @@ impl Store {
         n: i64,
         lease_ttl: Duration,
         slots: i64,
-    ) -> Result<Vec<Claimed>> {
+    ) -> Result<Claim> {
         const CLAIM: &str = include_str!("sql/jobs/claim.sql");
         measured("claim", async {
-            let c = self.pool.get().await?;
+            let c = self.hot.get().await?;
             // MATERIALIZED keeps the planner from re-running the locking subquery (which could
             // claim more than n rows). One index scan per queue (LATERAL): with `queue = ANY($1)`
             // the planner could not use jobs_pending_idx for the order and sorted every pending
@@ -386,25 +386,28 @@ impl Store {
                     &[&queues, &labels, &n, &worker_id, &millis(lease_ttl), &slots],
                 )
                 .await?;
-            let mut claimed = rows
-                .iter()
-                .map(claimed_from_row)
-                .collect::<Result<Vec<_>>>()?;
+            let mut room = n;
+            let mut claimed = Vec::new();
+            for r in &rows {
+                room = room.min(r.try_get::<_, i64>("room")?);
+                // The one row of an empty claim has only `room`.
+                if r.try_get::<_, Option<Uuid>>("attempt_id")?.is_some() {
+                    claimed.push(claimed_from_row(r)?);
+                }
+            }
             // Jobs with concurrency keys take their own path (a transaction that also counts the
-            // keys), only when the plain claim left slots free and keyed jobs may be waiting.
-            if (claimed.len() as i64) < n && self.keyed_jobs_may_wait() {
+            // keys), only when the plain claim left room and keyed jobs may be waiting.
+            let left = room - claimed.len() as i64;
+            if left > 0 && self.keyed_jobs_may_wait() {
                 let more = self
-                    .claim_keyed(
-                        worker_id,
-                        queues,
-                        labels,
-                        n - claimed.len() as i64,
-                        lease_ttl,
-                    )
+                    .claim_keyed(worker_id, queues, labels, left, lease_ttl)
                     .await?;
                 claimed.extend(more);
             }
-            Ok(claimed)
+            Ok(Claim {
+                jobs: claimed,
+                room,
+            })
         })
         .await
     }

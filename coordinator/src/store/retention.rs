@@ -114,6 +114,18 @@ impl Store {
         .await
     }
 
+    /// Deletes up to `limit` concurrency keys unused for `older_than` that no pending or
+    /// running job carries.
+    pub async fn purge_concurrency_keys(&self, older_than: Duration, limit: i64) -> Result<u64> {
+        const PURGE_KEYS: &str = include_str!("sql/retention/purge_concurrency_keys.sql");
+        measured("purge_concurrency_keys", async {
+            let c = self.pool.get().await?;
+            Ok(c.execute_cached(PURGE_KEYS, &[&secs(older_than), &limit])
+                .await?)
+        })
+        .await
+    }
+
     /// Deletes up to `limit` worker resource samples older than `older_than`.
     pub async fn prune_samples(&self, older_than: Duration, limit: i64) -> Result<u64> {
         const PRUNE_SAMPLES: &str = include_str!("sql/retention/prune_samples.sql");

@@ -4,6 +4,7 @@ SELECT u.k, u.l, u.r, u.b, coalesce(u.b, 0)
 ON CONFLICT (key) DO UPDATE SET max_running = EXCLUDED.max_running,
        rate_per_sec = EXCLUDED.rate_per_sec, burst = EXCLUDED.burst,
        tokens = least(k.tokens, coalesce(EXCLUDED.burst, k.tokens)), updated_at = now()
- WHERE k.max_running <> EXCLUDED.max_running
+ WHERE k.updated_at < now() - interval '1 hour'
+    OR k.max_running <> EXCLUDED.max_running
     OR k.rate_per_sec IS DISTINCT FROM EXCLUDED.rate_per_sec
     OR k.burst IS DISTINCT FROM EXCLUDED.burst
