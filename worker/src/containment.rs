@@ -606,17 +606,17 @@ pub struct AttemptCgroup {
     v1: Vec<PathBuf>,
     memory: Option<(Flavor, PathBuf)>,
     cpu_v2: Option<PathBuf>,
-    /// `cgroup.procs` of each, made before the fork: the child must not allocate.
+    /// `cgroup.procs` of each, made before the clone: the child must not allocate.
     procs: Vec<CString>,
     pub memory_limit: Option<u64>,
 }
 
 impl AttemptCgroup {
     /// Moves the calling process into every cgroup of the attempt. Runs in the child
-    /// between fork and exec: only async-signal-safe calls, no allocation.
+    /// between clone and exec (see `spawn`): only async-signal-safe calls, no allocation.
     ///
     /// # Safety
-    /// Call only in a `pre_exec` hook.
+    /// Call only in a child process before exec.
     pub unsafe fn join_in_child(&self) -> std::io::Result<()> {
         for p in &self.procs {
             // SAFETY: p is a valid NUL-terminated path; the buffer is static.
