@@ -46,8 +46,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::unix::pipe;
 
-/// The kernel's signal set size on Linux (`_NSIG / 8`: 64 signals), for the raw
-/// `rt_sigprocmask` and `rt_sigaction` calls.
+/// The kernel's signal set size (`_NSIG / 8`: 64 signals), for the raw `rt_sigprocmask`
+/// and `rt_sigaction` calls. Like the raw setgid/setuid numbers (16-bit ids on 32-bit x86
+/// and arm), this holds for 64-bit Linux other than MIPS.
 const SIGSET_BYTES: libc::c_long = 8;
 /// One more than the highest signal number.
 const NSIG: c_int = 65;
@@ -523,7 +524,7 @@ fn child(args: &ChildArgs<'_>) -> isize {
 /// # Safety
 /// Only in the CLONE_VM | CLONE_VFORK child, with `args` prepared by `spawn`.
 unsafe fn child_setup_and_exec(a: &ChildArgs<'_>) -> c_int {
-    // SAFETY (all below): system calls on valid NUL-terminated strings, null-terminated
+    // SAFETY: (all below) system calls on valid NUL-terminated strings, null-terminated
     // pointer arrays and descriptors made by `spawn`, which outlive the child's use.
     unsafe {
         if let Err(e) = reset_signals() {
@@ -599,20 +600,22 @@ unsafe fn reset_signals() -> Result<(), c_int> {
                 && (old.sa_sigaction == libc::SIG_DFL
                     || (old.sa_sigaction == libc::SIG_IGN && sig != libc::SIGPIPE))
         };
+        if keep {
+            continue;
+        }
         // Not kept: a handler, SIGPIPE, or one of glibc's own signals (32 and 33, which its
         // sigaction refuses to show): the raw call sets those too.
         // SAFETY: `default` is a valid (all zero) kernel sigaction; no old one is read.
-        if !keep
-            && unsafe {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    default.as_ptr(),
-                    std::ptr::null_mut::<u64>(),
-                    SIGSET_BYTES,
-                )
-            } != 0
-        {
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                default.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                SIGSET_BYTES,
+            )
+        };
+        if r != 0 {
             return Err(errno());
         }
     }
@@ -631,4 +634,288 @@ unsafe fn reset_signals() -> Result<(), c_int> {
         return Err(errno());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+    use tokio::io::{AsyncRead, AsyncReadExt};
+
+    struct Job {
+        argv: Vec<String>,
+        program: Option<PathBuf>,
+        env: BTreeMap<String, String>,
+        clear_env: bool,
+        dir: PathBuf,
+        cgroup: Option<AttemptCgroup>,
+        run_as: Option<(u32, u32, Vec<u32>)>,
+    }
+
+    fn job(argv: &[&str], dir: &Path) -> Job {
+        Job {
+            argv: argv.iter().map(|a| a.to_string()).collect(),
+            program: None,
+            env: BTreeMap::new(),
+            clear_env: false,
+            dir: dir.to_path_buf(),
+            cgroup: None,
+            run_as: None,
+        }
+    }
+
+    fn start(j: &Job) -> io::Result<ChildProcess> {
+        spawn(&SpawnSpec {
+            argv: &j.argv,
+            program: j.program.as_deref(),
+            env: &j.env,
+            clear_env: j.clear_env,
+            work_dir: &j.dir,
+            cgroup: j.cgroup.as_ref(),
+            run_as: j.run_as.as_ref().map(|(u, g, gs)| (*u, *g, gs.as_slice())),
+        })
+    }
+
+    async fn read_all(p: Option<impl AsyncRead + Unpin>) -> String {
+        let mut s = String::new();
+        if let Some(mut p) = p {
+            p.read_to_string(&mut s).await.expect("read pipe");
+        }
+        s
+    }
+
+    /// Runs to the end: (status, stdout, stderr).
+    async fn output(j: &Job) -> (ExitStatus, String, String) {
+        let mut c = start(j).expect("spawn");
+        let (out, err) = tokio::join!(read_all(c.stdout.take()), read_all(c.stderr.take()));
+        (c.wait().await.expect("wait"), out, err)
+    }
+
+    /// Gone from /proc: exited and reaped (not a zombie). Polled, bounded.
+    async fn reaped(pid: i32) -> bool {
+        for _ in 0..500 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// A line of /proc/self/status as the child saw it.
+    fn status_field<'a>(status: &'a str, key: &str) -> &'a str {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("{key} missing in {status}"))
+            .trim()
+    }
+
+    #[tokio::test]
+    async fn errors_carry_the_os_error() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data.txt");
+        std::fs::write(&data, "not a program").unwrap();
+        let lookup = job(&["drover-test-no-such-program"], d.path());
+        let mut missing = job(&["x"], d.path());
+        missing.program = Some("/no/such/program".into());
+        let mut not_executable = job(&["x"], d.path());
+        not_executable.program = Some(data.clone());
+        let data_str = data.display().to_string();
+        let by_path = job(&[data_str.as_str()], d.path());
+        let no_dir = job(&["true"], &d.path().join("gone"));
+        for (j, errno) in [
+            (lookup, libc::ENOENT),
+            (missing, libc::ENOENT),
+            (not_executable, libc::EACCES),
+            (by_path, libc::EACCES),
+            (no_dir, libc::ENOENT),
+        ] {
+            let e = start(&j).expect_err("must not start");
+            assert_eq!(e.raw_os_error(), Some(errno), "{:?}: {e}", j.argv);
+        }
+    }
+
+    #[tokio::test]
+    async fn environment_is_exactly_what_was_given() {
+        let d = tempfile::tempdir().unwrap();
+        let mut j = job(&["env"], d.path());
+        j.clear_env = true;
+        j.env.insert("A".into(), "1".into());
+        j.env.insert("B".into(), "two words".into());
+        j.env.insert("EMPTY".into(), String::new());
+        let (s, out, _) = output(&j).await;
+        assert!(s.success());
+        assert_eq!(out, "A=1\nB=two words\nEMPTY=\n");
+
+        // Without clear_env: the worker's environment with `env` on top.
+        let mut j = job(&["env"], d.path());
+        j.env.insert("PATH".into(), "/usr/bin:/bin".into());
+        j.env.insert("DROVER_SPAWN_TEST".into(), "x".into());
+        let (_, out, _) = output(&j).await;
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.contains(&"PATH=/usr/bin:/bin"), "{out}");
+        assert!(lines.contains(&"DROVER_SPAWN_TEST=x"), "{out}");
+        assert_eq!(
+            lines.len(),
+            std::env::vars_os().count() + 1 + usize::from(std::env::var_os("PATH").is_none())
+        );
+    }
+
+    #[tokio::test]
+    async fn argv0_is_passed_as_given_and_cwd_is_the_work_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let mut j = job(&["custom-name", "-c", "echo \"$0\"; pwd -P"], d.path());
+        j.program = Some("/bin/sh".into());
+        let (s, out, _) = output(&j).await;
+        assert_eq!(s.code(), Some(0));
+        let real = std::fs::canonicalize(d.path()).unwrap();
+        assert_eq!(out, format!("custom-name\n{}\n", real.display()));
+    }
+
+    #[tokio::test]
+    async fn stdin_is_null_and_stderr_is_separate() {
+        let d = tempfile::tempdir().unwrap();
+        let (s, out, err) = output(&job(
+            &["sh", "-c", "cat; echo out; echo err >&2; exit 3"],
+            d.path(),
+        ))
+        .await;
+        assert_eq!(
+            (s.code(), out.as_str(), err.as_str()),
+            (Some(3), "out\n", "err\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_child_leads_its_own_process_group_and_dropping_kills_and_reaps_it() {
+        let d = tempfile::tempdir().unwrap();
+        let c = start(&job(&["sleep", "1000"], d.path())).unwrap();
+        let pid = c.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let (_, rest) = stat.rsplit_once(')').unwrap();
+        let pgrp: i32 = rest.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert_eq!(pgrp, pid);
+        assert_ne!(pgrp, nix::unistd::getpgrp().as_raw());
+        drop(c);
+        assert!(reaped(pid).await, "{pid} still there");
+    }
+
+    #[tokio::test]
+    async fn dropped_outside_the_runtime_it_is_killed_and_reaped_too() {
+        let d = tempfile::tempdir().unwrap();
+        let c = start(&job(&["sleep", "1000"], d.path())).unwrap();
+        let pid = c.id();
+        std::thread::spawn(move || drop(c)).join().unwrap();
+        assert!(reaped(pid).await, "{pid} still there");
+    }
+
+    #[tokio::test]
+    async fn wait_is_cancel_safe_and_repeatable() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = start(&job(&["sh", "-c", "sleep 0.2; exit 5"], d.path())).unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(20), c.wait()).await;
+        assert!(early.is_err(), "exited early: {early:?}");
+        assert_eq!(c.wait().await.unwrap().code(), Some(5));
+        assert_eq!(c.wait().await.unwrap().code(), Some(5));
+        assert!(reaped(c.id()).await);
+    }
+
+    #[tokio::test]
+    async fn signals_are_reset_and_the_parents_mask_restored() {
+        // tokio's SIGCHLD handler is installed, and the Rust runtime ignores SIGPIPE.
+        let mut sigchld =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).unwrap();
+        let mask = || {
+            // SAFETY: sigset_t is plain data; all zero is a valid (empty) set.
+            let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: reads this thread's mask into a valid set.
+            assert_eq!(
+                unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set) },
+                0
+            );
+            (1..NSIG)
+                // SAFETY: only reads the valid set.
+                .filter(|&s| unsafe { libc::sigismember(&set, s) } == 1)
+                .collect::<Vec<_>>()
+        };
+        let before = mask();
+        let d = tempfile::tempdir().unwrap();
+        let (s, status, _) = output(&job(&["cat", "/proc/self/status"], d.path())).await;
+        assert_eq!(mask(), before, "the parent thread's mask was not restored");
+        assert!(s.success());
+        assert_eq!(status_field(&status, "SigBlk"), "0000000000000000");
+        assert_eq!(status_field(&status, "SigCgt"), "0000000000000000");
+        let ignored = u64::from_str_radix(status_field(&status, "SigIgn"), 16).unwrap();
+        assert_eq!(
+            ignored & (1 << (libc::SIGPIPE - 1)),
+            0,
+            "SIGPIPE still ignored"
+        );
+
+        // Jobs that get SIGCHLDs of their own still exit normally and report their status.
+        let jobs: Vec<Job> = (0..8)
+            .map(|i| {
+                let script = format!("sleep 0.05 & wait; true & wait; exit {i}");
+                job(&["sh", "-c", &script], d.path())
+            })
+            .collect();
+        let results = futures::future::join_all(jobs.iter().map(output)).await;
+        for (i, (s, _, _)) in results.into_iter().enumerate() {
+            assert_eq!(s.code(), Some(i as i32));
+        }
+        // Our own children's exits were signalled to us, not swallowed in a child.
+        tokio::time::timeout(Duration::from_secs(5), sigchld.recv())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_child_is_in_the_attempt_cgroup_before_exec() {
+        let name = format!("drover-spawn-test-{}", std::process::id());
+        let Some(cg) = AttemptCgroup::scratch(&name) else {
+            eprintln!("no cgroup2 or no rights to make a cgroup: skipped");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let mut j = job(&["cat", "/proc/self/cgroup"], d.path());
+        j.cgroup = Some(cg);
+        let (s, out, _) = output(&j).await;
+        if let Some(cg) = &j.cgroup {
+            cg.kill_and_wait().await;
+            cg.remove();
+        }
+        assert!(s.success());
+        let v2 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or_default();
+        assert!(v2.ends_with(&format!("/{name}")), "{out}");
+    }
+
+    #[tokio::test]
+    async fn run_as_drops_to_the_given_ids() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("not root: skipped");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let mut j = job(&["cat", "/proc/self/status"], d.path());
+        j.run_as = Some((65534, 65533, vec![100, 65533]));
+        let (s, status, _) = output(&j).await;
+        assert!(s.success());
+        let ids = |key| {
+            status_field(&status, key)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids("Uid"), ["65534"; 4]);
+        assert_eq!(ids("Gid"), ["65533"; 4]);
+        assert_eq!(ids("Groups"), ["100", "65533"]);
+        assert_eq!(status_field(&status, "CapEff"), "0000000000000000");
+        // The worker itself keeps its ids (no glibc setxid broadcast reached its threads).
+        assert!(nix::unistd::geteuid().is_root());
+    }
 }
