@@ -606,17 +606,17 @@ pub struct AttemptCgroup {
     v1: Vec<PathBuf>,
     memory: Option<(Flavor, PathBuf)>,
     cpu_v2: Option<PathBuf>,
-    /// `cgroup.procs` of each, made before the fork: the child must not allocate.
+    /// `cgroup.procs` of each, made before the clone: the child must not allocate.
     procs: Vec<CString>,
     pub memory_limit: Option<u64>,
 }
 
 impl AttemptCgroup {
     /// Moves the calling process into every cgroup of the attempt. Runs in the child
-    /// between fork and exec: only async-signal-safe calls, no allocation.
+    /// between clone and exec (see `spawn`): only async-signal-safe calls, no allocation.
     ///
     /// # Safety
-    /// Call only in a `pre_exec` hook.
+    /// Call only in a child process before exec.
     pub unsafe fn join_in_child(&self) -> std::io::Result<()> {
         for p in &self.procs {
             // SAFETY: p is a valid NUL-terminated path; the buffer is static.
@@ -624,8 +624,10 @@ impl AttemptCgroup {
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // SAFETY: writes one byte from a static buffer to the descriptor opened above.
             let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
             let err = std::io::Error::last_os_error();
+            // SAFETY: closes the descriptor opened above, used nowhere else.
             unsafe { libc::close(fd) };
             if n != 1 {
                 return Err(err);
@@ -766,6 +768,28 @@ fn descendants_with_marker(root: i32, marker: &[u8]) -> Vec<(i32, i32)> {
         })
         .map(|(&pid, &ppid)| (pid, ppid))
         .collect()
+}
+
+#[cfg(test)]
+impl AttemptCgroup {
+    /// A bare v2 cgroup below this process's own, for tests elsewhere; None without a
+    /// cgroup2 mount or the rights to make one. `remove` it afterwards.
+    pub(crate) fn scratch(name: &str) -> Option<AttemptCgroup> {
+        let mounts = parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").ok()?);
+        let (own, _) = parse_proc_cgroup(&std::fs::read_to_string("/proc/self/cgroup").ok()?);
+        let m = mounts.iter().find(|m| m.v2)?;
+        let dir = own_dir(m, &own?).join(name);
+        std::fs::create_dir(&dir).ok()?;
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
+        Some(AttemptCgroup {
+            v2: dir,
+            v1: Vec::new(),
+            memory: None,
+            cpu_v2: None,
+            procs: vec![procs],
+            memory_limit: None,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! - [`outputs`] — finding and hashing a job's declared output files.
 //! - [`process`] — running one program in its own process group (timeouts, stop).
 //! - [`resources`] — host and per-job resource samples; thresholds that pause the worker.
+//! - [`spawn`] — starting a job's process without `fork()` (a vfork-style clone), and its handle.
 //! - [`spool`] — the local on-disk log spool between the child and the network.
 //! - [`state_dir`] — the worker's stable id and its directories.
 //! - [`config`] — settings.
@@ -18,6 +19,7 @@ pub mod jobsetup;
 pub mod outputs;
 pub mod process;
 pub mod resources;
+pub mod spawn;
 pub mod spool;
 pub mod state_dir;
 

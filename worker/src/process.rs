@@ -11,15 +11,15 @@
 //! [`PIPE_DRAIN_LIMIT`], then its output is no longer read.
 
 use crate::containment::{self, AttemptCgroup};
+use crate::spawn::{self, ChildProcess, SpawnSpec};
 use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -142,7 +142,8 @@ fn signal_group(pgid: i32, sig: Signal) {
 }
 
 /// Cleans up if `run` is abandoned part-way (its future dropped): kills the group, stops
-/// the pipe readers, removes the group record. `kill_on_drop` alone would miss grandchildren.
+/// the pipe readers, removes the group record. Dropping the child (which kills it) alone
+/// would miss grandchildren.
 struct Cleanup {
     /// Set while the group may still need killing.
     pgid: Option<i32>,
@@ -207,7 +208,7 @@ async fn pump(
 /// SIGTERM to the group, then SIGKILL to the group if the child is still there after
 /// `grace`.
 async fn terminate(
-    child: &mut Child,
+    child: &mut ChildProcess,
     pgid: i32,
     cgroup: Option<&AttemptCgroup>,
     grace: Duration,
@@ -244,57 +245,22 @@ pub async fn run(
     if stop.is_cancelled() {
         return ExitOutcome::Stopped;
     }
-    let mut cmd = match &spec.setup.program {
-        Some(path) => {
-            let mut c = Command::new(path);
-            c.arg0(program);
-            c
-        }
-        None => Command::new(program),
-    };
-    if spec.setup.clear_env {
-        cmd.env_clear();
-    }
-    // pre_exec hooks run in the order they are added: join the attempt's cgroup while
-    // still root, before run_as drops the rights to write cgroup.procs.
-    if let Some(cg) = spec.cgroup.clone() {
-        // SAFETY: join_in_child only opens and writes pre-built paths (no allocation).
-        unsafe {
-            cmd.pre_exec(move || cg.join_in_child());
-        }
-    }
-    if let Some((uid, gid, groups)) = spec.setup.run_as.clone() {
-        let groups: Vec<nix::libc::gid_t> = groups;
-        // SAFETY: only async-signal-safe system calls between fork and exec; `groups` was
-        // allocated before the fork. Groups first, then gid, then uid (after setuid the
-        // others are no longer allowed).
-        unsafe {
-            cmd.pre_exec(move || {
-                if nix::libc::setgroups(groups.len() as _, groups.as_ptr()) != 0
-                    || nix::libc::setgid(gid) != 0
-                    || nix::libc::setuid(uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    cmd.args(&spec.argv[1..])
-        .envs(&spec.env)
-        .current_dir(&spec.work_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    let run_as = spec.setup.run_as.as_ref();
+    let mut child = match spawn::spawn(&SpawnSpec {
+        argv: &spec.argv,
+        program: spec.setup.program.as_deref(),
+        env: &spec.env,
+        clear_env: spec.setup.clear_env,
+        work_dir: &spec.work_dir,
+        cgroup: spec.cgroup.as_deref(),
+        run_as: run_as.map(|(uid, gid, groups)| (*uid, *gid, groups.as_slice())),
+    }) {
         Ok(c) => c,
         Err(e) => return ExitOutcome::SpawnError(format!("{program}: {e}")),
     };
     let cgroup = spec.cgroup.clone();
-    // Not yet reaped, so the id is there; 0 would only make the group signals no-ops.
-    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    // The child made its own group (setpgid(0, 0)) before exec, so its pid is the pgid.
+    let pgid = child.id();
     let give_up = CancellationToken::new();
     let mut cleanup = Cleanup {
         pgid: Some(pgid),
