@@ -118,6 +118,40 @@ async fn submit_get_and_idempotency_key() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn keyed_jobs_are_claimed_only_within_the_workers_room() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    let flow = drover_coordinator::store::flow::Flow {
+        keys: vec![("site:a".into(), 10)],
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        store
+            .submit_with_flow(&spec(&["true"]), &policy(), None, &flow)
+            .await?;
+    }
+    // 2 slots: both go to keyed jobs (the plain claim found none).
+    let first = store
+        .claim("w1", &["default".into()], &[], 2, LEASE, 2)
+        .await?;
+    assert_eq!((first.jobs.len(), first.room), (2, 2));
+    // Credit for 2 more while both still run: no room, so the keyed path takes nothing
+    // either (it once asked for credit minus the plain claim's jobs).
+    let full = store
+        .claim("w1", &["default".into()], &[], 2, LEASE, 2)
+        .await?;
+    assert_eq!((full.jobs.len(), full.room), (0, 0));
+    // One result stored: room for one, and one keyed job left.
+    store
+        .end_attempt(first.jobs[0].attempt_id, &end(RawResult::Exited(0)))
+        .await?;
+    let again = store
+        .claim("w1", &["default".into()], &[], 2, LEASE, 2)
+        .await?;
+    assert_eq!((again.jobs.len(), again.room), (1, 1));
+    Ok(())
+}
+
+#[tokio::test]
 async fn claim_says_how_much_room_the_worker_had() -> anyhow::Result<()> {
     let (_db, store) = store().await?;
     for _ in 0..5 {
