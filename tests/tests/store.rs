@@ -764,3 +764,113 @@ async fn the_per_job_pool_plans_once_and_keeps_the_urls_own_options() -> anyhow:
     );
     Ok(())
 }
+
+/// On a new, empty database (no statistics yet) the per-job pool's generic plan for a
+/// lookup by a list of ids must still be index probes: a plan made now is kept until an
+/// ANALYZE, and a whole-table scan per result group is what a fresh install paid.
+#[tokio::test]
+async fn the_per_job_pool_plans_lookups_by_index_on_an_empty_database() -> anyhow::Result<()> {
+    let tdb = TestDb::new().await?;
+    db::migrate(&tdb.url).await?;
+    let plan = |pool: deadpool_postgres::Pool| async move {
+        let c = pool.get().await?;
+        // (Generic plans forced here too, so the main pool's comparison plan is one.)
+        c.batch_execute(
+            "SET plan_cache_mode = force_generic_plan; \
+             PREPARE lookup(uuid[]) AS SELECT a.id, j.queue FROM attempts a \
+             JOIN jobs j ON j.id = a.job_id WHERE a.id = ANY($1) ORDER BY a.id \
+             FOR UPDATE OF a, j",
+        )
+        .await?;
+        let rows = c
+            .query("EXPLAIN EXECUTE lookup('{}')", &[])
+            .await?
+            .iter()
+            .map(|r| r.try_get::<_, String>(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        anyhow::Ok(rows.join("\n"))
+    };
+    let hot = plan(db::hot_pool(&tdb.url)?).await?;
+    assert!(
+        hot.contains("Index") && !hot.contains("Seq Scan") && !hot.contains("Hash Join"),
+        "{hot}"
+    );
+    // The reason for the settings: left to the statistics, the same plan scans whole tables.
+    let main = plan(db::pool(&tdb.url, 1)?).await?;
+    assert!(main.contains("Seq Scan"), "{main}");
+    Ok(())
+}
+
+/// A lease renewal locks its attempts in id order, the order the result group locks them
+/// in; in any other order the two could each hold a row the other waits for (a deadlock,
+/// seen in the benchmark: both stalled for deadlock_timeout, then one failed). Here the
+/// lowest id is held elsewhere: a renewal that waits for it must hold none of the others.
+#[tokio::test]
+async fn lease_renewal_locks_its_attempts_in_id_order() -> anyhow::Result<()> {
+    let (tdb, store) = store().await?;
+    const N: usize = 12;
+    for _ in 0..N {
+        store
+            .submit(&spec(&["sleep", "9"]), &policy(), None)
+            .await?;
+    }
+    let claim = store
+        .claim("w1", &["default".into()], &[], N as i64, LEASE, N as i64)
+        .await?;
+    let mut ids: Vec<Uuid> = claim.jobs.iter().map(|j| j.attempt_id).collect();
+    assert_eq!(ids.len(), N);
+    // Claimed (and so stored) in job order; the attempt ids are random against it.
+    let in_store_order = ids.clone();
+    ids.sort();
+    let lowest = ids[0];
+
+    let holder = tdb.client().await?;
+    holder.batch_execute("BEGIN").await?;
+    holder
+        .execute(
+            "SELECT 1 FROM attempts WHERE id = $1 FOR UPDATE",
+            &[&lowest],
+        )
+        .await?;
+    let renewing = {
+        let store = store.clone();
+        let ids = in_store_order.clone();
+        tokio::spawn(async move { store.heartbeat("w1", &ids, LEASE, None).await })
+    };
+    let probe = tdb.client().await?;
+    let mut waiting = false;
+    for _ in 0..400 {
+        let n: i64 = probe
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND wait_event_type = 'Lock' AND query LIKE '%lease_expires_at%'",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        if n > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(waiting, "the renewal never waited for the held attempt");
+    for id in &ids[1..] {
+        probe.batch_execute("BEGIN").await?;
+        let taken = probe
+            .query(
+                "SELECT 1 FROM attempts WHERE id = $1 FOR UPDATE NOWAIT",
+                &[id],
+            )
+            .await;
+        probe.batch_execute("ROLLBACK").await?;
+        assert!(
+            taken.is_ok(),
+            "the renewal held attempt {id} while waiting for {lowest}: {taken:?}"
+        );
+    }
+    holder.batch_execute("ROLLBACK").await?;
+    let hb = renewing.await??;
+    assert!(hb.stale.is_empty() && hb.cancel.is_empty(), "{hb:?}");
+    Ok(())
+}
