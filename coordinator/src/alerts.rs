@@ -180,8 +180,8 @@ pub async fn evaluate(store: &Store, cfg: &AlertsConfig, lease_ttl_ms: i64) -> R
     check_conditions(store, cfg, lease_ttl_ms).await
 }
 
-/// Reads a batch of unprocessed outbox rows, adds them to the open windows and marks them
-/// processed, in one transaction. Returns how many rows it read.
+/// Reads a batch of unprocessed outbox rows, adds them to the open windows and deletes
+/// them, in one transaction. Returns how many rows it read.
 async fn read_outbox(store: &Store, cfg: &AlertsConfig) -> Result<usize> {
     let mut c = store.pool().get().await?;
     let tx = c.transaction().await?;
@@ -208,7 +208,7 @@ async fn read_outbox(store: &Store, cfg: &AlertsConfig) -> Result<usize> {
         )
         .await?;
     }
-    outbox::mark_read(&tx, &ids).await?;
+    outbox::delete_read(&tx, &ids).await?;
     tx.commit().await?;
     Ok(events.len())
 }

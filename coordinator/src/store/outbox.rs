@@ -1,5 +1,6 @@
 //! The outbox (one row per job event, written in the transaction that made it) and
-//! NOTIFY: events in, events read by the alert evaluator, old rows pruned.
+//! NOTIFY: events in, events read (and deleted) by the alert evaluator, unread rows pruned
+//! by age.
 
 use super::Cached;
 use crate::error::Result;
@@ -54,9 +55,10 @@ pub(crate) async fn read_events(tx: &Transaction<'_>, limit: i64) -> Result<Vec<
     Ok(events)
 }
 
-/// Marks outbox rows read (processed by the alert evaluator).
-pub(crate) async fn mark_read(tx: &Transaction<'_>, ids: &[i64]) -> Result<()> {
-    const MARK_READ: &str = include_str!("sql/outbox/mark_read.sql");
-    tx.execute_cached(MARK_READ, &[&ids]).await?;
+/// Deletes outbox rows the alert evaluator has read (in the transaction that folded them
+/// into its windows, so an evaluator that dies mid-batch leaves them for the next).
+pub(crate) async fn delete_read(tx: &Transaction<'_>, ids: &[i64]) -> Result<()> {
+    const DELETE_READ: &str = include_str!("sql/outbox/delete_read.sql");
+    tx.execute_cached(DELETE_READ, &[&ids]).await?;
     Ok(())
 }

@@ -1,1 +1,0 @@
-UPDATE outbox SET delivered_at = now() WHERE id = ANY($1)
