@@ -2,7 +2,7 @@
 //! (migrated from scratch), with no coordinator or worker around them.
 
 use drover_coordinator::error::{Error, ErrorKind};
-use drover_coordinator::store::{ChunkIn, EndRequest, Store, WorkerHello};
+use drover_coordinator::store::{ChunkIn, Claim, EndRequest, Store, WorkerHello};
 use drover_coordinator::{db, store::JobFilter};
 use drover_core::{AttemptState, JobSpec, JobState, RawResult, RetryPolicy};
 use drover_tests::TestDb;
@@ -53,6 +53,13 @@ fn chunk(seq: i64, data: &str) -> ChunkIn {
         time: chrono::Utc::now(),
         data: data.as_bytes().to_vec(),
     }
+}
+
+/// Claims up to `n` jobs of the default queue for `worker`, which has `slots` slots.
+async fn claim(store: &Store, worker: &str, n: i64, slots: i64) -> anyhow::Result<Claim> {
+    Ok(store
+        .claim(worker, &["default".into()], &[], n, LEASE, slots)
+        .await?)
 }
 
 async fn claim_one(store: &Store, worker: &str, lease: Duration) -> anyhow::Result<Uuid> {
@@ -130,23 +137,17 @@ async fn keyed_jobs_are_claimed_only_within_the_workers_room() -> anyhow::Result
             .await?;
     }
     // 2 slots: both go to keyed jobs (the plain claim found none).
-    let first = store
-        .claim("w1", &["default".into()], &[], 2, LEASE, 2)
-        .await?;
+    let first = claim(&store, "w1", 2, 2).await?;
     assert_eq!((first.jobs.len(), first.room), (2, 2));
     // Credit for 2 more while both still run: no room, so the keyed path takes nothing
     // either (it once asked for credit minus the plain claim's jobs).
-    let full = store
-        .claim("w1", &["default".into()], &[], 2, LEASE, 2)
-        .await?;
+    let full = claim(&store, "w1", 2, 2).await?;
     assert_eq!((full.jobs.len(), full.room), (0, 0));
     // One result stored: room for one, and one keyed job left.
     store
         .end_attempt(first.jobs[0].attempt_id, &end(RawResult::Exited(0)))
         .await?;
-    let again = store
-        .claim("w1", &["default".into()], &[], 2, LEASE, 2)
-        .await?;
+    let again = claim(&store, "w1", 2, 2).await?;
     assert_eq!((again.jobs.len(), again.room), (1, 1));
     Ok(())
 }
@@ -158,31 +159,21 @@ async fn claim_says_how_much_room_the_worker_had() -> anyhow::Result<()> {
         store.submit(&spec(&["true"]), &policy(), None).await?;
     }
     // 3 slots, asking for 2: room 2, both leased.
-    let first = store
-        .claim("w1", &["default".into()], &[], 2, LEASE, 3)
-        .await?;
+    let first = claim(&store, "w1", 2, 3).await?;
     assert_eq!((first.jobs.len(), first.room), (2, 2));
     // Two running of 3 slots: asking for 3 leaves room for 1 (a result on its way).
-    let second = store
-        .claim("w1", &["default".into()], &[], 3, LEASE, 3)
-        .await?;
+    let second = claim(&store, "w1", 3, 3).await?;
     assert_eq!((second.jobs.len(), second.room), (1, 1));
     // Full: no room, nothing leased, and the answer still says so.
-    let full = store
-        .claim("w1", &["default".into()], &[], 1, LEASE, 3)
-        .await?;
+    let full = claim(&store, "w1", 1, 3).await?;
     assert_eq!((full.jobs.len(), full.room), (0, 0));
     // One result stored: room again, and fewer due jobs (2) than room (3) for another worker.
     store
         .end_attempt(first.jobs[0].attempt_id, &end(RawResult::Exited(0)))
         .await?;
-    let again = store
-        .claim("w1", &["default".into()], &[], 1, LEASE, 3)
-        .await?;
+    let again = claim(&store, "w1", 1, 3).await?;
     assert_eq!((again.jobs.len(), again.room), (1, 1));
-    let other = store
-        .claim("w2", &["default".into()], &[], 3, LEASE, 3)
-        .await?;
+    let other = claim(&store, "w2", 3, 3).await?;
     assert_eq!((other.jobs.len(), other.room), (1, 3));
     Ok(())
 }
@@ -193,16 +184,10 @@ async fn claim_leases_each_due_job_once() -> anyhow::Result<()> {
     for _ in 0..2 {
         store.submit(&spec(&["true"]), &policy(), None).await?;
     }
-    let claimed = store
-        .claim("w1", &["default".into()], &[], 5, LEASE, 5)
-        .await?
-        .jobs;
+    let claimed = claim(&store, "w1", 5, 5).await?.jobs;
     assert_eq!(claimed.len(), 2);
     assert!(claimed.iter().all(|c| c.number == 1));
-    let again = store
-        .claim("w2", &["default".into()], &[], 5, LEASE, 5)
-        .await?
-        .jobs;
+    let again = claim(&store, "w2", 5, 5).await?.jobs;
     assert!(again.is_empty(), "{again:?}");
     for c in &claimed {
         let job = store.get_job(c.job_id).await?.expect("job");
@@ -271,11 +256,7 @@ async fn end_attempt_succeeds_retries_and_refuses_stale_results() -> anyhow::Res
     );
     // Not due yet: nothing to claim (with room for one), and the dispatcher's timer
     // points at it.
-    assert!(store
-        .claim("w1", &["default".into()], &[], 1, LEASE, 1)
-        .await?
-        .jobs
-        .is_empty());
+    assert!(claim(&store, "w1", 1, 1).await?.jobs.is_empty());
     assert_eq!(store.next_due().await?, Some(job.not_before));
     Ok(())
 }
@@ -610,10 +591,7 @@ async fn results_arriving_together_share_a_transaction_and_are_judged_alone() ->
     for _ in 0..24 {
         store.submit(&spec(&["true"]), &policy(), None).await?;
     }
-    let claimed = store
-        .claim("w1", &["default".into()], &[], 24, LEASE, 24)
-        .await?
-        .jobs;
+    let claimed = claim(&store, "w1", 24, 24).await?.jobs;
     assert_eq!(claimed.len(), 24);
     // One result already taken: sending it again is stale.
     let stale = claimed[0].attempt_id;
@@ -814,10 +792,8 @@ async fn lease_renewal_locks_its_attempts_in_id_order() -> anyhow::Result<()> {
             .submit(&spec(&["sleep", "9"]), &policy(), None)
             .await?;
     }
-    let claim = store
-        .claim("w1", &["default".into()], &[], N as i64, LEASE, N as i64)
-        .await?;
-    let mut ids: Vec<Uuid> = claim.jobs.iter().map(|j| j.attempt_id).collect();
+    let leased = claim(&store, "w1", N as i64, N as i64).await?.jobs;
+    let mut ids: Vec<Uuid> = leased.iter().map(|j| j.attempt_id).collect();
     assert_eq!(ids.len(), N);
     // Claimed (and so stored) in job order; the attempt ids are random against it.
     let in_store_order = ids.clone();
