@@ -176,8 +176,8 @@ pub async fn copy_history(sql: &tokio_postgres::Client, target: i64) -> Result<(
             (
                 "outbox",
                 format!(
-                    "INSERT INTO outbox (job_id, event, payload, created_at, delivered_at) \
-                     SELECT m.new, o.event, o.payload, o.created_at - {shift}, o.delivered_at \
+                    "INSERT INTO outbox (job_id, event, payload, created_at) \
+                     SELECT m.new, o.event, o.payload, o.created_at - {shift} \
                        FROM outbox o JOIN jm m ON m.old = o.job_id"
                 ),
             ),
