@@ -57,10 +57,13 @@ fn write_spew(t: i128, total: u64) -> std::io::Result<()> {
     let head = &head.as_bytes()[..head.len().min(total as usize)];
     out.write_all(head)?;
     let mut left = total - head.len() as u64;
+    // Small outputs (the soak's 8 KiB) get a small block: generating a whole 1 MiB block
+    // for them cost a few ms of CPU per job, more than the rest of the job together.
+    let block_len = (left as usize).div_ceil(LINE).clamp(1, BLOCK / LINE) * LINE;
 
     let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 -";
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let pool: Vec<u8> = (0..BLOCK + LINE)
+    let pool: Vec<u8> = (0..block_len + LINE)
         .map(|_| {
             // xorshift64: cheap, and enough entropy that LZ compression finds nothing.
             x ^= x << 13;
@@ -69,19 +72,19 @@ fn write_spew(t: i128, total: u64) -> std::io::Result<()> {
             alphabet[(x >> 58) as usize]
         })
         .collect();
-    let mut block = vec![0u8; BLOCK];
+    let mut block = vec![0u8; block_len];
     let mut line_no: u64 = 0;
     while left > 0 {
         for line in block.chunks_mut(LINE) {
-            let off = ((line_no.wrapping_mul(7919)) % BLOCK as u64) as usize;
+            let off = ((line_no.wrapping_mul(7919)) % block_len as u64) as usize;
             line.copy_from_slice(&pool[off..off + LINE]);
             let n = format!("{line_no:012} ");
             line[..n.len()].copy_from_slice(n.as_bytes());
             line[LINE - 1] = b'\n';
             line_no += 1;
         }
-        let n = left.min(BLOCK as u64) as usize;
-        if n < BLOCK {
+        let n = left.min(block_len as u64) as usize;
+        if n < block_len {
             block[n - 1] = b'\n';
         }
         out.write_all(&block[..n])?;

@@ -132,6 +132,22 @@ pub async fn soak(
         "DROVER_RETENTION_INTERVAL",
         format!("{SOAK_RETENTION_INTERVAL_MS}ms"),
     ));
+    // As an operator running for months would: an event rule, so the outbox is read (and
+    // its rows deleted) as it fills, and the audit log kept no longer than the jobs. The
+    // rule's channel is never used: every soak job succeeds.
+    let config = tmp.join("soak-coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "audit_retention = \"{SOAK_HORIZON}\"\n\
+             [alerts.channels.soak]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/soak\"\n\
+             secret = \"unused-soak-webhook-secret\"\n\
+             [[alerts.rules]]\nname = \"soak-failed\"\nkind = \"permanent_failed\"\n\
+             channel = \"soak\"\n"
+        ),
+    )
+    .context("writing the soak's coordinator config")?;
+    env.push(("DROVER_CONFIG", config.display().to_string()));
     let mut stack = Stack::start(server, bins, tmp, "soak", &env).await?;
     stack.add_worker("w1", 8, &[])?;
     stack.add_worker("w2", 8, &[])?;
@@ -146,8 +162,9 @@ pub async fn soak(
     let waves = p.waves.max(2);
     let per_wave = (p.jobs / waves).max(1);
     say!(
-        "[soak] {} jobs of {} B of output in {waves} waves; jobs kept {SOAK_HORIZON}, \
-         logs {SOAK_LOG_HORIZON} in partitions of {SOAK_PARTITION}",
+        "[soak] {} jobs of {} B of output in {waves} waves; jobs and audit entries kept \
+         {SOAK_HORIZON}, logs {SOAK_LOG_HORIZON} in partitions of {SOAK_PARTITION}; one \
+         event rule",
         per_wave * waves,
         p.log_bytes
     );
