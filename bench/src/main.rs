@@ -516,9 +516,9 @@ async fn measure(
             jobs: counts.soak_jobs,
             waves: counts.soak_waves,
             log_bytes: 8 << 10,
-            // As many as the latency row: the p99 of 200 samples is their second largest,
-            // one scheduler hiccup (session 7's soak: 5.4–11.9 ms between waves, no trend).
-            probes: counts.latency_samples.max(20),
+            // The p99 of 200 samples is their second largest, one scheduler hiccup (session
+            // 7's soak: 5.4–11.9 ms between waves, no trend); 500 take ~20 s per wave.
+            probes: (counts.latency_samples / 2).max(20),
         };
         let (r, d) = soak::soak(server, bins, tmp, &base_env(), &p).await?;
         rows.extend(r.into_iter().map(|r| (Part::Soak, r)));
