@@ -27,6 +27,18 @@ pub async fn pickup_on(
     what: &str,
     queue: &str,
 ) -> Result<(Dist, Dist)> {
+    let (returned, sent) = pickup_samples(stack, n, what, queue).await?;
+    Ok((Dist::of(returned), Dist::of(sent)))
+}
+
+/// The samples of [`pickup_on`] (ms, in the order taken): submit returned → started, and
+/// submit sent → started.
+pub async fn pickup_samples(
+    stack: &mut Stack,
+    n: usize,
+    what: &str,
+    queue: &str,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let argv = vec![stack.bins.bench.display().to_string(), "stamp".into()];
     let spec = util::spec(argv, queue);
     let (mut returned, mut sent) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -51,7 +63,7 @@ pub async fn pickup_on(
         }
         tokio::time::sleep(IDLE).await;
     }
-    Ok((Dist::of(returned), Dist::of(sent)))
+    Ok((returned, sent))
 }
 
 /// The machine's spawn latency: spawn → the helper's own stamp, in ms.

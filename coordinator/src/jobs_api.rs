@@ -465,14 +465,15 @@ impl JobService for JobsApi {
         req: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let id = parse_id("id", &req.into_inner().id)?;
-        let job = self
-            .store
-            .get_job(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
-        let attempts = self.store.list_attempts(id).await?;
-        let retried_by = self.store.retried_by(id).await?;
-        let waiting_for = self.store.waiting_for(id).await?;
+        // Four independent reads, at once on four pooled connections: one round trip's
+        // latency instead of four in a row (for a missing job the other three find nothing).
+        let (job, attempts, retried_by, waiting_for) = tokio::try_join!(
+            self.store.get_job(id),
+            self.store.list_attempts(id),
+            self.store.retried_by(id),
+            self.store.waiting_for(id),
+        )?;
+        let job = job.ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         let pjob = with_waiting(&self.store, vec![convert::job_to_pb(&job)])
             .await?
             .pop();

@@ -20,7 +20,7 @@ ins AS (
          ARRAY(SELECT jsonb_array_elements_text(ckeys)),
          priority, now() - shift_ms * interval '1 millisecond'
     FROM u ORDER BY ord
-  ON CONFLICT (idempotency_key) DO NOTHING
+  ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING j.id, j.queue, j.state, j.argv, j.env, j.labels, j.params,
        j.timeout_ms, j.retry_policy, j.idempotency_key, j.original_job_id, j.retry_of,
        j.attempt_count, j.current_attempt_id, j.not_before, j.reason, j.created_at,
