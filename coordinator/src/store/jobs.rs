@@ -374,9 +374,11 @@ impl Store {
             let c = self.hot.get().await?;
             // MATERIALIZED keeps the planner from re-running the locking subquery (which could
             // claim more than n rows). One index scan per queue (LATERAL): with `queue = ANY($1)`
-            // the planner could not use jobs_pending_idx for the order and sorted every pending
+            // the planner could not use the pending index for the order and sorted every pending
             // job on each claim — 4.7 ms a claim with 7 000 pending, most of PostgreSQL's time in
-            // the throughput benchmark. Rows locked beyond the n kept are released at commit.
+            // the throughput benchmark. That index (jobs_pending_plain_idx, V30) holds only jobs
+            // without concurrency keys, so keyed ones waiting are never read here.
+            // Rows locked beyond the n kept are released at commit.
             // Paused queues (queue_settings) are left out: one primary-key probe per queue.
             // started_at is when the lease is taken (clock_timestamp), not when the statement
             // began, like the keyed claim's (store/flow.rs).
