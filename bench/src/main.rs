@@ -516,8 +516,8 @@ async fn measure(
             jobs: counts.soak_jobs,
             waves: counts.soak_waves,
             log_bytes: 8 << 10,
-            // The p99 of 200 samples is their second largest, one scheduler hiccup (session
-            // 7's soak: 5.4–11.9 ms between waves, no trend); 500 take ~20 s per wave.
+            // The p99 of 200 samples is their second largest, one scheduler hiccup (a soak
+            // with 200: 5.4–11.9 ms between waves, no trend); 500 take ~20 s per wave.
             probes: (counts.latency_samples / 2).max(20),
         };
         let (r, d) = soak::soak(server, bins, tmp, &base_env(), &p).await?;

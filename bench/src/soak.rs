@@ -199,7 +199,7 @@ pub async fn soak(
     stack.stop();
     let (first, last) = (&out[0], &out[out.len() - 1]);
     // Retention drops a log partition a minute, so the size after any one wave is a point
-    // on a sawtooth (session 8: 347, 518, 440 MiB after waves 2–4). A plateau means the
+    // on a sawtooth (a million-job soak: 347, 518, 440 MiB after waves 2–4). A plateau means the
     // peaks stop rising: the largest size in the second half against the first half's.
     let half = out.len() / 2;
     let peak = |ws: &[Wave]| ws.iter().map(|w| w.db_bytes).max().unwrap_or(0);

@@ -793,16 +793,15 @@ async fn the_plain_claim_reads_no_keyed_pending_job() -> anyhow::Result<()> {
     c.execute("UPDATE jobs SET concurrency_keys = '{site}'", &[])
         .await?;
     c.execute("ANALYZE jobs", &[]).await?;
-    // The claim statement itself, planned as the per-job pool plans it, run and rolled back.
+    // The claim statement itself, on a connection of the per-job pool (so planned as in
+    // production), run and rolled back.
     let claim = include_str!("../../coordinator/src/store/sql/jobs/claim.sql");
-    c.batch_execute(&format!(
-        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
-         SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
-         SET LOCAL enable_mergejoin = off; \
-         PREPARE plain_claim(text[], text[], int8, text, float8, int8) AS {claim}"
+    let hot = db::hot_pool(&tdb.url)?.get().await?;
+    hot.batch_execute(&format!(
+        "BEGIN; PREPARE plain_claim(text[], text[], int8, text, float8, int8) AS {claim}"
     ))
     .await?;
-    let plan: serde_json::Value = c
+    let plan: serde_json::Value = hot
         .query_one(
             "EXPLAIN (ANALYZE, FORMAT JSON) \
              EXECUTE plain_claim('{default}', '{}', 8, 'w1', 8000, 8)",
@@ -810,7 +809,7 @@ async fn the_plain_claim_reads_no_keyed_pending_job() -> anyhow::Result<()> {
         )
         .await?
         .try_get(0)?;
-    c.batch_execute("ROLLBACK").await?;
+    hot.batch_execute("ROLLBACK").await?;
 
     // Every scan of `jobs` in the plan: the index it used and the rows it read and dropped.
     fn scans(node: &serde_json::Value, out: &mut Vec<(String, i64)>) {
