@@ -465,15 +465,19 @@ impl JobService for JobsApi {
         req: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let id = parse_id("id", &req.into_inner().id)?;
-        // Four independent reads, at once on four pooled connections: one round trip's
-        // latency instead of four in a row (for a missing job the other three find nothing).
-        let (job, attempts, retried_by, waiting_for) = tokio::try_join!(
-            self.store.get_job(id),
+        // The job first: the reads after it see at least what it shows (a succeeded job never
+        // comes back with its attempt still running; read at once, they could, since each
+        // read has its own snapshot). The other three are independent and go at once.
+        let job = self
+            .store
+            .get_job(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
+        let (attempts, retried_by, waiting_for) = tokio::try_join!(
             self.store.list_attempts(id),
             self.store.retried_by(id),
             self.store.waiting_for(id),
         )?;
-        let job = job.ok_or_else(|| Error::NotFound(format!("job {id} not found")))?;
         let pjob = with_waiting(&self.store, vec![convert::job_to_pb(&job)])
             .await?
             .pop();
