@@ -56,13 +56,19 @@ async fn outputs_round_trip_with_checksum_and_expire_with_the_logs() -> anyhow::
     let names: Vec<&str> = list.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, vec!["model.bin", "out/a.csv", "out/c.csv"]);
     assert_eq!(list[0].size, 3_000_000);
-    // The work directory is gone once the attempt is reported.
+    // The work directory is emptied (slots' directories are reused) once the attempt is
+    // reported.
     let work = cl.path("w1-state").join("work");
-    assert_eq!(
-        std::fs::read_dir(&work)?.count(),
-        0,
-        "work directory left behind"
-    );
+    for dir in std::fs::read_dir(&work)? {
+        let dir = dir?.path();
+        assert!(dir.is_dir(), "{} left in work/", dir.display());
+        assert_eq!(
+            std::fs::read_dir(&dir)?.count(),
+            0,
+            "work directory {} left with files",
+            dir.display()
+        );
+    }
 
     let dest = cl.path("downloaded.bin");
     let out = Command::new(bin("droverctl"))

@@ -321,3 +321,38 @@ async fn a_dispatch_sweep_out_of_bounds_is_refused_at_start() -> anyhow::Result<
     }
     Ok(())
 }
+
+/// A slot's work directory is reused, emptied in between: each attempt starts in an empty
+/// directory it can write, whatever the one before left there (files, a nested directory,
+/// its own directory made read-only).
+#[tokio::test]
+async fn every_attempt_starts_in_an_empty_work_directory() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let _w = cl.worker("w1", &addr, 1, &[])?;
+    let mut api = jobs(&addr).await?;
+    let messy = submit(
+        &mut api,
+        sh("pwd; mkdir -p d/e && echo x > d/e/f && echo y > .hidden && chmod 500 ."),
+    )
+    .await?;
+    wait_state(&mut api, &messy.id, pb::JobState::Succeeded).await?;
+    let check = submit(
+        &mut api,
+        sh("pwd; test -z \"$(ls -A)\" || { ls -A >&2; exit 3; }; echo ok > written"),
+    )
+    .await?;
+    let (job, _) = wait_for(&mut api, &check.id, "finished", |j, _| {
+        is_state(j, pb::JobState::Succeeded) || is_state(j, pb::JobState::PermanentFailed)
+    })
+    .await?;
+    let (out, err, _) = logs(&mut api, &check.id, 0).await?;
+    assert!(
+        is_state(&job, pb::JobState::Succeeded),
+        "second job found: {}",
+        String::from_utf8_lossy(&err)
+    );
+    let (first, _, _) = logs(&mut api, &messy.id, 0).await?;
+    assert_eq!(first, out, "both ran in the slot's one directory");
+    Ok(())
+}

@@ -12,6 +12,7 @@ use crate::jobsetup::JobSetup;
 use crate::outputs;
 use crate::process::{self, ChildSetup, ExitOutcome, OutputChunk, RunSpec, StreamKind, TailBuffer};
 use crate::resources::{Limits, Monitor};
+use crate::slots::{Slots, Workspace};
 use crate::spool;
 use drover_core::jobguard::Redactor;
 use drover_proto::v1 as pb;
@@ -96,57 +97,9 @@ pub struct Agent {
     changed: Notify,
     draining: CancellationToken,
     monitor: Arc<Monitor>,
-    group_files: Arc<GroupFiles>,
+    /// Work directories and group files, one of each per slot.
+    slot_dirs: Arc<Slots>,
     containment: Arc<Containment>,
-}
-
-/// The files recording running attempts' process groups: one per slot, reused. Creating
-/// and deleting a file per attempt made ext4's inode allocator about half of the worker's
-/// CPU with many short jobs (BENCHMARKS.md).
-struct GroupFiles {
-    dir: PathBuf,
-    free: Mutex<Vec<usize>>,
-}
-
-/// A slot's group file while an attempt uses it; handed back when dropped.
-struct GroupFile {
-    files: Arc<GroupFiles>,
-    slot: usize,
-}
-
-impl GroupFiles {
-    fn new(dir: PathBuf, slots: u32) -> Self {
-        GroupFiles {
-            dir,
-            free: Mutex::new((0..slots as usize).rev().collect()),
-        }
-    }
-
-    /// A free slot's file, or None if every one is taken (the caller falls back to a file
-    /// of its own).
-    fn take(self: &Arc<Self>) -> Option<GroupFile> {
-        let slot = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-        Some(GroupFile {
-            files: self.clone(),
-            slot,
-        })
-    }
-}
-
-impl GroupFile {
-    fn path(&self) -> PathBuf {
-        self.files.dir.join(format!("slot-{}", self.slot))
-    }
-}
-
-impl Drop for GroupFile {
-    fn drop(&mut self) {
-        self.files
-            .free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(self.slot);
-    }
 }
 
 type Client = WorkerServiceClient<drover_proto::auth::AuthChannel>;
@@ -249,13 +202,13 @@ impl Agent {
                 min_memory_available_bytes: cfg.min_memory_available_bytes,
             },
         );
-        let group_files = Arc::new(GroupFiles::new(cfg.pids_dir(), cfg.slots()));
+        let slot_dirs = Slots::new(cfg.work_root(), cfg.pids_dir(), cfg.slots());
         let setup = JobSetup::from_config(&cfg, &worker_id).map_err(AgentError::Setup)?;
         Ok(Arc::new(Agent {
             containment: Arc::new(containment),
             setup,
             monitor,
-            group_files,
+            slot_dirs,
             slots: cfg.slots(),
             cfg,
             worker_id,
@@ -491,23 +444,27 @@ impl Agent {
     ) {
         let attempt_id = a.attempt_id.clone();
         tracing::info!(argv = ?a.argv, "starting attempt");
-        let work_dir = self.cfg.work_root().join(&attempt_id);
         let mut output_error: Option<String> = None;
-        let made = match tokio::fs::create_dir_all(&work_dir).await {
-            Ok(()) => self.setup.prepare_work_dir(&work_dir),
-            Err(e) => Err(e),
-        };
-        let (outcome, tail, chunks, cg_usage) = match made {
+        let (outcome, tail, chunks, cg_usage) = match self.slot_dirs.open(&attempt_id) {
             Err(e) => {
                 self.free_slot();
-                let why = format!("creating work directory {}: {e}", work_dir.display());
+                let root = self.cfg.work_root();
+                let why = format!("creating work directory in {}: {e}", root.display());
                 (ExitOutcome::SpawnError(why), Vec::new(), 0, None)
             }
-            Ok(()) => {
-                let mut r = self.execute(&a, &work_dir, stop, reason.clone()).await;
+            Ok(mut ws) => {
+                let r = match self.setup.prepare_work_dir(&ws.work_dir) {
+                    Err(e) => {
+                        let why =
+                            format!("preparing work directory {}: {e}", ws.work_dir.display());
+                        Some((ExitOutcome::SpawnError(why), Vec::new(), 0, None))
+                    }
+                    Ok(()) => self.execute(&a, &mut ws, stop, reason.clone()).await,
+                };
+                let mut r = r;
                 if let Some((ExitOutcome::Exited(0), _, _, _)) = &r {
                     if !a.outputs.is_empty() {
-                        if let Err(e) = self.upload_outputs(&a, &work_dir).await {
+                        if let Err(e) = self.upload_outputs(&a, &ws.work_dir).await {
                             tracing::warn!(error = %e, "outputs not kept");
                             output_error = Some(e);
                         }
@@ -518,12 +475,8 @@ impl Agent {
                         *o = ExitOutcome::SpawnError(e.clone());
                     }
                 }
-                // The work directory goes in every case, before anything is reported.
-                if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(error = %e, "could not remove work directory");
-                    }
-                }
+                // The work directory is emptied in every case, before anything is reported.
+                self.end_workspace(&mut ws).await;
                 match r {
                     Some(r) => r,
                     None => return, // stale lease: nothing more to report
@@ -642,6 +595,16 @@ impl Agent {
         Ok(())
     }
 
+    /// Cleans the attempt's work directory, hands its slot's places back, then offers the
+    /// coordinator the slot again. Once per attempt (later calls do nothing), and in this
+    /// order: a credit sent first could bring the next attempt before the slot is free.
+    async fn end_workspace(&self, ws: &mut Workspace) {
+        if !ws.is_released() {
+            ws.release().await;
+            self.free_slot();
+        }
+    }
+
     fn free_slot(&self) {
         let mut st = self.lock();
         st.live = st.live.saturating_sub(1);
@@ -657,11 +620,12 @@ impl Agent {
     async fn execute(
         self: &Arc<Self>,
         a: &pb::Assignment,
-        work_dir: &std::path::Path,
+        ws: &mut Workspace,
         stop: CancellationToken,
         reason: Arc<Mutex<Option<StopReason>>>,
     ) -> Option<(ExitOutcome, Vec<u8>, u64, Option<CgroupUsage>)> {
         let attempt_id = a.attempt_id.clone();
+        let work_dir = ws.work_dir.clone();
         // The job's environment: the inherited minimum, its own env, its secrets (read
         // here; a reference that cannot be resolved fails the job for good), DROVER_*.
         let mut env = self.setup.base_env(std::env::vars());
@@ -669,7 +633,6 @@ impl Agent {
         let secrets = match self.setup.resolve_secrets(a.secret_env.iter()) {
             Ok(s) => s,
             Err(e) => {
-                self.free_slot();
                 return Some((ExitOutcome::SpawnError(e), Vec::new(), 0, None));
             }
         };
@@ -690,18 +653,16 @@ impl Agent {
             Some(p) => {
                 match self
                     .setup
-                    .resolve_program(p, env.get("PATH").map(String::as_str), work_dir)
+                    .resolve_program(p, env.get("PATH").map(String::as_str), &work_dir)
                 {
                     Ok(path) => path,
                     Err(e) => {
                         tracing::warn!(%attempt_id, error = %e, "job refused");
-                        self.free_slot();
                         return Some((ExitOutcome::SpawnError(e), Vec::new(), 0, None));
                     }
                 }
             }
             None => {
-                self.free_slot();
                 return Some((
                     ExitOutcome::SpawnError("argv is empty".into()),
                     Vec::new(),
@@ -719,7 +680,6 @@ impl Agent {
         let cgroup = match self.containment.attempt(&attempt_id, &limits) {
             Ok(cg) => cg.map(Arc::new),
             Err(why) => {
-                self.free_slot();
                 return Some((ExitOutcome::SpawnError(why), Vec::new(), 0, None));
             }
         };
@@ -730,7 +690,6 @@ impl Agent {
                     if let Some(cg) = &cgroup {
                         cg.remove();
                     }
-                    self.free_slot();
                     return Some((
                         ExitOutcome::SpawnError(format!("creating log spool: {e}")),
                         Vec::new(),
@@ -794,19 +753,13 @@ impl Agent {
 
         let (tx, rx) = mpsc::channel::<OutputChunk>(64);
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-        // Held until the process group is gone, which `process::run` waits for.
-        let group_file = self.group_files.take();
-        let fallback_file = self.cfg.pids_dir().join(&attempt_id);
         let spec = RunSpec {
             argv: a.argv.clone(),
             env,
-            work_dir: work_dir.to_path_buf(),
+            work_dir: work_dir.clone(),
             timeout: Some(drover_proto::durations::or_zero(&a.timeout)).filter(|t| !t.is_zero()),
             kill_grace: self.cfg.kill_grace,
-            pgid_file: Some(match &group_file {
-                Some(f) => f.path(),
-                None => fallback_file.clone(),
-            }),
+            pgid_file: Some(ws.group_file.clone()),
             started: Some(started_tx),
             cgroup: cgroup.clone(),
             subreaper_attempt: cgroup.is_none().then(|| attempt_id.clone()),
@@ -869,13 +822,11 @@ impl Agent {
             cg.remove();
             u
         });
-        match group_file {
-            Some(f) => drop(f),
-            None => {
-                let _ = std::fs::remove_file(&fallback_file);
-            }
+        // The slot is free once its directory is: now, unless the outputs in it are still
+        // to be uploaded (then after that, in `run_attempt`).
+        if a.outputs.is_empty() {
+            self.end_workspace(ws).await;
         }
-        self.free_slot();
         let (tail, count) = pump.await.unwrap_or_default();
         tracing::debug!(?outcome, chunks = count, "process ended; output spooled");
         let _ = sender.await;
@@ -1071,19 +1022,6 @@ mod tests {
             stream,
             data: data.to_vec(),
         }
-    }
-
-    #[test]
-    fn group_files_are_one_per_slot_and_handed_back() {
-        let files = Arc::new(GroupFiles::new(PathBuf::from("/pids"), 2));
-        let a = files.take().unwrap();
-        let b = files.take().unwrap();
-        assert_ne!(a.path(), b.path());
-        assert!(files.take().is_none(), "only as many files as slots");
-        let a_path = a.path();
-        drop(a);
-        let c = files.take().unwrap();
-        assert_eq!(c.path(), a_path, "a freed slot's file is reused");
     }
 
     #[tokio::test]

@@ -218,13 +218,13 @@ impl JobSetup {
         Ok(out)
     }
 
-    /// Gives a new work directory to the run_as user, so the job can write in it.
+    /// Makes a work directory the job's: mode 0700 (a job may have changed the mode of
+    /// the slot's directory it had before), owned by the run_as user if there is one.
     pub fn prepare_work_dir(&self, dir: &Path) -> std::io::Result<()> {
         if let Some(r) = &self.run_as {
             std::os::unix::fs::chown(dir, Some(r.uid), Some(r.gid))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         }
-        Ok(())
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`outputs`] — finding and hashing a job's declared output files.
 //! - [`process`] — running one program in its own process group (timeouts, stop).
 //! - [`resources`] — host and per-job resource samples; thresholds that pause the worker.
+//! - [`slots`] — per-slot work directories and group files, reused from attempt to attempt.
 //! - [`spawn`] — starting a job's process without `fork()` (a vfork-style clone), and its handle.
 //! - [`spool`] — the local on-disk log spool between the child and the network.
 //! - [`state_dir`] — the worker's stable id and its directories.
@@ -19,6 +20,7 @@ pub mod jobsetup;
 pub mod outputs;
 pub mod process;
 pub mod resources;
+pub mod slots;
 pub mod spawn;
 pub mod spool;
 pub mod state_dir;
