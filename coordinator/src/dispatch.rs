@@ -237,8 +237,9 @@ impl Dispatcher {
                 more = true;
             }
             // Otherwise room was short of the credit: a result is still on its way (the
-            // worker returns credit when its process exits), and its FinishAttempt wakes
-            // the loop once stored. Asking again before then would find no room either.
+            // worker returns credit once its result is stored; an older or careless one
+            // sooner), and its FinishAttempt wakes the loop once stored. Asking again
+            // before then would find no room either.
             s.take_credits(claimed.len() as u32);
             for c in claimed {
                 crate::metrics::job_leased(c.waited);

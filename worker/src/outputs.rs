@@ -1,5 +1,5 @@
 //! A job's declared outputs: which files in its work directory match its globs, and their
-//! SHA-256, so they can be uploaded before the directory is removed.
+//! SHA-256, so they can be uploaded before the directory is emptied.
 
 use sha2::{Digest, Sha256};
 use std::io::Read;

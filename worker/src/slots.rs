@@ -77,10 +77,6 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    pub fn is_released(&self) -> bool {
-        self.released
-    }
-
     /// Empties the work directory (a slot's) or removes it (the attempt's own), and hands
     /// the slot back. Idempotent. A slot whose directory cannot be emptied is not handed
     /// back.
