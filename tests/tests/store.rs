@@ -960,3 +960,66 @@ async fn every_foreign_key_has_an_index() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Submitting a job with a concurrency key that exists, with the same settings, leaves the
+/// key's row unlocked: claims and results that take the key do not wait for the submit's
+/// commit. (The old upsert, `ON CONFLICT DO UPDATE ... WHERE`, locked the row even when it
+/// changed nothing, and keyed submits deadlocked with claims and results.) New keys are
+/// still made, and changed settings still written.
+#[tokio::test]
+async fn submitting_an_existing_key_unchanged_does_not_lock_it() -> anyhow::Result<()> {
+    let (tdb, _store) = store().await?;
+    let upsert = include_str!("../../coordinator/src/store/sql/flow/upsert_keys.sql");
+    let a = tdb.client().await?;
+    let b = tdb.client().await?;
+    let none: Vec<Option<f64>> = vec![None];
+    // Made by the first submit.
+    a.execute(upsert, &[&vec!["site"], &vec![2i32], &none, &none])
+        .await?;
+    // Submitted again, unchanged, by a transaction still open...
+    a.batch_execute("BEGIN").await?;
+    a.execute(
+        upsert,
+        &[
+            &vec!["site", "new"],
+            &vec![2i32, 3],
+            &vec![None::<f64>; 2],
+            &vec![None::<f64>; 2],
+        ],
+    )
+    .await?;
+    // ... while a claim takes the key: it must not have to wait.
+    let taken = b
+        .query(
+            "SELECT running FROM concurrency_keys WHERE key = 'site' FOR UPDATE NOWAIT",
+            &[],
+        )
+        .await;
+    assert!(
+        taken.is_ok(),
+        "the key's row is locked by a submit that changed nothing: {taken:?}"
+    );
+    a.batch_execute("COMMIT").await?;
+    let limits: Vec<(String, i32)> = b
+        .query(
+            "SELECT key, max_running FROM concurrency_keys ORDER BY key",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(limits, vec![("new".into(), 3), ("site".into(), 2)]);
+    // A changed limit is written.
+    a.execute(upsert, &[&vec!["site"], &vec![5i32], &none, &none])
+        .await?;
+    let limit: i32 = b
+        .query_one(
+            "SELECT max_running FROM concurrency_keys WHERE key = 'site'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(limit, 5);
+    Ok(())
+}
