@@ -466,15 +466,14 @@ impl Agent {
                 (ExitOutcome::SpawnError(why), Vec::new(), 0, None)
             }
             Ok(mut ws) => {
-                let r = match self.setup.prepare_work_dir(&ws.work_dir) {
+                let mut r = match self.setup.prepare_work_dir(&ws.work_dir) {
                     Err(e) => {
                         let why =
                             format!("preparing work directory {}: {e}", ws.work_dir.display());
                         Some((ExitOutcome::SpawnError(why), Vec::new(), 0, None))
                     }
-                    Ok(()) => self.execute(&a, &mut ws, stop, reason.clone()).await,
+                    Ok(()) => self.execute(&a, &ws, stop, reason.clone()).await,
                 };
-                let mut r = r;
                 if let Some((ExitOutcome::Exited(0), _, _, _)) = &r {
                     if !a.outputs.is_empty() {
                         if let Err(e) = self.upload_outputs(&a, &ws.work_dir).await {
@@ -624,7 +623,7 @@ impl Agent {
     async fn execute(
         self: &Arc<Self>,
         a: &pb::Assignment,
-        ws: &mut Workspace,
+        ws: &Workspace,
         stop: CancellationToken,
         reason: Arc<Mutex<Option<StopReason>>>,
     ) -> Option<(ExitOutcome, Vec<u8>, u64, Option<CgroupUsage>)> {
@@ -826,11 +825,6 @@ impl Agent {
             cg.remove();
             u
         });
-        // The directory is cleaned now, unless the outputs in it are still to be uploaded
-        // (then after that, in `attempt_and_report`).
-        if a.outputs.is_empty() {
-            ws.release().await;
-        }
         let (tail, count) = pump.await.unwrap_or_default();
         tracing::debug!(?outcome, chunks = count, "process ended; output spooled");
         let _ = sender.await;
