@@ -779,6 +779,45 @@ async fn the_per_job_pool_plans_lookups_by_index_on_an_empty_database() -> anyho
     Ok(())
 }
 
+/// `EXPLAIN (ANALYZE, FORMAT JSON)` of a statement prepared (`prepare`: "name(types) AS
+/// sql") and executed (`execute`: "name(args)") on a connection of the per-job pool, so
+/// planned as in production; in a transaction rolled back after.
+async fn explain_on_hot_pool(
+    url: &str,
+    prepare: &str,
+    execute: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let hot = db::hot_pool(url)?.get().await?;
+    hot.batch_execute(&format!("BEGIN; PREPARE {prepare}"))
+        .await?;
+    let plan = hot
+        .query_one(
+            &format!("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {execute}"),
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    hot.batch_execute("ROLLBACK").await?;
+    Ok(plan)
+}
+
+/// Every scan of `jobs` in an explained plan: the index it used and the rows it read and
+/// dropped.
+fn jobs_scans(plan: &serde_json::Value) -> Vec<(String, i64)> {
+    fn walk(node: &serde_json::Value, out: &mut Vec<(String, i64)>) {
+        if node["Relation Name"] == "jobs" {
+            let index = node["Index Name"].as_str().unwrap_or("(none)").to_string();
+            out.push((index, node["Rows Removed by Filter"].as_i64().unwrap_or(0)));
+        }
+        for child in node["Plans"].as_array().into_iter().flatten() {
+            walk(child, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&plan[0]["Plan"], &mut out);
+    out
+}
+
 /// The plain claim (jobs without concurrency keys) reads no keyed pending job. Behind a
 /// backlog of keyed jobs it used to walk every one of them and keep none: 2.5 ms a claim
 /// with 10 000 pending in the benchmark. Its index now holds only jobs it can take.
@@ -793,36 +832,15 @@ async fn the_plain_claim_reads_no_keyed_pending_job() -> anyhow::Result<()> {
     c.execute("UPDATE jobs SET concurrency_keys = '{site}'", &[])
         .await?;
     c.execute("ANALYZE jobs", &[]).await?;
-    // The claim statement itself, on a connection of the per-job pool (so planned as in
-    // production), run and rolled back.
+    // The claim statement itself, planned as in production, run and rolled back.
     let claim = include_str!("../../coordinator/src/store/sql/jobs/claim.sql");
-    let hot = db::hot_pool(&tdb.url)?.get().await?;
-    hot.batch_execute(&format!(
-        "BEGIN; PREPARE plain_claim(text[], text[], int8, text, float8, int8) AS {claim}"
-    ))
+    let plan = explain_on_hot_pool(
+        &tdb.url,
+        &format!("plain_claim(text[], text[], int8, text, float8, int8) AS {claim}"),
+        "plain_claim('{default}', '{}', 8, 'w1', 8000, 8)",
+    )
     .await?;
-    let plan: serde_json::Value = hot
-        .query_one(
-            "EXPLAIN (ANALYZE, FORMAT JSON) \
-             EXECUTE plain_claim('{default}', '{}', 8, 'w1', 8000, 8)",
-            &[],
-        )
-        .await?
-        .try_get(0)?;
-    hot.batch_execute("ROLLBACK").await?;
-
-    // Every scan of `jobs` in the plan: the index it used and the rows it read and dropped.
-    fn scans(node: &serde_json::Value, out: &mut Vec<(String, i64)>) {
-        if node["Relation Name"] == "jobs" {
-            let index = node["Index Name"].as_str().unwrap_or("(none)").to_string();
-            out.push((index, node["Rows Removed by Filter"].as_i64().unwrap_or(0)));
-        }
-        for child in node["Plans"].as_array().into_iter().flatten() {
-            scans(child, out);
-        }
-    }
-    let mut found = Vec::new();
-    scans(&plan[0]["Plan"], &mut found);
+    let found = jobs_scans(&plan);
     assert!(
         found
             .iter()
@@ -1045,36 +1063,16 @@ async fn the_keyed_candidate_scan_reads_only_pending_keyed_jobs() -> anyhow::Res
     )
     .await?;
     let scan = include_str!("../../coordinator/src/store/sql/flow/keyed_candidates.sql");
-    let hot = db::hot_pool(&tdb.url)?.get().await?;
-    hot.batch_execute(&format!(
-        "BEGIN; PREPARE keyed(text[], text[], int8) AS {scan}"
-    ))
+    let plan = explain_on_hot_pool(
+        &tdb.url,
+        &format!("keyed(text[], text[], int8) AS {scan}"),
+        "keyed('{default}', '{}', 32)",
+    )
     .await?;
-    let plan: serde_json::Value = hot
-        .query_one(
-            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE keyed('{default}', '{}', 32)",
-            &[],
-        )
-        .await?
-        .try_get(0)?;
-    hot.batch_execute("ROLLBACK").await?;
-    fn jobs_scans(node: &serde_json::Value, out: &mut Vec<(String, String, i64)>) {
-        if node["Relation Name"] == "jobs" {
-            out.push((
-                node["Node Type"].as_str().unwrap_or("").to_string(),
-                node["Index Name"].as_str().unwrap_or("(none)").to_string(),
-                node["Rows Removed by Filter"].as_i64().unwrap_or(0),
-            ));
-        }
-        for child in node["Plans"].as_array().into_iter().flatten() {
-            jobs_scans(child, out);
-        }
-    }
-    let mut found = Vec::new();
-    jobs_scans(&plan[0]["Plan"], &mut found);
+    let found = jobs_scans(&plan);
     assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!(found[0].1, "jobs_pending_keyed_idx", "{found:?}");
-    assert_eq!(found[0].2, 0, "rows read and dropped: {found:?}");
+    assert_eq!(found[0].0, "jobs_pending_keyed_idx", "{found:?}");
+    assert_eq!(found[0].1, 0, "rows read and dropped: {found:?}");
     let rows = plan[0]["Plan"]["Actual Rows"].as_i64().unwrap_or(-1);
     assert_eq!(rows, 32, "the 32 oldest of the 50 keyed pending jobs");
     Ok(())

@@ -130,16 +130,7 @@ fn is_empty(dir: &Path) -> io::Result<bool> {
 fn empty_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        // The entry's own type: a symlink is removed, never followed.
-        if entry.file_type()?.is_dir() {
-            std::fs::remove_dir_all(entry.path())?;
-        } else {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(())
+    crate::state_dir::reset_dir(dir).map(|_| ())
 }
 
 fn remove_dir(dir: &Path) -> io::Result<()> {

@@ -29,11 +29,12 @@ pub fn reset_dir(dir: &Path) -> io::Result<usize> {
     std::fs::create_dir_all(dir)?;
     let mut n = 0;
     for entry in std::fs::read_dir(dir)? {
-        let p = entry?.path();
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p)?;
+        let entry = entry?;
+        // The entry's own type: a symlink is removed, never followed.
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
         } else {
-            std::fs::remove_file(&p)?;
+            std::fs::remove_file(entry.path())?;
         }
         n += 1;
     }
