@@ -147,7 +147,8 @@ async fn daemons_and_double_forks_never_outlive_their_attempt() -> anyhow::Resul
         }
     }
 
-    // Every attempt's cgroup was removed after it ended.
+    // Every attempt's own cgroup was removed after it ended; the slots' cgroups, kept for
+    // their next attempts, are empty.
     if let Some(m) = cgroup2_mount() {
         let dir = m.join(drover_worker::containment::worker_cgroup_name(
             "w-cgroup",
@@ -158,6 +159,11 @@ async fn daemons_and_double_forks_never_outlive_their_attempt() -> anyhow::Resul
             let left: Vec<_> = std::fs::read_dir(&dir)?
                 .flatten()
                 .filter(|e| e.path().is_dir())
+                .filter(|e| {
+                    let kept = e.file_name().to_string_lossy().starts_with("slot-");
+                    let events = std::fs::read_to_string(e.path().join("cgroup.events"));
+                    !kept || !events.is_ok_and(|t| t.contains("populated 0"))
+                })
                 .map(|e| e.file_name())
                 .collect();
             if left.is_empty() {
@@ -309,6 +315,79 @@ async fn a_worker_without_cgroups_refuses_jobs_with_limits() -> anyhow::Result<(
     // A job without limits runs.
     let job = submit(&mut api, sh("true")).await?;
     wait_state(&mut api, &job.id, pb::JobState::Succeeded).await?;
+    Ok(())
+}
+
+/// The cgroup v2 path (`0::<path>`) a job printed from /proc/self/cgroup, and the rest of
+/// its output.
+fn printed_cgroup(out: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(out);
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_string();
+    (path, text.into_owned())
+}
+
+#[tokio::test]
+async fn a_slot_cgroup_is_reused_empty_and_counts_only_its_attempts_cpu() -> anyhow::Result<()> {
+    let Some(m) = cgroup2_mount() else {
+        anyhow::bail!("no cgroup2 mount on this machine");
+    };
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let _w = cl.worker("w", &addr, 1, &[])?;
+    let mut api = jobs(&addr).await?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().display();
+
+    // The first job burns CPU and leaves a daemon behind.
+    let first = submit(
+        &mut api,
+        sh(&format!(
+            "cat /proc/self/cgroup; \
+             setsid sh -c 'echo $$ > {d}/daemon; exec sleep 1000' </dev/null >/dev/null 2>&1 & \
+             i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done; \
+             while [ ! -s {d}/daemon ]; do sleep 0.02; done"
+        )),
+    )
+    .await?;
+    let (_, a1) = wait_state(&mut api, &first.id, pb::JobState::Succeeded).await?;
+    let daemon = read_pid(&dir.path().join("daemon")).await?;
+    // The second runs in the same slot and lists the processes in its cgroup.
+    let second = submit(
+        &mut api,
+        sh(&format!(
+            "cat /proc/self/cgroup; echo pids; cat {}$(sed -n 's/^0:://p' /proc/self/cgroup)/cgroup.procs",
+            m.display()
+        )),
+    )
+    .await?;
+    let (_, a2) = wait_state(&mut api, &second.id, pb::JobState::Succeeded).await?;
+
+    let (cg1, _) = printed_cgroup(&logs(&mut api, &first.id, 0).await?.0);
+    let (cg2, out2) = printed_cgroup(&logs(&mut api, &second.id, 0).await?.0);
+    // This project's machines account memory in v1, so the slot's cgroup is reused.
+    assert!(cg1.ends_with("/slot-0"), "{cg1}");
+    assert_eq!(cg1, cg2);
+    let pids: Vec<i32> = out2
+        .split_once("pids\n")
+        .map(|(_, p)| p.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    assert!(!pids.is_empty(), "{out2}");
+    assert!(
+        !pids.contains(&daemon),
+        "the first job's daemon {daemon} in {pids:?}"
+    );
+    assert!(!process_alive(daemon));
+    // CPU time is each attempt's own: the busy loop's is not counted again.
+    let (cpu1, cpu2) = (ms_of(&a1[0].cpu_time), ms_of(&a2[0].cpu_time));
+    assert!(cpu1 >= 50, "first job's cpu {cpu1} ms");
+    assert!(
+        cpu2 < cpu1 / 2,
+        "second job's cpu {cpu2} ms, first's {cpu1} ms"
+    );
     Ok(())
 }
 

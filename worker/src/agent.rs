@@ -680,7 +680,7 @@ impl Agent {
             pids: (a.pids_limit > 0).then_some(a.pids_limit),
         };
         // A limit that cannot be enforced here is refused, never silently ignored.
-        let cgroup = match self.containment.attempt(&attempt_id, &limits) {
+        let cgroup = match self.containment.attempt(&attempt_id, &limits, ws.slot()) {
             Ok(cg) => cg.map(Arc::new),
             Err(why) => {
                 return Some((ExitOutcome::SpawnError(why), Vec::new(), 0, None));

@@ -18,6 +18,11 @@
 //!
 //! Which one applies is detected once at start from `/proc/self/mountinfo` and
 //! `/proc/self/cgroup`, logged, and reported to the coordinator in `Hello.containment`.
+//!
+//! An attempt without limits, where memory is not accounted in its v2 cgroup, runs in its
+//! worker slot's cgroup (`slot-N`), kept from one attempt to the next: it is empty when
+//! the next attempt starts (an attempt ends only once its cgroup is empty, and one that
+//! still holds processes is not reused), and its CPU counter is read at the start.
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -425,10 +430,17 @@ impl Containment {
 
     /// Creates the cgroup(s) for one attempt, with its limits applied. None when this
     /// worker has no cgroups (the subreaper contains it instead).
+    ///
+    /// An attempt in a worker slot (`slot`) with no limits, on a host where its memory
+    /// is not accounted in the v2 cgroup, reuses the slot's cgroup (`slot-N`): making and
+    /// removing a cgroup per attempt was a seventh of the worker's CPU with many short jobs
+    /// (BENCHMARKS.md, session 10). Such a cgroup holds nothing that carries over from one
+    /// attempt to the next but its CPU counter, which is read at the start and subtracted.
     pub fn attempt(
         &self,
         attempt_id: &str,
         limits: &Limits,
+        slot: Option<usize>,
     ) -> Result<Option<AttemptCgroup>, String> {
         if let Some(why) = self.refuse(limits) {
             return Err(why);
@@ -436,6 +448,12 @@ impl Containment {
         let Some(kill_base) = &self.kill else {
             return Ok(None);
         };
+        let memory_in_v2 = self.memory.as_ref().is_some_and(|c| c.flavor == Flavor::V2);
+        if let Some(i) = slot.filter(|_| !limits.any() && !memory_in_v2) {
+            if let Some(cg) = self.slot_cgroup(kill_base, i) {
+                return Ok(Some(cg));
+            }
+        }
         let name = worker_dir_name(attempt_id);
         let mut cg = AttemptCgroup {
             v2: kill_base.join(&name),
@@ -450,6 +468,8 @@ impl Containment {
             cpu_v2: None,
             procs: Vec::new(),
             memory_limit: limits.memory_bytes,
+            kept: false,
+            cpu_base_usec: 0,
         };
         let mk = |d: &Path| {
             if d.exists() {
@@ -501,6 +521,56 @@ impl Containment {
         }
         Ok(Some(cg))
     }
+
+    /// Slot `i`'s cgroup, made if missing. None (the attempt then gets a cgroup of its own)
+    /// if it cannot be made, or still holds processes of an earlier attempt that would not
+    /// die: a job never starts beside another's leftovers.
+    fn slot_cgroup(&self, kill_base: &Path, i: usize) -> Option<AttemptCgroup> {
+        let dir = kill_base.join(slot_dir_name(i));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if populated(&dir) {
+                    tracing::warn!(dir = %dir.display(), "slot cgroup still holds processes; this attempt gets its own");
+                    return None;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot create slot cgroup");
+                return None;
+            }
+        }
+        let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
+        let cpu_v2 = self
+            .cpu
+            .as_ref()
+            .is_some_and(|c| c.flavor == Flavor::V2)
+            .then(|| dir.clone());
+        // The counter only grows while a process is in the cgroup, and it is empty now.
+        let cpu_base_usec = cpu_usage_usec(cpu_v2.as_ref().unwrap_or(&dir)).unwrap_or(0);
+        Some(AttemptCgroup {
+            v2: dir,
+            v1: Vec::new(),
+            memory: None,
+            cpu_v2,
+            procs: vec![procs],
+            memory_limit: None,
+            kept: true,
+            cpu_base_usec,
+        })
+    }
+}
+
+/// A slot's cgroup directory name; attempts' are `drover-<id>` ([`worker_dir_name`]).
+fn slot_dir_name(i: usize) -> String {
+    format!("slot-{i}")
+}
+
+/// `usage_usec` of a v2 cgroup's `cpu.stat` (present even without the cpu controller).
+fn cpu_usage_usec(dir: &Path) -> Option<u64> {
+    let text = read_cgroup_file(&dir.join("cpu.stat"));
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
 }
 
 /// On a pure v2 host the controllers must be enabled top-down, and a cgroup with processes
@@ -564,11 +634,17 @@ fn kill_members(dir: &Path, sig: Signal) {
     }
 }
 
+/// A small cgroup file's text ("" if it cannot be read).
+fn read_cgroup_file(path: &Path) -> String {
+    let mut buf = [0u8; 4096];
+    let len = crate::process::read_small(path, &mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
 fn populated(dir: &Path) -> bool {
-    match std::fs::read_to_string(dir.join("cgroup.events")) {
-        Ok(t) => t.lines().any(|l| l.trim() == "populated 1"),
-        Err(_) => false,
-    }
+    read_cgroup_file(&dir.join("cgroup.events"))
+        .lines()
+        .any(|l| l.trim() == "populated 1")
 }
 
 fn wait_empty_blocking(dir: &Path) {
@@ -609,6 +685,10 @@ pub struct AttemptCgroup {
     /// `cgroup.procs` of each, made before the clone: the child must not allocate.
     procs: Vec<CString>,
     pub memory_limit: Option<u64>,
+    /// A slot's cgroup: kept for the slot's next attempt instead of removed.
+    kept: bool,
+    /// CPU time the cgroup had counted before this attempt (earlier attempts in the slot).
+    cpu_base_usec: u64,
 }
 
 impl AttemptCgroup {
@@ -661,7 +741,7 @@ impl AttemptCgroup {
     /// Peak memory, CPU time and OOM kills so far.
     pub fn usage(&self) -> CgroupUsage {
         let mut u = CgroupUsage::default();
-        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+        let read = |p: PathBuf| read_cgroup_file(&p);
         let field = |text: &str, key: &str| {
             text.lines().find_map(|l| {
                 let (k, v) = l.split_once(' ')?;
@@ -684,14 +764,17 @@ impl AttemptCgroup {
                 }
             }
         }
-        // v2's cpu.stat has usage_usec even without the cpu controller.
         let cpu_dir = self.cpu_v2.as_ref().unwrap_or(&self.v2);
-        u.cpu_time_ms = field(&read(cpu_dir.join("cpu.stat")), "usage_usec").map(|us| us / 1000);
+        u.cpu_time_ms =
+            cpu_usage_usec(cpu_dir).map(|us| us.saturating_sub(self.cpu_base_usec) / 1000);
         u
     }
 
-    /// Removes the (empty) cgroup directories.
+    /// Removes the (empty) cgroup directories; a slot's stays for its next attempt.
     pub fn remove(&self) {
+        if self.kept {
+            return;
+        }
         for d in self.v1.iter().chain(std::iter::once(&self.v2)) {
             if d.exists() {
                 remove_dir_retrying(d);
@@ -788,6 +871,8 @@ impl AttemptCgroup {
             cpu_v2: None,
             procs: vec![procs],
             memory_limit: None,
+            kept: false,
+            cpu_base_usec: 0,
         })
     }
 }

@@ -15,7 +15,7 @@ use crate::spawn::{self, ChildProcess, SpawnSpec};
 use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,11 +123,33 @@ impl TailBuffer {
     }
 }
 
+/// Reads a small file (of /proc or /sys) into `buf`, returning its length (at most
+/// `buf.len()`). For the worker's per-attempt reads of such files, `read_to_string`'s stat
+/// and growing reads cost more than the reading itself.
+pub(crate) fn read_small(path: &Path, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}
+
 /// A process's start time in clock ticks since boot (/proc/<pid>/stat field 22): with the
 /// pid it identifies one process, even after the pid is reused.
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
+    // The line is a few hundred bytes (the command name is at most 16).
+    let mut buf = [0u8; 2048];
+    let len = read_small(Path::new(&format!("/proc/{pid}/stat")), &mut buf).ok()?;
+    // The command name may hold any bytes, ')' too: the fields follow the last ')'.
+    let close = buf[..len].iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&buf[close + 1..len]).ok()?;
     // After the command come: state (field 3) ... starttime (field 22).
     rest.split_whitespace().nth(19)?.parse().ok()
 }

@@ -77,6 +77,11 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// The slot this attempt occupies; None for an attempt with a directory of its own.
+    pub fn slot(&self) -> Option<usize> {
+        self.slot
+    }
+
     /// Empties the work directory (a slot's) or removes it (the attempt's own), and hands
     /// the slot back. Idempotent. A slot whose directory cannot be emptied is not handed
     /// back.
