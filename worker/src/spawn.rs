@@ -320,6 +320,37 @@ impl ChildStack {
     }
 }
 
+// SAFETY: the mapping is owned by this value alone (nothing else holds its address once a
+// clone has returned), so moving it to another thread is sound.
+unsafe impl Send for ChildStack {}
+
+/// Stacks of finished spawns, kept for the next: a fresh mapping per spawn cost an mmap, an
+/// mprotect, page faults and an munmap whose TLB shootdown reaches every thread of the
+/// worker (a twentieth of its CPU with many short jobs).
+static STACKS: std::sync::Mutex<Vec<ChildStack>> = std::sync::Mutex::new(Vec::new());
+
+/// At most this many stacks are kept (one per spawn in progress at once is enough).
+const STACKS_KEPT: usize = 64;
+
+impl ChildStack {
+    fn take() -> io::Result<ChildStack> {
+        let kept = STACKS.lock().ok().and_then(|mut v| v.pop());
+        match kept {
+            Some(s) => Ok(s),
+            None => ChildStack::new(),
+        }
+    }
+
+    /// Keeps the stack for another spawn (the child that used it has exec'd or exited).
+    fn give_back(self) {
+        if let Ok(mut v) = STACKS.lock() {
+            if v.len() < STACKS_KEPT {
+                v.push(self);
+            }
+        }
+    }
+}
+
 impl Drop for ChildStack {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `new`; no borrow of it outlives self.
@@ -370,7 +401,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<ChildProcess> {
     let (err_r, err_w) = pipe_fds()?;
     let (report_r, report_w) = pipe_fds()?;
     let null = above_stdio(std::fs::File::open("/dev/null")?.into())?;
-    let mut stack = ChildStack::new()?;
+    let mut stack = ChildStack::take()?;
     let args = ChildArgs {
         candidates: &candidates,
         argv: &argv,
@@ -384,8 +415,10 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<ChildProcess> {
         report: report_w.as_raw_fd(),
     };
     let pid = clone_vfork(&args, &mut stack)?;
-    // The child has exec'd or exited: its copies of these are closed, so only ours remain.
-    drop((null, out_w, err_w, report_w, stack));
+    // The child has exec'd or exited: its copies of these are closed, so only ours remain,
+    // and its stack is free again.
+    drop((null, out_w, err_w, report_w));
+    stack.give_back();
     match read_report(report_r) {
         Ok(None) => {}
         Ok(Some(errno)) => {

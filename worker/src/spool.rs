@@ -77,6 +77,8 @@ struct Disk {
     file: Option<Arc<File>>,
     /// The reader removed the spool: later frames are discarded, the file not recreated.
     removed: bool,
+    /// The file was made (on the first frame): a job with no output leaves none to delete.
+    created: bool,
     /// The newest write that reached the file. A write whose `append` was abandoned may
     /// still be queued; once a newer one has run it must not, or it would overwrite it.
     epoch: u64,
@@ -126,6 +128,7 @@ pub fn create(
         path: path.clone(),
         file: None,
         removed: false,
+        created: false,
         epoch: 0,
     }));
     let (tx, rx) = watch::channel(Published::default());
@@ -216,6 +219,7 @@ impl SpoolWriter {
                             .open(&d.path)?,
                     );
                     d.file = Some(f.clone());
+                    d.created = true;
                     f
                 }
             };
@@ -477,6 +481,9 @@ impl SpoolReader {
         let mut d = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
         d.removed = true;
         d.file = None;
+        if !d.created {
+            return Ok(());
+        }
         match std::fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
