@@ -5,7 +5,7 @@
 use super::{measured, Cached, Store};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Transaction;
+use deadpool_postgres::GenericClient;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_postgres::types::Json;
@@ -22,7 +22,7 @@ pub struct Recorded {
 
 /// Computes the fingerprint of a failed attempt and upserts its queue's group.
 pub(super) async fn record(
-    tx: &Transaction<'_>,
+    tx: &impl GenericClient,
     job_id: Uuid,
     attempt_id: Uuid,
     queue: &str,

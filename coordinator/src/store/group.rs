@@ -1,7 +1,8 @@
 //! Ending attempts, with group commit: results that arrive while an earlier group is being
 //! written are ended together, in one transaction of four statements (BEGIN, one locking
-//! read, one write, COMMIT) however many there are, instead of seven statements and a
-//! durable commit each. A single result is a group of one and takes the same path.
+//! read, one write, COMMIT) in two round trips however many there are, instead of seven
+//! statements and a durable commit each. A single result is a group of one and takes the
+//! same path.
 //!
 //! Each result is still decided alone (the pure `drover_core::transition`) from its own
 //! locked rows, and refused alone: a stale, forged or incomplete result in a group gets its
@@ -10,10 +11,10 @@
 //! so one bad row cannot fail its neighbours.
 
 use super::failures;
-use super::{measured, parse_state, stale, Cached, EndRequest, Ended, Store, JOBS_CHANNEL};
+use super::{measured, parse_state, stale, EndRequest, Ended, Store, JOBS_CHANNEL};
 use crate::auth::Principal;
 use crate::error::{Error, ErrorKind, Result};
-use deadpool_postgres::Transaction;
+use deadpool_postgres::GenericClient;
 use drover_core::{AttemptState, Counts, JobState, RetryPolicy};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -180,10 +181,18 @@ impl Store {
     /// One transaction for the group. `Err` means nothing was written; otherwise one
     /// result per entry of `group`, in order.
     async fn end_many(&self, group: &[Pending]) -> Result<Vec<Result<Ended>>> {
-        let mut c = self.hot.get().await?;
-        let tx = c.transaction().await?;
+        let mut tx = Pipelined::new(self.hot.get().await?);
         let ids: Vec<Uuid> = group.iter().map(|p| p.attempt_id).collect();
-        let rows = tx.query_cached(LOCK, &[&ids]).await?;
+        // BEGIN and the locking read go out together: one round trip, not two.
+        let lock = tx.c().prepare_cached(LOCK).await?;
+        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&ids];
+        let (begun, rows) = tokio::join!(
+            tx.c().batch_execute("BEGIN"),
+            tx.c().query(&lock, &lock_params)
+        );
+        begun?;
+        let rows = rows?;
+        let tx = &mut tx;
         let mut by_id: HashMap<Uuid, &Row> = HashMap::with_capacity(rows.len());
         for r in &rows {
             by_id.insert(r.try_get("id")?, r);
@@ -196,7 +205,7 @@ impl Store {
                     "attempt {} does not exist",
                     p.attempt_id
                 ))),
-                Some(row) => decide(&tx, row, p, &mut w).await,
+                Some(row) => decide(tx.c(), row, p, &mut w).await,
             };
             out.push(r);
         }
@@ -209,43 +218,86 @@ impl Store {
         {
             return Err(e);
         }
-        if !w.attempt_id.is_empty() {
+        if w.attempt_id.is_empty() {
+            tx.c().batch_execute("COMMIT").await?;
+            tx.done();
+        } else {
             let (channels, payloads): (Vec<String>, Vec<String>) =
                 std::mem::take(&mut w.notify).into_iter().unzip();
-            tx.query_one_cached(
-                WRITE,
-                &[
-                    &w.attempt_id,
-                    &w.attempt_state,
-                    &w.exit_code,
-                    &w.signal,
-                    &w.reason,
-                    &w.peak_rss,
-                    &w.cpu_ms,
-                    &w.fingerprint,
-                    &w.job_id,
-                    &w.job_state,
-                    &w.failures,
-                    &w.lost,
-                    &w.retry_in_ms,
-                    &w.terminal,
-                    &w.event,
-                    &w.payload,
-                    &channels,
-                    &payloads,
-                ],
-            )
-            .await?;
+            let write = tx.c().prepare_cached(WRITE).await?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 18] = [
+                &w.attempt_id,
+                &w.attempt_state,
+                &w.exit_code,
+                &w.signal,
+                &w.reason,
+                &w.peak_rss,
+                &w.cpu_ms,
+                &w.fingerprint,
+                &w.job_id,
+                &w.job_state,
+                &w.failures,
+                &w.lost,
+                &w.retry_in_ms,
+                &w.terminal,
+                &w.event,
+                &w.payload,
+                &channels,
+                &payloads,
+            ];
+            // The write and COMMIT go out together. If the write fails, PostgreSQL ends the
+            // aborted transaction at COMMIT with a rollback: nothing is written either way.
+            let (wrote, committed) = tokio::join!(
+                tx.c().query_one(&write, &params),
+                tx.c().batch_execute("COMMIT")
+            );
+            committed?;
+            tx.done();
+            wrote?;
         }
-        tx.commit().await?;
         Ok(out)
+    }
+}
+
+/// A transaction driven by hand, so that BEGIN can share a round trip with the first
+/// statement and COMMIT with the last (tokio-postgres pipelines requests made at once on
+/// one connection); the group's four statements then cost two round trips. A connection
+/// left inside the transaction — an error or a cancelled future before COMMIT went out —
+/// is never returned to the pool: it is closed, and PostgreSQL rolls back.
+struct Pipelined {
+    client: Option<deadpool_postgres::Object>,
+}
+
+impl Pipelined {
+    fn new(client: deadpool_postgres::Object) -> Self {
+        Pipelined {
+            client: Some(client),
+        }
+    }
+
+    fn c(&self) -> &deadpool_postgres::Object {
+        // Present until `done` or drop, both of which end the value's use.
+        self.client.as_ref().expect("connection present until done")
+    }
+
+    /// The transaction has ended (COMMIT was answered): the connection may be reused.
+    fn done(&mut self) {
+        drop(self.client.take());
+    }
+}
+
+impl Drop for Pipelined {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            drop(deadpool_postgres::Object::take(c));
+        }
     }
 }
 
 /// Checks one result against its locked rows, decides the transition and adds its writes.
 /// A failure with output gets its fingerprint (and its group updated) here, in the same
 /// transaction; the success path runs no statement.
-async fn decide(tx: &Transaction<'_>, row: &Row, p: &Pending, w: &mut Writes) -> Result<Ended> {
+async fn decide(tx: &impl GenericClient, row: &Row, p: &Pending, w: &mut Writes) -> Result<Ended> {
     let (attempt_id, req) = (p.attempt_id, &p.req);
     if let Some(principal) = &p.worker {
         principal.check_worker(&row.try_get::<_, String>("worker_id")?)?;
