@@ -26,9 +26,11 @@
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long to wait for a killed cgroup to become empty.
@@ -72,6 +74,8 @@ pub struct Containment {
     cpu: Option<Ctl>,
     /// No cgroups: the worker is a child subreaper and kills descendants by marker.
     subreaper: bool,
+    /// The kept slot cgroups' files, open, by slot.
+    slot_files: Arc<Mutex<HashMap<usize, Arc<SlotFiles>>>>,
 }
 
 /// One line of /proc/self/mountinfo that mounts a cgroup file system.
@@ -470,6 +474,7 @@ impl Containment {
             memory_limit: limits.memory_bytes,
             kept: false,
             cpu_base_usec: 0,
+            files: None,
         };
         let mk = |d: &Path| {
             if d.exists() {
@@ -527,18 +532,22 @@ impl Containment {
     /// die: a job never starts beside another's leftovers.
     fn slot_cgroup(&self, kill_base: &Path, i: usize) -> Option<AttemptCgroup> {
         let dir = kill_base.join(slot_dir_name(i));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                if populated(&dir) {
-                    tracing::warn!(dir = %dir.display(), "slot cgroup still holds processes; this attempt gets its own");
-                    return None;
+        let files = self.slot_files(i, &dir)?;
+        // Read through the open files; an error means the directory went away (someone
+        // removed it): forget the files, and this attempt gets a cgroup of its own.
+        let (populated, cpu) = match (files.populated(), files.cpu_usage_usec()) {
+            (Ok(p), Ok(c)) => (p, c),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "slot cgroup unreadable; this attempt gets its own");
+                if let Ok(mut m) = self.slot_files.lock() {
+                    m.remove(&i);
                 }
-            }
-            Err(e) => {
-                tracing::debug!(dir = %dir.display(), error = %e, "cannot create slot cgroup");
                 return None;
             }
+        };
+        if populated {
+            tracing::warn!(dir = %dir.display(), "slot cgroup still holds processes; this attempt gets its own");
+            return None;
         }
         let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
         let cpu_v2 = self
@@ -546,8 +555,6 @@ impl Containment {
             .as_ref()
             .is_some_and(|c| c.flavor == Flavor::V2)
             .then(|| dir.clone());
-        // The counter only grows while a process is in the cgroup, and it is empty now.
-        let cpu_base_usec = cpu_usage_usec(cpu_v2.as_ref().unwrap_or(&dir)).unwrap_or(0);
         Some(AttemptCgroup {
             v2: dir,
             v1: Vec::new(),
@@ -556,9 +563,101 @@ impl Containment {
             procs: vec![procs],
             memory_limit: None,
             kept: true,
-            cpu_base_usec,
+            // The counter only grows while a process is in the cgroup, and it is empty.
+            cpu_base_usec: cpu,
+            files: Some(files),
         })
     }
+
+    /// Slot `i`'s open files, the cgroup made and its files opened the first time.
+    fn slot_files(&self, i: usize, dir: &Path) -> Option<Arc<SlotFiles>> {
+        let mut map = self.slot_files.lock().ok()?;
+        if let Some(f) = map.get(&i) {
+            return Some(f.clone());
+        }
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot create slot cgroup");
+                return None;
+            }
+        }
+        match SlotFiles::open(dir) {
+            Ok(f) => {
+                let f = Arc::new(f);
+                map.insert(i, f.clone());
+                Some(f)
+            }
+            Err(e) => {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot open slot cgroup files");
+                None
+            }
+        }
+    }
+}
+
+/// A kept slot cgroup's files, open for all its attempts: reading and writing through
+/// these spares an open, a walk of the cgroupfs path and a close each time, four times
+/// per attempt.
+#[derive(Debug)]
+struct SlotFiles {
+    events: std::fs::File,
+    kill: std::fs::File,
+    cpu: std::fs::File,
+}
+
+impl SlotFiles {
+    fn open(dir: &Path) -> std::io::Result<SlotFiles> {
+        Ok(SlotFiles {
+            events: std::fs::File::open(dir.join("cgroup.events"))?,
+            kill: std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join("cgroup.kill"))?,
+            // v2's cpu.stat has usage_usec even without the cpu controller.
+            cpu: std::fs::File::open(dir.join("cpu.stat"))?,
+        })
+    }
+
+    fn populated(&self) -> std::io::Result<bool> {
+        Ok(is_populated(&read_from_start(&self.events)?))
+    }
+
+    fn cpu_usage_usec(&self) -> std::io::Result<u64> {
+        usage_usec(&read_from_start(&self.cpu)?)
+            .ok_or_else(|| std::io::Error::other("cpu.stat has no usage_usec"))
+    }
+
+    fn kill(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.kill.write_at(b"1", 0).map(|_| ())
+    }
+}
+
+/// A cgroup file's whole text, read again from its start (cgroupfs regenerates it).
+fn read_from_start(f: &std::fs::File) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    while len < buf.len() {
+        match f.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+fn is_populated(events: &str) -> bool {
+    events.lines().any(|l| l.trim() == "populated 1")
+}
+
+fn usage_usec(cpu_stat: &str) -> Option<u64> {
+    cpu_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
 }
 
 /// A slot's cgroup directory name; attempts' are `drover-<id>` ([`worker_dir_name`]).
@@ -568,9 +667,7 @@ fn slot_dir_name(i: usize) -> String {
 
 /// `usage_usec` of a v2 cgroup's `cpu.stat` (present even without the cpu controller).
 fn cpu_usage_usec(dir: &Path) -> Option<u64> {
-    let text = read_cgroup_file(&dir.join("cpu.stat"));
-    text.lines()
-        .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
+    usage_usec(&read_cgroup_file(&dir.join("cpu.stat")))
 }
 
 /// On a pure v2 host the controllers must be enabled top-down, and a cgroup with processes
@@ -636,15 +733,13 @@ fn kill_members(dir: &Path, sig: Signal) {
 
 /// A small cgroup file's text ("" if it cannot be read).
 fn read_cgroup_file(path: &Path) -> String {
-    let mut buf = [0u8; 4096];
+    let mut buf = [0u8; 1024];
     let len = crate::process::read_small(path, &mut buf).unwrap_or(0);
     String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
 fn populated(dir: &Path) -> bool {
-    read_cgroup_file(&dir.join("cgroup.events"))
-        .lines()
-        .any(|l| l.trim() == "populated 1")
+    is_populated(&read_cgroup_file(&dir.join("cgroup.events")))
 }
 
 fn wait_empty_blocking(dir: &Path) {
@@ -689,6 +784,8 @@ pub struct AttemptCgroup {
     kept: bool,
     /// CPU time the cgroup had counted before this attempt (earlier attempts in the slot).
     cpu_base_usec: u64,
+    /// A slot's cgroup: its files, open.
+    files: Option<Arc<SlotFiles>>,
 }
 
 impl AttemptCgroup {
@@ -723,7 +820,11 @@ impl AttemptCgroup {
 
     /// SIGKILLs everything in the attempt at once.
     pub fn kill(&self) {
-        if let Err(e) = write(&self.v2.join("cgroup.kill"), "1") {
+        let killed = match &self.files {
+            Some(f) => f.kill(),
+            None => write(&self.v2.join("cgroup.kill"), "1"),
+        };
+        if let Err(e) = killed {
             tracing::warn!(dir = %self.v2.display(), error = %e, "cgroup.kill failed; killing members");
             kill_members(&self.v2, Signal::SIGKILL);
         }
@@ -733,8 +834,15 @@ impl AttemptCgroup {
     pub async fn kill_and_wait(&self) {
         self.kill();
         let start = std::time::Instant::now();
-        while populated(&self.v2) && start.elapsed() < EMPTY_WAIT {
+        while self.populated() && start.elapsed() < EMPTY_WAIT {
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn populated(&self) -> bool {
+        match &self.files {
+            Some(f) => f.populated().unwrap_or(false),
+            None => populated(&self.v2),
         }
     }
 
@@ -765,8 +873,11 @@ impl AttemptCgroup {
             }
         }
         let cpu_dir = self.cpu_v2.as_ref().unwrap_or(&self.v2);
-        u.cpu_time_ms =
-            cpu_usage_usec(cpu_dir).map(|us| us.saturating_sub(self.cpu_base_usec) / 1000);
+        let usec = match &self.files {
+            Some(f) => f.cpu_usage_usec().ok(),
+            None => cpu_usage_usec(cpu_dir),
+        };
+        u.cpu_time_ms = usec.map(|us| us.saturating_sub(self.cpu_base_usec) / 1000);
         u
     }
 
@@ -873,6 +984,7 @@ impl AttemptCgroup {
             memory_limit: None,
             kept: false,
             cpu_base_usec: 0,
+            files: None,
         })
     }
 }
