@@ -71,14 +71,15 @@ impl Session {
 }
 
 /// How a dispatch round ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Round {
     /// Some worker may still take more work now: run another round at once.
     More,
     /// No worker with credit was left wanting: nothing to do until credit returns.
     NoCredit,
-    /// Some worker has credit but found no due job: sleep until the next one is due.
-    Starved,
+    /// Some worker has credit but found no due job in these queues: sleep until the next
+    /// one there is due.
+    Starved(Vec<String>),
 }
 
 pub struct Dispatcher {
@@ -293,7 +294,10 @@ impl Dispatcher {
         } else if exhausted.is_empty() {
             Round::NoCredit
         } else {
-            Round::Starved
+            let mut queues: Vec<String> = exhausted.into_iter().flat_map(|(q, _)| q).collect();
+            queues.sort();
+            queues.dedup();
+            Round::Starved(queues)
         })
     }
 
@@ -320,10 +324,9 @@ impl Dispatcher {
             let pause = match self.round().await {
                 Ok(Round::More) => Duration::ZERO,
                 // Every worker is full: returned credit wakes the loop, so there is no
-                // next due time to look up (under load this is most rounds, and the
-                // lookup reads every pending job's index entry).
+                // next due time to look up (under load this is most rounds).
                 Ok(Round::NoCredit) => self.sweep,
-                Ok(Round::Starved) => match self.store.next_due().await {
+                Ok(Round::Starved(queues)) => match self.store.next_due(&queues).await {
                     Ok(Some(t)) => (t - chrono::Utc::now())
                         .to_std()
                         .unwrap_or(Duration::ZERO)

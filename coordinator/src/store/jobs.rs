@@ -338,12 +338,13 @@ impl Store {
     }
 
     /// Earliest time a pending job becomes due, if any is waiting out a backoff.
-    pub async fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+    pub async fn next_due(&self, queues: &[String]) -> Result<Option<DateTime<Utc>>> {
         const NEXT_DUE: &str = include_str!("sql/jobs/next_due.sql");
         measured("next_due", async {
-            let c = self.pool.get().await?;
-            // Jobs waiting for dependencies have a far-future not_before: no timer for those.
-            let row = c.query_one_cached(NEXT_DUE, &[]).await?;
+            // On the per-job pool: its plans probe the pending indexes whatever the
+            // statistics say.
+            let c = self.hot.get().await?;
+            let row = c.query_one_cached(NEXT_DUE, &[&queues]).await?;
             let due: Option<DateTime<Utc>> = row.try_get(0)?;
             // A rate-limited key's next token is a due time too.
             Ok(match (due, self.next_token_at()) {
