@@ -472,7 +472,6 @@ impl Containment {
             cpu_v2: None,
             procs: Vec::new(),
             memory_limit: limits.memory_bytes,
-            kept: false,
             cpu_base_usec: 0,
             files: None,
         };
@@ -550,19 +549,14 @@ impl Containment {
             return None;
         }
         let procs = CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()?;
-        let cpu_v2 = self
-            .cpu
-            .as_ref()
-            .is_some_and(|c| c.flavor == Flavor::V2)
-            .then(|| dir.clone());
         Some(AttemptCgroup {
             v2: dir,
             v1: Vec::new(),
             memory: None,
-            cpu_v2,
+            // Its cpu.stat is read through `files`.
+            cpu_v2: None,
             procs: vec![procs],
             memory_limit: None,
-            kept: true,
             // The counter only grows while a process is in the cgroup, and it is empty.
             cpu_base_usec: cpu,
             files: Some(files),
@@ -620,11 +614,11 @@ impl SlotFiles {
     }
 
     fn populated(&self) -> std::io::Result<bool> {
-        Ok(is_populated(&read_from_start(&self.events)?))
+        Ok(is_populated(&read_open_cgroup_file(&self.events)?))
     }
 
     fn cpu_usage_usec(&self) -> std::io::Result<u64> {
-        usage_usec(&read_from_start(&self.cpu)?)
+        usage_usec(&read_open_cgroup_file(&self.cpu)?)
             .ok_or_else(|| std::io::Error::other("cpu.stat has no usage_usec"))
     }
 
@@ -634,19 +628,10 @@ impl SlotFiles {
     }
 }
 
-/// A cgroup file's whole text, read again from its start (cgroupfs regenerates it).
-fn read_from_start(f: &std::fs::File) -> std::io::Result<String> {
-    use std::os::unix::fs::FileExt;
+/// A cgroup file's whole text, read again from its start through an open descriptor.
+fn read_open_cgroup_file(f: &std::fs::File) -> std::io::Result<String> {
     let mut buf = [0u8; 1024];
-    let mut len = 0;
-    while len < buf.len() {
-        match f.read_at(&mut buf[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    let len = crate::process::read_from_start(f, &mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
@@ -780,11 +765,10 @@ pub struct AttemptCgroup {
     /// `cgroup.procs` of each, made before the clone: the child must not allocate.
     procs: Vec<CString>,
     pub memory_limit: Option<u64>,
-    /// A slot's cgroup: kept for the slot's next attempt instead of removed.
-    kept: bool,
     /// CPU time the cgroup had counted before this attempt (earlier attempts in the slot).
     cpu_base_usec: u64,
-    /// A slot's cgroup: its files, open.
+    /// A slot's cgroup (kept for the slot's next attempt instead of removed): its files,
+    /// open.
     files: Option<Arc<SlotFiles>>,
 }
 
@@ -883,7 +867,7 @@ impl AttemptCgroup {
 
     /// Removes the (empty) cgroup directories; a slot's stays for its next attempt.
     pub fn remove(&self) {
-        if self.kept {
+        if self.files.is_some() {
             return;
         }
         for d in self.v1.iter().chain(std::iter::once(&self.v2)) {
@@ -982,7 +966,6 @@ impl AttemptCgroup {
             cpu_v2: None,
             procs: vec![procs],
             memory_limit: None,
-            kept: false,
             cpu_base_usec: 0,
             files: None,
         })

@@ -127,11 +127,17 @@ impl TailBuffer {
 /// `buf.len()`). For the worker's per-attempt reads of such files, `read_to_string`'s stat
 /// and growing reads cost more than the reading itself.
 pub(crate) fn read_small(path: &Path, buf: &mut [u8]) -> std::io::Result<usize> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
+    read_from_start(&std::fs::File::open(path)?, buf)
+}
+
+/// Reads an open file from offset 0 into `buf` (at most `buf.len()` bytes): /proc and
+/// cgroupfs files regenerate their text for a read at 0, so one descriptor can be read
+/// again and again.
+pub(crate) fn read_from_start(file: &std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
     let mut len = 0;
     while len < buf.len() {
-        match file.read(&mut buf[len..]) {
+        match file.read_at(&mut buf[len..], len as u64) {
             Ok(0) => break,
             Ok(n) => len += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

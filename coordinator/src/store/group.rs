@@ -192,7 +192,6 @@ impl Store {
         );
         begun?;
         let rows = rows?;
-        let tx = &mut tx;
         let mut by_id: HashMap<Uuid, &Row> = HashMap::with_capacity(rows.len());
         for r in &rows {
             by_id.insert(r.try_get("id")?, r);
