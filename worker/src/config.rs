@@ -46,7 +46,7 @@ pub struct Config {
     pub log_format: String,
     /// If set, log lines also go to a file here, rotated daily, 7 kept.
     pub log_dir: Option<PathBuf>,
-    /// How attempts are contained: `auto` (a cgroup per attempt where the worker can
+    /// How attempts are contained: `auto` (a cgroup per attempt or slot where the worker can
     /// create one, else a child subreaper) or `subreaper` (never cgroups; no limits).
     pub containment: String,
     /// Turn on cgroup2's `favordynmods` mount option (if off) so that joining an attempt's

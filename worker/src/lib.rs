@@ -2,7 +2,7 @@
 //! given as child processes, and delivers their output and results.
 //!
 //! - [`agent`] — the session and the per-attempt tasks.
-//! - [`containment`] — a cgroup per attempt (or a subreaper): nothing a job starts outlives it.
+//! - [`containment`] — a cgroup per attempt or slot (or a subreaper): nothing a job starts outlives it.
 //! - [`jobsetup`] — what a job starts with: allowed program, minimal environment, user, secrets.
 //! - [`outputs`] — finding and hashing a job's declared output files.
 //! - [`process`] — running one program in its own process group (timeouts, stop).
