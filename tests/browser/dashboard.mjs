@@ -211,9 +211,17 @@ try {
   await page.waitForSelector("#log .line");
   check(await page.isVisible("#earlier"), "a big log opens at its tail, with earlier output to load");
   const tailLines = await page.$$eval("#log .line", (l) => l.length);
-  for (let i = 0; i < 40 && (await page.isVisible("#earlier")); i++) {
+  for (let i = 0; i < 40; i++) {
     const n = await page.$$eval("#log .line", (l) => l.length);
-    await page.click("#earlier");
+    // Checked and clicked in one step in the page: a load the page started itself (a
+    // scroll to the top clicks too) may hide the button between a check and a click.
+    const clicked = await page.evaluate(() => {
+      const b = document.getElementById("earlier");
+      if (b.hidden) return false;
+      b.click();
+      return true;
+    });
+    if (!clicked) break;
     await page.waitForFunction((n) => document.querySelectorAll("#log .line").length > n, n);
   }
   const allLines = await page.$$eval("#log .line", (l) => l.length);

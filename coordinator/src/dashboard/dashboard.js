@@ -337,15 +337,23 @@ function logViewer() {
     });
   }
 
+  // One page of earlier output at a time: a click while one loads (a scroll to the top
+  // also clicks) would prepend the same page twice.
+  let loadingEarlier = false;
   earlier.addEventListener("click", async () => {
-    if (firstSeq === null) return;
-    const r = await loadPage(firstSeq);
-    const height = document.body.scrollHeight;
-    pre.prepend(renderChunks(r.chunks, {}));
-    if (r.chunks.length) firstSeq = r.first_seq;
-    earlier.hidden = !r.more_before;
-    numberLines();
-    window.scrollTo(0, window.scrollY + document.body.scrollHeight - height);
+    if (firstSeq === null || loadingEarlier) return;
+    loadingEarlier = true;
+    try {
+      const r = await loadPage(firstSeq);
+      const height = document.body.scrollHeight;
+      pre.prepend(renderChunks(r.chunks, {}));
+      if (r.chunks.length) firstSeq = r.first_seq;
+      earlier.hidden = !r.more_before;
+      numberLines();
+      window.scrollTo(0, window.scrollY + document.body.scrollHeight - height);
+    } finally {
+      loadingEarlier = false;
+    }
   });
   window.addEventListener("scroll", () => {
     if (window.scrollY === 0 && !earlier.hidden) earlier.click();
