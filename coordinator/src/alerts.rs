@@ -169,11 +169,44 @@ async fn prune(store: &Store, cfg: &AlertsConfig) {
     }
 }
 
+/// How long one arming of the outbox gate holds, and how often it is renewed. Long, so a
+/// restart of the coordinators with event rules loses no event.
+pub const OUTBOX_GATE_TTL: Duration = Duration::from_secs(600);
+const OUTBOX_GATE_RENEW: Duration = Duration::from_secs(60);
+
+impl AlertsConfig {
+    /// Whether some rule counts job events, i.e. reads the outbox.
+    pub fn wants_events(&self) -> bool {
+        self.rules.iter().any(|r| !r.kind.is_condition())
+    }
+}
+
+/// Keeps the outbox gate open while this coordinator runs (it has event rules; the first
+/// arming is done before it serves, see `server::start`).
+pub async fn keep_outbox_gate(store: Store, shutdown: CancellationToken) {
+    loop {
+        let pause = match store
+            .arm_gate(crate::store::OUTBOX_GATE, OUTBOX_GATE_TTL.as_secs() as i64)
+            .await
+        {
+            Ok(()) => OUTBOX_GATE_RENEW,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew the outbox gate; retrying");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// One pass: outbox → windows, closed windows → notifications, conditions → notifications.
 pub async fn evaluate(store: &Store, cfg: &AlertsConfig, lease_ttl_ms: i64) -> Result<()> {
-    // Without event rules nothing reads the outbox (no work per job at all); retention
-    // still deletes its rows by age.
-    if cfg.rules.iter().any(|r| !r.kind.is_condition()) {
+    // Without event rules nothing reads the outbox (and no row is written to it unless
+    // another coordinator has event rules); retention deletes unread rows by age.
+    if cfg.wants_events() {
         while read_outbox(store, cfg).await? == OUTBOX_BATCH as usize {}
     }
     close_windows(store, cfg).await?;

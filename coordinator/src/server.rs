@@ -53,6 +53,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Coordinator> {
     check_config(&cfg)?;
     crate::metrics::install();
     let (store, retention) = prepare_database(&cfg).await?;
+    if cfg.alerts.wants_events() {
+        // Before anything is served, so no event of a job this coordinator handles is lost.
+        store
+            .arm_gate(
+                crate::store::OUTBOX_GATE,
+                crate::alerts::OUTBOX_GATE_TTL.as_secs() as i64,
+            )
+            .await
+            .with_context(|| "opening the outbox gate for the event rules")?;
+    }
     let id = coordinator_id();
     let tls = load_tls(&cfg)?;
     let listeners = Listeners::bind(&cfg).await?;
@@ -298,6 +308,17 @@ impl Services {
         tasks.push(tokio::spawn(listen::run(
             cfg.database_url.clone(),
             self.dispatcher.clone(),
+            shutdown.child_token(),
+        )));
+        if cfg.alerts.wants_events() {
+            tasks.push(tokio::spawn(crate::alerts::keep_outbox_gate(
+                self.store.clone(),
+                shutdown.child_token(),
+            )));
+        }
+        tasks.push(tokio::spawn(crate::job_watch::keep_gate(
+            self.store.clone(),
+            self.dispatcher.jobs.clone(),
             shutdown.child_token(),
         )));
         tasks.push(tokio::spawn(leader::run(

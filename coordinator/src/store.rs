@@ -115,6 +115,12 @@ pub(crate) async fn measured<T>(
     r
 }
 
+/// Gates: sequences whose value is the time (epoch seconds) until which something costly
+/// per job is wanted. State notifications for watchers (V31):
+pub const WATCH_GATE: &str = "drover_watch_gate";
+/// Outbox rows for event rules (V32).
+pub const OUTBOX_GATE: &str = "drover_outbox_gate";
+
 /// NOTIFY channel: a job became ready to lease (payload: queue).
 pub const JOBS_CHANNEL: &str = "drover_jobs";
 /// NOTIFY channel: orders for whichever coordinator holds a worker's session
@@ -387,6 +393,18 @@ impl Store {
         measured("ping", async {
             let c = self.pool.get().await?;
             c.simple_query(PING).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Keeps a gate open for `secs` more seconds (database clock): [`WATCH_GATE`] or
+    /// [`OUTBOX_GATE`].
+    pub async fn arm_gate(&self, gate: &'static str, secs: i64) -> Result<()> {
+        const ARM_GATE: &str = include_str!("store/sql/common/arm_gate.sql");
+        measured("arm_gate", async {
+            let c = self.pool.get().await?;
+            c.query_one_cached(ARM_GATE, &[&gate, &secs]).await?;
             Ok(())
         })
         .await

@@ -121,6 +121,16 @@ impl TestDb {
         })
     }
 
+    /// Opens the outbox gate (V32) for good, as a coordinator with an event rule does while
+    /// it runs: for tests that check the outbox rows a change writes.
+    pub async fn want_outbox_events(&self) -> Result<()> {
+        self.client()
+            .await?
+            .batch_execute("SELECT setval('drover_outbox_gate', 4000000000)")
+            .await?;
+        Ok(())
+    }
+
     /// A connection to this test's database, for checks the API does not expose.
     pub async fn client(&self) -> Result<tokio_postgres::Client> {
         let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;

@@ -67,6 +67,7 @@ fn results_of(r: pb::SubmitJobsResponse) -> Vec<pb::SubmitJobResult> {
 #[tokio::test]
 async fn submit_jobs_stores_a_batch_with_one_result_per_spec() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
+    cl.db.want_outbox_events().await?;
     let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
     let mut api = jobs(&addr).await?;
     // A job submitted before, whose key the batch reuses once the same way and once not.

@@ -270,6 +270,7 @@ async fn stale_lease_reports_are_refused_and_change_nothing() -> anyhow::Result<
 #[tokio::test]
 async fn a_state_change_and_what_it_implies_commit_together_or_not_at_all() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
+    cl.db.want_outbox_events().await?;
     // The fake worker heartbeats once: a lease far longer than the test keeps the attempt
     // running until the finish, however slow the machine.
     let (_c, addr) = cl.coordinator("coord", &long_lease())?;
@@ -334,6 +335,7 @@ async fn counts(db: &tokio_postgres::Client) -> anyhow::Result<(i64, i64, i64)> 
 async fn submit_cancel_retry_and_rerun_commit_with_their_event_or_not_at_all() -> anyhow::Result<()>
 {
     let cl = Cluster::new().await?;
+    cl.db.want_outbox_events().await?;
     // No worker: the job stays pending until cancelled.
     let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
     let mut api = jobs(&addr).await?;

@@ -565,6 +565,64 @@ async fn a_bad_alerts_config_stops_the_coordinator_with_the_key_named() -> Resul
     Ok(())
 }
 
+// ------------------------------------------------------------------ the outbox gate
+
+#[tokio::test]
+async fn outbox_rows_are_written_only_while_an_event_rule_wants_them() -> Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c1, addr) = cl.coordinator("plain", &CoordinatorOpts::default())?;
+    let _w = cl.worker("w1", &addr, 2, &[])?;
+    let db = cl.db.client().await?;
+    // A copy of every outbox row, as the alert evaluator deletes the rows it reads.
+    db.batch_execute(
+        "CREATE TABLE outbox_seen (job_id uuid, event text); \
+         CREATE FUNCTION copy_outbox() RETURNS trigger LANGUAGE plpgsql AS \
+           $$ BEGIN INSERT INTO outbox_seen VALUES (NEW.job_id, NEW.event); RETURN NULL; END $$; \
+         CREATE TRIGGER copy_outbox AFTER INSERT ON outbox \
+           FOR EACH ROW EXECUTE FUNCTION copy_outbox();",
+    )
+    .await?;
+    let seen = |id: String| {
+        let db = &db;
+        async move {
+            let id: uuid::Uuid = id.parse()?;
+            let rows = db
+                .query(
+                    "SELECT event FROM outbox_seen WHERE job_id = $1 ORDER BY event",
+                    &[&id],
+                )
+                .await?;
+            Ok::<Vec<String>, anyhow::Error>(rows.iter().map(|r| r.get(0)).collect())
+        }
+    };
+    let mut api = jobs(&addr).await?;
+    let before = submit(&mut api, sh("true")).await?;
+    wait_state(&mut api, &before.id, pb::JobState::Succeeded).await?;
+    assert_eq!(
+        seen(before.id.clone()).await?,
+        Vec::<String>::new(),
+        "no coordinator has an event rule: nothing reads the outbox, so nothing is written"
+    );
+    // A coordinator with an event rule opens the gate before it serves; from then on
+    // every coordinator's changes write their events.
+    let rules = "[[alerts.rules]]\nname = \"failed\"\nkind = \"permanent_failed\"\n\
+                 channel = \"hook\"\n";
+    let (_c2, _) = cl.coordinator(
+        "with-rules",
+        &CoordinatorOpts {
+            config_toml: Some(alerts_toml("http://127.0.0.1:9", rules, "")),
+            ..Default::default()
+        },
+    )?;
+    let after = submit(&mut api, sh("true")).await?;
+    wait_state(&mut api, &after.id, pb::JobState::Succeeded).await?;
+    assert_eq!(
+        seen(after.id.clone()).await?,
+        vec!["job.submitted".to_string(), "job.succeeded".to_string()]
+    );
+    Ok(())
+}
+
 // ------------------------------------------------------------------ webhook delivery
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -207,6 +207,7 @@ async fn claim_leases_each_due_job_once() -> anyhow::Result<()> {
 #[tokio::test]
 async fn end_attempt_succeeds_retries_and_refuses_stale_results() -> anyhow::Result<()> {
     let (tdb, store) = store().await?;
+    tdb.want_outbox_events().await?;
     let (ok, _) = store.submit(&spec(&["true"]), &policy(), None).await?;
     let a = claim_one(&store, "w1", LEASE).await?;
     let e = store.end_attempt(a, &end(RawResult::Exited(0))).await?;
@@ -593,6 +594,7 @@ async fn results_arriving_together_share_a_transaction_and_are_judged_alone() ->
     let metrics = drover_coordinator::metrics::install()
         .ok_or_else(|| anyhow::anyhow!("no metrics recorder"))?;
     let (tdb, store) = store().await?;
+    tdb.want_outbox_events().await?;
     for _ in 0..24 {
         store.submit(&spec(&["true"]), &policy(), None).await?;
     }

@@ -120,6 +120,146 @@ async fn a_filter_watch_sees_changes_made_through_another_coordinator() -> anyho
     Ok(())
 }
 
+/// A LISTEN connection of the test's own on the state channel: notifications arrive in
+/// commit order, so everything sent before a marker the test NOTIFYs arrives before it.
+struct Listener {
+    client: tokio_postgres::Client,
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Listener {
+    async fn new(url: &str) -> anyhow::Result<Listener> {
+        let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut m = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(Ok(msg)) = m.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                    let _ = tx.send(n.payload().to_string());
+                }
+            }
+        });
+        client.batch_execute("LISTEN drover_job_states").await?;
+        Ok(Listener { client, rx })
+    }
+
+    /// Every payload sent on the channel since the last call.
+    async fn drain(&mut self, marker: &str) -> anyhow::Result<Vec<String>> {
+        self.client
+            .execute("SELECT pg_notify('drover_job_states', $1)", &[&marker])
+            .await?;
+        let mut got = Vec::new();
+        loop {
+            let p = tokio::time::timeout(PATIENCE, self.rx.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("marker {marker} not heard"))?
+                .ok_or_else(|| anyhow::anyhow!("LISTEN connection closed"))?;
+            if p == marker {
+                return Ok(got);
+            }
+            got.push(p);
+        }
+    }
+}
+
+#[tokio::test]
+async fn state_changes_are_announced_only_while_someone_watches() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let _w = cl.worker("w1", &addr, 2, &[])?;
+    let mut api = jobs(&addr).await?;
+    let mut heard = Listener::new(&cl.db.url).await?;
+    let quiet = submit(&mut api, sh("true")).await?;
+    wait_state(&mut api, &quiet.id, pb::JobState::Succeeded).await?;
+    assert_eq!(
+        heard.drain("marker-1").await?,
+        Vec::<String>::new(),
+        "no watch is open: a job's three state changes must not be announced"
+    );
+    // A watch opens: its coordinator arms the gate, and every change is announced.
+    let _s = api
+        .watch_jobs(pb::WatchJobsRequest {
+            queue: "default".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let db = cl.db.client().await?;
+    let start = std::time::Instant::now();
+    loop {
+        let armed: bool = db
+            .query_one(
+                "SELECT coalesce(pg_sequence_last_value('drover_watch_gate') \
+                   > extract(epoch FROM now()), false)",
+                &[],
+            )
+            .await?
+            .get(0);
+        if armed {
+            break;
+        }
+        anyhow::ensure!(start.elapsed() < PATIENCE, "the watch gate was never armed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let watched = submit(&mut api, sh("true")).await?;
+    wait_state(&mut api, &watched.id, pb::JobState::Succeeded).await?;
+    let got = heard.drain("marker-2").await?;
+    for state in ["pending", "running", "succeeded"] {
+        let want = format!("{} {state} default", watched.id);
+        assert!(got.contains(&want), "{want:?} not among {got:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_change_written_while_nobody_watched_and_committed_later_still_reaches_a_watch(
+) -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let mut api = jobs(&addr).await?;
+    // No worker: the job stays pending until the test's own transaction cancels it.
+    let job = submit(&mut api, sh("true")).await?;
+    let mut db = cl.db.client().await?;
+    let closed: Option<i64> = db
+        .query_one("SELECT pg_sequence_last_value('drover_watch_gate')", &[])
+        .await?
+        .get(0);
+    assert_eq!(closed, None, "no watch was ever open: the gate is closed");
+    let tx = db.transaction().await?;
+    let id: uuid::Uuid = job.id.parse()?;
+    let n = tx
+        .execute(
+            "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now(), \
+             reason = 'cancelled by the test' WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    assert_eq!(n, 1);
+    // The row was written with the gate closed, so its commit will announce nothing. The
+    // watch reads the job before that commit...
+    let mut s = api
+        .watch_jobs(pb::WatchJobsRequest {
+            ids: vec![job.id.clone()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let first = next(&mut s)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+    assert!(first.initial);
+    assert_eq!(state_of(&first), pb::JobState::Pending as i32);
+    // ...and must still hear of it: the coordinator re-reads once every transaction that
+    // was running when it armed the gate has ended.
+    tx.commit().await?;
+    let later = next(&mut s)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+    assert!(!later.initial);
+    assert_eq!(state_of(&later), pb::JobState::Cancelled as i32);
+    Ok(())
+}
+
 #[tokio::test]
 async fn wait_job_returns_the_finished_job_or_deadline_exceeded() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;

@@ -183,6 +183,8 @@ async fn run_as_runs_jobs_as_that_user_in_a_work_directory_it_owns() -> anyhow::
 #[tokio::test]
 async fn secrets_reach_the_job_but_not_the_api_or_the_stored_log() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
+    // The outbox is searched for the secret below: have rows written to it.
+    cl.db.want_outbox_events().await?;
     let (c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
     let secrets = cl.path("secrets");
     std::fs::create_dir_all(&secrets)?;

@@ -1,5 +1,6 @@
 //! Reads for WatchJobs and WaitJob: several jobs by id, and the jobs of a filter that
-//! changed lately (after a watcher may have missed notifications).
+//! changed lately (after a watcher may have missed notifications), and the gate that turns
+//! state notifications on while someone watches (V31).
 
 use super::{job_from_row, measured, Cached, JobRow, Store};
 use crate::error::Result;
@@ -47,6 +48,28 @@ impl Store {
             .iter()
             .map(job_from_row)
             .collect()
+        })
+        .await
+    }
+
+    /// An id above every transaction running now (see [`Store::horizon_passed`]).
+    pub async fn xact_horizon(&self) -> Result<i64> {
+        const XACT_HORIZON: &str = include_str!("sql/watch/xact_horizon.sql");
+        measured("xact_horizon", async {
+            let c = self.pool.get().await?;
+            Ok(c.query_one_cached(XACT_HORIZON, &[]).await?.try_get(0)?)
+        })
+        .await
+    }
+
+    /// Whether every transaction that was running when `horizon` was read has ended.
+    pub async fn horizon_passed(&self, horizon: i64) -> Result<bool> {
+        const HORIZON_PASSED: &str = include_str!("sql/watch/horizon_passed.sql");
+        measured("horizon_passed", async {
+            let c = self.pool.get().await?;
+            Ok(c.query_one_cached(HORIZON_PASSED, &[&horizon])
+                .await?
+                .try_get(0)?)
         })
         .await
     }

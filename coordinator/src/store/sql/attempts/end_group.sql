@@ -20,6 +20,7 @@ WITH u AS (
       FROM u WHERE jobs.id = u.job_id
   ), o AS (
     INSERT INTO outbox (job_id, event, payload) SELECT u.job_id, u.event, u.payload FROM u
+     WHERE pg_sequence_last_value('drover_outbox_gate') > extract(epoch FROM statement_timestamp())
   )
   SELECT count(pg_notify(n.channel, n.payload))
     FROM unnest($17::text[], $18::text[]) AS n(channel, payload)

@@ -29,5 +29,6 @@ ins AS (
 ob AS (
   INSERT INTO outbox (job_id, event, payload)
   SELECT id, 'job.submitted',
-         jsonb_build_object('queue', queue, 'retry_of', NULL) FROM ins)
+         jsonb_build_object('queue', queue, 'retry_of', NULL) FROM ins
+   WHERE pg_sequence_last_value('drover_outbox_gate') > extract(epoch FROM statement_timestamp()))
 SELECT * FROM ins
