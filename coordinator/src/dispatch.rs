@@ -7,7 +7,7 @@
 //! sweep only guards against a missed notification.
 
 use crate::error::Result;
-use crate::store::{EndRequest, Store};
+use crate::store::{Claim, EndRequest, Store};
 use drover_core::params::substitute_argv;
 use drover_core::RawResult;
 use drover_proto::v1::{session_response::Msg, Assignment, SessionResponse};
@@ -206,87 +206,29 @@ impl Dispatcher {
         v
     }
 
-    /// One dispatch round: leases work for every worker with credit.
+    /// One dispatch round: leases work for every worker with credit, in one claim per
+    /// set of workers that take the same queues and labels.
     async fn round(&self) -> Result<Round> {
         let mut exhausted: HashSet<(Vec<String>, Vec<String>)> = HashSet::new();
         let mut more = false;
-        for s in self.with_credit() {
-            let key = (s.queues.clone(), s.labels.clone());
-            if exhausted.contains(&key) || s.closed.is_cancelled() {
-                continue;
-            }
-            let want = s.credits();
-            if want == 0 {
-                continue;
-            }
-            let claim = self
+        for group in claim_groups(self.with_credit()) {
+            let key = (group[0].queues.clone(), group[0].labels.clone());
+            let asks: Vec<(&str, i64, i64)> = group
+                .iter()
+                .map(|s| {
+                    (
+                        s.worker_id.as_str(),
+                        i64::from(s.credits()),
+                        i64::from(s.slots),
+                    )
+                })
+                .collect();
+            let claims = self
                 .store
-                .claim(
-                    &s.worker_id,
-                    &s.queues,
-                    &s.labels,
-                    i64::from(want),
-                    self.lease_ttl,
-                    i64::from(s.slots),
-                )
+                .claim_for(&asks, &key.0, &key.1, self.lease_ttl)
                 .await?;
-            let claimed = claim.jobs;
-            if (claimed.len() as i64) < claim.room {
-                // Fewer due jobs than room: none left for workers like this one.
-                exhausted.insert(key);
-            } else if claim.room == i64::from(want) {
-                more = true;
-            }
-            // Otherwise room was short of the credit: a result is still on its way (the
-            // worker returns credit once its result is stored; an older or careless one
-            // sooner), and its FinishAttempt wakes the loop once stored. Asking again
-            // before then would find no room either.
-            s.take_credits(claimed.len() as u32);
-            for c in claimed {
-                crate::metrics::job_leased(c.waited);
-                let argv = match substitute_argv(&c.argv, &c.params) {
-                    Ok(a) => a,
-                    // Validated at submit, so this means the stored row was edited by hand.
-                    Err((i, e)) => {
-                        self.end(
-                            c.attempt_id,
-                            RawResult::SpawnError(format!("argv[{i}]: {e}")),
-                        )
-                        .await;
-                        s.add_credits(1);
-                        continue;
-                    }
-                };
-                // The lease continues the submit's trace; the worker continues the lease's.
-                let span = tracing::info_span!("lease", job_id = %c.job_id,
-                    attempt_id = %c.attempt_id, worker_id = %s.worker_id);
-                if let Some(tp) = &c.trace_parent {
-                    drover_telemetry::set_parent(&span, tp);
-                }
-                let trace_parent = span.in_scope(|| {
-                    tracing::debug!("assigned");
-                    drover_telemetry::traceparent()
-                });
-                let sent = s.send(Msg::Assign(Assignment {
-                    attempt_id: c.attempt_id.to_string(),
-                    job_id: c.job_id.to_string(),
-                    attempt_number: c.number as u32,
-                    argv,
-                    env: c.env.into_iter().collect(),
-                    timeout: drover_proto::durations::nonzero_millis(c.timeout_ms.max(0) as u64),
-                    outputs: c.outputs,
-                    trace_parent: trace_parent.unwrap_or_default(),
-                    memory_limit_bytes: c.limits.memory_bytes.unwrap_or(0),
-                    cpu_millis: c.limits.cpu_millis.unwrap_or(0),
-                    pids_limit: c.limits.pids.unwrap_or(0),
-                    secret_env: c.secret_env.into_iter().collect(),
-                }));
-                if !sent {
-                    // The worker went away between claim and send: hand the job back
-                    // without charging it a retry.
-                    self.end(c.attempt_id, RawResult::Released).await;
-                    more = true;
-                }
+            for ((s, claim), (_, want, _)) in group.iter().zip(claims).zip(asks.iter()) {
+                more |= self.deliver(s, claim, *want, &key, &mut exhausted).await;
             }
         }
         Ok(if more {
@@ -299,6 +241,78 @@ impl Dispatcher {
             queues.dedup();
             Round::Starved(queues)
         })
+    }
+
+    /// Sends a worker the jobs claimed for it. Returns whether another round should follow
+    /// at once (it had room for all it asked, or a job went back).
+    async fn deliver(
+        &self,
+        s: &Session,
+        claim: Claim,
+        want: i64,
+        key: &(Vec<String>, Vec<String>),
+        exhausted: &mut HashSet<(Vec<String>, Vec<String>)>,
+    ) -> bool {
+        let mut more = false;
+        let claimed = claim.jobs;
+        if (claimed.len() as i64) < claim.room {
+            // Fewer due jobs than room: none left for workers like this one.
+            exhausted.insert(key.clone());
+        } else if claim.room == want && want > 0 {
+            more = true;
+        }
+        // Otherwise room was short of the credit: a result is still on its way (the
+        // worker returns credit once its result is stored; an older or careless one
+        // sooner), and its FinishAttempt wakes the loop once stored. Asking again
+        // before then would find no room either.
+        s.take_credits(claimed.len() as u32);
+        for c in claimed {
+            crate::metrics::job_leased(c.waited);
+            let argv = match substitute_argv(&c.argv, &c.params) {
+                Ok(a) => a,
+                // Validated at submit, so this means the stored row was edited by hand.
+                Err((i, e)) => {
+                    self.end(
+                        c.attempt_id,
+                        RawResult::SpawnError(format!("argv[{i}]: {e}")),
+                    )
+                    .await;
+                    s.add_credits(1);
+                    continue;
+                }
+            };
+            // The lease continues the submit's trace; the worker continues the lease's.
+            let span = tracing::info_span!("lease", job_id = %c.job_id,
+                attempt_id = %c.attempt_id, worker_id = %s.worker_id);
+            if let Some(tp) = &c.trace_parent {
+                drover_telemetry::set_parent(&span, tp);
+            }
+            let trace_parent = span.in_scope(|| {
+                tracing::debug!("assigned");
+                drover_telemetry::traceparent()
+            });
+            let sent = s.send(Msg::Assign(Assignment {
+                attempt_id: c.attempt_id.to_string(),
+                job_id: c.job_id.to_string(),
+                attempt_number: c.number as u32,
+                argv,
+                env: c.env.into_iter().collect(),
+                timeout: drover_proto::durations::nonzero_millis(c.timeout_ms.max(0) as u64),
+                outputs: c.outputs,
+                trace_parent: trace_parent.unwrap_or_default(),
+                memory_limit_bytes: c.limits.memory_bytes.unwrap_or(0),
+                cpu_millis: c.limits.cpu_millis.unwrap_or(0),
+                pids_limit: c.limits.pids.unwrap_or(0),
+                secret_env: c.secret_env.into_iter().collect(),
+            }));
+            if !sent {
+                // The worker went away between claim and send: hand the job back
+                // without charging it a retry.
+                self.end(c.attempt_id, RawResult::Released).await;
+                more = true;
+            }
+        }
+        more
     }
 
     async fn end(&self, attempt_id: uuid::Uuid, raw: RawResult) {
@@ -352,6 +366,27 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Sessions with credit grouped for one claim each: those taking the same queues and
+/// labels together (in the order given), a worker id at most once per group.
+fn claim_groups(sessions: Vec<Arc<Session>>) -> Vec<Vec<Arc<Session>>> {
+    let mut groups: Vec<Vec<Arc<Session>>> = Vec::new();
+    for s in sessions {
+        if s.closed.is_cancelled() || s.credits() == 0 {
+            continue;
+        }
+        let fits = |g: &Vec<Arc<Session>>| {
+            g[0].queues == s.queues
+                && g[0].labels == s.labels
+                && g.iter().all(|o| o.worker_id != s.worker_id)
+        };
+        match groups.iter_mut().find(|g| fits(g)) {
+            Some(g) => g.push(s),
+            None => groups.push(vec![s]),
+        }
+    }
+    groups
 }
 
 #[cfg(test)]

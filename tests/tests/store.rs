@@ -205,6 +205,55 @@ async fn claim_leases_each_due_job_once() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn one_claim_serves_several_workers_within_each_ones_room() -> anyhow::Result<()> {
+    let (tdb, store) = store().await?;
+    for _ in 0..10 {
+        store.submit(&spec(&["true"]), &policy(), None).await?;
+    }
+    // w1 already runs one of its two slots' worth; w2 has three free.
+    assert_eq!(claim(&store, "w1", 1, 2).await?.jobs.len(), 1);
+    let q = ["default".to_string()];
+    let claims = store
+        .claim_for(&[("w1", 3, 2), ("w2", 3, 3)], &q, &[], LEASE)
+        .await?;
+    let got: Vec<(i64, usize)> = claims.iter().map(|c| (c.room, c.jobs.len())).collect();
+    assert_eq!(
+        got,
+        vec![(1, 1), (3, 3)],
+        "room is the ask capped by free slots"
+    );
+    // The attempts went to the worker each claim was for.
+    let per_worker: Vec<(String, i64)> = tdb
+        .client()
+        .await?
+        .query(
+            "SELECT worker_id, count(*) FROM attempts WHERE state = 'running' \
+             GROUP BY worker_id ORDER BY worker_id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(per_worker, vec![("w1".into(), 2), ("w2".into(), 3)]);
+    // Five jobs left, asks for eight: they are shared out in turns, and each claim says
+    // there were fewer due jobs than room.
+    let claims = store
+        .claim_for(&[("w3", 4, 4), ("w4", 4, 4)], &q, &[], LEASE)
+        .await?;
+    let got: Vec<(i64, usize)> = claims.iter().map(|c| (c.room, c.jobs.len())).collect();
+    assert_eq!(got, vec![(4, 3), (4, 2)]);
+    let mut leased: Vec<Uuid> = claims
+        .iter()
+        .flat_map(|c| c.jobs.iter().map(|j| j.job_id))
+        .collect();
+    leased.sort();
+    leased.dedup();
+    assert_eq!(leased.len(), 5, "no job leased twice");
+    Ok(())
+}
+
+#[tokio::test]
 async fn end_attempt_succeeds_retries_and_refuses_stale_results() -> anyhow::Result<()> {
     let (tdb, store) = store().await?;
     tdb.want_outbox_events().await?;
@@ -843,8 +892,8 @@ async fn the_plain_claim_reads_no_keyed_pending_job() -> anyhow::Result<()> {
     let claim = include_str!("../../coordinator/src/store/sql/jobs/claim.sql");
     let plan = explain_on_hot_pool(
         &tdb.url,
-        &format!("plain_claim(text[], text[], int8, text, float8, int8) AS {claim}"),
-        "plain_claim('{default}', '{}', 8, 'w1', 8000, 8)",
+        &format!("plain_claim(text[], text[], text[], int8[], int8[], float8) AS {claim}"),
+        "plain_claim('{default}', '{}', '{w1}', '{8}', '{8}', 8000)",
     )
     .await?;
     let found = jobs_scans(&plan);

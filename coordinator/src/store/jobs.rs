@@ -357,10 +357,7 @@ impl Store {
 
     // ---------------------------------------------------------------- leasing
 
-    /// Leases up to `n` due pending jobs that this worker can run, creating one attempt
-    /// each, and never so many that the worker holds more than `slots` running attempts
-    /// (its credits are its word; its running attempts are the truth). Committed at once;
-    /// no row lock is held while jobs run.
+    /// Leases up to `n` due jobs to one worker (see [`Store::claim_for`]).
     pub async fn claim(
         &self,
         worker_id: &str,
@@ -370,47 +367,80 @@ impl Store {
         lease_ttl: Duration,
         slots: i64,
     ) -> Result<Claim> {
+        let mut claims = self
+            .claim_for(&[(worker_id, n, slots)], queues, labels, lease_ttl)
+            .await?;
+        Ok(claims.pop().unwrap_or(Claim {
+            jobs: Vec::new(),
+            room: 0,
+        }))
+    }
+
+    /// Leases due pending jobs to several workers that take the same `queues` and
+    /// `labels`, each given as (id, jobs it asks for, its slots), creating one attempt
+    /// each, and never so many that a worker holds more than its slots in running attempts
+    /// (its credits are its word; its running attempts are the truth). One statement and
+    /// one commit for all of them; no row lock is held while jobs run. Returns one
+    /// [`Claim`] per worker, in the order given; worker ids must be distinct.
+    pub async fn claim_for(
+        &self,
+        workers: &[(&str, i64, i64)],
+        queues: &[String],
+        labels: &[String],
+        lease_ttl: Duration,
+    ) -> Result<Vec<Claim>> {
         const CLAIM: &str = include_str!("sql/jobs/claim.sql");
         measured("claim", async {
             let c = self.hot.get().await?;
             // MATERIALIZED keeps the planner from re-running the locking subquery (which could
-            // claim more than n rows). One index scan per queue (LATERAL): with `queue = ANY($1)`
-            // the planner could not use the pending index for the order and sorted every pending
-            // job on each claim — 4.7 ms a claim with 7 000 pending, most of PostgreSQL's time in
-            // the throughput benchmark. That index (jobs_pending_plain_idx, V30) holds only jobs
-            // without concurrency keys, so keyed ones waiting are never read here.
-            // Rows locked beyond the n kept are released at commit.
-            // Paused queues (queue_settings) are left out: one primary-key probe per queue.
-            // started_at is when the lease is taken (clock_timestamp), not when the statement
-            // began, like the keyed claim's (store/flow.rs).
+            // claim more than asked for). One index scan per queue (LATERAL): with
+            // `queue = ANY($1)` the planner could not use the pending index for the order and
+            // sorted every pending job on each claim — 4.7 ms a claim with 7 000 pending, most
+            // of PostgreSQL's time in the throughput benchmark. That index
+            // (jobs_pending_plain_idx, V30) holds only jobs without concurrency keys, so keyed
+            // ones waiting are never read here. Rows locked beyond those kept are released at
+            // commit. Paused queues (queue_settings) are left out: one primary-key probe per
+            // queue. started_at is when the lease is taken (clock_timestamp), not when the
+            // statement began, like the keyed claim's (store/flow.rs).
+            let ids: Vec<&str> = workers.iter().map(|w| w.0).collect();
+            let wants: Vec<i64> = workers.iter().map(|w| w.1).collect();
+            let slots: Vec<i64> = workers.iter().map(|w| w.2).collect();
             let rows = c
                 .query_cached(
                     CLAIM,
-                    &[&queues, &labels, &n, &worker_id, &millis(lease_ttl), &slots],
+                    &[&queues, &labels, &ids, &wants, &slots, &millis(lease_ttl)],
                 )
                 .await?;
-            let mut room = n;
-            let mut claimed = Vec::new();
+            let mut claims: Vec<Claim> = workers
+                .iter()
+                .map(|w| Claim {
+                    jobs: Vec::new(),
+                    room: w.1,
+                })
+                .collect();
             for r in &rows {
-                room = room.min(r.try_get::<_, i64>("room")?);
-                // The one row of an empty claim has only `room`.
+                let worker: &str = r.try_get("for_worker")?;
+                let Some(i) = ids.iter().position(|w| *w == worker) else {
+                    continue;
+                };
+                claims[i].room = claims[i].room.min(r.try_get::<_, i64>("room")?);
+                // The one row of a worker that got nothing has only `room`.
                 if r.try_get::<_, Option<Uuid>>("attempt_id")?.is_some() {
-                    claimed.push(claimed_from_row(r)?);
+                    claims[i].jobs.push(claimed_from_row(r)?);
                 }
             }
-            // Jobs with concurrency keys take their own path (a transaction that also counts the
-            // keys), only when the plain claim left room and keyed jobs may be waiting.
-            let left = room - claimed.len() as i64;
-            if left > 0 && self.keyed_jobs_may_wait() {
-                let more = self
-                    .claim_keyed(worker_id, queues, labels, left, lease_ttl)
-                    .await?;
-                claimed.extend(more);
+            // Jobs with concurrency keys take their own path (a transaction that also counts
+            // the keys), only when the plain claim left room and keyed jobs may be waiting.
+            for (i, claim) in claims.iter_mut().enumerate() {
+                let left = claim.room - claim.jobs.len() as i64;
+                if left > 0 && self.keyed_jobs_may_wait() {
+                    let more = self
+                        .claim_keyed(ids[i], queues, labels, left, lease_ttl)
+                        .await?;
+                    claim.jobs.extend(more);
+                }
             }
-            Ok(Claim {
-                jobs: claimed,
-                room,
-            })
+            Ok(claims)
         })
         .await
     }

@@ -1,34 +1,50 @@
-WITH room AS MATERIALIZED (
-   SELECT greatest(0, $6 - count(*)) AS n FROM attempts r
-    WHERE r.worker_id = $4 AND r.state = 'running'),
+-- Leases due jobs without concurrency keys to several workers that take the same queues
+-- and labels, in one statement: $3 worker ids, $4 how many each asks for, $5 its slots.
+-- Each worker's room is its ask, capped by its slots minus the attempts the database
+-- still counts as running on it.
+WITH w AS MATERIALIZED (
+   SELECT u.worker_id, u.ord,
+          greatest(0, least(u.want, u.slots - (SELECT count(*) FROM attempts r
+                                                WHERE r.worker_id = u.worker_id
+                                                  AND r.state = 'running'))) AS n
+     FROM unnest($3::text[], $4::int8[], $5::int8[]) WITH ORDINALITY
+          AS u(worker_id, want, slots, ord)),
+total AS MATERIALIZED (SELECT coalesce(sum(n), 0)::int8 AS n FROM w),
+-- One row per free slot, the workers taking turns, so fewer due jobs than room are
+-- shared out evenly.
+seats AS MATERIALIZED (
+   SELECT w.worker_id, row_number() OVER (ORDER BY s.i, w.ord) AS seat
+     FROM w CROSS JOIN LATERAL generate_series(1, w.n) AS s(i)),
 c AS MATERIALIZED (
-   SELECT p.id, p.due FROM (
-       SELECT u.name FROM unnest($1::text[]) u(name)
+   SELECT p.id, p.due, row_number() OVER (ORDER BY p.due, p.id) AS seat FROM (
+       SELECT q.name FROM unnest($1::text[]) q(name)
         WHERE NOT EXISTS (SELECT 1 FROM queue_settings qs
-                           WHERE qs.queue = u.name AND qs.paused)) q
+                           WHERE qs.queue = q.name AND qs.paused)) q
    CROSS JOIN LATERAL (
        SELECT id, not_before AS due FROM jobs
         WHERE state = 'pending' AND queue = q.name AND not_before <= now()
           AND labels <@ $2 AND concurrency_keys = '{}'
-        ORDER BY not_before, id LIMIT least($3, (SELECT n FROM room))
+        ORDER BY not_before, id LIMIT (SELECT n FROM total)
           FOR UPDATE SKIP LOCKED) p
     ORDER BY p.due, p.id
-    LIMIT least($3, (SELECT n FROM room))),
+    LIMIT (SELECT n FROM total)),
 a AS (
    INSERT INTO attempts (id, job_id, number, worker_id, state, lease_expires_at,
                          started_at)
-   SELECT gen_random_uuid(), j.id, j.attempt_count + 1, $4, 'running',
-          now() + $5 * interval '1 millisecond',
+   SELECT gen_random_uuid(), j.id, j.attempt_count + 1, s.worker_id, 'running',
+          now() + $6 * interval '1 millisecond',
           clock_timestamp()
-     FROM jobs j JOIN c ON c.id = j.id
-   RETURNING id, job_id, number),
+     FROM jobs j JOIN c ON c.id = j.id JOIN seats s ON s.seat = c.seat
+   RETURNING id, job_id, number, worker_id),
 u AS (
    UPDATE jobs j SET state = 'running', current_attempt_id = a.id,
           attempt_count = a.number, reason = '', updated_at = now()
      FROM a JOIN c ON c.id = a.job_id WHERE j.id = a.job_id
-   RETURNING a.id AS attempt_id, j.id AS job_id, a.number, j.argv, j.env,
+   RETURNING a.worker_id, a.id AS attempt_id, j.id AS job_id, a.number, j.argv, j.env,
              j.params, j.timeout_ms, j.outputs, j.trace_parent, j.limits, j.secret_env,
              extract(epoch FROM now() - c.due)::float8 AS waited)
--- Always one row at least: `room` (free slots by the running count) says whether fewer
--- jobs than asked for means no due job or no room yet.
-SELECT room.n AS room, u.* FROM room LEFT JOIN u ON true
+-- At least one row per worker: its room (free slots by the running count) says whether
+-- fewer jobs than asked for means no due job or no room yet.
+SELECT w.worker_id AS for_worker, w.n AS room, u.*
+  FROM w LEFT JOIN u ON u.worker_id = w.worker_id
+ ORDER BY w.ord
