@@ -122,9 +122,11 @@ pub async fn copy_history(sql: &tokio_postgres::Client, target: i64) -> Result<(
     while lo <= copies {
         let hi = (lo + per - 1).min(copies);
         let shift = "make_interval(secs => m.copy * $1::float8)";
-        // Old id → new id for each copy, kept for the statements below.
+        // Old id → new id for each copy, kept for the statements below. One transaction per
+        // batch: the leader's retention deletes finished jobs older than its horizon, and
+        // could otherwise delete a copied job before its attempts are copied.
         sql.batch_execute(&format!(
-            "DROP TABLE IF EXISTS jm, am; \
+            "BEGIN; DROP TABLE IF EXISTS jm, am; \
              CREATE TEMP TABLE jm AS \
                SELECT t.id AS old, c AS copy, gen_random_uuid() AS new \
                  FROM bench_template t CROSS JOIN generate_series({lo}, {hi}) c; \
@@ -186,6 +188,7 @@ pub async fn copy_history(sql: &tokio_postgres::Client, target: i64) -> Result<(
                 .await
                 .with_context(|| format!("copying history: {what}"))?;
         }
+        sql.batch_execute("COMMIT").await?;
         say!("[scale]   {} of {target} jobs", job_count(sql).await?);
         lo = hi + 1;
     }
