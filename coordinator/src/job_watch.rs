@@ -36,8 +36,10 @@ const FANOUT: usize = 4096;
 const GATE_TTL: Duration = Duration::from_secs(60);
 const GATE_RENEW: Duration = Duration::from_secs(15);
 const GATE_MARGIN: Duration = Duration::from_secs(15);
-/// Pause between checks of whether older transactions have ended.
+/// First pause between checks of whether older transactions have ended; it doubles up to
+/// a second, so a transaction left open for hours costs one query a second, not a hundred.
 const HORIZON_POLL: Duration = Duration::from_millis(10);
+const HORIZON_POLL_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobEvent {
@@ -197,6 +199,7 @@ pub async fn keep_gate(store: Store, watch: Arc<JobWatch>, shutdown: Cancellatio
 /// Waits until every transaction running now has ended, then has every watcher re-read.
 async fn resync_after_horizon(store: Store, watch: Arc<JobWatch>) {
     let mut horizon = None;
+    let mut pause = HORIZON_POLL;
     loop {
         let done = match horizon {
             None => store.xact_horizon().await.map(|h| {
@@ -207,7 +210,10 @@ async fn resync_after_horizon(store: Store, watch: Arc<JobWatch>) {
         };
         match done {
             Ok(true) => break,
-            Ok(false) => tokio::time::sleep(HORIZON_POLL).await,
+            Ok(false) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(HORIZON_POLL_MAX);
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "watch gate: horizon check failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;

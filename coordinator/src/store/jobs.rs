@@ -431,12 +431,16 @@ impl Store {
             }
             // Jobs with concurrency keys take their own path (a transaction that also counts
             // the keys), only when the plain claim left room and keyed jobs may be waiting.
+            // One that comes back short found all there was for these queues and labels:
+            // the workers after it are not asked for again.
+            let mut keyed_left = true;
             for (i, claim) in claims.iter_mut().enumerate() {
                 let left = claim.room - claim.jobs.len() as i64;
-                if left > 0 && self.keyed_jobs_may_wait() {
+                if left > 0 && keyed_left && self.keyed_jobs_may_wait() {
                     let more = self
                         .claim_keyed(ids[i], queues, labels, left, lease_ttl)
                         .await?;
+                    keyed_left = more.len() as i64 == left;
                     claim.jobs.extend(more);
                 }
             }
