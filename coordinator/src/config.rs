@@ -32,6 +32,8 @@ pub struct Config {
     pub database_url: String,
     /// Maximum pooled database connections.
     pub db_pool_size: usize,
+    /// Threads of the async runtime; 0: half the CPUs, at least one.
+    pub runtime_threads: usize,
     /// A running attempt whose worker has not heartbeated for this long is lost.
     #[serde(with = "dur")]
     pub lease_ttl: Duration,
@@ -198,6 +200,7 @@ impl Default for Config {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
             database_url: "postgres://postgres@127.0.0.1:5432/drover".into(),
             db_pool_size: 16,
+            runtime_threads: 0,
             lease_ttl: Duration::from_secs(8),
             heartbeat_interval: Duration::from_secs(2),
             reaper_interval: Duration::from_secs(1),
@@ -479,6 +482,7 @@ impl Config {
         if self.db_pool_size < 2 {
             return Err("db_pool_size must be at least 2".into());
         }
+        drover_telemetry::runtime::check_runtime_threads("runtime_threads", self.runtime_threads)?;
         let max_backoff = ms(drover_core::retry::MAX_BACKOFF_MS);
         // Checked here too so that the message names the config's keys, not the job's.
         let policies = std::iter::once(("retry".to_string(), self.retry.clone())).chain(
@@ -728,6 +732,22 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
         assert!(c.listen.ip().is_loopback());
         assert_eq!(c.retry.max_retries, 3);
+    }
+
+    #[test]
+    fn runtime_threads_are_bounded() {
+        let c = Config {
+            runtime_threads: 1025,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .is_err_and(|e| e.starts_with("runtime_threads: 1025")));
+        let c = Config {
+            runtime_threads: 1,
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

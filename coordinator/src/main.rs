@@ -138,8 +138,7 @@ fn overrides(cli: &Cli) -> Figment {
     f
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     drover_transport::install_crypto_provider();
     let cli = Cli::parse();
     let cfg = match Config::load(cli.config.as_deref(), overrides(&cli)) {
@@ -149,6 +148,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Built here rather than by #[tokio::main] so `runtime_threads` can size it.
+    match drover_telemetry::runtime::build(cfg.runtime_threads) {
+        Ok(rt) => rt.block_on(main_async(cli, cfg)),
+        Err(e) => {
+            eprintln!("drover-coordinator: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_async(cli: Cli, cfg: Config) -> ExitCode {
     let serving = matches!(cli.command, None | Some(Command::Serve));
     if let (true, Err(e)) = (serving, cfg.check_exposure()) {
         eprintln!("drover-coordinator: refusing to start: {e}");

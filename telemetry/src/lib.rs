@@ -7,6 +7,7 @@
 //! Trace context crosses processes as a W3C `traceparent` string: [`traceparent`] reads the
 //! current span's, [`set_parent`] continues one.
 
+pub mod runtime;
 pub mod sdnotify;
 
 use std::path::Path;

@@ -24,6 +24,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Jobs run at once. 0 means one per CPU.
     pub slots: u32,
+    /// Threads of the worker's async runtime; 0: half the CPUs, at least one.
+    pub runtime_threads: usize,
     /// Queues to take jobs from.
     pub queues: Vec<String>,
     /// Labels this worker offers; a job runs here only if it needs a subset of them.
@@ -88,6 +90,7 @@ impl Default for Config {
             worker_id: String::new(),
             state_dir: PathBuf::from("/var/lib/drover-worker"),
             slots: 0,
+            runtime_threads: 0,
             queues: vec!["default".into()],
             labels: Vec::new(),
             kill_grace: Duration::from_secs(10),
@@ -179,6 +182,7 @@ impl Config {
                 .endpoint(addr)
                 .map_err(|e| format!("coordinator: {e}"))?;
         }
+        drover_telemetry::runtime::check_runtime_threads("runtime_threads", self.runtime_threads)?;
         if !matches!(self.containment.as_str(), "auto" | "subreaper") {
             return Err(format!(
                 "containment: {:?} must be \"auto\" or \"subreaper\"",
@@ -350,5 +354,13 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().contains("queues[0]"));
+        let c = Config {
+            runtime_threads: 5000,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .starts_with("runtime_threads: 5000"));
     }
 }

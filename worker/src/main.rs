@@ -80,8 +80,7 @@ fn overrides(cli: &Cli) -> Figment {
     f
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     drover_transport::install_crypto_provider();
     let cli = Cli::parse();
     let cfg = match Config::load(cli.config.as_deref(), overrides(&cli)) {
@@ -91,6 +90,17 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    // Built here rather than by #[tokio::main] so `runtime_threads` can size it.
+    match drover_telemetry::runtime::build(cfg.runtime_threads) {
+        Ok(rt) => rt.block_on(main_async(cfg)),
+        Err(e) => {
+            eprintln!("drover-worker: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn main_async(cfg: Config) -> ExitCode {
     let log_guard =
         match drover_telemetry::init("drover-worker", &cfg.log_format, cfg.log_dir.as_deref()) {
             Ok(g) => g,
