@@ -167,14 +167,24 @@ impl Dispatcher {
         }
     }
 
-    /// Sends a stop order to a worker, if its session is on this coordinator.
-    pub fn stop_attempt(&self, worker_id: &str, msg: Msg) -> bool {
-        let session = self
-            .sessions
+    fn session_of(&self, worker_id: &str) -> Option<Arc<Session>> {
+        self.sessions
             .lock()
             .ok()
-            .and_then(|all| all.iter().find(|s| s.worker_id == worker_id).cloned());
-        session.map(|s| s.send(msg)).unwrap_or(false)
+            .and_then(|all| all.iter().find(|s| s.worker_id == worker_id).cloned())
+    }
+
+    /// Sends a stop order to a worker, if its session is on this coordinator.
+    pub fn stop_attempt(&self, worker_id: &str, msg: Msg) -> bool {
+        self.session_of(worker_id).is_some_and(|s| s.send(msg))
+    }
+
+    /// Adds one credit to a worker's session (its FinishAttempt asked for the slot to be
+    /// offered again); false if no session of that worker is on this coordinator.
+    pub fn return_slot(&self, worker_id: &str) -> bool {
+        self.session_of(worker_id)
+            .map(|s| s.add_credits(1))
+            .is_some()
     }
 
     pub fn session_count(&self) -> usize {

@@ -534,3 +534,65 @@ async fn artifact_rows(db: &tokio_postgres::Client) -> anyhow::Result<i64> {
         .await?
         .try_get(0)?)
 }
+
+fn exited_ok(attempt: &str, return_slot: bool) -> pb::FinishAttemptRequest {
+    pb::FinishAttemptRequest {
+        attempt_id: attempt.into(),
+        result: Some(pb::finish_attempt_request::Result::Exited(pb::ExitStatus {
+            code: Some(0),
+            signal: None,
+        })),
+        return_slot,
+        ..Default::default()
+    }
+}
+
+/// A result sent with `return_slot` puts its slot back into the session's credit, so the
+/// next job arrives without a Credit message. The response says whether that happened:
+/// not when it was not asked for, nor from a coordinator that holds no session of the
+/// worker (the worker then sends the Credit itself).
+#[tokio::test]
+async fn a_result_can_return_its_slot_in_place_of_a_credit() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &long_lease())?;
+    let (_other, other_addr) = cl.coordinator("other", &long_lease())?;
+    let mut api = jobs(&addr).await?;
+    let mut w = FakeWorker::connect(&addr, "returns-slots").await?;
+
+    let first = submit(&mut api, sh("true")).await?;
+    let a1 = w.assignment().await?;
+    assert_eq!(a1.job_id, first.id);
+    let second = submit(&mut api, sh("true")).await?;
+    let r = w
+        .api
+        .finish_attempt(exited_ok(&a1.attempt_id, true))
+        .await?
+        .into_inner();
+    assert!(r.slot_returned, "{r:?}");
+    // No Credit was sent: the worker's one slot came back with the result.
+    let a2 = w.assignment().await?;
+    assert_eq!(a2.job_id, second.id);
+
+    // Not asked for: not returned, and the worker's Credit brings the next job.
+    let third = submit(&mut api, sh("true")).await?;
+    let r = w
+        .api
+        .finish_attempt(exited_ok(&a2.attempt_id, false))
+        .await?
+        .into_inner();
+    assert!(!r.slot_returned, "{r:?}");
+    w.credit()?;
+    let a3 = w.assignment().await?;
+    assert_eq!(a3.job_id, third.id);
+
+    // Asked of a coordinator without the worker's session: stored, but not returned.
+    let mut elsewhere = workers(&other_addr).await?;
+    let r = elsewhere
+        .finish_attempt(exited_ok(&a3.attempt_id, true))
+        .await?
+        .into_inner();
+    assert!(!r.slot_returned, "{r:?}");
+    let (job, _) = get(&mut api, &third.id).await?;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32);
+    Ok(())
+}

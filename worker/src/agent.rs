@@ -4,7 +4,9 @@
 //! result, even after its process exited: while its log or result is still waiting to be
 //! delivered (coordinator away), its lease is kept alive by heartbeats and it is listed in
 //! the `Hello` of a reconnect, so the coordinator does not mistake it for an orphan.
-//! A *slot* is freed (credit sent) as soon as the process exits.
+//! A *slot* is offered again once its attempt's result is stored: with the result
+//! (FinishAttempt's `return_slot`) or, where the answering coordinator did not take it so,
+//! by a Credit message.
 
 use crate::config::Config;
 use crate::containment::{CgroupUsage, Containment, Limits as JobLimits};
@@ -446,16 +448,18 @@ impl Agent {
         stop: CancellationToken,
         reason: Arc<Mutex<Option<StopReason>>>,
     ) {
-        self.attempt_and_report(a, stop, reason).await;
-        self.free_slot();
+        if !self.attempt_and_report(a, stop, reason).await {
+            self.free_slot();
+        }
     }
 
+    /// Returns whether the slot was already given back (with the result).
     async fn attempt_and_report(
         self: &Arc<Self>,
         a: pb::Assignment,
         stop: CancellationToken,
         reason: Arc<Mutex<Option<StopReason>>>,
-    ) {
+    ) -> bool {
         let attempt_id = a.attempt_id.clone();
         tracing::info!(argv = ?a.argv, "starting attempt");
         let mut output_error: Option<String> = None;
@@ -492,13 +496,13 @@ impl Agent {
                 ws.release().await;
                 match r {
                     Some(r) => r,
-                    None => return, // stale lease: nothing more to report
+                    None => return false, // stale lease: nothing more to report
                 }
             }
         };
         let stop_reason = reason.lock().ok().and_then(|r| *r);
         if stop_reason == Some(StopReason::Stale) {
-            return;
+            return false;
         }
         use pb::finish_attempt_request::Result as R;
         let result = match outcome {
@@ -548,17 +552,38 @@ impl Agent {
                 cg.cpu_time_ms.unwrap_or(usage.cpu_time_ms),
             )),
             oom_limit_bytes,
+            return_slot: !self.draining.is_cancelled(),
         };
-        match self
+        // From here the slot counts as free: the coordinator, asked to, offers it again
+        // once the result is stored, and that assignment can arrive before this call's
+        // answer. (Until the result is stored the attempt counts as running there, so no
+        // assignment takes the slot early.) Not while draining: no new jobs then.
+        if req.return_slot {
+            let mut st = self.lock();
+            st.live = st.live.saturating_sub(1);
+        }
+        let returned = match self
             .call(|mut c| {
                 let req = req.clone();
                 async move { c.finish_attempt(req).await }
             })
             .await
         {
-            Ok(r) => tracing::info!(state = r.state, reason = %r.reason, "result recorded"),
-            Err(e) => tracing::warn!(error = %e, "result refused"),
+            Ok(r) => {
+                tracing::info!(state = r.state, reason = %r.reason, "result recorded");
+                r.slot_returned
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "result refused");
+                false
+            }
+        };
+        // Another coordinator answered (or an older one that does not return slots): the
+        // session's coordinator still needs the credit.
+        if req.return_slot && !returned {
+            self.send_credit();
         }
+        req.return_slot
     }
 
     /// Uploads the files matching the job's output globs. Any failure is returned as the
@@ -609,8 +634,16 @@ impl Agent {
     }
 
     fn free_slot(&self) {
-        let mut st = self.lock();
-        st.live = st.live.saturating_sub(1);
+        {
+            let mut st = self.lock();
+            st.live = st.live.saturating_sub(1);
+        }
+        self.send_credit();
+    }
+
+    /// Offers the coordinator one slot again on the session (not while draining).
+    fn send_credit(&self) {
+        let st = self.lock();
         if let Some(tx) = &st.session {
             if !self.draining.is_cancelled() {
                 let _ = tx.send(msg(Out::Credit(pb::Credit { slots: 1 })));

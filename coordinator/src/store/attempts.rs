@@ -18,6 +18,8 @@ pub struct Ended {
     pub attempt_state: AttemptState,
     pub job_state: JobState,
     pub reason: String,
+    /// The worker the attempt ran on, where the path that ended it read it.
+    pub worker_id: Option<String>,
 }
 
 /// How an attempt is being ended, and by whom.
@@ -123,6 +125,7 @@ impl Store {
             attempt_state: AttemptState::FailedPermanent,
             job_state: JobState::PermanentFailed,
             reason,
+            worker_id: None,
         })
     }
 }

@@ -298,8 +298,9 @@ impl Drop for Pipelined {
 /// transaction; the success path runs no statement.
 async fn decide(tx: &impl GenericClient, row: &Row, p: &Pending, w: &mut Writes) -> Result<Ended> {
     let (attempt_id, req) = (p.attempt_id, &p.req);
+    let worker_id: String = row.try_get("worker_id")?;
     if let Some(principal) = &p.worker {
-        principal.check_worker(&row.try_get::<_, String>("worker_id")?)?;
+        principal.check_worker(&worker_id)?;
     }
     let state: AttemptState = parse_state(&row.try_get::<_, String>("state")?)?;
     let job_id: Uuid = row.try_get("job_id")?;
@@ -399,6 +400,7 @@ async fn decide(tx: &impl GenericClient, row: &Row, p: &Pending, w: &mut Writes)
         attempt_state: t.attempt_state,
         job_state: t.job_state,
         reason: t.reason,
+        worker_id: Some(worker_id),
     })
 }
 
