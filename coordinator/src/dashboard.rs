@@ -1135,7 +1135,7 @@ async fn log_follow(
     let after = q.after.max(-1);
     tokio::spawn(async move {
         let _slot = slot;
-        let mut news = watch.subscribe();
+        let (mut news, _following) = watch.follow();
         let mut cursor = if after < 0 { -1 } else { after };
         let attempt_id = a.id;
         loop {
@@ -1191,7 +1191,7 @@ async fn log_follow(
             loop {
                 tokio::select! {
                     n = news.recv() => match n {
-                        Ok(j) if j == a.job_id => break,
+                        Ok(j) if j == a.job_id || j == crate::log_watch::RESYNC => break,
                         Ok(_) => continue,
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return,
@@ -1217,9 +1217,12 @@ async fn log_follow(
 async fn events(State(s): State<HttpState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut header = s.live.subscribe();
     let mut jobs = s.dispatcher.logs.subscribe_jobs();
-    let mut logs = s.dispatcher.logs.subscribe();
+    // An open page counts as a log follower: finished jobs reach it through the logs
+    // channel, which is only notified while someone follows.
+    let (mut logs, following) = s.dispatcher.logs.follow();
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(8);
     tokio::spawn(async move {
+        let _following = following;
         let first = header.borrow_and_update().clone();
         if tx
             .send(
@@ -1250,6 +1253,7 @@ async fn events(State(s): State<HttpState>) -> Sse<impl Stream<Item = Result<Eve
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 r = logs.recv() => match r {
+                    Ok(crate::log_watch::RESYNC) => any = true,
                     Ok(id) => changed.push(id.to_string()),
                     Err(broadcast::error::RecvError::Lagged(_)) => any = true,
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -1258,7 +1262,11 @@ async fn events(State(s): State<HttpState>) -> Sse<impl Stream<Item = Result<Eve
             // Coalesce a burst into one event.
             tokio::time::sleep(Duration::from_millis(250)).await;
             while let Ok(id) = logs.try_recv() {
-                changed.push(id.to_string());
+                if id == crate::log_watch::RESYNC {
+                    any = true;
+                } else {
+                    changed.push(id.to_string());
+                }
             }
             while jobs.try_recv().is_ok() {
                 any = true;

@@ -13,33 +13,20 @@
 //! streams.
 //!
 //! The trigger only notifies while the database's watch gate is armed (V31): nobody pays
-//! for notifications nobody reads. [`keep_gate`] arms it while this coordinator has a watch
-//! open. A row written while the gate was closed sends nothing even if its transaction
-//! commits after a watcher read the job, so after (re-)arming, [`keep_gate`] waits until
-//! every transaction that was running has ended and then sends [`JobEvent::Resync`].
+//! for notifications nobody reads. [`crate::gate::keep`] arms it while this coordinator has
+//! a watch open, and after an arming that may have followed a closed gate, sends
+//! [`JobEvent::Resync`] once every transaction that was running has ended.
 
-use crate::store::Store;
 use drover_core::JobState;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, Notify};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// NOTIFY channel of job state changes (payload: `<id> <state> <queue>`).
 pub const STATES_CHANNEL: &str = "drover_job_states";
 /// Events buffered per watcher; past that it lags and re-reads (never misses a change).
 const FANOUT: usize = 4096;
-/// How long one arming keeps the gate open, how often it is renewed while a watch is open,
-/// and how close to its end this coordinator stops counting on it (clocks and delays).
-const GATE_TTL: Duration = Duration::from_secs(60);
-const GATE_RENEW: Duration = Duration::from_secs(15);
-const GATE_MARGIN: Duration = Duration::from_secs(15);
-/// First pause between checks of whether older transactions have ended; it doubles up to
-/// a second, so a transaction left open for hours costs one query a second, not a hundred.
-const HORIZON_POLL: Duration = Duration::from_millis(10);
-const HORIZON_POLL_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobEvent {
@@ -69,7 +56,7 @@ pub fn parse_payload(p: &str) -> Option<JobEvent> {
 pub struct JobWatch {
     tx: broadcast::Sender<JobEvent>,
     open: Mutex<HashMap<String, usize>>,
-    /// Signalled when a watch opens, for [`keep_gate`].
+    /// Signalled when a watch opens, for [`crate::gate::keep`].
     opened: Notify,
 }
 
@@ -157,70 +144,18 @@ impl JobWatch {
     }
 }
 
-/// Keeps the database's watch gate armed while this coordinator has a watch open, and
-/// after each arming that may have followed a closed gate, makes every watcher re-read
-/// once the transactions that were running have ended (their rows may have been written
-/// while the gate was closed).
-pub async fn keep_gate(store: Store, watch: Arc<JobWatch>, shutdown: CancellationToken) {
-    // When this coordinator last armed the gate (its own clock).
-    let mut armed: Option<Instant> = None;
-    loop {
-        if watch.total_open() == 0 {
-            tokio::select! {
-                _ = watch.opened.notified() => continue,
-                _ = shutdown.cancelled() => return,
-            }
-        }
-        let lapsed = armed.is_none_or(|t| t.elapsed() + GATE_MARGIN > GATE_TTL);
-        let sent = Instant::now();
-        let pause = match store
-            .arm_gate(crate::store::WATCH_GATE, GATE_TTL.as_secs() as i64)
-            .await
-        {
-            Ok(()) => {
-                armed = Some(sent);
-                if lapsed {
-                    tokio::spawn(resync_after_horizon(store.clone(), watch.clone()));
-                }
-                GATE_RENEW
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not arm the watch gate; retrying");
-                Duration::from_secs(1)
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.cancelled() => return,
-        }
+impl crate::gate::Watched for JobWatch {
+    fn open_count(&self) -> usize {
+        self.total_open()
     }
-}
 
-/// Waits until every transaction running now has ended, then has every watcher re-read.
-async fn resync_after_horizon(store: Store, watch: Arc<JobWatch>) {
-    let mut horizon = None;
-    let mut pause = HORIZON_POLL;
-    loop {
-        let done = match horizon {
-            None => store.xact_horizon().await.map(|h| {
-                horizon = Some(h);
-                false
-            }),
-            Some(h) => store.horizon_passed(h).await,
-        };
-        match done {
-            Ok(true) => break,
-            Ok(false) => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(HORIZON_POLL_MAX);
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "watch gate: horizon check failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+    fn opened(&self) -> &Notify {
+        &self.opened
     }
-    watch.publish(JobEvent::Resync);
+
+    fn resync(&self) {
+        self.publish(JobEvent::Resync);
+    }
 }
 
 #[cfg(test)]

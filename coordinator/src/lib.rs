@@ -26,6 +26,7 @@
 //! - [`patterns`] — retry policies' output patterns, compiled once per process.
 //! - [`listen`] — LISTEN/NOTIFY so every coordinator hears about ready jobs.
 //! - [`job_watch`] — job state changes fanned out to WatchJobs and WaitJob callers.
+//! - [`gate`] — notification gates: NOTIFYs sent only while someone waits for them.
 
 pub mod alerts;
 pub mod alerts_api;
@@ -40,6 +41,7 @@ pub mod dashboard;
 pub mod db;
 pub mod dispatch;
 pub mod error;
+pub mod gate;
 pub mod health;
 pub mod http;
 pub mod job_watch;

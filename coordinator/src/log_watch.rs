@@ -8,15 +8,24 @@
 //!
 //! Concurrent log streams are also counted here, per client address, so one client cannot
 //! hold an unbounded number of them.
+//!
+//! The notifications are only sent while the database's logs gate is armed (V33):
+//! [`LogWatch::follow`] counts a follower, and [`crate::gate::keep`] arms the gate while this
+//! coordinator has one. After an arming that may have followed a closed gate, every
+//! follower hears [`RESYNC`] and re-reads.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 use uuid::Uuid;
 
 /// NOTIFY channel: a job's log grew or the job ended (payload: job id).
 pub const LOGS_CHANNEL: &str = "drover_logs";
+/// Sent to every follower instead of a job id: re-read, whatever your job (notifications
+/// may have been missed while the logs gate was closed).
+pub const RESYNC: Uuid = Uuid::nil();
 /// Notifications buffered per follower before it must re-read (lagging is harmless: it
 /// then simply checks its job).
 const FANOUT: usize = 1024;
@@ -27,6 +36,10 @@ pub struct LogWatch {
     /// dashboard's live views refresh on it.
     jobs: broadcast::Sender<()>,
     streams: Mutex<HashMap<Option<IpAddr>, usize>>,
+    /// Followers open here (log streams that follow, the dashboard's live views).
+    following: AtomicUsize,
+    /// Signalled when a follower opens, for [`crate::gate::keep`].
+    opened: Notify,
 }
 
 impl Default for LogWatch {
@@ -35,7 +48,34 @@ impl Default for LogWatch {
             tx: broadcast::channel(FANOUT).0,
             jobs: broadcast::channel(FANOUT).0,
             streams: Mutex::new(HashMap::new()),
+            following: AtomicUsize::new(0),
+            opened: Notify::new(),
         }
+    }
+}
+
+/// Held while a follower waits for news: keeps the logs gate armed.
+pub struct Following {
+    watch: Arc<LogWatch>,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.watch.following.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl crate::gate::Watched for LogWatch {
+    fn open_count(&self) -> usize {
+        self.following.load(Ordering::Relaxed)
+    }
+
+    fn opened(&self) -> &Notify {
+        &self.opened
+    }
+
+    fn resync(&self) {
+        self.notify(RESYNC);
     }
 }
 
@@ -64,8 +104,25 @@ impl LogWatch {
         let _ = self.tx.send(job_id);
     }
 
+    /// Notifications without counting as a follower: they flow only while some follower
+    /// keeps the gate armed (the dashboard's header, which refreshes on a timer anyway).
     pub fn subscribe(&self) -> broadcast::Receiver<Uuid> {
         self.tx.subscribe()
+    }
+
+    /// Notifications for a follower, counted so that the logs gate is armed while it waits.
+    /// Subscribed before the caller's first read, so nothing written after it goes
+    /// unnoticed; a job id of [`RESYNC`] means re-read whatever the job.
+    pub fn follow(self: &Arc<Self>) -> (broadcast::Receiver<Uuid>, Following) {
+        let rx = self.tx.subscribe();
+        self.following.fetch_add(1, Ordering::Relaxed);
+        self.opened.notify_one();
+        (
+            rx,
+            Following {
+                watch: self.clone(),
+            },
+        )
     }
 
     /// Some job was submitted or became ready again.
@@ -121,11 +178,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn followers_hear_about_their_job() {
-        let w = LogWatch::default();
-        let mut rx = w.subscribe();
+    async fn followers_hear_about_their_job_and_are_counted_while_they_follow() {
+        use crate::gate::Watched;
+        let w = Arc::new(LogWatch::default());
+        let (mut rx, f) = w.follow();
+        assert_eq!(w.open_count(), 1);
         let id = Uuid::new_v4();
         w.notify(id);
         assert_eq!(rx.recv().await.unwrap(), id);
+        w.resync();
+        assert_eq!(rx.recv().await.unwrap(), RESYNC);
+        drop(f);
+        assert_eq!(w.open_count(), 0);
     }
 }

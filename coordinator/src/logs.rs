@@ -8,6 +8,7 @@ use crate::store::{AttemptRow, Store};
 use drover_core::logcap;
 use drover_proto::v1 as pb;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tonic::Status;
@@ -75,7 +76,7 @@ async fn next_chunks_limit(
 /// many places are free, i.e. when the client has taken what was sent before.
 pub async fn follow(
     store: Store,
-    watch: &LogWatch,
+    watch: &Arc<LogWatch>,
     job_id: Uuid,
     attempt: u32,
     follow: bool,
@@ -83,8 +84,14 @@ pub async fn follow(
     tx: &mpsc::Sender<Result<pb::LogChunk, Status>>,
 ) -> Result<(), Error> {
     let mut cursors: HashMap<Uuid, i64> = HashMap::new();
-    // Subscribed before the first read, so nothing written after it goes unnoticed.
-    let mut news = watch.subscribe();
+    // Subscribed before the first read, so nothing written after it goes unnoticed; a
+    // follower keeps the logs gate armed while it waits.
+    let (mut news, _following) = if follow {
+        let (rx, f) = watch.follow();
+        (rx, Some(f))
+    } else {
+        (watch.subscribe(), None)
+    };
     loop {
         let terminal = store
             .get_job(job_id)
@@ -123,7 +130,7 @@ pub async fn follow(
         loop {
             tokio::select! {
                 n = news.recv() => match n {
-                    Ok(id) if id == job_id => break,
+                    Ok(id) if id == job_id || id == crate::log_watch::RESYNC => break,
                     Ok(_) => continue,
                     // Missed some: ours may be among them.
                     Err(broadcast::error::RecvError::Lagged(_)) => break,

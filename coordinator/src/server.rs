@@ -316,9 +316,16 @@ impl Services {
                 shutdown.child_token(),
             )));
         }
-        tasks.push(tokio::spawn(crate::job_watch::keep_gate(
+        tasks.push(tokio::spawn(crate::gate::keep(
             self.store.clone(),
+            crate::store::WATCH_GATE,
             self.dispatcher.jobs.clone(),
+            shutdown.child_token(),
+        )));
+        tasks.push(tokio::spawn(crate::gate::keep(
+            self.store.clone(),
+            crate::store::LOGS_GATE,
+            self.dispatcher.logs.clone(),
             shutdown.child_token(),
         )));
         tasks.push(tokio::spawn(leader::run(

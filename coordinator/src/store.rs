@@ -120,6 +120,8 @@ pub(crate) async fn measured<T>(
 pub const WATCH_GATE: &str = "drover_watch_gate";
 /// Outbox rows for event rules (V32).
 pub const OUTBOX_GATE: &str = "drover_outbox_gate";
+/// Log notifications for log followers and the dashboard's live views (V33).
+pub const LOGS_GATE: &str = "drover_logs_gate";
 
 /// NOTIFY channel: a job became ready to lease (payload: queue).
 pub const JOBS_CHANNEL: &str = "drover_jobs";
@@ -398,8 +400,8 @@ impl Store {
         .await
     }
 
-    /// Keeps a gate open for `secs` more seconds (database clock): [`WATCH_GATE`] or
-    /// [`OUTBOX_GATE`].
+    /// Keeps a gate open for `secs` more seconds (database clock): [`WATCH_GATE`],
+    /// [`OUTBOX_GATE`] or [`LOGS_GATE`].
     pub async fn arm_gate(&self, gate: &'static str, secs: i64) -> Result<()> {
         const ARM_GATE: &str = include_str!("store/sql/common/arm_gate.sql");
         measured("arm_gate", async {

@@ -125,10 +125,12 @@ async fn a_filter_watch_sees_changes_made_through_another_coordinator() -> anyho
 struct Listener {
     client: tokio_postgres::Client,
     rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    channel: &'static str,
 }
 
 impl Listener {
-    async fn new(url: &str) -> anyhow::Result<Listener> {
+    /// Listens on `channel` (the drain marker goes there too).
+    async fn new(url: &str, channel: &'static str) -> anyhow::Result<Listener> {
         let (client, mut conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -139,14 +141,18 @@ impl Listener {
                 }
             }
         });
-        client.batch_execute("LISTEN drover_job_states").await?;
-        Ok(Listener { client, rx })
+        client.batch_execute(&format!("LISTEN {channel}")).await?;
+        Ok(Listener {
+            client,
+            rx,
+            channel,
+        })
     }
 
     /// Every payload sent on the channel since the last call.
     async fn drain(&mut self, marker: &str) -> anyhow::Result<Vec<String>> {
         self.client
-            .execute("SELECT pg_notify('drover_job_states', $1)", &[&marker])
+            .execute("SELECT pg_notify($1, $2)", &[&self.channel, &marker])
             .await?;
         let mut got = Vec::new();
         loop {
@@ -162,13 +168,72 @@ impl Listener {
     }
 }
 
+/// Waits until some coordinator has armed `gate` (V31, V33).
+async fn wait_armed(cl: &Cluster, gate: &str) -> anyhow::Result<()> {
+    let db = cl.db.client().await?;
+    let start = std::time::Instant::now();
+    loop {
+        let armed: bool = db
+            .query_one(
+                "SELECT coalesce(pg_sequence_last_value($1::text::regclass) \
+                   > extract(epoch FROM now()), false)",
+                &[&gate],
+            )
+            .await?
+            .get(0);
+        if armed {
+            return Ok(());
+        }
+        anyhow::ensure!(start.elapsed() < PATIENCE, "{gate} was never armed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn log_notifications_are_sent_only_while_someone_follows_a_log() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let _w = cl.worker("w1", &addr, 2, &[])?;
+    let mut api = jobs(&addr).await?;
+    let mut heard = Listener::new(&cl.db.url, "drover_logs").await?;
+    let quiet = submit(&mut api, sh("echo quiet")).await?;
+    wait_state(&mut api, &quiet.id, pb::JobState::Succeeded).await?;
+    assert_eq!(
+        heard.drain("marker-1").await?,
+        Vec::<String>::new(),
+        "nobody follows a log: neither the output nor the end may be announced"
+    );
+    // A follower of a job that no worker takes (so the stream stays open) arms the gate.
+    let mut waiting = sh("true");
+    waiting.queue = "nobody-takes-this".into();
+    let waiting = submit(&mut api, waiting).await?;
+    let _follow = api
+        .stream_logs(pb::StreamLogsRequest {
+            job_id: waiting.id.clone(),
+            attempt: 0,
+            follow: true,
+        })
+        .await?
+        .into_inner();
+    wait_armed(&cl, "drover_logs_gate").await?;
+    let followed = submit(&mut api, sh("echo followed")).await?;
+    wait_state(&mut api, &followed.id, pb::JobState::Succeeded).await?;
+    let got = heard.drain("marker-2").await?;
+    assert!(
+        got.contains(&followed.id),
+        "{} (its output and its end) not among {got:?}",
+        followed.id
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn state_changes_are_announced_only_while_someone_watches() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
     let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
     let _w = cl.worker("w1", &addr, 2, &[])?;
     let mut api = jobs(&addr).await?;
-    let mut heard = Listener::new(&cl.db.url).await?;
+    let mut heard = Listener::new(&cl.db.url, "drover_job_states").await?;
     let quiet = submit(&mut api, sh("true")).await?;
     wait_state(&mut api, &quiet.id, pb::JobState::Succeeded).await?;
     assert_eq!(
@@ -184,23 +249,7 @@ async fn state_changes_are_announced_only_while_someone_watches() -> anyhow::Res
         })
         .await?
         .into_inner();
-    let db = cl.db.client().await?;
-    let start = std::time::Instant::now();
-    loop {
-        let armed: bool = db
-            .query_one(
-                "SELECT coalesce(pg_sequence_last_value('drover_watch_gate') \
-                   > extract(epoch FROM now()), false)",
-                &[],
-            )
-            .await?
-            .get(0);
-        if armed {
-            break;
-        }
-        anyhow::ensure!(start.elapsed() < PATIENCE, "the watch gate was never armed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_armed(&cl, "drover_watch_gate").await?;
     let watched = submit(&mut api, sh("true")).await?;
     wait_state(&mut api, &watched.id, pb::JobState::Succeeded).await?;
     let got = heard.drain("marker-2").await?;

@@ -22,5 +22,9 @@ WITH u AS (
     INSERT INTO outbox (job_id, event, payload) SELECT u.job_id, u.event, u.payload FROM u
      WHERE pg_sequence_last_value('drover_outbox_gate') > extract(epoch FROM statement_timestamp())
   )
+  -- Log followers' notifications (channel drover_logs) only while the logs gate is
+  -- armed (V33); the dispatchers' (drover_jobs) always.
   SELECT count(pg_notify(n.channel, n.payload))
     FROM unnest($17::text[], $18::text[]) AS n(channel, payload)
+   WHERE n.channel <> 'drover_logs'
+      OR pg_sequence_last_value('drover_logs_gate') > extract(epoch FROM statement_timestamp())
