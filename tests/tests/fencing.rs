@@ -594,5 +594,14 @@ async fn a_result_can_return_its_slot_in_place_of_a_credit() -> anyhow::Result<(
     assert!(!r.slot_returned, "{r:?}");
     let (job, _) = get(&mut api, &third.id).await?;
     assert_eq!(job.state, pb::JobState::Succeeded as i32);
+
+    // The same result sent again, asking for the slot again: refused as stale, so a worker
+    // cannot mint credit by repeating results.
+    let s = w
+        .api
+        .finish_attempt(exited_ok(&a1.attempt_id, true))
+        .await
+        .expect_err("a repeated result was taken");
+    assert_eq!(s.code(), Code::FailedPrecondition, "{s:?}");
     Ok(())
 }
