@@ -271,10 +271,11 @@ impl Dispatcher {
         } else if claim.room == want && want > 0 {
             more = true;
         }
-        // Otherwise room was short of the credit: a result is still on its way (the
-        // worker returns credit once its result is stored; an older or careless one
-        // sooner), and its FinishAttempt wakes the loop once stored. Asking again
-        // before then would find no room either.
+        // Otherwise room was short of the credit: a result is still on its way (a slot
+        // comes back once its result is stored, with the result or by the worker's
+        // Credit; an older or careless worker's credit may come sooner), and its
+        // FinishAttempt wakes the loop once stored. Asking again before then would find
+        // no room either.
         s.take_credits(claimed.len() as u32);
         for c in claimed {
             crate::metrics::job_leased(c.waited);

@@ -559,8 +559,7 @@ impl Agent {
         // answer. (Until the result is stored the attempt counts as running there, so no
         // assignment takes the slot early.) Not while draining: no new jobs then.
         if req.return_slot {
-            let mut st = self.lock();
-            st.live = st.live.saturating_sub(1);
+            self.release_live();
         }
         let returned = match self
             .call(|mut c| {
@@ -634,11 +633,14 @@ impl Agent {
     }
 
     fn free_slot(&self) {
-        {
-            let mut st = self.lock();
-            st.live = st.live.saturating_sub(1);
-        }
+        self.release_live();
         self.send_credit();
+    }
+
+    /// One process fewer counts against the slots.
+    fn release_live(&self) {
+        let mut st = self.lock();
+        st.live = st.live.saturating_sub(1);
     }
 
     /// Offers the coordinator one slot again on the session (not while draining).
