@@ -7,11 +7,11 @@
 //! sweep only guards against a missed notification.
 
 use crate::error::Result;
-use crate::store::{Claim, EndRequest, Store};
+use crate::store::{Claim, ClaimAsk, EndRequest, Refill, Store};
 use drover_core::params::substitute_argv;
 use drover_core::RawResult;
 use drover_proto::v1::{session_response::Msg, Assignment, SessionResponse};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,7 +103,7 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(store: Store, lease_ttl: Duration, sweep: Duration) -> Arc<Self> {
-        Arc::new(Dispatcher {
+        let d = Arc::new(Dispatcher {
             logs: Arc::default(),
             jobs: Arc::default(),
             store,
@@ -114,7 +114,11 @@ impl Dispatcher {
             next_conn: AtomicU64::new(1),
             rotate: AtomicUsize::new(0),
             closing: std::sync::atomic::AtomicBool::new(false),
-        })
+        });
+        // Results that give slots back are refilled in their own transaction.
+        let weak: std::sync::Weak<dyn Refill> = Arc::downgrade(&(d.clone() as Arc<dyn Refill>));
+        d.store.set_refill(weak);
+        d
     }
 
     pub fn wake(&self) {
@@ -221,6 +225,14 @@ impl Dispatcher {
     async fn round(&self) -> Result<Round> {
         let mut exhausted: HashSet<(Vec<String>, Vec<String>)> = HashSet::new();
         let mut more = false;
+        let mut back = Vec::new();
+        // Most rounds under load find every slot filled (results refill their own).
+        if self.with_credit().is_empty() {
+            return Ok(Round::NoCredit);
+        }
+        // Held only while claiming: the hand-backs below go through the group writer,
+        // which may be waiting for this turn. Credit is read again under it.
+        let turn = self.store.claim_turn().await;
         for group in claim_groups(self.with_credit()) {
             let key = (group[0].queues.clone(), group[0].labels.clone());
             let asks: Vec<(&str, i64, i64)> = group
@@ -238,8 +250,17 @@ impl Dispatcher {
                 .claim_for(&asks, &key.0, &key.1, self.lease_ttl)
                 .await?;
             for ((s, claim), (_, want, _)) in group.iter().zip(claims).zip(asks.iter()) {
-                more |= self.deliver(s, claim, *want, &key, &mut exhausted).await;
+                let (short, again) = account(s, &claim, *want);
+                if short {
+                    exhausted.insert(key.clone());
+                }
+                more |= again;
+                more |= self.deliver(s, claim.jobs, &mut back);
             }
+        }
+        drop(turn);
+        for (attempt_id, raw) in back {
+            self.end(attempt_id, raw).await;
         }
         Ok(if more {
             Round::More
@@ -253,41 +274,26 @@ impl Dispatcher {
         })
     }
 
-    /// Sends a worker the jobs claimed for it. Returns whether another round should follow
-    /// at once (it had room for all it asked, or a job went back).
-    async fn deliver(
+    /// Sends a worker the jobs claimed for it (their credit already taken). Jobs that
+    /// cannot be sent go into `back`, to be handed back. Returns whether one went back (so
+    /// another round should follow at once).
+    fn deliver(
         &self,
         s: &Session,
-        claim: Claim,
-        want: i64,
-        key: &(Vec<String>, Vec<String>),
-        exhausted: &mut HashSet<(Vec<String>, Vec<String>)>,
+        claimed: Vec<crate::store::Claimed>,
+        back: &mut Vec<(uuid::Uuid, RawResult)>,
     ) -> bool {
         let mut more = false;
-        let claimed = claim.jobs;
-        if (claimed.len() as i64) < claim.room {
-            // Fewer due jobs than room: none left for workers like this one.
-            exhausted.insert(key.clone());
-        } else if claim.room == want && want > 0 {
-            more = true;
-        }
-        // Otherwise room was short of the credit: a result is still on its way (a slot
-        // comes back once its result is stored, with the result or by the worker's
-        // Credit; an older or careless worker's credit may come sooner), and its
-        // FinishAttempt wakes the loop once stored. Asking again before then would find
-        // no room either.
-        s.take_credits(claimed.len() as u32);
         for c in claimed {
             crate::metrics::job_leased(c.waited);
             let argv = match substitute_argv(&c.argv, &c.params) {
                 Ok(a) => a,
                 // Validated at submit, so this means the stored row was edited by hand.
                 Err((i, e)) => {
-                    self.end(
+                    back.push((
                         c.attempt_id,
                         RawResult::SpawnError(format!("argv[{i}]: {e}")),
-                    )
-                    .await;
+                    ));
                     s.add_credits(1);
                     continue;
                 }
@@ -319,7 +325,7 @@ impl Dispatcher {
             if !sent {
                 // The worker went away between claim and send: hand the job back
                 // without charging it a retry.
-                self.end(c.attempt_id, RawResult::Released).await;
+                back.push((c.attempt_id, RawResult::Released));
                 more = true;
             }
         }
@@ -327,20 +333,7 @@ impl Dispatcher {
     }
 
     async fn end(&self, attempt_id: uuid::Uuid, raw: RawResult) {
-        let req = EndRequest {
-            raw,
-            output_tail: String::new(),
-            log_chunk_count: None,
-            only_if_expired: false,
-            usage: None,
-        };
-        match self.store.end_attempt(attempt_id, &req).await {
-            Ok(ended) => crate::metrics::ended(&ended),
-            // The lease reaper will mark it lost after its TTL.
-            Err(e) => {
-                tracing::warn!(%attempt_id, error = %e, "could not hand back undelivered attempt")
-            }
-        }
+        hand_back(&self.store, attempt_id, raw).await;
     }
 
     /// Runs dispatch rounds until shutdown.
@@ -375,6 +368,112 @@ impl Dispatcher {
                 _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.cancelled() => return,
             }
+        }
+    }
+}
+
+/// Takes a claim's jobs from the session's credit. Returns (short, again): fewer due jobs
+/// than room (none left for workers like this one), and room for all it asked (it may
+/// take more at once).
+fn account(s: &Session, claim: &Claim, want: i64) -> (bool, bool) {
+    s.take_credits(claim.jobs.len() as u32);
+    let short = (claim.jobs.len() as i64) < claim.room;
+    // Otherwise room was short of the credit: a result is still on its way (a slot comes
+    // back once its result is stored: with the result, or by the worker's Credit; an
+    // older or careless worker's credit may come sooner), and its FinishAttempt wakes the
+    // loop once stored. Asking again before then would find no room either.
+    (short, !short && claim.room == want && want > 0)
+}
+
+/// Slots that results give back are claimed for in the results' own transaction
+/// (store/group.rs), under the claim turn, so no round runs meanwhile.
+impl Refill for Dispatcher {
+    fn asks(&self, returning: &[(String, u32)]) -> Vec<ClaimAsk> {
+        let mut asks: Vec<ClaimAsk> = Vec::new();
+        for (worker_id, n) in returning {
+            let Some(s) = self.session_of(worker_id) else {
+                continue;
+            };
+            if s.closed.is_cancelled() || s.paused.load(Ordering::Relaxed) {
+                continue;
+            }
+            let want = i64::from(s.credits().saturating_add(*n).min(s.slots));
+            let worker = (s.worker_id.clone(), want, i64::from(s.slots));
+            match asks
+                .iter_mut()
+                .find(|a| a.queues == s.queues && a.labels == s.labels)
+            {
+                Some(a) => a.workers.push(worker),
+                None => asks.push(ClaimAsk {
+                    queues: s.queues.clone(),
+                    labels: s.labels.clone(),
+                    workers: vec![worker],
+                    lease_ttl: self.lease_ttl,
+                }),
+            }
+        }
+        asks
+    }
+
+    fn settle(
+        &self,
+        returning: &[(String, u32)],
+        asks: &[ClaimAsk],
+        claims: Vec<Vec<Claim>>,
+    ) -> HashSet<String> {
+        let mut sessions: HashMap<&str, Arc<Session>> = HashMap::new();
+        for (worker_id, n) in returning {
+            if let Some(s) = self.session_of(worker_id) {
+                s.add_credits(*n);
+                sessions.insert(worker_id, s);
+            }
+        }
+        let mut back = Vec::new();
+        for (ask, claims) in asks.iter().zip(claims) {
+            for ((worker_id, want, _), claim) in ask.workers.iter().zip(claims) {
+                match sessions.get(worker_id.as_str()) {
+                    Some(s) => {
+                        account(s, &claim, *want);
+                        self.deliver(s, claim.jobs, &mut back);
+                    }
+                    // Gone since the ask: nobody to send to.
+                    None => back.extend(
+                        claim
+                            .jobs
+                            .iter()
+                            .map(|c| (c.attempt_id, RawResult::Released)),
+                    ),
+                }
+            }
+        }
+        if !back.is_empty() {
+            // Through the group writer, which is the caller: not awaited here.
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                for (attempt_id, raw) in back {
+                    hand_back(&store, attempt_id, raw).await;
+                }
+            });
+        }
+        sessions.into_keys().map(str::to_string).collect()
+    }
+}
+
+/// Ends an attempt that was claimed but never reached its worker.
+async fn hand_back(store: &Store, attempt_id: uuid::Uuid, raw: RawResult) {
+    let req = EndRequest {
+        raw,
+        output_tail: String::new(),
+        log_chunk_count: None,
+        only_if_expired: false,
+        usage: None,
+        return_slot: false,
+    };
+    match store.end_attempt(attempt_id, &req).await {
+        Ok(ended) => crate::metrics::ended(&ended),
+        // The lease reaper will mark it lost after its TTL.
+        Err(e) => {
+            tracing::warn!(%attempt_id, error = %e, "could not hand back undelivered attempt")
         }
     }
 }

@@ -141,6 +141,7 @@ pub async fn reap(store: &Store, dispatcher: &Dispatcher) -> Result<usize, Error
             log_chunk_count: None,
             only_if_expired: true,
             usage: None,
+            return_slot: false,
         };
         match store.end_attempt(id, &req).await {
             Ok(ended) => {

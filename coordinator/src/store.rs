@@ -46,6 +46,7 @@ pub use access::{AuditRow, NewToken, TokenRow};
 pub use attempts::{EndRequest, Ended};
 pub use audit_rows::AuditEntry;
 pub use dashboard::SessionRow;
+pub use group::{ClaimAsk, Refill};
 pub use jobs::JobFilter;
 pub use logs::ChunkIn;
 pub use queues::QueueRow;
@@ -348,6 +349,10 @@ pub struct Store {
     audits: std::sync::Arc<std::sync::OnceLock<audit_rows::Queue>>,
     /// The group writer of single submits (started on first use).
     submits: std::sync::Arc<std::sync::OnceLock<submit_group::Queue>>,
+    /// Who claims for the slots that results give back (the dispatcher, once it exists).
+    refill: std::sync::Arc<std::sync::OnceLock<std::sync::Weak<dyn group::Refill>>>,
+    /// Held by whoever claims for connected workers: one claim at a time on their credit.
+    claiming: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -367,7 +372,21 @@ impl Store {
             finishes: Default::default(),
             audits: Default::default(),
             submits: Default::default(),
+            refill: Default::default(),
+            claiming: Default::default(),
         }
+    }
+
+    /// Who claims for the slots that results give back, inside their group's transaction
+    /// (the first one set stays).
+    pub fn set_refill(&self, refill: std::sync::Weak<dyn group::Refill>) {
+        let _ = self.refill.set(refill);
+    }
+
+    /// The claim turn: held while claiming on connected workers' credit, by a dispatch
+    /// round or a group of results (store/group.rs). Take it before any database lock.
+    pub async fn claim_turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.claiming.clone().lock_owned().await
     }
 
     /// The length of log partitions this coordinator creates (`retention.log_partition`).

@@ -436,6 +436,7 @@ impl WorkerService for WorkersApi {
             only_if_expired: false,
             usage: (r.peak_rss_bytes > 0 || cpu_ms > 0)
                 .then_some((r.peak_rss_bytes as i64, cpu_ms)),
+            return_slot: r.return_slot,
         };
         let ended = self
             .store
@@ -445,13 +446,15 @@ impl WorkerService for WorkersApi {
         tracing::info!(job_id = %ended.job_id, %attempt_id, attempt_state = %ended.attempt_state,
             job_state = %ended.job_state, reason = %ended.reason, "attempt finished");
         // A slot of the worker is free now (running attempts bound what it can lease),
-        // and the job may be pending again. Asked to, the slot goes back into the
-        // session's credit here, so the worker sends no Credit for it.
+        // and the job may be pending again. Asked to, the slot was claimed for with the
+        // result or goes back into the session's credit here, so the worker sends no
+        // Credit for it.
         let slot_returned = r.return_slot
-            && ended
-                .worker_id
-                .as_deref()
-                .is_some_and(|w| self.dispatcher.return_slot(w));
+            && (ended.slot_returned
+                || ended
+                    .worker_id
+                    .as_deref()
+                    .is_some_and(|w| self.dispatcher.return_slot(w)));
         self.dispatcher.wake();
         Ok(Response::new(pb::FinishAttemptResponse {
             state: convert::attempt_state(ended.attempt_state) as i32,

@@ -547,10 +547,27 @@ fn exited_ok(attempt: &str, return_slot: bool) -> pb::FinishAttemptRequest {
     }
 }
 
-/// A result sent with `return_slot` puts its slot back into the session's credit, so the
-/// next job arrives without a Credit message. The response says whether that happened:
-/// not when it was not asked for, nor from a coordinator that holds no session of the
-/// worker (the worker then sends the Credit itself).
+/// Whether the rows of attempts `ended` (its result) and `claimed` (its creation) were
+/// written by the same transaction.
+async fn written_together(
+    db: &tokio_postgres::Client,
+    ended: &str,
+    claimed: &str,
+) -> anyhow::Result<bool> {
+    let r = db
+        .query_one(
+            "SELECT e.xmin::text = c.xmin::text FROM attempts e, attempts c \
+              WHERE e.id::text = $1 AND c.id::text = $2",
+            &[&ended, &claimed],
+        )
+        .await?;
+    Ok(r.try_get(0)?)
+}
+
+/// A result sent with `return_slot` gives its slot back: the next job is claimed for it in
+/// the result's own transaction and arrives without a Credit message. The response says
+/// whether that happened: not when it was not asked for, nor from a coordinator that holds
+/// no session of the worker (the worker then sends the Credit itself).
 #[tokio::test]
 async fn a_result_can_return_its_slot_in_place_of_a_credit() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
@@ -569,9 +586,15 @@ async fn a_result_can_return_its_slot_in_place_of_a_credit() -> anyhow::Result<(
         .await?
         .into_inner();
     assert!(r.slot_returned, "{r:?}");
-    // No Credit was sent: the worker's one slot came back with the result.
+    // No Credit was sent: the worker's one slot came back with the result, and the next
+    // job was claimed for it in the result's own transaction (one commit for both).
     let a2 = w.assignment().await?;
     assert_eq!(a2.job_id, second.id);
+    let db = cl.db.client().await?;
+    assert!(
+        written_together(&db, &a1.attempt_id, &a2.attempt_id).await?,
+        "the freed slot was claimed for in a transaction of its own"
+    );
 
     // Not asked for: not returned, and the worker's Credit brings the next job.
     let third = submit(&mut api, sh("true")).await?;
@@ -584,6 +607,10 @@ async fn a_result_can_return_its_slot_in_place_of_a_credit() -> anyhow::Result<(
     w.credit()?;
     let a3 = w.assignment().await?;
     assert_eq!(a3.job_id, third.id);
+    assert!(
+        !written_together(&db, &a2.attempt_id, &a3.attempt_id).await?,
+        "a slot not given back was claimed for with the result"
+    );
 
     // Asked of a coordinator without the worker's session: stored, but not returned.
     let mut elsewhere = workers(&other_addr).await?;

@@ -43,6 +43,7 @@ fn end(raw: RawResult) -> EndRequest {
         log_chunk_count: None,
         only_if_expired: false,
         usage: None,
+        return_slot: false,
     }
 }
 

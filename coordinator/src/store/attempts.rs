@@ -20,6 +20,9 @@ pub struct Ended {
     pub reason: String,
     /// The worker the attempt ran on, where the path that ended it read it.
     pub worker_id: Option<String>,
+    /// The request's `return_slot` was honoured where the result was stored: the slot is
+    /// in the worker session's credit, or already refilled (store/group.rs).
+    pub slot_returned: bool,
 }
 
 /// How an attempt is being ended, and by whom.
@@ -34,6 +37,9 @@ pub struct EndRequest {
     pub only_if_expired: bool,
     /// Peak RSS and CPU time of the attempt's processes, when the worker measured them.
     pub usage: Option<(i64, i64)>,
+    /// The worker counts the slot free once it sends the result: offer it again (claim
+    /// for it with the result, or credit the worker's session).
+    pub return_slot: bool,
 }
 
 impl Store {
@@ -126,6 +132,7 @@ impl Store {
             job_state: JobState::PermanentFailed,
             reason,
             worker_id: None,
+            slot_returned: false,
         })
     }
 }

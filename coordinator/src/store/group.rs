@@ -9,9 +9,17 @@
 //! own error and the others commit. If the group's transaction fails as a whole (a
 //! deadlock, a lost connection), every result in it is tried again in a group of its own,
 //! so one bad row cannot fail its neighbours.
+//!
+//! A result that gives its worker's slot back (`return_slot`) has the slot refilled in the
+//! same transaction: the dispatcher says what to claim for the workers whose slots come
+//! back ([`Refill`]), the plain claim runs after the group's write and before COMMIT, and
+//! the jobs claimed are delivered once it commits. A freed slot then costs no commit and
+//! no round trip of its own. The claim turn ([`Store::claim_turn`]), which every dispatch
+//! round also takes, keeps a refill and a round from claiming on the same credit.
 
 use super::failures;
-use super::{measured, parse_state, stale, EndRequest, Ended, Store, JOBS_CHANNEL};
+use super::jobs::{PlainClaim, CLAIM};
+use super::{measured, parse_state, stale, Claim, EndRequest, Ended, Store, JOBS_CHANNEL};
 use crate::auth::Principal;
 use crate::error::{Error, ErrorKind, Result};
 use deadpool_postgres::GenericClient;
@@ -29,6 +37,32 @@ use uuid::Uuid;
 const MAX_GROUP: usize = 64;
 /// Results waiting for the group writer; a full queue makes callers wait (backpressure).
 const QUEUE: usize = 1024;
+
+/// A plain claim to run inside a group's transaction: workers that take the same queues
+/// and labels, each as (id, jobs it asks for, its slots).
+pub struct ClaimAsk {
+    pub queues: Vec<String>,
+    pub labels: Vec<String>,
+    pub workers: Vec<(String, i64, i64)>,
+    pub lease_ttl: Duration,
+}
+
+/// What a group of results asks of the dispatcher (implemented by `dispatch::Dispatcher`).
+/// Both calls are made while the group holds the claim turn.
+pub trait Refill: Send + Sync {
+    /// The claims to make for workers whose results give slots back, as (worker id,
+    /// slots), counting the credit they hold already. Empty: nothing to claim.
+    fn asks(&self, returning: &[(String, u32)]) -> Vec<ClaimAsk>;
+    /// After COMMIT: the returned slots become credit, the jobs claimed (`claims[i]` for
+    /// `asks[i]`, one [`Claim`] per worker) are taken from it and sent. Returns the workers
+    /// whose slots were credited (their session is on this coordinator).
+    fn settle(
+        &self,
+        returning: &[(String, u32)],
+        asks: &[ClaimAsk],
+        claims: Vec<Vec<Claim>>,
+    ) -> HashSet<String>;
+}
 
 /// One result waiting to be ended.
 pub(super) struct Pending {
@@ -122,7 +156,7 @@ impl Store {
             group.into_iter().partition(|p| seen.insert(p.attempt_id));
         if group.len() > 1 {
             let n = group.len();
-            match measured("end_attempts_group", self.end_many(&group)).await {
+            match measured("end_attempts_group", self.end_many(&group, true)).await {
                 Ok(results) => {
                     crate::metrics::finish_group(n);
                     for (p, r) in group.into_iter().zip(results) {
@@ -132,24 +166,25 @@ impl Store {
                 Err(e) => {
                     tracing::warn!(error = %e, results = n,
                         "a group of attempt results failed together; ending them one by one");
+                    // Without refills: a failing claim must not fail the results again.
                     for p in group {
-                        self.end_one(p).await;
+                        self.end_one(p, false).await;
                     }
                 }
             }
         } else {
             for p in group {
-                self.end_one(p).await;
+                self.end_one(p, true).await;
             }
         }
         for p in again {
-            self.end_one(p).await;
+            self.end_one(p, true).await;
         }
     }
 
-    async fn end_one(&self, p: Pending) {
+    async fn end_one(&self, p: Pending, refill: bool) {
         crate::metrics::finish_group(1);
-        let r = match self.end_many(std::slice::from_ref(&p)).await {
+        let r = match self.end_many(std::slice::from_ref(&p), refill).await {
             Ok(mut v) => v
                 .pop()
                 .unwrap_or_else(|| Err(Error::Internal("a group of one gave no result".into()))),
@@ -179,8 +214,21 @@ impl Store {
     }
 
     /// One transaction for the group. `Err` means nothing was written; otherwise one
-    /// result per entry of `group`, in order.
-    async fn end_many(&self, group: &[Pending]) -> Result<Vec<Result<Ended>>> {
+    /// result per entry of `group`, in order. With `refill`, slots given back are claimed
+    /// for in the same transaction (see the module comment).
+    async fn end_many(&self, group: &[Pending], refill: bool) -> Result<Vec<Result<Ended>>> {
+        // Only the plain claim runs here: room it leaves stays credit, and the dispatch
+        // round the result wakes claims keyed jobs in a transaction of their own.
+        let refill = self
+            .refill
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .filter(|_| refill && group.iter().any(|p| p.req.return_slot));
+        // Taken before any row lock, in the order a dispatch round takes them.
+        let _turn = match &refill {
+            Some(_) => Some(self.claim_turn().await),
+            None => None,
+        };
         let mut tx = Pipelined::new(self.hot.get().await?);
         let ids: Vec<Uuid> = group.iter().map(|p| p.attempt_id).collect();
         // BEGIN and the locking read go out together: one round trip, not two.
@@ -217,6 +265,26 @@ impl Store {
         {
             return Err(e);
         }
+        // Workers whose results give a slot back, with how many.
+        let mut returning: Vec<(String, u32)> = Vec::new();
+        for (p, r) in group.iter().zip(&out) {
+            if let (
+                true,
+                Ok(Ended {
+                    worker_id: Some(w), ..
+                }),
+            ) = (p.req.return_slot, r)
+            {
+                match returning.iter_mut().find(|(id, _)| id == w) {
+                    Some((_, n)) => *n += 1,
+                    None => returning.push((w.clone(), 1)),
+                }
+            }
+        }
+        let asks = match &refill {
+            Some(r) if !returning.is_empty() => r.asks(&returning),
+            _ => Vec::new(),
+        };
         if w.attempt_id.is_empty() {
             tx.c().batch_execute("COMMIT").await?;
             tx.done();
@@ -244,15 +312,56 @@ impl Store {
                 &channels,
                 &payloads,
             ];
-            // The write and COMMIT go out together. If the write fails, PostgreSQL ends the
-            // aborted transaction at COMMIT with a rollback: nothing is written either way.
-            let (wrote, committed) = tokio::join!(
+            let claims: Vec<PlainClaim> = asks
+                .iter()
+                .map(|a| PlainClaim::new(&a.workers, &a.queues, &a.labels, a.lease_ttl))
+                .collect();
+            let claim = match claims.is_empty() {
+                true => None,
+                false => Some(tx.c().prepare_cached(CLAIM).await?),
+            };
+            let claim_params: Vec<_> = claims.iter().map(PlainClaim::params).collect();
+            // The write, the claims after it and COMMIT go out together. If any statement
+            // fails, PostgreSQL ends the aborted transaction at COMMIT with a rollback:
+            // nothing is written, whichever failed.
+            let (wrote, claimed, committed) = tokio::join!(
                 tx.c().query_one(&write, &params),
+                futures::future::join_all(
+                    claim
+                        .iter()
+                        .flat_map(|st| claim_params.iter().map(move |p| (st, p)))
+                        .map(|(st, p)| tx.c().query(st, p))
+                ),
                 tx.c().batch_execute("COMMIT")
             );
             committed?;
             tx.done();
             wrote?;
+            let claimed = claimed.into_iter().collect::<Result<Vec<_>, _>>()?;
+            if let Some(refill) = &refill {
+                // Committed: the attempts are leased. One unreadable claim (a row the
+                // code cannot read) delivers nothing; its attempts are reaped as lost
+                // when their lease runs out, as a claim's would be.
+                let claims = claims
+                    .iter()
+                    .zip(&claimed)
+                    .map(|(c, rows)| {
+                        c.claims(rows).unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "jobs claimed with results could not be read");
+                            Vec::new()
+                        })
+                    })
+                    .collect();
+                let credited = refill.settle(&returning, &asks, claims);
+                for (p, r) in group.iter().zip(out.iter_mut()) {
+                    if let (true, Ok(ended)) = (p.req.return_slot, r) {
+                        ended.slot_returned = ended
+                            .worker_id
+                            .as_ref()
+                            .is_some_and(|w| credited.contains(w));
+                    }
+                }
+            }
         }
         Ok(out)
     }
@@ -401,6 +510,7 @@ async fn decide(tx: &impl GenericClient, row: &Row, p: &Pending, w: &mut Writes)
         job_state: t.job_state,
         reason: t.reason,
         worker_id: Some(worker_id),
+        slot_returned: false,
     })
 }
 

@@ -20,6 +20,83 @@ use uuid::Uuid;
 /// One job by id.
 pub(super) const GET_JOB: &str = include_str!("sql/jobs/get_job.sql");
 
+/// Leases due jobs without concurrency keys to several workers at once. MATERIALIZED keeps
+/// the planner from re-running the locking subquery (which could claim more than asked
+/// for). One index scan per queue (LATERAL): with `queue = ANY($1)` the planner could not
+/// use the pending index for the order and sorted every pending job on each claim — 4.7 ms
+/// a claim with 7 000 pending, most of PostgreSQL's time in the throughput benchmark. That
+/// index (jobs_pending_plain_idx, V30) holds only jobs without concurrency keys, so keyed
+/// ones waiting are never read here. Rows locked beyond those kept are released at
+/// commit. Paused queues (queue_settings) are left out: one primary-key probe per queue.
+/// started_at is when the lease is taken (clock_timestamp), not when the statement began,
+/// like the keyed claim's (store/flow.rs).
+pub(super) const CLAIM: &str = include_str!("sql/jobs/claim.sql");
+
+/// The parameters of one [`CLAIM`] and the reading of its rows: run alone by
+/// [`Store::claim_for`], or inside a group of results (store/group.rs).
+pub(super) struct PlainClaim<'a> {
+    queues: &'a [String],
+    labels: &'a [String],
+    ids: Vec<&'a str>,
+    wants: Vec<i64>,
+    slots: Vec<i64>,
+    ttl_ms: f64,
+}
+
+impl<'a> PlainClaim<'a> {
+    /// `workers`: (id, jobs it asks for, its slots), ids distinct.
+    pub(super) fn new<S: AsRef<str>>(
+        workers: &'a [(S, i64, i64)],
+        queues: &'a [String],
+        labels: &'a [String],
+        lease_ttl: Duration,
+    ) -> Self {
+        PlainClaim {
+            queues,
+            labels,
+            ids: workers.iter().map(|w| w.0.as_ref()).collect(),
+            wants: workers.iter().map(|w| w.1).collect(),
+            slots: workers.iter().map(|w| w.2).collect(),
+            ttl_ms: millis(lease_ttl),
+        }
+    }
+
+    pub(super) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 6] {
+        [
+            &self.queues,
+            &self.labels,
+            &self.ids,
+            &self.wants,
+            &self.slots,
+            &self.ttl_ms,
+        ]
+    }
+
+    /// One [`Claim`] per worker, in the order given.
+    pub(super) fn claims(&self, rows: &[tokio_postgres::Row]) -> Result<Vec<Claim>> {
+        let mut claims: Vec<Claim> = self
+            .wants
+            .iter()
+            .map(|&want| Claim {
+                jobs: Vec::new(),
+                room: want,
+            })
+            .collect();
+        for r in rows {
+            let worker: &str = r.try_get("for_worker")?;
+            let Some(i) = self.ids.iter().position(|w| *w == worker) else {
+                continue;
+            };
+            claims[i].room = claims[i].room.min(r.try_get::<_, i64>("room")?);
+            // The one row of a worker that got nothing has only `room`.
+            if r.try_get::<_, Option<Uuid>>("attempt_id")?.is_some() {
+                claims[i].jobs.push(claimed_from_row(r)?);
+            }
+        }
+        Ok(claims)
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub state: Option<JobState>,
@@ -389,46 +466,12 @@ impl Store {
         labels: &[String],
         lease_ttl: Duration,
     ) -> Result<Vec<Claim>> {
-        const CLAIM: &str = include_str!("sql/jobs/claim.sql");
         measured("claim", async {
             let c = self.hot.get().await?;
-            // MATERIALIZED keeps the planner from re-running the locking subquery (which could
-            // claim more than asked for). One index scan per queue (LATERAL): with
-            // `queue = ANY($1)` the planner could not use the pending index for the order and
-            // sorted every pending job on each claim — 4.7 ms a claim with 7 000 pending, most
-            // of PostgreSQL's time in the throughput benchmark. That index
-            // (jobs_pending_plain_idx, V30) holds only jobs without concurrency keys, so keyed
-            // ones waiting are never read here. Rows locked beyond those kept are released at
-            // commit. Paused queues (queue_settings) are left out: one primary-key probe per
-            // queue. started_at is when the lease is taken (clock_timestamp), not when the
-            // statement began, like the keyed claim's (store/flow.rs).
+            let ask = PlainClaim::new(workers, queues, labels, lease_ttl);
+            let rows = c.query_cached(CLAIM, &ask.params()).await?;
             let ids: Vec<&str> = workers.iter().map(|w| w.0).collect();
-            let wants: Vec<i64> = workers.iter().map(|w| w.1).collect();
-            let slots: Vec<i64> = workers.iter().map(|w| w.2).collect();
-            let rows = c
-                .query_cached(
-                    CLAIM,
-                    &[&queues, &labels, &ids, &wants, &slots, &millis(lease_ttl)],
-                )
-                .await?;
-            let mut claims: Vec<Claim> = workers
-                .iter()
-                .map(|w| Claim {
-                    jobs: Vec::new(),
-                    room: w.1,
-                })
-                .collect();
-            for r in &rows {
-                let worker: &str = r.try_get("for_worker")?;
-                let Some(i) = ids.iter().position(|w| *w == worker) else {
-                    continue;
-                };
-                claims[i].room = claims[i].room.min(r.try_get::<_, i64>("room")?);
-                // The one row of a worker that got nothing has only `room`.
-                if r.try_get::<_, Option<Uuid>>("attempt_id")?.is_some() {
-                    claims[i].jobs.push(claimed_from_row(r)?);
-                }
-            }
+            let mut claims = ask.claims(&rows)?;
             // Jobs with concurrency keys take their own path (a transaction that also counts
             // the keys), only when the plain claim left room and keyed jobs may be waiting.
             // One that comes back short found all there was for these queues and labels:

@@ -107,6 +107,7 @@ impl Store {
                     log_chunk_count: None,
                     only_if_expired: false,
                     usage: None,
+                    return_slot: false,
                 };
                 match self.end_attempt(id, &req).await {
                     Ok(e) => ended.push(e),
