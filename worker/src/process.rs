@@ -57,7 +57,7 @@ pub struct RunSpec {
     /// Where to record the process group while it runs, so a restarted worker can kill
     /// what a crashed one left behind (see `state_dir::kill_leftover_groups`). Emptied, not
     /// deleted, when the group is gone, so the file can be reused by the next attempt.
-    pub pgid_file: Option<PathBuf>,
+    pub pgid_file: Option<GroupFile>,
     /// Told the process group id once the child is running.
     pub started: Option<tokio::sync::oneshot::Sender<i32>>,
     /// The attempt's cgroup: the child joins it before exec, and everything in it is
@@ -172,17 +172,60 @@ pub fn write_group_record(
     group: Option<(i32, u64)>,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let text = group
-        .map(|(pgid, start)| format!("{pgid} {start}"))
-        .unwrap_or_default();
-    let mut record = format!("{text:<width$}", width = GROUP_RECORD_BYTES - 1);
-    record.push('\n');
+    let record = group_record(group);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)?;
     file.write_all_at(record.as_bytes(), 0)
+}
+
+/// Where an attempt's process group is recorded: a slot's file, kept open from attempt to
+/// attempt (two `open`s and two `close`s fewer per attempt), or a file opened at each write.
+#[derive(Clone, Debug)]
+pub struct GroupFile {
+    pub path: PathBuf,
+    open: Option<Arc<std::fs::File>>,
+}
+
+impl GroupFile {
+    /// Opened at each write.
+    pub fn at(path: PathBuf) -> Self {
+        GroupFile { path, open: None }
+    }
+
+    /// Opened (created if missing) now and kept open.
+    pub fn kept_open(path: PathBuf) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        Ok(GroupFile {
+            path,
+            open: Some(Arc::new(file)),
+        })
+    }
+
+    /// Writes (or, with None, blanks) the record: see [`write_group_record`].
+    pub fn write(&self, group: Option<(i32, u64)>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        match &self.open {
+            Some(f) => f.write_all_at(group_record(group).as_bytes(), 0),
+            None => write_group_record(&self.path, group),
+        }
+    }
+}
+
+/// The record's text: "<pgid> <start time>" padded to [`GROUP_RECORD_BYTES`].
+fn group_record(group: Option<(i32, u64)>) -> String {
+    let text = group
+        .map(|(pgid, start)| format!("{pgid} {start}"))
+        .unwrap_or_default();
+    let mut record = format!("{text:<width$}", width = GROUP_RECORD_BYTES - 1);
+    record.push('\n');
+    record
 }
 
 fn signal_group(pgid: i32, sig: Signal) {
@@ -201,7 +244,7 @@ struct Cleanup {
     /// Set while the group may still need killing.
     pgid: Option<i32>,
     cgroup: Option<Arc<AttemptCgroup>>,
-    pgid_file: Option<PathBuf>,
+    pgid_file: Option<GroupFile>,
     give_up: CancellationToken,
 }
 
@@ -214,8 +257,8 @@ impl Drop for Cleanup {
             }
         }
         self.give_up.cancel();
-        if let Some(path) = &self.pgid_file {
-            let _ = write_group_record(path, None);
+        if let Some(file) = &self.pgid_file {
+            let _ = file.write(None);
         }
     }
 }
@@ -353,9 +396,9 @@ pub async fn run(
     if let Some(tx) = started {
         let _ = tx.send(pgid);
     }
-    if let (Some(path), Some(start)) = (&spec.pgid_file, process_start_time(pgid)) {
-        if let Err(e) = write_group_record(path, Some((pgid, start))) {
-            tracing::warn!(error = %e, path = %path.display(), "could not record process group");
+    if let (Some(file), Some(start)) = (&spec.pgid_file, process_start_time(pgid)) {
+        if let Err(e) = file.write(Some((pgid, start))) {
+            tracing::warn!(error = %e, path = %file.path.display(), "could not record process group");
         }
     }
     // Own tasks, so both pipes are read in parallel with each other and with the wait.
@@ -669,7 +712,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let file = d.path().join("pgid");
         let mut s = spec("sleep 1000 & echo $!; sleep 1000", d.path());
-        s.pgid_file = Some(file.clone());
+        s.pgid_file = Some(GroupFile::at(file.clone()));
         let (pgid_tx, pgid_rx) = tokio::sync::oneshot::channel();
         s.started = Some(pgid_tx);
         let (tx, mut rx) = mpsc::channel(8);
@@ -704,23 +747,27 @@ mod tests {
     async fn process_group_is_recorded_while_running() {
         let d = tempfile::tempdir().unwrap();
         let file = d.path().join("pgid");
-        let mut s = spec("echo $$; sleep 1000", d.path());
-        s.pgid_file = Some(file.clone());
-        let stop = CancellationToken::new();
-        let (tx, mut rx) = mpsc::channel(8);
-        let run = tokio::spawn(run(s, tx, stop.clone()));
-        let pid: i32 = read_line(&mut rx).await.parse().unwrap();
-        let recorded = std::fs::read_to_string(&file).unwrap();
-        let start = process_start_time(pid).unwrap();
-        assert_eq!(recorded.trim_end(), format!("{pid} {start}"));
-        stop.cancel();
-        while rx.recv().await.is_some() {}
-        assert_eq!(run.await.unwrap(), ExitOutcome::Stopped);
-        assert_eq!(
-            std::fs::read_to_string(&file).unwrap().trim(),
-            "",
-            "record cleared"
-        );
+        // A file opened at each write, then a slot's kept open for two attempts in turn.
+        let kept = GroupFile::kept_open(file.clone()).unwrap();
+        for group_file in [GroupFile::at(file.clone()), kept.clone(), kept] {
+            let mut s = spec("echo $$; sleep 1000", d.path());
+            s.pgid_file = Some(group_file);
+            let stop = CancellationToken::new();
+            let (tx, mut rx) = mpsc::channel(8);
+            let run = tokio::spawn(run(s, tx, stop.clone()));
+            let pid: i32 = read_line(&mut rx).await.parse().unwrap();
+            let recorded = std::fs::read_to_string(&file).unwrap();
+            let start = process_start_time(pid).unwrap();
+            assert_eq!(recorded.trim_end(), format!("{pid} {start}"));
+            stop.cancel();
+            while rx.recv().await.is_some() {}
+            assert_eq!(run.await.unwrap(), ExitOutcome::Stopped);
+            assert_eq!(
+                std::fs::read_to_string(&file).unwrap().trim(),
+                "",
+                "record cleared"
+            );
+        }
     }
 
     #[tokio::test]

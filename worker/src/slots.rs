@@ -12,8 +12,11 @@
 //! An attempt that finds no free slot (it cannot normally happen: the worker takes no more
 //! attempts than it has slots) gets a directory and a file named after itself, removed at
 //! its end. A slot whose directory cannot be emptied is retired, so the next job never
-//! starts among an earlier one's files.
+//! starts among an earlier one's files. A slot's group file is opened at its first
+//! attempt and kept open, so recording and clearing a group is one `pwrite` each.
 
+use crate::process::GroupFile;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -23,6 +26,8 @@ pub struct Slots {
     work_root: PathBuf,
     pids_dir: PathBuf,
     free: Mutex<Vec<usize>>,
+    /// Slots' group files, open since their first attempt.
+    group_files: Mutex<HashMap<usize, GroupFile>>,
 }
 
 impl Slots {
@@ -31,7 +36,21 @@ impl Slots {
             work_root,
             pids_dir,
             free: Mutex::new((0..slots as usize).rev().collect()),
+            group_files: Mutex::default(),
         })
+    }
+
+    /// Slot `i`'s group file, opened on first use and kept open; one that cannot be
+    /// opened now is opened at each write instead (which reports the error).
+    fn group_file(&self, i: usize, path: PathBuf) -> GroupFile {
+        let mut files = self.group_files.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = files.get(&i) {
+            return f.clone();
+        }
+        match GroupFile::kept_open(path.clone()) {
+            Ok(f) => files.entry(i).or_insert(f).clone(),
+            Err(_) => GroupFile::at(path),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
@@ -46,11 +65,15 @@ impl Slots {
             Some(i) => format!("slot-{i}"),
             None => attempt_id.to_string(),
         };
+        let group_path = self.pids_dir.join(&name);
         let ws = Workspace {
             slots: self.clone(),
             slot,
             work_dir: self.work_root.join(&name),
-            group_file: self.pids_dir.join(&name),
+            group_file: match slot {
+                Some(i) => self.group_file(i, group_path),
+                None => GroupFile::at(group_path),
+            },
             released: false,
         };
         match std::fs::create_dir(&ws.work_dir) {
@@ -72,7 +95,7 @@ pub struct Workspace {
     slots: Arc<Slots>,
     slot: Option<usize>,
     pub work_dir: PathBuf,
-    pub group_file: PathBuf,
+    pub group_file: GroupFile,
     released: bool,
 }
 
@@ -104,7 +127,7 @@ impl Workspace {
             Some(i) if cleaned.is_ok() => self.slots.lock().push(i),
             Some(i) => tracing::warn!(slot = i, "slot retired: its work directory is not empty"),
             None => {
-                let _ = std::fs::remove_file(&self.group_file);
+                let _ = std::fs::remove_file(&self.group_file.path);
             }
         }
     }
@@ -163,7 +186,7 @@ mod tests {
         let mut a = s.open("att-a").unwrap();
         let b = s.open("att-b").unwrap();
         assert_ne!(a.work_dir, b.work_dir);
-        assert_ne!(a.group_file, b.group_file);
+        assert_ne!(a.group_file.path, b.group_file.path);
         // What a job leaves: files, a nested directory, a symlink out of the directory.
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("keep"), "x").unwrap();
@@ -185,6 +208,7 @@ mod tests {
             c.work_dir, dir,
             "the freed slot's directory is the next one's"
         );
+        assert_eq!(c.group_file.path, a.group_file.path, "and its group file");
     }
 
     #[tokio::test]
@@ -204,11 +228,11 @@ mod tests {
         let (_d, s) = slots(1);
         let _a = s.open("att-a").unwrap();
         let mut b = s.open("att-b").unwrap();
-        assert!(b.work_dir.ends_with("att-b") && b.group_file.ends_with("att-b"));
+        assert!(b.work_dir.ends_with("att-b") && b.group_file.path.ends_with("att-b"));
         std::fs::write(b.work_dir.join("f"), "x").unwrap();
-        std::fs::write(&b.group_file, "1 2").unwrap();
+        b.group_file.write(Some((1, 2))).unwrap();
         b.release().await;
-        assert!(!b.work_dir.exists() && !b.group_file.exists());
+        assert!(!b.work_dir.exists() && !b.group_file.path.exists());
         assert_eq!(s.free_count(), 0, "nothing handed back that was not taken");
     }
 
