@@ -226,6 +226,7 @@ impl Dispatcher {
         let mut exhausted: HashSet<(Vec<String>, Vec<String>)> = HashSet::new();
         let mut more = false;
         let mut back = Vec::new();
+        let mut failed = None;
         // Most rounds under load find every slot filled (results refill their own).
         if self.with_credit().is_empty() {
             return Ok(Round::NoCredit);
@@ -245,10 +246,17 @@ impl Dispatcher {
                     )
                 })
                 .collect();
-            let claims = self
+            let claims = match self
                 .store
                 .claim_for(&asks, &key.0, &key.1, self.lease_ttl)
-                .await?;
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             for ((s, claim), (_, want, _)) in group.iter().zip(claims).zip(asks.iter()) {
                 let (short, again) = account(s, &claim, *want);
                 if short {
@@ -259,8 +267,12 @@ impl Dispatcher {
             }
         }
         drop(turn);
+        // Also after a failed claim: what earlier claims could not deliver goes back.
         for (attempt_id, raw) in back {
-            self.end(attempt_id, raw).await;
+            hand_back(&self.store, attempt_id, raw).await;
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         Ok(if more {
             Round::More
@@ -330,10 +342,6 @@ impl Dispatcher {
             }
         }
         more
-    }
-
-    async fn end(&self, attempt_id: uuid::Uuid, raw: RawResult) {
-        hand_back(&self.store, attempt_id, raw).await;
     }
 
     /// Runs dispatch rounds until shutdown.
