@@ -159,6 +159,7 @@ impl super::Store {
                         &s.overlap.as_str(),
                         &s.paused,
                         &s.next_fire_at,
+                        &s.created_at,
                     ],
                 )
                 .await?
