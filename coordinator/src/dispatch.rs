@@ -469,15 +469,7 @@ impl Refill for Dispatcher {
 
 /// Ends an attempt that was claimed but never reached its worker.
 async fn hand_back(store: &Store, attempt_id: uuid::Uuid, raw: RawResult) {
-    let req = EndRequest {
-        raw,
-        output_tail: String::new(),
-        log_chunk_count: None,
-        only_if_expired: false,
-        usage: None,
-        return_slot: false,
-    };
-    match store.end_attempt(attempt_id, &req).await {
+    match store.end_attempt(attempt_id, &EndRequest::bare(raw)).await {
         Ok(ended) => crate::metrics::ended(&ended),
         // The lease reaper will mark it lost after its TTL.
         Err(e) => {

@@ -136,12 +136,10 @@ pub async fn reap(store: &Store, dispatcher: &Dispatcher) -> Result<usize, Error
     let mut n = 0;
     for id in store.expired_attempts(500).await? {
         let req = EndRequest {
-            raw: RawResult::Lost("lease expired: no heartbeat from its worker".into()),
-            output_tail: String::new(),
-            log_chunk_count: None,
             only_if_expired: true,
-            usage: None,
-            return_slot: false,
+            ..EndRequest::bare(RawResult::Lost(
+                "lease expired: no heartbeat from its worker".into(),
+            ))
         };
         match store.end_attempt(id, &req).await {
             Ok(ended) => {

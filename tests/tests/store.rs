@@ -37,14 +37,7 @@ fn policy() -> RetryPolicy {
 }
 
 fn end(raw: RawResult) -> EndRequest {
-    EndRequest {
-        raw,
-        output_tail: String::new(),
-        log_chunk_count: None,
-        only_if_expired: false,
-        usage: None,
-        return_slot: false,
-    }
+    EndRequest::bare(raw)
 }
 
 fn chunk(seq: i64, data: &str) -> ChunkIn {

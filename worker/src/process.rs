@@ -172,13 +172,16 @@ pub fn write_group_record(
     group: Option<(i32, u64)>,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let record = group_record(group);
-    let file = std::fs::OpenOptions::new()
+    open_group_record(path)?.write_all_at(group_record(group).as_bytes(), 0)
+}
+
+/// Opens (creating) a group record for writing in place, never truncated.
+fn open_group_record(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
-        .open(path)?;
-    file.write_all_at(record.as_bytes(), 0)
+        .open(path)
 }
 
 /// Where an attempt's process group is recorded: a slot's file, kept open from attempt to
@@ -197,11 +200,7 @@ impl GroupFile {
 
     /// Opened (created if missing) now and kept open.
     pub fn kept_open(path: PathBuf) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
+        let file = open_group_record(&path)?;
         Ok(GroupFile {
             path,
             open: Some(Arc::new(file)),

@@ -42,6 +42,21 @@ pub struct EndRequest {
     pub return_slot: bool,
 }
 
+impl EndRequest {
+    /// A result with nothing but its outcome (no output, log count, usage or slot), as
+    /// the coordinator itself ends attempts.
+    pub fn bare(raw: RawResult) -> Self {
+        EndRequest {
+            raw,
+            output_tail: String::new(),
+            log_chunk_count: None,
+            only_if_expired: false,
+            usage: None,
+            return_slot: false,
+        }
+    }
+}
+
 impl Store {
     pub async fn list_attempts(&self, job_id: Uuid) -> Result<Vec<AttemptRow>> {
         const LIST_ATTEMPTS: &str = include_str!("sql/attempts/list_attempts.sql");

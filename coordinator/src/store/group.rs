@@ -265,9 +265,9 @@ impl Store {
         {
             return Err(e);
         }
-        // Workers whose results give a slot back, with how many.
+        // Workers whose results give a slot back, with how many (only when refilling).
         let mut returning: Vec<(String, u32)> = Vec::new();
-        for (p, r) in group.iter().zip(&out) {
+        for (p, r) in group.iter().zip(&out).filter(|_| refill.is_some()) {
             if let (
                 true,
                 Ok(Ended {

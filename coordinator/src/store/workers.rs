@@ -101,14 +101,10 @@ impl Store {
             };
             let mut ended = Vec::new();
             for id in orphans {
-                let req = EndRequest {
-                    raw: RawResult::Lost(format!("worker {} restarted without it", w.id)),
-                    output_tail: String::new(),
-                    log_chunk_count: None,
-                    only_if_expired: false,
-                    usage: None,
-                    return_slot: false,
-                };
+                let req = EndRequest::bare(RawResult::Lost(format!(
+                    "worker {} restarted without it",
+                    w.id
+                )));
                 match self.end_attempt(id, &req).await {
                     Ok(e) => ended.push(e),
                     // Someone else ended it meanwhile: nothing to do.
