@@ -2,7 +2,7 @@
 //! worker's own environment variables a job inherits, and masking of secret values in a
 //! job's output. The worker resolves paths and reads files; the decisions are here.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Basenames treated as shells by `forbid_shells`.
 pub const SHELLS: &[&str] = &[
@@ -43,6 +43,21 @@ impl ProgramPolicy {
     /// `canonical` is the same file with symlinks followed: a pattern may match either
     /// name, but a shell is recognised by either name too (`/bin/sh` -> `dash`).
     pub fn allows(&self, resolved: &Path, canonical: &Path) -> bool {
+        self.allows_with(resolved, || canonical.to_path_buf())
+    }
+
+    /// [`allows`](Self::allows), with the canonical name asked of `canonical` only when a
+    /// rule looks at it: with no allowlist and shells allowed, every program may run, and
+    /// following the symlinks of its path (a `readlink` per component) is wasted.
+    pub fn allows_with(&self, resolved: &Path, canonical: impl FnOnce() -> PathBuf) -> bool {
+        if self.allowed.is_empty() && !self.forbid_shells {
+            return true;
+        }
+        let canonical = canonical();
+        self.decide(resolved, &canonical)
+    }
+
+    fn decide(&self, resolved: &Path, canonical: &Path) -> bool {
         if self.forbid_shells && (is_shell(resolved) || is_shell(canonical)) {
             return false;
         }
@@ -275,6 +290,25 @@ mod tests {
             .unwrap_err()
             .contains("allowed_programs[0]"));
         assert!(ProgramPolicy::new(&["/a/[".into()], false).is_err());
+    }
+
+    #[test]
+    fn the_canonical_name_is_asked_for_only_when_a_rule_reads_it() {
+        let asked = std::cell::Cell::new(0);
+        let canonical = || {
+            asked.set(asked.get() + 1);
+            PathBuf::from("/usr/bin/dash")
+        };
+        let open = ProgramPolicy::new(&[], false).unwrap();
+        assert!(open.allows_with(Path::new("/bin/sh"), canonical));
+        assert_eq!(asked.get(), 0);
+        // The shell is recognised by its canonical name only, so that name must be read.
+        let no_shells = ProgramPolicy::new(&[], true).unwrap();
+        assert!(!no_shells.allows_with(Path::new("/bin/x"), canonical));
+        assert_eq!(asked.get(), 1);
+        let listed = ProgramPolicy::new(&["/usr/bin/dash".into()], false).unwrap();
+        assert!(listed.allows_with(Path::new("/bin/x"), canonical));
+        assert_eq!(asked.get(), 2);
     }
 
     #[test]

@@ -722,20 +722,7 @@ impl Agent {
             }
         };
         let (mut writer, mut reader) =
-            match spool::create(&self.cfg.spool_dir(), &attempt_id, self.cfg.max_spool_bytes) {
-                Ok(p) => p,
-                Err(e) => {
-                    if let Some(cg) = &cgroup {
-                        cg.remove();
-                    }
-                    return Some((
-                        ExitOutcome::SpawnError(format!("creating log spool: {e}")),
-                        Vec::new(),
-                        0,
-                        None,
-                    ));
-                }
-            };
+            spool::create(&self.cfg.spool_dir(), &attempt_id, self.cfg.max_spool_bytes);
 
         // Ships spooled chunks in order; a refusal means our lease is gone.
         let sender = {

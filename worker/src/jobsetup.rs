@@ -161,8 +161,8 @@ impl JobSetup {
         } else {
             work_dir.join(found)
         };
-        let canonical = std::fs::canonicalize(&found).unwrap_or_else(|_| found.clone());
-        if !self.policy.allows(&found, &canonical) {
+        let canonical = || std::fs::canonicalize(&found).unwrap_or_else(|_| found.clone());
+        if !self.policy.allows_with(&found, canonical) {
             return Err(self.refused(program));
         }
         Ok(found)

@@ -20,7 +20,8 @@
 //! 5. run_as: setgroups, setgid, setuid as raw system calls. glibc's wrappers make every
 //!    thread of the process change its ids too, by signalling them: here those threads
 //!    would be the parent's.
-//! 6. stdin from /dev/null, stdout and stderr to the pipes.
+//! 6. stdin from /dev/null (one descriptor, opened at the first spawn and kept), stdout
+//!    and stderr to the pipes (blocking on the child's side, non-blocking on ours).
 //! 7. `execve`, trying each PATH candidate in turn when no program was resolved.
 //!
 //! Everything the child uses is made before the clone: it does not allocate, lock or
@@ -269,6 +270,29 @@ fn pipe_fds() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((above_stdio(r)?, above_stdio(w)?))
 }
 
+/// An output pipe for the child: (our read end, non-blocking and registered with the
+/// runtime; the child's write end, blocking as a program expects its stdout to be).
+/// Set here in one `fcntl` rather than checked by tokio (an `fstat` and two `fcntl`s).
+fn output_pipe() -> io::Result<(pipe::Receiver, OwnedFd)> {
+    let (r, w) = pipe_fds()?;
+    nix::fcntl::fcntl(
+        &r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok((pipe::Receiver::from_owned_fd_unchecked(r)?, w))
+}
+
+/// The child's stdin: /dev/null, opened once and kept (close-on-exec, above stdio).
+fn dev_null() -> io::Result<RawFd> {
+    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    let fd = above_stdio(std::fs::File::open("/dev/null")?.into())?;
+    // Two first spawns at once: one descriptor is kept, the other closed.
+    Ok(NULL.get_or_init(|| fd).as_raw_fd())
+}
+
 /// The child's stack: an anonymous mapping with an inaccessible guard page below it, so an
 /// overflow faults instead of writing over the parent's memory.
 struct ChildStack {
@@ -397,10 +421,11 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<ChildProcess> {
         }
         None => None,
     };
-    let (out_r, out_w) = pipe_fds()?;
-    let (err_r, err_w) = pipe_fds()?;
+    // Registered before the clone: a failure then leaves no process behind.
+    let (out_r, out_w) = output_pipe()?;
+    let (err_r, err_w) = output_pipe()?;
     let (report_r, report_w) = pipe_fds()?;
-    let null = above_stdio(std::fs::File::open("/dev/null")?.into())?;
+    let null = dev_null()?;
     let mut stack = ChildStack::take()?;
     let args = ChildArgs {
         candidates: &candidates,
@@ -409,7 +434,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<ChildProcess> {
         work_dir: &work_dir,
         cgroup: spec.cgroup,
         run_as,
-        stdin: null.as_raw_fd(),
+        stdin: null,
         stdout: out_w.as_raw_fd(),
         stderr: err_w.as_raw_fd(),
         report: report_w.as_raw_fd(),
@@ -417,7 +442,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<ChildProcess> {
     let pid = clone_vfork(&args, &mut stack)?;
     // The child has exec'd or exited: its copies of these are closed, so only ours remain,
     // and its stack is free again.
-    drop((null, out_w, err_w, report_w));
+    drop((out_w, err_w, report_w));
     stack.give_back();
     match read_report(report_r) {
         Ok(None) => {}
@@ -446,8 +471,8 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<ChildProcess> {
     // which happens only with the AsyncFd that owns it.
     let registered = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) };
     child.pidfd = Some(registered.map_err(|e| e.into_parts().1)?);
-    child.stdout = Some(pipe::Receiver::from_owned_fd(out_r)?);
-    child.stderr = Some(pipe::Receiver::from_owned_fd(err_r)?);
+    child.stdout = Some(out_r);
+    child.stderr = Some(err_r);
     Ok(child)
 }
 
@@ -768,6 +793,35 @@ mod tests {
             let e = start(&j).expect_err("must not start");
             assert_eq!(e.raw_os_error(), Some(errno), "{:?}: {e}", j.argv);
         }
+    }
+
+    /// The open-file flags (octal) of descriptor `fd` in the child, from /proc.
+    async fn child_fd_flags(fd: u32, d: &Path) -> u32 {
+        let path = format!("/proc/self/fdinfo/{fd}");
+        let (status, out, _) = output(&job(&["cat", path.as_str()], d)).await;
+        assert!(status.success(), "{out}");
+        u32::from_str_radix(status_field(&out, "flags"), 8).expect("octal flags")
+    }
+
+    #[tokio::test]
+    async fn the_child_gets_blocking_stdio_and_the_same_dev_null_each_time() {
+        let d = tempfile::tempdir().unwrap();
+        // Our ends of the pipes are non-blocking; the child's must not be, or a program
+        // writing faster than we read would get EAGAIN.
+        for fd in [0, 1, 2] {
+            let flags = child_fd_flags(fd, d.path()).await;
+            assert_eq!(
+                flags & libc::O_NONBLOCK as u32,
+                0,
+                "fd {fd}: flags {flags:o}"
+            );
+        }
+        let (_, out, _) = output(&job(&["readlink", "/proc/self/fd/0"], d.path())).await;
+        assert_eq!(out.trim(), "/dev/null");
+        // One kept descriptor, not one opened (and left open) per spawn.
+        let first = dev_null().unwrap();
+        output(&job(&["true"], d.path())).await;
+        assert_eq!(dev_null().unwrap(), first);
     }
 
     #[tokio::test]

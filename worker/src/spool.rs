@@ -115,15 +115,32 @@ pub struct SpoolReader {
     rx: watch::Receiver<Published>,
 }
 
-/// Creates (or truncates) `<dir>/<attempt_id>.spool`, creating `dir` if needed.
-pub fn create(
-    dir: &Path,
-    attempt_id: &str,
-    max_bytes: u64,
-) -> Result<(SpoolWriter, SpoolReader), SpoolError> {
+/// Creates (or truncates) a spool file, and its directory if that is gone (the worker
+/// makes it at start; looking for it at every attempt cost two system calls a job).
+fn open_spool(path: &Path) -> std::io::Result<File> {
+    // Readable too, for the reader; writable for hole punching.
+    let open = || {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            open()
+        }
+        r => r,
+    }
+}
+
+/// The spool of `<dir>/<attempt_id>.spool`, made (with `dir` if needed) at the first frame.
+pub fn create(dir: &Path, attempt_id: &str, max_bytes: u64) -> (SpoolWriter, SpoolReader) {
     let path = dir.join(format!("{attempt_id}.spool"));
-    let io = |e| SpoolError::Io(path.clone(), e);
-    std::fs::create_dir_all(dir).map_err(io)?;
     let disk = Arc::new(Mutex::new(Disk {
         path: path.clone(),
         file: None,
@@ -133,7 +150,7 @@ pub fn create(
     }));
     let (tx, rx) = watch::channel(Published::default());
     let acked = Arc::new(AtomicU64::new(0));
-    Ok((
+    (
         SpoolWriter {
             path: path.clone(),
             disk: disk.clone(),
@@ -155,7 +172,7 @@ pub fn create(
             handed: Vec::new(),
             rx,
         },
-    ))
+    )
 }
 
 fn stream_byte(s: StreamKind) -> u8 {
@@ -209,15 +226,7 @@ impl SpoolWriter {
             let file = match &d.file {
                 Some(f) => f.clone(),
                 None => {
-                    // Readable too, for the reader; writable for hole punching.
-                    let f = Arc::new(
-                        File::options()
-                            .read(true)
-                            .write(true)
-                            .create(true)
-                            .truncate(true)
-                            .open(&d.path)?,
-                    );
+                    let f = Arc::new(open_spool(&d.path)?);
                     d.file = Some(f.clone());
                     d.created = true;
                     f
@@ -503,7 +512,7 @@ mod tests {
     #[tokio::test]
     async fn round_trip_keeps_bytes_streams_times_and_order() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(d.path(), "a1", 1 << 20).unwrap();
+        let (mut w, mut r) = create(d.path(), "a1", 1 << 20);
         let big: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
         let input: Vec<(StreamKind, Vec<u8>, i64)> = vec![
             (StreamKind::Stdout, b"hello\n".to_vec(), 1_700_000_000_000),
@@ -530,7 +539,7 @@ mod tests {
     #[tokio::test]
     async fn batch_respects_max_bytes_but_returns_at_least_one_chunk() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(d.path(), "a2", 1 << 20).unwrap();
+        let (mut w, mut r) = create(d.path(), "a2", 1 << 20);
         for data in [&b"aaaa"[..], b"bbbb", b"cc", b"dddddddddd"] {
             w.append(StreamKind::Stdout, data, 0).await.unwrap();
         }
@@ -546,7 +555,7 @@ mod tests {
     #[tokio::test]
     async fn reading_ahead_continues_after_the_unacknowledged_batch() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(d.path(), "a9", 1 << 20).unwrap();
+        let (mut w, mut r) = create(d.path(), "a9", 1 << 20);
         for i in 0..6u8 {
             w.append(StreamKind::Stdout, &[i; 10], 0).await.unwrap();
         }
@@ -568,7 +577,7 @@ mod tests {
     #[tokio::test]
     async fn batch_comes_back_until_acked() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(d.path(), "a3", 1 << 20).unwrap();
+        let (mut w, mut r) = create(d.path(), "a3", 1 << 20);
         for i in 0..5u8 {
             w.append(StreamKind::Stdout, &[i; 10], 0).await.unwrap();
         }
@@ -591,7 +600,7 @@ mod tests {
     #[tokio::test]
     async fn reader_waits_for_the_writer_and_then_sees_the_end() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(d.path(), "a4", 1 << 20).unwrap();
+        let (mut w, mut r) = create(d.path(), "a4", 1 << 20);
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             loop {
@@ -619,7 +628,7 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_writer_ends_the_reader_too() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(d.path(), "a5", 1 << 20).unwrap();
+        let (mut w, mut r) = create(d.path(), "a5", 1 << 20);
         w.append(StreamKind::Stdout, b"x", 0).await.unwrap();
         drop(w);
         assert_eq!(seqs(&r.next_batch(10).await.unwrap()), vec![0]);
@@ -630,7 +639,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_writer_and_reader_move_every_byte() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(d.path(), "a6", 1 << 30).unwrap();
+        let (mut w, mut r) = create(d.path(), "a6", 1 << 30);
         let chunks: Vec<Vec<u8>> = (0..400u32)
             .map(|i| {
                 let len = (i as usize * 7919) % (64 * 1024) + 1;
@@ -674,7 +683,7 @@ mod tests {
         // Forty times the limit in all, shipped as it is written: nothing may be dropped,
         // and the disk holds little more than what is unsent.
         let max = 1 << 20;
-        let (mut w, mut r) = create(d.path(), "a8", max).unwrap();
+        let (mut w, mut r) = create(d.path(), "a8", max);
         let chunk = vec![b'x'; 64 * 1024];
         let mut got = 0usize;
         for _ in 0..640 {
@@ -707,7 +716,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         // Room for one frame of 8 bytes and the first 5 bytes of another.
         let max = 2 * HEADER as u64 + 13;
-        let (mut w, mut r) = create(d.path(), "a7", max).unwrap();
+        let (mut w, mut r) = create(d.path(), "a7", max);
         assert_eq!(
             w.append(StreamKind::Stdout, b"12345678", 0).await.unwrap(),
             Some(0)
@@ -741,7 +750,7 @@ mod tests {
     #[tokio::test]
     async fn within_the_limit_there_is_no_marker() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(d.path(), "a8", HEADER as u64 + 3).unwrap();
+        let (mut w, mut r) = create(d.path(), "a8", HEADER as u64 + 3);
         w.append(StreamKind::Stdout, b"abc", 0).await.unwrap();
         assert_eq!(w.dropped_bytes(), 0);
         assert_eq!(w.finish().await.unwrap(), 1);
@@ -753,7 +762,7 @@ mod tests {
     #[tokio::test]
     async fn damage_is_reported_not_misread() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, mut r) = create(d.path(), "a9", 1 << 20).unwrap();
+        let (mut w, mut r) = create(d.path(), "a9", 1 << 20);
         w.append(StreamKind::Stdout, b"one", 0).await.unwrap();
         w.append(StreamKind::Stdout, b"two", 0).await.unwrap();
         // Make the second frame's length point past the end.
@@ -773,7 +782,7 @@ mod tests {
     #[tokio::test]
     async fn no_output_makes_no_file() {
         let d = tempfile::tempdir().unwrap();
-        let (w, mut r) = create(d.path(), "a11", 1 << 20).unwrap();
+        let (w, mut r) = create(d.path(), "a11", 1 << 20);
         assert_eq!(w.finish().await.unwrap(), 0);
         assert!(r.next_batch(1 << 20).await.unwrap().is_empty());
         assert!(!d.path().join("a11.spool").exists());
@@ -783,7 +792,7 @@ mod tests {
     #[tokio::test]
     async fn removed_before_any_output_stays_removed() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, r) = create(d.path(), "a12", 1 << 20).unwrap();
+        let (mut w, r) = create(d.path(), "a12", 1 << 20);
         r.remove().unwrap();
         w.append(StreamKind::Stdout, b"late", 0).await.unwrap();
         w.finish().await.unwrap();
@@ -793,7 +802,7 @@ mod tests {
     #[tokio::test]
     async fn remove_deletes_the_file() {
         let d = tempfile::tempdir().unwrap();
-        let (mut w, r) = create(d.path().join("spool").as_path(), "a10", 1 << 20).unwrap();
+        let (mut w, r) = create(d.path().join("spool").as_path(), "a10", 1 << 20);
         w.append(StreamKind::Stdout, b"x", 0).await.unwrap();
         let path = d.path().join("spool/a10.spool");
         assert!(path.exists());
