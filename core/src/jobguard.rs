@@ -43,21 +43,6 @@ impl ProgramPolicy {
     /// `canonical` is the same file with symlinks followed: a pattern may match either
     /// name, but a shell is recognised by either name too (`/bin/sh` -> `dash`).
     pub fn allows(&self, resolved: &Path, canonical: &Path) -> bool {
-        self.allows_with(resolved, || canonical.to_path_buf())
-    }
-
-    /// [`allows`](Self::allows), with the canonical name asked of `canonical` only when a
-    /// rule looks at it: with no allowlist and shells allowed, every program may run, and
-    /// following the symlinks of its path (a `readlink` per component) is wasted.
-    pub fn allows_with(&self, resolved: &Path, canonical: impl FnOnce() -> PathBuf) -> bool {
-        if self.allowed.is_empty() && !self.forbid_shells {
-            return true;
-        }
-        let canonical = canonical();
-        self.decide(resolved, &canonical)
-    }
-
-    fn decide(&self, resolved: &Path, canonical: &Path) -> bool {
         if self.forbid_shells && (is_shell(resolved) || is_shell(canonical)) {
             return false;
         }
@@ -66,6 +51,13 @@ impl ProgramPolicy {
                 p.matches_path_with(resolved, PATH_MATCH)
                     || p.matches_path_with(canonical, PATH_MATCH)
             })
+    }
+
+    /// [`allows`](Self::allows), with the canonical name asked of `canonical` only when a
+    /// rule looks at it: with no allowlist and shells allowed, every program may run, and
+    /// following the symlinks of its path (a `readlink` per component) is wasted.
+    pub fn allows_with(&self, resolved: &Path, canonical: impl FnOnce() -> PathBuf) -> bool {
+        (self.allowed.is_empty() && !self.forbid_shells) || self.allows(resolved, &canonical())
     }
 }
 
