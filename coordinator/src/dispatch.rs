@@ -1,9 +1,9 @@
 //! Push dispatch: hands pending jobs to connected workers the moment both exist.
 //!
-//! Each connected worker holds *credits* (free slots it announced). The dispatcher runs a
-//! round whenever something may have changed — a local submit, a NOTIFY from another
-//! coordinator, a worker returning credit, or the next backoff expiring — and leases jobs
-//! for every worker with credit. There is no fixed-interval polling on the hot path; a slow
+//! Each connected worker holds *credits* (free room it announced: its slots, plus the jobs
+//! it may hold ahead). The dispatcher runs a round whenever something may have changed — a
+//! local submit, a NOTIFY from another coordinator, a worker returning credit, or the next
+//! backoff expiring — and leases jobs for every worker with credit. There is no fixed-interval polling on the hot path; a slow
 //! sweep only guards against a missed notification.
 
 use crate::error::Result;
@@ -27,8 +27,13 @@ pub struct Session {
     pub worker_id: String,
     pub queues: Vec<String>,
     pub labels: Vec<String>,
-    /// Slots declared in Hello: credits never exceed them, nor do running attempts.
+    /// Slots declared in Hello.
     pub slots: u32,
+    /// Jobs the worker may hold beyond its slots (Hello's lease_ahead).
+    pub ahead: u32,
+    /// Attempts the worker may hold: slots plus ahead. Credits never exceed it, nor do the
+    /// attempts stored as running on the worker.
+    pub capacity: u32,
     credits: Mutex<u32>,
     /// Paused or draining: takes no new jobs until a heartbeat says otherwise.
     paused: std::sync::atomic::AtomicBool,
@@ -38,9 +43,20 @@ pub struct Session {
 }
 
 impl Session {
+    /// The worker's ask for a claim: (id, jobs it asks for, its slots, jobs it may hold
+    /// ahead).
+    fn ask(&self, want: i64) -> (String, i64, i64, i64) {
+        (
+            self.worker_id.clone(),
+            want,
+            i64::from(self.slots),
+            i64::from(self.ahead),
+        )
+    }
+
     pub fn add_credits(&self, n: u32) {
         if let Ok(mut c) = self.credits.lock() {
-            *c = c.saturating_add(n).min(self.slots);
+            *c = c.saturating_add(n).min(self.capacity);
         }
     }
 
@@ -68,6 +84,15 @@ impl Session {
             .try_send(Ok(SessionResponse { msg: Some(msg) }))
             .is_ok()
     }
+}
+
+/// A worker's room as its Hello declares it: slots, jobs it may hold beyond them
+/// (lease_ahead), and how much of both is free now (its first credits).
+#[derive(Debug, Clone, Copy)]
+pub struct Room {
+    pub slots: u32,
+    pub ahead: u32,
+    pub free: u32,
 }
 
 /// How a dispatch round ended.
@@ -132,17 +157,23 @@ impl Dispatcher {
         worker_id: String,
         queues: Vec<String>,
         labels: Vec<String>,
-        slots: u32,
-        credits: u32,
+        room: Room,
         tx: Outbound,
     ) -> Arc<Session> {
+        let Room {
+            slots,
+            ahead,
+            free: credits,
+        } = room;
         let s = Arc::new(Session {
             conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             worker_id,
             queues,
             labels,
             slots,
-            credits: Mutex::new(credits.min(slots)),
+            ahead,
+            capacity: slots + ahead,
+            credits: Mutex::new(credits.min(slots + ahead)),
             paused: std::sync::atomic::AtomicBool::new(false),
             tx,
             closed: CancellationToken::new(),
@@ -236,13 +267,14 @@ impl Dispatcher {
         let turn = self.store.claim_turn().await;
         for group in claim_groups(self.with_credit()) {
             let key = (group[0].queues.clone(), group[0].labels.clone());
-            let asks: Vec<(&str, i64, i64)> = group
+            let asks: Vec<(&str, i64, i64, i64)> = group
                 .iter()
                 .map(|s| {
                     (
                         s.worker_id.as_str(),
                         i64::from(s.credits()),
                         i64::from(s.slots),
+                        i64::from(s.ahead),
                     )
                 })
                 .collect();
@@ -257,7 +289,7 @@ impl Dispatcher {
                     break;
                 }
             };
-            for ((s, claim), (_, want, _)) in group.iter().zip(claims).zip(asks.iter()) {
+            for ((s, claim), (_, want, _, _)) in group.iter().zip(claims).zip(asks.iter()) {
                 let (short, again) = account(s, &claim, *want);
                 if short {
                     exhausted.insert(key.clone());
@@ -405,8 +437,8 @@ impl Refill for Dispatcher {
             if s.closed.is_cancelled() || s.paused.load(Ordering::Relaxed) {
                 continue;
             }
-            let want = i64::from(s.credits().saturating_add(*n).min(s.slots));
-            let worker = (s.worker_id.clone(), want, i64::from(s.slots));
+            let want = i64::from(s.credits().saturating_add(*n).min(s.capacity));
+            let worker = s.ask(want);
             match asks
                 .iter_mut()
                 .find(|a| a.queues == s.queues && a.labels == s.labels)
@@ -438,7 +470,7 @@ impl Refill for Dispatcher {
         }
         let mut back = Vec::new();
         for (ask, claims) in asks.iter().zip(claims) {
-            for ((worker_id, want, _), claim) in ask.workers.iter().zip(claims) {
+            for ((worker_id, want, _, _), claim) in ask.workers.iter().zip(claims) {
                 match sessions.get(worker_id.as_str()) {
                     Some(s) => {
                         account(s, &claim, *want);
@@ -513,13 +545,18 @@ mod tests {
             Duration::from_secs(5),
         );
         let (tx, _rx) = mpsc::channel(1);
-        let before = d.register("w1".into(), vec![], vec![], 1, 1, tx.clone());
+        let room = Room {
+            slots: 1,
+            ahead: 0,
+            free: 1,
+        };
+        let before = d.register("w1".into(), vec![], vec![], room, tx.clone());
         assert!(!before.closed.is_cancelled());
         assert_eq!(d.session_count(), 1);
         d.close_all();
         assert!(before.closed.is_cancelled());
         // A session request that was already on an accepted connection.
-        let late = d.register("w2".into(), vec![], vec![], 1, 1, tx);
+        let late = d.register("w2".into(), vec![], vec![], room, tx);
         assert!(
             late.closed.is_cancelled(),
             "would hold the shutdown forever"

@@ -61,7 +61,15 @@ fn parse_ids(field: &str, ids: &[String]) -> Result<Vec<Uuid>, Error> {
     ids.iter().map(|s| parse_id(field, s)).collect()
 }
 
-fn hello_from_pb(h: pb::Hello) -> Result<(WorkerHello, u32), Error> {
+/// A worker's Hello as stored, with the jobs it may hold beyond its slots and how much of
+/// its room (slots plus those) is free now.
+struct Greeted {
+    hello: WorkerHello,
+    ahead: u32,
+    free: u32,
+}
+
+fn hello_from_pb(h: pb::Hello) -> Result<Greeted, Error> {
     if h.worker_id.is_empty() || h.worker_id.len() > 128 {
         return Err(Error::Invalid(
             "hello.worker_id: must be 1 to 128 characters".into(),
@@ -93,6 +101,13 @@ fn hello_from_pb(h: pb::Hello) -> Result<(WorkerHello, u32), Error> {
             h.slots
         )));
     }
+    // More held than run would only queue work on one host that another could start.
+    if h.lease_ahead > h.slots {
+        return Err(Error::Invalid(format!(
+            "hello.lease_ahead: must be 0 to hello.slots ({}), got {}",
+            h.slots, h.lease_ahead
+        )));
+    }
     for (i, q) in h.queues.iter().enumerate() {
         check_name(&format!("hello.queues[{i}]"), q)?;
     }
@@ -102,9 +117,9 @@ fn hello_from_pb(h: pb::Hello) -> Result<(WorkerHello, u32), Error> {
     let protocol_version = drover_core::protocol::check_worker(h.protocol_version)
         .map_err(Error::FailedPrecondition)?;
     let running = parse_ids("hello.running_attempts", &h.running_attempts)?;
-    let free = h.free_slots.min(h.slots);
-    Ok((
-        WorkerHello {
+    let free = h.free_slots.min(h.slots + h.lease_ahead);
+    Ok(Greeted {
+        hello: WorkerHello {
             id: h.worker_id,
             hostname: sanitize_reported(&h.hostname, MAX_HOSTNAME_BYTES),
             labels: h.labels,
@@ -119,8 +134,9 @@ fn hello_from_pb(h: pb::Hello) -> Result<(WorkerHello, u32), Error> {
             containment: sanitize_reported(&h.containment, MAX_CONTAINMENT_BYTES),
             protocol_version: protocol_version as i32,
         },
+        ahead: h.lease_ahead,
         free,
-    ))
+    })
 }
 
 fn parse_heartbeat_ids(ids: &[String]) -> Result<Vec<Uuid>, Error> {
@@ -197,7 +213,7 @@ impl WorkerService for WorkersApi {
                 "session: the first message must be a hello",
             ));
         };
-        let (hello, free) = hello_from_pb(hello)?;
+        let Greeted { hello, ahead, free } = hello_from_pb(hello)?;
         // Before anything is recorded: a worker token says hello only as its own worker id.
         principal.check_worker(&hello.id)?;
         // With a client certificate, a worker may only be the worker it names.
@@ -207,10 +223,11 @@ impl WorkerService for WorkersApi {
             .register_worker(&hello, &self.coordinator_id, self.lease_ttl)
             .await?;
         tracing::info!(worker_id = ?hello.id, hostname = ?hello.hostname, slots = hello.slots,
-            running = hello.running.len(), orphans_lost = orphans.len(),
+            lease_ahead = ahead, running = hello.running.len(), orphans_lost = orphans.len(),
             containment = ?hello.containment, "worker connected");
 
-        let (tx, rx) = mpsc::channel(256 + 2 * hello.slots as usize);
+        let slots = hello.slots.max(0) as u32;
+        let (tx, rx) = mpsc::channel(256 + 2 * (slots + ahead) as usize);
         let welcome = Out::Welcome(pb::Welcome {
             coordinator_id: self.coordinator_id.clone(),
             heartbeat_interval: Some(drover_proto::durations::from_std(self.heartbeat_interval)),
@@ -230,8 +247,7 @@ impl WorkerService for WorkersApi {
             hello.id.clone(),
             hello.queues.clone(),
             hello.labels.clone(),
-            hello.slots.max(0) as u32,
-            free,
+            crate::dispatch::Room { slots, ahead, free },
             tx,
         );
 

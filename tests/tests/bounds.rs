@@ -232,11 +232,56 @@ async fn raw_session(
 
 #[tokio::test]
 async fn credits_never_exceed_declared_slots() -> anyhow::Result<()> {
+    assert_eq!(greedy_worker_gets(1, 0).await?, 1, "more than its one slot");
+    Ok(())
+}
+
+#[tokio::test]
+async fn credits_never_exceed_slots_plus_lease_ahead() -> anyhow::Result<()> {
+    assert_eq!(
+        greedy_worker_gets(1, 1).await?,
+        2,
+        "not exactly its slot and the job it may hold ahead"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn lease_ahead_beyond_the_slots_is_refused() -> anyhow::Result<()> {
+    let cl = Cluster::new().await?;
+    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let mut client = workers(&addr).await?;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(pb::SessionRequest {
+        msg: Some(Out::Hello(pb::Hello {
+            worker_id: "hoarder".into(),
+            slots: 2,
+            lease_ahead: 3,
+            protocol_version: drover_core::protocol::CURRENT,
+            ..Default::default()
+        })),
+    })
+    .await?;
+    let e = client.session(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message()
+            .contains("hello.lease_ahead: must be 0 to hello.slots (2), got 3"),
+        "{}",
+        e.message()
+    );
+    Ok(())
+}
+
+/// A session that declares `slots` and `lease_ahead`, asks for a billion credits again
+/// and again and never finishes a job, beside an honest worker that runs the rest of six
+/// jobs: how many attempts the greedy one got.
+async fn greedy_worker_gets(slots: u32, lease_ahead: u32) -> anyhow::Result<i64> {
     let cl = Cluster::new().await?;
     let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
     let mut api = jobs(&addr).await?;
     let mut ids = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         ids.push(submit(&mut api, sh("sleep 0.2")).await?.id);
     }
     let (tx, mut inbound) = raw_session(
@@ -244,8 +289,9 @@ async fn credits_never_exceed_declared_slots() -> anyhow::Result<()> {
         pb::Hello {
             worker_id: "greedy".into(),
             hostname: "greedy".into(),
-            slots: 1,
-            free_slots: 1,
+            slots,
+            lease_ahead,
+            free_slots: slots + lease_ahead,
             protocol_version: drover_core::protocol::CURRENT,
             ..Default::default()
         },
@@ -283,23 +329,28 @@ async fn credits_never_exceed_declared_slots() -> anyhow::Result<()> {
             }
         }
     });
-    // An honest worker takes the rest: once all but one have succeeded, the dispatcher
-    // had every chance to hand the greedy session more.
+    // An honest worker takes the rest: once all but the greedy session's due share have
+    // succeeded, the dispatcher had every chance to hand it more (had it, fewer would
+    // succeed and this would time out).
     let _w = cl.worker("honest", &addr, 4, &[])?;
     let start = Instant::now();
+    let share = (slots + lease_ahead) as usize;
     loop {
         let mut done = 0;
         for id in &ids {
             let (j, _) = get(&mut api, id).await?;
             done += usize::from(is_state(&j, pb::JobState::Succeeded));
         }
-        if done == ids.len() - 1 {
+        if done >= ids.len() - share {
             break;
         }
-        anyhow::ensure!(start.elapsed() < PATIENCE, "jobs not run: {done} done");
+        anyhow::ensure!(
+            start.elapsed() < PATIENCE,
+            "jobs not run: {done} done (the greedy session held more than {share}?)"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let running: i64 = cl
+    let got: i64 = cl
         .db
         .client()
         .await?
@@ -309,9 +360,8 @@ async fn credits_never_exceed_declared_slots() -> anyhow::Result<()> {
         )
         .await?
         .get(0);
-    assert_eq!(running, 1, "the greedy worker got more than its one slot");
     counter.abort();
-    Ok(())
+    Ok(got)
 }
 
 #[tokio::test]

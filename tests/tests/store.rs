@@ -208,7 +208,7 @@ async fn one_claim_serves_several_workers_within_each_ones_room() -> anyhow::Res
     assert_eq!(claim(&store, "w1", 1, 2).await?.jobs.len(), 1);
     let q = ["default".to_string()];
     let claims = store
-        .claim_for(&[("w1", 3, 2), ("w2", 3, 3)], &q, &[], LEASE)
+        .claim_for(&[("w1", 3, 2, 0), ("w2", 3, 3, 0)], &q, &[], LEASE)
         .await?;
     let got: Vec<(i64, usize)> = claims.iter().map(|c| (c.room, c.jobs.len())).collect();
     assert_eq!(
@@ -233,7 +233,7 @@ async fn one_claim_serves_several_workers_within_each_ones_room() -> anyhow::Res
     // Five jobs left, asks for eight: they are shared out in turns, and each claim says
     // there were fewer due jobs than room.
     let claims = store
-        .claim_for(&[("w3", 4, 4), ("w4", 4, 4)], &q, &[], LEASE)
+        .claim_for(&[("w3", 4, 4, 0), ("w4", 4, 4, 0)], &q, &[], LEASE)
         .await?;
     let got: Vec<(i64, usize)> = claims.iter().map(|c| (c.room, c.jobs.len())).collect();
     assert_eq!(got, vec![(4, 3), (4, 2)]);
@@ -244,6 +244,30 @@ async fn one_claim_serves_several_workers_within_each_ones_room() -> anyhow::Res
     leased.sort();
     leased.dedup();
     assert_eq!(leased.len(), 5, "no job leased twice");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_claim_fills_free_slots_before_room_to_hold_ahead() -> anyhow::Result<()> {
+    let (_tdb, store) = store().await?;
+    for _ in 0..4 {
+        store.submit(&spec(&["true"]), &policy(), None).await?;
+    }
+    // w1's one slot is busy (it may hold two more ahead); w2 has two free slots.
+    assert_eq!(claim(&store, "w1", 1, 1).await?.jobs.len(), 1);
+    let q = ["default".to_string()];
+    let claims = store
+        .claim_for(&[("w1", 2, 1, 2), ("w2", 2, 2, 0)], &q, &[], LEASE)
+        .await?;
+    let got: Vec<(i64, usize)> = claims.iter().map(|c| (c.room, c.jobs.len())).collect();
+    assert_eq!(
+        got,
+        vec![(2, 1), (2, 2)],
+        "w2's free slots first, then one of w1's room ahead"
+    );
+    // Nothing left: room to hold ahead is capped like slots (1 running + 1 held of 3).
+    let claims = store.claim_for(&[("w1", 5, 1, 2)], &q, &[], LEASE).await?;
+    assert_eq!((claims[0].room, claims[0].jobs.len()), (1, 0));
     Ok(())
 }
 
@@ -886,8 +910,8 @@ async fn the_plain_claim_reads_no_keyed_pending_job() -> anyhow::Result<()> {
     let claim = include_str!("../../coordinator/src/store/sql/jobs/claim.sql");
     let plan = explain_on_hot_pool(
         &tdb.url,
-        &format!("plain_claim(text[], text[], text[], int8[], int8[], float8) AS {claim}"),
-        "plain_claim('{default}', '{}', '{w1}', '{8}', '{8}', 8000)",
+        &format!("plain_claim(text[], text[], text[], int8[], int8[], float8, int8[]) AS {claim}"),
+        "plain_claim('{default}', '{}', '{w1}', '{8}', '{8}', 8000, '{0}')",
     )
     .await?;
     let found = jobs_scans(&plan);

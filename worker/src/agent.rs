@@ -7,6 +7,14 @@
 //! A *slot* is offered again once its attempt's result is stored: with the result
 //! (FinishAttempt's `return_slot`) or, where the answering coordinator did not take it so,
 //! by a Credit message.
+//!
+//! With `lease_ahead`, the worker may hold that many jobs beyond its slots: a held job
+//! waits for a slot (a semaphore of `slots` permits, taken in lease order) and starts the
+//! moment one frees, so a slot does not stand empty while its next lease is on its way.
+//! A held job that finds no slot within `lease_ahead_hold` is handed back (released, not
+//! counted as a retry) so another worker can start it, and its room is held back
+//! (*withheld*: no credit) until a job of this worker's runs shorter than the hold: a
+//! worker of long jobs soon stops leasing ahead.
 
 use crate::config::Config;
 use crate::containment::{CgroupUsage, Containment, Limits as JobLimits};
@@ -27,7 +35,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_retry::strategy::{jitter, ExponentialBackoff};
 use tokio_retry::RetryIf;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -60,6 +68,21 @@ pub enum AgentError {
     Setup(String),
 }
 
+/// Why a held job ended without starting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unheld {
+    /// The coordinator stopped it (cancelled, or no longer ours), or the drain timed out.
+    Stopped,
+    /// The worker began draining: held jobs go back at once.
+    Draining,
+    /// No slot freed within `lease_ahead_hold`.
+    Expired,
+}
+
+fn released() -> pb::finish_attempt_request::Result {
+    pb::finish_attempt_request::Result::Released(pb::finish_attempt_request::Released {})
+}
+
 /// Why the agent stopped an attempt's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopReason {
@@ -78,8 +101,11 @@ struct Tracked {
 #[derive(Default)]
 struct State {
     attempts: HashMap<String, Tracked>,
-    /// Processes currently alive.
+    /// Attempts counted against the worker's room (slots plus lease_ahead): from their
+    /// assignment until their result is sent (or, while draining, answered).
     live: u32,
+    /// Room of held jobs handed back unstarted, not offered again until a short job ends.
+    withheld: u32,
     /// Outbound half of the current session, if connected.
     session: Option<mpsc::UnboundedSender<pb::SessionRequest>>,
 }
@@ -91,6 +117,11 @@ pub struct Agent {
     worker_id: String,
     hostname: String,
     slots: u32,
+    /// Jobs held beyond the slots (`lease_ahead`).
+    ahead: u32,
+    /// One permit per slot, taken to run a process and given back once it ended and its
+    /// work directory is clean (before its result is reported).
+    run_permits: Arc<Semaphore>,
     coordinators: Coordinators,
     /// READY=1 sent to systemd.
     ready: std::sync::Once,
@@ -212,6 +243,8 @@ impl Agent {
             monitor,
             slot_dirs,
             slots: cfg.slots(),
+            ahead: cfg.lease_ahead,
+            run_permits: Arc::new(Semaphore::new(cfg.slots() as usize)),
             cfg,
             worker_id,
             hostname,
@@ -376,7 +409,7 @@ impl Agent {
             let mut st = self.lock();
             let refuse = self.draining.is_cancelled()
                 || !self.monitor.paused_reason().is_empty()
-                || st.live >= self.slots
+                || st.live + st.withheld >= self.slots + self.ahead
                 || st.attempts.contains_key(&a.attempt_id);
             if !refuse {
                 st.live += 1;
@@ -388,21 +421,7 @@ impl Agent {
             // Hand it straight back; released attempts do not count as retries.
             tracing::info!(attempt_id = %a.attempt_id, "no slot (or draining): releasing");
             tokio::spawn(async move {
-                let req = pb::FinishAttemptRequest {
-                    attempt_id: a.attempt_id,
-                    result: Some(pb::finish_attempt_request::Result::Released(
-                        pb::finish_attempt_request::Released {},
-                    )),
-                    output_tail: Vec::new(),
-                    log_chunk_count: 0,
-                    ..Default::default()
-                };
-                let _ = self
-                    .call(|mut c| {
-                        let req = req.clone();
-                        async move { c.finish_attempt(req).await }
-                    })
-                    .await;
+                self.report_unstarted(a.attempt_id, released()).await;
             });
             return;
         }
@@ -412,12 +431,106 @@ impl Agent {
         tokio::spawn(
             async move {
                 let id = a.attempt_id.clone();
-                self.run_attempt(a, stop, reason).await;
+                match self.slot_for(&stop).await {
+                    Ok(permit) => self.run_attempt(a, stop, reason, permit).await,
+                    Err(why) => self.unhold(a.attempt_id, why, &reason).await,
+                }
                 self.lock().attempts.remove(&id);
                 self.changed.notify_waiters();
             }
             .instrument(span),
         );
+    }
+
+    /// A slot to run in: at once when one is free; for a job leased ahead, the moment one
+    /// frees (in lease order), unless the job is stopped, the worker drains or the hold
+    /// runs out first.
+    async fn slot_for(&self, stop: &CancellationToken) -> Result<OwnedSemaphorePermit, Unheld> {
+        if let Ok(p) = self.run_permits.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        tracing::debug!("every slot busy: held until one frees");
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => Err(Unheld::Stopped),
+            _ = self.draining.cancelled() => Err(Unheld::Draining),
+            p = self.run_permits.clone().acquire_owned() => p.map_err(|_| Unheld::Draining),
+            _ = tokio::time::sleep(self.cfg.lease_ahead_hold) => Err(Unheld::Expired),
+        }
+    }
+
+    /// Ends a held job that never started: reports it (cancelled, or released: not counted
+    /// as a retry) and frees its room. The room of one whose hold ran out is withheld.
+    async fn unhold(
+        self: &Arc<Self>,
+        attempt_id: String,
+        why: Unheld,
+        reason: &Mutex<Option<StopReason>>,
+    ) {
+        use pb::finish_attempt_request::Result as R;
+        let stop_reason = reason.lock().ok().and_then(|r| *r);
+        let result = match why {
+            Unheld::Stopped => match stop_reason {
+                Some(StopReason::Cancelled) => {
+                    Some(R::Cancelled(pb::finish_attempt_request::Cancelled {}))
+                }
+                Some(StopReason::Shutdown) => Some(released()),
+                // Not ours any more: nothing to report.
+                _ => None,
+            },
+            Unheld::Draining => Some(released()),
+            Unheld::Expired => {
+                tracing::info!(%attempt_id, hold = %drover_core::duration::format(self.cfg.lease_ahead_hold),
+                    "held job handed back: no slot freed within lease_ahead_hold");
+                {
+                    let mut st = self.lock();
+                    st.live = st.live.saturating_sub(1);
+                    st.withheld += 1;
+                }
+                self.report_unstarted(attempt_id, released()).await;
+                return;
+            }
+        };
+        if let Some(result) = result {
+            self.report_unstarted(attempt_id, result).await;
+        }
+        self.free_slot();
+    }
+
+    /// Reports an attempt that never ran (no process, no log).
+    async fn report_unstarted(
+        &self,
+        attempt_id: String,
+        result: pb::finish_attempt_request::Result,
+    ) {
+        let req = pb::FinishAttemptRequest {
+            attempt_id,
+            result: Some(result),
+            ..Default::default()
+        };
+        if let Err(e) = self
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.finish_attempt(req).await }
+            })
+            .await
+        {
+            tracing::warn!(attempt_id = %req.attempt_id, error = %e, "result refused");
+        }
+    }
+
+    /// Offers again the room withheld after held jobs were handed back: a job that ran
+    /// shorter than the hold just ended, so jobs leased ahead are likely to start in time.
+    fn restore_ahead(&self) {
+        let mut st = self.lock();
+        let n = std::mem::take(&mut st.withheld);
+        if n == 0 || self.draining.is_cancelled() {
+            return;
+        }
+        tracing::debug!(room = n, "leasing ahead again");
+        if let Some(tx) = &st.session {
+            let _ = tx.send(msg(Out::Credit(pb::Credit { slots: n })));
+        }
     }
 
     /// Calls the coordinator until it answers; gives up only on a definite refusal.
@@ -447,8 +560,9 @@ impl Agent {
         a: pb::Assignment,
         stop: CancellationToken,
         reason: Arc<Mutex<Option<StopReason>>>,
+        permit: OwnedSemaphorePermit,
     ) {
-        if !self.attempt_and_report(a, stop, reason).await {
+        if !self.attempt_and_report(a, stop, reason, permit).await {
             self.free_slot();
         }
     }
@@ -459,9 +573,12 @@ impl Agent {
         a: pb::Assignment,
         stop: CancellationToken,
         reason: Arc<Mutex<Option<StopReason>>>,
+        permit: OwnedSemaphorePermit,
     ) -> bool {
         let attempt_id = a.attempt_id.clone();
         tracing::info!(argv = ?a.argv, "starting attempt");
+        let started = std::time::Instant::now();
+        let mut permit = Some(permit);
         let mut output_error: Option<String> = None;
         let (outcome, tail, chunks, cg_usage) = match self.slot_dirs.open(&attempt_id) {
             Err(e) => {
@@ -494,12 +611,16 @@ impl Agent {
                 // The work directory is emptied in every case, before anything is reported
                 // (and so before the slot's credit goes back).
                 ws.release().await;
+                // The slot is free: a held job starts in it while this result is reported.
+                drop(permit.take());
                 match r {
                     Some(r) => r,
                     None => return false, // stale lease: nothing more to report
                 }
             }
         };
+        // Given back before the slot counts as free (below), on every path.
+        drop(permit);
         let stop_reason = reason.lock().ok().and_then(|r| *r);
         if stop_reason == Some(StopReason::Stale) {
             return false;
@@ -581,6 +702,9 @@ impl Agent {
         // session's coordinator still needs the credit.
         if req.return_slot && !returned {
             self.send_credit();
+        }
+        if started.elapsed() < self.cfg.lease_ahead_hold {
+            self.restore_ahead();
         }
         req.return_slot
     }
@@ -918,11 +1042,12 @@ impl Session {
                 labels: agent.cfg.labels.clone(),
                 queues: agent.cfg.queues.clone(),
                 slots: agent.slots,
+                lease_ahead: agent.ahead,
                 running_attempts: st.attempts.keys().cloned().collect(),
                 free_slots: if agent.draining.is_cancelled() {
                     0
                 } else {
-                    agent.slots.saturating_sub(st.live)
+                    (agent.slots + agent.ahead).saturating_sub(st.live + st.withheld)
                 },
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 containment: agent.containment.describe(),

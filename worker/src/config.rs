@@ -24,6 +24,15 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Jobs run at once. 0 means one per CPU.
     pub slots: u32,
+    /// Jobs the worker may hold beyond its slots, each started the moment a slot frees,
+    /// so that a slot does not stand empty while its next lease is on its way (for many
+    /// short jobs). 0 to `slots`.
+    pub lease_ahead: u32,
+    /// How long a job leased ahead may wait for a slot before it is handed back (released,
+    /// not counted as a retry) for another worker; the worker then leases ahead again
+    /// only after a job of its own ran for less than this.
+    #[serde(with = "dur")]
+    pub lease_ahead_hold: Duration,
     /// Threads of the worker's async runtime; 0: half the CPUs, at least one.
     pub runtime_threads: usize,
     /// Queues to take jobs from.
@@ -90,6 +99,8 @@ impl Default for Config {
             worker_id: String::new(),
             state_dir: PathBuf::from("/var/lib/drover-worker"),
             slots: 0,
+            lease_ahead: 0,
+            lease_ahead_hold: Duration::from_secs(1),
             runtime_threads: 0,
             queues: vec!["default".into()],
             labels: Vec::new(),
@@ -120,6 +131,11 @@ impl Default for Config {
         }
     }
 }
+
+/// Bounds of `lease_ahead_hold`: long enough for a slot to free between two short jobs,
+/// short enough that a held job never waits long behind a busy host.
+pub const MIN_LEASE_AHEAD_HOLD: Duration = Duration::from_millis(10);
+pub const MAX_LEASE_AHEAD_HOLD: Duration = Duration::from_secs(60);
 
 /// Most coordinator addresses a worker takes.
 pub const MAX_COORDINATORS: usize = 16;
@@ -183,6 +199,23 @@ impl Config {
                 .map_err(|e| format!("coordinator: {e}"))?;
         }
         drover_telemetry::runtime::check_runtime_threads("runtime_threads", self.runtime_threads)?;
+        if self.lease_ahead > self.slots() {
+            return Err(format!(
+                "lease_ahead: {} is more than slots ({}); at most one held job a slot",
+                self.lease_ahead,
+                self.slots()
+            ));
+        }
+        if self.lease_ahead_hold < MIN_LEASE_AHEAD_HOLD
+            || self.lease_ahead_hold > MAX_LEASE_AHEAD_HOLD
+        {
+            return Err(format!(
+                "lease_ahead_hold: {} must be from {} to {}",
+                drover_core::duration::format(self.lease_ahead_hold),
+                drover_core::duration::format(MIN_LEASE_AHEAD_HOLD),
+                drover_core::duration::format(MAX_LEASE_AHEAD_HOLD)
+            ));
+        }
         if !matches!(self.containment.as_str(), "auto" | "subreaper") {
             return Err(format!(
                 "containment: {:?} must be \"auto\" or \"subreaper\"",
@@ -287,6 +320,34 @@ mod tests {
             let e = c.expect_err(text).to_string();
             assert!(e.starts_with(needle), "{text}: {e}");
             assert!(e.contains(&path), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn lease_ahead_is_bounded_by_the_slots_and_its_hold_by_its_range() {
+        let (_, c) = load_toml("slots = 4\nlease_ahead = 4\nlease_ahead_hold = \"250ms\"\n");
+        let c = c.expect("loads");
+        assert_eq!(
+            (c.lease_ahead, c.lease_ahead_hold),
+            (4, Duration::from_millis(250))
+        );
+        for (text, needle) in [
+            (
+                "slots = 4\nlease_ahead = 5\n",
+                "lease_ahead: 5 is more than slots (4)",
+            ),
+            (
+                "lease_ahead_hold = \"1ms\"\n",
+                "lease_ahead_hold: 1ms must be from 10ms to 1m",
+            ),
+            (
+                "lease_ahead_hold = \"2m\"\n",
+                "lease_ahead_hold: 2m must be from 10ms to 1m",
+            ),
+        ] {
+            let (_, c) = load_toml(text);
+            let e = c.expect_err(text).to_string();
+            assert!(e.contains(needle), "{text}: {e}");
         }
     }
 

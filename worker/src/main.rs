@@ -35,6 +35,9 @@ struct Cli {
     /// Concurrent jobs [default: one per CPU].
     #[arg(long)]
     slots: Option<u32>,
+    /// Jobs held beyond the slots, started as slots free [default: 0].
+    #[arg(long)]
+    lease_ahead: Option<u32>,
     /// Queue to take jobs from (repeatable) [default: default].
     #[arg(long = "queue")]
     queues: Vec<String>,
@@ -64,6 +67,9 @@ fn overrides(cli: &Cli) -> Figment {
     }
     if let Some(v) = cli.slots {
         f = f.merge(Serialized::default("slots", v));
+    }
+    if let Some(v) = cli.lease_ahead {
+        f = f.merge(Serialized::default("lease_ahead", v));
     }
     if !cli.queues.is_empty() {
         f = f.merge(Serialized::default("queues", &cli.queues));

@@ -39,11 +39,11 @@ const MAX_GROUP: usize = 64;
 const QUEUE: usize = 1024;
 
 /// A plain claim to run inside a group's transaction: workers that take the same queues
-/// and labels, each as (id, jobs it asks for, its slots).
+/// and labels, each as (id, jobs it asks for, its slots, jobs it may hold ahead).
 pub struct ClaimAsk {
     pub queues: Vec<String>,
     pub labels: Vec<String>,
-    pub workers: Vec<(String, i64, i64)>,
+    pub workers: Vec<(String, i64, i64, i64)>,
     pub lease_ttl: Duration,
 }
 

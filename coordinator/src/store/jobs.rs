@@ -40,13 +40,14 @@ pub(super) struct PlainClaim<'a> {
     ids: Vec<&'a str>,
     wants: Vec<i64>,
     slots: Vec<i64>,
+    ahead: Vec<i64>,
     ttl_ms: f64,
 }
 
 impl<'a> PlainClaim<'a> {
-    /// `workers`: (id, jobs it asks for, its slots), ids distinct.
+    /// `workers`: (id, jobs it asks for, its slots, jobs it may hold ahead), ids distinct.
     pub(super) fn new<S: AsRef<str>>(
-        workers: &'a [(S, i64, i64)],
+        workers: &'a [(S, i64, i64, i64)],
         queues: &'a [String],
         labels: &'a [String],
         lease_ttl: Duration,
@@ -57,11 +58,12 @@ impl<'a> PlainClaim<'a> {
             ids: workers.iter().map(|w| w.0.as_ref()).collect(),
             wants: workers.iter().map(|w| w.1).collect(),
             slots: workers.iter().map(|w| w.2).collect(),
+            ahead: workers.iter().map(|w| w.3).collect(),
             ttl_ms: millis(lease_ttl),
         }
     }
 
-    pub(super) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 6] {
+    pub(super) fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
         [
             &self.queues,
             &self.labels,
@@ -69,6 +71,7 @@ impl<'a> PlainClaim<'a> {
             &self.wants,
             &self.slots,
             &self.ttl_ms,
+            &self.ahead,
         ]
     }
 
@@ -445,7 +448,7 @@ impl Store {
         slots: i64,
     ) -> Result<Claim> {
         let mut claims = self
-            .claim_for(&[(worker_id, n, slots)], queues, labels, lease_ttl)
+            .claim_for(&[(worker_id, n, slots, 0)], queues, labels, lease_ttl)
             .await?;
         Ok(claims.pop().unwrap_or(Claim {
             jobs: Vec::new(),
@@ -454,14 +457,15 @@ impl Store {
     }
 
     /// Leases due pending jobs to several workers that take the same `queues` and
-    /// `labels`, each given as (id, jobs it asks for, its slots), creating one attempt
-    /// each, and never so many that a worker holds more than its slots in running attempts
-    /// (its credits are its word; its running attempts are the truth). One statement and
+    /// `labels`, each given as (id, jobs it asks for, its slots, jobs it may hold ahead),
+    /// creating one attempt each, and never so many that a worker holds more than its
+    /// slots plus its lease-ahead in running attempts (its credits are its word; its
+    /// running attempts are the truth). Free slots are served before room to hold ahead. One statement and
     /// one commit for all of them; no row lock is held while jobs run. Returns one
     /// [`Claim`] per worker, in the order given; worker ids must be distinct.
     pub async fn claim_for(
         &self,
-        workers: &[(&str, i64, i64)],
+        workers: &[(&str, i64, i64, i64)],
         queues: &[String],
         labels: &[String],
         lease_ttl: Duration,

@@ -1,19 +1,22 @@
 -- Leases due jobs without concurrency keys to several workers that take the same queues
--- and labels, in one statement: $3 worker ids, $4 how many each asks for, $5 its slots.
--- Each worker's room is its ask, capped by its slots minus the attempts the database
--- still counts as running on it.
+-- and labels, in one statement: $3 worker ids, $4 how many each asks for, $5 its slots,
+-- $7 how many it may hold beyond them (lease_ahead). Each worker's room is its ask, capped
+-- by its slots plus lease_ahead minus the attempts the database still counts as running
+-- on it; `free` is the part of it that would start at once (slots not running).
 WITH w AS MATERIALIZED (
    SELECT u.worker_id, u.ord,
-          greatest(0, least(u.want, u.slots - (SELECT count(*) FROM attempts r
-                                                WHERE r.worker_id = u.worker_id
-                                                  AND r.state = 'running'))) AS n
-     FROM unnest($3::text[], $4::int8[], $5::int8[]) WITH ORDINALITY
-          AS u(worker_id, want, slots, ord)),
+          greatest(0, least(u.want, u.slots + u.ahead - r.n)) AS n,
+          greatest(0, u.slots - r.n) AS free
+     FROM unnest($3::text[], $4::int8[], $5::int8[], $7::int8[]) WITH ORDINALITY
+          AS u(worker_id, want, slots, ahead, ord)
+     CROSS JOIN LATERAL (SELECT count(*) AS n FROM attempts r
+                          WHERE r.worker_id = u.worker_id AND r.state = 'running') r),
 total AS MATERIALIZED (SELECT coalesce(sum(n), 0)::int8 AS n FROM w),
--- One row per free slot, the workers taking turns, so fewer due jobs than room are
--- shared out evenly.
+-- One row per unit of room, the workers taking turns, so fewer due jobs than room are
+-- shared out evenly; free slots first, so no job is held ahead on a busy worker while
+-- another worker's slot stands free.
 seats AS MATERIALIZED (
-   SELECT w.worker_id, row_number() OVER (ORDER BY s.i, w.ord) AS seat
+   SELECT w.worker_id, row_number() OVER (ORDER BY s.i > w.free, s.i, w.ord) AS seat
      FROM w CROSS JOIN LATERAL generate_series(1, w.n) AS s(i)),
 c AS MATERIALIZED (
    SELECT p.id, p.due, row_number() OVER (ORDER BY p.due, p.id) AS seat FROM (
