@@ -74,6 +74,8 @@ struct Cli {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Part {
     Throughput,
+    /// Throughput again with workers that lease ahead (`lease_ahead`).
+    Ahead,
     /// Throughput again with every job carrying one of 100 concurrency keys.
     Keys,
     Latency,
@@ -214,6 +216,7 @@ async fn run(cli: Cli) -> Result<()> {
     let parts = if cli.only.is_empty() {
         vec![
             Part::Throughput,
+            Part::Ahead,
             Part::Keys,
             Part::Latency,
             Part::Recovery,
@@ -270,6 +273,7 @@ async fn run(cli: Cli) -> Result<()> {
     // Table order follows the brief's rows, whatever order they ran in.
     let order = [
         Part::Throughput,
+        Part::Ahead,
         Part::Keys,
         Part::Latency,
         Part::Recovery,
@@ -476,6 +480,35 @@ async fn measure(
         let (runs, d) = scale::run(server, bins, tmp, &base_env(), &p).await?;
         rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Scale, r)));
         details.insert("scale".into(), d);
+    }
+    if parts.contains(&Part::Ahead) {
+        let mut stack = Stack::start(server, bins, tmp, "ahead", &base_env()).await?;
+        let ahead = throughput::LEASE_AHEAD.to_string();
+        for w in ["a1", "a2"] {
+            stack.add_worker_with(w, 8, &[], &["--lease-ahead", &ahead])?;
+        }
+        stack.wait_workers(&["a1", "a2"]).await?;
+        let (mut runs, mut ds) = (Vec::new(), Vec::new());
+        for i in 0..counts.repeats {
+            say!(
+                "[throughput, lease_ahead {ahead}] run {} of {}",
+                i + 1,
+                counts.repeats
+            );
+            let (r, d) = throughput::run_with(
+                &mut stack,
+                counts.throughput_jobs,
+                0,
+                throughput::LEASE_AHEAD,
+            )
+            .await?;
+            runs.push(r);
+            ds.push(d);
+            settle().await;
+        }
+        rows.extend(merge_runs(runs).into_iter().map(|r| (Part::Ahead, r)));
+        details.insert("throughput_ahead".into(), Value::Array(ds));
+        stack.stop();
     }
     if parts.contains(&Part::Dashboard) {
         let mut env = base_env();

@@ -163,6 +163,17 @@ impl Stack {
 
     /// Starts worker `name` (also its --worker-id) with its own state directory.
     pub fn add_worker(&mut self, name: &str, slots: u32, queues: &[&str]) -> Result<()> {
+        self.add_worker_with(name, slots, queues, &[])
+    }
+
+    /// [`Stack::add_worker`] with more command-line arguments for the worker.
+    pub fn add_worker_with(
+        &mut self,
+        name: &str,
+        slots: u32,
+        queues: &[&str],
+        args: &[&str],
+    ) -> Result<()> {
         let addrs = if self.worker_addrs.is_empty() {
             self.addr.clone()
         } else {
@@ -171,6 +182,7 @@ impl Stack {
         let mut launch = WorkerLaunch::new(&self.bins.drover.worker, name, &self.dir, &addrs);
         launch.slots = slots;
         launch.queues = queues.iter().map(|q| q.to_string()).collect();
+        launch.args = args.iter().map(|a| a.to_string()).collect();
         launch.token = self.worker_token.clone();
         launch.rust_log = "warn".into();
         launch.isolated = true;

@@ -88,8 +88,21 @@ pub async fn raw_spawn_rate(n: usize, conc: usize) -> Result<f64> {
 /// rarely binds, so the row measures what the keys' bookkeeping costs the claim.
 const KEY_LIMIT: u32 = 2;
 
+/// Jobs each worker of the lease-ahead row may hold beyond its 8 slots.
+pub const LEASE_AHEAD: u32 = 8;
+
 /// `keys` = 0: plain jobs. Otherwise job i carries concurrency key `site:{i % keys}`.
 pub async fn run(stack: &mut Stack, n: usize, keys: usize) -> Result<(Vec<Row>, Value)> {
+    run_with(stack, n, keys, 0).await
+}
+
+/// [`run`] on a stack whose workers were started with `lease_ahead` (for the row's name).
+pub async fn run_with(
+    stack: &mut Stack,
+    n: usize,
+    keys: usize,
+    lease_ahead: u32,
+) -> Result<(Vec<Row>, Value)> {
     say!("[throughput] raw spawn-and-wait of /bin/true, {n} × at {RAW_CONCURRENCY} concurrent");
     let (raw, raw_threads, raw_async) = raw_spawn_best(n, RAW_CONCURRENCY).await?;
     say!(
@@ -181,16 +194,36 @@ pub async fn run(stack: &mut Stack, n: usize, keys: usize) -> Result<(Vec<Row>, 
         .map(|m| (m / (elapsed * cpus)).min(1.0));
     let busy_text = busy.map_or(String::new(), |b| format!(", CPUs {:.0} % busy", b * 100.0));
     say!("[throughput]   {n} jobs in {elapsed:.2} s: {rate:.0} jobs/s{busy_text}");
+    // Attempts handed back unstarted (a job leased ahead that found no slot in time, or
+    // any other release): each is a second lease of the same job, so they are shown.
+    let released: i64 = stack
+        .sql
+        .query_one(
+            "SELECT count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id \
+              WHERE a.state = 'released' AND j.created_at >= to_timestamp($1)",
+            &[&since],
+        )
+        .await?
+        .try_get(0)?;
+    if released > 0 {
+        say!("[throughput]   {released} attempts were handed back unstarted (released)");
+    }
 
     let row = Row {
         key: if keys > 0 {
             "throughput_keys"
+        } else if lease_ahead > 0 {
+            "throughput_ahead"
         } else {
             "throughput"
         },
         metric: if keys > 0 {
             format!(
                 "throughput with {keys} concurrency keys (limit {KEY_LIMIT} each): {n} /bin/true jobs"
+            )
+        } else if lease_ahead > 0 {
+            format!(
+                "throughput, workers leasing ahead (lease_ahead {lease_ahead}): {n} /bin/true jobs (2 workers × 8 slots)"
             )
         } else {
             format!("throughput: {n} /bin/true jobs, submit → succeeded (2 workers × 8 slots)")
@@ -207,6 +240,7 @@ pub async fn run(stack: &mut Stack, n: usize, keys: usize) -> Result<(Vec<Row>, 
     let details = json!({
         "jobs": n,
         "concurrency_keys": keys,
+        "lease_ahead": lease_ahead,
         "elapsed_s": elapsed,
         "jobs_per_s": rate,
         "raw_spawn_per_s": raw,
@@ -216,6 +250,7 @@ pub async fn run(stack: &mut Stack, n: usize, keys: usize) -> Result<(Vec<Row>, 
         "submit_per_s": n as f64 / submit_secs,
         "cpu_seconds": cpu,
         "cpus_busy_share": busy,
+        "released_attempts": released,
     });
     Ok((vec![row], details))
 }

@@ -6,8 +6,9 @@ use drover_tests::bin;
 use std::process::Command;
 
 /// Every row the bench publishes, by key.
-const ROWS: [&str; 17] = [
+const ROWS: [&str; 18] = [
     "throughput",
+    "throughput_ahead",
     "throughput_keys",
     "pickup_p50",
     "pickup_p99",
