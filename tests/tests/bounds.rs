@@ -230,6 +230,20 @@ async fn raw_session(
     Ok((tx, inbound))
 }
 
+/// Opens a session with `hello`, which the coordinator must refuse: its status.
+async fn refused_hello(addr: &str, hello: pb::Hello) -> anyhow::Result<tonic::Status> {
+    let mut client = workers(addr).await?;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(pb::SessionRequest {
+        msg: Some(Out::Hello(hello)),
+    })
+    .await?;
+    match client.session(ReceiverStream::new(rx)).await {
+        Ok(_) => anyhow::bail!("the hello was accepted"),
+        Err(e) => Ok(e),
+    }
+}
+
 #[tokio::test]
 async fn credits_never_exceed_declared_slots() -> anyhow::Result<()> {
     assert_eq!(greedy_worker_gets(1, 0).await?, 1, "more than its one slot");
@@ -250,19 +264,17 @@ async fn credits_never_exceed_slots_plus_lease_ahead() -> anyhow::Result<()> {
 async fn lease_ahead_beyond_the_slots_is_refused() -> anyhow::Result<()> {
     let cl = Cluster::new().await?;
     let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
-    let mut client = workers(&addr).await?;
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(pb::SessionRequest {
-        msg: Some(Out::Hello(pb::Hello {
+    let e = refused_hello(
+        &addr,
+        pb::Hello {
             worker_id: "hoarder".into(),
             slots: 2,
             lease_ahead: 3,
             protocol_version: drover_core::protocol::CURRENT,
             ..Default::default()
-        })),
-    })
+        },
+    )
     .await?;
-    let e = client.session(ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
         e.message()
@@ -467,19 +479,17 @@ async fn worker_reports_are_bounded_and_cannot_forge_log_lines() -> anyhow::Resu
     );
 
     // Lists beyond their bounds are refused, naming the field.
-    let mut client = workers(&addr).await?;
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(pb::SessionRequest {
-        msg: Some(Out::Hello(pb::Hello {
+    let e = refused_hello(
+        &addr,
+        pb::Hello {
             worker_id: "many".into(),
             slots: 1,
             running_attempts: vec![uuid::Uuid::nil().to_string(); 5000],
             protocol_version: drover_core::protocol::CURRENT,
             ..Default::default()
-        })),
-    })
+        },
+    )
     .await?;
-    let e = client.session(ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(
         e.message().contains("hello.running_attempts"),

@@ -42,22 +42,49 @@ fn attempt_is(a: &pb::Attempt, s: pb::AttemptState) -> bool {
     a.state == s as i32
 }
 
-#[tokio::test]
-async fn a_job_leased_ahead_is_held_until_the_slot_frees_then_runs_at_once() -> anyhow::Result<()> {
+/// A coordinator and worker `w1` with one slot and `lease_ahead = 1`, whose slot is taken
+/// by job `a`, which runs until `a.go` appears.
+struct OneSlotBusy {
+    marks: tempfile::TempDir,
+    cl: Cluster,
+    addr: String,
+    _coordinator: Proc,
+    w1: Proc,
+    api: JobsClient,
+    a: pb::Job,
+}
+
+async fn one_slot_busy(env: &[(&str, &str)]) -> anyhow::Result<OneSlotBusy> {
     let marks = tempfile::tempdir()?;
     let cl = Cluster::new().await?;
-    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
-    let _w = cl.worker_with_env(
-        "w1",
-        &addr,
-        1,
-        &["--lease-ahead", "1"],
-        &[("DROVER_WORKER_LEASE_AHEAD_HOLD", "1m")],
-    )?;
+    let (coordinator, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
+    let w1 = cl.worker_with_env("w1", &addr, 1, &["--lease-ahead", "1"], env)?;
     let mut api = jobs(&addr).await?;
-
     let a = submit(&mut api, marked(marks.path(), "a", true)).await?;
     wait_file(&marks.path().join("a.ran")).await?;
+    Ok(OneSlotBusy {
+        marks,
+        cl,
+        addr,
+        _coordinator: coordinator,
+        w1,
+        api,
+        a,
+    })
+}
+
+#[tokio::test]
+async fn a_job_leased_ahead_is_held_until_the_slot_frees_then_runs_at_once() -> anyhow::Result<()> {
+    // Every field bound (`..` would drop the processes at once).
+    let OneSlotBusy {
+        marks,
+        cl: _cl,
+        addr: _addr,
+        _coordinator,
+        w1: _w1,
+        mut api,
+        a,
+    } = one_slot_busy(&[("DROVER_WORKER_LEASE_AHEAD_HOLD", "1m")]).await?;
     let b = submit(&mut api, marked(marks.path(), "b", false)).await?;
     // B is leased to the worker while A still runs in its one slot...
     let (_, held) = wait_for(&mut api, &b.id, "leased to w1", |j, at| {
@@ -88,20 +115,15 @@ async fn a_job_leased_ahead_is_held_until_the_slot_frees_then_runs_at_once() -> 
 #[tokio::test]
 async fn a_held_job_that_finds_no_slot_in_time_goes_back_uncounted_to_another_worker(
 ) -> anyhow::Result<()> {
-    let marks = tempfile::tempdir()?;
-    let cl = Cluster::new().await?;
-    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
-    let _w1 = cl.worker_with_env(
-        "w1",
-        &addr,
-        1,
-        &["--lease-ahead", "1"],
-        &[("DROVER_WORKER_LEASE_AHEAD_HOLD", "300ms")],
-    )?;
-    let mut api = jobs(&addr).await?;
-
-    let a = submit(&mut api, marked(marks.path(), "a", true)).await?;
-    wait_file(&marks.path().join("a.ran")).await?;
+    let OneSlotBusy {
+        marks,
+        cl,
+        addr,
+        _coordinator,
+        w1: _w1,
+        mut api,
+        a,
+    } = one_slot_busy(&[("DROVER_WORKER_LEASE_AHEAD_HOLD", "300ms")]).await?;
     // No retries to spend: a release that counted would park it.
     let mut spec = marked(marks.path(), "b", false);
     spec.retry = Some(pb::RetryPolicy {
@@ -132,23 +154,19 @@ async fn a_held_job_that_finds_no_slot_in_time_goes_back_uncounted_to_another_wo
 #[tokio::test]
 async fn a_held_job_is_cancelled_without_running_and_a_draining_worker_hands_held_jobs_back_at_once(
 ) -> anyhow::Result<()> {
-    let marks = tempfile::tempdir()?;
-    let cl = Cluster::new().await?;
-    let (_c, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
-    let w = cl.worker_with_env(
-        "w1",
-        &addr,
-        1,
-        &["--lease-ahead", "1"],
-        &[
-            ("DROVER_WORKER_LEASE_AHEAD_HOLD", "1m"),
-            ("DROVER_WORKER_DRAIN_TIMEOUT", "10m"),
-        ],
-    )?;
-    let mut api = jobs(&addr).await?;
-
-    let a = submit(&mut api, marked(marks.path(), "a", true)).await?;
-    wait_file(&marks.path().join("a.ran")).await?;
+    let OneSlotBusy {
+        marks,
+        cl: _cl,
+        addr: _addr,
+        _coordinator,
+        w1: w,
+        mut api,
+        a,
+    } = one_slot_busy(&[
+        ("DROVER_WORKER_LEASE_AHEAD_HOLD", "1m"),
+        ("DROVER_WORKER_DRAIN_TIMEOUT", "10m"),
+    ])
+    .await?;
     let b = submit(&mut api, marked(marks.path(), "b", false)).await?;
     wait_for(&mut api, &b.id, "held by w1", |j, _| {
         is_state(j, pb::JobState::Running)
