@@ -3,8 +3,9 @@
 //! Each connected worker holds *credits* (free room it announced: its slots, plus the jobs
 //! it may hold ahead). The dispatcher runs a round whenever something may have changed — a
 //! local submit, a NOTIFY from another coordinator, a worker returning credit, or the next
-//! backoff expiring — and leases jobs for every worker with credit. There is no fixed-interval polling on the hot path; a slow
-//! sweep only guards against a missed notification.
+//! backoff expiring — and leases jobs for every worker with credit. There is no
+//! fixed-interval polling on the hot path; a slow sweep only guards against a missed
+//! notification.
 
 use crate::error::Result;
 use crate::store::{Claim, ClaimAsk, EndRequest, Refill, Store};
@@ -31,9 +32,6 @@ pub struct Session {
     pub slots: u32,
     /// Jobs the worker may hold beyond its slots (Hello's lease_ahead).
     pub ahead: u32,
-    /// Attempts the worker may hold: slots plus ahead. Credits never exceed it, nor do the
-    /// attempts stored as running on the worker.
-    pub capacity: u32,
     credits: Mutex<u32>,
     /// Paused or draining: takes no new jobs until a heartbeat says otherwise.
     paused: std::sync::atomic::AtomicBool,
@@ -43,6 +41,12 @@ pub struct Session {
 }
 
 impl Session {
+    /// Attempts the worker may hold: slots plus ahead. Credits never exceed it, nor do the
+    /// attempts stored as running on the worker.
+    fn capacity(&self) -> u32 {
+        self.slots + self.ahead
+    }
+
     /// The worker's ask for a claim: (id, jobs it asks for, its slots, jobs it may hold
     /// ahead).
     fn ask(&self, want: i64) -> (String, i64, i64, i64) {
@@ -56,7 +60,7 @@ impl Session {
 
     pub fn add_credits(&self, n: u32) {
         if let Ok(mut c) = self.credits.lock() {
-            *c = c.saturating_add(n).min(self.capacity);
+            *c = c.saturating_add(n).min(self.capacity());
         }
     }
 
@@ -172,7 +176,6 @@ impl Dispatcher {
             labels,
             slots,
             ahead,
-            capacity: slots + ahead,
             credits: Mutex::new(credits.min(slots + ahead)),
             paused: std::sync::atomic::AtomicBool::new(false),
             tx,
@@ -267,16 +270,9 @@ impl Dispatcher {
         let turn = self.store.claim_turn().await;
         for group in claim_groups(self.with_credit()) {
             let key = (group[0].queues.clone(), group[0].labels.clone());
-            let asks: Vec<(&str, i64, i64, i64)> = group
+            let asks: Vec<_> = group
                 .iter()
-                .map(|s| {
-                    (
-                        s.worker_id.as_str(),
-                        i64::from(s.credits()),
-                        i64::from(s.slots),
-                        i64::from(s.ahead),
-                    )
-                })
+                .map(|s| s.ask(i64::from(s.credits())))
                 .collect();
             let claims = match self
                 .store
@@ -437,7 +433,7 @@ impl Refill for Dispatcher {
             if s.closed.is_cancelled() || s.paused.load(Ordering::Relaxed) {
                 continue;
             }
-            let want = i64::from(s.credits().saturating_add(*n).min(s.capacity));
+            let want = i64::from(s.credits().saturating_add(*n).min(s.capacity()));
             let worker = s.ask(want);
             match asks
                 .iter_mut()

@@ -460,12 +460,12 @@ impl Store {
     /// `labels`, each given as (id, jobs it asks for, its slots, jobs it may hold ahead),
     /// creating one attempt each, and never so many that a worker holds more than its
     /// slots plus its lease-ahead in running attempts (its credits are its word; its
-    /// running attempts are the truth). Free slots are served before room to hold ahead. One statement and
-    /// one commit for all of them; no row lock is held while jobs run. Returns one
-    /// [`Claim`] per worker, in the order given; worker ids must be distinct.
-    pub async fn claim_for(
+    /// running attempts are the truth). Free slots are served before room to hold ahead.
+    /// One statement and one commit for all of them; no row lock is held while jobs run.
+    /// Returns one [`Claim`] per worker, in the order given; worker ids must be distinct.
+    pub async fn claim_for<S: AsRef<str>>(
         &self,
-        workers: &[(&str, i64, i64, i64)],
+        workers: &[(S, i64, i64, i64)],
         queues: &[String],
         labels: &[String],
         lease_ttl: Duration,
@@ -474,7 +474,7 @@ impl Store {
             let c = self.hot.get().await?;
             let ask = PlainClaim::new(workers, queues, labels, lease_ttl);
             let rows = c.query_cached(CLAIM, &ask.params()).await?;
-            let ids: Vec<&str> = workers.iter().map(|w| w.0).collect();
+            let ids: Vec<&str> = workers.iter().map(|w| w.0.as_ref()).collect();
             let mut claims = ask.claims(&rows)?;
             // Jobs with concurrency keys take their own path (a transaction that also counts
             // the keys), only when the plain claim left room and keyed jobs may be waiting.
