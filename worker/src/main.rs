@@ -8,6 +8,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc rather than glibc's malloc: per short job, glibc's allocator (its free-list
+/// searches and consolidation) was a visible share of this process's CPU (BENCHMARKS.md,
+/// session 16).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code for a configuration error, so a supervisor can stop restarting
 /// (systemd: RestartPreventExitStatus=78).
 const EXIT_CONFIG: u8 = 78;
