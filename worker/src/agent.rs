@@ -30,7 +30,7 @@ use drover_proto::v1::session_request::Msg as Out;
 use drover_proto::v1::session_response::Msg as In;
 use drover_proto::v1::worker_service_client::WorkerServiceClient;
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -114,6 +114,9 @@ pub struct Agent {
     cfg: Config,
     /// Program allowlist, job environment, run_as user, secrets.
     setup: JobSetup,
+    /// What every job's environment starts from (`JobSetup::base_env` of the worker's
+    /// environment at start).
+    base_env: BTreeMap<String, String>,
     worker_id: String,
     hostname: String,
     slots: u32,
@@ -237,9 +240,11 @@ impl Agent {
         );
         let slot_dirs = Slots::new(cfg.work_root(), cfg.pids_dir(), cfg.slots());
         let setup = JobSetup::from_config(&cfg, &worker_id).map_err(AgentError::Setup)?;
+        let base_env = setup.base_env(crate::jobsetup::worker_environment());
         Ok(Arc::new(Agent {
             containment: Arc::new(containment),
             setup,
+            base_env,
             monitor,
             slot_dirs,
             slots: cfg.slots(),
@@ -790,7 +795,7 @@ impl Agent {
         let work_dir = ws.work_dir.clone();
         // The job's environment: the inherited minimum, its own env, its secrets (read
         // here; a reference that cannot be resolved fails the job for good), DROVER_*.
-        let mut env = self.setup.base_env(std::env::vars());
+        let mut env = self.base_env.clone();
         env.extend(a.env.clone());
         let secrets = match self.setup.resolve_secrets(a.secret_env.iter()) {
             Ok(s) => s,

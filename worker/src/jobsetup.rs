@@ -66,6 +66,13 @@ fn lookup_run_as(user: &str, group: Option<&str>) -> Result<RunAs, String> {
     })
 }
 
+/// The worker's own environment, read once at start (it does not change while the worker
+/// runs, and reading it per attempt was a visible share of the worker's CPU with short
+/// jobs). A variable whose name or value is not UTF-8 is left out: no job inherits it.
+pub fn worker_environment() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+}
+
 impl JobSetup {
     /// Checks the settings; an error is a configuration error.
     pub fn from_config(cfg: &Config, worker_id: &str) -> Result<JobSetup, String> {
@@ -310,6 +317,21 @@ mod tests {
         assert!(!env.contains_key("NOTIFY_SOCKET"));
         let env = s.base_env(std::iter::empty());
         assert_eq!(env.get("PATH").map(String::as_str), Some(DEFAULT_PATH));
+    }
+
+    #[test]
+    fn the_worker_environment_leaves_out_what_is_not_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        // std::env::vars() would panic on this variable.
+        let bad = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        std::env::set_var("DROVER_TEST_NOT_UTF8_VALUE", bad);
+        std::env::set_var("DROVER_TEST_UTF8_VALUE", "caf\u{e9}");
+        let env: BTreeMap<String, String> = worker_environment().collect();
+        assert!(!env.contains_key("DROVER_TEST_NOT_UTF8_VALUE"));
+        assert_eq!(
+            env.get("DROVER_TEST_UTF8_VALUE").map(String::as_str),
+            Some("caf\u{e9}")
+        );
     }
 
     #[test]
