@@ -2,6 +2,7 @@
 //! each the moment a slot frees. Held jobs never run beside the slots' own, a held job
 //! that finds no slot within `lease_ahead_hold` goes back uncounted for another worker,
 //! and a held job can be cancelled or handed back by a draining worker without running.
+//! A worker holds nothing until one of its jobs has run shorter than the hold (slow start).
 //! Real PostgreSQL, coordinator and worker processes, real child processes.
 
 use drover_tests::v1 as pb;
@@ -43,7 +44,8 @@ fn attempt_is(a: &pb::Attempt, s: pb::AttemptState) -> bool {
 }
 
 /// A coordinator and worker `w1` with one slot and `lease_ahead = 1`, whose slot is taken
-/// by job `a`, which runs until `a.go` appears.
+/// by job `a`, which runs until `a.go` appears. Warmed up: a short job ran first, so `w1`
+/// leases ahead.
 struct OneSlotBusy {
     marks: tempfile::TempDir,
     cl: Cluster,
@@ -56,11 +58,20 @@ struct OneSlotBusy {
 
 impl OneSlotBusy {
     async fn start(env: &[(&str, &str)]) -> anyhow::Result<OneSlotBusy> {
+        Self::with(env, true).await
+    }
+
+    /// `warm`: run a short job first (w1 then leases ahead); else `a` is w1's first job.
+    async fn with(env: &[(&str, &str)], warm: bool) -> anyhow::Result<OneSlotBusy> {
         let marks = tempfile::tempdir()?;
         let cl = Cluster::new().await?;
         let (coordinator, addr) = cl.coordinator("coord", &CoordinatorOpts::default())?;
         let w1 = cl.worker_with_env("w1", &addr, 1, &["--lease-ahead", "1"], env)?;
         let mut api = jobs(&addr).await?;
+        if warm {
+            let w = submit(&mut api, marked(marks.path(), "warm", false)).await?;
+            wait_state(&mut api, &w.id, pb::JobState::Succeeded).await?;
+        }
         let a = submit(&mut api, marked(marks.path(), "a", true)).await?;
         wait_file(&marks.path().join("a.ran")).await?;
         Ok(OneSlotBusy {
@@ -118,6 +129,21 @@ async fn a_job_leased_ahead_is_held_until_the_slot_frees_then_runs_at_once() -> 
         Some(0),
         "exit 3: it ran while A held the slot"
     );
+    t.finish_a().await
+}
+
+#[tokio::test]
+async fn a_worker_holds_nothing_before_one_of_its_jobs_ran_shorter_than_the_hold(
+) -> anyhow::Result<()> {
+    // A is w1's first job, and it runs on: w1 has not seen a short job.
+    let mut t = OneSlotBusy::with(&[("DROVER_WORKER_LEASE_AHEAD_HOLD", "1m")], false).await?;
+    let b = t.submit("b").await?;
+    // Held by w1, B would wait there for A (the hold is a minute).
+    let _w2 = t.cl.worker("w2", &t.addr, 1, &[])?;
+    let (_, at) = wait_state(&mut t.api, &b.id, pb::JobState::Succeeded).await?;
+    assert_eq!(at.len(), 1, "leased once: {at:?}");
+    assert_eq!(at[0].worker_id, "w2");
+    assert!(t.a_is_running().await?, "A ran on meanwhile");
     t.finish_a().await
 }
 

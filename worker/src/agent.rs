@@ -13,8 +13,9 @@
 //! moment one frees, so a slot does not stand empty while its next lease is on its way.
 //! A held job that finds no slot within `lease_ahead_hold` is handed back (released, not
 //! counted as a retry) so another worker can start it, and its room is held back
-//! (*withheld*: no credit) until a job of this worker's runs shorter than the hold: a
-//! worker of long jobs soon stops leasing ahead.
+//! (*withheld*: no credit) until a job of this worker's runs shorter than the hold. The
+//! room starts withheld (slow start): a worker leases ahead only once one of its jobs has
+//! run shorter than the hold, so a worker of long jobs never holds one.
 
 use crate::config::Config;
 use crate::containment::{CgroupUsage, Containment, Limits as JobLimits};
@@ -241,6 +242,7 @@ impl Agent {
         let slot_dirs = Slots::new(cfg.work_root(), cfg.pids_dir(), cfg.slots());
         let setup = JobSetup::from_config(&cfg, &worker_id).map_err(AgentError::Setup)?;
         let base_env = setup.base_env(crate::jobsetup::worker_environment());
+        let ahead = cfg.lease_ahead;
         Ok(Arc::new(Agent {
             containment: Arc::new(containment),
             setup,
@@ -248,14 +250,19 @@ impl Agent {
             monitor,
             slot_dirs,
             slots: cfg.slots(),
-            ahead: cfg.lease_ahead,
+            ahead,
             run_permits: Arc::new(Semaphore::new(cfg.slots() as usize)),
             cfg,
             worker_id,
             hostname,
             coordinators,
             ready: std::sync::Once::new(),
-            state: Mutex::new(State::default()),
+            // Slow start: the room to hold ahead is offered once a job has run shorter
+            // than the hold, so a worker of long jobs never holds one.
+            state: Mutex::new(State {
+                withheld: ahead,
+                ..State::default()
+            }),
             changed: Notify::new(),
             draining: CancellationToken::new(),
         }))
@@ -524,8 +531,9 @@ impl Agent {
         }
     }
 
-    /// Offers again the room withheld after held jobs were handed back: a job that ran
-    /// shorter than the hold just ended, so jobs leased ahead are likely to start in time.
+    /// Offers the room withheld at start or after held jobs were handed back: a job that
+    /// ran shorter than the hold just ended, so jobs leased ahead are likely to start in
+    /// time.
     fn restore_ahead(&self) {
         let mut st = self.lock();
         let n = std::mem::take(&mut st.withheld);
