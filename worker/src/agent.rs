@@ -421,7 +421,7 @@ impl Agent {
             let mut st = self.lock();
             let refuse = self.draining.is_cancelled()
                 || !self.monitor.paused_reason().is_empty()
-                || st.live + st.withheld >= self.slots + self.ahead
+                || self.free_room(&st) == 0
                 || st.attempts.contains_key(&a.attempt_id);
             if !refuse {
                 st.live += 1;
@@ -529,6 +529,12 @@ impl Agent {
         {
             tracing::warn!(attempt_id = %req.attempt_id, error = %e, "result refused");
         }
+    }
+
+    /// Room for more attempts: slots plus lease_ahead, less the attempts counted against
+    /// them and the room withheld.
+    fn free_room(&self, st: &State) -> u32 {
+        (self.slots + self.ahead).saturating_sub(st.live + st.withheld)
     }
 
     /// Offers the room withheld at start or after held jobs were handed back: a job that
@@ -1060,7 +1066,7 @@ impl Session {
                 free_slots: if agent.draining.is_cancelled() {
                     0
                 } else {
-                    (agent.slots + agent.ahead).saturating_sub(st.live + st.withheld)
+                    agent.free_room(&st)
                 },
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 containment: agent.containment.describe(),
