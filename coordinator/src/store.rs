@@ -47,7 +47,7 @@ pub use attempts::{EndRequest, Ended};
 pub use audit_rows::AuditEntry;
 pub use dashboard::SessionRow;
 pub use group::{ClaimAsk, Refill};
-pub use jobs::JobFilter;
+pub use jobs::{JobDetail, JobFilter};
 pub use logs::ChunkIn;
 pub use queues::QueueRow;
 pub use workers::{Heartbeat, WorkerHello, WorkerReport, WorkerRow};

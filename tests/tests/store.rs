@@ -493,6 +493,40 @@ async fn logs_are_stored_once_per_chunk_and_read_in_order() -> anyhow::Result<()
     Ok(())
 }
 
+/// `job_detail` pipelines its reads on one connection: the job row must be read first, or
+/// a job that ends between the reads comes back finished with its attempt still running.
+/// Each job here is read in a loop while its attempt ends; with the attempts read before
+/// the job (tried), some of the 100 came back that way.
+#[tokio::test]
+async fn a_job_read_with_its_attempts_is_never_newer_than_they_are() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    for _ in 0..100 {
+        let (job, _) = store.submit(&spec(&["true"]), &policy(), None).await?;
+        let a = claim_one(&store, "w1", LEASE).await?;
+        let ending = tokio::spawn({
+            let store = store.clone();
+            async move { store.end_attempt(a, &end(RawResult::Exited(0))).await }
+        });
+        loop {
+            let d = store
+                .job_detail(job.id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("job {} not found", job.id))?;
+            let running = d.attempts.iter().any(|a| a.state == AttemptState::Running);
+            assert!(
+                !(d.job.state == JobState::Succeeded && running),
+                "job {} read as succeeded with its attempt running",
+                job.id
+            );
+            if d.job.state == JobState::Succeeded {
+                break;
+            }
+        }
+        ending.await??;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn retry_job_makes_a_new_job_linked_to_the_old() -> anyhow::Result<()> {
     let (_db, store) = store().await?;
@@ -506,7 +540,12 @@ async fn retry_job_makes_a_new_job_linked_to_the_old() -> anyhow::Result<()> {
     assert_ne!(new.id, job.id);
     assert_eq!(new.state, JobState::Pending);
     assert_eq!(new.retry_of, Some(job.id));
-    assert_eq!(store.retried_by(job.id).await?, vec![new.id]);
+    let old = store
+        .job_detail(job.id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("job {} not found", job.id))?;
+    assert_eq!(old.retried_by, vec![new.id]);
+    assert!(store.job_detail(Uuid::new_v4()).await?.is_none());
     assert_eq!(
         kind(store.retry_job(Uuid::new_v4(), &Default::default()).await),
         ErrorKind::NotFound

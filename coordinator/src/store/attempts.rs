@@ -57,9 +57,11 @@ impl EndRequest {
     }
 }
 
+/// A job's attempts, oldest first.
+pub(super) const LIST_ATTEMPTS: &str = include_str!("sql/attempts/list_attempts.sql");
+
 impl Store {
     pub async fn list_attempts(&self, job_id: Uuid) -> Result<Vec<AttemptRow>> {
-        const LIST_ATTEMPTS: &str = include_str!("sql/attempts/list_attempts.sql");
         measured("list_attempts", async {
             let c = self.pool.get().await?;
             let rows = c.query_cached(LIST_ATTEMPTS, &[&job_id]).await?;

@@ -262,18 +262,8 @@ pub(super) async fn set_job_deps(
     Ok(resolved)
 }
 
-impl Store {
-    /// Dependencies of a job that have not succeeded yet.
-    pub async fn waiting_for(&self, job_id: Uuid) -> Result<Vec<Uuid>> {
-        const WAITING_FOR: &str = include_str!("sql/flow/waiting_for.sql");
-        measured("waiting_for", async {
-            let c = self.pool.get().await?;
-            let rows = c.query_cached(WAITING_FOR, &[&job_id]).await?;
-            rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
-        })
-        .await
-    }
-}
+/// Dependencies of a job that have not succeeded yet.
+pub(super) const WAITING_FOR: &str = include_str!("sql/flow/waiting_for.sql");
 
 impl Store {
     /// Why each pending job of `ids` waits (see `Job.waiting` in the proto); jobs that are

@@ -4,8 +4,8 @@
 use super::flow;
 use super::outbox::{insert_event, NOTIFY};
 use super::{
-    claimed_from_row, job_from_row, measured, millis, Cached, Claim, JobRow, Store,
-    CONTROL_CHANNEL, JOBS_CHANNEL,
+    attempt_from_row, claimed_from_row, job_from_row, measured, millis, AttemptRow, Cached, Claim,
+    JobRow, Store, CONTROL_CHANNEL, JOBS_CHANNEL,
 };
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -14,11 +14,25 @@ use drover_core::{JobSpec, JobState, RetryPolicy};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 use uuid::Uuid;
 
 /// One job by id.
 pub(super) const GET_JOB: &str = include_str!("sql/jobs/get_job.sql");
+
+/// Jobs created by manually retrying a job.
+const RETRIED_BY: &str = include_str!("sql/jobs/retried_by.sql");
+
+/// A job as `GetJob` shows it ([`Store::job_detail`]).
+pub struct JobDetail {
+    pub job: JobRow,
+    /// Oldest first.
+    pub attempts: Vec<AttemptRow>,
+    /// Jobs created by manually retrying this one.
+    pub retried_by: Vec<Uuid>,
+    /// Dependencies that have not succeeded yet.
+    pub waiting_for: Vec<Uuid>,
+}
 
 /// Leases due jobs without concurrency keys to several workers at once. MATERIALIZED keeps
 /// the planner from re-running the locking subquery (which could claim more than asked
@@ -294,15 +308,48 @@ impl Store {
         .await
     }
 
-    /// Jobs created by manually retrying `id`.
-    pub async fn retried_by(&self, id: Uuid) -> Result<Vec<Uuid>> {
-        const RETRIED_BY: &str = include_str!("sql/jobs/retried_by.sql");
-        measured("retried_by", async {
+    /// A job with what is shown beside it ([`JobDetail`]), in one round trip: the four
+    /// statements go pipelined on one connection, the job's first. PostgreSQL runs them in
+    /// order, each in a snapshot taken after the one before, so the rest is never older
+    /// than the job row: a succeeded job never comes back with its attempt still running.
+    /// (Run on separate connections, or each awaited in turn, they took two round trips or
+    /// more; in one transaction, BEGIN and COMMIT add two.)
+    pub async fn job_detail(&self, id: Uuid) -> Result<Option<JobDetail>> {
+        use super::attempts::LIST_ATTEMPTS;
+        use super::flow::WAITING_FOR;
+        measured("job_detail", async {
             let c = self.pool.get().await?;
-            let rows = c.query_cached(RETRIED_BY, &[&id]).await?;
-            rows.iter()
-                .map(|r| r.try_get(0).map_err(Error::from))
-                .collect()
+            // Prepared first (once per connection; no round trip after), so that each
+            // query below is sent when first polled, and `biased` polls them in order.
+            let (s_job, s_attempts, s_retried, s_waits) = tokio::try_join!(
+                c.prepare_cached(GET_JOB),
+                c.prepare_cached(LIST_ATTEMPTS),
+                c.prepare_cached(RETRIED_BY),
+                c.prepare_cached(WAITING_FOR),
+            )?;
+            let by_id: [&(dyn ToSql + Sync); 1] = [&id];
+            let (job, attempts, retried, waits) = tokio::try_join!(
+                biased;
+                c.query_opt(&s_job, &by_id),
+                c.query(&s_attempts, &by_id),
+                c.query(&s_retried, &by_id),
+                c.query(&s_waits, &by_id),
+            )?;
+            let Some(job) = job else {
+                return Ok(None);
+            };
+            let ids = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<Uuid>> {
+                rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+            };
+            Ok(Some(JobDetail {
+                job: job_from_row(&job)?,
+                attempts: attempts
+                    .iter()
+                    .map(attempt_from_row)
+                    .collect::<Result<_>>()?,
+                retried_by: ids(retried)?,
+                waiting_for: ids(waits)?,
+            }))
         })
         .await
     }
