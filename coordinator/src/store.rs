@@ -353,6 +353,8 @@ pub struct Store {
     refill: std::sync::Arc<std::sync::OnceLock<std::sync::Weak<dyn group::Refill>>>,
     /// Held by whoever claims for connected workers: one claim at a time on their credit.
     claiming: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Log batches that arrived before an earlier batch of their attempt (store/logs.rs).
+    log_turns: logs::Turns,
 }
 
 impl Store {
@@ -374,6 +376,7 @@ impl Store {
             submits: Default::default(),
             refill: Default::default(),
             claiming: Default::default(),
+            log_turns: Default::default(),
         }
     }
 

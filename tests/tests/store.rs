@@ -493,6 +493,49 @@ async fn logs_are_stored_once_per_chunk_and_read_in_order() -> anyhow::Result<()
     Ok(())
 }
 
+/// A worker keeps two log batches in flight, so the second can reach the store first. It
+/// waits for the first: stored the other way round, the cap would take the second batch
+/// for the log's head and later trim the first (the log's real head) as the oldest tail.
+#[tokio::test]
+async fn a_log_batch_that_arrives_early_waits_for_the_one_before() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    store.submit(&spec(&["echo"]), &policy(), None).await?;
+    let a = claim_one(&store, "w1", LEASE).await?;
+    // Cap 100 bytes: a head of 50 (seqs 0-4) and a tail of 50.
+    let batch = |from: i64, tag: char| -> Vec<ChunkIn> {
+        (from..from + 5)
+            .map(|seq| chunk(seq, &format!("{tag}{seq:02}......\n")))
+            .collect()
+    };
+    let second = tokio::spawn({
+        let store = store.clone();
+        let b = batch(5, 'b');
+        async move { store.append_logs(a, &b, 100).await }
+    });
+    let mut polls = 0;
+    while store.early_log_batches() == 0 {
+        anyhow::ensure!(
+            polls < 1000 && !second.is_finished(),
+            "the second batch did not wait for the first"
+        );
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    store.append_logs(a, &batch(0, 'a'), 100).await?;
+    second.await??;
+    assert_eq!(store.early_log_batches(), 0);
+    // A third batch pushes the second out of the tail; the head stays.
+    store.append_logs(a, &batch(10, 'c'), 100).await?;
+    let seqs: Vec<i64> = store
+        .read_logs(a, -1, 100)
+        .await?
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(seqs, vec![0, 1, 2, 3, 4, 10, 11, 12, 13, 14]);
+    Ok(())
+}
+
 /// `job_detail` pipelines its reads on one connection: the job row must be read first, or
 /// a job that ends between the reads comes back finished with its attempt still running.
 /// Each job here is read in a loop while its attempt ends; with the attempts read before

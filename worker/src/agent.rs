@@ -51,6 +51,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const KEEPALIVE: Duration = Duration::from_secs(3);
 /// Bytes of log per AppendLogs call.
 const LOG_BATCH_BYTES: usize = 2 * 1024 * 1024;
+
+/// `AppendLogs` calls in flight per attempt: the next batch travels and is decoded while
+/// the coordinator stores the one before it (a batch that gets there first waits for its
+/// turn: coordinator/src/store/logs.rs), so the database is not left idle between them.
+const LOG_BATCHES_IN_FLIGHT: usize = 2;
 /// Largest spool frame made by merging queued pipe reads: one pipe read's worth, so the
 /// log cap's head and tail stay within a chunk of their halves.
 const MERGE_BYTES: usize = process::CHUNK_BYTES;
@@ -874,34 +879,49 @@ impl Agent {
             let stop = stop.clone();
             let reason = reason.clone();
             tokio::spawn(async move {
-                let mut next = reader.next_batch(LOG_BATCH_BYTES).await;
+                // Sends in order, acknowledged in order. Each send is a task of its own,
+                // so it travels while the next batch is read from disk.
+                let mut in_flight = std::collections::VecDeque::new();
+                let mut ended = false;
                 loop {
-                    let batch = match next {
-                        Ok(b) if b.is_empty() => break,
-                        Ok(b) => b,
-                        Err(e) => {
-                            tracing::error!(%attempt_id, error = %e, "reading log spool");
+                    while !ended && in_flight.len() < LOG_BATCHES_IN_FLIGHT {
+                        // With nothing in flight, wait for output; otherwise take only what
+                        // is already written (a refusal must be seen at once).
+                        let batch = if in_flight.is_empty() {
+                            reader.next_batch(LOG_BATCH_BYTES).await
+                        } else if reader.has_more() {
+                            reader.next_batch_ahead(LOG_BATCH_BYTES).await
+                        } else {
                             break;
+                        };
+                        match batch {
+                            Ok(b) if b.is_empty() => ended = true,
+                            Ok(b) => {
+                                let last = b.last().map(|c| c.seq).unwrap_or(0);
+                                let req = append_request(&attempt_id, b);
+                                let agent = agent.clone();
+                                in_flight.push_back(tokio::spawn(async move {
+                                    let r = agent
+                                        .call(|mut c| {
+                                            let req = req.clone();
+                                            async move { c.append_logs(req).await }
+                                        })
+                                        .await;
+                                    (last, r)
+                                }));
+                            }
+                            Err(e) => {
+                                tracing::error!(%attempt_id, error = %e, "reading log spool");
+                                ended = true;
+                            }
                         }
+                    }
+                    let Some(sent) = in_flight.pop_front() else {
+                        break;
                     };
-                    let last = batch.last().map(|c| c.seq).unwrap_or(0);
-                    let req = append_request(&attempt_id, batch);
-                    let send = agent.call(|mut c| {
-                        let req = req.clone();
-                        async move { c.append_logs(req).await }
-                    });
-                    // Read the next batch from disk while this one is on its way, if it is
-                    // already written (never wait for output here: a refusal must be seen
-                    // at once). One request in flight keeps the chunks in order.
-                    let (r, ahead) = if reader.has_more() {
-                        let (r, n) = tokio::join!(send, reader.next_batch_ahead(LOG_BATCH_BYTES));
-                        (r, Some(n))
-                    } else {
-                        (send.await, None)
-                    };
-                    match r {
-                        Ok(_) => reader.ack(last),
-                        Err(e) => {
+                    match sent.await {
+                        Ok((last, Ok(_))) => reader.ack(last),
+                        Ok((_, Err(e))) => {
                             tracing::warn!(%attempt_id, error = %e, "log refused: lease lost; stopping process");
                             if let Ok(mut r) = reason.lock() {
                                 r.get_or_insert(StopReason::Stale);
@@ -909,11 +929,15 @@ impl Agent {
                             stop.cancel();
                             break;
                         }
+                        Err(e) => {
+                            tracing::error!(%attempt_id, error = %e, "log sender failed");
+                            break;
+                        }
                     }
-                    next = match ahead {
-                        Some(n) => n,
-                        None => reader.next_batch_ahead(LOG_BATCH_BYTES).await,
-                    };
+                }
+                // Sends still in flight after a refusal are not waited for.
+                for t in &in_flight {
+                    t.abort();
                 }
                 let _ = reader.remove();
             })

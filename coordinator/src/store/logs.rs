@@ -6,8 +6,25 @@ use super::{measured, millis, parse_state, stale, ArtifactRow, Cached, Store, St
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use drover_core::logcap::{self, CapState};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use uuid::Uuid;
+
+/// How long a log batch that arrived before an earlier one of its attempt waits for it,
+/// in all, before it is stored anyway (the earlier one was lost, or went to another
+/// coordinator). Stored out of order, the cap's head and tail are approximate.
+const EARLY_WAIT: Duration = Duration::from_secs(5);
+
+/// How often an early batch looks again without being told: a commit on another
+/// coordinator is not announced here.
+const EARLY_RECHECK: Duration = Duration::from_millis(100);
+
+/// Attempts with a log batch waiting for an earlier one. The waiter subscribes while it
+/// still holds the attempt's row lock, so no commit of that attempt can come between its
+/// look and its subscription; a commit then drops the sender, which wakes every waiter.
+pub(super) type Turns = Arc<Mutex<HashMap<Uuid, watch::Sender<()>>>>;
 
 /// Marks attempts' logs purged.
 pub(super) const MARK_PURGED: &str = include_str!("sql/logs/mark_purged.sql");
@@ -37,20 +54,80 @@ impl Store {
         cap: u64,
     ) -> Result<()> {
         measured("append_logs", async {
-            match self.append_logs_tx(attempt_id, worker, chunks, cap).await {
-                // The leader makes partitions ahead of time; if it has not (it was down, or
-                // the attempt's partition was dropped while it ran long), make it now.
-                Err(AppendError::NoPartition(at)) => {
-                    self.ensure_log_partitions(self.log_partition(), Duration::ZERO, Some(at))
-                        .await?;
-                    self.append_logs_tx(attempt_id, worker, chunks, cap)
-                        .await
-                        .map_err(AppendError::into_error)
+            // A worker keeps two batches in flight; the second can get here first. It waits
+            // for the first, so the cap counts chunks in order (up to EARLY_WAIT).
+            let deadline = Instant::now() + EARLY_WAIT;
+            let mut made_partition = false;
+            loop {
+                let late = Instant::now() >= deadline;
+                match self
+                    .append_logs_tx(attempt_id, worker, chunks, cap, late)
+                    .await
+                {
+                    Err(AppendError::Early(mut turn)) => {
+                        let _ = tokio::time::timeout(EARLY_RECHECK, turn.changed()).await;
+                        self.drop_turn(attempt_id, &turn);
+                    }
+                    // The leader makes partitions ahead of time; if it has not (it was down,
+                    // or the attempt's partition was dropped while it ran long), make it now.
+                    Err(AppendError::NoPartition(at)) if !made_partition => {
+                        self.ensure_log_partitions(self.log_partition(), Duration::ZERO, Some(at))
+                            .await?;
+                        made_partition = true;
+                    }
+                    r => {
+                        self.announce_turn(attempt_id);
+                        return r.map_err(AppendError::into_error);
+                    }
                 }
-                r => r.map_err(AppendError::into_error),
             }
         })
         .await
+    }
+
+    /// A receiver told when the attempt's next log batch commits (or dropped: look again).
+    fn await_turn(&self, attempt_id: Uuid) -> watch::Receiver<()> {
+        let mut turns = self
+            .log_turns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        turns
+            .entry(attempt_id)
+            .or_insert_with(|| watch::channel(()).0)
+            .subscribe()
+    }
+
+    /// Wakes the batches waiting for this attempt's log to move on.
+    fn announce_turn(&self, attempt_id: Uuid) {
+        let mut turns = self
+            .log_turns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        turns.remove(&attempt_id);
+    }
+
+    /// Forgets a waiter's turn once nobody else waits on it (a timed-out wait would
+    /// otherwise leave its entry behind).
+    fn drop_turn(&self, attempt_id: Uuid, turn: &watch::Receiver<()>) {
+        let mut turns = self
+            .log_turns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = turns.get(&attempt_id) {
+            let ours = tx.subscribe().same_channel(turn);
+            if ours && tx.receiver_count() <= 1 {
+                turns.remove(&attempt_id);
+            }
+        }
+    }
+
+    /// Log batches now waiting for an earlier batch of their attempt (for tests).
+    pub fn early_log_batches(&self) -> usize {
+        let turns = self
+            .log_turns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        turns.values().map(|t| t.receiver_count()).sum()
     }
 
     pub(super) async fn append_logs_tx(
@@ -59,6 +136,7 @@ impl Store {
         worker: Option<&crate::auth::Principal>,
         chunks: &[ChunkIn],
         cap: u64,
+        out_of_order: bool,
     ) -> std::result::Result<(), AppendError> {
         const LOCK_ATTEMPT: &str = include_str!("sql/logs/lock_attempt.sql");
         const INSERT_CHUNKS: &str = include_str!("sql/logs/insert_chunks.sql");
@@ -78,6 +156,14 @@ impl Store {
         let state: String = row.try_get(0)?;
         if state != "running" {
             return Err(stale(attempt_id, parse_state(&state)?).into());
+        }
+        // Seqs count from 0 without gaps, so the chunks received so far are the next seq
+        // due. A batch beyond it waits for the one before (subscribed while the row lock
+        // is held, released when `tx` is dropped).
+        let received: i64 = row.try_get(7)?;
+        let first = chunks.iter().map(|c| c.seq).min().unwrap_or(0);
+        if first > received && !out_of_order {
+            return Err(AppendError::Early(self.await_turn(attempt_id)));
         }
         let before = CapState {
             kept: row.try_get::<_, i64>(1)?.max(0) as u64,
@@ -221,6 +307,8 @@ impl Store {
 /// Why a log append failed: its partition is missing (made, then retried), or anything else.
 pub(super) enum AppendError {
     NoPartition(DateTime<Utc>),
+    /// An earlier batch of the attempt is not stored yet: wait on this, then try again.
+    Early(watch::Receiver<()>),
     Other(Error),
 }
 
@@ -230,6 +318,7 @@ impl AppendError {
             AppendError::NoPartition(at) => {
                 Error::Internal(format!("no log partition for {at} after creating it"))
             }
+            AppendError::Early(_) => Error::Internal("log batch waited for its turn".into()),
             AppendError::Other(e) => e,
         }
     }
