@@ -91,6 +91,8 @@ impl Store {
             .log_turns
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // Entries nobody waits on any more (a waiter's call was cancelled) go here.
+        turns.retain(|_, t| t.receiver_count() > 0);
         turns
             .entry(attempt_id)
             .or_insert_with(|| watch::channel(()).0)
