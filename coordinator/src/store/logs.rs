@@ -66,7 +66,6 @@ impl Store {
                 {
                     Err(AppendError::Early(mut turn)) => {
                         let _ = tokio::time::timeout(EARLY_RECHECK, turn.changed()).await;
-                        self.drop_turn(attempt_id, &turn);
                     }
                     // The leader makes partitions ahead of time; if it has not (it was down,
                     // or the attempt's partition was dropped while it ran long), make it now.
@@ -91,7 +90,8 @@ impl Store {
             .log_turns
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Entries nobody waits on any more (a waiter's call was cancelled) go here.
+        // Entries nobody waits on any more (a wait timed out, or its call was cancelled)
+        // go here; a commit of their attempt would also drop them.
         turns.retain(|_, t| t.receiver_count() > 0);
         turns
             .entry(attempt_id)
@@ -106,21 +106,6 @@ impl Store {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         turns.remove(&attempt_id);
-    }
-
-    /// Forgets a waiter's turn once nobody else waits on it (a timed-out wait would
-    /// otherwise leave its entry behind).
-    fn drop_turn(&self, attempt_id: Uuid, turn: &watch::Receiver<()>) {
-        let mut turns = self
-            .log_turns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(tx) = turns.get(&attempt_id) {
-            let ours = tx.subscribe().same_channel(turn);
-            if ours && tx.receiver_count() <= 1 {
-                turns.remove(&attempt_id);
-            }
-        }
     }
 
     /// Log batches now waiting for an earlier batch of their attempt (for tests).
