@@ -1285,3 +1285,80 @@ async fn the_keyed_candidate_scan_reads_only_pending_keyed_jobs() -> anyhow::Res
     assert_eq!(rows, 32, "the 32 oldest of the 50 keyed pending jobs");
     Ok(())
 }
+
+/// A pooled connection goes back out without a round trip when it was used a moment
+/// ago, and is first checked with an empty query when it sat idle (`db::VERIFY_IDLE_AFTER`;
+/// here the two ends, never and always, so nothing depends on timing). The check is seen
+/// as the backend's last statement in `pg_stat_activity`. A checked connection whose
+/// backend is gone is replaced, not handed out.
+#[tokio::test]
+async fn a_pooled_connection_is_checked_before_reuse_only_after_sitting_idle() -> anyhow::Result<()>
+{
+    let tdb = TestDb::new().await?;
+    let watcher = tdb.client().await?;
+    let last_statement = |pid: i32| {
+        let watcher = &watcher;
+        async move {
+            let row = watcher
+                .query_one("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                .await?;
+            anyhow::Ok(row.get::<_, String>(0))
+        }
+    };
+    for (idle, checked) in [(Duration::MAX, false), (Duration::ZERO, true)] {
+        let pool = db::pool_verifying_after(&tdb.url, 1, idle)?;
+        let c = pool.get().await?;
+        let pid: i32 = c
+            .query_one("SELECT pg_backend_pid() /* first use */", &[])
+            .await?
+            .get(0);
+        drop(c);
+        let c = pool.get().await?;
+        let again: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+        assert_eq!(again, pid, "a pool of one hands out the same connection");
+        drop(c);
+        // The statement before the last checkout tells whether the checkout ran the check.
+        let c = pool.get().await?;
+        let seen = last_statement(pid).await?;
+        if checked {
+            assert_eq!(seen, "", "an idle connection is checked before reuse");
+        } else {
+            assert_eq!(
+                seen, "SELECT pg_backend_pid()",
+                "a connection used a moment ago goes out unchecked"
+            );
+        }
+        drop(c);
+        if !checked {
+            continue;
+        }
+
+        // The backend goes away: the next checkout gets a working connection.
+        watcher
+            .execute("SELECT pg_terminate_backend($1)", &[&pid])
+            .await?;
+        let gone = async {
+            loop {
+                let n = watcher
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                        &[&pid],
+                    )
+                    .await?
+                    .get::<_, i64>(0);
+                if n == 0 {
+                    return anyhow::Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), gone).await??;
+        let c = pool.get().await?;
+        let fresh: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+        assert_ne!(
+            fresh, pid,
+            "a connection whose backend is gone is not reused"
+        );
+    }
+    Ok(())
+}
