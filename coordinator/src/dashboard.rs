@@ -998,38 +998,34 @@ async fn log_page(
 }
 
 /// The attempt a log request names (default: the latest), checking the caller may read
-/// the job (through GetJob, so queue scopes and errors are the API's).
+/// the job (through GetJob, so queue scopes and errors are the API's); the attempt comes
+/// from the same answer, with its id parsed.
 async fn log_attempt(
     s: &HttpState,
     c: &Caller,
     id: &str,
     attempt: u32,
-) -> Result<(pb::Job, crate::store::AttemptRow), ApiError> {
+) -> Result<(pb::Job, pb::Attempt, Uuid), ApiError> {
     let svc = &*s.services.jobs;
     let got = c
         .call(pb::GetJobRequest { id: id.to_string() }, |r| svc.get_job(r))
         .await?;
     let job = got.job.unwrap_or_default();
-    let job_id = Uuid::parse_str(&job.id)
-        .map_err(|_| ApiError(tonic::Status::internal("job id is not a UUID")))?;
-    let rows = s
-        .store
-        .list_attempts(job_id)
-        .await
-        .map_err(|e| ApiError(e.into()))?;
-    let row = if attempt == 0 {
-        rows.into_iter().last()
+    let a = if attempt == 0 {
+        got.attempts.into_iter().max_by_key(|a| a.number)
     } else {
-        rows.into_iter().find(|a| a.number as u32 == attempt)
+        got.attempts.into_iter().find(|a| a.number == attempt)
     };
-    let row = row.ok_or_else(|| {
+    let a = a.ok_or_else(|| {
         ApiError(tonic::Status::not_found(if attempt == 0 {
-            format!("job {job_id} has not started yet: no log")
+            format!("job {} has not started yet: no log", job.id)
         } else {
-            format!("attempt: job {job_id} has no attempt {attempt}")
+            format!("attempt: job {} has no attempt {attempt}", job.id)
         }))
     })?;
-    Ok((job, row))
+    let attempt_id = Uuid::parse_str(&a.id)
+        .map_err(|_| ApiError(tonic::Status::internal("attempt id is not a UUID")))?;
+    Ok((job, a, attempt_id))
 }
 
 fn stream_name(s: i16) -> &'static str {
@@ -1048,12 +1044,12 @@ async fn log_json(
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (job, a) = log_attempt(&s, &c, &id, q.attempt).await?;
+    let (job, a, attempt_id) = log_attempt(&s, &c, &id, q.attempt).await?;
     let before = if q.before <= 0 { i64::MAX } else { q.before };
     let chunks = s
         .store
         .read_logs_before(
-            a.id,
+            attempt_id,
             before,
             if q.before <= 0 {
                 LOG_TAIL_CHUNKS
@@ -1063,7 +1059,7 @@ async fn log_json(
         )
         .await
         .map_err(|e| ApiError(e.into()))?;
-    let marker = drover_core::logcap::marker(a.log_dropped_bytes.max(0) as u64, s.log_cap_bytes);
+    let marker = drover_core::logcap::marker(a.log_dropped_bytes, s.log_cap_bytes);
     let mut out = Vec::with_capacity(chunks.len() + 1);
     let mut prev: Option<i64> = None;
     for ch in &chunks {
@@ -1087,7 +1083,7 @@ async fn log_json(
     let more_before = match chunks.first() {
         Some(c) => !s
             .store
-            .read_logs_before(a.id, c.seq, 1)
+            .read_logs_before(attempt_id, c.seq, 1)
             .await
             .map_err(|e| ApiError(e.into()))?
             .is_empty(),
@@ -1116,7 +1112,9 @@ async fn log_follow(
     Path(id): Path<String>,
     Query(q): Query<LogQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let (_, a) = log_attempt(&s, &c, &id, q.attempt).await?;
+    let (job, _, attempt_id) = log_attempt(&s, &c, &id, q.attempt).await?;
+    let job_id = Uuid::parse_str(&job.id)
+        .map_err(|_| ApiError(tonic::Status::internal("job id is not a UUID")))?;
     let slot = s
         .dispatcher
         .logs
@@ -1137,10 +1135,9 @@ async fn log_follow(
         let _slot = slot;
         let (mut news, _following) = watch.follow();
         let mut cursor = if after < 0 { -1 } else { after };
-        let attempt_id = a.id;
         loop {
             // The attempt's row before reading: once it has ended, all its log is stored.
-            let row = match store.list_attempts(a.job_id).await {
+            let row = match store.list_attempts(job_id).await {
                 Ok(rows) => rows.into_iter().find(|r| r.id == attempt_id),
                 Err(_) => None,
             };
@@ -1191,7 +1188,7 @@ async fn log_follow(
             loop {
                 tokio::select! {
                     n = news.recv() => match n {
-                        Ok(j) if j == a.job_id || j == crate::log_watch::RESYNC => break,
+                        Ok(j) if j == job_id || j == crate::log_watch::RESYNC => break,
                         Ok(_) => continue,
                         Err(broadcast::error::RecvError::Lagged(_)) => break,
                         Err(broadcast::error::RecvError::Closed) => return,
