@@ -71,6 +71,7 @@ pub async fn batch_rate(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value)
         ratio: Ratio::Percent,
         target: "—".into(),
         ok: None,
+        median_by_ratio: false,
         runs: Vec::new(),
     }];
     Ok((
@@ -157,6 +158,7 @@ pub async fn python_client(stack: &mut Stack, n: usize) -> Result<Option<(Vec<Ro
         ratio: Ratio::Times,
         target: target.into(),
         ok,
+        median_by_ratio: false,
         runs: Vec::new(),
     };
     let rows = vec![

@@ -92,6 +92,7 @@ async fn once(
         ratio: Ratio::Times,
         target: "≤ 5000 ms".into(),
         ok: Some(failover_ms <= 5000.0),
+        median_by_ratio: false,
         runs: Vec::new(),
     }];
     stack.stop();
@@ -231,6 +232,7 @@ async fn promote_once(
         ratio: Ratio::Times,
         target: "≤ 10000 ms".into(),
         ok: Some(promoted_ms <= 10_000.0),
+        median_by_ratio: false,
         runs: Vec::new(),
     }];
     stack.stop();

@@ -114,6 +114,7 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value, Dist)>
             ratio: Ratio::Times,
             target: "< 5 ms".into(),
             ok: Some(ret.p50 < 5.0),
+            median_by_ratio: false,
             runs: Vec::new(),
         },
         Row {
@@ -126,6 +127,7 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value, Dist)>
             ratio: Ratio::Times,
             target: "< 25 ms".into(),
             ok: Some(ret.p99 < 25.0),
+            median_by_ratio: false,
             runs: Vec::new(),
         },
         Row {
@@ -138,6 +140,7 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value, Dist)>
             ratio: Ratio::Times,
             target: "—".into(),
             ok: None,
+            median_by_ratio: false,
             runs: Vec::new(),
         },
         Row {
@@ -150,6 +153,7 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value, Dist)>
             ratio: Ratio::Times,
             target: "—".into(),
             ok: None,
+            median_by_ratio: false,
             runs: Vec::new(),
         },
         Row {
@@ -162,6 +166,7 @@ pub async fn run(stack: &mut Stack, n: usize) -> Result<(Vec<Row>, Value, Dist)>
             ratio: Ratio::Times,
             target: "—".into(),
             ok: None,
+            median_by_ratio: false,
             runs: Vec::new(),
         },
     ];

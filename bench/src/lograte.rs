@@ -155,6 +155,7 @@ pub async fn run(stack: &mut Stack, bytes: u64) -> Result<(Vec<Row>, Value)> {
             ratio: Ratio::Percent,
             target: "≥ 100 MB/s".into(),
             ok: Some(rate >= 100.0),
+            median_by_ratio: false,
             runs: Vec::new(),
         },
         Row {
@@ -167,6 +168,7 @@ pub async fn run(stack: &mut Stack, bytes: u64) -> Result<(Vec<Row>, Value)> {
             ratio: Ratio::Percent,
             target: "—".into(),
             ok: None,
+            median_by_ratio: false,
             runs: Vec::new(),
         },
         Row {
@@ -179,6 +181,7 @@ pub async fn run(stack: &mut Stack, bytes: u64) -> Result<(Vec<Row>, Value)> {
             ratio: Ratio::Percent,
             target: "—".into(),
             ok: None,
+            median_by_ratio: false,
             runs: Vec::new(),
         },
     ];

@@ -164,6 +164,7 @@ async fn once(stack: &mut Stack, raw_spawn: &Dist) -> Result<(Vec<Row>, Value)> 
             ratio: Ratio::Times,
             target: "≤ 10 s".into(),
             ok: Some(dead_s <= 10.0),
+            median_by_ratio: false,
             runs: Vec::new(),
         },
         Row {
@@ -176,6 +177,7 @@ async fn once(stack: &mut Stack, raw_spawn: &Dist) -> Result<(Vec<Row>, Value)> 
             ratio: Ratio::Times,
             target: "< 1000 ms".into(),
             ok: Some(reconnect_ms < 1000.0),
+            median_by_ratio: false,
             runs: Vec::new(),
         },
         Row {
@@ -188,6 +190,7 @@ async fn once(stack: &mut Stack, raw_spawn: &Dist) -> Result<(Vec<Row>, Value)> 
             ratio: Ratio::Times,
             target: "—".into(),
             ok: None,
+            median_by_ratio: false,
             runs: Vec::new(),
         },
     ];

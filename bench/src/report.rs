@@ -26,6 +26,10 @@ pub struct Row {
     pub target: String,
     /// None: no target for this row.
     pub ok: Option<bool>,
+    /// The verdict is on the ratio to a limit measured in each run (throughput against
+    /// the raw spawn rate), so the run shown is the one with the median ratio, not the
+    /// one with the median Drover figure: the limit moves from run to run too.
+    pub median_by_ratio: bool,
     /// The Drover figure of every repeat (filled by [`merge_runs`]).
     pub runs: Vec<f64>,
 }
@@ -37,7 +41,8 @@ pub fn no_limit(why: &str) -> (f64, String) {
 
 /// Folds repeated runs of the same rows into one row per key: the run with the median
 /// Drover figure is shown (with its own limit, measured in that run, so the ratio stays
-/// within one run), and `runs` keeps every run's figure for the range.
+/// within one run), or with the median ratio for a row judged on it, and `runs` keeps
+/// every run's figure for the range.
 pub fn merge_runs(runs: Vec<Vec<Row>>) -> Vec<Row> {
     let Some(first) = runs.first() else {
         return Vec::new();
@@ -49,8 +54,15 @@ pub fn merge_runs(runs: Vec<Vec<Row>>) -> Vec<Row> {
                 .iter()
                 .filter_map(|rs| rs.iter().find(|r| r.key == key))
                 .collect();
+            let mut by_ratio = same.clone();
+            by_ratio.sort_by(|a, b| a.ratio_value().total_cmp(&b.ratio_value()));
             same.sort_by(|a, b| a.drover.total_cmp(&b.drover));
-            let mut row = (*same.get(same.len() / 2)?).clone();
+            let shown = if same.first()?.median_by_ratio {
+                by_ratio
+            } else {
+                same.clone()
+            };
+            let mut row = (*shown.get(shown.len() / 2)?).clone();
             row.runs = same.iter().map(|r| r.drover).collect();
             Some(row)
         })
@@ -264,6 +276,7 @@ mod tests {
             ratio: Ratio::Times,
             target: "—".into(),
             ok: Some(drover < 10.0),
+            median_by_ratio: false,
             runs: Vec::new(),
         }
     }
@@ -283,6 +296,28 @@ mod tests {
         assert_eq!(a.ok, Some(true));
         assert_eq!(a.range(), "3.00–30.0 ms (3 runs)");
         assert_eq!(merged[1].drover, 2.0);
+    }
+
+    /// Throughput's limit moves between runs: 867 jobs/s against 1 462 is the median
+    /// figure but the highest share; the row shows the run whose share is the median.
+    #[test]
+    fn a_row_judged_on_its_ratio_shows_the_run_with_the_median_ratio() {
+        let run = |d: f64, m: f64| {
+            let mut r = row("t", d, m);
+            r.ratio = Ratio::Percent;
+            r.median_by_ratio = true;
+            r.ok = Some(d / m >= 0.5);
+            r
+        };
+        let merged = merge_runs(vec![
+            vec![run(867.0, 1462.0)],
+            vec![run(836.0, 1845.0)],
+            vec![run(918.0, 1765.0)],
+        ]);
+        let t = &merged[0];
+        assert_eq!((t.drover, t.machine), (918.0, 1765.0));
+        assert_eq!(t.cells()[4], "52.0 %");
+        assert_eq!(t.runs, vec![836.0, 867.0, 918.0]);
     }
 
     #[test]

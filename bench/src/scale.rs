@@ -507,6 +507,7 @@ pub async fn run(
                     ratio: Ratio::Times,
                     target: "≤ 2×".into(),
                     ok: Some(big[i].p50 <= 2.0 * small[i].p50),
+                    median_by_ratio: true,
                     runs: Vec::new(),
                 },
                 Row {
@@ -524,6 +525,7 @@ pub async fn run(
                     ratio: Ratio::Percent,
                     target: "< 100 %".into(),
                     ok: Some(cpu[i] < 100.0),
+                    median_by_ratio: false,
                     runs: Vec::new(),
                 },
             ]

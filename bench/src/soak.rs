@@ -229,6 +229,7 @@ pub async fn soak(
             ratio: Ratio::Percent,
             target: "≥ 80 %".into(),
             ok: Some(last.rate >= 0.8 * first.rate),
+            median_by_ratio: false,
             runs: Vec::new(),
         },
         Row {
@@ -245,6 +246,7 @@ pub async fn soak(
             ratio: Ratio::Times,
             target: "≤ 1.2×".into(),
             ok: Some(late_p99 <= 1.2 * early_p99),
+            median_by_ratio: false,
             runs: Vec::new(),
         },
         Row {
@@ -259,6 +261,7 @@ pub async fn soak(
             ratio: Ratio::Times,
             target: "≤ 1.2×".into(),
             ok: Some(late_peak as f64 <= 1.2 * early_peak as f64),
+            median_by_ratio: false,
             runs: Vec::new(),
         },
     ];
@@ -391,6 +394,7 @@ pub async fn backlog(
             ratio: Ratio::Percent,
             target: "≥ 50 %".into(),
             ok: Some(rate / raw_rate >= 0.5),
+            median_by_ratio: true,
             runs: Vec::new(),
         },
         Row {
@@ -403,6 +407,7 @@ pub async fn backlog(
             ratio: Ratio::Times,
             target: "< 5 ms".into(),
             ok: Some(pick.p50 < 5.0),
+            median_by_ratio: false,
             runs: Vec::new(),
         },
         Row {
@@ -415,6 +420,7 @@ pub async fn backlog(
             ratio: Ratio::Times,
             target: "< 25 ms".into(),
             ok: Some(pick.p99 < 25.0),
+            median_by_ratio: false,
             runs: Vec::new(),
         },
     ];

@@ -235,6 +235,7 @@ pub async fn run_with(
         ratio: Ratio::Percent,
         target: "≥ 50 %".into(),
         ok: Some(rate / raw >= 0.5),
+        median_by_ratio: true,
         runs: Vec::new(),
     };
     let details = json!({
