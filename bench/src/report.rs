@@ -54,16 +54,13 @@ pub fn merge_runs(runs: Vec<Vec<Row>>) -> Vec<Row> {
                 .iter()
                 .filter_map(|rs| rs.iter().find(|r| r.key == key))
                 .collect();
-            let mut by_ratio = same.clone();
-            by_ratio.sort_by(|a, b| a.ratio_value().total_cmp(&b.ratio_value()));
             same.sort_by(|a, b| a.drover.total_cmp(&b.drover));
-            let shown = if same.first()?.median_by_ratio {
-                by_ratio
-            } else {
-                same.clone()
-            };
-            let mut row = (*shown.get(shown.len() / 2)?).clone();
-            row.runs = same.iter().map(|r| r.drover).collect();
+            let figures = same.iter().map(|r| r.drover).collect();
+            if same.first()?.median_by_ratio {
+                same.sort_by(|a, b| a.ratio_value().total_cmp(&b.ratio_value()));
+            }
+            let mut row = (*same.get(same.len() / 2)?).clone();
+            row.runs = figures;
             Some(row)
         })
         .collect()
