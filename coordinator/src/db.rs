@@ -28,7 +28,7 @@ pub const HOT_SESSION_SETTINGS: &str = "-c plan_cache_mode=force_generic_plan \
 /// query before it is handed out again; one used more recently goes out as it is. The
 /// check costs a round trip, and made at every checkout it was one of three round trips
 /// of each result group and one of two of each claim and each API read. A connection
-/// PostgreSQL closed (a restart, a terminated backend) is dropped either way: its
+/// PostgreSQL closed (a restart, a terminated backend) is dropped either way, once its
 /// connection task has seen the socket close. What only the check finds is a connection
 /// whose server went away without closing it (a dead host, a partition); for one used in
 /// the last second, the TCP bounds below end a statement sent on it instead.
